@@ -1,0 +1,306 @@
+"""The `Actor` base class and the `@handler` decorator."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar
+
+from actors import dispatch
+from actors.context import Context, current_correlation_id
+from schemas.errors import DefinitionError, NotHandled
+from schemas.message import Message
+from schemas.naming import snake_case
+
+if TYPE_CHECKING:
+    from actors.function import FunctionActor
+
+QueueType = Literal["quorum", "classic"]
+ActorRef: TypeAlias = "type[Actor] | FunctionActor[Any]"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_MAX_QUEUE_BYTES = 150  # the namespace and ".dlq" must still fit in AMQP's 255 bytes
+_MARK = "__leveret_handler__"
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """One handler of an actor: the function and the message type it is bound to.
+
+    Attributes:
+        name: The method's (or function's) name.
+        function: The function to call: ``function(instance, message[, ctx])``.
+        message_type: The `Message` subclass of the handler's message parameter.
+        takes_context: Whether the handler wants a `Context` as its last argument.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    message_type: type[Message]
+    takes_context: bool
+
+    @property
+    def topic(self) -> str:
+        """The topic this handler binds its actor's queue to."""
+        return self.message_type.topic()
+
+    def __call__(self, instance: Actor, message: Message, ctx: Context) -> Any:
+        """Run the handler for one message."""
+        if self.takes_context:
+            return self.function(instance, message, ctx)
+        return self.function(instance, message)
+
+
+def handler(function: F) -> F:
+    """Mark an actor method as the handler of the message type its parameter is hinted with.
+
+    ```python
+    class Billing(Actor):
+        @handler
+        def charge(self, msg: OrderPlaced, ctx: Context) -> None: ...
+    ```
+
+    The hint of the message parameter binds the actor's queue to that message's topic. A
+    second parameter hinted `Context` is optional.
+    """
+    setattr(function, _MARK, True)
+    return function
+
+
+class Actor:
+    """Base class of actors: a queue and the handlers that consume it.
+
+    Options are class keywords, checked when the class is created::
+
+        class Billing(Actor, queue="billing", queue_type="quorum", delivery_limit=20): ...
+
+    Args (class keywords):
+        queue: Queue name without namespace; defaults to the class name in snake case.
+        queue_type: ``"quorum"`` (default; replicated, with a delivery limit) or ``"classic"``.
+        delivery_limit: Deliveries after which the broker dead-letters a message that keeps
+            killing its worker (quorum queues only).
+        abstract: A base class for other actors; it has no queue of its own.
+
+    Class attributes:
+        time_limit_s: Seconds a handler may run (enforced by the worker in a later release).
+
+    One instance per worker process handles every message, from several threads at once:
+    keep handlers free of per-message state on ``self``.
+
+    Raises:
+        DefinitionError: At class creation, for unknown options, a handler without a typed
+            message parameter, or two handlers for one topic.
+    """
+
+    queue: ClassVar[str] = ""
+    queue_type: ClassVar[QueueType] = "quorum"
+    delivery_limit: ClassVar[int] = 20
+    time_limit_s: ClassVar[float | None] = None
+    handlers: ClassVar[Mapping[str, Handler]] = MappingProxyType({})
+    abstract: ClassVar[bool] = True
+
+    def __init_subclass__(
+        cls,
+        *,
+        queue: str | None = None,
+        queue_type: QueueType | None = None,
+        delivery_limit: int | None = None,
+        abstract: bool = False,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise DefinitionError(
+                f"{cls.__qualname__}: unknown actor option(s) {sorted(unknown)}; "
+                "known: queue, queue_type, delivery_limit, abstract"
+            )
+        super().__init_subclass__()
+        cls.abstract = abstract
+        if queue_type is not None:
+            if queue_type not in ("quorum", "classic"):
+                raise DefinitionError(
+                    f"{cls.__qualname__}: queue_type must be 'quorum' or 'classic', "
+                    f"not {queue_type!r}"
+                )
+            cls.queue_type = queue_type
+        if delivery_limit is not None:
+            if (
+                isinstance(delivery_limit, bool)
+                or not isinstance(delivery_limit, int)
+                or (delivery_limit < 1)
+            ):
+                raise DefinitionError(
+                    f"{cls.__qualname__}: delivery_limit must be a positive int, "
+                    f"not {delivery_limit!r}"
+                )
+            cls.delivery_limit = delivery_limit
+        _check_time_limit(cls)
+        cls.handlers = MappingProxyType(_collect_handlers(cls, _defining_frame()))
+        if abstract:
+            cls.queue = ""
+            return
+        cls.queue = queue if queue is not None else snake_case(cls.__name__)
+        if not _QUEUE.match(cls.queue) or len(cls.queue.encode()) > _MAX_QUEUE_BYTES:
+            raise DefinitionError(
+                f"{cls.__qualname__}: invalid queue name {cls.queue!r}; use dot-separated "
+                f"words of letters, digits, '_' or '-' (at most {_MAX_QUEUE_BYTES} bytes)"
+            )
+        if not cls.handlers:
+            raise DefinitionError(
+                f"{cls.__qualname__} has no @handler method; declare one, or pass "
+                "abstract=True for a base class"
+            )
+
+    @classmethod
+    def topics(cls) -> list[str]:
+        """The topics this actor's queue is bound to, sorted."""
+        return sorted(cls.handlers)
+
+    @classmethod
+    def send(cls, message: Message) -> str:
+        """Deliver `message` to this actor's queue only, through the configured broker.
+
+        Inside a handler the correlation id of the message being handled is carried on.
+
+        Returns:
+            The message id.
+
+        Raises:
+            NotHandled: No handler of this actor takes the message's type.
+            ConfigurationError: No broker is configured in this process.
+            PublishError: The broker did not confirm the message, or the queue does not
+                exist (no worker or `leveret declare` created it yet).
+        """
+        cls.handler_for(message)
+        return dispatch.current().send(cls, message, correlation_id=current_correlation_id())
+
+    @classmethod
+    def handler_for(cls, message: Message) -> Handler:
+        """The handler that takes `message`.
+
+        Raises:
+            NotHandled: No handler of this actor takes the message's topic.
+        """
+        found = cls.handlers.get(message.topic())
+        if found is None or not isinstance(message, found.message_type):
+            raise NotHandled(
+                f"actor {cls.__qualname__} has no handler for {type(message).__name__} "
+                f"(topic {message.topic()!r}); it handles {cls.topics()}"
+            )
+        return found
+
+
+def _check_time_limit(cls: type[Actor]) -> None:
+    limit = cls.time_limit_s
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0
+    ):
+        raise DefinitionError(
+            f"{cls.__qualname__}: time_limit_s must be a positive number of seconds, not {limit!r}"
+        )
+
+
+def _defining_frame() -> FrameType | None:
+    """The frame whose code is running the class statement (for local type hints)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name in (
+        "__init_subclass__",
+        "_defining_frame",
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame
+
+
+def _collect_handlers(cls: type[Actor], frame: FrameType | None) -> dict[str, Handler]:
+    found: dict[str, Handler] = {}
+    # Base classes first, so that a subclass may override a base's handler by name.
+    by_name: dict[str, Handler] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if klass is cls:
+                mark = getattr(value, _MARK, None)
+                if mark is True:
+                    by_name[name] = inspect_handler(
+                        value, owner=cls, localns=_local_names(cls, frame)
+                    )
+                elif isinstance(mark, Handler):
+                    by_name[name] = mark
+            elif isinstance(klass, type) and issubclass(klass, Actor):
+                inherited = {h.name: h for h in klass.handlers.values()}
+                if name in inherited:
+                    by_name[name] = inherited[name]
+    for spec in by_name.values():
+        other = found.get(spec.topic)
+        if other is not None:
+            raise DefinitionError(
+                f"{cls.__qualname__}: handlers {other.name!r} and {spec.name!r} both take "
+                f"topic {spec.topic!r}; an actor has one handler per topic"
+            )
+        found[spec.topic] = spec
+    return found
+
+
+def _local_names(cls: type, frame: FrameType | None) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    if frame is not None:
+        names.update(frame.f_locals)
+    names.update(vars(cls))
+    names[cls.__name__] = cls
+    return names
+
+
+def inspect_handler(
+    function: Callable[..., Any],
+    *,
+    owner: type | None,
+    localns: Mapping[str, Any] | None = None,
+) -> Handler:
+    """Read a handler's signature: its message type and whether it takes a `Context`.
+
+    Args:
+        function: The handler (a method when `owner` is given, else a plain function).
+        owner: The actor class for methods, whose ``self`` parameter is skipped.
+        localns: Names to resolve string annotations with, besides the module's globals.
+
+    Raises:
+        DefinitionError: The first parameter is not hinted with a `Message` subclass, or
+            other parameters are not a single `Context`.
+    """
+    where = f"{owner.__qualname__}.{function.__name__}" if owner else function.__qualname__
+    try:
+        hints = typing.get_type_hints(function, localns=dict(localns or {}))
+    except Exception as exc:  # any unresolvable hint: name it, with the cause
+        raise DefinitionError(f"{where}: cannot resolve its type hints: {exc}") from exc
+    params = list(inspect.signature(function).parameters.values())
+    if owner is not None:
+        params = params[1:]
+    usage = (
+        f"{where}: a handler takes (msg: SomeMessage) or (msg: SomeMessage, ctx: Context), "
+        "where SomeMessage is a Message subclass"
+    )
+    if not params or len(params) > 2:
+        raise DefinitionError(usage)
+    message_type = hints.get(params[0].name)
+    if not (isinstance(message_type, type) and issubclass(message_type, Message)):
+        raise DefinitionError(
+            f"{usage}; its first parameter {params[0].name!r} is hinted {message_type!r}"
+        )
+    if message_type is Message:
+        raise DefinitionError(f"{usage}; the base class Message itself has no topic")
+    takes_context = len(params) == 2
+    if takes_context and hints.get(params[1].name) is not Context:
+        raise DefinitionError(
+            f"{usage}; its second parameter {params[1].name!r} must be hinted Context"
+        )
+    return Handler(
+        name=function.__name__,
+        function=function,
+        message_type=message_type,
+        takes_context=takes_context,
+    )

@@ -1,0 +1,76 @@
+"""Which broker `Actor.send` and `publish` use: the one this process configured.
+
+Actors are plain declarations; nothing is bound at import time. The worker, the Django app
+or a test fixture calls `configure(broker)`, and every send looks the broker up at call time.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Protocol
+
+from schemas.errors import ConfigurationError
+from schemas.message import Message
+
+if TYPE_CHECKING:
+    from actors.actor import ActorRef
+
+
+class Dispatcher(Protocol):
+    """What actors need from a broker: publish by topic and send to one actor."""
+
+    def publish(self, message: Message, *, correlation_id: str | None = None) -> str:
+        """Publish to every actor bound to the message's topic; return its message id."""
+        ...
+
+    def send(self, actor: ActorRef, message: Message, *, correlation_id: str | None = None) -> str:
+        """Deliver to one actor's queue; return the message id."""
+        ...
+
+
+_lock = threading.Lock()
+_current: Dispatcher | None = None
+
+
+def configure(dispatcher: Dispatcher | None) -> None:
+    """Make `dispatcher` the broker of this process (None forgets it).
+
+    Args:
+        dispatcher: Usually a `services.Broker`.
+    """
+    global _current
+    with _lock:
+        _current = dispatcher
+
+
+def current() -> Dispatcher:
+    """The broker this process configured.
+
+    Raises:
+        ConfigurationError: Nothing was configured yet.
+    """
+    dispatcher = _current
+    if dispatcher is None:
+        raise ConfigurationError(
+            "no broker is configured in this process: call "
+            "services.configure(Broker(url, namespace=...)) at start-up (the worker and the "
+            "Django app do this for you; tests use the services.testing fixtures)"
+        )
+    return dispatcher
+
+
+def publish(message: Message) -> str:
+    """Publish `message` to every actor bound to its topic, through the configured broker.
+
+    Inside a handler the correlation id of the message being handled is carried on.
+
+    Returns:
+        The new message's id.
+
+    Raises:
+        ConfigurationError: No broker is configured.
+        PublishError: The broker did not confirm the message.
+    """
+    from actors.context import current_correlation_id
+
+    return current().publish(message, correlation_id=current_correlation_id())

@@ -1,0 +1,73 @@
+"""The envelope: metadata that travels with a message, and the wire format's header names.
+
+On the wire (any AMQP client can produce or read it):
+
+- body: the message's JSON, UTF-8;
+- properties: ``content_type=application/json``, ``type=<topic>``, ``message_id``,
+  ``timestamp`` (seconds since the epoch), ``correlation_id``, ``delivery_mode=2``;
+- headers: ``x-leveret-attempt`` (1 on the first delivery) and, on dead letters, the
+  ``x-leveret-error-*`` headers below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+CONTENT_TYPE = "application/json"
+
+ATTEMPT = "x-leveret-attempt"
+ERROR_REASON = "x-leveret-error-reason"
+ERROR_TYPE = "x-leveret-error-type"
+ERROR_MESSAGE = "x-leveret-error-message"
+ERROR_TRACEBACK = "x-leveret-error-traceback"
+FAILED_AT = "x-leveret-failed-at"
+FAILED_ACTOR = "x-leveret-failed-actor"
+FAILED_HOST = "x-leveret-failed-host"
+ORIGINAL_EXCHANGE = "x-leveret-original-exchange"
+ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
+
+
+def new_message_id() -> str:
+    """A fresh, globally unique message id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Metadata of one message, as published or as received.
+
+    Attributes:
+        message_id: Unique id, stable across retries of the same message.
+        topic: The message's topic (AMQP ``type``).
+        correlation_id: Id shared by every message caused by one original message.
+        timestamp: When the message was first published (UTC, whole seconds on the wire).
+        attempt: 1 on the first delivery, incremented by each retry.
+        headers: Every AMQP header that arrived, including Leveret's own.
+        redelivered: True when the broker delivers it again after a consumer died.
+    """
+
+    message_id: str
+    topic: str
+    correlation_id: str | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    attempt: int = 1
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    redelivered: bool = False
+
+    @classmethod
+    def new(cls, topic: str, *, correlation_id: str | None = None) -> Envelope:
+        """An envelope for a message published now for the first time.
+
+        A new message with no correlation id starts its own chain: its correlation id is its
+        message id.
+        """
+        message_id = new_message_id()
+        return cls(
+            message_id=message_id,
+            topic=topic,
+            correlation_id=correlation_id or message_id,
+        )

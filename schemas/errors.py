@@ -1,0 +1,104 @@
+"""Every error Leveret raises, under one root.
+
+```
+LeveretError
+├── DefinitionError (TypeError)        a message or actor is declared wrongly (class creation)
+├── ConfigurationError                 no broker configured, a bad URL or option
+├── NotHandled (TypeError)             sending an actor a message type it has no handler for
+├── DecodeError (ValueError)           a delivery cannot become a message; keeps the raw body
+│   ├── MalformedBody                  the body is not JSON (or not UTF-8)
+│   ├── InvalidMessage                 JSON that does not validate against the message class
+│   └── UnknownTopic                   no handler of this actor knows the topic
+├── BrokerError                        talking to the broker failed
+│   ├── BrokerConnectionError (ConnectionError)   cannot connect, or the connection was lost
+│   ├── TopologyError                  declaring exchanges/queues failed (e.g. other arguments)
+│   └── PublishError                   a message was not confirmed: nack, no queue, timeout
+└── HandlerSignal                      raised by handlers to steer what happens to a message
+    ├── Retry                          (actors.control) handle it again later
+    └── Reject                         (actors.control) dead-letter it at once, no retries
+```
+
+`DecodeError`s are permanent failures: the worker dead-letters the delivery with the reason.
+"""
+
+from __future__ import annotations
+
+
+class LeveretError(Exception):
+    """Root of every error Leveret raises."""
+
+
+class DefinitionError(LeveretError, TypeError):
+    """A message class, actor or handler is declared wrongly.
+
+    Raised when the class is created, never at the first message.
+    """
+
+
+class ConfigurationError(LeveretError):
+    """Leveret is not configured, or configured with an invalid value."""
+
+
+class NotHandled(LeveretError, TypeError):
+    """An actor was sent a message whose topic none of its handlers takes."""
+
+
+class DecodeError(LeveretError, ValueError):
+    """A delivery's body cannot be turned into a message.
+
+    Args:
+        reason: What is wrong, for the dead-letter headers and logs.
+        body: The raw bytes as they arrived.
+        topic: The topic the delivery claimed, if any.
+    """
+
+    def __init__(self, reason: str, *, body: bytes, topic: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.body = body
+        self.topic = topic
+
+
+class MalformedBody(DecodeError):
+    """The body is not valid UTF-8 JSON."""
+
+
+class InvalidMessage(DecodeError):
+    """The body is JSON but does not validate against the message class."""
+
+
+class UnknownTopic(DecodeError):
+    """The delivery's topic is not one this actor handles."""
+
+
+class BrokerError(LeveretError):
+    """Talking to the message broker failed."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker cannot be reached, or the connection was lost."""
+
+
+class TopologyError(BrokerError):
+    """Declaring exchanges, queues or bindings failed."""
+
+
+class PublishError(BrokerError):
+    """A publish was not confirmed by the broker.
+
+    Raised when the broker nacks the message, when `send` finds no queue to deliver to,
+    or when no confirm arrives in time (then the message may or may not have been stored).
+
+    Args:
+        reason: What went wrong.
+        message_id: The id of the message that was not confirmed.
+    """
+
+    def __init__(self, reason: str, *, message_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message_id = message_id
+
+
+class HandlerSignal(LeveretError):
+    """Base of the exceptions a handler raises on purpose to steer its message."""

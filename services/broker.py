@@ -1,0 +1,303 @@
+"""`Broker`: the one interface to RabbitMQ and to the in-memory broker.
+
+```python
+broker = Broker("amqp://guest:guest@localhost:5672/", namespace="shop")  # or "memory://"
+broker.declare(Billing, send_welcome)
+broker.publish(OrderPlaced(order_id=1, total=Decimal("9.90")))
+broker.send(Billing, OrderPlaced(...))
+configure(broker)      # the process's broker for Actor.send and publish()
+```
+
+The URL's scheme picks the implementation: ``amqp://``/``amqps://`` (`RabbitBroker`) or
+``memory://`` (`MemoryBroker`). Both present exactly this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from actors.actor import Actor, ActorRef
+from actors.function import as_actor_class
+from actors.registry import unique_queues
+from schemas.codec import encode
+from schemas.envelope import Envelope
+from schemas.errors import ConfigurationError
+from schemas.message import Message
+from services import config, naming
+from services.logs import get_logger
+
+if TYPE_CHECKING:
+    from services.execution import Delivery, Stats
+
+log = get_logger("leveret.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one message goes: fan-out by `topic`, or to the actor `queue` only."""
+
+    topic: str
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message ready for the wire: envelope, JSON body and route."""
+
+    envelope: Envelope
+    body: bytes
+    route: Route
+
+
+class Worker(Protocol):
+    """What `Broker.worker` returns: consumes actor queues until shut down."""
+
+    stats: Stats
+
+    def start(self) -> None:
+        """Start consuming in background threads."""
+
+    def shutdown(self, timeout_s: float | None = None) -> int:
+        """Stop consuming, finish in-flight handlers, return the exit code (0 = clean)."""
+        ...
+
+    def run(self) -> int:
+        """Consume until SIGTERM/SIGINT (main thread) or `shutdown`; return the exit code."""
+        ...
+
+
+class Broker(abc.ABC):
+    """Connection to a message broker, with the topology of the actors it knows.
+
+    Args:
+        url: ``amqp://user:password@host:port/vhost``, ``amqps://…`` or ``memory://``;
+            defaults to ``$LEVERET_BROKER_URL``, then ``amqp://guest:guest@localhost:5672/``.
+        namespace: Prefix of every exchange and queue; defaults to ``$LEVERET_NAMESPACE``,
+            then ``leveret``.
+        auto_declare: Declare an actor's topology the first time a message is sent to it,
+            so that nothing sent before the first worker starts is dropped.
+
+    Raises:
+        ConfigurationError: The URL's scheme is not one Leveret knows.
+    """
+
+    url: str
+    namespace: str
+
+    def __new__(cls, url: str | None = None, **kwargs: Any) -> Broker:
+        if cls is not Broker:
+            return super().__new__(cls)
+        resolved = config.broker_url(url)
+        scheme = resolved.split("://", 1)[0].lower() if "://" in resolved else ""
+        implementation: type[Broker]
+        if scheme in ("amqp", "amqps"):
+            from services.rabbitmq import RabbitBroker
+
+            implementation = RabbitBroker
+        elif scheme == "memory":
+            from services.memory import MemoryBroker
+
+            implementation = MemoryBroker
+        else:
+            raise ConfigurationError(
+                f"unknown broker URL scheme in {naming.redact_url(resolved)!r}: use "
+                "amqp://, amqps:// or memory://"
+            )
+        return super().__new__(implementation)
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        auto_declare: bool = True,
+    ) -> None:
+        self.url = config.broker_url(url)
+        try:
+            self.namespace = naming.check_namespace(config.namespace(namespace))
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        self.auto_declare = auto_declare
+        self._declared: set[type[Actor]] = set()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {naming.redact_url(self.url)} namespace={self.namespace!r}>"
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # Topology ---------------------------------------------------------------------------
+
+    def declare(self, *actors: ActorRef) -> None:
+        """Declare the exchanges, queues and bindings of these actors (idempotent).
+
+        Raises:
+            DefinitionError: Two of the actors share a queue.
+            TopologyError: The broker refused a declaration (e.g. a queue exists with other
+                arguments).
+        """
+        classes = unique_queues(actors)
+        self._declare(classes)
+        self._declared.update(classes)
+
+    @abc.abstractmethod
+    def _declare(self, actors: list[type[Actor]]) -> None: ...
+
+    @abc.abstractmethod
+    def delete(self, *actors: ActorRef) -> None:
+        """Delete the actors' queues and dead-letter queues, with the messages in them."""
+
+    # Publishing -------------------------------------------------------------------------
+
+    def publish(self, message: Message, *, correlation_id: str | None = None) -> str:
+        """Publish to every actor bound to the message's topic; wait for the confirm.
+
+        A message no queue takes (no actor handles the topic yet) is logged, not an error:
+        events may have no subscribers.
+
+        Args:
+            message: The message.
+            correlation_id: Carried on from the message that caused this one.
+
+        Returns:
+            The message id.
+
+        Raises:
+            PublishError: The broker did not confirm the message.
+        """
+        return self.publish_many([message], correlation_id=correlation_id)[0]
+
+    def publish_many(
+        self, messages: Iterable[Message], *, correlation_id: str | None = None
+    ) -> list[str]:
+        """Publish several messages by topic, pipelining confirms; wait for all of them.
+
+        Returns:
+            The message ids, in order.
+
+        Raises:
+            PublishError: A message was not confirmed; the others may have been.
+        """
+        prepared = [
+            self._prepare(message, Route(message.topic()), correlation_id) for message in messages
+        ]
+        unroutable = self._deliver(prepared)
+        for index in unroutable:
+            envelope = prepared[index].envelope
+            log.info(
+                "message_unroutable",
+                topic=envelope.topic,
+                message_id=envelope.message_id,
+                hint="no queue is bound to this topic: no actor handles it (yet)",
+            )
+        return [item.envelope.message_id for item in prepared]
+
+    def send(self, actor: ActorRef, message: Message, *, correlation_id: str | None = None) -> str:
+        """Deliver to one actor's queue only; wait for the confirm.
+
+        Returns:
+            The message id.
+
+        Raises:
+            NotHandled: The actor has no handler for the message's type.
+            PublishError: Not confirmed, or the actor's queue does not exist.
+        """
+        cls = as_actor_class(actor)
+        cls.handler_for(message)
+        if self.auto_declare and cls not in self._declared:
+            self.declare(cls)
+        item = self._prepare(message, Route(message.topic(), queue=cls.queue), correlation_id)
+        self._deliver([item])
+        return item.envelope.message_id
+
+    def _prepare(self, message: Message, route: Route, correlation_id: str | None) -> Prepared:
+        return Prepared(
+            Envelope.new(route.topic, correlation_id=correlation_id), encode(message), route
+        )
+
+    @abc.abstractmethod
+    def _deliver(self, items: Sequence[Prepared]) -> list[int]:
+        """Hand `items` to the broker and wait for confirms.
+
+        Returns:
+            Indices of fan-out publishes that no queue received.
+
+        Raises:
+            PublishError: A message was not confirmed, or a `send` found no queue.
+        """
+
+    @abc.abstractmethod
+    def dead_letters(self, actor: ActorRef, *, limit: int = 1000) -> list[Delivery]:
+        """A snapshot of the messages in an actor's dead-letter queue, oldest first.
+
+        Nothing is removed: the dead letters stay until replayed or purged.
+
+        Args:
+            actor: The actor whose `.dlq` to read.
+            limit: At most this many.
+        """
+
+    # Running ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def worker(
+        self,
+        actors: Iterable[ActorRef],
+        *,
+        threads: int = 8,
+        prefetch: int | None = None,
+        queues: Iterable[str] | None = None,
+        shutdown_timeout_s: float = 30.0,
+    ) -> Worker:
+        """A worker consuming the actors' queues (not started).
+
+        Args:
+            actors: The actors to run.
+            threads: Handlers running at once.
+            prefetch: Deliveries held unacknowledged; defaults to twice `threads`.
+            queues: Only these queues (names without namespace) of the actors.
+            shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close connections. Publishing afterwards reconnects."""
+
+
+def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> list[type[Actor]]:
+    """The actors to run, restricted to `queues` when given.
+
+    Raises:
+        ConfigurationError: A queue named in `queues` belongs to none of the actors, or no
+            actor is left.
+    """
+    classes = unique_queues(actors)
+    if queues is not None:
+        wanted = set(queues)
+        unknown = wanted - {cls.queue for cls in classes}
+        if unknown:
+            raise ConfigurationError(
+                f"--queues names {sorted(unknown)}, which no given actor consumes; known: "
+                f"{sorted(cls.queue for cls in classes)}"
+            )
+        classes = [cls for cls in classes if cls.queue in wanted]
+    if not classes:
+        raise ConfigurationError("no actors to run: name modules that define actors")
+    return classes
+
+
+def default_prefetch(threads: int, prefetch: int | None) -> int:
+    """Prefetch bounded by the thread count: twice the threads unless given."""
+    if threads < 1:
+        raise ConfigurationError(f"threads must be at least 1, not {threads}")
+    if prefetch is None:
+        return 2 * threads
+    if prefetch < 1:
+        raise ConfigurationError(f"prefetch must be at least 1, not {prefetch}")
+    return prefetch

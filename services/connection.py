@@ -1,0 +1,224 @@
+"""One AMQP connection owned by one I/O thread, reconnecting with backoff.
+
+The publisher and the worker build on `IOThread`. Everything pika does happens on that
+thread; other threads hand it work with `call_soon`, which is the only thread-safe entry.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from services.logs import get_logger
+from services.naming import redact_url
+
+log = get_logger("leveret.connection")
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delays grow from `first_s` up to `max_s`."""
+
+    def __init__(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.failures = 0
+
+    def next_delay_s(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        ceiling = min(self.max_s, self.first_s * 2**self.failures)
+        self.failures += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Forget past failures (after a successful connection)."""
+        self.failures = 0
+
+
+def connection_parameters(url: str, *, role: str) -> pika.URLParameters:
+    """Pika parameters from a URL, named after this process for the management UI.
+
+    The URL's own query options (``heartbeat``, ``ssl_options``…) are kept; Leveret only
+    sets a heartbeat of 30 s and a single connection attempt (it retries by itself) where the
+    URL does not say.
+    """
+    params = pika.URLParameters(url)
+    if "heartbeat=" not in url:
+        params.heartbeat = 30
+    if "connection_attempts=" not in url:
+        params.connection_attempts = 1
+    if "blocked_connection_timeout=" not in url:
+        params.blocked_connection_timeout = 300
+    params.client_properties = {
+        "connection_name": f"leveret {role} {socket.gethostname()}:{os.getpid()}",
+        "product": "leveret",
+    }
+    return params
+
+
+class IOThread:
+    """Runs one `SelectConnection` on a dedicated daemon thread and keeps it connected.
+
+    Subclasses implement `on_connected` (open channels, start work) and `on_disconnected`
+    (forget channel state); both run on the I/O thread.
+
+    Args:
+        url: AMQP URL, with credentials.
+        role: ``publisher`` or ``worker``; names the connection and the thread.
+    """
+
+    def __init__(self, url: str, *, role: str) -> None:
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.role = role
+        self.last_error: BaseException | None = None
+        self.connected = threading.Event()
+        self._params = connection_parameters(url, role=role)
+        self._backoff = Backoff()
+        self._ioloop: IOLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connection: SelectConnection | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    # Lifecycle, called from any thread -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread, which connects (and reconnects) on its own."""
+        self._ioloop = IOLoop()
+        self._stopping = False
+        self._stopped.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"leveret-{self.role}-io", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the I/O thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the I/O thread as soon as possible (thread-safe)."""
+        if self._ioloop is None:
+            raise RuntimeError("the I/O thread is not started")
+        self._ioloop.add_callback_threadsafe(callback)
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Run `callback` on the I/O thread after `delay_s` (from the I/O thread only)."""
+        assert self._ioloop is not None
+        self._ioloop.call_later(delay_s, callback)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Close the connection cleanly and end the I/O thread.
+
+        Args:
+            timeout_s: How long to wait for the thread to end.
+        """
+        if not self.running:
+            return
+        self.call_soon(self._begin_stop)
+        self._stopped.wait(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # On the I/O thread ------------------------------------------------------------------
+
+    def on_connected(self, connection: SelectConnection) -> None:
+        """The connection is open (first time or after a reconnect)."""
+
+    def on_disconnected(self, reason: BaseException) -> None:
+        """The connection is gone; every channel on it is gone too."""
+
+    def on_stopping(self) -> None:
+        """`stop` was called; the connection is about to close."""
+
+    @property
+    def connection(self) -> SelectConnection | None:
+        """The open connection, or None while disconnected."""
+        return self._connection
+
+    def _run(self) -> None:
+        assert self._ioloop is not None
+        self._connect()
+        try:
+            self._ioloop.start()
+        finally:
+            self._ioloop.close()
+            self._stopped.set()
+
+    def _connect(self) -> None:
+        if self._stopping:
+            return
+        SelectConnection(
+            self._params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_open(self, connection: Any) -> None:
+        self._connection = connection
+        self._backoff.reset()
+        self.last_error = None
+        self.connected.set()
+        log.info("broker_connected", role=self.role, url=self.safe_url)
+        self.on_connected(connection)
+
+    def _on_open_error(self, _connection: Any, error: BaseException) -> None:
+        self.last_error = error
+        self._schedule_reconnect(error)
+
+    def _on_closed(self, _connection: Any, reason: BaseException) -> None:
+        self._connection = None
+        self.connected.clear()
+        self.on_disconnected(reason)
+        if self._stopping:
+            assert self._ioloop is not None
+            self._ioloop.stop()
+            return
+        self.last_error = reason
+        self._schedule_reconnect(reason)
+
+    def _schedule_reconnect(self, reason: BaseException) -> None:
+        if self._stopping:
+            assert self._ioloop is not None
+            self._ioloop.stop()
+            return
+        delay_s = self._backoff.next_delay_s()
+        log.warning(
+            "broker_unreachable",
+            role=self.role,
+            url=self.safe_url,
+            error=describe(reason),
+            retry_in_s=round(delay_s, 2),
+        )
+        self.call_later(delay_s, self._connect)
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self.on_stopping()
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+        elif connection is None or connection.is_closed:
+            assert self._ioloop is not None
+            self._ioloop.stop()
+
+
+def describe(error: BaseException) -> str:
+    """A short, credential-free description of a pika error."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+        text = f"closed by broker: {error.reply_code} {error.reply_text}"
+    elif isinstance(error, pika.exceptions.ChannelClosedByBroker):
+        text = f"channel closed by broker: {error.reply_code} {error.reply_text}"
+    return f"{type(error).__name__}: {text}"

@@ -1,0 +1,214 @@
+"""Handling one delivery, whatever the broker: decode, run the handler, decide its fate.
+
+The RabbitMQ worker and the in-memory broker both call `Executor.run`; only how they ack
+and dead-letter differs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from actors.actor import Actor
+from actors.context import Context, done_handling, handling
+from actors.control import Reject
+from schemas import envelope as wire
+from schemas.codec import decode
+from schemas.envelope import Envelope, new_message_id
+from schemas.errors import DecodeError, UnknownTopic
+from services.logs import get_logger
+
+log = get_logger("leveret.worker")
+
+TRACEBACK_LIMIT = 8000
+HOSTNAME = socket.gethostname()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A delivery as any broker hands it over.
+
+    Attributes:
+        body: Raw body.
+        topic: The AMQP ``type`` property, else the routing key of a ``publish``.
+        message_id: The ``message_id`` property (None from a client that sets none).
+        correlation_id: The ``correlation_id`` property.
+        timestamp: The ``timestamp`` property, seconds since the epoch.
+        headers: AMQP headers.
+        redelivered: The broker's redelivered flag.
+        exchange: The exchange it was published to.
+        routing_key: Its routing key.
+    """
+
+    body: bytes
+    topic: str | None
+    message_id: str | None
+    correlation_id: str | None
+    timestamp: int | None
+    headers: Mapping[str, Any]
+    redelivered: bool = False
+    exchange: str = ""
+    routing_key: str = ""
+
+    def envelope(self) -> Envelope:
+        """The envelope a handler sees."""
+        attempt = self.headers.get(wire.ATTEMPT, 1)
+        return Envelope(
+            message_id=self.message_id or new_message_id(),
+            topic=self.topic or "",
+            correlation_id=self.correlation_id,
+            timestamp=(
+                datetime.fromtimestamp(self.timestamp, UTC)
+                if self.timestamp is not None
+                else datetime.now(UTC)
+            ),
+            attempt=attempt if isinstance(attempt, int) else 1,
+            headers=self.headers,
+            redelivered=self.redelivered,
+        )
+
+
+Fate = Literal["ack", "dead_letter"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the broker must do with a delivery once its handler is done.
+
+    Attributes:
+        fate: ``ack`` (handled) or ``dead_letter`` (to the actor's `.dlq`, then ack).
+        headers: For dead letters: the original headers plus the ``x-leveret-error-*`` ones.
+        envelope: The delivery's envelope.
+        error: The exception behind a dead letter, if any (for `MemoryBroker.join`).
+    """
+
+    fate: Fate
+    envelope: Envelope
+    headers: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one worker, updated from handler threads."""
+
+    handled: int = 0
+    dead_lettered: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one finished delivery."""
+        with self.lock:
+            if outcome.fate == "ack":
+                self.handled += 1
+            else:
+                self.dead_lettered += 1
+
+
+class Executor:
+    """Runs deliveries of one actor through its handlers.
+
+    Args:
+        actor: The actor class; one instance handles every delivery, from many threads.
+        instance: That instance (created by the worker).
+    """
+
+    def __init__(self, actor: type[Actor], instance: Actor | None = None) -> None:
+        self.actor = actor
+        self.instance = instance if instance is not None else actor()
+        self.name = actor.queue
+
+    def run(self, delivery: Delivery) -> Outcome:
+        """Handle one delivery and say what should happen to it. Never raises."""
+        started = time.perf_counter()
+        envelope = delivery.envelope()
+        log_context = {
+            "actor": self.name,
+            "topic": envelope.topic,
+            "message_id": envelope.message_id,
+            "correlation_id": envelope.correlation_id,
+            "attempt": envelope.attempt,
+        }
+        structlog.contextvars.bind_contextvars(**log_context)
+        token = handling(envelope)
+        try:
+            outcome = self._run(delivery, envelope)
+        finally:
+            done_handling(token)
+            structlog.contextvars.unbind_contextvars(*log_context)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if outcome.fate == "ack":
+            log.info("message_handled", outcome="handled", duration_ms=duration_ms, **log_context)
+        else:
+            log.warning(
+                "message_dead_lettered",
+                outcome="dead_lettered",
+                duration_ms=duration_ms,
+                reason=outcome.headers.get(wire.ERROR_REASON),
+                error=outcome.headers.get(wire.ERROR_MESSAGE),
+                **log_context,
+            )
+        return outcome
+
+    def _run(self, delivery: Delivery, envelope: Envelope) -> Outcome:
+        handler = self.actor.handlers.get(envelope.topic)
+        try:
+            if handler is None:
+                raise UnknownTopic(
+                    f"actor {self.name!r} has no handler for topic {envelope.topic!r}; "
+                    f"it handles {self.actor.topics()}",
+                    body=delivery.body,
+                    topic=envelope.topic,
+                )
+            message = decode(delivery.body, handler.message_type, topic=envelope.topic)
+        except DecodeError as exc:
+            reason = {
+                "MalformedBody": "malformed_body",
+                "InvalidMessage": "invalid_message",
+                "UnknownTopic": "unknown_topic",
+            }.get(type(exc).__name__, "decode_error")
+            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
+        ctx = Context(envelope, actor=self.name)
+        try:
+            handler(self.instance, message, ctx)
+        except Reject as exc:
+            return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
+        except (Exception, SystemExit) as exc:  # a failing handler must never kill the worker
+            return self._dead_letter(delivery, envelope, "handler_error", exc, with_traceback=True)
+        return Outcome("ack", envelope)
+
+    def _dead_letter(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        reason: str,
+        exc: BaseException,
+        *,
+        with_traceback: bool,
+    ) -> Outcome:
+        headers = dict(delivery.headers)
+        headers.update(
+            {
+                wire.ATTEMPT: envelope.attempt,
+                wire.ERROR_REASON: reason,
+                wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+                wire.ERROR_MESSAGE: str(exc)[:2000],
+                wire.FAILED_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
+                wire.FAILED_ACTOR: self.name,
+                wire.FAILED_HOST: HOSTNAME,
+                wire.ORIGINAL_EXCHANGE: delivery.exchange,
+                wire.ORIGINAL_ROUTING_KEY: delivery.routing_key,
+            }
+        )
+        if with_traceback:
+            text = "".join(traceback.format_exception(exc))
+            headers[wire.ERROR_TRACEBACK] = text[-TRACEBACK_LIMIT:]
+        return Outcome("dead_letter", envelope, headers, exc)

@@ -1,0 +1,56 @@
+"""Names of every exchange and queue Leveret declares. Nobody formats them elsewhere."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_NAMESPACE = "leveret"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def check_namespace(namespace: str) -> str:
+    """Return `namespace` if it is usable as a name prefix.
+
+    Raises:
+        ValueError: It is empty or holds characters other than letters, digits, '_', '-', '.'.
+    """
+    if not _NAMESPACE.match(namespace) or len(namespace) > 80:
+        raise ValueError(
+            f"invalid namespace {namespace!r}: use dot-separated words of letters, digits, "
+            "'_' or '-' (at most 80 characters)"
+        )
+    return namespace
+
+
+def events_exchange(namespace: str) -> str:
+    """The topic exchange `publish` sends to; routing key = topic."""
+    return f"{namespace}.events"
+
+
+def dead_exchange(namespace: str) -> str:
+    """The direct exchange the broker dead-letters into (delivery limit)."""
+    return f"{namespace}.dead"
+
+
+def queue_name(namespace: str, queue: str) -> str:
+    """An actor's queue."""
+    return f"{namespace}.{queue}"
+
+
+def dlq_name(namespace: str, queue: str) -> str:
+    """An actor's dead-letter queue."""
+    return f"{namespace}.{queue}.dlq"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

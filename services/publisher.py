@@ -1,0 +1,377 @@
+"""The publisher: confirmed publishing from any thread, through one I/O thread per process.
+
+Callers hand a batch of messages to the I/O thread and wait for the batch to settle. The
+I/O thread publishes with `mandatory` on a channel in confirm mode, so confirms of many
+callers (and of `publish_many`) pipeline on one connection and heartbeats never starve.
+
+After a lost connection, messages not yet confirmed are published again on the next
+connection (at-least-once: a message may then arrive twice, with the same `message_id`).
+After `os.fork()` the child starts its own connection lazily on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic
+
+from schemas.errors import PublishError, TopologyError
+from services.connection import IOThread, describe
+from services.logs import get_logger
+from services.topology import Step, declare_async
+
+log = get_logger("leveret.publisher")
+
+_live: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+@dataclass(slots=True, eq=False)
+class Outgoing:
+    """One message on its way to the broker.
+
+    Attributes:
+        exchange: Exchange to publish to (``""`` for a queue by name).
+        routing_key: Topic, or queue name on the default exchange.
+        body: The JSON body.
+        properties: AMQP properties (message id, type, headers…).
+        unroutable_is_error: True for `send`: no queue receiving it is a `PublishError`.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+    unroutable_is_error: bool = False
+    batch: Batch | None = None
+    index: int = 0
+    returned: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Messages whose callers wait together; settled when every message is confirmed."""
+
+    remaining: int
+    done: threading.Event = field(default_factory=threading.Event)
+    errors: dict[int, str] = field(default_factory=dict)
+    unroutable: list[int] = field(default_factory=list)
+
+    def settle(self, index: int, error: str | None, unroutable: bool) -> None:
+        """Record one message's outcome (I/O thread only)."""
+        if error is not None:
+            self.errors[index] = error
+        elif unroutable:
+            self.unroutable.append(index)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+
+class Publisher(IOThread):
+    """Thread-safe, fork-safe confirmed publisher over one connection.
+
+    Args:
+        url: AMQP URL.
+        declare_on_connect: Declarations made on every (re)connection before publishing,
+            e.g. the namespace's exchanges.
+        confirm_timeout_s: How long a caller waits for confirms before `PublishError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        declare_on_connect: Sequence[Step] = (),
+        confirm_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(url, role="publisher")
+        self.confirm_timeout_s = confirm_timeout_s
+        self._declare_on_connect = list(declare_on_connect)
+        self._reset_state()
+        _live.add(self)
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self._start_lock = threading.Lock()
+        self._inbox: deque[Outgoing] = deque()
+        self._wake_pending = False
+        self._channel: Channel | None = None
+        self._ready = False
+        self._next_tag = 1
+        self._unconfirmed: dict[int, Outgoing] = {}
+        self._order: deque[int] = deque()
+        self._mandatory: dict[str, deque[Outgoing]] = {}
+        self._declares: deque[tuple[list[Step], Future[None]]] = deque()
+
+    # Callers, any thread -----------------------------------------------------------------
+
+    def publish(self, items: Sequence[Outgoing]) -> Batch:
+        """Publish `items` and wait until the broker confirmed (or refused) every one.
+
+        Returns:
+            The settled batch; `Batch.unroutable` lists fan-out publishes no queue took.
+
+        Raises:
+            PublishError: A message was nacked, a `send` found no queue, or confirms did not
+                arrive within `confirm_timeout_s`.
+        """
+        batch = Batch(remaining=len(items))
+        if not items:
+            return batch
+        for index, item in enumerate(items):
+            item.batch = batch
+            item.index = index
+        self._ensure_started()
+        self._inbox.extend(items)
+        self._wake()
+        if not batch.done.wait(self.confirm_timeout_s):
+            raise PublishError(self._timeout_reason(), message_id=items[0].properties.message_id)
+        if batch.errors:
+            index, reason = next(iter(batch.errors.items()))
+            more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
+            raise PublishError(reason + more, message_id=items[index].properties.message_id)
+        return batch
+
+    def declare(self, todo: list[Step], timeout_s: float = 30.0) -> None:
+        """Declare topology on a channel of this connection, waiting until it is done.
+
+        Raises:
+            TopologyError: The broker refused a declaration, or it did not finish in time.
+        """
+        future: Future[None] = Future()
+        self._ensure_started()
+        self._declares.append((todo, future))
+        self.call_soon(self._run_declares)
+        try:
+            future.result(timeout_s)
+        except TimeoutError as exc:
+            raise TopologyError(
+                f"declaring topology did not finish within {timeout_s}s: {self._timeout_reason()}"
+            ) from exc
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the connection; callers still waiting for a confirm get `PublishError`."""
+        if os.getpid() == self._pid:
+            self.stop(timeout_s)
+
+    def _ensure_started(self) -> None:
+        if os.getpid() != self._pid:
+            _reset_after_fork(self)
+        if self.running:
+            return
+        with self._start_lock:
+            if not self.running:
+                self.start()
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.call_soon(self._flush)
+
+    def _timeout_reason(self) -> str:
+        if not self.connected.is_set():
+            cause = describe(self.last_error) if self.last_error else "still connecting"
+            return (
+                f"no confirm within {self.confirm_timeout_s}s: broker at {self.safe_url} "
+                f"unreachable ({cause})"
+            )
+        return f"no confirm within {self.confirm_timeout_s}s from {self.safe_url}"
+
+    # I/O thread --------------------------------------------------------------------------
+
+    def on_connected(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare_base())
+
+    def _declare_base(self) -> None:
+        assert self._channel is not None
+        declare_async(self._channel, self._declare_on_connect, self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._ready = True
+        self._flush()
+        self._run_declares()
+
+    def _flush(self) -> None:
+        self._wake_pending = False
+        channel = self._channel
+        if not self._ready or channel is None:
+            return
+        inbox = self._inbox
+        while inbox:
+            item = inbox.popleft()
+            try:
+                channel.basic_publish(
+                    item.exchange,
+                    item.routing_key,
+                    item.body,
+                    item.properties,
+                    mandatory=True,
+                )
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                inbox.appendleft(item)
+                log.warning("publish_deferred", error=describe(exc))
+                return
+            tag = self._next_tag
+            self._next_tag = tag + 1
+            self._unconfirmed[tag] = item
+            self._order.append(tag)
+            message_id = item.properties.message_id
+            waiting = self._mandatory.get(message_id)
+            if waiting is None:
+                self._mandatory[message_id] = deque((item,))
+            else:
+                waiting.append(item)
+
+    def _on_return(
+        self,
+        _channel: Channel,
+        method: Basic.Return,
+        properties: pika.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        waiting = self._mandatory.get(properties.message_id)
+        if waiting:
+            waiting[0].returned = f"{method.reply_code} {method.reply_text}"
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        tag: int = method.delivery_tag
+        if method.multiple:
+            order = self._order
+            while order and order[0] <= tag:
+                item = self._unconfirmed.pop(order.popleft(), None)
+                if item is not None:
+                    self._settle(item, ok)
+        else:
+            item = self._unconfirmed.pop(tag, None)
+            if item is not None:
+                self._settle(item, ok)
+            order = self._order
+            while order and order[0] not in self._unconfirmed:
+                order.popleft()
+
+    def _settle(self, item: Outgoing, ok: bool) -> None:
+        message_id = item.properties.message_id
+        waiting = self._mandatory.get(message_id)
+        if waiting is not None:
+            waiting.popleft()
+            if not waiting:
+                del self._mandatory[message_id]
+        error: str | None = None
+        if not ok:
+            error = f"broker refused (nack) message {message_id}"
+        elif item.returned is not None and item.unroutable_is_error:
+            error = (
+                f"no queue {item.routing_key!r} to deliver message {message_id} to "
+                f"({item.returned}); declare the actor first (leveret declare, or a worker)"
+            )
+        assert item.batch is not None
+        item.batch.settle(item.index, error, unroutable=item.returned is not None)
+
+    def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
+        self._channel = None
+        self._ready = False
+        in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
+        self._forget_channel()
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            # The broker refused what we did (e.g. an exchange deleted under us): publishing
+            # the same again would loop, so the callers get the reason.
+            for item in in_flight:
+                self._settle_closed(item, f"channel closed by broker: {describe(reason)}")
+            connection = self.connection
+            if connection is not None and connection.is_open:
+                connection.channel(on_open_callback=self._on_channel_open)
+        else:
+            self._inbox.extendleft(reversed(in_flight))
+            for item in in_flight:
+                item.returned = None
+
+    def _settle_closed(self, item: Outgoing, reason: str) -> None:
+        assert item.batch is not None
+        item.batch.settle(item.index, reason, unroutable=False)
+
+    def _forget_channel(self) -> None:
+        self._unconfirmed = {}
+        self._order = deque()
+        self._mandatory = {}
+        self._next_tag = 1
+
+    def on_disconnected(self, reason: BaseException) -> None:
+        if self._channel is not None:
+            self._on_channel_closed(self._channel, reason)
+
+    def on_stopping(self) -> None:
+        waiting = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
+        waiting += self._inbox
+        self._inbox.clear()
+        self._forget_channel()
+        for item in waiting:
+            self._settle_closed(item, "publisher closed before the broker confirmed")
+        for _todo, future in self._declares:
+            future.set_exception(TopologyError("publisher closed before declaring"))
+        self._declares.clear()
+
+    def _run_declares(self) -> None:
+        connection = self.connection
+        if not self._ready or connection is None:
+            return
+        while self._declares:
+            todo, future = self._declares.popleft()
+            connection.channel(on_open_callback=_declarer(todo, future))
+
+
+def _declarer(todo: list[Step], future: Future[None]) -> Callable[[Channel], None]:
+    """A channel-open callback that declares `todo` then closes the channel."""
+
+    def on_open(channel: Channel) -> None:
+        def on_closed(_channel: Channel, reason: BaseException) -> None:
+            if not future.done():
+                future.set_exception(TopologyError(f"declaring failed: {describe(reason)}"))
+
+        def on_done() -> None:
+            future.set_result(None)
+            channel.close()
+
+        channel.add_on_close_callback(on_closed)
+        declare_async(channel, todo, on_done)
+
+    return on_open
+
+
+def _reset_after_fork(publisher: Publisher) -> None:
+    # The parent's connection and thread are not ours: never touch the socket (a close frame
+    # would end the parent's connection), keep the objects alive so nothing closes them.
+    _inherited.append((publisher._connection, publisher._ioloop))
+    publisher._connection = None
+    publisher._ioloop = None
+    publisher._thread = None
+    publisher.connected = threading.Event()
+    publisher._reset_state()
+
+
+_inherited: list[Any] = []
+
+
+def _reset_all_after_fork() -> None:
+    for publisher in list(_live):
+        _reset_after_fork(publisher)
+
+
+os.register_at_fork(after_in_child=_reset_all_after_fork)

@@ -1,0 +1,124 @@
+"""The RabbitMQ objects an actor needs, as data, and how to declare them on a channel.
+
+`steps(namespace, actors)` is pure (unit-tested); `declare_async` runs the steps one after
+another on a pika channel of a `SelectConnection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pika.channel import Channel
+
+from actors.actor import Actor
+from services import naming
+
+StepKind = Literal["exchange", "queue", "bind"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One idempotent declaration.
+
+    Attributes:
+        kind: ``exchange``, ``queue`` or ``bind`` (queue to exchange).
+        name: Exchange or queue name.
+        exchange_type: For exchanges: ``topic`` or ``direct``.
+        arguments: ``x-`` arguments of a queue.
+        exchange: For bindings: the exchange bound from.
+        routing_key: For bindings: the binding key.
+    """
+
+    kind: StepKind
+    name: str
+    exchange_type: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    exchange: str = ""
+    routing_key: str = ""
+
+    def describe(self) -> str:
+        """A one-line description for errors and logs."""
+        if self.kind == "bind":
+            return f"binding {self.exchange} -[{self.routing_key}]-> {self.name}"
+        if self.kind == "exchange":
+            return f"{self.exchange_type} exchange {self.name}"
+        return f"queue {self.name} {self.arguments}"
+
+
+def namespace_steps(namespace: str) -> list[Step]:
+    """The exchanges every namespace has."""
+    return [
+        Step("exchange", naming.events_exchange(namespace), exchange_type="topic"),
+        Step("exchange", naming.dead_exchange(namespace), exchange_type="direct"),
+    ]
+
+
+def actor_steps(namespace: str, actor: type[Actor]) -> list[Step]:
+    """The queues and bindings of one actor: its queue, its `.dlq`, and a binding per topic."""
+    queue = naming.queue_name(namespace, actor.queue)
+    dlq = naming.dlq_name(namespace, actor.queue)
+    dead = naming.dead_exchange(namespace)
+    queue_args: dict[str, Any] = {
+        "x-queue-type": actor.queue_type,
+        "x-dead-letter-exchange": dead,
+        "x-dead-letter-routing-key": dlq,
+    }
+    if actor.queue_type == "quorum":
+        queue_args["x-delivery-limit"] = actor.delivery_limit
+    steps = [
+        Step("queue", dlq, arguments={"x-queue-type": actor.queue_type}),
+        Step("bind", dlq, exchange=dead, routing_key=dlq),
+        Step("queue", queue, arguments=queue_args),
+    ]
+    events = naming.events_exchange(namespace)
+    steps += [Step("bind", queue, exchange=events, routing_key=topic) for topic in actor.topics()]
+    return steps
+
+
+def steps(namespace: str, actors: Iterable[type[Actor]]) -> list[Step]:
+    """Every declaration for a namespace and these actors, in a safe order."""
+    result = namespace_steps(namespace)
+    for actor in actors:
+        result += actor_steps(namespace, actor)
+    return result
+
+
+def queue_names(namespace: str, actors: Iterable[type[Actor]]) -> list[str]:
+    """Every queue the actors own in the namespace (actor queues and dead-letter queues)."""
+    names: list[str] = []
+    for actor in actors:
+        names += [
+            naming.queue_name(namespace, actor.queue),
+            naming.dlq_name(namespace, actor.queue),
+        ]
+    return names
+
+
+def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None]) -> None:
+    """Declare `todo` one step after another on `channel`, then call `on_done`.
+
+    A declaration the broker refuses (a queue that exists with other arguments) closes the
+    channel: the channel's close callback receives the reason.
+    """
+    remaining = iter(todo)
+
+    def next_step(_frame: Any = None) -> None:
+        step = next(remaining, None)
+        if step is None:
+            on_done()
+        elif step.kind == "exchange":
+            channel.exchange_declare(
+                step.name, exchange_type=step.exchange_type, durable=True, callback=next_step
+            )
+        elif step.kind == "queue":
+            channel.queue_declare(
+                step.name, durable=True, arguments=step.arguments, callback=next_step
+            )
+        else:
+            channel.queue_bind(
+                step.name, step.exchange, routing_key=step.routing_key, callback=next_step
+            )
+
+    next_step()

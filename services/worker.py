@@ -1,0 +1,435 @@
+"""The RabbitMQ worker: consumes actor queues, runs handlers on a thread pool, acks late.
+
+The I/O thread owns the connection and never runs user code. Deliveries go to a queue that
+`threads` handler threads take from; each finished handler posts its outcome back, and the
+I/O thread acks (or first publishes the dead letter with confirm, then acks). An outcome for
+a delivery whose channel has since died is dropped with a log line: the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+from collections import deque
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic
+
+from actors.actor import Actor
+from services import naming, topology, wire
+from services.broker import default_prefetch
+from services.connection import IOThread, describe
+from services.execution import Delivery, Executor, Outcome, Stats
+from services.logs import get_logger
+
+log = get_logger("leveret.worker")
+
+REQUEUE = "requeue"
+EXIT_OK = 0
+EXIT_SHUTDOWN_TIMEOUT = 1
+EXIT_FATAL = 2
+
+
+@dataclass(slots=True)
+class _Job:
+    generation: int
+    delivery_tag: int
+    executor: Executor
+    delivery: Delivery
+
+
+class RabbitWorker(IOThread):
+    """Consumes the queues of `actors` until shut down.
+
+    Args:
+        url: AMQP URL.
+        namespace: The namespace of the queues.
+        actors: Actor classes to run, one instance each.
+        threads: Handler threads (handlers running at once).
+        prefetch: Unacknowledged deliveries held; defaults to twice `threads`.
+        shutdown_timeout_s: How long shutdown waits for handlers in flight.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        actors: list[type[Actor]],
+        *,
+        threads: int = 8,
+        prefetch: int | None = None,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(url, role="worker")
+        self.namespace = namespace
+        self.actors = actors
+        self.threads = threads
+        self.prefetch = default_prefetch(threads, prefetch)
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.stats = Stats()
+        self.consuming = threading.Event()
+        self.exit_code = EXIT_OK
+        self.fatal_error: str | None = None
+        self._executors = {
+            naming.queue_name(namespace, actor.queue): Executor(actor) for actor in actors
+        }
+        self._steps = topology.steps(namespace, actors)
+        self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._done: deque[tuple[_Job, Outcome | str]] = deque()
+        self._wake_pending = False
+        self._generation = 0
+        self._channel: Channel | None = None
+        self._consumers: dict[str, Executor] = {}
+        self._accepting = False
+        self._declaring = False
+        self._outstanding = 0
+        self._shutting_down = False
+        self._publish_tag = 0
+        self._dead_letters: dict[int, _Job] = {}
+        self._returned: set[int] = set()
+        self._pool: list[threading.Thread] = []
+
+    # Any thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the handler threads and the I/O thread; returns at once."""
+        for number in range(self.threads):
+            thread = threading.Thread(
+                target=self._handle_jobs, name=f"leveret-handler-{number}", daemon=True
+            )
+            thread.start()
+            self._pool.append(thread)
+        super().start()
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown without waiting (safe from a signal handler)."""
+        if self.running:
+            self.call_soon(self._begin_shutdown)
+
+    def shutdown(self, timeout_s: float | None = None) -> int:
+        """Shut down gracefully and wait for it.
+
+        Stops consuming, requeues deliveries not started, lets handlers in flight finish
+        (up to `shutdown_timeout_s`), acks them, and closes the connection.
+
+        Returns:
+            0 when every handler finished in time, 1 when some were cut off (their messages
+            are redelivered), 2 after a fatal error.
+        """
+        self.request_shutdown()
+        self._stopped.wait(timeout_s if timeout_s is not None else self.shutdown_timeout_s + 10)
+        return self.exit_code
+
+    def run(self) -> int:
+        """Consume until SIGTERM or SIGINT, then shut down gracefully.
+
+        Signal handlers are installed only on the main thread; a second signal while
+        shutting down exits at once (the broker redelivers what was in flight).
+
+        Returns:
+            The exit code, as `shutdown`.
+        """
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self.start()
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.exit_code
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._shutting_down:
+            log.warning("worker_killed", signal=signal.Signals(signum).name)
+            raise SystemExit(EXIT_SHUTDOWN_TIMEOUT)
+        log.info("worker_stopping", signal=signal.Signals(signum).name)
+        self.request_shutdown()
+
+    # Handler threads --------------------------------------------------------------------
+
+    def _handle_jobs(self) -> None:
+        work = self._work
+        while True:
+            job = work.get()
+            if job is None:
+                return
+            if job.generation != self._generation:
+                continue  # its channel is gone; the broker redelivers it
+            if not self._accepting:
+                self._post(job, REQUEUE)
+                continue
+            outcome = job.executor.run(job.delivery)
+            self.stats.count(outcome)
+            self._post(job, outcome)
+
+    def _post(self, job: _Job, result: Outcome | str) -> None:
+        self._done.append((job, result))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.call_soon(self._settle_done)
+
+    # I/O thread: channel set-up ---------------------------------------------------------
+
+    def on_connected(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        self._declaring = True
+        channel.confirm_delivery(
+            self._on_confirm,
+            callback=lambda _frame: topology.declare_async(channel, self._steps, self._on_declared),
+        )
+
+    def _on_declared(self) -> None:
+        self._declaring = False
+        channel = self._channel
+        if channel is None:
+            return
+        channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _frame: self._consume())
+
+    def _consume(self) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        if self._shutting_down:
+            self._maybe_finish()
+            return
+        self._consumers = {}
+        for queue_name, executor in self._executors.items():
+            tag = channel.basic_consume(queue_name, self._on_message)
+            self._consumers[tag] = executor
+        self._accepting = True
+        self.consuming.set()
+        log.info(
+            "worker_consuming",
+            queues=sorted(self._executors),
+            threads=self.threads,
+            prefetch=self.prefetch,
+        )
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if channel is not self._channel:
+            return
+        was_declaring = self._declaring
+        self._forget_channel()
+        if self._shutting_down:
+            self._maybe_finish()
+            return
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return  # the connection is gone too: on_connected sets up again
+        if was_declaring and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self._fatal(f"declaring the topology failed: {describe(reason)}")
+            return
+        log.warning("worker_channel_lost", error=describe(reason))
+        self.call_later(1.0, self._reopen_channel)
+
+    def _reopen_channel(self) -> None:
+        connection = self.connection
+        if self._channel is None and connection is not None and connection.is_open:
+            connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_cancelled(self, frame: Any) -> None:
+        # The broker cancelled a consumer (its queue was deleted): start over on a fresh
+        # channel, which declares the queue again.
+        log.warning("worker_consumer_cancelled", consumer_tag=frame.method.consumer_tag)
+        if self._channel is not None and self._channel.is_open:
+            self._channel.close()
+
+    def on_disconnected(self, reason: BaseException) -> None:
+        if self._channel is not None:
+            log.warning("worker_disconnected", error=describe(reason))
+        self._forget_channel()
+        if self._shutting_down:
+            self._maybe_finish()
+
+    def _forget_channel(self) -> None:
+        # Everything delivered on the old channel is the broker's again.
+        self._generation += 1
+        self._channel = None
+        self._accepting = False
+        self._declaring = False
+        self.consuming.clear()
+        self._outstanding = 0
+        self._dead_letters.clear()
+        self._returned.clear()
+        self._publish_tag = 0
+
+    # I/O thread: deliveries and outcomes ------------------------------------------------
+
+    def _on_message(
+        self,
+        channel: Channel,
+        method: Basic.Deliver,
+        props: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        if not self._accepting:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        self._outstanding += 1
+        self._work.put(
+            _Job(
+                self._generation,
+                method.delivery_tag,
+                self._consumers[method.consumer_tag],
+                wire.delivery(method, props, body),
+            )
+        )
+
+    def _settle_done(self) -> None:
+        self._wake_pending = False
+        done = self._done
+        while done:
+            job, result = done.popleft()
+            channel = self._channel
+            if job.generation != self._generation or channel is None:
+                log.info(
+                    "ack_dropped",
+                    message_id=job.delivery.message_id,
+                    reason="channel closed since delivery; the broker redelivers it",
+                )
+                continue
+            if result == REQUEUE:
+                channel.basic_nack(job.delivery_tag, requeue=True)
+                self._outstanding -= 1
+            elif isinstance(result, Outcome) and result.fate == "ack":
+                channel.basic_ack(job.delivery_tag)
+                self._outstanding -= 1
+            elif isinstance(result, Outcome):
+                self._publish_dead_letter(channel, job, result)
+        self._maybe_finish()
+
+    def _publish_dead_letter(self, channel: Channel, job: _Job, outcome: Outcome) -> None:
+        queue_name = naming.dlq_name(self.namespace, job.executor.actor.queue)
+        channel.basic_publish(
+            "",
+            queue_name,
+            job.delivery.body,
+            wire.dead_letter_properties(job.delivery, outcome.headers),
+            mandatory=True,
+        )
+        self._publish_tag += 1
+        self._dead_letters[self._publish_tag] = job
+
+    def _on_return(
+        self, _channel: Channel, _method: Any, props: pika.BasicProperties, _body: bytes
+    ) -> None:
+        for tag, job in self._dead_letters.items():
+            if job.delivery.message_id == props.message_id and tag not in self._returned:
+                self._returned.add(tag)
+                return
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        tags = (
+            [tag for tag in self._dead_letters if tag <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        channel = self._channel
+        for tag in tags:
+            job = self._dead_letters.pop(tag, None)
+            if job is None or channel is None:
+                continue
+            returned = tag in self._returned
+            self._returned.discard(tag)
+            if acked and not returned:
+                channel.basic_ack(job.delivery_tag)
+                self._outstanding -= 1
+                continue
+            # Keep the original: it comes back and is dead-lettered again once the
+            # dead-letter queue exists (declared again below).
+            log.error(
+                "dead_letter_not_stored",
+                message_id=job.delivery.message_id,
+                reason="no dead-letter queue" if returned else "broker nacked",
+            )
+            topology.declare_async(
+                channel,
+                topology.actor_steps(self.namespace, job.executor.actor),
+                lambda job=job, channel=channel: self._requeue_later(channel, job),
+            )
+        self._maybe_finish()
+
+    def _requeue_later(self, channel: Channel, job: _Job) -> None:
+        if job.generation == self._generation and channel.is_open:
+            channel.basic_nack(job.delivery_tag, requeue=True)
+            self._outstanding -= 1
+            self._maybe_finish()
+
+    # I/O thread: shutdown ---------------------------------------------------------------
+
+    def _begin_shutdown(self) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._accepting = False
+        self.call_later(self.shutdown_timeout_s, self._shutdown_timed_out)
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            for tag in self._consumers:
+                channel.basic_cancel(tag)
+        requeued = 0
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                continue
+            if job.generation == self._generation and channel is not None:
+                channel.basic_nack(job.delivery_tag, requeue=True)
+                self._outstanding -= 1
+                requeued += 1
+        log.info("worker_draining", in_flight=self._outstanding, requeued=requeued)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._shutting_down or self._outstanding > 0 or self._dead_letters:
+            return
+        if self._stopping:
+            return
+        self._finish()
+
+    def _shutdown_timed_out(self) -> None:
+        if self._stopping:
+            return
+        log.warning(
+            "worker_shutdown_timeout",
+            in_flight=self._outstanding,
+            timeout_s=self.shutdown_timeout_s,
+            hint="handlers still running are cut off; the broker redelivers their messages",
+        )
+        self.exit_code = max(self.exit_code, EXIT_SHUTDOWN_TIMEOUT)
+        self._finish()
+
+    def _fatal(self, reason: str) -> None:
+        self.fatal_error = reason
+        self.exit_code = EXIT_FATAL
+        log.error("worker_failed", error=reason)
+        self._shutting_down = True
+        self._finish()
+
+    def _finish(self) -> None:
+        for _ in self._pool:
+            self._work.put(None)
+        log.info(
+            "worker_stopped", handled=self.stats.handled, dead_lettered=self.stats.dead_lettered
+        )
+        self._begin_stop()
