@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import click
 
-from actors import Actor, Context, Reject, actor, configure, handler, publish
+from actors import Actor, ActorRef, Context, Reject, actor, configure, handler, publish
 from schemas import Message
 from services.broker import Broker
 from services.memory import MemoryBroker
@@ -71,10 +71,10 @@ class Ledger(Actor, queue="demo.ledger"):
 @actor(queue="demo.emails")
 def send_welcome(msg: UserSignedUp, ctx: Context) -> None:
     """Greets a new user (the seed's three steps: a module, a decorator, `.send`)."""
-    _record(f"emails welcomed {msg.email} (correlation {ctx.correlation_id[:8]}…)")
+    _record(f"emails welcomed {msg.email} (correlation {(ctx.correlation_id or '')[:8]}…)")
 
 
-DEMO_ACTORS = [Billing, Ledger, send_welcome]
+DEMO_ACTORS: list[ActorRef] = [Billing, Ledger, send_welcome]
 
 
 EXPECTED_HANDLED = 3

@@ -181,7 +181,7 @@ class Executor:
             handler(self.instance, message, ctx)
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
-        except (Exception, SystemExit) as exc:  # a failing handler must never kill the worker
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             return self._dead_letter(delivery, envelope, "handler_error", exc, with_traceback=True)
         return Outcome("ack", envelope)
 

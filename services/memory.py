@@ -281,7 +281,7 @@ class MemoryWorker:
 
     def run(self) -> int:
         """Consume until SIGTERM or SIGINT (main thread) or `shutdown`."""
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)

@@ -231,7 +231,7 @@ class Publisher(IOThread):
             self._next_tag = tag + 1
             self._unconfirmed[tag] = item
             self._order.append(tag)
-            message_id = item.properties.message_id
+            message_id: str = item.properties.message_id or ""
             waiting = self._mandatory.get(message_id)
             if waiting is None:
                 self._mandatory[message_id] = deque((item,))
@@ -245,7 +245,7 @@ class Publisher(IOThread):
         properties: pika.BasicProperties,
         _body: bytes,
     ) -> None:
-        waiting = self._mandatory.get(properties.message_id)
+        waiting = self._mandatory.get(properties.message_id or "")
         if waiting:
             waiting[0].returned = f"{method.reply_code} {method.reply_text}"
 
@@ -268,7 +268,7 @@ class Publisher(IOThread):
                 order.popleft()
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
-        message_id = item.properties.message_id
+        message_id: str = item.properties.message_id or ""
         waiting = self._mandatory.get(message_id)
         if waiting is not None:
             waiting.popleft()

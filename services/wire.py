@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pika
 from pika.spec import Basic
@@ -11,7 +11,7 @@ from schemas import envelope as wire
 from schemas.envelope import Envelope
 from services.execution import Delivery
 
-PERSISTENT = 2
+PERSISTENT: Literal[2] = 2
 
 
 def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pika.BasicProperties:
@@ -44,8 +44,8 @@ def delivery(
         timestamp=props.timestamp,
         headers=props.headers or {},
         redelivered=bool(method.redelivered),
-        exchange=method.exchange,
-        routing_key=method.routing_key,
+        exchange=method.exchange or "",
+        routing_key=method.routing_key or "",
     )
 
 

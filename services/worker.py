@@ -8,6 +8,7 @@ a delivery whose channel has since died is dropped with a log line: the broker r
 
 from __future__ import annotations
 
+import functools
 import queue
 import signal
 import threading
@@ -135,7 +136,7 @@ class RabbitWorker(IOThread):
         Returns:
             The exit code, as `shutdown`.
         """
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
@@ -278,15 +279,16 @@ class RabbitWorker(IOThread):
         props: pika.BasicProperties,
         body: bytes,
     ) -> None:
+        tag: int = method.delivery_tag  # type: ignore[assignment]  # always set on Deliver
         if not self._accepting:
-            channel.basic_nack(method.delivery_tag, requeue=True)
+            channel.basic_nack(tag, requeue=True)
             return
         self._outstanding += 1
         self._work.put(
             _Job(
                 self._generation,
-                method.delivery_tag,
-                self._consumers[method.consumer_tag],
+                tag,
+                self._consumers[method.consumer_tag or ""],
                 wire.delivery(method, props, body),
             )
         )
@@ -363,7 +365,7 @@ class RabbitWorker(IOThread):
             topology.declare_async(
                 channel,
                 topology.actor_steps(self.namespace, job.executor.actor),
-                lambda job=job, channel=channel: self._requeue_later(channel, job),
+                functools.partial(self._requeue_later, channel, job),
             )
         self._maybe_finish()
 
