@@ -160,3 +160,7 @@ def demo(broker_url: str, namespace: str, keep: bool, log_level: str, log_format
         raise click.ClickException(str(exc)) from exc
     if handled < EXPECTED_HANDLED:
         raise click.ClickException(f"only {handled} of {EXPECTED_HANDLED} messages were handled")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m services` runs the `leveret` command."""
+
+from services.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""Helpers shared by the tests: waiters, recorders, running workers, subprocess workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from actors.actor import ActorRef
+from services.broker import Broker, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBIT_URL = os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until it holds; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+class Recorder:
+    """Thread-safe list of what handlers saw, with a waiter."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._changed = threading.Condition()
+
+    def add(self, item: Any) -> None:
+        with self._changed:
+            self.items.append(item)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Any]:
+        """Wait until at least `count` items arrived; return a snapshot."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.items) >= count, timeout_s):
+                raise AssertionError(
+                    f"timed out after {timeout_s}s: {len(self.items)} of {count} arrived"
+                )
+            return list(self.items)
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self.items)
+
+
+@contextlib.contextmanager
+def running(broker: Broker, *actors: ActorRef, **options: Any) -> Iterator[Worker]:
+    """A started worker for `actors` on `broker`, shut down (gracefully) on exit."""
+    worker = broker.worker(actors, **options)
+    worker.start()
+    consuming = getattr(worker, "consuming", None)
+    if consuming is not None and not consuming.wait(15):
+        worker.shutdown(5)
+        raise AssertionError("worker did not start consuming within 15s")
+    try:
+        yield worker
+    finally:
+        worker.shutdown(10)
+
+
+class WorkerProcess:
+    """`leveret worker` in a subprocess, killed by pid (only the ones a test started)."""
+
+    def __init__(
+        self,
+        modules: list[str],
+        namespace: str,
+        *,
+        url: str = RABBIT_URL,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp"))
+            / f"leveret-worker-{namespace}-{time.monotonic_ns()}.log"
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "worker",
+            *modules,
+            "--broker-url",
+            url,
+            "--namespace",
+            namespace,
+            "--log-format",
+            "json",
+            *(args or []),
+        ]
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_consuming(self, timeout_s: float = 20.0) -> None:
+        wait_until(
+            lambda: "worker_consuming" in self.log() or self.process.poll() is not None,
+            timeout_s,
+            "the worker to start consuming",
+        )
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        return self.process.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Kill it if still running (test teardown)."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._log.close()
