@@ -1,0 +1,56 @@
+"""The `leveret` command: worker start-up errors, declare, demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from services import naming
+from services.rabbitmq import RabbitBroker
+from tests.sample_actors import Jobs
+from tests.support import ROOT
+
+
+def leveret(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_worker_with_a_module_that_does_not_import_fails_clearly() -> None:
+    result = leveret("worker", "no_such_module_anywhere", "--broker-url", "memory://")
+    assert result.returncode != 0
+    assert "cannot import actor module 'no_such_module_anywhere'" in result.stderr
+
+
+def test_worker_with_unknown_queue_fails_clearly() -> None:
+    result = leveret(
+        "worker", "tests.sample_actors", "--queues", "nope", "--broker-url", "memory://"
+    )
+    assert result.returncode != 0
+    assert "--queues names ['nope']" in result.stderr
+
+
+def test_declare_creates_the_topology(rabbit_broker: RabbitBroker) -> None:
+    result = leveret(
+        "declare",
+        "tests.sample_actors",
+        "--broker-url",
+        rabbit_broker.url,
+        "--namespace",
+        rabbit_broker.namespace,
+    )
+    rabbit_broker._declared.add(Jobs)  # for cleanup
+    assert result.returncode == 0, result.stderr
+    assert f"declared {rabbit_broker.namespace}.jobs <- tests.job" in result.stdout
+    assert rabbit_broker.message_count(naming.dlq_name(rabbit_broker.namespace, "jobs")) == 0
+
+
+def test_demo_runs_on_the_in_memory_broker_with_no_setup() -> None:
+    result = leveret("demo")
+    assert result.returncode == 0, result.stderr
+    assert "3 messages handled; 1 in Billing's dead-letter queue" in result.stdout

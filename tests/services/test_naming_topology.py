@@ -1,0 +1,76 @@
+"""Names of exchanges and queues, and the declarations an actor needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import Actor, handler
+from schemas import Message
+from services import naming, topology
+
+
+class Paid(Message, topic="tests.topo.paid"):
+    n: int
+
+
+class Refunded(Message, topic="tests.topo.refunded"):
+    n: int
+
+
+class Ledger(Actor, queue="ledger", delivery_limit=7):
+    @handler
+    def paid(self, msg: Paid) -> None: ...
+
+    @handler
+    def refunded(self, msg: Refunded) -> None: ...
+
+
+class Classic(Actor, queue="classic", queue_type="classic"):
+    @handler
+    def paid(self, msg: Paid) -> None: ...
+
+
+def test_names_are_prefixed_by_namespace() -> None:
+    assert naming.events_exchange("shop") == "shop.events"
+    assert naming.dead_exchange("shop") == "shop.dead"
+    assert naming.queue_name("shop", "billing") == "shop.billing"
+    assert naming.dlq_name("shop", "billing") == "shop.billing.dlq"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x/y", "a..b", "q*"])
+def test_invalid_namespace_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid namespace"):
+        naming.check_namespace(bad)
+
+
+def test_redact_url_hides_the_password() -> None:
+    assert naming.redact_url("amqp://app:s3cret@rabbit:5672/prod") == (
+        "amqp://app:***@rabbit:5672/prod"
+    )
+    assert naming.redact_url("memory://") == "memory://"
+
+
+def test_actor_steps_declare_dlq_queue_and_one_binding_per_topic() -> None:
+    steps = topology.actor_steps("shop", Ledger)
+    assert [step.describe() for step in steps] == [
+        "queue shop.ledger.dlq {'x-queue-type': 'quorum'}",
+        "binding shop.dead -[shop.ledger.dlq]-> shop.ledger.dlq",
+        "queue shop.ledger {'x-queue-type': 'quorum', 'x-dead-letter-exchange': 'shop.dead', "
+        "'x-dead-letter-routing-key': 'shop.ledger.dlq', 'x-delivery-limit': 7}",
+        "binding shop.events -[tests.topo.paid]-> shop.ledger",
+        "binding shop.events -[tests.topo.refunded]-> shop.ledger",
+    ]
+
+
+def test_classic_queues_have_no_delivery_limit() -> None:
+    queue_step = topology.actor_steps("shop", Classic)[2]
+    assert queue_step.arguments["x-queue-type"] == "classic"
+    assert "x-delivery-limit" not in queue_step.arguments
+
+
+def test_namespace_exchanges_come_first() -> None:
+    steps = topology.steps("shop", [Ledger])
+    assert [(s.kind, s.name, s.exchange_type) for s in steps[:2]] == [
+        ("exchange", "shop.events", "topic"),
+        ("exchange", "shop.dead", "direct"),
+    ]

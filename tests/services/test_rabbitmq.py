@@ -1,0 +1,143 @@
+"""RabbitMQ specifics: wire format, queue arguments, declaration errors, unreachable broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pika
+import pytest
+
+from actors import Actor, Context, handler
+from schemas import Message, PublishError, TopologyError
+from services import naming
+from services.rabbitmq import RabbitBroker
+from services.worker import EXIT_FATAL, RabbitWorker
+from tests.support import Recorder, running, wait_until
+
+
+class Parcel(Message, topic="tests.rabbit.parcel"):
+    weight_g: int
+
+
+got = Recorder()
+
+
+class Depot(Actor, queue="depot", delivery_limit=5):
+    @handler
+    def on(self, msg: Parcel, ctx: Context) -> None:
+        got.add((msg.weight_g, ctx.envelope))
+
+
+def _raw_get(
+    broker: RabbitBroker, queue: str
+) -> tuple[pika.spec.Basic.GetOk, pika.BasicProperties, bytes]:
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        method, props, body = connection.channel().basic_get(queue, auto_ack=True)
+    finally:
+        connection.close()
+    assert method is not None, f"nothing in {queue}"
+    return method, props, body
+
+
+def test_wire_format_is_readable_by_a_plain_amqp_client(rabbit_broker: RabbitBroker) -> None:
+    message_id = rabbit_broker.send(Depot, Parcel(weight_g=250), correlation_id="corr-1")
+    _method, props, body = _raw_get(
+        rabbit_broker, naming.queue_name(rabbit_broker.namespace, "depot")
+    )
+    assert json.loads(body) == {"weight_g": 250}
+    assert props.content_type == "application/json"
+    assert props.type == "tests.rabbit.parcel"
+    assert props.message_id == message_id
+    assert props.correlation_id == "corr-1"
+    assert props.delivery_mode == 2
+    assert abs(props.timestamp - time.time()) < 60
+    assert props.headers["x-leveret-attempt"] == 1
+    assert set(props.headers) <= {"x-leveret-attempt", "x-delivery-count"}  # the latter: quorum
+
+
+def test_a_plain_amqp_client_can_publish_to_an_actor(rabbit_broker: RabbitBroker) -> None:
+    rabbit_broker.declare(Depot)
+    got.items.clear()
+    with running(rabbit_broker, Depot, threads=1):
+        connection = pika.BlockingConnection(pika.URLParameters(rabbit_broker.url))
+        channel = connection.channel()
+        channel.basic_publish(
+            naming.events_exchange(rabbit_broker.namespace),
+            "tests.rabbit.parcel",  # no properties at all: the routing key is the topic
+            b'{"weight_g": 9}',
+        )
+        connection.close()
+        ((weight, envelope),) = got.wait_for(1)
+    assert weight == 9
+    assert envelope.attempt == 1
+    assert envelope.topic == "tests.rabbit.parcel"
+
+
+def test_actor_queue_is_quorum_with_delivery_limit_and_dead_lettering(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    rabbit_broker.declare(Depot)
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "type", "arguments"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    line = next(
+        row for row in out.splitlines() if row.startswith(f"{rabbit_broker.namespace}.depot\t")
+    )
+    assert "quorum" in line
+    assert '{"x-delivery-limit",5}' in line
+    assert f"{rabbit_broker.namespace}.dead" in line
+
+
+def test_declare_is_idempotent(rabbit_broker: RabbitBroker) -> None:
+    rabbit_broker.declare(Depot)
+    rabbit_broker.declare(Depot)
+    assert rabbit_broker.message_count(naming.queue_name(rabbit_broker.namespace, "depot")) == 0
+
+
+def test_conflicting_existing_queue_is_a_clear_topology_error(rabbit_broker: RabbitBroker) -> None:
+    queue = naming.queue_name(rabbit_broker.namespace, "depot")
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_broker.url))
+    connection.channel().queue_declare(queue, durable=True)  # classic, no arguments
+    connection.close()
+    rabbit_broker._declared.add(Depot)  # so the fixture deletes it
+    with pytest.raises(TopologyError, match="PRECONDITION_FAILED"):
+        rabbit_broker.declare(Depot)
+    # the publisher still works after the refused declaration
+    rabbit_broker.publish(Parcel(weight_g=1))
+
+
+def test_worker_stops_with_a_clear_error_on_conflicting_topology(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    queue = naming.queue_name(rabbit_broker.namespace, "depot")
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_broker.url))
+    connection.channel().queue_declare(queue, durable=True)
+    connection.close()
+    rabbit_broker._declared.add(Depot)
+    worker = rabbit_broker.worker([Depot], threads=1)
+    assert isinstance(worker, RabbitWorker)
+    worker.start()
+    wait_until(lambda: not worker.running, 20, "the worker to stop by itself")
+    assert worker.exit_code == EXIT_FATAL
+    assert "PRECONDITION_FAILED" in (worker.fatal_error or "")
+
+
+def test_publish_to_an_unreachable_broker_fails_clearly_without_password(namespace: str) -> None:
+    broker = RabbitBroker(
+        "amqp://guest:sekrit@127.0.0.1:1/", namespace=namespace, confirm_timeout_s=1
+    )
+    try:
+        with pytest.raises(PublishError) as caught:
+            broker.publish(Parcel(weight_g=1))
+    finally:
+        broker.close()
+    text = str(caught.value)
+    assert "unreachable" in text
+    assert "sekrit" not in text
