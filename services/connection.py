@@ -106,10 +106,22 @@ class IOThread:
         return self._thread is not None and self._thread.is_alive()
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run `callback` on the I/O thread as soon as possible (thread-safe)."""
-        if self._ioloop is None:
+        """Run `callback` on the I/O thread as soon as possible (thread-safe).
+
+        Once the I/O thread has ended the callback is dropped with a log line: the
+        connection it would act on is closed, so the broker already took back whatever the
+        callback was about (e.g. an ack of a delivery whose connection is gone).
+        """
+        ioloop = self._ioloop
+        if ioloop is None:
             raise RuntimeError("the I/O thread is not started")
-        self._ioloop.add_callback_threadsafe(callback)
+        if self._stopped.is_set():
+            log.info("io_callback_dropped", role=self.role, reason="I/O thread has ended")
+            return
+        try:
+            ioloop.add_callback_threadsafe(callback)
+        except Exception as exc:  # noqa: BLE001  # the loop closed under us: same as above
+            log.info("io_callback_dropped", role=self.role, reason=repr(exc))
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
         """Run `callback` on the I/O thread after `delay_s` (from the I/O thread only)."""
