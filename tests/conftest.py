@@ -53,12 +53,16 @@ def namespace() -> str:
     return f"{RUN_PREFIX}-{next(_counter)}"
 
 
-def _delete_namespace(url: str, namespace: str) -> None:
-    """Delete every queue and exchange of `namespace` (needs rabbitmqctl to list them)."""
+def _delete_namespace(url: str, namespace: str) -> list[str]:
+    """Delete every queue and exchange of `namespace` (needs rabbitmqctl to list them).
+
+    Returns:
+        The queues that were left and are now deleted.
+    """
     names = _list("list_queues", namespace)
     exchanges = _list("list_exchanges", namespace)
     if not names and not exchanges:
-        return
+        return []
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     for name in names:
@@ -66,6 +70,7 @@ def _delete_namespace(url: str, namespace: str) -> None:
     for name in exchanges:
         channel.exchange_delete(name)
     connection.close()
+    return names
 
 
 def _list(what: str, prefix: str) -> list[str]:
@@ -123,7 +128,14 @@ def broker(request: pytest.FixtureRequest, namespace: str) -> Iterator[MemoryBro
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Delete whatever this run left on the broker (a crashed test, a killed worker)."""
     if _rabbit_reachable() is None:
-        _delete_namespace(RABBIT_URL, RUN_PREFIX + "-")
+        leaked = _delete_namespace(RABBIT_URL, RUN_PREFIX + "-")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if leaked and reporter is not None:
+            reporter.write_line(
+                f"warning: {len(leaked)} queue(s) of this run were left by tests and are now "
+                f"deleted: {', '.join(sorted(leaked)[:10])}",
+                yellow=True,
+            )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
