@@ -232,7 +232,10 @@ class RabbitWorker(IOThread):
             return
         connection = self.connection
         if connection is None or not connection.is_open:
-            return  # the connection is gone too: on_connected sets up again
+            # The connection is gone too (pika closes its channels first): on_connected
+            # sets everything up again after reconnecting.
+            log.warning("worker_disconnected", error=describe(reason))
+            return
         if was_declaring and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
             self._fatal(f"declaring the topology failed: {describe(reason)}")
             return
@@ -252,8 +255,6 @@ class RabbitWorker(IOThread):
             self._channel.close()
 
     def on_disconnected(self, reason: BaseException) -> None:
-        if self._channel is not None:
-            log.warning("worker_disconnected", error=describe(reason))
         self._forget_channel()
         if self._shutting_down:
             self._maybe_finish()

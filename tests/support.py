@@ -57,7 +57,11 @@ class Recorder:
 
 @contextlib.contextmanager
 def running(broker: Broker, *actors: ActorRef, **options: Any) -> Iterator[Worker]:
-    """A started worker for `actors` on `broker`, shut down (gracefully) on exit."""
+    """A started worker for `actors` on `broker`, shut down (gracefully) on exit.
+
+    The actors are declared through `broker` first, so the test fixture deletes them.
+    """
+    broker.declare(*actors)
     worker = broker.worker(actors, **options)
     worker.start()
     consuming = getattr(worker, "consuming", None)

@@ -1,0 +1,47 @@
+"""Fixtures of the fault tests: a record file, subprocess workers stopped afterwards, a proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.helpers import Spawn
+from tests.proxy import TcpProxy
+from tests.support import WorkerProcess
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> str:
+    """Path of the file `tests.sample_actors.Jobs` appends its start/done lines to."""
+    return str(tmp_path / "record.txt")
+
+
+@pytest.fixture
+def spawn(namespace: str, record: str) -> Iterator[Spawn]:
+    """Start `leveret worker tests.sample_actors` subprocesses; every one is killed at teardown.
+
+    The factory takes `WorkerProcess` keyword arguments (`url`, `args`, `env`).
+    """
+    started: list[WorkerProcess] = []
+
+    def start(**options: Any) -> WorkerProcess:
+        env = {"LEVERET_TEST_RECORD": record, **options.pop("env", {})}
+        process = WorkerProcess(["tests.sample_actors"], namespace, env=env, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def proxy(rabbit_url: str) -> Iterator[TcpProxy]:
+    """A cuttable TCP proxy in front of the test RabbitMQ."""
+    parts = rabbit_url.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = parts.partition(":")
+    with TcpProxy((host, int(port or 5672))) as running_proxy:
+        yield running_proxy
