@@ -34,6 +34,10 @@ log = get_logger("leveret.publisher")
 
 _live: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
+# Messages published per turn of the I/O loop, and at most unconfirmed (see `_flush`).
+FLUSH_SLICE = 256
+FLUSH_WINDOW = 1000
+
 
 @dataclass(slots=True, eq=False)
 class Outgoing:
@@ -65,6 +69,8 @@ class Batch:
     done: threading.Event = field(default_factory=threading.Event)
     errors: dict[int, str] = field(default_factory=dict)
     unroutable: list[int] = field(default_factory=list)
+    # Set when the caller gave up waiting (PublishError): its messages are not sent again.
+    abandoned: bool = False
 
     def settle(self, index: int, error: str | None, unroutable: bool) -> None:
         """Record one message's outcome (I/O thread only)."""
@@ -123,7 +129,9 @@ class Publisher(IOThread):
 
         Raises:
             PublishError: A message was nacked, a `send` found no queue, or confirms did not
-                arrive within `confirm_timeout_s`.
+                arrive within `confirm_timeout_s`. After a timeout the publisher drops the
+                messages it has not sent yet (or must send again after a lost connection):
+                only the caller retries, so no copy turns up later under another id.
         """
         batch = Batch(remaining=len(items))
         if not items:
@@ -135,6 +143,9 @@ class Publisher(IOThread):
         self._inbox.extend(items)
         self._wake()
         if not batch.done.wait(self.confirm_timeout_s):
+            batch.abandoned = True
+            if self.running:
+                self.call_soon(self._drop_abandoned)
             raise PublishError(self._timeout_reason(), message_id=items[0].properties.message_id)
         if batch.errors:
             index, reason = next(iter(batch.errors.items()))
@@ -213,7 +224,11 @@ class Publisher(IOThread):
         if not self._ready or channel is None:
             return
         inbox = self._inbox
-        while inbox:
+        # Publish a slice, then let the I/O loop run: pika writes to the socket and reads
+        # confirms only between callbacks, so a big batch published in one go would reach
+        # the broker all at once at the end instead of being confirmed while we encode.
+        room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(self._unconfirmed))
+        for _ in range(room):
             item = inbox.popleft()
             try:
                 channel.basic_publish(
@@ -237,6 +252,8 @@ class Publisher(IOThread):
                 self._mandatory[message_id] = deque((item,))
             else:
                 waiting.append(item)
+        if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
+            self._wake()
 
     def _on_return(
         self,
@@ -266,6 +283,8 @@ class Publisher(IOThread):
             order = self._order
             while order and order[0] not in self._unconfirmed:
                 order.popleft()
+        if self._inbox and not self._wake_pending:
+            self._wake()
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
         message_id: str = item.properties.message_id or ""
@@ -299,9 +318,21 @@ class Publisher(IOThread):
             if connection is not None and connection.is_open:
                 connection.channel(on_open_callback=self._on_channel_open)
         else:
+            in_flight = [item for item in in_flight if not _abandoned(item)]
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
                 item.returned = None
+
+    def _drop_abandoned(self) -> None:
+        kept = [item for item in self._inbox if not _abandoned(item)]
+        if len(kept) < len(self._inbox):
+            log.warning(
+                "publish_abandoned",
+                dropped=len(self._inbox) - len(kept),
+                reason="the caller got PublishError (no confirm in time); not sent",
+            )
+            self._inbox.clear()
+            self._inbox.extend(kept)
 
     def _settle_closed(self, item: Outgoing, reason: str) -> None:
         assert item.batch is not None
@@ -334,16 +365,32 @@ class Publisher(IOThread):
             return
         while self._declares:
             todo, future = self._declares.popleft()
-            connection.channel(on_open_callback=_declarer(todo, future))
+            connection.channel(on_open_callback=self._declarer(todo, future))
+
+    def _declarer(self, todo: list[Step], future: Future[None]) -> Callable[[Channel], None]:
+        """A channel-open callback that declares `todo` then closes the channel."""
+        return _declarer(todo, future, retry=self._declares.append)
 
 
-def _declarer(todo: list[Step], future: Future[None]) -> Callable[[Channel], None]:
-    """A channel-open callback that declares `todo` then closes the channel."""
+def _declarer(
+    todo: list[Step],
+    future: Future[None],
+    retry: Callable[[tuple[list[Step], Future[None]]], None],
+) -> Callable[[Channel], None]:
+    """A channel-open callback that declares `todo` then closes the channel.
+
+    A refusal by the broker fails `future`; a lost connection hands the work to `retry`, to
+    be declared again once reconnected.
+    """
 
     def on_open(channel: Channel) -> None:
         def on_closed(_channel: Channel, reason: BaseException) -> None:
-            if not future.done():
+            if future.done():
+                return
+            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
                 future.set_exception(TopologyError(f"declaring failed: {describe(reason)}"))
+            else:
+                retry((todo, future))
 
         def on_done() -> None:
             future.set_result(None)
@@ -353,6 +400,11 @@ def _declarer(todo: list[Step], future: Future[None]) -> Callable[[Channel], Non
         declare_async(channel, todo, on_done)
 
     return on_open
+
+
+def _abandoned(item: Outgoing) -> bool:
+    """Whether the caller waiting for `item` gave up (its publish raised PublishError)."""
+    return item.batch is not None and item.batch.abandoned
 
 
 def _reset_after_fork(publisher: Publisher) -> None:
