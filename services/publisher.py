@@ -227,6 +227,8 @@ class Publisher(IOThread):
         # Publish a slice, then let the I/O loop run: pika writes to the socket and reads
         # confirms only between callbacks, so a big batch published in one go would reach
         # the broker all at once at the end instead of being confirmed while we encode.
+        # At most FLUSH_WINDOW stay unconfirmed (as a raw pika pipeline would do): the rest
+        # waits in the inbox and `_on_confirm` flushes again as confirms come back.
         room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(self._unconfirmed))
         for _ in range(room):
             item = inbox.popleft()

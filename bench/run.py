@@ -1,0 +1,311 @@
+"""The benchmark's command: ``python -m bench [--repeat N] [--drain N] …``.
+
+Every scenario runs on Leveret and on raw pika in the same run, alternately, on fresh
+queues in the namespace ``bench-<pid>``; everything declared is deleted at the end, also
+after Ctrl-C or an error. Results go to stdout (a table) and to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from bench.common import Settings
+from bench.leveret_side import LeveretBench
+from bench.raw import RawBench
+from services.logs import configure_logging
+
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+THROUGHPUT = ("publish_single", "publish_many", "drain", "drain_info_logs")
+LATENCY = ("latency_p50", "latency_p99")
+CPU = ("publish_single_cpu", "publish_many_cpu", "drain_cpu", "drain_info_logs_cpu")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each scenario")
+    parser.add_argument("--single", type=int, default=2000, help="messages, one confirm each")
+    parser.add_argument("--many", type=int, default=20000, help="messages, pipelined confirms")
+    parser.add_argument("--drain", type=int, default=20000, help="messages waiting to drain")
+    parser.add_argument("--latency", type=int, default=1000, help="messages at --rate")
+    parser.add_argument("--rate", type=float, default=200.0, help="msg/s of the latency run")
+    parser.add_argument("--threads", type=int, default=8, help="worker handler threads")
+    parser.add_argument("--prefetch", type=int, default=200, help="prefetch (both sides)")
+    parser.add_argument("--window", type=int, default=1000, help="raw pipelined confirms")
+    parser.add_argument(
+        "--queue-types",
+        default="quorum",
+        help="comma-separated: quorum, classic (default: quorum, Leveret's default)",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenarios: single, many, drain, latency"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="Leveret's log level (default warning: handlers log one line per message at info)",
+    )
+    parser.add_argument(
+        "--info-logs-drain",
+        action="store_true",
+        help="also drain with info logs (one line per message) written to /dev/null",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Handlers log one line per message at info; the bench measures the framework, so it
+    # logs at warning by default (as a production worker with quiet handlers would).
+    configure_logging(args.log_level)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    namespace = f"bench-{os.getpid()}"
+    settings = Settings(
+        url=args.url,
+        namespace=namespace,
+        single=args.single,
+        many=args.many,
+        drain=args.drain,
+        latency=args.latency,
+        rate=args.rate,
+        threads=args.threads,
+        prefetch=args.prefetch,
+        window=args.window,
+    )
+    only = {name for name in args.only.split(",") if name}
+    print(
+        f"Leveret bench: namespace {namespace}, logging at {args.log_level}, "
+        f"threads={args.threads}, prefetch={args.prefetch}, {args.repeat} run(s) of each scenario"
+    )
+    results: dict[str, Any] = {}
+    try:
+        run_all(args, settings, only, results)
+    except KeyboardInterrupt:
+        print("interrupted: the queues and exchanges declared were deleted", file=sys.stderr)
+        return 130
+    print()
+    print_table(results)
+    write_json(args, settings, results)
+    return 0
+
+
+def run_all(
+    args: argparse.Namespace, settings: Settings, only: set[str], results: dict[str, Any]
+) -> None:
+    """Every scenario for every queue type asked for, into `results`."""
+    for queue_type in args.queue_types.split(","):
+        results[queue_type] = run_queue_type(settings, queue_type, args.repeat, only)
+        if args.info_logs_drain:
+            child = drain_with_info_logs(args, queue_type)
+            results[queue_type]["drain_info_logs"] = child["drain"]
+            results[queue_type]["drain_info_logs_cpu"] = child["drain_cpu"]
+
+
+def run_queue_type(
+    settings: Settings, queue_type: str, repeat: int, only: set[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Every scenario `repeat` times on both sides; the samples of each, per side."""
+    runs: dict[str, dict[str, list[float]]] = {
+        name: {"leveret": [], "raw": []} for name in THROUGHPUT + LATENCY + CPU
+    }
+    sides: dict[str, Any] = {}
+    try:
+        sides["leveret"] = LeveretBench(settings, queue_type)
+        sides["raw"] = RawBench(settings, queue_type)
+        for attempt in range(1, repeat + 1):
+            for scenario, method in (
+                ("single", "publish_single"),
+                ("many", "publish_many"),
+                ("drain", "drain"),
+            ):
+                if only and scenario not in only:
+                    continue
+                for side, bench in sides.items():
+                    clock = getattr(bench, method)()
+                    runs[method][side].append(clock.rate)
+                    runs[method + "_cpu"][side].append(clock.cpu_us)
+                    print(
+                        f"  {queue_type} run {attempt} {method:<15} {side:<8} "
+                        f"{clock.rate:>9.0f} msg/s, {clock.cpu_us:5.1f} µs CPU/msg"
+                    )
+            if not only or "latency" in only:
+                for side, bench in sides.items():
+                    p50, p99 = bench.latency()
+                    runs["latency_p50"][side].append(p50)
+                    runs["latency_p99"][side].append(p99)
+                    print(
+                        f"  {queue_type} run {attempt} latency         {side:<8} "
+                        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+                    )
+    finally:
+        for bench in sides.values():
+            _best_effort(bench.close)
+        check_clean(settings.url, settings.namespace)
+    return runs
+
+
+def drain_with_info_logs(
+    args: argparse.Namespace, queue_type: str
+) -> dict[str, dict[str, list[float]]]:
+    """The drain scenario again in a child process logging at info to /dev/null.
+
+    A child process, because structlog's loggers keep the configuration they were first
+    used with; its standard error (where the log lines go) is /dev/null.
+    """
+    output = args.output.with_name(f"info-logs-{os.getpid()}.json")
+    command = [sys.executable, "-m", "bench", "--only", "drain", "--log-level", "info"]
+    command += ["--queue-types", queue_type, "--repeat", str(args.repeat)]
+    command += ["--drain", str(args.drain), "--threads", str(args.threads)]
+    command += ["--prefetch", str(args.prefetch), "--url", args.url, "--output", str(output)]
+    print(f"  {queue_type} drain with info logs to /dev/null (child process)…")
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    try:
+        runs: dict[str, dict[str, list[float]]] = json.loads(output.read_text())["runs"][queue_type]
+    finally:
+        output.unlink(missing_ok=True)
+    for side, samples in runs["drain"].items():
+        print(f"  {queue_type} drain, info logs  {side:<8} {max(samples):>9.0f} msg/s (best)")
+    return runs
+
+
+def _best_effort(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as exc:
+        print(f"cleanup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def check_clean(url: str, namespace: str) -> None:
+    """Delete anything of the namespace still on the broker (needs rabbitmqctl to list)."""
+    leftovers: dict[str, list[str]] = {}
+    for kind in ("queues", "exchanges"):
+        try:
+            listed = subprocess.run(
+                ["rabbitmqctl", "-q", f"list_{kind}", "name"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            return
+        leftovers[kind] = [name for name in listed if name.startswith(namespace + ".")]
+    if not leftovers["queues"] and not leftovers["exchanges"]:
+        return
+    print(f"deleting leftovers: {leftovers}", file=sys.stderr)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for name in leftovers["queues"]:
+            channel.queue_delete(name)
+        for name in leftovers["exchanges"]:
+            channel.exchange_delete(name)
+    finally:
+        connection.close()
+
+
+def summarise(samples: list[float], higher_is_better: bool) -> dict[str, float]:
+    """Best, median and spread (min, max) of a scenario's samples."""
+    if not samples:
+        return {}
+    best = max(samples) if higher_is_better else min(samples)
+    return {
+        "best": best,
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    header = f"{'scenario':<44} {'Leveret':>18} {'raw pika':>18} {'Leveret/raw':>12}"
+    print(header)
+    print("-" * len(header))
+    for queue_type, runs in results.items():
+        for name in THROUGHPUT + LATENCY + CPU:
+            throughput = name in THROUGHPUT
+            if name not in runs:
+                continue
+            leveret = summarise(runs[name]["leveret"], throughput)
+            raw = summarise(runs[name]["raw"], throughput)
+            if not leveret or not raw:
+                continue
+            unit, digits = _unit(name)
+            ratio = leveret["best"] / raw["best"]
+            print(
+                f"{queue_type + ' ' + name + ' (' + unit + ')':<44} "
+                f"{_cell(leveret, digits):>18} {_cell(raw, digits):>18} {ratio:>11.0%}"
+            )
+    print("(best of the runs, [min-max] across runs; latency and CPU: lower is better)")
+
+
+def _unit(name: str) -> tuple[str, int]:
+    """The unit of a scenario's figures and the digits to print."""
+    if name in THROUGHPUT:
+        return "msg/s", 0
+    if name in CPU:
+        return "µs CPU/msg", 1
+    return "ms", 2
+
+
+def _cell(summary: dict[str, float], digits: int) -> str:
+    return f"{summary['best']:.{digits}f} [{summary['min']:.{digits}f}-{summary['max']:.{digits}f}]"
+
+
+def write_json(args: argparse.Namespace, settings: Settings, results: dict[str, Any]) -> None:
+    summary: dict[str, Any] = {}
+    for queue_type, runs in results.items():
+        for name, sides in runs.items():
+            throughput = name in THROUGHPUT
+            leveret = summarise(sides["leveret"], throughput)
+            raw = summarise(sides["raw"], throughput)
+            if leveret and raw:
+                summary[f"{queue_type}.{name}"] = {
+                    "leveret": leveret,
+                    "raw": raw,
+                    "ratio": leveret["best"] / raw["best"],
+                }
+    document = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "rabbitmq": _rabbitmq_version(),
+        },
+        "settings": {**dataclasses.asdict(settings), "url": None, "repeat": args.repeat},
+        "logging": args.log_level,
+        "summary": summary,
+        "runs": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results written to {args.output}")
+
+
+def _rabbitmq_version() -> str | None:
+    try:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
