@@ -9,10 +9,13 @@ from actors.control import Reject, Retry
 from actors.dispatch import Dispatcher, configure, current, publish
 from actors.function import FunctionActor, actor, as_actor_class
 from actors.registry import actors_in, unique_queues
+from actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
 
 __all__ = [
+    "NO_RETRY",
     "Actor",
     "ActorRef",
+    "Backoff",
     "Context",
     "Dispatcher",
     "FunctionActor",
@@ -20,11 +23,14 @@ __all__ = [
     "QueueType",
     "Reject",
     "Retry",
+    "RetryPolicy",
     "actor",
     "actors_in",
     "as_actor_class",
     "configure",
     "current",
+    "exponential",
+    "fixed",
     "handler",
     "publish",
     "unique_queues",

@@ -8,11 +8,13 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, overload
 
 from actors import dispatch
 from actors.context import Context, current_correlation_id
+from actors.retry import RetryPolicy
 from schemas.errors import DefinitionError, NotHandled
 from schemas.message import Message
 from schemas.naming import snake_case
@@ -39,12 +41,14 @@ class Handler:
         function: The function to call: ``function(instance, message[, ctx])``.
         message_type: The `Message` subclass of the handler's message parameter.
         takes_context: Whether the handler wants a `Context` as its last argument.
+        retry: This handler's retry policy, overriding the actor's.
     """
 
     name: str
     function: Callable[..., Any]
     message_type: type[Message]
     takes_context: bool
+    retry: RetryPolicy | None = None
 
     @property
     def topic(self) -> str:
@@ -58,20 +62,46 @@ class Handler:
         return self.function(instance, message)
 
 
-def handler(function: F) -> F:
+@overload
+def handler(function: F, /) -> F: ...
+
+
+@overload
+def handler(*, retry: RetryPolicy | None = None) -> Callable[[F], F]: ...
+
+
+def handler(
+    function: F | None = None, /, *, retry: RetryPolicy | None = None
+) -> F | Callable[[F], F]:
     """Mark an actor method as the handler of the message type its parameter is hinted with.
 
     ```python
     class Billing(Actor):
         @handler
         def charge(self, msg: OrderPlaced, ctx: Context) -> None: ...
+
+        @handler(retry=RetryPolicy(attempts=1))
+        def refund(self, msg: RefundAsked) -> None: ...
     ```
 
     The hint of the message parameter binds the actor's queue to that message's topic. A
     second parameter hinted `Context` is optional.
+
+    Args:
+        function: The method (when used without parentheses).
+        retry: A retry policy for this handler, instead of the actor's.
+
+    Raises:
+        DefinitionError: `retry` is not a `RetryPolicy`.
     """
-    setattr(function, _MARK, True)
-    return function
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise DefinitionError(f"handler retry= must be a RetryPolicy, not {retry!r}")
+
+    def mark(method: F) -> F:
+        setattr(method, _MARK, {"retry": retry})
+        return method
+
+    return mark(function) if function is not None else mark
 
 
 class Actor:
@@ -89,6 +119,8 @@ class Actor:
         abstract: A base class for other actors; it has no queue of its own.
 
     Class attributes:
+        retry: The `RetryPolicy` of every handler that does not set its own (default: 5
+            attempts, exponential backoff from 1 s up to 10 min, with jitter).
         time_limit_s: Seconds a handler may run (enforced by the worker in a later release).
 
     One instance per worker process handles every message, from several threads at once:
@@ -103,6 +135,7 @@ class Actor:
     queue_type: ClassVar[QueueType] = "quorum"
     delivery_limit: ClassVar[int] = 20
     time_limit_s: ClassVar[float | None] = None
+    retry: ClassVar[RetryPolicy] = RetryPolicy()
     handlers: ClassVar[Mapping[str, Handler]] = MappingProxyType({})
     abstract: ClassVar[bool] = True
 
@@ -141,6 +174,10 @@ class Actor:
                 )
             cls.delivery_limit = delivery_limit
         _check_time_limit(cls)
+        if not isinstance(cls.retry, RetryPolicy):
+            raise DefinitionError(
+                f"{cls.__qualname__}.retry must be a RetryPolicy, not {cls.retry!r}"
+            )
         cls.handlers = MappingProxyType(_collect_handlers(cls, _defining_frame()))
         if abstract:
             cls.queue = ""
@@ -163,10 +200,18 @@ class Actor:
         return sorted(cls.handlers)
 
     @classmethod
-    def send(cls, message: Message) -> str:
+    def send(
+        cls, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    ) -> str:
         """Deliver `message` to this actor's queue only, through the configured broker.
 
         Inside a handler the correlation id of the message being handled is carried on.
+
+        Args:
+            message: A message one of the actor's handlers takes.
+            delay: Deliver after this long (seconds or `timedelta`, up to 2^28 - 1 s); the
+                message waits in RabbitMQ, not in a worker.
+            eta: Deliver at this timezone-aware time instead.
 
         Returns:
             The message id.
@@ -176,9 +221,17 @@ class Actor:
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue does not
                 exist (no worker or `leveret declare` created it yet).
+            ValueError: An invalid delay or eta.
         """
         cls.handler_for(message)
-        return dispatch.current().send(cls, message, correlation_id=current_correlation_id())
+        return dispatch.current().send(
+            cls, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
+        )
+
+    @classmethod
+    def retry_policy(cls, handler: Handler) -> RetryPolicy:
+        """The retry policy that applies to `handler`: its own, else the actor's."""
+        return handler.retry if handler.retry is not None else cls.retry
 
     @classmethod
     def handler_for(cls, message: Message) -> Handler:
@@ -225,9 +278,9 @@ def _collect_handlers(cls: type[Actor], frame: FrameType | None) -> dict[str, Ha
         for name, value in vars(klass).items():
             if klass is cls:
                 mark = getattr(value, _MARK, None)
-                if mark is True:
+                if isinstance(mark, dict):
                     by_name[name] = inspect_handler(
-                        value, owner=cls, localns=_local_names(cls, frame)
+                        value, owner=cls, localns=_local_names(cls, frame), **mark
                     )
                 elif isinstance(mark, Handler):
                     by_name[name] = mark
@@ -260,6 +313,7 @@ def inspect_handler(
     *,
     owner: type | None,
     localns: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Handler:
     """Read a handler's signature: its message type and whether it takes a `Context`.
 
@@ -267,6 +321,7 @@ def inspect_handler(
         function: The handler (a method when `owner` is given, else a plain function).
         owner: The actor class for methods, whose ``self`` parameter is skipped.
         localns: Names to resolve string annotations with, besides the module's globals.
+        retry: The handler's own retry policy, if any.
 
     Raises:
         DefinitionError: The first parameter is not hinted with a `Message` subclass, or
@@ -303,4 +358,5 @@ def inspect_handler(
         function=function,
         message_type=message_type,
         takes_context=takes_context,
+        retry=retry,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -59,21 +60,45 @@ class Context:
         """1 on the first delivery, incremented by each retry."""
         return self.envelope.attempt
 
-    def publish(self, message: Message) -> str:
+    def publish(
+        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    ) -> str:
         """Publish to every actor bound to the message's topic, carrying the correlation id.
 
+        Args:
+            message: The message.
+            delay: Deliver after this long (seconds or `timedelta`).
+            eta: Deliver at this timezone-aware time instead.
+
         Returns:
             The new message's id.
         """
-        return dispatch.current().publish(message, correlation_id=self.correlation_id)
+        return dispatch.current().publish(
+            message, delay=delay, eta=eta, correlation_id=self.correlation_id
+        )
 
-    def send(self, actor: ActorRef, message: Message) -> str:
+    def send(
+        self,
+        actor: ActorRef,
+        message: Message,
+        *,
+        delay: dispatch.Delay = None,
+        eta: datetime | None = None,
+    ) -> str:
         """Send to one actor's queue, carrying the correlation id.
 
+        Args:
+            actor: The actor.
+            message: A message one of its handlers takes.
+            delay: Deliver after this long (seconds or `timedelta`).
+            eta: Deliver at this timezone-aware time instead.
+
         Returns:
             The new message's id.
         """
-        return dispatch.current().send(actor, message, correlation_id=self.correlation_id)
+        return dispatch.current().send(
+            actor, message, delay=delay, eta=eta, correlation_id=self.correlation_id
+        )
 
 
 def handling(envelope: Envelope) -> contextvars.Token[Envelope | None]:

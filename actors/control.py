@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from schemas.errors import HandlerSignal
 
 
 class Retry(HandlerSignal):
     """Ask for the message to be handled again later.
 
-    Until retry policies land, a retry request is treated like any other failure: the message
-    goes to the actor's dead-letter queue with this exception recorded.
+    The retry policy's attempt count still applies: when attempts are used up the message
+    goes to the dead-letter queue with this exception recorded.
 
     Args:
         reason: Why, for logs and headers.
-        delay_s: How long to wait before the next attempt, in seconds.
+        delay: How long to wait before the next attempt: seconds or a `timedelta`; by default
+            the retry policy's backoff.
     """
 
-    def __init__(self, reason: str = "retry requested", *, delay_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str = "retry requested", *, delay: float | timedelta | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.delay_s = delay_s
+        self.delay_s = delay.total_seconds() if isinstance(delay, timedelta) else delay
 
 
 class Reject(HandlerSignal):

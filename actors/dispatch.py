@@ -7,7 +7,8 @@ or a test fixture calls `configure(broker)`, and every send looks the broker up 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from schemas.errors import ConfigurationError
 from schemas.message import Message
@@ -15,15 +16,33 @@ from schemas.message import Message
 if TYPE_CHECKING:
     from actors.actor import ActorRef
 
+Delay: TypeAlias = "float | timedelta | None"
+"""A delay in seconds or as a `timedelta`; None for none."""
+
 
 class Dispatcher(Protocol):
     """What actors need from a broker: publish by topic and send to one actor."""
 
-    def publish(self, message: Message, *, correlation_id: str | None = None) -> str:
+    def publish(
+        self,
+        message: Message,
+        *,
+        delay: Delay = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
         """Publish to every actor bound to the message's topic; return its message id."""
         ...
 
-    def send(self, actor: ActorRef, message: Message, *, correlation_id: str | None = None) -> str:
+    def send(
+        self,
+        actor: ActorRef,
+        message: Message,
+        *,
+        delay: Delay = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
         """Deliver to one actor's queue; return the message id."""
         ...
 
@@ -54,15 +73,20 @@ def current() -> Dispatcher:
         raise ConfigurationError(
             "no broker is configured in this process: call "
             "services.configure(Broker(url, namespace=...)) at start-up (the worker and the "
-            "Django app do this for you; tests use the services.testing fixtures)"
+            "Django app do this for you; tests use services.testing.memory_broker)"
         )
     return dispatcher
 
 
-def publish(message: Message) -> str:
+def publish(message: Message, *, delay: Delay = None, eta: datetime | None = None) -> str:
     """Publish `message` to every actor bound to its topic, through the configured broker.
 
     Inside a handler the correlation id of the message being handled is carried on.
+
+    Args:
+        message: The message.
+        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
+        eta: Deliver at this timezone-aware time instead.
 
     Returns:
         The new message's id.
@@ -70,7 +94,8 @@ def publish(message: Message) -> str:
     Raises:
         ConfigurationError: No broker is configured.
         PublishError: The broker did not confirm the message.
+        ValueError: An invalid delay or eta.
     """
     from actors.context import current_correlation_id
 
-    return current().publish(message, correlation_id=current_correlation_id())
+    return current().publish(message, delay=delay, eta=eta, correlation_id=current_correlation_id())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
 from actors import dispatch
 from actors.actor import Actor, Handler, QueueType, inspect_handler
 from actors.context import current_correlation_id
+from actors.retry import RetryPolicy
 from schemas.message import Message
 
 R = TypeVar("R")
@@ -42,8 +44,15 @@ class FunctionActor(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
 
-    def send(self, message: Message) -> str:
+    def send(
+        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    ) -> str:
         """Deliver `message` to this actor's queue (the seed's `.delay()`).
+
+        Args:
+            message: A message of the function's message type.
+            delay: Deliver after this long (seconds or `timedelta`).
+            eta: Deliver at this timezone-aware time instead.
 
         Returns:
             The message id.
@@ -52,9 +61,12 @@ class FunctionActor(Generic[R]):
             NotHandled: The message is not of the function's message type.
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue is missing.
+            ValueError: An invalid delay or eta.
         """
         self.actor_class.handler_for(message)
-        return dispatch.current().send(self, message, correlation_id=current_correlation_id())
+        return dispatch.current().send(
+            self, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
+        )
 
     def __repr__(self) -> str:
         return f"<function actor {self.__module__}.{self.__qualname__} queue={self.queue!r}>"
@@ -71,6 +83,7 @@ def actor(
     queue_type: QueueType | None = None,
     delivery_limit: int | None = None,
     time_limit_s: float | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[Callable[..., R]], FunctionActor[R]]: ...
 
 
@@ -82,6 +95,7 @@ def actor(
     queue_type: QueueType | None = None,
     delivery_limit: int | None = None,
     time_limit_s: float | None = None,
+    retry: RetryPolicy | None = None,
 ) -> FunctionActor[R] | Callable[[Callable[..., R]], FunctionActor[R]]:
     """Turn a function taking one typed message into an actor.
 
@@ -99,6 +113,7 @@ def actor(
         queue_type: ``"quorum"`` (default) or ``"classic"``.
         delivery_limit: Deliveries before a message that kills its worker is dead-lettered.
         time_limit_s: Seconds the handler may run.
+        retry: Retry policy (default: the `Actor` default, 5 attempts with backoff).
 
     Raises:
         DefinitionError: The function's signature or an option is invalid.
@@ -131,6 +146,8 @@ def actor(
         }
         if time_limit_s is not None:
             namespace["time_limit_s"] = time_limit_s
+        if retry is not None:
+            namespace["retry"] = retry
         options: dict[str, Any] = {"queue": queue if queue is not None else function.__name__}
         if queue_type is not None:
             options["queue_type"] = queue_type

@@ -25,10 +25,26 @@ ERROR_TYPE = "x-leveret-error-type"
 ERROR_MESSAGE = "x-leveret-error-message"
 ERROR_TRACEBACK = "x-leveret-error-traceback"
 FAILED_AT = "x-leveret-failed-at"
+FIRST_FAILED_AT = "x-leveret-first-failed-at"
 FAILED_ACTOR = "x-leveret-failed-actor"
 FAILED_HOST = "x-leveret-failed-host"
 ORIGINAL_EXCHANGE = "x-leveret-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
+REPLAYED_AT = "x-leveret-replayed-at"
+
+# Headers RabbitMQ adds when it dead-letters (TTL expiry in the delay levels, delivery
+# limits) or counts deliveries (quorum queues); they describe one trip and are not copied
+# onto a retry or a replay.
+BROKER_HEADERS = (
+    "x-death",
+    "x-delivery-count",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
 
 
 def new_message_id() -> str:

@@ -14,8 +14,9 @@ The URL's scheme picks the implementation: ``amqp://``/``amqps://`` (`RabbitBrok
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.actor import Actor, ActorRef
@@ -26,6 +27,7 @@ from schemas.envelope import Envelope
 from schemas.errors import ConfigurationError
 from schemas.message import Message
 from services import config, naming
+from services.delays import delay_seconds
 from services.logs import get_logger
 
 if TYPE_CHECKING:
@@ -44,11 +46,12 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A message ready for the wire: envelope, JSON body and route."""
+    """A message ready for the wire: envelope, JSON body, route, and delay in seconds."""
 
     envelope: Envelope
     body: bytes
     route: Route
+    delay_s: int = 0
 
 
 class Worker(Protocol):
@@ -154,7 +157,14 @@ class Broker:
 
     # Publishing -------------------------------------------------------------------------
 
-    def publish(self, message: Message, *, correlation_id: str | None = None) -> str:
+    def publish(
+        self,
+        message: Message,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
         """Publish to every actor bound to the message's topic; wait for the confirm.
 
         A message no queue takes (no actor handles the topic yet) is logged, not an error:
@@ -162,6 +172,9 @@ class Broker:
 
         Args:
             message: The message.
+            delay: Deliver after this long: seconds or a `timedelta` (rounded up to whole
+                seconds, at most 2^28 - 1 s). The message waits in RabbitMQ, not in a worker.
+            eta: Deliver at this (timezone-aware) time instead.
             correlation_id: Carried on from the message that caused this one.
 
         Returns:
@@ -169,22 +182,37 @@ class Broker:
 
         Raises:
             PublishError: The broker did not confirm the message.
+            ValueError: An invalid delay or eta.
         """
-        return self.publish_many([message], correlation_id=correlation_id)[0]
+        return self.publish_many([message], delay=delay, eta=eta, correlation_id=correlation_id)[0]
 
     def publish_many(
-        self, messages: Iterable[Message], *, correlation_id: str | None = None
+        self,
+        messages: Iterable[Message],
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
     ) -> list[str]:
         """Publish several messages by topic, pipelining confirms; wait for all of them.
+
+        Args:
+            messages: The messages, published in this order.
+            delay: As for `publish`, for every message.
+            eta: As for `publish`, for every message.
+            correlation_id: Carried on from the message that caused these.
 
         Returns:
             The message ids, in order.
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
+            ValueError: An invalid delay or eta.
         """
+        delay_s = self._delay_s(delay, eta)
         prepared = [
-            self._prepare(message, Route(message.topic()), correlation_id) for message in messages
+            self._prepare(message, Route(message.topic()), correlation_id, delay_s)
+            for message in messages
         ]
         unroutable = self._deliver(prepared)
         for index in unroutable:
@@ -197,27 +225,57 @@ class Broker:
             )
         return [item.envelope.message_id for item in prepared]
 
-    def send(self, actor: ActorRef, message: Message, *, correlation_id: str | None = None) -> str:
+    def send(
+        self,
+        actor: ActorRef,
+        message: Message,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
         """Deliver to one actor's queue only; wait for the confirm.
+
+        Args:
+            actor: The actor (class or `@actor` function).
+            message: A message one of its handlers takes.
+            delay: As for `publish`.
+            eta: As for `publish`.
+            correlation_id: Carried on from the message that caused this one.
 
         Returns:
             The message id.
 
         Raises:
             NotHandled: The actor has no handler for the message's type.
-            PublishError: Not confirmed, or the actor's queue does not exist.
+            PublishError: Not confirmed, or the actor's queue does not exist. (A delayed
+                message meets its queue only when the delay is over; should the queue be
+                deleted by then, RabbitMQ drops it.)
+            ValueError: An invalid delay or eta.
         """
         cls = as_actor_class(actor)
         cls.handler_for(message)
+        delay_s = self._delay_s(delay, eta)
         if self.auto_declare and cls not in self._declared:
             self.declare(cls)
-        item = self._prepare(message, Route(message.topic(), queue=cls.queue), correlation_id)
+        route = Route(message.topic(), queue=cls.queue)
+        item = self._prepare(message, route, correlation_id, delay_s)
         self._deliver([item])
         return item.envelope.message_id
 
-    def _prepare(self, message: Message, route: Route, correlation_id: str | None) -> Prepared:
+    def _delay_s(self, delay: float | timedelta | None, eta: datetime | None) -> int:
+        if delay is None and eta is None:
+            return 0
+        return delay_seconds(delay, eta, now=datetime.now(UTC))
+
+    def _prepare(
+        self, message: Message, route: Route, correlation_id: str | None, delay_s: int = 0
+    ) -> Prepared:
         return Prepared(
-            Envelope.new(route.topic, correlation_id=correlation_id), encode(message), route
+            Envelope.new(route.topic, correlation_id=correlation_id),
+            encode(message),
+            route,
+            delay_s,
         )
 
     def _deliver(self, items: Sequence[Prepared]) -> list[int]:
@@ -231,14 +289,53 @@ class Broker:
         """
         raise NotImplementedError
 
-    def dead_letters(self, actor: ActorRef, *, limit: int = 1000) -> list[Delivery]:
+    # Dead letters -----------------------------------------------------------------------
+
+    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
         """A snapshot of the messages in an actor's dead-letter queue, oldest first.
 
         Nothing is removed: the dead letters stay until replayed or purged.
 
         Args:
-            actor: The actor whose `.dlq` to read.
+            actor: The actor, or its queue name (without namespace).
             limit: At most this many.
+
+        Raises:
+            ConfigurationError: The actor has no dead-letter queue (not declared).
+        """
+        raise NotImplementedError
+
+    def replay_dead_letters(
+        self,
+        actor: ActorRef | str,
+        *,
+        message_ids: set[str] | None = None,
+        on_replayed: Callable[[str], None] | None = None,
+    ) -> int:
+        """Put dead letters back on the actor's queue, attempt count reset to 1.
+
+        Each replayed message keeps its id, topic, correlation id and body; failure headers
+        are dropped. On RabbitMQ the publish and the removal of the dead letter are one
+        transaction: a replay interrupted and run again replays each message exactly once.
+
+        Args:
+            actor: The actor, or its queue name (without namespace).
+            message_ids: Only these; every dead letter when None.
+            on_replayed: Called with each message id once it is back on the queue.
+
+        Returns:
+            How many were replayed.
+
+        Raises:
+            ConfigurationError: The actor's queue or dead-letter queue does not exist.
+        """
+        raise NotImplementedError
+
+    def purge_dead_letters(self, actor: ActorRef | str) -> int:
+        """Delete every dead letter of the actor; returns how many there were.
+
+        Raises:
+            ConfigurationError: The actor has no dead-letter queue.
         """
         raise NotImplementedError
 

@@ -132,6 +132,115 @@ def declare(modules: tuple[str, ...], broker_url: str | None, namespace: str | N
         click.echo(f"declared {broker.namespace}.{cls.queue} <- {', '.join(cls.topics())}")
 
 
+@main.group()
+def dlq() -> None:
+    """Inspect and operate dead-letter queues (QUEUE: the actor's queue, no namespace)."""
+
+
+def _dlq_broker(broker_url: str | None, namespace: str | None) -> Broker:
+    configure_logging("warning")
+    try:
+        return Broker(broker_url, namespace=namespace)
+    except LeveretError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@dlq.command("list")
+@click.argument("queue")
+@click.option("--limit", default=100, show_default=True, help="Show at most this many.")
+@_url_option
+@_namespace_option
+def dlq_list(queue: str, limit: int, broker_url: str | None, namespace: str | None) -> None:
+    """List the dead letters of QUEUE: id, topic, attempts, error, failed at."""
+    from services.deadletters import DeadLetter
+
+    with _dlq_broker(broker_url, namespace) as broker:
+        try:
+            letters = [DeadLetter.of(d) for d in broker.dead_letters(queue, limit=limit)]
+        except LeveretError as exc:
+            raise click.ClickException(str(exc)) from exc
+    rows = [("ID", "TOPIC", "ATTEMPTS", "REASON", "ERROR", "FAILED AT")]
+    rows += [
+        (x.message_id, x.topic, str(x.attempts), x.reason, x.error[:60], x.failed_at)
+        for x in letters
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    click.echo(f"{len(letters)} dead letter(s) shown")
+
+
+@dlq.command("show")
+@click.argument("queue")
+@click.argument("message_id")
+@_url_option
+@_namespace_option
+def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str | None) -> None:
+    """Show one dead letter of QUEUE: its properties, headers and body."""
+    from schemas.codec import json_preview
+
+    with _dlq_broker(broker_url, namespace) as broker:
+        letters = broker.dead_letters(queue, limit=100_000)
+    found = [d for d in letters if d.message_id == message_id]
+    if not found:
+        raise click.ClickException(f"no dead letter {message_id} in {queue}")
+    letter = found[0]
+    click.echo(f"message_id:     {letter.message_id}")
+    click.echo(f"topic:          {letter.topic}")
+    click.echo(f"correlation_id: {letter.correlation_id}")
+    click.echo("headers:")
+    for key in sorted(letter.headers):
+        value = letter.headers[key]
+        text = value if isinstance(value, str) else repr(value)
+        click.echo(f"  {key}: {text}")
+    click.echo(f"body: {json_preview(letter.body, limit=10_000)}")
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--id", "ids", multiple=True, help="Replay this message id (repeatable).")
+@_url_option
+@_namespace_option
+def dlq_replay(
+    queue: str,
+    replay_all: bool,
+    ids: tuple[str, ...],
+    broker_url: str | None,
+    namespace: str | None,
+) -> None:
+    """Put dead letters of QUEUE back on the actor's queue, attempt count reset."""
+    if replay_all == bool(ids):
+        raise click.UsageError("give --all or at least one --id")
+    with _dlq_broker(broker_url, namespace) as broker:
+        try:
+            count = broker.replay_dead_letters(
+                queue,
+                message_ids=None if replay_all else set(ids),
+                on_replayed=lambda message_id: click.echo(f"replayed {message_id}"),
+            )
+        except LeveretError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"{count} dead letter(s) replayed to {queue}")
+
+
+@dlq.command("purge")
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_url_option
+@_namespace_option
+def dlq_purge(queue: str, yes: bool, broker_url: str | None, namespace: str | None) -> None:
+    """Delete every dead letter of QUEUE (asks first unless --yes)."""
+    if not yes:
+        click.confirm(f"Delete every dead letter of {queue}?", abort=True)
+    with _dlq_broker(broker_url, namespace) as broker:
+        try:
+            count = broker.purge_dead_letters(queue)
+        except LeveretError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"{count} dead letter(s) purged from {queue}")
+
+
 @main.command()
 @click.option(
     "--broker-url",

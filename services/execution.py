@@ -6,6 +6,7 @@ and dead-letter differs.
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -76,7 +77,7 @@ class Delivery:
         )
 
 
-Fate = Literal["ack", "dead_letter"]
+Fate = Literal["ack", "retry", "dead_letter"]
 
 
 @dataclass(slots=True)
@@ -84,16 +85,20 @@ class Outcome:
     """What the broker must do with a delivery once its handler is done.
 
     Attributes:
-        fate: ``ack`` (handled) or ``dead_letter`` (to the actor's `.dlq`, then ack).
-        headers: For dead letters: the original headers plus the ``x-leveret-error-*`` ones.
+        fate: ``ack`` (handled), ``retry`` (published again after `delay_s`, then ack) or
+            ``dead_letter`` (to the actor's `.dlq`, then ack).
         envelope: The delivery's envelope.
-        error: The exception behind a dead letter, if any (for `MemoryBroker.join`).
+        headers: For retries and dead letters: the headers to publish with (attempt count,
+            ``x-leveret-error-*``).
+        error: The exception behind a retry or dead letter, if any.
+        delay_s: For retries: whole seconds to wait (0: at once).
     """
 
     fate: Fate
     envelope: Envelope
     headers: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
+    delay_s: int = 0
 
 
 @dataclass(slots=True)
@@ -101,6 +106,7 @@ class Stats:
     """Counters of one worker, updated from handler threads."""
 
     handled: int = 0
+    retried: int = 0
     dead_lettered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -109,6 +115,8 @@ class Stats:
         with self.lock:
             if outcome.fate == "ack":
                 self.handled += 1
+            elif outcome.fate == "retry":
+                self.retried += 1
             else:
                 self.dead_lettered += 1
 
@@ -150,6 +158,16 @@ class Executor:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if outcome.fate == "ack":
             log.info("message_handled", outcome="handled", duration_ms=duration_ms, **log_context)
+        elif outcome.fate == "retry":
+            log.warning(
+                "message_retried",
+                outcome="retried",
+                duration_ms=duration_ms,
+                retry_in_s=outcome.delay_s,
+                error=outcome.headers.get(wire.ERROR_MESSAGE),
+                error_type=outcome.headers.get(wire.ERROR_TYPE),
+                **log_context,
+            )
         else:
             log.warning(
                 "message_dead_lettered",
@@ -185,8 +203,46 @@ class Executor:
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
-            return self._dead_letter(delivery, envelope, "handler_error", exc, with_traceback=True)
+            policy = self.actor.retry_policy(handler)
+            delay = policy.next_delay_s(envelope.attempt, exc)
+            if delay is not None:
+                return self._retry(delivery, envelope, exc, math.ceil(delay))
+            reason = (
+                "retries_exhausted"
+                if envelope.attempt >= policy.attempts > 1
+                else ("handler_error")
+            )
+            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
         return Outcome("ack", envelope)
+
+    def _failure_headers(
+        self, delivery: Delivery, envelope: Envelope, exc: BaseException
+    ) -> dict[str, Any]:
+        """The delivery's own headers with this failure recorded (attempt, error, times)."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        headers = {
+            key: value for key, value in delivery.headers.items() if key not in wire.BROKER_HEADERS
+        }
+        headers.setdefault(wire.FIRST_FAILED_AT, now)
+        headers.update(
+            {
+                wire.ATTEMPT: envelope.attempt,
+                wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+                wire.ERROR_MESSAGE: str(exc)[:2000],
+                wire.FAILED_AT: now,
+                wire.FAILED_ACTOR: self.name,
+                wire.FAILED_HOST: HOSTNAME,
+            }
+        )
+        return headers
+
+    def _retry(
+        self, delivery: Delivery, envelope: Envelope, exc: BaseException, delay_s: int
+    ) -> Outcome:
+        headers = self._failure_headers(delivery, envelope, exc)
+        headers[wire.ATTEMPT] = envelope.attempt + 1
+        headers.pop(wire.ERROR_TRACEBACK, None)
+        return Outcome("retry", envelope, headers, exc, delay_s)
 
     def _dead_letter(
         self,
@@ -197,16 +253,10 @@ class Executor:
         *,
         with_traceback: bool,
     ) -> Outcome:
-        headers = dict(delivery.headers)
+        headers = self._failure_headers(delivery, envelope, exc)
         headers.update(
             {
-                wire.ATTEMPT: envelope.attempt,
                 wire.ERROR_REASON: reason,
-                wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
-                wire.ERROR_MESSAGE: str(exc)[:2000],
-                wire.FAILED_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
-                wire.FAILED_ACTOR: self.name,
-                wire.FAILED_HOST: HOSTNAME,
                 wire.ORIGINAL_EXCHANGE: delivery.exchange,
                 wire.ORIGINAL_ROUTING_KEY: delivery.routing_key,
             }

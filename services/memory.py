@@ -1,32 +1,67 @@
 """`MemoryBroker`: the `Broker` in this process's memory, for unit tests and the demo.
 
 Same routing (fan-out by topic, send to one queue), same wire format (messages are encoded
-to JSON and decoded again, so validation behaves as on RabbitMQ), same dead letters.
+to JSON and decoded again, so validation behaves as on RabbitMQ), same retries, delays and
+dead letters. Time is a `VirtualClock`: delays and retry backoff pass when the test says so
+(`advance_clock`), or at once in `join`, so a unit test never sleeps.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from actors.actor import Actor, ActorRef
 from actors.registry import unique_queues
 from schemas import envelope as wire
-from schemas.errors import PublishError
+from schemas.errors import ConfigurationError, PublishError
 from services import naming
 from services.broker import Broker, Prepared, Worker, default_prefetch, select_actors
+from services.deadletters import replayed
 from services.execution import Delivery, Executor, Outcome, Stats
 from services.logs import get_logger
 
 log = get_logger("leveret.memory")
 
 
+class VirtualClock:
+    """Time that moves only when told to: `now()` in seconds since the epoch."""
+
+    def __init__(self, start_s: float | None = None) -> None:
+        self._now = time.time() if start_s is None else start_s
+
+    def now(self) -> float:
+        """The current virtual time."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward (never back)."""
+        self._now += max(0.0, seconds)
+
+
+@dataclass(order=True, slots=True)
+class _Delayed:
+    due_s: float
+    sequence: int
+    queue: str | None = field(compare=False)  # full queue name, or None: by topic
+    topic: str = field(compare=False)
+    delivery: Delivery = field(compare=False)
+
+
 class MemoryBroker(Broker):
-    """`Broker` whose queues live in this process; see `Broker` for the arguments."""
+    """`Broker` whose queues live in this process; see `Broker` for the arguments.
+
+    Extra Args:
+        clock: The clock delays are measured on; a new `VirtualClock` by default.
+    """
 
     def __init__(
         self,
@@ -34,12 +69,16 @@ class MemoryBroker(Broker):
         *,
         namespace: str | None = None,
         auto_declare: bool = True,
+        clock: VirtualClock | None = None,
     ) -> None:
         super().__init__(url or "memory://", namespace=namespace, auto_declare=auto_declare)
+        self.clock = clock if clock is not None else VirtualClock()
         self.changed = threading.Condition()
         self.queues: dict[str, deque[Delivery]] = {}
         self._bindings: dict[str, set[str]] = {}
         self._unacked: dict[str, int] = {}
+        self._delayed: list[_Delayed] = []
+        self._sequence = itertools.count()
 
     # Topology ---------------------------------------------------------------------------
 
@@ -69,37 +108,123 @@ class MemoryBroker(Broker):
         with self.changed:
             for index, item in enumerate(items):
                 envelope = item.envelope
-                if item.route.queue is None:
-                    exchange = naming.events_exchange(self.namespace)
-                    routing_key = item.route.topic
-                    targets = sorted(self._bindings.get(routing_key, ()))
-                else:
-                    exchange = ""
-                    routing_key = naming.queue_name(self.namespace, item.route.queue)
-                    if routing_key not in self.queues:
+                queue = None
+                if item.route.queue is not None:
+                    queue = naming.queue_name(self.namespace, item.route.queue)
+                    if queue not in self.queues:
                         raise PublishError(
-                            f"no queue {routing_key!r} to deliver message "
+                            f"no queue {queue!r} to deliver message "
                             f"{envelope.message_id} to; declare the actor first",
                             message_id=envelope.message_id,
                         )
-                    targets = [routing_key]
-                if not targets:
+                delivery = Delivery(
+                    body=item.body,
+                    topic=envelope.topic,
+                    message_id=envelope.message_id,
+                    correlation_id=envelope.correlation_id,
+                    timestamp=int(envelope.timestamp.timestamp()),
+                    headers={wire.ATTEMPT: envelope.attempt},
+                )
+                if item.delay_s > 0:
+                    self._schedule(item.delay_s, queue, envelope.topic, delivery)
+                elif not self._route(queue, envelope.topic, delivery):
                     unroutable.append(index)
-                for target in targets:
-                    self.queues[target].append(
-                        Delivery(
-                            body=item.body,
-                            topic=envelope.topic,
-                            message_id=envelope.message_id,
-                            correlation_id=envelope.correlation_id,
-                            timestamp=int(envelope.timestamp.timestamp()),
-                            headers={wire.ATTEMPT: envelope.attempt},
-                            exchange=exchange,
-                            routing_key=routing_key,
-                        )
-                    )
             self.changed.notify_all()
         return unroutable
+
+    def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
+        """Append to `queue`, or to every queue bound to `topic`; False if none took it."""
+        if queue is not None:
+            targets = [queue] if queue in self.queues else []
+            exchange, routing_key = "", queue
+        else:
+            targets = sorted(self._bindings.get(topic, ()))
+            exchange, routing_key = naming.events_exchange(self.namespace), topic
+        for target in targets:
+            delivery_copy = Delivery(
+                body=delivery.body,
+                topic=delivery.topic,
+                message_id=delivery.message_id,
+                correlation_id=delivery.correlation_id,
+                timestamp=delivery.timestamp,
+                headers=delivery.headers,
+                exchange=exchange,
+                routing_key=routing_key,
+            )
+            self.queues[target].append(delivery_copy)
+        return bool(targets)
+
+    def _schedule(self, delay_s: float, queue: str | None, topic: str, delivery: Delivery) -> None:
+        due_s = self.clock.now() + delay_s
+        heapq.heappush(self._delayed, _Delayed(due_s, next(self._sequence), queue, topic, delivery))
+
+    def _release_due(self) -> None:
+        """Move delayed messages whose time has come to their queues (lock held)."""
+        now = self.clock.now()
+        while self._delayed and self._delayed[0].due_s <= now:
+            due = heapq.heappop(self._delayed)
+            if not self._route(due.queue, due.topic, due.delivery):
+                log.warning(
+                    "delayed_message_unroutable",
+                    message_id=due.delivery.message_id,
+                    topic=due.topic,
+                )
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let `seconds` of virtual time pass: delayed messages due by then are delivered."""
+        with self.changed:
+            self.clock.advance(seconds)
+            self._release_due()
+            self.changed.notify_all()
+
+    def delayed(self) -> int:
+        """Messages waiting for their delay (or retry backoff) to pass."""
+        with self.changed:
+            return len(self._delayed)
+
+    # Dead letters -----------------------------------------------------------------------
+
+    def _dlq(self, actor: ActorRef | str) -> tuple[str, str]:
+        """(actor queue, dead-letter queue) full names; raises if it does not exist."""
+        queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
+        names = naming.queue_name(self.namespace, queue), naming.dlq_name(self.namespace, queue)
+        if names[1] not in self.queues:
+            raise ConfigurationError(f"no dead-letter queue {names[1]!r}")
+        return names
+
+    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
+        with self.changed:
+            return list(self.queues[self._dlq(actor)[1]])[:limit]
+
+    def replay_dead_letters(
+        self,
+        actor: ActorRef | str,
+        *,
+        message_ids: set[str] | None = None,
+        on_replayed: Callable[[str], None] | None = None,
+    ) -> int:
+        with self.changed:
+            queue, dlq = self._dlq(actor)
+            kept: deque[Delivery] = deque()
+            count = 0
+            for letter in self.queues[dlq]:
+                if message_ids is None or letter.message_id in message_ids:
+                    self._route(queue, letter.topic or "", replayed(letter))
+                    count += 1
+                    if on_replayed is not None:
+                        on_replayed(letter.message_id or "")
+                else:
+                    kept.append(letter)
+            self.queues[dlq] = kept
+            self.changed.notify_all()
+        return count
+
+    def purge_dead_letters(self, actor: ActorRef | str) -> int:
+        with self.changed:
+            dlq = self._dlq(actor)[1]
+            count = len(self.queues[dlq])
+            self.queues[dlq].clear()
+        return count
 
     # Inspecting (tests) -----------------------------------------------------------------
 
@@ -109,12 +234,6 @@ class MemoryBroker(Broker):
             names = self._actor_queue_names(actor)
             return sum(len(self.queues.get(n, ())) + self._unacked.get(n, 0) for n in names)
 
-    def dead_letters(self, actor: ActorRef, *, limit: int = 1000) -> list[Delivery]:
-        cls = unique_queues([actor])[0]
-        with self.changed:
-            waiting = self.queues.get(naming.dlq_name(self.namespace, cls.queue), deque())
-            return list(waiting)[:limit]
-
     def _actor_queue_names(self, actor: ActorRef | None) -> list[str]:
         if actor is not None:
             return [naming.queue_name(self.namespace, unique_queues([actor])[0].queue)]
@@ -122,21 +241,26 @@ class MemoryBroker(Broker):
 
     # Running ----------------------------------------------------------------------------
 
-    def join(self, *, raise_errors: bool = True, max_messages: int = 100_000) -> Stats:
+    def join(
+        self, *, raise_errors: bool = True, advance_clock: bool = True, max_messages: int = 100_000
+    ) -> Stats:
         """Handle every waiting message of the declared actors in this thread, until idle.
 
-        Messages that handlers publish are handled too, so a whole chain runs to its end.
+        Messages that handlers publish are handled too, so a whole chain runs to its end;
+        with `advance_clock`, the virtual clock jumps over delays and retry backoff, so
+        "retried three times, then dead-lettered" runs at once.
 
         Args:
-            raise_errors: Re-raise the first handler exception (the message is still
-                dead-lettered, as a worker would).
+            raise_errors: Re-raise the first exception that sent a message to the
+                dead-letter queue (the message is still dead-lettered, as a worker would).
+            advance_clock: Jump the clock to the next delayed message when idle.
             max_messages: Stop after this many, against endless publishing loops.
 
         Returns:
             Counters of what was handled.
 
         Raises:
-            Exception: With `raise_errors`, the first exception a handler raised.
+            Exception: With `raise_errors`, the first exception that dead-lettered a message.
         """
         stats = Stats()
         executors = {
@@ -144,7 +268,7 @@ class MemoryBroker(Broker):
         }
         first_error: BaseException | None = None
         for _ in range(max_messages):
-            taken = self._take(list(executors))
+            taken = self._take(list(executors), advance_clock=advance_clock)
             if taken is None:
                 break
             name, delivery = taken
@@ -152,25 +276,44 @@ class MemoryBroker(Broker):
             outcome = executor.run(delivery)
             self._settle(name, executor.actor.queue, delivery, outcome)
             stats.count(outcome)
-            if outcome.error is not None and first_error is None:
+            if outcome.fate == "dead_letter" and outcome.error is not None and first_error is None:
                 first_error = outcome.error
         if raise_errors and first_error is not None:
             raise first_error
         return stats
 
-    def _take(self, names: list[str]) -> tuple[str, Delivery] | None:
+    def _take(
+        self, names: list[str], *, advance_clock: bool = False
+    ) -> tuple[str, Delivery] | None:
         with self.changed:
-            for name in names:
-                waiting = self.queues.get(name)
-                if waiting:
-                    self._unacked[name] = self._unacked.get(name, 0) + 1
-                    return name, waiting.popleft()
-        return None
+            while True:
+                self._release_due()
+                for name in names:
+                    waiting = self.queues.get(name)
+                    if waiting:
+                        self._unacked[name] = self._unacked.get(name, 0) + 1
+                        return name, waiting.popleft()
+                if not (advance_clock and self._delayed):
+                    return None
+                self.clock.advance(self._delayed[0].due_s - self.clock.now())
 
     def _settle(self, name: str, actor_queue: str, delivery: Delivery, outcome: Outcome) -> None:
         with self.changed:
             self._unacked[name] -= 1
-            if outcome.fate == "dead_letter":
+            if outcome.fate == "retry":
+                again = Delivery(
+                    body=delivery.body,
+                    topic=delivery.topic,
+                    message_id=delivery.message_id,
+                    correlation_id=delivery.correlation_id,
+                    timestamp=delivery.timestamp,
+                    headers=outcome.headers,
+                )
+                if outcome.delay_s > 0:
+                    self._schedule(outcome.delay_s, name, delivery.topic or "", again)
+                else:
+                    self._route(name, delivery.topic or "", again)
+            elif outcome.fate == "dead_letter":
                 dlq = naming.dlq_name(self.namespace, actor_queue)
                 self.queues.setdefault(dlq, deque()).append(
                     Delivery(
@@ -208,7 +351,11 @@ class MemoryBroker(Broker):
 
 
 class MemoryWorker:
-    """Handler threads consuming a `MemoryBroker`'s queues, like `RabbitWorker` does."""
+    """Handler threads consuming a `MemoryBroker`'s queues, like `RabbitWorker` does.
+
+    Delayed messages become due when the broker's virtual clock is advanced
+    (`MemoryBroker.advance_clock`).
+    """
 
     def __init__(
         self,

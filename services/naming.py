@@ -43,6 +43,21 @@ def dlq_name(namespace: str, queue: str) -> str:
     return f"{namespace}.{queue}.dlq"
 
 
+def delay_exchange(namespace: str, level: int) -> str:
+    """The topic exchange of delay level `level` (messages wait 2^level s there)."""
+    return f"{namespace}.delay.{level}"
+
+
+def delay_queue(namespace: str, level: int) -> str:
+    """The TTL queue of delay level `level`."""
+    return f"{namespace}.delay.{level}"
+
+
+def delay_deliver_exchange(namespace: str) -> str:
+    """Where delayed messages leave the delay levels for actor queues."""
+    return f"{namespace}.delay.deliver"
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``, safe for logs and errors."""
     try:

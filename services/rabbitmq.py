@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pika
@@ -10,10 +10,11 @@ import pika.exceptions
 
 from actors.actor import Actor, ActorRef
 from actors.registry import unique_queues
-from schemas.errors import BrokerConnectionError, TopologyError
-from services import naming, topology, wire
+from schemas.errors import BrokerConnectionError, ConfigurationError, TopologyError
+from services import delays, naming, topology, wire
 from services.broker import Broker, Prepared, Worker, select_actors
 from services.connection import connection_parameters, describe
+from services.deadletters import replayed
 from services.execution import Delivery
 from services.publisher import Outgoing, Publisher
 
@@ -34,6 +35,7 @@ class RabbitBroker(Broker):
         confirm_timeout_s: float = 30.0,
     ) -> None:
         super().__init__(url, namespace=namespace, auto_declare=auto_declare)
+        self._levels_declared = False
         self.publisher = Publisher(
             self.url,
             declare_on_connect=topology.namespace_steps(self.namespace),
@@ -41,23 +43,35 @@ class RabbitBroker(Broker):
         )
 
     def _declare(self, actors: list[type[Actor]]) -> None:
-        self.publisher.declare(topology.steps(self.namespace, actors))
+        self.publisher.declare(
+            topology.steps(self.namespace, actors, with_delay_levels=not self._levels_declared)
+        )
+        self._levels_declared = True
 
     def _deliver(self, items: Sequence[Prepared]) -> list[int]:
         events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
-            if item.route.queue is None:
+            queue = item.route.queue
+            if item.delay_s > 0:
+                if not self._levels_declared:
+                    self.publisher.declare(topology.level_steps(self.namespace))
+                    self._levels_declared = True
+                exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+                routing_key = delays.routing_key(
+                    item.delay_s, queue=queue, topic=item.route.topic if queue is None else None
+                )
+            elif queue is None:
                 exchange, routing_key = events, item.route.topic
             else:
-                exchange, routing_key = "", naming.queue_name(self.namespace, item.route.queue)
+                exchange, routing_key = "", naming.queue_name(self.namespace, queue)
             outgoing.append(
                 Outgoing(
                     exchange,
                     routing_key,
                     item.body,
                     wire.properties(item.envelope),
-                    unroutable_is_error=item.route.queue is not None,
+                    unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
         return self.publisher.publish(outgoing).unroutable
@@ -71,10 +85,19 @@ class RabbitBroker(Broker):
             self._declared.discard(cls)
 
     def delete_namespace_exchanges(self) -> None:
-        """Delete the namespace's own exchanges (events, dead); for tests and teardown."""
+        """Delete the namespace's own exchanges and delay levels; for tests and teardown.
+
+        Messages waiting in the delay levels are deleted with them.
+        """
         with self.admin() as channel:
-            for step in topology.namespace_steps(self.namespace):
-                channel.exchange_delete(step.name)
+            for step in topology.namespace_steps(self.namespace) + topology.level_steps(
+                self.namespace
+            ):
+                if step.kind == "exchange":
+                    channel.exchange_delete(step.name)
+                elif step.kind == "queue":
+                    channel.queue_delete(step.name)
+        self._levels_declared = False
 
     def admin(self) -> _AdminChannel:
         """A short-lived blocking channel for administrative work (deleting, counting)."""
@@ -87,17 +110,72 @@ class RabbitBroker(Broker):
             count: int = result.method.message_count
             return count
 
-    def dead_letters(self, actor: ActorRef, *, limit: int = 1000) -> list[Delivery]:
-        name = naming.dlq_name(self.namespace, unique_queues([actor])[0].queue)
+    def _dlq_names(self, actor: ActorRef | str) -> tuple[str, str]:
+        queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
+        return naming.queue_name(self.namespace, queue), naming.dlq_name(self.namespace, queue)
+
+    def _existing(self, channel: Any, queue: str) -> None:
+        """Raise `ConfigurationError` unless `queue` exists (checked on its own channel)."""
+        try:
+            channel.connection.channel().queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise ConfigurationError(
+                f"no queue {queue!r} on the broker ({exc.reply_text})"
+            ) from exc
+
+    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
+        dlq = self._dlq_names(actor)[1]
         found: list[Delivery] = []
-        # Fetched without acking: closing the connection puts every one back in order.
+        # Fetched without acking: closing the connection puts every one back.
         with self.admin() as channel:
+            self._existing(channel, dlq)
             while len(found) < limit:
-                method, props, body = channel.basic_get(name, auto_ack=False)
+                method, props, body = channel.basic_get(dlq, auto_ack=False)
                 if method is None:
                     break
                 found.append(wire.delivery(method, props, body))
         return found
+
+    def replay_dead_letters(
+        self,
+        actor: ActorRef | str,
+        *,
+        message_ids: set[str] | None = None,
+        on_replayed: Callable[[str], None] | None = None,
+    ) -> int:
+        queue, dlq = self._dlq_names(actor)
+        count = 0
+        with self.admin() as channel:
+            self._existing(channel, queue)
+            self._existing(channel, dlq)
+            # Publish and ack in one transaction per message: if this process dies, either
+            # both happened or neither (the dead letter goes back to the .dlq), so running
+            # the replay again replays each message exactly once.
+            channel.tx_select()
+            while True:
+                method, props, body = channel.basic_get(dlq, auto_ack=False)
+                if method is None:
+                    break
+                letter = wire.delivery(method, props, body)
+                if message_ids is not None and letter.message_id not in message_ids:
+                    continue  # stays unacked on this channel, back in the .dlq on close
+                again = replayed(letter)
+                channel.basic_publish(
+                    "", queue, body, wire.republish_properties(letter, dict(again.headers))
+                )
+                channel.basic_ack(method.delivery_tag)
+                channel.tx_commit()
+                count += 1
+                if on_replayed is not None:
+                    on_replayed(letter.message_id or "")
+        return count
+
+    def purge_dead_letters(self, actor: ActorRef | str) -> int:
+        dlq = self._dlq_names(actor)[1]
+        with self.admin() as channel:
+            self._existing(channel, dlq)
+            purged: int = channel.queue_purge(dlq).method.message_count
+        return purged
 
     def worker(
         self,

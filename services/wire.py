@@ -49,8 +49,9 @@ def delivery(
     )
 
 
-def dead_letter_properties(item: Delivery, headers: dict[str, Any]) -> pika.BasicProperties:
-    """Properties of a dead letter: the original message's, with the error headers."""
+def republish_properties(item: Delivery, headers: dict[str, Any]) -> pika.BasicProperties:
+    """Properties of a message published again (retry, dead letter, replay): the original
+    message's, with new headers."""
     return pika.BasicProperties(
         content_type=wire.CONTENT_TYPE,
         type=item.topic,

@@ -2,8 +2,9 @@
 
 The I/O thread owns the connection and never runs user code. Deliveries go to a queue that
 `threads` handler threads take from; each finished handler posts its outcome back, and the
-I/O thread acks (or first publishes the dead letter with confirm, then acks). An outcome for
-a delivery whose channel has since died is dropped with a log line: the broker redelivers.
+I/O thread acks (or first publishes the retry or dead letter with confirm, then acks). An
+outcome for a delivery whose channel has since died is dropped with a log line: the broker
+redelivers it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from actors.actor import Actor
-from services import naming, topology, wire
+from services import delays, naming, topology, wire
 from services.broker import default_prefetch
 from services.connection import IOThread, describe
 from services.execution import Delivery, Executor, Outcome, Stats
@@ -92,7 +93,7 @@ class RabbitWorker(IOThread):
         self._outstanding = 0
         self._shutting_down = False
         self._publish_tag = 0
-        self._dead_letters: dict[int, _Job] = {}
+        self._republishing: dict[int, _Job] = {}
         self._returned: set[int] = set()
         self._pool: list[threading.Thread] = []
 
@@ -267,7 +268,7 @@ class RabbitWorker(IOThread):
         self._declaring = False
         self.consuming.clear()
         self._outstanding = 0
-        self._dead_letters.clear()
+        self._republishing.clear()
         self._returned.clear()
         self._publish_tag = 0
 
@@ -314,25 +315,33 @@ class RabbitWorker(IOThread):
                 channel.basic_ack(job.delivery_tag)
                 self._outstanding -= 1
             elif isinstance(result, Outcome):
-                self._publish_dead_letter(channel, job, result)
+                self._publish_then_ack(channel, job, result)
         self._maybe_finish()
 
-    def _publish_dead_letter(self, channel: Channel, job: _Job, outcome: Outcome) -> None:
-        queue_name = naming.dlq_name(self.namespace, job.executor.actor.queue)
+    def _publish_then_ack(self, channel: Channel, job: _Job, outcome: Outcome) -> None:
+        """Publish the retry or dead letter of `job`; its confirm acks the original."""
+        actor_queue = job.executor.actor.queue
+        if outcome.fate == "dead_letter":
+            exchange, routing_key = "", naming.dlq_name(self.namespace, actor_queue)
+        elif outcome.delay_s > 0:
+            exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+            routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
+        else:
+            exchange, routing_key = "", naming.queue_name(self.namespace, actor_queue)
         channel.basic_publish(
-            "",
-            queue_name,
+            exchange,
+            routing_key,
             job.delivery.body,
-            wire.dead_letter_properties(job.delivery, outcome.headers),
+            wire.republish_properties(job.delivery, outcome.headers),
             mandatory=True,
         )
         self._publish_tag += 1
-        self._dead_letters[self._publish_tag] = job
+        self._republishing[self._publish_tag] = job
 
     def _on_return(
         self, _channel: Channel, _method: Any, props: pika.BasicProperties, _body: bytes
     ) -> None:
-        for tag, job in self._dead_letters.items():
+        for tag, job in self._republishing.items():
             if job.delivery.message_id == props.message_id and tag not in self._returned:
                 self._returned.add(tag)
                 return
@@ -341,13 +350,13 @@ class RabbitWorker(IOThread):
         method = frame.method
         acked = isinstance(method, Basic.Ack)
         tags = (
-            [tag for tag in self._dead_letters if tag <= method.delivery_tag]
+            [tag for tag in self._republishing if tag <= method.delivery_tag]
             if method.multiple
             else [method.delivery_tag]
         )
         channel = self._channel
         for tag in tags:
-            job = self._dead_letters.pop(tag, None)
+            job = self._republishing.pop(tag, None)
             if job is None or channel is None:
                 continue
             returned = tag in self._returned
@@ -356,16 +365,16 @@ class RabbitWorker(IOThread):
                 channel.basic_ack(job.delivery_tag)
                 self._outstanding -= 1
                 continue
-            # Keep the original: it comes back and is dead-lettered again once the
-            # dead-letter queue exists (declared again below).
+            # Keep the original: it comes back to its queue and is handled again once the
+            # queue its retry or dead letter goes to exists again (declared below).
             log.error(
-                "dead_letter_not_stored",
+                "republish_not_stored",
                 message_id=job.delivery.message_id,
-                reason="no dead-letter queue" if returned else "broker nacked",
+                reason="no queue took it" if returned else "broker nacked",
             )
             topology.declare_async(
                 channel,
-                topology.actor_steps(self.namespace, job.executor.actor),
+                topology.steps(self.namespace, [job.executor.actor]),
                 functools.partial(self._requeue_later, channel, job),
             )
         self._maybe_finish()
@@ -404,7 +413,7 @@ class RabbitWorker(IOThread):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self._shutting_down or self._outstanding > 0 or self._dead_letters:
+        if not self._shutting_down or self._outstanding > 0 or self._republishing:
             return
         if self._stopping:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from actors import Actor, Context, handler
+from actors import NO_RETRY, Actor, Context, handler
 from schemas import Message
 
 
@@ -36,6 +36,8 @@ def _record(event: str, n: int, ctx: Context) -> None:
 
 class Jobs(Actor, queue="jobs"):
     """Sleeps, fails or succeeds as each job says, recording start and end."""
+
+    retry = NO_RETRY
 
     @handler
     def run(self, msg: Job, ctx: Context) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pika
 import pytest
 
-from actors import Actor, Context, Reject, actor, handler, publish
+from actors import NO_RETRY, Actor, Context, Reject, actor, handler, publish
 from schemas import Message, PublishError
 from schemas import envelope as wire
 from services import naming
@@ -39,6 +39,8 @@ def _fresh_recorder() -> None:
 
 
 class Inventory(Actor, queue="inventory"):
+    retry = NO_RETRY  # failures go to the .dlq at once here; retries: test_retries.py
+
     @handler
     def added(self, msg: ItemAdded, ctx: Context) -> None:
         if msg.sku == "boom":

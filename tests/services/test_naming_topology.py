@@ -50,7 +50,7 @@ def test_redact_url_hides_the_password() -> None:
     assert naming.redact_url("memory://") == "memory://"
 
 
-def test_actor_steps_declare_dlq_queue_and_one_binding_per_topic() -> None:
+def test_actor_steps_declare_dlq_queue_bindings_per_topic_and_for_delays() -> None:
     steps = topology.actor_steps("shop", Ledger)
     assert [step.describe() for step in steps] == [
         "queue shop.ledger.dlq {'x-queue-type': 'quorum'}",
@@ -59,6 +59,9 @@ def test_actor_steps_declare_dlq_queue_and_one_binding_per_topic() -> None:
         "'x-dead-letter-routing-key': 'shop.ledger.dlq', 'x-delivery-limit': 7}",
         "binding shop.events -[tests.topo.paid]-> shop.ledger",
         "binding shop.events -[tests.topo.refunded]-> shop.ledger",
+        "binding shop.delay.deliver -[" + "*." * 28 + "q.ledger]-> shop.ledger",
+        "binding shop.delay.deliver -[" + "*." * 28 + "t.tests.topo.paid]-> shop.ledger",
+        "binding shop.delay.deliver -[" + "*." * 28 + "t.tests.topo.refunded]-> shop.ledger",
     ]
 
 

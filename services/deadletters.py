@@ -1,0 +1,85 @@
+"""Reading and operating dead-letter queues: what the CLI (`leveret dlq`) and dashboards use.
+
+Dead letters are kept until replayed or purged. Replaying publishes the message back to its
+actor's queue with the attempt count reset; on RabbitMQ the publish and the removal of the
+dead letter happen in one AMQP transaction, so a replay killed half way and run again puts
+each message back exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import envelope as wire
+from services.execution import Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter, summarised for a table.
+
+    Attributes:
+        message_id: The message's id (as when it was first published).
+        topic: Its topic.
+        attempts: Attempts made before it was dead-lettered.
+        reason: ``handler_error``, ``rejected``, ``malformed_body``, ``invalid_message``,
+            ``unknown_topic``, ``delivery_limit`` (the broker gave up on it), …
+        error: ``Type: message`` of the last failure.
+        failed_at: When it was dead-lettered (ISO 8601), if known.
+        delivery: The whole delivery: headers and body.
+    """
+
+    message_id: str
+    topic: str
+    attempts: int
+    reason: str
+    error: str
+    failed_at: str
+    delivery: Delivery
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> DeadLetter:
+        """Summarise a delivery read from a dead-letter queue."""
+        headers = delivery.headers
+        reason = str(headers.get(wire.ERROR_REASON, ""))
+        if not reason and "x-death" in headers:
+            reason = "delivery_limit"
+        error_type = str(headers.get(wire.ERROR_TYPE, "")).rsplit(".", 1)[-1]
+        message = str(headers.get(wire.ERROR_MESSAGE, ""))
+        attempt = headers.get(wire.ATTEMPT, 1)
+        return cls(
+            message_id=delivery.message_id or "",
+            topic=delivery.topic or "",
+            attempts=attempt if isinstance(attempt, int) else 1,
+            reason=reason,
+            error=f"{error_type}: {message}" if error_type else message,
+            failed_at=str(headers.get(wire.FAILED_AT, "")),
+            delivery=delivery,
+        )
+
+
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a replayed dead letter: failure details dropped, attempt reset to 1."""
+    kept = {
+        key: value
+        for key, value in headers.items()
+        if not key.startswith("x-leveret-") and key not in wire.BROKER_HEADERS
+    }
+    kept[wire.ATTEMPT] = 1
+    kept[wire.REPLAYED_AT] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return kept
+
+
+def replayed(delivery: Delivery) -> Delivery:
+    """The delivery to put back on the actor's queue for a dead letter."""
+    return Delivery(
+        body=delivery.body,
+        topic=delivery.topic,
+        message_id=delivery.message_id,
+        correlation_id=delivery.correlation_id,
+        timestamp=delivery.timestamp,
+        headers=replay_headers(delivery.headers),
+    )

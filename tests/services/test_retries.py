@@ -1,0 +1,256 @@
+"""Retries with backoff, Retry/Reject, delayed delivery: on the in-memory broker (virtual
+clock, no sleeping) and on the real RabbitMQ (delay levels, real time)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from actors import Actor, Context, Reject, Retry, RetryPolicy, actor, fixed, handler, publish
+from schemas import Message
+from schemas import envelope as wire
+from services import naming
+from services.rabbitmq import RabbitBroker
+from services.testing import memory_broker
+from tests.support import Recorder, running, wait_until
+
+
+class Flaky(Message, topic="tests.retry.flaky"):
+    key: str
+    fail_times: int = 0
+    always: bool = False
+    reject: bool = False
+    retry_in_s: float | None = None
+    not_retryable: bool = False
+
+
+class Tick(Message, topic="tests.retry.tick"):
+    n: int
+
+
+calls = Recorder()
+clock: Callable[[], float] = time.time
+
+
+class Retrier(Actor, queue="retrier"):
+    retry = RetryPolicy(attempts=4, backoff=fixed(1), dead_letter_on=(KeyError,))
+
+    @handler
+    def on(self, msg: Flaky, ctx: Context) -> None:
+        calls.add((msg.key, ctx.attempt, clock(), ctx.message_id))
+        if msg.reject:
+            raise Reject("rejected on purpose")
+        if msg.not_retryable:
+            raise KeyError("no such thing")
+        if msg.always or ctx.attempt <= msg.fail_times:
+            if msg.retry_in_s is not None:
+                raise Retry("asked for later", delay=msg.retry_in_s)
+            raise ConnectionError(f"flaky attempt {ctx.attempt}")
+
+
+class Clock(Actor, queue="clock"):
+    @handler
+    def on(self, msg: Tick) -> None:
+        calls.add(("tick", msg.n, clock()))
+
+
+@actor(queue="clock_copy")
+def clock_copy(msg: Tick) -> None:
+    calls.add(("copy", msg.n, clock()))
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    calls.items.clear()
+
+
+def _use_clock(now: Callable[[], float]) -> None:
+    global clock
+    clock = now
+
+
+# In memory: virtual time, nothing sleeps -----------------------------------------------
+
+
+def test_memory_failing_twice_then_succeeding_is_handled_three_times() -> None:
+    with memory_broker(Retrier) as broker:
+        _use_clock(broker.clock.now)
+        message_id = Retrier.send(Flaky(key="a", fail_times=2))
+        stats = broker.join()
+    assert [(c[1], c[3]) for c in calls.items] == [
+        (1, message_id),
+        (2, message_id),
+        (3, message_id),
+    ]
+    times = [c[2] for c in calls.items]
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [1.0, 1.0]
+    assert (stats.handled, stats.retried, stats.dead_lettered) == (1, 2, 0)
+
+
+def test_memory_always_failing_is_dead_lettered_after_exactly_n_attempts() -> None:
+    with memory_broker(Retrier) as broker:
+        _use_clock(broker.clock.now)
+        Retrier.send(Flaky(key="b", always=True))
+        with pytest.raises(ConnectionError, match="flaky attempt 4"):
+            broker.join()
+        (letter,) = broker.dead_letters(Retrier)
+    assert [c[1] for c in calls.items] == [1, 2, 3, 4]
+    headers = letter.headers
+    assert headers[wire.ATTEMPT] == 4
+    assert headers[wire.ERROR_REASON] == "retries_exhausted"
+    assert headers[wire.ERROR_TYPE] == "builtins.ConnectionError"
+    assert headers[wire.ERROR_MESSAGE] == "flaky attempt 4"
+    assert "ConnectionError" in headers[wire.ERROR_TRACEBACK]
+    assert headers[wire.FIRST_FAILED_AT] <= headers[wire.FAILED_AT]
+    assert headers[wire.FAILED_HOST]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (Flaky(key="r", reject=True), "rejected"),
+        (Flaky(key="k", not_retryable=True), "handler_error"),
+    ],
+)
+def test_memory_reject_and_non_retryable_errors_skip_retries(message: Flaky, reason: str) -> None:
+    with memory_broker(Retrier) as broker:
+        Retrier.send(message)
+        broker.join(raise_errors=False)
+        (letter,) = broker.dead_letters(Retrier)
+    assert len(calls) == 1
+    assert letter.headers[wire.ERROR_REASON] == reason
+
+
+def test_memory_validation_error_skips_retries() -> None:
+    with memory_broker(Retrier) as broker:
+        from services.execution import Delivery
+
+        with broker.changed:
+            broker.queues[naming.queue_name(broker.namespace, "retrier")].append(
+                Delivery(b'{"key": 1}', "tests.retry.flaky", "bad-1", None, None, {})
+            )
+        broker.join(raise_errors=False)
+        (letter,) = broker.dead_letters(Retrier)
+    assert len(calls) == 0
+    assert letter.headers[wire.ERROR_REASON] == "invalid_message"
+
+
+def test_memory_retry_exception_asks_for_its_own_delay() -> None:
+    with memory_broker(Retrier) as broker:
+        _use_clock(broker.clock.now)
+        Retrier.send(Flaky(key="d", fail_times=1, retry_in_s=7))
+        broker.join()
+    first, second = (c[2] for c in calls.items)
+    assert second - first == pytest.approx(7)
+
+
+def test_memory_delayed_send_waits_on_the_virtual_clock() -> None:
+    with memory_broker(Clock, clock_copy) as broker:
+        _use_clock(broker.clock.now)
+        start = broker.clock.now()
+        Clock.send(Tick(n=1), delay=timedelta(seconds=5))
+        publish(Tick(n=2), delay=3)
+        broker.join(advance_clock=False)
+        assert len(calls) == 0
+        assert broker.delayed() == 2
+        broker.advance_clock(3)
+        broker.join(advance_clock=False)
+        assert sorted(c[:2] for c in calls.items) == [("copy", 2), ("tick", 2)]
+        broker.advance_clock(2)
+        broker.join(advance_clock=False)
+    assert [c[:2] for c in calls.items][-1] == ("tick", 1)
+    assert calls.items[-1][2] - start == pytest.approx(5)
+
+
+def test_invalid_delays_are_refused_before_publishing() -> None:
+    with memory_broker(Clock):
+        with pytest.raises(ValueError, match="longer than the maximum"):
+            Clock.send(Tick(n=1), delay=2**28)
+        with pytest.raises(ValueError, match="zero or positive"):
+            Clock.send(Tick(n=1), delay=-1)
+
+
+# On RabbitMQ: real time through the delay levels -----------------------------------------
+
+
+def _prepare(rabbit_broker: RabbitBroker, *actors: Any) -> None:
+    _use_clock(time.time)
+    rabbit_broker.declare(*actors)
+
+
+def test_rabbit_failing_twice_then_succeeding_with_observed_backoff(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    _prepare(rabbit_broker, Retrier)
+    with running(rabbit_broker, Retrier, threads=2):
+        message_id = Retrier.send(Flaky(key="a", fail_times=2))
+        items = calls.wait_for(3, timeout_s=20)
+        time.sleep(0.5)  # nothing else may arrive
+    assert [(c[1], c[3]) for c in calls.items] == [
+        (1, message_id),
+        (2, message_id),
+        (3, message_id),
+    ]
+    gaps = [b[2] - a[2] for a, b in itertools.pairwise(items)]
+    assert all(1.0 <= gap < 2.5 for gap in gaps), gaps
+
+
+def test_rabbit_always_failing_ends_in_dlq_after_exactly_n_attempts(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    _prepare(rabbit_broker, Retrier)
+    with running(rabbit_broker, Retrier, threads=2):
+        message_id = Retrier.send(Flaky(key="b", always=True))
+        wait_until(lambda: len(rabbit_broker.dead_letters(Retrier)) == 1, 30, "the dead letter")
+        (letter,) = rabbit_broker.dead_letters(Retrier)
+    assert [c[1] for c in calls.items] == [1, 2, 3, 4]
+    assert letter.message_id == message_id
+    assert letter.headers[wire.ATTEMPT] == 4
+    assert letter.headers[wire.ERROR_REASON] == "retries_exhausted"
+    assert letter.headers[wire.ERROR_TYPE] == "builtins.ConnectionError"
+    assert "x-death" not in letter.headers  # the trips through the delay levels are not kept
+    assert rabbit_broker.message_count(naming.queue_name(rabbit_broker.namespace, "retrier")) == 0
+
+
+def test_rabbit_reject_skips_retries(rabbit_broker: RabbitBroker) -> None:
+    _prepare(rabbit_broker, Retrier)
+    with running(rabbit_broker, Retrier, threads=2):
+        Retrier.send(Flaky(key="r", reject=True))
+        wait_until(lambda: len(rabbit_broker.dead_letters(Retrier)) == 1, 15, "the dead letter")
+    assert len(calls) == 1
+
+
+def test_rabbit_delayed_message_arrives_no_earlier_and_within_1_5_s(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    _prepare(rabbit_broker, Clock)
+    with running(rabbit_broker, Clock, threads=2):
+        sent = time.time()
+        Clock.send(Tick(n=1), delay=2)
+        ((_, _, arrived),) = calls.wait_for(1, timeout_s=10)
+    assert 2.0 <= arrived - sent < 3.5
+
+
+def test_rabbit_delays_sent_together_arrive_in_delay_order(rabbit_broker: RabbitBroker) -> None:
+    _prepare(rabbit_broker, Clock)
+    with running(rabbit_broker, Clock, threads=2):
+        sent = time.time()
+        for n in (1, 5, 3):
+            Clock.send(Tick(n=n), delay=n)
+        items = calls.wait_for(3, timeout_s=15)
+    assert [c[1] for c in items] == [1, 3, 5]
+    for _, n, arrived in items:
+        assert n <= arrived - sent < n + 1.5
+
+
+def test_rabbit_delayed_publish_fans_out_by_topic_on_arrival(rabbit_broker: RabbitBroker) -> None:
+    _prepare(rabbit_broker, Clock, clock_copy)
+    with running(rabbit_broker, Clock, clock_copy, threads=2):
+        publish(Tick(n=7), delay=1)
+        items = calls.wait_for(2, timeout_s=10)
+    assert sorted(c[:2] for c in items) == [("copy", 7), ("tick", 7)]
