@@ -254,3 +254,16 @@ def test_rabbit_delayed_publish_fans_out_by_topic_on_arrival(rabbit_broker: Rabb
         publish(Tick(n=7), delay=1)
         items = calls.wait_for(2, timeout_s=10)
     assert sorted(c[:2] for c in items) == [("copy", 7), ("tick", 7)]
+
+
+def test_rabbit_validation_error_skips_retries(rabbit_broker: RabbitBroker) -> None:
+    from tests.services.test_contract import inject_raw
+
+    _prepare(rabbit_broker, Retrier)
+    with running(rabbit_broker, Retrier, threads=2):
+        inject_raw(rabbit_broker, "retrier", b'{"key": 1}', Flaky.topic())
+        wait_until(lambda: len(rabbit_broker.dead_letters(Retrier)) == 1, 15, "the dead letter")
+        (letter,) = rabbit_broker.dead_letters(Retrier)
+    assert len(calls) == 0
+    assert letter.headers[wire.ERROR_REASON] == "invalid_message"
+    assert letter.headers[wire.ATTEMPT] == 1
