@@ -42,6 +42,7 @@ class Handler:
         message_type: The `Message` subclass of the handler's message parameter.
         takes_context: Whether the handler wants a `Context` as its last argument.
         retry: This handler's retry policy, overriding the actor's.
+        time_limit_s: Seconds this handler may run, overriding the actor's `time_limit_s`.
     """
 
     name: str
@@ -49,6 +50,7 @@ class Handler:
     message_type: type[Message]
     takes_context: bool
     retry: RetryPolicy | None = None
+    time_limit_s: float | None = None
 
     @property
     def topic(self) -> str:
@@ -67,11 +69,17 @@ def handler(function: F, /) -> F: ...
 
 
 @overload
-def handler(*, retry: RetryPolicy | None = None) -> Callable[[F], F]: ...
+def handler(
+    *, retry: RetryPolicy | None = None, time_limit_s: float | None = None
+) -> Callable[[F], F]: ...
 
 
 def handler(
-    function: F | None = None, /, *, retry: RetryPolicy | None = None
+    function: F | None = None,
+    /,
+    *,
+    retry: RetryPolicy | None = None,
+    time_limit_s: float | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an actor method as the handler of the message type its parameter is hinted with.
 
@@ -80,7 +88,7 @@ def handler(
         @handler
         def charge(self, msg: OrderPlaced, ctx: Context) -> None: ...
 
-        @handler(retry=RetryPolicy(attempts=1))
+        @handler(retry=RetryPolicy(attempts=1), time_limit_s=5)
         def refund(self, msg: RefundAsked) -> None: ...
     ```
 
@@ -90,15 +98,22 @@ def handler(
     Args:
         function: The method (when used without parentheses).
         retry: A retry policy for this handler, instead of the actor's.
+        time_limit_s: Seconds this handler may run, instead of the actor's `time_limit_s`;
+            past it the handler is interrupted with `TimeLimitExceeded`.
 
     Raises:
-        DefinitionError: `retry` is not a `RetryPolicy`.
+        DefinitionError: `retry` is not a `RetryPolicy`, or `time_limit_s` is not a
+            positive number.
     """
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise DefinitionError(f"handler retry= must be a RetryPolicy, not {retry!r}")
+    if time_limit_s is not None and not _positive(time_limit_s):
+        raise DefinitionError(
+            f"handler time_limit_s= must be a positive number of seconds, not {time_limit_s!r}"
+        )
 
     def mark(method: F) -> F:
-        setattr(method, _MARK, {"retry": retry})
+        setattr(method, _MARK, {"retry": retry, "time_limit_s": time_limit_s})
         return method
 
     return mark(function) if function is not None else mark
@@ -121,7 +136,9 @@ class Actor:
     Class attributes:
         retry: The `RetryPolicy` of every handler that does not set its own (default: 5
             attempts, exponential backoff from 1 s up to 10 min, with jitter).
-        time_limit_s: Seconds a handler may run (enforced by the worker in a later release).
+        time_limit_s: Seconds a handler may run (None: no limit). Past it the handler is
+            interrupted with `TimeLimitExceeded` and the retry policy applies; see
+            `services.timelimits`. `@handler(time_limit_s=...)` overrides it per handler.
 
     One instance per worker process handles every message, from several threads at once:
     keep handlers free of per-message state on ``self``.
@@ -234,6 +251,11 @@ class Actor:
         return handler.retry if handler.retry is not None else cls.retry
 
     @classmethod
+    def time_limit_for(cls, handler: Handler) -> float | None:
+        """Seconds `handler` may run: its own limit, else the actor's (None: no limit)."""
+        return handler.time_limit_s if handler.time_limit_s is not None else cls.time_limit_s
+
+    @classmethod
     def handler_for(cls, message: Message) -> Handler:
         """The handler that takes `message`.
 
@@ -249,11 +271,13 @@ class Actor:
         return found
 
 
+def _positive(seconds: object) -> bool:
+    return not isinstance(seconds, bool) and isinstance(seconds, int | float) and seconds > 0
+
+
 def _check_time_limit(cls: type[Actor]) -> None:
     limit = cls.time_limit_s
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0
-    ):
+    if limit is not None and not _positive(limit):
         raise DefinitionError(
             f"{cls.__qualname__}: time_limit_s must be a positive number of seconds, not {limit!r}"
         )
@@ -314,6 +338,7 @@ def inspect_handler(
     owner: type | None,
     localns: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
+    time_limit_s: float | None = None,
 ) -> Handler:
     """Read a handler's signature: its message type and whether it takes a `Context`.
 
@@ -322,6 +347,7 @@ def inspect_handler(
         owner: The actor class for methods, whose ``self`` parameter is skipped.
         localns: Names to resolve string annotations with, besides the module's globals.
         retry: The handler's own retry policy, if any.
+        time_limit_s: The handler's own time limit in seconds, if any.
 
     Raises:
         DefinitionError: The first parameter is not hinted with a `Message` subclass, or
@@ -359,4 +385,5 @@ def inspect_handler(
         message_type=message_type,
         takes_context=takes_context,
         retry=retry,
+        time_limit_s=time_limit_s,
     )

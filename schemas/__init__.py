@@ -16,6 +16,7 @@ from schemas.errors import (
     MalformedBody,
     NotHandled,
     PublishError,
+    TimeLimitExceeded,
     TopologyError,
     UnknownTopic,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Message",
     "NotHandled",
     "PublishError",
+    "TimeLimitExceeded",
     "TopologyError",
     "UnknownTopic",
     "decode",

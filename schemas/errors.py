@@ -13,6 +13,7 @@ LeveretError
 │   ├── BrokerConnectionError (ConnectionError)   cannot connect, or the connection was lost
 │   ├── TopologyError                  declaring exchanges/queues failed (e.g. other arguments)
 │   └── PublishError                   a message was not confirmed: nack, no queue, timeout
+├── TimeLimitExceeded                  a handler ran past its time limit and was interrupted
 └── HandlerSignal                      raised by handlers to steer what happens to a message
     ├── Retry                          (actors.control) handle it again later
     └── Reject                         (actors.control) dead-letter it at once, no retries
@@ -98,6 +99,16 @@ class PublishError(BrokerError):
         super().__init__(reason)
         self.reason = reason
         self.message_id = message_id
+
+
+class TimeLimitExceeded(LeveretError):
+    """A handler ran past its time limit (`time_limit_s`) and was interrupted.
+
+    The worker raises it inside the handler's thread; the message then fails like any other
+    exception, so the retry policy decides between a retry and the dead-letter queue, whose
+    headers record ``schemas.errors.TimeLimitExceeded``. A handler blocked in C code (a
+    socket read, `time.sleep`) is interrupted only when it returns to Python.
+    """
 
 
 class HandlerSignal(LeveretError):

@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 import structlog
 
-from actors.actor import Actor
+from actors.actor import Actor, Handler
 from actors.context import Context, done_handling, handling
 from actors.control import Reject
 from schemas import envelope as wire
 from schemas.codec import decode
 from schemas.envelope import Envelope, new_message_id
-from schemas.errors import DecodeError, UnknownTopic
+from schemas.errors import DecodeError, TimeLimitExceeded, UnknownTopic
 from services.logs import get_logger
+from services.timelimits import LIMITS
 
 log = get_logger("leveret.worker")
 
@@ -198,22 +199,35 @@ class Executor:
             }.get(type(exc).__name__, "decode_error")
             return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
         ctx = Context(envelope, actor=self.name, log=self._handler_log)
+        limit_s = self.actor.time_limit_for(handler)
         try:
-            handler(self.instance, message, ctx)
+            # The `with` is inside the `try`: an interruption that lands as the handler
+            # returns, in the limit's own exit code, is still a failure of this message.
+            with LIMITS.limit(limit_s, f"{self.name}.{handler.name}") as watch:
+                handler(self.instance, message, ctx)
+            if watch is not None and watch.fired:
+                raise TimeLimitExceeded()  # the handler swallowed the interruption
+        except TimeLimitExceeded as exc:
+            exc.args = (f"handler {handler.name!r} ran past its time limit of {limit_s} s",)
+            return self._failed(delivery, envelope, handler, exc)
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
-            policy = self.actor.retry_policy(handler)
-            delay = policy.next_delay_s(envelope.attempt, exc)
-            if delay is not None:
-                return self._retry(delivery, envelope, exc, math.ceil(delay))
-            reason = (
-                "retries_exhausted"
-                if envelope.attempt >= policy.attempts > 1
-                else ("handler_error")
-            )
-            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
+            return self._failed(delivery, envelope, handler, exc)
         return Outcome("ack", envelope)
+
+    def _failed(
+        self, delivery: Delivery, envelope: Envelope, handler: Handler, exc: BaseException
+    ) -> Outcome:
+        """Retry or dead-letter a delivery whose handler raised `exc`, as its policy says."""
+        policy = self.actor.retry_policy(handler)
+        delay = policy.next_delay_s(envelope.attempt, exc)
+        if delay is not None:
+            return self._retry(delivery, envelope, exc, math.ceil(delay))
+        reason = (
+            "retries_exhausted" if envelope.attempt >= policy.attempts > 1 else ("handler_error")
+        )
+        return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
 
     def _failure_headers(
         self, delivery: Delivery, envelope: Envelope, exc: BaseException

@@ -1,0 +1,181 @@
+"""Time limits: interrupt a handler that runs past its `time_limit_s`.
+
+One monitor thread per process watches the deadlines of every handler running under a limit.
+When one passes, it raises `TimeLimitExceeded` inside that handler's thread with
+``PyThreadState_SetAsyncExc``, as Dramatiq does: the exception surfaces at the handler's next
+Python bytecode, unwinds it (``finally`` blocks and ``with`` exits run), and the message
+fails like any other exception, so its retry policy applies.
+
+Limitation: CPython checks for such an exception only between bytecodes. A handler blocked
+in C code (``time.sleep``, a socket read, a long C-extension call) is interrupted only when
+that call returns to Python. Give blocking calls their own timeouts too.
+
+Why limits matter on RabbitMQ: a delivery left unacknowledged longer than the broker's
+``consumer_timeout`` (30 minutes by default on RabbitMQ 3.10) makes the broker close the
+worker's channel, and every message in flight on it is redelivered. `warn_about_limits`
+logs, at worker start, each handler whose limit is missing or not below that timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from actors.actor import Actor
+from schemas.errors import TimeLimitExceeded
+from services.logs import get_logger
+
+log = get_logger("leveret.worker")
+
+DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
+"""RabbitMQ 3.10's default ``consumer_timeout``: 30 minutes."""
+
+
+@dataclass(slots=True)
+class Watch:
+    """One handler run under a time limit.
+
+    Attributes:
+        limit_s: The limit in seconds.
+        thread_id: The handler thread's `threading.get_ident()`.
+        deadline: `time.monotonic()` after which the handler is interrupted.
+        fired: Whether the monitor raised `TimeLimitExceeded` in the thread.
+        what: What runs, for the log line (``actor.handler``).
+    """
+
+    limit_s: float
+    thread_id: int
+    deadline: float
+    fired: bool = False
+    what: str = ""
+    key: int = field(default=0, repr=False)
+
+
+class TimeLimits:
+    """Deadlines of running handlers, and the one thread that enforces them.
+
+    The thread starts with the first watched handler and stays (as a daemon) for the
+    process's life; it sleeps until the earliest deadline, so it costs nothing while
+    handlers finish in time.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._watches: dict[int, Watch] = {}
+        self._keys = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    @contextmanager
+    def limit(self, limit_s: float | None, what: str = "") -> Iterator[Watch | None]:
+        """Run the ``with`` body under `limit_s` seconds (None: no limit).
+
+        Past the limit, `TimeLimitExceeded` is raised in the calling thread. The watch it
+        yields says afterwards whether the limit fired (a handler that catches every
+        exception may have swallowed the interruption).
+        """
+        if limit_s is None:
+            yield None
+            return
+        watch = Watch(limit_s, threading.get_ident(), time.monotonic() + limit_s, what=what)
+        with self._changed:
+            self._ensure_thread()
+            watch.key = next(self._keys)
+            self._watches[watch.key] = watch
+            self._changed.notify()
+        try:
+            yield watch
+        finally:
+            with self._changed:
+                self._watches.pop(watch.key, None)
+                if watch.fired:
+                    # The exception may still be pending when the handler returned at the
+                    # deadline: cancel it, so that it cannot surface in the worker's code.
+                    _set_async_exc(watch.thread_id, None)
+
+    def _ensure_thread(self) -> None:
+        # After fork() the child has no monitor thread; start its own.
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._watches.clear()
+            self._thread = threading.Thread(
+                target=self._monitor, name="leveret-time-limits", daemon=True
+            )
+            self._thread.start()
+
+    def _monitor(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for key, watch in list(self._watches.items()):
+                    if watch.deadline <= now:
+                        del self._watches[key]
+                        watch.fired = True
+                        _set_async_exc(watch.thread_id, TimeLimitExceeded)
+                        log.warning(
+                            "time_limit_exceeded",
+                            handler=watch.what,
+                            time_limit_s=watch.limit_s,
+                        )
+                earliest = min((w.deadline for w in self._watches.values()), default=None)
+                self._changed.wait(None if earliest is None else max(0.0, earliest - now))
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in thread `thread_id` at its next bytecode (None: cancel a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+LIMITS = TimeLimits()
+"""The process's time limits, shared by every `Executor` (one monitor thread per worker)."""
+
+
+def warn_about_limits(
+    actors: Iterable[type[Actor]], *, consumer_timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
+) -> int:
+    """Log a warning for each handler without a time limit or with one too long for RabbitMQ.
+
+    ``time_limit_missing``: the handler may run forever, and past the broker's
+    ``consumer_timeout`` RabbitMQ closes the channel and redelivers everything in flight.
+    ``time_limit_too_long``: its limit is not below `consumer_timeout_s`, so the broker gives
+    up on the delivery before the limit interrupts the handler.
+
+    Args:
+        actors: The actor classes a worker runs.
+        consumer_timeout_s: The broker's ``consumer_timeout`` in seconds.
+
+    Returns:
+        The number of warnings logged.
+    """
+    warned = 0
+    for actor in actors:
+        for spec in actor.handlers.values():
+            limit = actor.time_limit_for(spec)
+            where = {"actor": actor.queue, "handler": spec.name, "topic": spec.topic}
+            if limit is None:
+                log.warning(
+                    "time_limit_missing",
+                    **where,
+                    consumer_timeout_s=consumer_timeout_s,
+                    hint="set time_limit_s on the actor or @handler(time_limit_s=...) below "
+                    "the broker's consumer_timeout",
+                )
+                warned += 1
+            elif limit >= consumer_timeout_s:
+                log.warning(
+                    "time_limit_too_long",
+                    **where,
+                    time_limit_s=limit,
+                    consumer_timeout_s=consumer_timeout_s,
+                    hint="RabbitMQ closes the channel and redelivers before the limit fires",
+                )
+                warned += 1
+    return warned
