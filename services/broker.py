@@ -14,6 +14,7 @@ The URL's scheme picks the implementation: ``amqp://``/``amqps://`` (`RabbitBrok
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,8 @@ class Worker(Protocol):
     """What `Broker.worker` returns: consumes actor queues until shut down."""
 
     stats: Stats
+    consuming: threading.Event
+    """Set while it consumes; cleared while reconnecting and once shutting down."""
 
     def start(self) -> None:
         """Start consuming in background threads."""

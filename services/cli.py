@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 
 from actors import actors_in, configure
+from actors.actor import Actor
 from schemas.errors import LeveretError
 from services import config
-from services.broker import Broker
+from services.broker import Broker, Worker
+from services.health import HealthReporters, WorkerProbe
 from services.logs import configure_logging
+from services.supervisor import Supervisor, notify_ready, worker_command
+from services.worker import EXIT_FATAL
 
 _url_option = click.option(
     "--broker-url",
@@ -43,6 +48,12 @@ _log_options = [
 ]
 
 
+class _WorkerConfigurationError(click.ClickException):
+    """A worker that cannot start as configured: exits 2, which a supervisor never restarts."""
+
+    exit_code = EXIT_FATAL
+
+
 def _with_log_options(function: click.decorators.FC) -> click.decorators.FC:
     for option in reversed(_log_options):
         function = option(function)
@@ -68,6 +79,13 @@ def main() -> None:
 @main.command()
 @click.argument("modules", nargs=-1, required=True)
 @click.option("--threads", default=8, show_default=True, help="Handlers running at once.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes, each with its own connection; above 1 a supervisor runs them.",
+)
 @click.option("--prefetch", type=int, default=None, help="Unacked deliveries held [2 x threads].")
 @click.option("--queues", default=None, help="Comma-separated queues to consume (default: all).")
 @click.option(
@@ -76,15 +94,42 @@ def main() -> None:
     show_default=True,
     help="Seconds to let handlers in flight finish on SIGTERM/SIGINT.",
 )
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    envvar="LEVERET_HEALTH_PORT",
+    default=None,
+    help="Serve HTTP health checks on 0.0.0.0:PORT: 200 and a JSON report while connected "
+    "and consuming, 503 otherwise. Env: LEVERET_HEALTH_PORT.",
+)
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False),
+    envvar="LEVERET_HEALTH_FILE",
+    default=None,
+    help="Rewrite this file every 5 s while connected and consuming, remove it otherwise "
+    "(check it with `leveret ping --health-file`). Env: LEVERET_HEALTH_FILE.",
+)
+@click.option(
+    "--consumer-timeout",
+    default=1800.0,
+    show_default=True,
+    help="The broker's consumer_timeout in seconds; handlers without a time limit below it "
+    "are warned about at start.",
+)
 @_url_option
 @_namespace_option
 @_with_log_options
 def worker(
     modules: tuple[str, ...],
     threads: int,
+    processes: int,
     prefetch: int | None,
     queues: str | None,
     shutdown_timeout: float,
+    health_port: int | None,
+    health_file: str | None,
+    consumer_timeout: float,
     broker_url: str | None,
     namespace: str | None,
     log_level: str,
@@ -95,6 +140,8 @@ def worker(
     _import_path()
     try:
         found = actors_in(modules)
+        if processes > 1:
+            _supervise(processes, shutdown_timeout)
         broker = Broker(broker_url, namespace=namespace)
         configure(broker)
         running = broker.worker(
@@ -105,12 +152,80 @@ def worker(
             shutdown_timeout_s=shutdown_timeout,
         )
     except LeveretError as exc:
-        raise click.ClickException(str(exc)) from exc
-    code = running.run()
+        raise _WorkerConfigurationError(str(exc)) from exc
+    from services.broker import select_actors
+    from services.timelimits import warn_about_limits
+
+    selected = select_actors(found, [q.strip() for q in queues.split(",")] if queues else None)
+    warn_about_limits(selected, consumer_timeout_s=consumer_timeout)
+    health = _health_reporters(running, broker.namespace, found, queues, health_port, health_file)
+    notify_ready(running)
+    try:
+        code = running.run()
+    finally:
+        health.close()
     broker.close()
     fatal = getattr(running, "fatal_error", None)
     if fatal:
         click.echo(f"Error: {fatal}", err=True)
+    sys.exit(code)
+
+
+def _health_reporters(
+    running: Worker,
+    namespace: str,
+    found: list[type[Actor]],
+    queues: str | None,
+    port: int | None,
+    path: str | None,
+) -> HealthReporters:
+    from services.broker import select_actors
+    from services.naming import queue_name
+
+    selected = select_actors(found, [q.strip() for q in queues.split(",")] if queues else None)
+    probe = WorkerProbe(
+        running.consuming, running.stats, [queue_name(namespace, a.queue) for a in selected]
+    )
+    try:
+        health = HealthReporters(probe, port=port, path=path)
+        health.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve health checks: {exc}") from exc
+    return health
+
+
+_PER_PROCESS_OPTIONS = ("health_port", "health_file")
+
+
+def _supervise(processes: int, shutdown_timeout: float) -> NoReturn:
+    """Run `processes` single-process workers with this command's options; exit with its code."""
+    context = click.get_current_context()
+    per_process = [name for name in _PER_PROCESS_OPTIONS if context.params.get(name) is not None]
+    if per_process:
+        raise click.UsageError(
+            f"{', '.join('--' + name.replace('_', '-') for name in per_process)} serve one "
+            "worker process: not supported with --processes above 1"
+        )
+    args: list[str] = []
+    env = dict(os.environ)
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if value is None or param.name == "processes":
+            continue
+        if param.name == "broker_url":
+            env[config.BROKER_URL_ENV] = value  # not on the command line, where ps shows it
+        elif isinstance(param, click.Argument):
+            args.extend(value)
+        elif isinstance(param, click.Option) and param.is_flag:
+            args.extend([param.opts[0]] if value else [])
+        else:
+            args.extend([param.opts[0], str(value)])
+    supervisor = Supervisor(
+        worker_command(args), processes, shutdown_timeout_s=shutdown_timeout, env=env
+    )
+    code = supervisor.run()
+    if supervisor.fatal_error:
+        click.echo(f"Error: {supervisor.fatal_error}", err=True)
     sys.exit(code)
 
 
@@ -180,7 +295,10 @@ def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str
     from schemas.codec import json_preview
 
     with _dlq_broker(broker_url, namespace) as broker:
-        letters = broker.dead_letters(queue, limit=100_000)
+        try:
+            letters = broker.dead_letters(queue, limit=100_000)
+        except LeveretError as exc:
+            raise click.ClickException(str(exc)) from exc
     found = [d for d in letters if d.message_id == message_id]
     if not found:
         raise click.ClickException(f"no dead letter {message_id} in {queue}")
@@ -269,6 +387,64 @@ def demo(broker_url: str, namespace: str, keep: bool, log_level: str, log_format
         raise click.ClickException(str(exc)) from exc
     if handled < EXPECTED_HANDLED:
         raise click.ClickException(f"only {handled} of {EXPECTED_HANDLED} messages were handled")
+
+
+@main.command()
+@_url_option
+@click.option(
+    "--health-url",
+    default=None,
+    help="Check a worker's health endpoint (`worker --health-port`) instead of the broker.",
+)
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Check a worker's health file (`worker --health-file`) instead of the broker.",
+)
+@click.option(
+    "--max-age",
+    default=30.0,
+    show_default=True,
+    help="With --health-file: seconds since its last update after which it counts as stale.",
+)
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for an answer.")
+def ping(
+    broker_url: str | None,
+    health_url: str | None,
+    health_file: str | None,
+    max_age: float,
+    timeout: float,
+) -> None:
+    """Exit 0 if the broker (or a worker's health check) answers, 1 with the reason if not.
+
+    Without --health-url/--health-file: an AMQP handshake (login included) with the broker,
+    then close. For scripts and container health checks.
+    """
+    from services.health import ping_broker, probe_file, probe_url
+    from services.naming import redact_url
+
+    if health_url is not None and health_file is not None:
+        raise click.UsageError("give --health-url or --health-file, not both")
+    if health_url is not None or health_file is not None:
+        health = (
+            probe_url(health_url, timeout)
+            if health_url is not None
+            else probe_file(health_file or "", max_age)
+        )
+        if not health.healthy:
+            raise click.ClickException(f"unhealthy: {health.details.get('error', 'no answer')}")
+        click.echo(f"ok: {health_url or health_file} is healthy")
+        return
+    url = config.broker_url(broker_url)
+    if url.startswith("memory://"):
+        click.echo("ok: memory:// is in this process, nothing to ping")
+        return
+    try:
+        elapsed_s = ping_broker(url, timeout)
+    except LeveretError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ok: {redact_url(url)} answered in {elapsed_s * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -410,6 +410,7 @@ class MemoryWorker:
 
     def request_shutdown(self) -> None:
         """Stop taking messages; handlers in flight finish."""
+        self.consuming.clear()
         with self.broker.changed:
             self._stopping = True
             self.broker.changed.notify_all()

@@ -392,6 +392,7 @@ class RabbitWorker(IOThread):
             return
         self._shutting_down = True
         self._accepting = False
+        self.consuming.clear()  # health checks fail from now on: this worker is leaving
         self.call_later(self.shutdown_timeout_s, self._shutdown_timed_out)
         channel = self._channel
         if channel is not None and channel.is_open:

@@ -24,15 +24,20 @@ _CHUNK = 65536
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target` until cut or closed.
+    """Forwards `listen_host`:`port` to `target` until cut or closed.
 
     Args:
         target: Host and port to forward to.
+        listen_host: Address to listen on (a free port is picked); another interface's
+            address lets other network namespaces reach a broker bound to loopback.
     """
 
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+    def __init__(
+        self, target: tuple[str, int] = ("127.0.0.1", 5672), *, listen_host: str = "127.0.0.1"
+    ) -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.listen_host = listen_host
+        self._listener = socket.create_server((listen_host, 0))
         self._listener.settimeout(0.1)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -50,7 +55,7 @@ class TcpProxy:
         """`url` with its host and port replaced by the proxy's."""
         parts = urlsplit(url)
         credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{self.port}"))
+        return urlunsplit(parts._replace(netloc=f"{credentials}{self.listen_host}:{self.port}"))
 
     @property
     def connections(self) -> int:

@@ -143,3 +143,40 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a worker's --health-port)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_health(port: int, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """GET a worker's health endpoint: (HTTP status, JSON body); (0, {}) if nobody answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout_s) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def wait_health(port: int, status: int, timeout_s: float = 20.0) -> dict[str, Any]:
+    """Wait until the health endpoint on `port` answers `status`; return its JSON body."""
+    seen: list[dict[str, Any]] = []
+
+    def answers() -> bool:
+        code, body = get_health(port)
+        seen[:] = [body]
+        return code == status
+
+    wait_until(answers, timeout_s, f"health on port {port} to answer {status}")
+    return seen[0]

@@ -1,0 +1,442 @@
+"""Health of a worker, for load balancers, orchestrators and container health checks.
+
+A worker is healthy while it is connected and consuming; while the broker is unreachable
+and it reconnects, or once it has begun shutting down, it is not. Two ways to show it:
+
+- `HealthServer`: HTTP on ``host:port`` (a daemon thread), ``200`` with a small JSON body
+  while healthy, ``503`` with the same body otherwise;
+- `HealthFile`: a file rewritten every few seconds while healthy and removed when not
+  (for probes that can only look at files).
+
+And the probes `leveret ping` uses: `ping_broker` (an AMQP handshake), `probe_url` and
+`probe_file`.
+
+One process only: the supervisor of ``--processes N`` answers for the whole worker (its
+children cannot share one port), healthy while every child is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import pika
+import pika.exceptions
+
+from schemas.errors import BrokerConnectionError
+from services.execution import Stats
+from services.logs import get_logger
+from services.naming import redact_url
+
+log = get_logger("leveret.health")
+
+DEFAULT_FILE_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One answer to "is it healthy?": the verdict and what is shown with it.
+
+    Args:
+        healthy: Whether it is healthy.
+        details: JSON-serialisable facts (status, pid, queues, counts, or an error).
+    """
+
+    healthy: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        """The JSON body of the HTTP answer (and of the health file)."""
+        return json.dumps(
+            {"status": "ok" if self.healthy else "unavailable", **self.details}, sort_keys=True
+        ).encode()
+
+
+class Probe(Protocol):
+    """Anything that can say whether it is healthy (a worker, a supervisor)."""
+
+    def check(self) -> Health:
+        """The current health; called from the health threads, must be thread-safe."""
+        ...
+
+
+class WorkerProbe:
+    """Healthy while the worker consumes (its `consuming` event is set).
+
+    The worker clears `consuming` when its connection or channel is lost and when it
+    begins shutting down, and sets it again once it consumes after reconnecting.
+
+    Args:
+        consuming: The worker's `consuming` event.
+        stats: The worker's counters, shown in the report.
+        queues: The queues it consumes (full names), shown in the report.
+    """
+
+    def __init__(self, consuming: threading.Event, stats: Stats, queues: Iterable[str]) -> None:
+        self.consuming = consuming
+        self.stats = stats
+        self.queues = sorted(queues)
+        self._started = time.monotonic()
+
+    def check(self) -> Health:
+        """The worker's health and counters."""
+        with self.stats.lock:
+            counts = {
+                "handled": self.stats.handled,
+                "retried": self.stats.retried,
+                "dead_lettered": self.stats.dead_lettered,
+            }
+        return Health(
+            self.consuming.is_set(),
+            {
+                "pid": os.getpid(),
+                "queues": self.queues,
+                "uptime_s": round(time.monotonic() - self._started, 1),
+                **counts,
+            },
+        )
+
+
+class ChildrenProbe:
+    """Healthy while every child's `HealthFile` is fresh: a supervisor's answer for its children.
+
+    The children of ``leveret worker --processes N`` cannot share one port. The supervisor
+    runs each child with its own ``--health-file`` (and no ``--health-port``) and serves the
+    worker's port (or file) itself with this probe.
+
+    Args:
+        paths: A callable giving the children's health files now (children come and go).
+        max_age_s: A file older than this counts as a hung child.
+        stopping: Set once the supervisor is shutting down (unhealthy from then on).
+    """
+
+    def __init__(
+        self,
+        paths: Callable[[], Iterable[str | os.PathLike[str]]],
+        max_age_s: float = 3 * DEFAULT_FILE_INTERVAL_S,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.paths = paths
+        self.max_age_s = max_age_s
+        self.stopping = stopping or threading.Event()
+
+    def check(self) -> Health:
+        """Healthy if not stopping, and every child's file exists and is fresh."""
+        children = []
+        healthy = not self.stopping.is_set()
+        totals = {"handled": 0, "retried": 0, "dead_lettered": 0}
+        for path in self.paths():
+            child = probe_file(path, self.max_age_s)
+            try:
+                report = _json(Path(path).read_bytes()) if child.healthy else child.details
+            except OSError as exc:  # removed between the two looks: not healthy now
+                child, report = Health(False), {"error": repr(exc)}
+            healthy = healthy and child.healthy
+            for key in totals:
+                totals[key] += int(report.get(key, 0))
+            children.append({"healthy": child.healthy, **report})
+        return Health(
+            healthy and bool(children), {"pid": os.getpid(), "children": children, **totals}
+        )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, *, with_body: bool) -> None:
+        health = self.server.probe.check()
+        body = health.body()
+        self.send_response(200 if health.healthy else 503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Probes ask every few seconds: keep them out of the worker's log.
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], probe: Probe) -> None:
+        self.probe = probe
+        super().__init__(address, _Handler)
+
+
+class HealthServer:
+    """Answers HTTP health checks on ``host:port`` from a daemon thread.
+
+    Any path: ``GET`` answers ``200`` and the JSON of `Health.body` while `probe` is
+    healthy, ``503`` and the same JSON otherwise; ``HEAD`` the same without the body.
+
+    Args:
+        probe: What decides the answer.
+        port: TCP port; 0 picks a free one (see `port`).
+        host: Address to listen on; every interface by default, so that a container's
+            port can be probed from outside it.
+
+    Raises:
+        OSError: The port cannot be bound (in use, no permission).
+    """
+
+    def __init__(self, probe: Probe, port: int, host: str = "0.0.0.0") -> None:
+        self._server = _Server((host, port), probe)
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve in a daemon thread; returns at once."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.25},
+            name="leveret-health-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("health_listening", host=self.host, port=self.port)
+
+    def close(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
+
+
+class HealthFile:
+    """Keeps a file at `path` fresh while `probe` is healthy; removes it when not.
+
+    Every `interval_s` the probe is asked; when healthy the file is rewritten (atomically,
+    so its modification time says when it was last healthy, its content is `Health.body`),
+    otherwise it is removed. A check can then test that the file exists and is recent
+    (``leveret ping --health-file PATH --max-age S``).
+
+    Args:
+        probe: What decides.
+        path: The file.
+        interval_s: Seconds between two checks.
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        path: str | os.PathLike[str],
+        interval_s: float = DEFAULT_FILE_INTERVAL_S,
+    ) -> None:
+        self.probe = probe
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start updating the file in a daemon thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._loop, name="leveret-health-file", daemon=True)
+        self._thread.start()
+
+    def update(self) -> bool:
+        """Check once: write or remove the file. Returns whether it was healthy."""
+        health = self.probe.check()
+        if health.healthy:
+            partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            partial.write_bytes(health.body())
+            os.replace(partial, self.path)
+        else:
+            self._remove()
+        return health.healthy
+
+    def close(self) -> None:
+        """Stop updating and remove the file (the process is no longer healthy)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._remove()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.update()
+            except OSError as exc:
+                log.warning("health_file_failed", path=str(self.path), error=repr(exc))
+            self._stop.wait(self.interval_s)
+
+    def _remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+# Probes for `leveret ping` ----------------------------------------------------------------
+
+
+def ping_broker(url: str, timeout_s: float = 5.0) -> float:
+    """Open an AMQP connection to `url` (the whole handshake, login included), then close it.
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL.
+        timeout_s: Limit for the TCP connect, the handshake and each read.
+
+    Returns:
+        How long the handshake took, in seconds.
+
+    Raises:
+        BrokerConnectionError: The broker cannot be reached or refused the login; the
+            message is one line and holds no password.
+    """
+    try:
+        params = pika.URLParameters(url)
+    except ValueError as exc:
+        raise BrokerConnectionError(f"invalid broker URL {redact_url(url)}: {exc}") from None
+    params.connection_attempts = 1
+    params.retry_delay = 0
+    params.socket_timeout = timeout_s
+    params.stack_timeout = timeout_s
+    params.blocked_connection_timeout = timeout_s
+    params.client_properties = {"connection_name": "leveret ping", "product": "leveret"}
+    started = time.monotonic()
+    try:
+        connection = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPError as exc:
+        reason = _one_line(_root_cause(exc), url)
+        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
+    except OSError as exc:  # e.g. the host name does not resolve
+        reason = _one_line(exc, url)
+        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
+    elapsed = time.monotonic() - started
+    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+        connection.close()
+    return elapsed
+
+
+def probe_url(url: str, timeout_s: float = 5.0) -> Health:
+    """Ask a worker's health endpoint (`HealthServer`).
+
+    Returns:
+        Healthy on a ``200`` answer; otherwise unhealthy, with ``error`` in the details
+        (the HTTP status and the worker's own report, or why it could not be reached).
+    """
+    if urlsplit(url).scheme not in ("http", "https"):
+        return Health(False, {"error": f"not an http(s) URL: {url}"})
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:  # noqa: S310  # http(s) only
+            return Health(answer.status == 200, _json(answer.read()))
+    except urllib.error.HTTPError as exc:
+        details = _json(exc.read())
+        reported = details.get("status", "")
+        return Health(False, {**details, "error": f"HTTP {exc.code} {reported}".strip()})
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Health(False, {"error": f"cannot reach {url}: {reason}"})
+
+
+def probe_file(path: str | os.PathLike[str], max_age_s: float) -> Health:
+    """Check a `HealthFile`: healthy if it exists and was rewritten at most `max_age_s` ago."""
+    try:
+        age_s = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return Health(False, {"error": f"{path} does not exist: the worker is not healthy"})
+    except OSError as exc:
+        return Health(False, {"error": f"cannot read {path}: {exc}"})
+    if age_s > max_age_s:
+        return Health(False, {"error": f"{path} is {age_s:.0f}s old (more than {max_age_s:g}s)"})
+    return Health(True, {"age_s": round(age_s, 1)})
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    # pika wraps the real reason (refused, timeout, ACCESS_REFUSED) in workflow errors.
+    for _ in range(10):
+        inner = getattr(error, "exceptions", None) or [
+            arg
+            for arg in (getattr(error, "exception", None), *error.args)
+            if isinstance(arg, BaseException)
+        ]
+        if not inner:
+            break
+        error = inner[-1]
+    return error
+
+
+def _one_line(error: BaseException, url: str) -> str:
+    text = " ".join((str(error) or type(error).__name__).split())
+    password = _password(url)
+    if password:
+        text = text.replace(password, "***")
+    return f"{type(error).__name__}: {text}"
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class HealthReporters:
+    """The `HealthServer` and/or `HealthFile` of one process, started and closed together.
+
+    Args:
+        probe: What decides.
+        port: Serve HTTP health checks on this port (0.0.0.0); None for no server.
+        path: Keep this health file; None for no file.
+        file_interval_s: Seconds between two updates of the file.
+
+    Raises:
+        OSError: The port cannot be bound.
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        port: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        file_interval_s: float = DEFAULT_FILE_INTERVAL_S,
+    ) -> None:
+        self.server = HealthServer(probe, port) if port is not None else None
+        self.file = HealthFile(probe, path, file_interval_s) if path is not None else None
+
+    def start(self) -> None:
+        """Start serving and updating."""
+        if self.server is not None:
+            self.server.start()
+        if self.file is not None:
+            self.file.start()
+
+    def close(self) -> None:
+        """Stop serving; remove the file."""
+        if self.server is not None:
+            self.server.close()
+        if self.file is not None:
+            self.file.close()

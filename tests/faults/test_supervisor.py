@@ -1,0 +1,251 @@
+"""`leveret worker --processes N`: the supervisor restarts, stops and rolls its children."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from actors import actors_in
+from services import naming
+from services.rabbitmq import RabbitBroker
+from tests.faults.helpers import done_numbers, events
+from tests.sample_actors import Crasher, Job, Jobs
+from tests.support import ROOT, WorkerProcess, wait_until
+
+pytestmark = [pytest.mark.fault]
+
+Supervise = Callable[..., WorkerProcess]
+
+
+def log_events(process: WorkerProcess, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of `process` (supervisor and children) whose event is `event`."""
+    found = []
+    for line in process.log().splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event:
+            found.append(record)
+    return found
+
+
+def live_children(process: WorkerProcess) -> set[int]:
+    """Pids of the children the supervisor started and has not seen exit."""
+    started = {record["pid"] for record in log_events(process, "worker_child_started")}
+    gone = {
+        record["pid"]
+        for name in ("worker_child_died", "worker_child_exited", "worker_reload_failed")
+        for record in log_events(process, name)
+    }
+    return started - gone
+
+
+def wait_ready(process: WorkerProcess, count: int, timeout_s: float = 30.0) -> None:
+    """Wait until `count` children reported that they consume."""
+    wait_until(
+        lambda: (
+            len(log_events(process, "worker_child_ready")) >= count
+            or process.process.poll() is not None
+        ),
+        timeout_s,
+        f"{count} children to consume",
+    )
+    if process.process.poll() is not None:
+        raise AssertionError(
+            f"supervisor exited with {process.process.returncode}:\n{process.log()}"
+        )
+
+
+@pytest.fixture
+def supervise(rabbit_broker: RabbitBroker, namespace: str, record: str) -> Iterator[Supervise]:
+    """Start `leveret worker tests.sample_actors --processes N`; stopped at teardown.
+
+    Every actor of the module is declared through `rabbit_broker` first, so that its queues
+    are deleted afterwards.
+
+    Teardown sends SIGTERM to each supervisor still running, then SIGKILLs whatever is left:
+    the supervisor and the children it logged as started (by pid, nothing else).
+    """
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))  # deleted at teardown
+    started: list[WorkerProcess] = []
+
+    def start(processes: int, *args: str) -> WorkerProcess:
+        process = WorkerProcess(
+            ["tests.sample_actors"],
+            namespace,
+            args=["--processes", str(processes), *args],
+            env={"LEVERET_TEST_RECORD": record},
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        children = {record["pid"] for record in log_events(process, "worker_child_started")}
+        process.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        for pid in children:
+            _kill_if_alive(pid)
+        process.stop()
+
+
+def _kill_if_alive(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_sigkilled_child_is_replaced_and_its_message_redelivered(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """SIGKILL of a child mid-handler: a new child starts and the message is handled anyway."""
+    supervisor = supervise(2, "--threads", "2")
+    wait_ready(supervisor, 2)
+    sent = list(range(1, 7))
+    for n in sent:
+        rabbit_broker.send(Jobs, Job(n=n, sleep_s=3.0 if n == 1 else 0.2))
+    wait_until(lambda: events(record, "start", 1), 15, "job 1 to start")
+    victim = events(record, "start", 1)[0][2]
+    assert victim in live_children(supervisor)
+
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: done_numbers(record) == set(sent), 30, "every job to be done")
+
+    died = log_events(supervisor, "worker_child_died")
+    assert [(d["pid"], d["signal"]) for d in died] == [(victim, "SIGKILL")], died
+    assert len(live_children(supervisor)) == 2, "the killed child was replaced"
+    starts = events(record, "start", 1)
+    assert len(starts) == 2, starts
+    assert starts[0][3] == starts[1][3], "the redelivered message keeps its message_id"
+    assert [line[2] for line in events(record, "done", 1)] != [victim]
+    queue = naming.queue_name(rabbit_broker.namespace, Jobs.queue)
+    wait_until(lambda: rabbit_broker.message_count(queue) == 0, 10, "the queue to be empty")
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.log()
+
+
+def test_sigterm_to_the_supervisor_finishes_work_in_flight_and_exits_0(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """SIGTERM with handlers running: they finish, the rest waits in the queue, exit code 0."""
+    queue = naming.queue_name(rabbit_broker.namespace, Jobs.queue)
+    supervisor = supervise(2, "--threads", "2", "--prefetch", "3")
+    wait_ready(supervisor, 2)
+    sent = list(range(1, 13))
+    for n in sent:
+        rabbit_broker.send(Jobs, Job(n=n, sleep_s=1.5))
+    wait_until(lambda: len(events(record, "start")) >= 3, 15, "jobs to be in flight")
+
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.log()
+    assert not live_children(supervisor)
+    started = {line[1] for line in events(record, "start")}
+    assert done_numbers(record) == started, "every handler in flight finished"
+    assert started != set(sent), "SIGTERM should stop the children before the last jobs"
+    wait_until(
+        lambda: rabbit_broker.message_count(queue) == len(sent) - len(started),
+        10,
+        "the jobs not started to be back in the queue",
+    )
+
+    successor = supervise(2, "--threads", "4")
+    wait_until(lambda: done_numbers(record) == set(sent), 30, "every job to be done")
+    successor.signal(signal.SIGTERM)
+    assert successor.wait(30) == 0, successor.log()
+    done = sorted(line[1] for line in events(record, "done"))
+    assert done == sent, f"each job done exactly once: {done}"
+
+
+def test_sighup_rolls_every_child_while_messages_flow_handling_each_exactly_once(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """SIGHUP: every child is replaced one by one; no message is lost or handled twice."""
+    supervisor = supervise(2, "--threads", "2", "--prefetch", "4")
+    wait_ready(supervisor, 2)
+    before = live_children(supervisor)
+    total = 240
+    stop = threading.Event()
+
+    def publish() -> None:
+        for n in range(1, total + 1):
+            if stop.is_set():
+                return
+            rabbit_broker.send(Jobs, Job(n=n, sleep_s=0.02))
+            time.sleep(0.02)  # pacing the producer, not waiting for an outcome
+
+    producer = threading.Thread(target=publish, daemon=True)
+    producer.start()
+    try:
+        wait_until(lambda: len(done_numbers(record)) >= 20, 20, "the first jobs to be done")
+        supervisor.signal(signal.SIGHUP)
+        wait_until(lambda: log_events(supervisor, "worker_reload_done"), 40, "the roll to complete")
+        producer.join(30)
+        wait_until(lambda: len(done_numbers(record)) == total, 30, "every job to be done")
+    finally:
+        stop.set()
+    after = live_children(supervisor)
+    assert len(after) == 2, after
+    assert not after & before, (before, after)
+    assert not log_events(supervisor, "worker_child_died")
+    done = sorted(line[1] for line in events(record, "done"))
+    starts = sorted(line[1] for line in events(record, "start"))
+    assert done == list(range(1, total + 1)), "each job done exactly once"
+    assert starts == done, "no job started twice"
+    handled_by = {line[2] for line in events(record, "done")}
+    assert handled_by & before, "the old children handled jobs"
+    assert handled_by & after, "the new children handled jobs"
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.log()
+
+
+def test_a_module_that_cannot_be_imported_stops_the_command_at_once(namespace: str) -> None:
+    """An actor module that does not import: a clear error and exit, no child is started."""
+    began = time.monotonic()
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "services.cli", "worker", "tests.no_such_actors"),
+            *("--processes", "3", "--namespace", namespace, "--log-format", "json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - began < 10
+    assert "cannot import actor module 'tests.no_such_actors'" in result.stderr
+    assert "worker_child_started" not in result.stderr + result.stdout
+
+
+def test_a_child_with_a_fatal_topology_error_stops_the_supervisor_with_code_2(
+    rabbit_broker: RabbitBroker, supervise: Supervise, namespace: str
+) -> None:
+    """A child exiting 2 (its queue exists with other arguments) is not restarted in a loop."""
+    queue = naming.queue_name(namespace, Crasher.queue)
+    with rabbit_broker.admin() as channel:
+        channel.queue_delete(queue)  # the fixture declared it as a quorum queue
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+    try:
+        supervisor = supervise(2, "--queues", Crasher.queue)
+        code = supervisor.wait(30)
+        assert code == 2, supervisor.log()
+        assert "a restart cannot fix" in supervisor.log()
+        assert log_events(supervisor, "worker_child_failed")
+        assert not log_events(supervisor, "worker_child_died"), "no restart loop"
+        assert len(log_events(supervisor, "worker_child_started")) == 2
+    finally:
+        with rabbit_broker.admin() as channel:
+            channel.queue_delete(queue)

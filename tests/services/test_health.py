@@ -1,0 +1,213 @@
+"""Health checks of a worker (`--health-port`, `--health-file`) and `leveret ping`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from actors import actors_in
+from services.health import HealthServer, WorkerProbe
+from services.memory import MemoryBroker
+from services.rabbitmq import RabbitBroker
+from tests.sample_actors import Job, Jobs
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    free_port,
+    get_health,
+    running,
+    wait_health,
+    wait_until,
+)
+
+
+def leveret(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_health_server_follows_the_workers_consuming_state(memory_broker: MemoryBroker) -> None:
+    """200 with queues and counts while the worker consumes; 503 once it shuts down."""
+    with running(memory_broker, Jobs, threads=1, shutdown_timeout_s=5) as worker:
+        probe = WorkerProbe(worker.consuming, worker.stats, [f"{memory_broker.namespace}.jobs"])
+        server = HealthServer(probe, port=0, host="127.0.0.1")
+        server.start()
+        try:
+            Jobs.send(Job(n=1))
+            body = wait_health(server.port, 200)
+            assert body["status"] == "ok"
+            assert body["pid"] == os.getpid()
+            assert body["queues"] == [f"{memory_broker.namespace}.jobs"]
+            wait_until(lambda: get_health(server.port)[1]["handled"] == 1, 10, "handled == 1")
+            worker.shutdown(5)
+            code, body = get_health(server.port)
+            assert (code, body["status"]) == (503, "unavailable")
+        finally:
+            server.close()
+
+
+def test_worker_health_port_answers_200_while_consuming(
+    rabbit_broker: RabbitBroker, namespace: str
+) -> None:
+    """`leveret worker --health-port` serves 200 + JSON (pid, queues, counts), 503 after SIGTERM."""
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
+    port = free_port()
+    worker = WorkerProcess(["tests.sample_actors"], namespace, args=["--health-port", str(port)])
+    try:
+        body = wait_health(port, 200)
+        assert body["pid"] == worker.pid
+        assert f"{namespace}.jobs" in body["queues"]
+        rabbit_broker.send(Jobs, Job(n=1))
+        wait_until(lambda: get_health(port)[1].get("handled") == 1, 20, "the job to be counted")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert get_health(port) == (0, {})  # the port is closed with the process
+    finally:
+        worker.stop()
+
+
+def test_worker_without_health_options_serves_nothing(
+    rabbit_broker: RabbitBroker, namespace: str
+) -> None:
+    """The worker runs unchanged without --health-port: no port is opened, none required."""
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
+    worker = WorkerProcess(["tests.sample_actors"], namespace)
+    try:
+        worker.wait_consuming()
+        assert "health_listening" not in worker.log()
+    finally:
+        worker.stop()
+
+
+def test_health_port_in_use_fails_at_start_with_a_clear_error(
+    rabbit_broker: RabbitBroker, namespace: str
+) -> None:
+    """A health port already bound stops the worker at start (exit 1), saying why."""
+    import socket
+
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        worker = WorkerProcess(
+            ["tests.sample_actors"], namespace, args=["--health-port", str(port)]
+        )
+        try:
+            assert worker.wait(30) == 1
+            assert "cannot serve health checks" in worker.log()
+        finally:
+            worker.stop()
+
+
+def test_health_file_exists_while_consuming_and_is_removed_on_shutdown(
+    rabbit_broker: RabbitBroker, namespace: str, tmp_path: Path
+) -> None:
+    """`--health-file` is kept while consuming (`ping --health-file` exits 0), removed at exit."""
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
+    path = tmp_path / "healthy.json"
+    worker = WorkerProcess(["tests.sample_actors"], namespace, args=["--health-file", str(path)])
+    try:
+        wait_until(path.exists, 20, "the health file to appear")
+        assert leveret("ping", "--health-file", str(path)).returncode == 0
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert not path.exists()
+        result = leveret("ping", "--health-file", str(path))
+        assert result.returncode == 1
+        assert "does not exist" in result.stderr
+    finally:
+        worker.stop()
+
+
+def test_ping_exits_0_against_the_real_broker(rabbit_url: str) -> None:
+    """`leveret ping` does the AMQP handshake with the broker and exits 0."""
+    result = leveret("ping", "--broker-url", rabbit_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+
+
+def test_ping_exits_1_with_one_clear_line_and_no_password_on_a_closed_port() -> None:
+    """Against a closed port: exit 1, one line saying why, the password never shown."""
+    url = f"amqp://someone:Sup3rSecret@127.0.0.1:{free_port()}/"
+    result = leveret("ping", "--timeout", "3", env={"LEVERET_BROKER_URL": url})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: cannot connect to amqp://someone:***@127.0.0.1:")
+    assert "refused" in lines[0].lower()
+    assert "Sup3rSecret" not in result.stderr
+
+
+def test_ping_with_wrong_password_exits_1_without_showing_it(rabbit_url: str) -> None:
+    """A refused login is a failure too (the handshake includes it); the password stays hidden."""
+    url = rabbit_url.replace("guest:guest@", "guest:WrongPassw0rd@")
+    result = leveret("ping", "--broker-url", url, "--timeout", "5")
+    assert result.returncode == 1
+    assert "ACCESS_REFUSED" in result.stderr
+    assert "WrongPassw0rd" not in result.stderr
+
+
+def test_ping_health_url_reports_the_workers_health() -> None:
+    """`ping --health-url` exits 0 on 200, 1 on 503 or when nothing listens."""
+    import threading
+
+    from services.execution import Stats
+
+    consuming = threading.Event()
+    server = HealthServer(WorkerProbe(consuming, Stats(), ["q"]), port=0, host="127.0.0.1")
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        unhealthy = leveret("ping", "--health-url", url)
+        assert unhealthy.returncode == 1
+        assert "HTTP 503" in unhealthy.stderr
+        consuming.set()
+        assert leveret("ping", "--health-url", url).returncode == 0
+    finally:
+        server.close()
+    gone = leveret("ping", "--health-url", url, "--timeout", "2")
+    assert gone.returncode == 1
+    assert "cannot reach" in gone.stderr
+
+
+def test_children_probe_is_healthy_only_while_every_childs_health_file_is(
+    tmp_path: Path,
+) -> None:
+    """A supervisor's probe: healthy while all child files exist and are fresh; counts summed."""
+    import threading
+
+    from services.health import ChildrenProbe, Health, HealthFile
+
+    class Fixed:
+        def __init__(self, health: Health) -> None:
+            self.health = health
+
+        def check(self) -> Health:
+            return self.health
+
+    paths = [tmp_path / "child-0.json", tmp_path / "child-1.json"]
+    for number, path in enumerate(paths):
+        details = {"handled": number + 1, "retried": 0, "dead_lettered": 0}
+        HealthFile(Fixed(Health(True, details)), path).update()
+    stopping = threading.Event()
+    probe = ChildrenProbe(lambda: paths, max_age_s=30, stopping=stopping)
+    health = probe.check()
+    assert health.healthy
+    assert health.details["handled"] == 3
+    os.utime(paths[1], (0, 0))  # a hung child stops rewriting its file
+    assert not probe.check().healthy
+    paths[1].unlink()
+    assert not probe.check().healthy
+    assert not ChildrenProbe(list, max_age_s=30).check().healthy  # no child at all
+    HealthFile(Fixed(Health(True)), paths[1]).update()
+    stopping.set()
+    assert not probe.check().healthy
