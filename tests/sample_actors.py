@@ -1,8 +1,9 @@
 """Actors for tests that run `leveret worker` in a subprocess.
 
 What a handler does is driven by the message; what it did is appended, one line per event,
-to the file named by ``$LEVERET_TEST_RECORD``: ``start <n> <pid> <message_id>`` before the
-work and ``done <n> <pid> <message_id>`` after it (lines are short, appends are atomic).
+to the file named by ``$LEVERET_TEST_RECORD``: ``start <n> <pid> <message_id> <time>`` before
+the work and ``done <n> <pid> <message_id> <time>`` after it (lines are short, appends are
+atomic; ``<time>`` is ``time.time()``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _record(event: str, n: int, ctx: Context) -> None:
     path = os.environ.get("LEVERET_TEST_RECORD")
     if not path:
         return
-    line = f"{event} {n} {os.getpid()} {ctx.message_id}\n".encode()
+    line = f"{event} {n} {os.getpid()} {ctx.message_id} {time.time():.3f}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -49,6 +50,30 @@ class Jobs(Actor, queue="jobs"):
         _record("done", msg.n, ctx)
 
 
+class Crash(Message, topic="tests.crash"):
+    """A message for `Crasher`: kills the worker process that handles it, unless told not to."""
+
+    n: int
+    crash: bool = True
+
+
+CRASH_EXIT_CODE = 3
+
+
+class Crasher(Actor, queue="crasher", delivery_limit=3):
+    """A poison-message handler: exits its worker process at once (as a segfault in a C
+    extension or the OOM killer would), recording ``start`` first."""
+
+    retry = NO_RETRY
+
+    @handler
+    def run(self, msg: Crash, ctx: Context) -> None:
+        _record("start", msg.n, ctx)
+        if msg.crash:
+            os._exit(CRASH_EXIT_CODE)
+        _record("done", msg.n, ctx)
+
+
 def read_record(path: str) -> list[tuple[str, int, int, str]]:
     """The events recorded so far: (event, n, pid, message_id)."""
     try:
@@ -58,6 +83,13 @@ def read_record(path: str) -> list[tuple[str, int, int, str]]:
         return []
     events = []
     for line in lines:
-        event, n, pid, message_id = line.split()
+        event, n, pid, message_id, _time = line.split()
         events.append((event, int(n), int(pid), message_id))
     return events
+
+
+def record_times(path: str, event: str, n: int) -> list[float]:
+    """When each recorded `event` of job `n` happened (``time.time()``), in order."""
+    with open(path) as file:
+        lines = [line.split() for line in file.read().splitlines()]
+    return [float(at) for kind, num, _pid, _id, at in lines if kind == event and int(num) == n]

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from actors import actors_in
+from services.rabbitmq import RabbitBroker
 from tests.faults.helpers import Spawn
 from tests.proxy import TcpProxy
 from tests.support import WorkerProcess
@@ -20,11 +22,14 @@ def record(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def spawn(namespace: str, record: str) -> Iterator[Spawn]:
+def spawn(rabbit_broker: RabbitBroker, namespace: str, record: str) -> Iterator[Spawn]:
     """Start `leveret worker tests.sample_actors` subprocesses; every one is killed at teardown.
 
-    The factory takes `WorkerProcess` keyword arguments (`url`, `args`, `env`).
+    The factory takes `WorkerProcess` keyword arguments (`url`, `args`, `env`). Every actor of
+    the module is declared through `rabbit_broker` first, so that the queues the workers use
+    are deleted afterwards (and after the workers were killed).
     """
+    rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
     started: list[WorkerProcess] = []
 
     def start(**options: Any) -> WorkerProcess:

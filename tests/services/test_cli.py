@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from actors import actors_in
 from services import naming
 from services.rabbitmq import RabbitBroker
-from tests.sample_actors import Jobs
 from tests.support import ROOT
 
 
@@ -44,7 +44,7 @@ def test_declare_creates_the_topology(rabbit_broker: RabbitBroker) -> None:
         "--namespace",
         rabbit_broker.namespace,
     )
-    rabbit_broker._declared.add(Jobs)  # for cleanup
+    rabbit_broker._declared.update(actors_in(["tests.sample_actors"]))  # for cleanup
     assert result.returncode == 0, result.stderr
     assert f"declared {rabbit_broker.namespace}.jobs <- tests.job" in result.stdout
     assert rabbit_broker.message_count(naming.dlq_name(rabbit_broker.namespace, "jobs")) == 0

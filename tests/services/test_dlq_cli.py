@@ -1,0 +1,225 @@
+"""`leveret dlq list/show/replay/purge` on the real RabbitMQ, and the same operations through
+Python on the in-memory broker."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from schemas import envelope as wire
+from schemas.errors import ConfigurationError
+from services import naming
+from services.memory import MemoryBroker
+from services.rabbitmq import RabbitBroker
+from tests.sample_actors import Job, Jobs
+from tests.support import ROOT, running, wait_until
+
+
+def dlq(
+    broker: RabbitBroker, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `leveret dlq ARGS` against `broker`'s RabbitMQ and namespace."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "dlq",
+            *args,
+            "--broker-url",
+            broker.url,
+            "--namespace",
+            broker.namespace,
+        ],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def dead(rabbit_broker: RabbitBroker) -> dict[int, str]:
+    """Jobs 1, 2 and 3 failed and dead-lettered (Jobs never retries): {n: message_id}."""
+    with running(rabbit_broker, Jobs, threads=2):
+        ids = {n: Jobs.send(Job(n=n, fail=True)) for n in (1, 2, 3)}
+        wait_until(lambda: _dead_count(rabbit_broker) == 3, 15, "3 dead letters")
+    return ids
+
+
+def _dead_count(broker: RabbitBroker) -> int:
+    return broker.message_count(naming.dlq_name(broker.namespace, Jobs.queue))
+
+
+def _queued_ids(broker: RabbitBroker) -> list[str | None]:
+    queue = naming.queue_name(broker.namespace, Jobs.queue)
+    with broker.admin() as channel:
+        found = []
+        while True:
+            method, props, _body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return found
+            found.append(props.message_id)
+
+
+def test_list_prints_a_table_of_the_dead_letters(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """One row per dead letter: id, topic, attempts, reason, error, failed at; none removed."""
+    result = dlq(rabbit_broker, "list", "jobs")
+    assert result.returncode == 0, result.stderr
+    header, *rows, footer = result.stdout.splitlines()
+    assert header.split() == ["ID", "TOPIC", "ATTEMPTS", "REASON", "ERROR", "FAILED", "AT"]
+    assert footer == "3 dead letter(s) shown"
+    by_id = {row.split()[0]: row for row in rows}
+    assert set(by_id) == set(dead.values())
+    for n, message_id in dead.items():
+        cells = re.split(r"\s{2,}", by_id[message_id].strip())
+        assert cells[:5] == [
+            message_id,
+            "tests.job",
+            "1",
+            "handler_error",
+            f"RuntimeError: job {n} failed on purpose",
+        ]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", cells[5]), cells
+    assert _dead_count(rabbit_broker) == 3
+
+
+def test_show_prints_the_headers_and_the_body(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """`dlq show QUEUE ID`: the message's id, topic, every header, and its JSON body."""
+    result = dlq(rabbit_broker, "show", "jobs", dead[2])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"message_id:     {dead[2]}" in out
+    assert "topic:          tests.job" in out
+    assert f"  {wire.ERROR_REASON}: handler_error" in out
+    assert f"  {wire.ERROR_TYPE}: builtins.RuntimeError" in out
+    assert f"  {wire.ERROR_MESSAGE}: job 2 failed on purpose" in out
+    assert f"  {wire.ATTEMPT}: 1" in out
+    assert "Traceback" in out  # the x-leveret-error-traceback header
+    body = out.split("body: ", 1)[1]
+    assert json.loads(body) == {"n": 2, "sleep_s": 0.0, "fail": True}
+    assert _dead_count(rabbit_broker) == 3
+
+
+def test_show_an_unknown_id_fails_naming_it(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    result = dlq(rabbit_broker, "show", "jobs", "no-such-id")
+    assert result.returncode != 0
+    assert "no dead letter no-such-id in jobs" in result.stderr
+
+
+def test_replay_one_id_replays_only_that_one(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """`dlq replay QUEUE --id ID`: that message back on the actor's queue, the others stay."""
+    result = dlq(rabbit_broker, "replay", "jobs", "--id", dead[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"replayed {dead[2]}",
+        "1 dead letter(s) replayed to jobs",
+    ]
+    assert _queued_ids(rabbit_broker) == [dead[2]]
+    assert {d.message_id for d in rabbit_broker.dead_letters(Jobs)} == {dead[1], dead[3]}
+
+
+def test_replay_needs_all_or_ids(rabbit_broker: RabbitBroker, dead: dict[int, str]) -> None:
+    for args in ([], ["--all", "--id", dead[1]]):
+        result = dlq(rabbit_broker, "replay", "jobs", *args)
+        assert result.returncode == 2
+        assert "give --all or at least one --id" in result.stderr
+    assert _dead_count(rabbit_broker) == 3
+
+
+def test_purge_asks_first_and_no_keeps_everything(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    result = dlq(rabbit_broker, "purge", "jobs", stdin="n\n")
+    assert result.returncode != 0
+    assert "Delete every dead letter of jobs?" in result.stdout
+    assert "Aborted" in result.stderr
+    assert _dead_count(rabbit_broker) == 3
+
+
+def test_purge_yes_deletes_them_and_says_how_many(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    result = dlq(rabbit_broker, "purge", "jobs", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3 dead letter(s) purged from jobs"
+    assert _dead_count(rabbit_broker) == 0
+    assert rabbit_broker.message_count(naming.queue_name(rabbit_broker.namespace, "jobs")) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "nosuch"],
+        ["show", "nosuch", "some-id"],
+        ["replay", "nosuch", "--all"],
+        ["purge", "nosuch", "--yes"],
+    ],
+    ids=["list", "show", "replay", "purge"],
+)
+def test_unknown_queue_fails_clearly(rabbit_broker: RabbitBroker, args: list[str]) -> None:
+    """Exit non-zero with an error that names the queue, not a traceback."""
+    result = dlq(rabbit_broker, *args)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"{rabbit_broker.namespace}.nosuch" in result.stderr
+    assert result.stderr.startswith("Error: ")
+
+
+# The same operations through Python, on the in-memory broker --------------------------
+
+
+def test_memory_dead_letters_replay_and_purge() -> None:
+    """List, replay one by id (attempt reset, failure headers gone), replay all, purge."""
+    broker = MemoryBroker(namespace="dlq-test")
+    broker.declare(Jobs)
+    ids = [broker.send(Jobs, Job(n=n, fail=True)) for n in (1, 2, 3, 4)]
+    broker.join(raise_errors=False)
+
+    letters = broker.dead_letters(Jobs)
+    assert [d.message_id for d in letters] == ids
+    assert {d.headers[wire.ERROR_REASON] for d in letters} == {"handler_error"}
+    assert len(broker.dead_letters("jobs", limit=2)) == 2
+
+    seen: list[str] = []
+    assert broker.replay_dead_letters(Jobs, message_ids={ids[1]}, on_replayed=seen.append) == 1
+    assert seen == [ids[1]]
+    assert [d.message_id for d in broker.dead_letters(Jobs)] == [ids[0], ids[2], ids[3]]
+    queue = broker.queues[naming.queue_name(broker.namespace, Jobs.queue)]
+    (again,) = queue
+    assert again.message_id == ids[1]
+    assert again.headers[wire.ATTEMPT] == 1
+    assert not [key for key in again.headers if key.startswith("x-leveret-error-")]
+
+    broker.join(raise_errors=False)  # it fails again: back in the .dlq
+    assert len(broker.dead_letters(Jobs)) == 4
+    assert broker.replay_dead_letters("jobs") == 4
+    assert broker.dead_letters(Jobs) == []
+    broker.join(raise_errors=False)
+    assert broker.purge_dead_letters(Jobs) == 4
+    assert broker.dead_letters(Jobs) == []
+    assert broker.purge_dead_letters(Jobs) == 0
+
+
+def test_memory_unknown_queue_is_a_configuration_error() -> None:
+    broker = MemoryBroker(namespace="dlq-test")
+    for operation in (
+        broker.dead_letters,
+        broker.replay_dead_letters,
+        broker.purge_dead_letters,
+    ):
+        with pytest.raises(ConfigurationError, match=re.escape("dlq-test.nosuch.dlq")):
+            operation("nosuch")
