@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from typing import NoReturn
 
 import click
 
 from actors import actors_in, configure
-from actors.actor import Actor
 from schemas.errors import LeveretError
-from services import config
-from services.broker import Broker, Worker
-from services.health import HealthReporters, WorkerProbe
+from services import config, naming
+from services.broker import Broker, select_actors
+from services.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
 from services.logs import configure_logging
-from services.supervisor import Supervisor, notify_ready, worker_command
+from services.supervisor import HEALTH_FILE_ENV, Supervisor, notify_ready, worker_command
+from services.timelimits import warn_about_limits
 from services.worker import EXIT_FATAL
 
 _url_option = click.option(
@@ -139,26 +141,25 @@ def worker(
     _setup_logging(log_level, log_format)
     _import_path()
     try:
-        found = actors_in(modules)
+        # Imported first, also by a supervisor: a module that does not import stops the
+        # command at once instead of crash-looping children.
+        selected = select_actors(
+            actors_in(modules), [q.strip() for q in queues.split(",")] if queues else None
+        )
         if processes > 1:
-            _supervise(processes, shutdown_timeout)
+            _supervise(processes, shutdown_timeout, health_port, health_file)
         broker = Broker(broker_url, namespace=namespace)
         configure(broker)
         running = broker.worker(
-            found,
-            threads=threads,
-            prefetch=prefetch,
-            queues=[q.strip() for q in queues.split(",")] if queues else None,
-            shutdown_timeout_s=shutdown_timeout,
+            selected, threads=threads, prefetch=prefetch, shutdown_timeout_s=shutdown_timeout
         )
     except LeveretError as exc:
         raise _WorkerConfigurationError(str(exc)) from exc
-    from services.broker import select_actors
-    from services.timelimits import warn_about_limits
-
-    selected = select_actors(found, [q.strip() for q in queues.split(",")] if queues else None)
     warn_about_limits(selected, consumer_timeout_s=consumer_timeout)
-    health = _health_reporters(running, broker.namespace, found, queues, health_port, health_file)
+    queue_names = [naming.queue_name(broker.namespace, actor.queue) for actor in selected]
+    health = _start_health(
+        WorkerProbe(running.consuming, running.stats, queue_names), health_port, health_file
+    )
     notify_ready(running)
     try:
         code = running.run()
@@ -171,21 +172,8 @@ def worker(
     sys.exit(code)
 
 
-def _health_reporters(
-    running: Worker,
-    namespace: str,
-    found: list[type[Actor]],
-    queues: str | None,
-    port: int | None,
-    path: str | None,
-) -> HealthReporters:
-    from services.broker import select_actors
-    from services.naming import queue_name
-
-    selected = select_actors(found, [q.strip() for q in queues.split(",")] if queues else None)
-    probe = WorkerProbe(
-        running.consuming, running.stats, [queue_name(namespace, a.queue) for a in selected]
-    )
+def _start_health(probe: Probe, port: int | None, path: str | None) -> HealthReporters:
+    """Serve `probe` on `port` and/or keep the health file `path` (both optional)."""
     try:
         health = HealthReporters(probe, port=port, path=path)
         health.start()
@@ -194,36 +182,56 @@ def _health_reporters(
     return health
 
 
-_PER_PROCESS_OPTIONS = ("health_port", "health_file")
+# Options the supervisor handles itself instead of passing them on to every child.
+_SUPERVISOR_OPTIONS = ("processes", "health_port", "health_file", "broker_url")
+_HEALTH_ENV = ("LEVERET_HEALTH_PORT", HEALTH_FILE_ENV)
 
 
-def _supervise(processes: int, shutdown_timeout: float) -> NoReturn:
-    """Run `processes` single-process workers with this command's options; exit with its code."""
+def _supervise(
+    processes: int, shutdown_timeout: float, health_port: int | None, health_file: str | None
+) -> NoReturn:
+    """Run `processes` single-process workers with this command's options; exit with its code.
+
+    Health checks answer for the whole worker: each child keeps its own health file in a
+    private directory, and the supervisor serves `health_port` / keeps `health_file`,
+    healthy while every child is.
+    """
     context = click.get_current_context()
-    per_process = [name for name in _PER_PROCESS_OPTIONS if context.params.get(name) is not None]
-    if per_process:
-        raise click.UsageError(
-            f"{', '.join('--' + name.replace('_', '-') for name in per_process)} serve one "
-            "worker process: not supported with --processes above 1"
-        )
     args: list[str] = []
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in _HEALTH_ENV}
+    broker_url = context.params.get("broker_url")
+    if broker_url is not None:
+        env[config.BROKER_URL_ENV] = broker_url  # not on the command line, where ps shows it
     for param in context.command.params:
         value = context.params.get(param.name or "")
-        if value is None or param.name == "processes":
+        if value is None or param.name in _SUPERVISOR_OPTIONS:
             continue
-        if param.name == "broker_url":
-            env[config.BROKER_URL_ENV] = value  # not on the command line, where ps shows it
-        elif isinstance(param, click.Argument):
+        if isinstance(param, click.Argument):
             args.extend(value)
         elif isinstance(param, click.Option) and param.is_flag:
             args.extend([param.opts[0]] if value else [])
         else:
             args.extend([param.opts[0], str(value)])
+    wants_health = health_port is not None or health_file is not None
+    directory = tempfile.mkdtemp(prefix="leveret-health-") if wants_health else None
     supervisor = Supervisor(
-        worker_command(args), processes, shutdown_timeout_s=shutdown_timeout, env=env
+        worker_command(args),
+        processes,
+        shutdown_timeout_s=shutdown_timeout,
+        env=env,
+        health_dir=directory,
     )
-    code = supervisor.run()
+    health = _start_health(
+        ChildrenProbe(supervisor.health_files, stopping=supervisor.stopping),
+        health_port,
+        health_file,
+    )
+    try:
+        code = supervisor.run()
+    finally:
+        health.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
     if supervisor.fatal_error:
         click.echo(f"Error: {supervisor.fatal_error}", err=True)
     sys.exit(code)

@@ -43,6 +43,9 @@ log = get_logger("leveret.supervisor")
 READY_FD_ENV = "LEVERET_READY_FD"
 """Environment variable naming the pipe a child writes to once it consumes."""
 
+HEALTH_FILE_ENV = "LEVERET_HEALTH_FILE"
+"""The worker command's ``--health-file``, given to each child through its environment."""
+
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0
@@ -59,6 +62,7 @@ class _Child:
     started_at: float
     ready: bool = False
     retiring: bool = False  # sent SIGTERM on purpose (roll or stop)
+    health_file: str | None = None
 
     @property
     def pid(self) -> int:
@@ -91,6 +95,8 @@ class Supervisor:
         shutdown_timeout_s: The children's ``--shutdown-timeout``; the supervisor SIGKILLs
             a child that has not exited 15 s after that.
         env: The children's environment (defaults to this process's).
+        health_dir: A private directory for the children's health files: each child keeps
+            its own (``--health-file``), and `health_files` tells which to look at.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class Supervisor:
         *,
         shutdown_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
+        health_dir: str | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
@@ -107,6 +114,9 @@ class Supervisor:
         self.processes = processes
         self.shutdown_timeout_s = shutdown_timeout_s
         self.env = dict(os.environ if env is None else env)
+        self.health_dir = health_dir
+        self.stopping = threading.Event()
+        self._spawned = 0
         self.exit_code = EXIT_OK
         self.fatal_error: str | None = None
         self._slots = [_Slot() for _ in range(processes)]
@@ -177,19 +187,24 @@ class Supervisor:
     # Children ---------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> _Child:
+        self._spawned += 1
+        health_file = (
+            os.path.join(self.health_dir, f"child-{self._spawned}") if self.health_dir else None
+        )
+        health_env = {HEALTH_FILE_ENV: health_file} if health_file else {}
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
                 self.command,
-                env={**self.env, READY_FD_ENV: str(write_fd)},
+                env={**self.env, **health_env, READY_FD_ENV: str(write_fd)},
                 pass_fds=(write_fd,),
                 process_group=0,
-                preexec_fn=_die_with_parent,  # safe: the supervisor runs no other thread
+                preexec_fn=_die_with_parent,  # calls one resolved C function, takes no lock
             )
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
-        child = _Child(slot, process, read_fd, time.monotonic())
+        child = _Child(slot, process, read_fd, time.monotonic(), health_file=health_file)
         self._children.append(child)
         log.info("worker_child_started", slot=slot, pid=process.pid)
         return child
@@ -207,8 +222,26 @@ class Supervisor:
             child.ready = True
             log.info("worker_child_ready", slot=child.slot, pid=child.pid)
 
+    def health_files(self) -> list[str]:
+        """One health file per slot, for a `ChildrenProbe` (callable from any thread).
+
+        A slot counts as healthy while any of its live children keeps its file fresh, so
+        that a SIGHUP roll (old and new child side by side) stays healthy, while a dead
+        child (its file removed) makes its slot unhealthy until its replacement consumes.
+        """
+        children = list(self._children)
+        files = []
+        for slot in range(self.processes):
+            mine = [c.health_file for c in children if c.slot == slot and c.health_file]
+            existing = [path for path in mine if os.path.exists(path)]
+            files.append(existing[0] if existing else f"{self.health_dir}/slot-{slot}-starting")
+        return files
+
     def _on_exit(self, child: _Child) -> None:
         self._children.remove(child)
+        if child.health_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(child.health_file)
         if child.ready_fd is not None:
             os.close(child.ready_fd)
             child.ready_fd = None
@@ -282,6 +315,7 @@ class Supervisor:
 
     def _stop(self, _signum: int) -> None:
         self._stopping = True
+        self.stopping.set()
         self._roll = None
         self._stop_deadline = time.monotonic() + self.shutdown_timeout_s + 15
         for child in self._children:
@@ -374,9 +408,22 @@ def _kill(child: _Child, signum: int) -> None:
             os.kill(child.pid, signum)
 
 
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved once in the supervisor: between fork and exec the child only calls it, and never
+# loads a library (which could wait on a lock another thread of the parent held).
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     # In the child, before exec: SIGTERM when the supervisor dies (Linux), so that a
     # SIGKILLed supervisor leaves no orphan consuming (they shut down gracefully).
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -20,7 +20,7 @@ from services import naming
 from services.rabbitmq import RabbitBroker
 from tests.faults.helpers import done_numbers, events
 from tests.sample_actors import Crasher, Job, Jobs
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.support import ROOT, WorkerProcess, free_port, get_health, wait_health, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -249,3 +249,26 @@ def test_a_child_with_a_fatal_topology_error_stops_the_supervisor_with_code_2(
     finally:
         with rabbit_broker.admin() as channel:
             channel.queue_delete(queue)
+
+
+def test_health_port_answers_for_all_children(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """With --processes 2 --health-port, the supervisor answers 200 while every child consumes,
+    503 while a killed child is being replaced, 200 again once it is, 503 once stopping."""
+    port = free_port()
+    supervisor = supervise(2, "--threads", "1", "--health-port", str(port))
+    wait_ready(supervisor, 2)
+    body = wait_health(port, 200)
+    assert body["pid"] == supervisor.pid
+    assert len(body["children"]) == 2
+    victim = next(iter(live_children(supervisor)))
+    os.kill(victim, signal.SIGKILL)
+    wait_health(port, 503)
+    wait_until(lambda: len(log_events(supervisor, "worker_child_ready")) >= 3, 30, "a new child")
+    wait_health(port, 200)
+    rabbit_broker.send(Jobs, Job(n=1))
+    wait_until(lambda: done_numbers(record) == {1}, 15, "the job to be done")
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.log()
+    assert get_health(port)[0] == 0, "the port is closed once the supervisor exited"
