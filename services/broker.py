@@ -14,10 +14,12 @@ The URL's scheme picks the implementation: ``amqp://``/``amqps://`` (`RabbitBrok
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.actor import Actor, ActorRef
@@ -32,7 +34,7 @@ from services.delays import delay_seconds
 from services.logs import get_logger
 
 if TYPE_CHECKING:
-    from services.execution import Delivery, Stats
+    from services.execution import Delivery, MessageHooks, Stats
 
 log = get_logger("leveret.broker")
 
@@ -72,6 +74,26 @@ class Worker(Protocol):
     def run(self) -> int:
         """Consume until SIGTERM/SIGINT (main thread) or `shutdown`; return the exit code."""
         ...
+
+
+def run_until_stopped(
+    start: Callable[[], None],
+    stopped: threading.Event,
+    on_signal: Callable[[int, FrameType | None], None],
+) -> None:
+    """Start a worker and block until `stopped` is set, routing SIGTERM and SIGINT to
+    `on_signal` meanwhile (installed only on the main thread; restored afterwards)."""
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        start()
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Broker:
@@ -266,6 +288,61 @@ class Broker:
         self._deliver([item])
         return item.envelope.message_id
 
+    def prepare(
+        self,
+        message: Message,
+        *,
+        actor: ActorRef | None = None,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> Prepared:
+        """Build the wire form of a message now, to publish it later with `publish_prepared`.
+
+        Its message id is fixed here: publishing it later (or again) keeps that id. Used by
+        the Django integration (on-commit publishing and the transactional outbox).
+
+        Args:
+            message: The message.
+            actor: Deliver to this actor's queue only (as `send`); fan out by topic if None.
+            delay: As for `publish`; counted from now.
+            eta: As for `publish`.
+            correlation_id: Carried on from the message that caused this one.
+
+        Raises:
+            NotHandled: `actor` has no handler for the message's type.
+            ValueError: An invalid delay or eta.
+        """
+        queue = None
+        if actor is not None:
+            cls = as_actor_class(actor)
+            cls.handler_for(message)
+            queue = cls.queue
+        route = Route(message.topic(), queue=queue)
+        return self._prepare(message, route, correlation_id, self._delay_s(delay, eta))
+
+    def publish_prepared(self, items: Sequence[Prepared]) -> list[str]:
+        """Publish messages built by `prepare` (or stored and rebuilt), pipelining confirms.
+
+        Each keeps its message id, correlation id, timestamp, headers and route. A fan-out
+        no queue takes is logged; a queue route whose queue does not exist is an error.
+
+        Returns:
+            The message ids, in order.
+
+        Raises:
+            PublishError: A message was not confirmed; the others may have been.
+        """
+        for index in self._deliver(items):
+            envelope = items[index].envelope
+            log.info(
+                "message_unroutable",
+                topic=envelope.topic,
+                message_id=envelope.message_id,
+                hint="no queue is bound to this topic: no actor handles it (yet)",
+            )
+        return [item.envelope.message_id for item in items]
+
     def _delay_s(self, delay: float | timedelta | None, eta: datetime | None) -> int:
         if delay is None and eta is None:
             return 0
@@ -352,6 +429,7 @@ class Broker:
         prefetch: int | None = None,
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
+        hooks: Sequence[MessageHooks] = (),
     ) -> Worker:
         """A worker consuming the actors' queues (not started).
 
@@ -361,6 +439,8 @@ class Broker:
             prefetch: Deliveries held unacknowledged; defaults to twice `threads`.
             queues: Only these queues (names without namespace) of the actors.
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
+            hooks: Run around each message in the handler's thread (see `MessageHooks`):
+                `before_message` in order, `after_message` in reverse.
         """
         raise NotImplementedError
 

@@ -6,6 +6,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 import click
@@ -14,6 +16,7 @@ from actors import actors_in, configure
 from schemas.errors import LeveretError
 from services import config, naming
 from services.broker import Broker, select_actors
+from services.execution import MessageHooks
 from services.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
 from services.logs import configure_logging
 from services.supervisor import HEALTH_FILE_ENV, Supervisor, notify_ready, worker_command
@@ -48,6 +51,27 @@ _log_options = [
         help="auto: console on a terminal, JSON lines otherwise.",
     ),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """What a program embedding the `worker` command adds to it (`manage.py leveret_worker`).
+
+    Pass it as click's ``obj`` when invoking `worker`; the command line stays the same.
+
+    Attributes:
+        hooks: Run around each message (see `services.execution.MessageHooks`).
+        child_command: With ``--processes N``, the command line of one child given the
+            worker's arguments; defaults to ``python -m services.cli worker ARGS``.
+    """
+
+    hooks: Sequence[MessageHooks] = ()
+    child_command: Callable[[list[str]], list[str]] | None = None
+
+
+def _worker_setup() -> WorkerSetup:
+    found = click.get_current_context().find_object(WorkerSetup)
+    return found if found is not None else WorkerSetup()
 
 
 class _WorkerConfigurationError(click.ClickException):
@@ -151,7 +175,11 @@ def worker(
         broker = Broker(broker_url, namespace=namespace)
         configure(broker)
         running = broker.worker(
-            selected, threads=threads, prefetch=prefetch, shutdown_timeout_s=shutdown_timeout
+            selected,
+            threads=threads,
+            prefetch=prefetch,
+            shutdown_timeout_s=shutdown_timeout,
+            hooks=_worker_setup().hooks,
         )
     except LeveretError as exc:
         raise _WorkerConfigurationError(str(exc)) from exc
@@ -214,8 +242,9 @@ def _supervise(
             args.extend([param.opts[0], str(value)])
     wants_health = health_port is not None or health_file is not None
     directory = tempfile.mkdtemp(prefix="leveret-health-") if wants_health else None
+    child_command = _worker_setup().child_command or worker_command
     supervisor = Supervisor(
-        worker_command(args),
+        child_command(args),
         processes,
         shutdown_timeout_s=shutdown_timeout,
         env=env,

@@ -11,10 +11,10 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -122,18 +122,43 @@ class Stats:
                 self.dead_lettered += 1
 
 
+class MessageHooks(Protocol):
+    """Code run around each message, in the thread that runs its handler.
+
+    Passed to `Broker.worker(..., hooks=[...])`. With several hooks, `before_message` runs
+    in the order given and `after_message` in reverse, so a hook's after-code runs inside
+    the hooks given before it. The Django worker uses one to close stale database
+    connections, as Django does around each request. A hook that raises is logged; the
+    message is handled all the same.
+    """
+
+    def before_message(self, envelope: Envelope) -> None:
+        """Called before the message is decoded and its handler runs."""
+
+    def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Called once the message's fate is known, before the broker acts on it."""
+
+
 class Executor:
     """Runs deliveries of one actor through its handlers.
 
     Args:
         actor: The actor class; one instance handles every delivery, from many threads.
         instance: That instance (created by the worker).
+        hooks: Run around each delivery (see `MessageHooks`).
     """
 
-    def __init__(self, actor: type[Actor], instance: Actor | None = None) -> None:
+    def __init__(
+        self,
+        actor: type[Actor],
+        instance: Actor | None = None,
+        *,
+        hooks: Sequence[MessageHooks] = (),
+    ) -> None:
         self.actor = actor
         self.instance = instance if instance is not None else actor()
         self.name = actor.queue
+        self.hooks = tuple(hooks)
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
         self._handler_log = structlog.get_logger("leveret.handler")
@@ -152,7 +177,11 @@ class Executor:
         structlog.contextvars.bind_contextvars(**log_context)
         token = handling(envelope)
         try:
+            for hook in self.hooks:
+                _call_hook(hook.before_message, envelope)
             outcome = self._run(delivery, envelope)
+            for hook in reversed(self.hooks):
+                _call_hook(hook.after_message, envelope, outcome)
         finally:
             done_handling(token)
             structlog.contextvars.unbind_contextvars(*log_context)
@@ -279,3 +308,14 @@ class Executor:
             text = "".join(traceback.format_exception(exc))
             headers[wire.ERROR_TRACEBACK] = text[-TRACEBACK_LIMIT:]
         return Outcome("dead_letter", envelope, headers, exc)
+
+
+def _call_hook(function: Callable[..., None], *args: Any) -> None:
+    try:
+        function(*args)
+    except Exception as exc:  # noqa: BLE001  # a hook never kills the worker or the message
+        log.error(
+            "message_hook_failed",
+            hook=getattr(function, "__qualname__", repr(function)),
+            error=repr(exc),
+        )

@@ -8,25 +8,31 @@ dead letters. Time is a `VirtualClock`: delays and retry backoff pass when the t
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 from actors.actor import Actor, ActorRef
 from actors.registry import unique_queues
 from schemas import envelope as wire
 from schemas.errors import ConfigurationError, PublishError
 from services import naming
-from services.broker import Broker, Prepared, Worker, default_prefetch, select_actors
+from services.broker import (
+    Broker,
+    Prepared,
+    Worker,
+    default_prefetch,
+    run_until_stopped,
+    select_actors,
+)
 from services.deadletters import replayed
-from services.execution import Delivery, Executor, Outcome, Stats
+from services.execution import Delivery, Executor, MessageHooks, Outcome, Stats
 from services.logs import get_logger
 
 log = get_logger("leveret.memory")
@@ -141,17 +147,9 @@ class MemoryBroker(Broker):
             targets = sorted(self._bindings.get(topic, ()))
             exchange, routing_key = naming.events_exchange(self.namespace), topic
         for target in targets:
-            delivery_copy = Delivery(
-                body=delivery.body,
-                topic=delivery.topic,
-                message_id=delivery.message_id,
-                correlation_id=delivery.correlation_id,
-                timestamp=delivery.timestamp,
-                headers=delivery.headers,
-                exchange=exchange,
-                routing_key=routing_key,
+            self.queues[target].append(
+                dataclasses.replace(delivery, exchange=exchange, routing_key=routing_key)
             )
-            self.queues[target].append(delivery_copy)
         return bool(targets)
 
     def _schedule(self, delay_s: float, queue: str | None, topic: str, delivery: Delivery) -> None:
@@ -301,14 +299,7 @@ class MemoryBroker(Broker):
         with self.changed:
             self._unacked[name] -= 1
             if outcome.fate == "retry":
-                again = Delivery(
-                    body=delivery.body,
-                    topic=delivery.topic,
-                    message_id=delivery.message_id,
-                    correlation_id=delivery.correlation_id,
-                    timestamp=delivery.timestamp,
-                    headers=outcome.headers,
-                )
+                again = dataclasses.replace(delivery, headers=outcome.headers, redelivered=False)
                 if outcome.delay_s > 0:
                     self._schedule(outcome.delay_s, name, delivery.topic or "", again)
                 else:
@@ -316,15 +307,8 @@ class MemoryBroker(Broker):
             elif outcome.fate == "dead_letter":
                 dlq = naming.dlq_name(self.namespace, actor_queue)
                 self.queues.setdefault(dlq, deque()).append(
-                    Delivery(
-                        body=delivery.body,
-                        topic=delivery.topic,
-                        message_id=delivery.message_id,
-                        correlation_id=delivery.correlation_id,
-                        timestamp=delivery.timestamp,
-                        headers=outcome.headers,
-                        exchange="",
-                        routing_key=dlq,
+                    dataclasses.replace(
+                        delivery, headers=outcome.headers, exchange="", routing_key=dlq
                     )
                 )
             self.changed.notify_all()
@@ -337,6 +321,7 @@ class MemoryBroker(Broker):
         prefetch: int | None = None,
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
+        hooks: Sequence[MessageHooks] = (),
     ) -> Worker:
         default_prefetch(threads, prefetch)
         return MemoryWorker(
@@ -344,6 +329,7 @@ class MemoryBroker(Broker):
             select_actors(actors, queues),
             threads=threads,
             shutdown_timeout_s=shutdown_timeout_s,
+            hooks=hooks,
         )
 
     def close(self) -> None:
@@ -364,6 +350,7 @@ class MemoryWorker:
         *,
         threads: int,
         shutdown_timeout_s: float,
+        hooks: Sequence[MessageHooks] = (),
     ) -> None:
         self.broker = broker
         self.threads = threads
@@ -373,7 +360,8 @@ class MemoryWorker:
         self.exit_code = 0
         broker.declare(*actors)
         self._executors = {
-            naming.queue_name(broker.namespace, cls.queue): Executor(cls) for cls in actors
+            naming.queue_name(broker.namespace, cls.queue): Executor(cls, hooks=hooks)
+            for cls in actors
         }
         self._stopping = False
         self._pool: list[threading.Thread] = []
@@ -429,17 +417,7 @@ class MemoryWorker:
 
     def run(self) -> int:
         """Consume until SIGTERM or SIGINT (main thread) or `shutdown`."""
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, self._on_signal)
-        try:
-            self.start()
-            while not self._stopped.wait(0.5):
-                pass
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        run_until_stopped(self.start, self._stopped, self._on_signal)
         return self.exit_code
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:

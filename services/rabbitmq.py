@@ -15,7 +15,7 @@ from services import delays, naming, topology, wire
 from services.broker import Broker, Prepared, Worker, select_actors
 from services.connection import connection_parameters, describe
 from services.deadletters import replayed
-from services.execution import Delivery
+from services.execution import Delivery, MessageHooks
 from services.publisher import Outgoing, Publisher
 
 
@@ -185,6 +185,7 @@ class RabbitBroker(Broker):
         prefetch: int | None = None,
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
+        hooks: Sequence[MessageHooks] = (),
     ) -> Worker:
         from services.worker import RabbitWorker
 
@@ -195,6 +196,7 @@ class RabbitBroker(Broker):
             threads=threads,
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
+            hooks=hooks,
         )
 
     def close(self) -> None:

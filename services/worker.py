@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -25,9 +26,9 @@ from pika.spec import Basic
 
 from actors.actor import Actor
 from services import delays, naming, topology, wire
-from services.broker import default_prefetch
+from services.broker import default_prefetch, run_until_stopped
 from services.connection import IOThread, describe
-from services.execution import Delivery, Executor, Outcome, Stats
+from services.execution import Delivery, Executor, MessageHooks, Outcome, Stats
 from services.logs import get_logger
 
 log = get_logger("leveret.worker")
@@ -56,6 +57,7 @@ class RabbitWorker(IOThread):
         threads: Handler threads (handlers running at once).
         prefetch: Unacknowledged deliveries held; defaults to twice `threads`.
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
+        hooks: Run around each message in its handler thread (see `MessageHooks`).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class RabbitWorker(IOThread):
         threads: int = 8,
         prefetch: int | None = None,
         shutdown_timeout_s: float = 30.0,
+        hooks: Sequence[MessageHooks] = (),
     ) -> None:
         super().__init__(url, role="worker")
         self.namespace = namespace
@@ -79,7 +82,8 @@ class RabbitWorker(IOThread):
         self.exit_code = EXIT_OK
         self.fatal_error: str | None = None
         self._executors = {
-            naming.queue_name(namespace, actor.queue): Executor(actor) for actor in actors
+            naming.queue_name(namespace, actor.queue): Executor(actor, hooks=hooks)
+            for actor in actors
         }
         self._steps = topology.steps(namespace, actors)
         self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -137,17 +141,7 @@ class RabbitWorker(IOThread):
         Returns:
             The exit code, as `shutdown`.
         """
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, self._on_signal)
-        try:
-            self.start()
-            while not self._stopped.wait(0.5):
-                pass
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        run_until_stopped(self.start, self._stopped, self._on_signal)
         return self.exit_code
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

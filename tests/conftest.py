@@ -138,6 +138,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             )
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start with no broker configured: pytest-django set up Django, whose Leveret app
+    configured one from the test settings; tests configure their own."""
+    configure(None)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests using the real broker carry the `rabbitmq` marker (select with -m)."""
     for item in items:

@@ -1,0 +1,34 @@
+"""Actors that follow an order: a confirmation mail and the stock."""
+
+from django.db import transaction
+from django.db.models import F
+
+from actors import Actor, actor, handler
+from shop.messages import OrderPlaced
+from shop.models import Confirmation, Order, Product, StockMovement
+
+
+@actor(queue="shop.confirmations")
+def send_confirmation(msg: OrderPlaced) -> None:
+    """'Send' the confirmation mail: recorded once, so a redelivery sends nothing twice."""
+    order = Order.objects.select_related("product").get(id=msg.order_id)
+    Confirmation.objects.get_or_create(
+        order=order,
+        defaults={"text": f"Thank you for ordering {order.quantity} x {order.product.name}."},
+    )
+
+
+class Stock(Actor, queue="shop.stock"):
+    """Takes the ordered units from the product's stock, once per order."""
+
+    @handler
+    def take(self, msg: OrderPlaced) -> None:
+        with transaction.atomic():
+            order = Order.objects.get(id=msg.order_id)
+            _movement, created = StockMovement.objects.get_or_create(
+                order=order, defaults={"quantity": order.quantity}
+            )
+            if created:
+                Product.objects.filter(id=order.product_id).update(
+                    stock=F("stock") - order.quantity
+                )

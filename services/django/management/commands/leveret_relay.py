@@ -1,0 +1,62 @@
+"""``manage.py leveret_relay``: publish the transactional outbox until stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from actors import actors_in
+from services.django.apps import build_broker
+from services.django.relay import Relay
+from services.django.settings import load
+from services.logs import configure_logging
+
+
+class Command(BaseCommand):
+    """Runs one outbox relay; run several for redundancy (no row is sent twice)."""
+
+    help = "Publish pending outbox messages with confirms; retries while the broker is down."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--batch-size", type=int, default=100, help="Rows per transaction.")
+        parser.add_argument(
+            "--poll-interval", type=float, default=1.0, help="Seconds to wait when idle."
+        )
+        parser.add_argument(
+            "--max-backoff", type=float, default=30.0, help="Longest wait between retries."
+        )
+        parser.add_argument("--once", action="store_true", help="Send what is pending, exit.")
+        parser.add_argument("--log-level", default="info")
+        parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        fmt = options["log_format"]
+        configure_logging(options["log_level"], json=None if fmt == "auto" else fmt == "json")
+        found = load()
+        broker = build_broker()
+        relay = Relay(
+            broker,
+            using=found.database,
+            actors=list(actors_in(found.actors)),
+            batch_size=options["batch_size"],
+            poll_interval_s=options["poll_interval"],
+            max_backoff_s=options["max_backoff"],
+            prune_after_s=found.outbox_prune_after_s,
+        )
+        try:
+            if options["once"]:
+                while relay.run_once():
+                    pass
+                relay.prune()
+                self.stdout.write(f"{relay.sent} message(s) sent")
+                return
+            stop = threading.Event()
+            if threading.current_thread() is threading.main_thread():
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, lambda _s, _f: stop.set())
+            relay.run(stop)
+        finally:
+            broker.close()

@@ -1,0 +1,133 @@
+"""The ``LEVERET`` dict in Django settings, read with defaults and checked.
+
+```python
+LEVERET = {
+    "BROKER_URL": "amqp://guest:guest@localhost:5672/",  # default: $LEVERET_BROKER_URL
+    "NAMESPACE": "shop",                                 # default: $LEVERET_NAMESPACE
+    "ACTORS": ["shop.actors"],                           # modules the worker runs
+    "OUTBOX": False,                # publish through the transactional outbox by default
+    "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600,               # delete sent rows after this
+    "RELAY_IN_WORKER": False,       # leveret_worker also runs the outbox relay
+    "DATABASE": "default",          # the alias whose transactions publishing follows
+    "CONFIRM_TIMEOUT_S": 30.0,      # how long a publish waits for the broker's confirm
+}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services import config, naming
+
+DEFAULTS: dict[str, Any] = {
+    "BROKER_URL": None,
+    "NAMESPACE": None,
+    "ACTORS": [],
+    "OUTBOX": False,
+    "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600.0,
+    "RELAY_IN_WORKER": False,
+    "DATABASE": "default",
+    "CONFIRM_TIMEOUT_S": 30.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LeveretSettings:
+    """The ``LEVERET`` settings with defaults filled in.
+
+    Attributes:
+        broker_url: Broker URL (``amqp://``, ``amqps://`` or ``memory://``).
+        namespace: Prefix of every exchange and queue.
+        actors: Modules that define the project's actors.
+        outbox: Publish through the transactional outbox inside transactions by default.
+        outbox_prune_after_s: Seconds after which sent outbox rows are deleted.
+        relay_in_worker: ``leveret_worker`` also runs the outbox relay.
+        database: The database alias whose transactions publishing follows.
+        confirm_timeout_s: How long a publish waits for the broker's confirm.
+    """
+
+    broker_url: str
+    namespace: str
+    actors: tuple[str, ...] = ()
+    outbox: bool = False
+    outbox_prune_after_s: float = DEFAULTS["OUTBOX_PRUNE_AFTER_S"]
+    relay_in_worker: bool = False
+    database: str = "default"
+    confirm_timeout_s: float = 30.0
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+
+def read(raw: object) -> LeveretSettings:
+    """Read a ``LEVERET`` value; what is wrong is listed in `problems`, never raised.
+
+    Args:
+        raw: The value of ``settings.LEVERET`` (None when it is not set).
+    """
+    problems: list[str] = []
+    values = dict(DEFAULTS)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"LEVERET must be a dict, not {type(raw).__name__}")
+        raw = {}
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        problems.append(f"unknown LEVERET key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    values.update({key: value for key, value in raw.items() if key in DEFAULTS})
+
+    url = config.broker_url(values["BROKER_URL"] or None)
+    if not isinstance(url, str) or url.split("://", 1)[0].lower() not in (
+        "amqp",
+        "amqps",
+        "memory",
+    ):
+        problems.append(
+            f"LEVERET['BROKER_URL'] must be an amqp://, amqps:// or memory:// URL, not "
+            f"{naming.redact_url(str(url))!r}"
+        )
+        url = config.DEFAULT_BROKER_URL
+    namespace = config.namespace(values["NAMESPACE"] or None)
+    try:
+        naming.check_namespace(str(namespace))
+    except ValueError as exc:
+        problems.append(f"LEVERET['NAMESPACE']: {exc}")
+        namespace = naming.DEFAULT_NAMESPACE
+    actors = values["ACTORS"]
+    if isinstance(actors, str) or not isinstance(actors, list | tuple):
+        problems.append("LEVERET['ACTORS'] must be a list of module names")
+        actors = []
+    elif not all(isinstance(name, str) and name for name in actors):
+        problems.append("LEVERET['ACTORS'] must hold module names (non-empty strings)")
+        actors = []
+    for key in ("OUTBOX", "RELAY_IN_WORKER"):
+        if not isinstance(values[key], bool):
+            problems.append(f"LEVERET[{key!r}] must be True or False, not {values[key]!r}")
+            values[key] = False
+    for key in ("OUTBOX_PRUNE_AFTER_S", "CONFIRM_TIMEOUT_S"):
+        number = values[key]
+        if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+            problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
+            values[key] = DEFAULTS[key]
+    if not isinstance(values["DATABASE"], str):
+        problems.append("LEVERET['DATABASE'] must be a database alias (a string)")
+        values["DATABASE"] = "default"
+    return LeveretSettings(
+        broker_url=url,
+        namespace=str(namespace),
+        actors=tuple(actors),
+        outbox=values["OUTBOX"],
+        outbox_prune_after_s=float(values["OUTBOX_PRUNE_AFTER_S"]),
+        relay_in_worker=values["RELAY_IN_WORKER"],
+        database=values["DATABASE"],
+        confirm_timeout_s=float(values["CONFIRM_TIMEOUT_S"]),
+        problems=tuple(problems),
+    )
+
+
+def load() -> LeveretSettings:
+    """The project's ``LEVERET`` settings (``django.conf.settings`` must be configured)."""
+    from django.conf import settings
+
+    return read(getattr(settings, "LEVERET", None))

@@ -1,0 +1,59 @@
+"""Fixtures of the Django tests: a database alias per run (PostgreSQL and SQLite), the
+example shop's actors on the real RabbitMQ, and helpers to read what reached a queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from shop.actors import Stock, send_confirmation
+
+from actors import configure
+from actors.actor import ActorRef
+from actors.registry import unique_queues
+from services import naming
+from services.django import TransactionalDispatcher
+from services.rabbitmq import RabbitBroker
+
+DATABASES = ["default", "sqlite"]
+
+
+@pytest.fixture(params=DATABASES, ids=["postgresql", "sqlite"])
+def db_alias(request: pytest.FixtureRequest) -> str:
+    """The database alias the test runs on: each such test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def shop_broker(rabbit_broker: RabbitBroker) -> RabbitBroker:
+    """The real RabbitMQ (fresh namespace) with the shop's actors declared; cleaned up."""
+    rabbit_broker.declare(send_confirmation, Stock)
+    return rabbit_broker
+
+
+@pytest.fixture
+def dispatcher(shop_broker: RabbitBroker, db_alias: str) -> Iterator[TransactionalDispatcher]:
+    """A transaction-aware dispatcher following `db_alias`, configured for this process."""
+    dispatcher = TransactionalDispatcher(shop_broker, using=db_alias)
+    configure(dispatcher)
+    yield dispatcher
+    configure(None)
+
+
+def drain(broker: RabbitBroker, actor: ActorRef) -> list[str]:
+    """Take every message waiting in the actor's queue; return their message ids."""
+    queue = naming.queue_name(broker.namespace, unique_queues([actor])[0].queue)
+    ids: list[str] = []
+    with broker.admin() as channel:
+        while True:
+            method, props, _body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return ids
+            ids.append(props.message_id)
+
+
+def waiting(broker: RabbitBroker, actor: ActorRef) -> int:
+    """Messages ready in the actor's queue."""
+    return broker.message_count(
+        naming.queue_name(broker.namespace, unique_queues([actor])[0].queue)
+    )

@@ -1,0 +1,86 @@
+"""Settings errors surface as system check errors; the worker's message hooks run around
+each message (before in order, after in reverse) and Django's one closes connections."""
+
+from __future__ import annotations
+
+from django.test import override_settings
+from shop.messages import OrderPlaced
+
+from actors import Actor, handler
+from schemas.envelope import Envelope
+from services.django.checks import check_settings
+from services.django.settings import read
+from services.execution import Outcome
+from services.memory import MemoryBroker
+
+
+class Failing(Actor, queue="hooks.failing"):
+    @handler
+    def fail(self, msg: OrderPlaced) -> None:
+        raise RuntimeError("handler fails")
+
+
+def test_defaults_when_leveret_is_not_set() -> None:
+    """No LEVERET dict: environment/default URL and namespace, no outbox, no problem."""
+    found = read(None)
+    assert found.problems == ()
+    assert found.outbox is False
+    assert found.broker_url.startswith(("amqp://", "memory://"))
+
+
+@override_settings(
+    LEVERET={
+        "BROKER_URL": "ftp://x",
+        "NAMESPACE": "bad name",
+        "BOGUS": 1,
+        "OUTBOX": "yes",
+        "ACTORS": ["no_such_module_here"],
+        "DATABASE": "nope",
+    }
+)
+def test_wrong_settings_are_system_check_errors() -> None:
+    """Each mistake is one error with an id, found by `manage.py check`."""
+    errors = check_settings()
+    ids = sorted(error.id for error in errors)
+    text = " ".join(error.msg for error in errors)
+    assert ids == ["leveret.E001"] * 4 + ["leveret.E002", "leveret.E003"]
+    for mistake in ("BOGUS", "ftp://", "OUTBOX", "bad name"):
+        assert mistake in text
+
+
+class _Recording:
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name, self.seen = name, seen
+
+    def before_message(self, envelope: Envelope) -> None:
+        self.seen.append(f"before {self.name}")
+
+    def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
+        self.seen.append(f"after {self.name} {outcome.fate}")
+
+
+def test_hooks_run_around_each_message_in_stack_order() -> None:
+    """before-hooks in order, after-hooks in reverse; a failing hook does not stop it."""
+    seen: list[str] = []
+
+    class Broken:
+        def before_message(self, envelope: Envelope) -> None:
+            raise RuntimeError("hook bug")
+
+        def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
+            seen.append("after broken")
+
+    broker = MemoryBroker(namespace="hooks")
+    broker.declare(Failing)
+    worker = broker.worker(
+        [Failing], threads=1, hooks=[_Recording("a", seen), Broken(), _Recording("b", seen)]
+    )
+    broker.send(Failing, OrderPlaced(order_id=999))
+    worker.start()
+    try:
+        from tests.support import wait_until
+
+        wait_until(lambda: len(seen) >= 5, 10, "the hooks")
+    finally:
+        worker.shutdown(5)
+    assert seen[:5] == ["before a", "before b", "after b retry", "after broken", "after a retry"]
