@@ -173,6 +173,15 @@ class Broker:
         self._declare(classes)
         self._declared.update(classes)
 
+    def declare_on_first_use(self, actor: ActorRef) -> None:
+        """Declare `actor` unless this broker did already (with `auto_declare` only).
+
+        Raises:
+            TopologyError: The broker refused a declaration.
+        """
+        if self.auto_declare and as_actor_class(actor) not in self._declared:
+            self.declare(actor)
+
     def _declare(self, actors: list[type[Actor]]) -> None:
         raise NotImplementedError
 
@@ -281,8 +290,7 @@ class Broker:
         cls = as_actor_class(actor)
         cls.handler_for(message)
         delay_s = self._delay_s(delay, eta)
-        if self.auto_declare and cls not in self._declared:
-            self.declare(cls)
+        self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
         item = self._prepare(message, route, correlation_id, delay_s)
         self._deliver([item])

@@ -21,7 +21,6 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from actors import dispatch
 from actors.actor import ActorRef
 from actors.context import current_correlation_id
-from actors.function import as_actor_class
 from schemas.errors import LeveretError
 from schemas.message import Message
 from services.broker import Broker, Prepared
@@ -131,10 +130,8 @@ class TransactionalDispatcher:
 
     def _after_commit(self, actor: ActorRef | None, item: Prepared) -> None:
         try:
-            if actor is not None and self.broker.auto_declare:
-                cls = as_actor_class(actor)
-                if cls not in self.broker._declared:
-                    self.broker.declare(cls)
+            if actor is not None:
+                self.broker.declare_on_first_use(actor)
             self.broker.publish_prepared([item])
         except LeveretError as exc:
             # The transaction has committed: raising would not undo it, and would stop the
