@@ -151,3 +151,41 @@ def test_order_flow_end_to_end_with_a_worker_process(shop_broker: RabbitBroker) 
     output = log_path.read_text()
     assert output.count('"message_handled"') == 2, output
     assert worker.returncode == 0, output
+
+
+def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBroker) -> None:
+    """`manage.py leveret_relay --once` (a real process on PostgreSQL) publishes the rows an
+    outbox transaction wrote, each once, and leaves none pending."""
+    from django.db import transaction
+    from shop.messages import OrderPlaced
+
+    from services.django.models import OutboxMessage
+
+    configure(TransactionalDispatcher(shop_broker, outbox=True))
+    with transaction.atomic():
+        ids = [Stock.send(OrderPlaced(order_id=n)) for n in range(5)]
+    assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 5
+    database = connections["default"].settings_dict
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "shop_project.settings",
+        "SHOP_DATABASE": "postgres",
+        "SHOP_PG_NAME": database["NAME"],
+        "SHOP_PG_HOST": database["HOST"],
+        "SHOP_PG_USER": database["USER"],
+        "LEVERET_BROKER_URL": RABBIT_URL,
+        "LEVERET_NAMESPACE": shop_broker.namespace,
+    }
+    relay = subprocess.run(
+        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
+        cwd=SHOP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert relay.returncode == 0, relay.stderr
+    assert "5 message(s) sent" in relay.stdout
+    assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 0
+    assert sorted(drain(shop_broker, Stock)) == sorted(ids)
