@@ -39,6 +39,22 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def _shop_env(shop_broker: RabbitBroker) -> dict[str, str]:
+    """The environment of a `manage.py` process of the shop on the test database and broker."""
+    database = connections["default"].settings_dict
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "shop_project.settings",
+        "SHOP_DATABASE": "postgres",
+        "SHOP_PG_NAME": database["NAME"],
+        "SHOP_PG_HOST": database["HOST"],
+        "SHOP_PG_USER": database["USER"],
+        "LEVERET_BROKER_URL": RABBIT_URL,
+        "LEVERET_NAMESPACE": shop_broker.namespace,
+    }
+
+
 def _order(client: Client, product: Product, quantity: int = 1) -> dict[str, object]:
     answer = client.post(
         "/orders/",
@@ -94,19 +110,8 @@ def test_order_flow_on_the_memory_broker() -> None:
 def test_order_flow_end_to_end_with_a_worker_process(shop_broker: RabbitBroker) -> None:
     """POST an order; `manage.py leveret_worker` (a real process, on PostgreSQL and
     RabbitMQ) sends the confirmation and takes the stock, once."""
-    database = connections["default"].settings_dict
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"leveret-shop-{time.monotonic_ns()}.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DJANGO_SETTINGS_MODULE": "shop_project.settings",
-        "SHOP_DATABASE": "postgres",
-        "SHOP_PG_NAME": database["NAME"],
-        "SHOP_PG_HOST": database["HOST"],
-        "SHOP_PG_USER": database["USER"],
-        "LEVERET_BROKER_URL": RABBIT_URL,
-        "LEVERET_NAMESPACE": shop_broker.namespace,
-    }
+    env = _shop_env(shop_broker)
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
             [
@@ -165,18 +170,7 @@ def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBrok
     with transaction.atomic():
         ids = [Stock.send(OrderPlaced(order_id=n)) for n in range(5)]
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 5
-    database = connections["default"].settings_dict
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DJANGO_SETTINGS_MODULE": "shop_project.settings",
-        "SHOP_DATABASE": "postgres",
-        "SHOP_PG_NAME": database["NAME"],
-        "SHOP_PG_HOST": database["HOST"],
-        "SHOP_PG_USER": database["USER"],
-        "LEVERET_BROKER_URL": RABBIT_URL,
-        "LEVERET_NAMESPACE": shop_broker.namespace,
-    }
+    env = _shop_env(shop_broker)
     relay = subprocess.run(
         [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
         cwd=SHOP,
