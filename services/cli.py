@@ -367,16 +367,23 @@ def dlq_replay(
     """Put dead letters of QUEUE back on the actor's queue, attempt count reset."""
     if replay_all == bool(ids):
         raise click.UsageError("give --all or at least one --id")
+    replayed: set[str] = set()
+
+    def on_replayed(message_id: str) -> None:
+        replayed.add(message_id)
+        click.echo(f"replayed {message_id}")
+
     with _dlq_broker(broker_url, namespace) as broker:
         try:
             count = broker.replay_dead_letters(
-                queue,
-                message_ids=None if replay_all else set(ids),
-                on_replayed=lambda message_id: click.echo(f"replayed {message_id}"),
+                queue, message_ids=None if replay_all else set(ids), on_replayed=on_replayed
             )
         except LeveretError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"{count} dead letter(s) replayed to {queue}")
+    missing = sorted(set(ids) - replayed)
+    if missing:
+        raise click.ClickException(f"no dead letter {', '.join(missing)} in {queue}")
 
 
 @dlq.command("purge")
@@ -386,10 +393,11 @@ def dlq_replay(
 @_namespace_option
 def dlq_purge(queue: str, yes: bool, broker_url: str | None, namespace: str | None) -> None:
     """Delete every dead letter of QUEUE (asks first unless --yes)."""
-    if not yes:
-        click.confirm(f"Delete every dead letter of {queue}?", abort=True)
     with _dlq_broker(broker_url, namespace) as broker:
         try:
+            broker.dead_letters(queue, limit=0)  # an unknown queue fails before asking
+            if not yes:
+                click.confirm(f"Delete every dead letter of {queue}?", abort=True)
             count = broker.purge_dead_letters(queue)
         except LeveretError as exc:
             raise click.ClickException(str(exc)) from exc

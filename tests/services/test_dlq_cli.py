@@ -132,6 +132,24 @@ def test_replay_one_id_replays_only_that_one(
     assert {d.message_id for d in rabbit_broker.dead_letters(Jobs)} == {dead[1], dead[3]}
 
 
+def test_replay_of_an_unknown_id_fails_naming_it(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """The ids that were found are replayed; the others are named in the error."""
+    result = dlq(rabbit_broker, "replay", "jobs", "--id", dead[1], "--id", "no-such-id")
+    assert result.returncode == 1
+    assert f"replayed {dead[1]}" in result.stdout
+    assert "no dead letter no-such-id in jobs" in result.stderr
+    assert _queued_ids(rabbit_broker) == [dead[1]]
+
+
+def test_purge_of_an_unknown_queue_fails_before_asking(rabbit_broker: RabbitBroker) -> None:
+    result = dlq(rabbit_broker, "purge", "nosuch", stdin="y\n")
+    assert result.returncode == 1
+    assert "Delete every dead letter" not in result.stdout
+    assert f"{rabbit_broker.namespace}.nosuch" in result.stderr
+
+
 def test_replay_needs_all_or_ids(rabbit_broker: RabbitBroker, dead: dict[int, str]) -> None:
     for args in ([], ["--all", "--id", dead[1]]):
         result = dlq(rabbit_broker, "replay", "jobs", *args)
