@@ -466,8 +466,9 @@ def ping(
     Without --health-url/--health-file: an AMQP handshake (login included) with the broker,
     then close. For scripts and container health checks.
     """
-    from services.health import ping_broker, probe_file, probe_url
+    from services.health import probe_file, probe_url
     from services.naming import redact_url
+    from services.ping import ping_broker
 
     if health_url is not None and health_file is not None:
         raise click.UsageError("give --health-url or --health-file, not both")

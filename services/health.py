@@ -8,8 +8,8 @@ and it reconnects, or once it has begun shutting down, it is not. Two ways to sh
 - `HealthFile`: a file rewritten every few seconds while healthy and removed when not
   (for probes that can only look at files).
 
-And the probes `leveret ping` uses: `ping_broker` (an AMQP handshake), `probe_url` and
-`probe_file`.
+And the probes `leveret ping` uses for a worker: `probe_url` and `probe_file` (the broker
+itself is pinged by `services.ping`).
 
 One process only: the supervisor of ``--processes N`` answers for the whole worker (its
 children cannot share one port), healthy while every child is.
@@ -29,15 +29,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import pika
-import pika.exceptions
-
-from schemas.errors import BrokerConnectionError
 from services.execution import Stats
 from services.logs import get_logger
-from services.naming import redact_url
 
 log = get_logger("leveret.health")
 
@@ -292,45 +287,6 @@ class HealthFile:
 # Probes for `leveret ping` ----------------------------------------------------------------
 
 
-def ping_broker(url: str, timeout_s: float = 5.0) -> float:
-    """Open an AMQP connection to `url` (the whole handshake, login included), then close it.
-
-    Args:
-        url: ``amqp://`` or ``amqps://`` URL.
-        timeout_s: Limit for the TCP connect, the handshake and each read.
-
-    Returns:
-        How long the handshake took, in seconds.
-
-    Raises:
-        BrokerConnectionError: The broker cannot be reached or refused the login; the
-            message is one line and holds no password.
-    """
-    try:
-        params = pika.URLParameters(url)
-    except ValueError as exc:
-        raise BrokerConnectionError(f"invalid broker URL {redact_url(url)}: {exc}") from None
-    params.connection_attempts = 1
-    params.retry_delay = 0
-    params.socket_timeout = timeout_s
-    params.stack_timeout = timeout_s
-    params.blocked_connection_timeout = timeout_s
-    params.client_properties = {"connection_name": "leveret ping", "product": "leveret"}
-    started = time.monotonic()
-    try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as exc:
-        reason = _one_line(_root_cause(exc), url)
-        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
-    except OSError as exc:  # e.g. the host name does not resolve
-        reason = _one_line(exc, url)
-        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
-    elapsed = time.monotonic() - started
-    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-        connection.close()
-    return elapsed
-
-
 def probe_url(url: str, timeout_s: float = 5.0) -> Health:
     """Ask a worker's health endpoint (`HealthServer`).
 
@@ -363,36 +319,6 @@ def probe_file(path: str | os.PathLike[str], max_age_s: float) -> Health:
     if age_s > max_age_s:
         return Health(False, {"error": f"{path} is {age_s:.0f}s old (more than {max_age_s:g}s)"})
     return Health(True, {"age_s": round(age_s, 1)})
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    # pika wraps the real reason (refused, timeout, ACCESS_REFUSED) in workflow errors.
-    for _ in range(10):
-        inner = getattr(error, "exceptions", None) or [
-            arg
-            for arg in (getattr(error, "exception", None), *error.args)
-            if isinstance(arg, BaseException)
-        ]
-        if not inner:
-            break
-        error = inner[-1]
-    return error
-
-
-def _one_line(error: BaseException, url: str) -> str:
-    text = " ".join((str(error) or type(error).__name__).split())
-    password = _password(url)
-    if password:
-        text = text.replace(password, "***")
-    return f"{type(error).__name__}: {text}"
-
-
-def _password(url: str) -> str | None:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None
 
 
 def _json(raw: bytes) -> dict[str, Any]:
