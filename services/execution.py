@@ -24,13 +24,24 @@ from actors.control import Reject
 from schemas import envelope as wire
 from schemas.codec import decode
 from schemas.envelope import Envelope, new_message_id
-from schemas.errors import DecodeError, TimeLimitExceeded, UnknownTopic
+from schemas.errors import (
+    DecodeError,
+    InvalidMessage,
+    MalformedBody,
+    TimeLimitExceeded,
+    UnknownTopic,
+)
 from services.logs import get_logger
 from services.timelimits import LIMITS
 
 log = get_logger("leveret.worker")
 
 TRACEBACK_LIMIT = 8000
+_DECODE_REASONS: dict[type[DecodeError], str] = {
+    MalformedBody: "malformed_body",
+    InvalidMessage: "invalid_message",
+    UnknownTopic: "unknown_topic",
+}
 HOSTNAME = socket.gethostname()
 
 
@@ -221,11 +232,7 @@ class Executor:
                 )
             message = decode(delivery.body, handler.message_type, topic=envelope.topic)
         except DecodeError as exc:
-            reason = {
-                "MalformedBody": "malformed_body",
-                "InvalidMessage": "invalid_message",
-                "UnknownTopic": "unknown_topic",
-            }.get(type(exc).__name__, "decode_error")
+            reason = _DECODE_REASONS.get(type(exc), "decode_error")
             return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
         ctx = Context(envelope, actor=self.name, log=self._handler_log)
         limit_s = self.actor.time_limit_for(handler)
@@ -253,9 +260,8 @@ class Executor:
         delay = policy.next_delay_s(envelope.attempt, exc)
         if delay is not None:
             return self._retry(delivery, envelope, exc, math.ceil(delay))
-        reason = (
-            "retries_exhausted" if envelope.attempt >= policy.attempts > 1 else ("handler_error")
-        )
+        exhausted = envelope.attempt >= policy.attempts > 1
+        reason = "retries_exhausted" if exhausted else "handler_error"
         return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
 
     def _failure_headers(
