@@ -63,6 +63,6 @@ def json_preview(body: bytes, limit: int = 200) -> str:
     """A short printable preview of a body, for logs and CLI tables."""
     try:
         text = json.dumps(json.loads(body), separators=(",", ":"))
-    except (ValueError, UnicodeDecodeError):
-        text = repr(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = repr(body[: limit * 4])
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -12,6 +12,7 @@ On the wire (any AMQP client can produce or read it):
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,10 +34,11 @@ ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
 REPLAYED_AT = "x-leveret-replayed-at"
 
 # Headers RabbitMQ adds when it dead-letters (TTL expiry in the delay levels, delivery
-# limits) or counts deliveries (quorum queues); they describe one trip and are not copied
-# onto a retry or a replay.
+# limits) or counts deliveries (quorum queues; `x-acquired-count` since RabbitMQ 4.3); they
+# describe one trip and are not copied onto a retry or a replay.
 BROKER_HEADERS = (
     "x-death",
+    "x-acquired-count",
     "x-delivery-count",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -45,6 +47,53 @@ BROKER_HEADERS = (
     "x-last-death-queue",
     "x-last-death-reason",
 )
+
+
+MAX_ATTEMPT = 2**31 - 1
+"""The highest attempt number read from a header; larger values are read as this."""
+
+# Timestamps are seconds since the epoch on the wire, but clients in other languages often
+# send milliseconds (JavaScript's Date.now()), microseconds or nanoseconds. The unit is told
+# by the size: below 10^11 (the year 5138) seconds, below 10^14 milliseconds, and so on.
+_SECONDS_BOUND = 10**11
+# A publish time more than this in the future is nonsense, whatever its unit.
+_FUTURE_SLACK_S = 24 * 3600
+
+
+def attempt_of(value: object) -> int:
+    """The attempt number an ``x-leveret-attempt`` header value stands for.
+
+    Any AMQP client can send any value: an integer (or a string of digits) is clamped to
+    1 … `MAX_ATTEMPT`; anything else (missing, negative, a float, a bool, a table) reads as
+    1, a first attempt.
+    """
+    if isinstance(value, bytes | str):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return min(max(value, 1), MAX_ATTEMPT)
+
+
+def seconds_since_epoch(value: object, *, now_s: float | None = None) -> int | None:
+    """Whole seconds since the epoch from an AMQP ``timestamp`` property, or None.
+
+    Seconds are the AMQP convention; milliseconds, microseconds and nanoseconds (what other
+    clients often send) are recognised by their size and converted. A value that is not a
+    non-negative integer, or that lands more than a day in the future, gives None.
+
+    Args:
+        value: The property as it arrived.
+        now_s: The current time (`time.time()` by default).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    latest = (time.time() if now_s is None else now_s) + _FUTURE_SLACK_S
+    for divisor in (1, 10**3, 10**6, 10**9):
+        if value // divisor < _SECONDS_BOUND:
+            seconds = value // divisor
+            return seconds if seconds <= latest else None
+    return None
 
 
 def new_message_id() -> str:

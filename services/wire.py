@@ -1,17 +1,27 @@
-"""The envelope as AMQP properties, and AMQP deliveries as `Delivery` objects."""
+"""The envelope as AMQP properties, and AMQP deliveries as `Delivery` objects.
+
+Inward, nothing is trusted: any AMQP client can send any properties and headers, and pika
+hands over short strings that are not UTF-8 as raw bytes. `delivery` turns whatever
+arrived into plain text fields within AMQP's limits, so that the rest of Leveret (and a
+retry or dead letter published from it) never meets a value it cannot handle.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import pika
+import pika.data
 from pika.spec import Basic
 
 from schemas import envelope as wire
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, seconds_since_epoch
 from services.execution import Delivery
 
 PERSISTENT: Literal[2] = 2
+SHORT_STRING_BYTES = 255
+"""AMQP's limit for names, routing keys and string properties (short strings)."""
 
 
 def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pika.BasicProperties:
@@ -35,17 +45,23 @@ def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pik
 def delivery(
     method: Basic.Deliver | Basic.GetOk, props: pika.BasicProperties, body: bytes
 ) -> Delivery:
-    """A broker-independent `Delivery` from what pika hands a consumer."""
+    """A broker-independent `Delivery` from what pika hands a consumer, read defensively.
+
+    Short strings that are not UTF-8 are decoded with replacement characters; a missing or
+    empty ``message_id`` gets a fresh id (kept by the message's retries and dead letter);
+    a ``timestamp`` in milliseconds, microseconds or nanoseconds is converted to seconds,
+    and a nonsensical one dropped; header names become text.
+    """
     return Delivery(
-        body=body,
-        topic=props.type or method.routing_key,
-        message_id=props.message_id,
-        correlation_id=props.correlation_id,
-        timestamp=props.timestamp,
-        headers=props.headers or {},
+        body=bytes(body),
+        topic=text(props.type) or text(method.routing_key),
+        message_id=text(props.message_id) or "",
+        correlation_id=text(props.correlation_id),
+        timestamp=seconds_since_epoch(props.timestamp),
+        headers=_headers(props.headers),
         redelivered=bool(method.redelivered),
-        exchange=method.exchange or "",
-        routing_key=method.routing_key or "",
+        exchange=text(method.exchange) or "",
+        routing_key=text(method.routing_key) or "",
     )
 
 
@@ -61,3 +77,40 @@ def republish_properties(item: Delivery, headers: dict[str, Any]) -> pika.BasicP
         delivery_mode=PERSISTENT,
         headers=headers,
     )
+
+
+def text(value: object) -> str | None:
+    """A short-string field as text: None when absent or empty.
+
+    Bytes (pika's form of a short string that is not UTF-8) are decoded with replacement
+    characters, and the result is cut to fit AMQP's 255 bytes again.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii() and len(value) <= SHORT_STRING_BYTES:
+        return value
+    return value.encode("utf-8", "replace")[:SHORT_STRING_BYTES].decode("utf-8", "ignore")
+
+
+def _headers(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        return {}
+    return {(text(key) or "?"): value for key, value in raw.items()}
+
+
+def encodable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """`headers` with every value pika cannot encode replaced by its text.
+
+    Headers copied from a foreign message onto a retry or dead letter are re-encoded by
+    pika; a value it cannot encode would fail the publish. Only called when it did.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in headers.items():
+        try:
+            pika.data.encode_table([], {key: value})
+        except Exception:  # noqa: BLE001  # any encoding failure: keep it as text instead
+            value = repr(value)[:1000]
+        kept[key] = value
+    return kept
