@@ -28,7 +28,10 @@ ActorRef: TypeAlias = "type[Actor] | FunctionActor[Any]"
 F = TypeVar("F", bound=Callable[..., Any])
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_MAX_QUEUE_BYTES = 150  # the namespace and ".dlq" must still fit in AMQP's 255 bytes
+MAX_QUEUE_BYTES = 170
+"""The longest queue name (without namespace): ``{namespace}.{queue}.dlq`` must fit in
+AMQP's 255 bytes with the longest namespace (80), and a delayed message's routing key
+(58 bytes of delay bits and ``q.`` before the queue) too."""
 _MARK = "__leveret_handler__"
 
 
@@ -200,10 +203,10 @@ class Actor:
             cls.queue = ""
             return
         cls.queue = queue if queue is not None else snake_case(cls.__name__)
-        if not _QUEUE.match(cls.queue) or len(cls.queue.encode()) > _MAX_QUEUE_BYTES:
+        if not _QUEUE.match(cls.queue) or len(cls.queue.encode()) > MAX_QUEUE_BYTES:
             raise DefinitionError(
                 f"{cls.__qualname__}: invalid queue name {cls.queue!r}; use dot-separated "
-                f"words of letters, digits, '_' or '-' (at most {_MAX_QUEUE_BYTES} bytes)"
+                f"words of letters, digits, '_' or '-' (at most {MAX_QUEUE_BYTES} bytes)"
             )
         if not cls.handlers:
             raise DefinitionError(

@@ -16,7 +16,9 @@ class Retry(HandlerSignal):
     Args:
         reason: Why, for logs and headers.
         delay: How long to wait before the next attempt: seconds or a `timedelta`; by default
-            the retry policy's backoff.
+            the retry policy's backoff. A delay that is not a number from 0 up to 2^28 - 1 s
+            (8.5 years, the longest RabbitMQ's delay levels hold) sends the message to the
+            dead-letter queue with reason ``invalid_retry``.
     """
 
     def __init__(
@@ -24,7 +26,7 @@ class Retry(HandlerSignal):
     ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.delay_s = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        self.delay_s: object = delay.total_seconds() if isinstance(delay, timedelta) else delay
 
 
 class Reject(HandlerSignal):

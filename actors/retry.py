@@ -95,12 +95,18 @@ class RetryPolicy:
             ):
                 raise DefinitionError(f"RetryPolicy.{name} must be a tuple of exception types")
 
-    def next_delay_s(self, attempt: int, error: BaseException) -> float | None:
+    def next_delay_s(self, attempt: int, error: BaseException) -> object:
         """Seconds to wait before retrying after `attempt` failed with `error`.
 
         Returns:
-            The delay, or None when the message goes to the dead-letter queue: attempts are
-            used up, the handler raised `Reject`, or the error is not one that retries.
+            The delay as `Retry(delay=...)` or the backoff gave it, or None when the message
+            goes to the dead-letter queue: attempts are used up, the handler raised `Reject`,
+            or the error is not one that retries. The worker checks the delay (a number from
+            0 up to the longest delay RabbitMQ can hold) and dead-letters the message with
+            reason ``invalid_retry`` when it is not one.
+
+        Raises:
+            Exception: Whatever the backoff callable raises.
         """
         if attempt >= self.attempts or isinstance(error, Reject):
             return None
@@ -108,7 +114,7 @@ class RetryPolicy:
             return error.delay_s if error.delay_s is not None else self.backoff(attempt)
         if isinstance(error, self.dead_letter_on) or not isinstance(error, self.retry_on):
             return None
-        return max(0.0, float(self.backoff(attempt)))
+        return self.backoff(attempt)
 
 
 NO_RETRY = RetryPolicy(attempts=1)

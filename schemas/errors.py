@@ -8,12 +8,15 @@ LeveretError
 ├── DecodeError (ValueError)           a delivery cannot become a message; keeps the raw body
 │   ├── MalformedBody                  the body is not JSON (or not UTF-8)
 │   ├── InvalidMessage                 JSON that does not validate against the message class
-│   └── UnknownTopic                   no handler of this actor knows the topic
+│   ├── UnknownTopic                   no handler of this actor knows the topic
+│   └── TooLarge                       the body is over the worker's maximum body size
 ├── BrokerError                        talking to the broker failed
 │   ├── BrokerConnectionError (ConnectionError)   cannot connect, or the connection was lost
 │   ├── TopologyError                  declaring exchanges/queues failed (e.g. other arguments)
-│   └── PublishError                   a message was not confirmed: nack, no queue, timeout
+│   └── PublishError                   a message was not stored: nack, no queue, refused
+│       └── PublishTimeout             no confirm in time: the message may or may not be stored
 ├── TimeLimitExceeded                  a handler ran past its time limit and was interrupted
+├── InvalidRetry (ValueError)          a retry delay that is not 0 … 2^28 - 1 s (or not a number)
 └── HandlerSignal                      raised by handlers to steer what happens to a message
     ├── Retry                          (actors.control) handle it again later
     └── Reject                         (actors.control) dead-letter it at once, no retries
@@ -72,6 +75,10 @@ class UnknownTopic(DecodeError):
     """The delivery's topic is not one this actor handles."""
 
 
+class TooLarge(DecodeError):
+    """The body is larger than the worker accepts (``--max-body-size``); it is not decoded."""
+
+
 class BrokerError(LeveretError):
     """Talking to the message broker failed."""
 
@@ -101,6 +108,14 @@ class PublishError(BrokerError):
         self.message_id = message_id
 
 
+class PublishTimeout(PublishError):
+    """No confirm arrived in time (the broker is unreachable, or blocks publishing).
+
+    Unlike other `PublishError`s the message may have been stored: publishing it again may
+    deliver it twice (with the same message id).
+    """
+
+
 class TimeLimitExceeded(LeveretError):
     """A handler ran past its time limit (`time_limit_s`) and was interrupted.
 
@@ -108,6 +123,17 @@ class TimeLimitExceeded(LeveretError):
     exception, so the retry policy decides between a retry and the dead-letter queue, whose
     headers record ``schemas.errors.TimeLimitExceeded``. A handler blocked in C code (a
     socket read, `time.sleep`) is interrupted only when it returns to Python.
+    """
+
+
+class InvalidRetry(LeveretError, ValueError):
+    """A retry was asked for with a delay Leveret cannot honour.
+
+    `Retry(delay=...)` or a retry policy's backoff gave something other than a number of
+    seconds from 0 up to 2^28 - 1 (8.5 years, the longest delay RabbitMQ's delay levels
+    hold): a negative, infinite or NaN delay, one too long, or not a number at all. The
+    worker dead-letters the message with reason ``invalid_retry``; the handler's own
+    exception is this error's cause.
     """
 
 

@@ -12,7 +12,10 @@ from schemas.errors import DefinitionError
 from schemas.naming import snake_case
 
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_MAX_TOPIC_BYTES = 200  # leaves room in a 255-byte routing key for the delay prefix
+MAX_TOPIC_BYTES = 197
+"""The longest topic: a delayed message's routing key (and the binding that brings it
+home) is the topic behind 28 one-character delay bits and ``t.`` (58 bytes), and AMQP
+routing and binding keys hold at most 255 bytes."""
 
 _registry_lock = threading.Lock()
 _topics: dict[str, type[Message]] = {}
@@ -54,10 +57,10 @@ class Message(BaseModel):
 
 def _register(cls: type[Message]) -> None:
     topic = cls.__topic__
-    if not _TOPIC.match(topic) or len(topic.encode()) > _MAX_TOPIC_BYTES:
+    if not _TOPIC.match(topic) or len(topic.encode()) > MAX_TOPIC_BYTES:
         raise DefinitionError(
             f"{cls.__qualname__}: invalid topic {topic!r}; use dot-separated words of "
-            f"letters, digits, '_' or '-' (at most {_MAX_TOPIC_BYTES} bytes)"
+            f"letters, digits, '_' or '-' (at most {MAX_TOPIC_BYTES} bytes)"
         )
     with _registry_lock:
         other = _topics.get(topic)

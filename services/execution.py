@@ -23,24 +23,32 @@ from actors.context import Context, done_handling, handling
 from actors.control import Reject
 from schemas import envelope as wire
 from schemas.codec import decode
-from schemas.envelope import Envelope, new_message_id
+from schemas.envelope import Envelope, attempt_of, new_message_id, seconds_since_epoch
 from schemas.errors import (
     DecodeError,
     InvalidMessage,
+    InvalidRetry,
     MalformedBody,
     TimeLimitExceeded,
+    TooLarge,
     UnknownTopic,
 )
+from services.delays import MAX_DELAY_S
 from services.logs import get_logger
 from services.timelimits import LIMITS
 
 log = get_logger("leveret.worker")
 
 TRACEBACK_LIMIT = 8000
+ERROR_MESSAGE_LIMIT = 2000
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Bodies above this (16 MiB, RabbitMQ 4's own default maximum) are dead-lettered unread."""
+
 _DECODE_REASONS: dict[type[DecodeError], str] = {
     MalformedBody: "malformed_body",
     InvalidMessage: "invalid_message",
     UnknownTopic: "unknown_topic",
+    TooLarge: "too_large",
 }
 HOSTNAME = socket.gethostname()
 
@@ -49,10 +57,14 @@ HOSTNAME = socket.gethostname()
 class Delivery:
     """A delivery as any broker hands it over.
 
+    The RabbitMQ side builds it from whatever a client sent (`services.wire.delivery`), so
+    nothing here is trusted: `envelope` reads each field defensively.
+
     Attributes:
         body: Raw body.
         topic: The AMQP ``type`` property, else the routing key of a ``publish``.
-        message_id: The ``message_id`` property (None from a client that sets none).
+        message_id: The ``message_id`` property; a delivery without one gets a fresh id
+            here, which its retries and dead letter keep.
         correlation_id: The ``correlation_id`` property.
         timestamp: The ``timestamp`` property, seconds since the epoch.
         headers: AMQP headers.
@@ -63,7 +75,7 @@ class Delivery:
 
     body: bytes
     topic: str | None
-    message_id: str | None
+    message_id: str
     correlation_id: str | None
     timestamp: int | None
     headers: Mapping[str, Any]
@@ -71,19 +83,21 @@ class Delivery:
     exchange: str = ""
     routing_key: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.message_id:
+            self.message_id = new_message_id()
+
     def envelope(self) -> Envelope:
-        """The envelope a handler sees."""
-        attempt = self.headers.get(wire.ATTEMPT, 1)
+        """The envelope a handler sees (never raises, whatever the delivery holds)."""
+        seconds = seconds_since_epoch(self.timestamp)
         return Envelope(
-            message_id=self.message_id or new_message_id(),
+            message_id=self.message_id,
             topic=self.topic or "",
             correlation_id=self.correlation_id,
             timestamp=(
-                datetime.fromtimestamp(self.timestamp, UTC)
-                if self.timestamp is not None
-                else datetime.now(UTC)
+                datetime.fromtimestamp(seconds, UTC) if seconds is not None else datetime.now(UTC)
             ),
-            attempt=attempt if isinstance(attempt, int) else 1,
+            attempt=attempt_of(self.headers.get(wire.ATTEMPT)),
             headers=self.headers,
             redelivered=self.redelivered,
         )
@@ -157,6 +171,8 @@ class Executor:
         actor: The actor class; one instance handles every delivery, from many threads.
         instance: That instance (created by the worker).
         hooks: Run around each delivery (see `MessageHooks`).
+        max_body_bytes: Bodies larger than this are dead-lettered unread (reason
+            ``too_large``).
     """
 
     def __init__(
@@ -165,17 +181,24 @@ class Executor:
         instance: Actor | None = None,
         *,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.actor = actor
         self.instance = instance if instance is not None else actor()
         self.name = actor.queue
         self.hooks = tuple(hooks)
+        self.max_body_bytes = max_body_bytes
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
         self._handler_log = structlog.get_logger("leveret.handler")
 
     def run(self, delivery: Delivery) -> Outcome:
-        """Handle one delivery and say what should happen to it. Never raises."""
+        """Handle one delivery and say what should happen to it.
+
+        Whatever the delivery holds and whatever the handler does, this returns an outcome:
+        a fault of Leveret's own while handling it dead-letters the delivery with reason
+        ``internal_error`` (and its traceback) instead of raising.
+        """
         started = time.perf_counter()
         envelope = delivery.envelope()
         log_context = {
@@ -190,7 +213,13 @@ class Executor:
         try:
             for hook in self.hooks:
                 _call_hook(hook.before_message, envelope)
-            outcome = self._run(delivery, envelope)
+            try:
+                outcome = self._run(delivery, envelope)
+            except Exception as exc:  # a bug of ours must not kill the thread
+                log.exception("message_handling_failed", **log_context)
+                outcome = self._dead_letter(
+                    delivery, envelope, "internal_error", exc, with_traceback=True
+                )
             for hook in reversed(self.hooks):
                 _call_hook(hook.after_message, envelope, outcome)
         finally:
@@ -221,28 +250,19 @@ class Executor:
         return outcome
 
     def _run(self, delivery: Delivery, envelope: Envelope) -> Outcome:
-        handler = self.actor.handlers.get(envelope.topic)
         try:
-            if handler is None:
-                raise UnknownTopic(
-                    f"actor {self.name!r} has no handler for topic {envelope.topic!r}; "
-                    f"it handles {self.actor.topics()}",
-                    body=delivery.body,
-                    topic=envelope.topic,
-                )
-            message = decode(delivery.body, handler.message_type, topic=envelope.topic)
+            handler, message = self._decode(delivery, envelope)
         except DecodeError as exc:
             reason = _DECODE_REASONS.get(type(exc), "decode_error")
             return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
         ctx = Context(envelope, actor=self.name, log=self._handler_log)
         limit_s = self.actor.time_limit_for(handler)
         try:
-            # The `with` is inside the `try`: an interruption that lands as the handler
-            # returns, in the limit's own exit code, is still a failure of this message.
-            with LIMITS.limit(limit_s, f"{self.name}.{handler.name}") as watch:
-                handler(self.instance, message, ctx)
-            if watch is not None and watch.fired:
-                raise TimeLimitExceeded()  # the handler swallowed the interruption
+            LIMITS.run(
+                limit_s,
+                f"{self.name}.{handler.name}",
+                lambda: handler(self.instance, message, ctx),
+            )
         except TimeLimitExceeded as exc:
             exc.args = (f"handler {handler.name!r} ran past its time limit of {limit_s} s",)
             return self._failed(delivery, envelope, handler, exc)
@@ -252,14 +272,62 @@ class Executor:
             return self._failed(delivery, envelope, handler, exc)
         return Outcome("ack", envelope)
 
+    def _decode(self, delivery: Delivery, envelope: Envelope) -> tuple[Handler, Any]:
+        """The handler of the delivery's topic, and its message validated for it.
+
+        Raises:
+            DecodeError: Too large, no handler for its topic, not JSON, or not valid.
+        """
+        body = delivery.body
+        if len(body) > self.max_body_bytes:
+            raise TooLarge(
+                f"body of {len(body)} bytes is over the worker's maximum of "
+                f"{self.max_body_bytes} bytes (--max-body-size)",
+                body=body,
+                topic=envelope.topic,
+            )
+        handler = self.actor.handlers.get(envelope.topic)
+        if handler is None:
+            raise UnknownTopic(
+                f"actor {self.name!r} has no handler for topic {envelope.topic!r}; "
+                f"it handles {self.actor.topics()}",
+                body=body,
+                topic=envelope.topic,
+            )
+        try:
+            return handler, decode(body, handler.message_type, topic=envelope.topic)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a model validator raised something odd
+            raise InvalidMessage(
+                f"body does not validate as {handler.message_type.__name__}: "
+                f"{type(exc).__name__}: {_text(exc)}",
+                body=body,
+                topic=envelope.topic,
+            ) from exc
+
     def _failed(
         self, delivery: Delivery, envelope: Envelope, handler: Handler, exc: BaseException
     ) -> Outcome:
         """Retry or dead-letter a delivery whose handler raised `exc`, as its policy says."""
         policy = self.actor.retry_policy(handler)
-        delay = policy.next_delay_s(envelope.attempt, exc)
-        if delay is not None:
-            return self._retry(delivery, envelope, exc, math.ceil(delay))
+        try:
+            delay_s = retry_delay_s(policy.next_delay_s(envelope.attempt, exc))
+        except InvalidRetry as invalid:
+            invalid.__cause__ = exc
+            return self._dead_letter(
+                delivery, envelope, "invalid_retry", invalid, with_traceback=True
+            )
+        except Exception as failed:  # noqa: BLE001  # the policy's backoff raised
+            raised = InvalidRetry(
+                f"the retry policy's backoff raised {type(failed).__name__}: {_text(failed)}"
+            )
+            raised.__cause__ = failed
+            return self._dead_letter(
+                delivery, envelope, "invalid_retry", raised, with_traceback=True
+            )
+        if delay_s is not None:
+            return self._retry(delivery, envelope, exc, delay_s)
         exhausted = envelope.attempt >= policy.attempts > 1
         reason = "retries_exhausted" if exhausted else "handler_error"
         return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
@@ -272,12 +340,13 @@ class Executor:
         headers = {
             key: value for key, value in delivery.headers.items() if key not in wire.BROKER_HEADERS
         }
-        headers.setdefault(wire.FIRST_FAILED_AT, now)
+        if not isinstance(headers.get(wire.FIRST_FAILED_AT), str):
+            headers[wire.FIRST_FAILED_AT] = now
         headers.update(
             {
                 wire.ATTEMPT: envelope.attempt,
                 wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
-                wire.ERROR_MESSAGE: str(exc)[:2000],
+                wire.ERROR_MESSAGE: _text(exc)[:ERROR_MESSAGE_LIMIT],
                 wire.FAILED_AT: now,
                 wire.FAILED_ACTOR: self.name,
                 wire.FAILED_HOST: HOSTNAME,
@@ -291,6 +360,7 @@ class Executor:
         headers = self._failure_headers(delivery, envelope, exc)
         headers[wire.ATTEMPT] = envelope.attempt + 1
         headers.pop(wire.ERROR_TRACEBACK, None)
+        headers.pop(wire.ERROR_REASON, None)
         return Outcome("retry", envelope, headers, exc, delay_s)
 
     def _dead_letter(
@@ -310,10 +380,52 @@ class Executor:
                 wire.ORIGINAL_ROUTING_KEY: delivery.routing_key,
             }
         )
+        headers.pop(wire.ERROR_TRACEBACK, None)
         if with_traceback:
-            text = "".join(traceback.format_exception(exc))
-            headers[wire.ERROR_TRACEBACK] = text[-TRACEBACK_LIMIT:]
+            headers[wire.ERROR_TRACEBACK] = _traceback(exc)[-TRACEBACK_LIMIT:]
         return Outcome("dead_letter", envelope, headers, exc)
+
+
+def retry_delay_s(delay: object) -> int | None:
+    """Whole seconds to wait before a retry, from what a retry policy returned.
+
+    Args:
+        delay: `RetryPolicy.next_delay_s`'s answer: None (no retry) or seconds.
+
+    Returns:
+        None for no retry, else 0 … `services.delays.MAX_DELAY_S`, rounded up.
+
+    Raises:
+        InvalidRetry: The delay is not a real number (a string, None from a backoff, a
+            bool), or is negative, infinite, NaN or longer than the delay levels hold.
+    """
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise InvalidRetry(
+            f"retry delay must be a number of seconds, not {type(delay).__name__} {delay!r:.100}"
+        )
+    if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY_S:
+        raise InvalidRetry(
+            f"retry delay of {delay!r} s is outside 0 … {MAX_DELAY_S} s (8.5 years, the "
+            "longest delay RabbitMQ's delay levels hold)"
+        )
+    return math.ceil(delay)
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001  # user code: fall back on what cannot fail
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001  # user code in __str__ / __repr__: fall back
+        return f"{type(exc).__module__}.{type(exc).__qualname__} (traceback not available)"
 
 
 def _call_hook(function: Callable[..., None], *args: Any) -> None:
@@ -323,5 +435,5 @@ def _call_hook(function: Callable[..., None], *args: Any) -> None:
         log.error(
             "message_hook_failed",
             hook=getattr(function, "__qualname__", repr(function)),
-            error=repr(exc),
+            error=f"{type(exc).__name__}: {_text(exc)}",
         )

@@ -43,13 +43,6 @@ def test_invalid_namespace_is_refused(bad: str) -> None:
         naming.check_namespace(bad)
 
 
-def test_redact_url_hides_the_password() -> None:
-    assert naming.redact_url("amqp://app:s3cret@rabbit:5672/prod") == (
-        "amqp://app:***@rabbit:5672/prod"
-    )
-    assert naming.redact_url("memory://") == "memory://"
-
-
 def test_actor_steps_declare_dlq_queue_bindings_per_topic_and_for_delays() -> None:
     steps = topology.actor_steps("shop", Ledger)
     assert [step.describe() for step in steps] == [
@@ -77,3 +70,31 @@ def test_namespace_exchanges_come_first() -> None:
         ("exchange", "shop.events", "topic"),
         ("exchange", "shop.dead", "direct"),
     ]
+
+
+def test_the_longest_names_fit_amqps_255_bytes_everywhere() -> None:
+    """The longest namespace, queue and topic accepted at definition: every queue name,
+    routing key and binding key built from them fits AMQP's short strings (255 bytes), a
+    delayed message's included."""
+    from actors import Actor, handler
+    from actors.actor import MAX_QUEUE_BYTES
+    from schemas import Message
+    from schemas.message import MAX_TOPIC_BYTES
+    from services import delays
+
+    namespace = naming.check_namespace("n" * 80)
+
+    class Longest(Message, topic="x" * MAX_TOPIC_BYTES):
+        n: int
+
+    class Widest(Actor, queue="q" * MAX_QUEUE_BYTES):
+        @handler
+        def on(self, msg: Longest) -> None: ...
+
+    keys = [step.name for step in topology.steps(namespace, [Widest])]
+    keys += [step.routing_key for step in topology.steps(namespace, [Widest])]
+    keys += [
+        delays.routing_key(delays.MAX_DELAY_S, queue=Widest.queue),
+        delays.routing_key(delays.MAX_DELAY_S, topic=Longest.topic()),
+    ]
+    assert max(len(key.encode()) for key in keys) <= 255

@@ -267,3 +267,88 @@ def test_rabbit_validation_error_skips_retries(rabbit_broker: RabbitBroker) -> N
     assert len(calls) == 0
     assert letter.headers[wire.ERROR_REASON] == "invalid_message"
     assert letter.headers[wire.ATTEMPT] == 1
+
+
+# Retry delays Leveret cannot honour ------------------------------------------------------
+
+
+class BadRetry(Message, topic="tests.retry.bad"):
+    case: str
+
+
+BAD_DELAYS: dict[str, object] = {
+    "ten_years": timedelta(days=3650),
+    "negative": -1,
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "text": "5",
+}
+
+
+class BadRetries(Actor, queue="bad_retries"):
+    @handler
+    def on(self, msg: BadRetry) -> None:
+        raise Retry("later", delay=BAD_DELAYS[msg.case])  # type: ignore[arg-type]
+
+
+class NanBackoff(Actor, queue="nan_backoff"):
+    retry = RetryPolicy(attempts=3, backoff=lambda _attempt: float("nan"))
+
+    @handler
+    def on(self, msg: BadRetry) -> None:
+        raise ConnectionError("the backoff decides")
+
+
+def _raising_backoff(_attempt: int) -> float:
+    raise ZeroDivisionError("a backoff with a bug")
+
+
+class RaisingBackoff(Actor, queue="raising_backoff"):
+    retry = RetryPolicy(attempts=3, backoff=_raising_backoff)
+
+    @handler
+    def on(self, msg: BadRetry) -> None:
+        raise ConnectionError("the backoff decides")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DELAYS))
+def test_memory_a_retry_delay_out_of_range_dead_letters_with_invalid_retry(case: str) -> None:
+    """`Retry(delay=...)` of 10 years, -1, NaN, inf or text: dead-lettered at once with
+    reason invalid_retry and a message that says why; the handler's error is the cause."""
+    with memory_broker(BadRetries) as broker:
+        BadRetries.send(BadRetry(case=case))
+        broker.join(raise_errors=False)
+        (letter,) = broker.dead_letters(BadRetries)
+    headers = letter.headers
+    assert headers[wire.ERROR_REASON] == "invalid_retry"
+    assert headers[wire.ERROR_TYPE] == "schemas.errors.InvalidRetry"
+    assert "retry delay" in headers[wire.ERROR_MESSAGE]
+    assert "Retry: later" in headers[wire.ERROR_TRACEBACK]  # the cause is kept
+
+
+@pytest.mark.parametrize(("cls", "says"), [(NanBackoff, "nan"), (RaisingBackoff, "ZeroDivision")])
+def test_memory_a_backoff_giving_nan_or_raising_dead_letters_with_invalid_retry(
+    cls: type[Actor], says: str
+) -> None:
+    with memory_broker(cls) as broker:
+        cls.send(BadRetry(case="backoff"))
+        broker.join(raise_errors=False)
+        (letter,) = broker.dead_letters(cls)
+    assert letter.headers[wire.ERROR_REASON] == "invalid_retry"
+    assert says in letter.headers[wire.ERROR_MESSAGE]
+
+
+def test_rabbit_a_ten_year_retry_is_dead_lettered_and_the_worker_goes_on(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """Once, this raised on the worker's I/O thread and the process exited 0 in a loop."""
+    _prepare(rabbit_broker, BadRetries, Clock)
+    with running(rabbit_broker, BadRetries, Clock, threads=2) as worker:
+        BadRetries.send(BadRetry(case="ten_years"))
+        wait_until(lambda: rabbit_broker.dead_letter_count(BadRetries) == 1, 15, "dead letter")
+        Clock.send(Tick(n=1))
+        calls.wait_for(1)
+        assert worker.threads_alive()
+    (letter,) = rabbit_broker.dead_letters(BadRetries)
+    assert letter.headers[wire.ERROR_REASON] == "invalid_retry"
+    assert "outside 0" in letter.headers[wire.ERROR_MESSAGE]
