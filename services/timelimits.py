@@ -23,9 +23,9 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from actors.actor import Actor
 from schemas.errors import TimeLimitExceeded
@@ -33,28 +33,41 @@ from services.logs import get_logger
 
 log = get_logger("leveret.worker")
 
+T = TypeVar("T")
+
 DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
 """RabbitMQ 3.10's default ``consumer_timeout``: 30 minutes."""
 
+_SETTLE_POLL_S = 0.0001
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, eq=False)
 class Watch:
-    """One handler run under a time limit.
+    """One call run under a time limit.
+
+    The handler's thread and the monitor thread hand the watch over without a lock (see
+    `TimeLimits.run`): the thread that takes it out of `TimeLimits._watches` (one atomic
+    ``dict.pop``) owns it.
 
     Attributes:
         limit_s: The limit in seconds.
-        thread_id: The handler thread's `threading.get_ident()`.
-        deadline: `time.monotonic()` after which the handler is interrupted.
-        fired: Whether the monitor raised `TimeLimitExceeded` in the thread.
+        thread_id: The calling thread's `threading.get_ident()`.
+        deadline: `time.monotonic()` after which the call is interrupted.
         what: What runs, for the log line (``actor.handler``).
+        returned: Set by the calling thread as soon as the call returned; the monitor
+            never interrupts a call that has.
+        fired: Set by the monitor once it raised `TimeLimitExceeded` in the thread.
+        settled: Set by the monitor once it is done with a watch it took (fired or not).
     """
 
     limit_s: float
     thread_id: int
     deadline: float
-    fired: bool = False
     what: str = ""
     key: int = field(default=0, repr=False)
+    returned: bool = False
+    fired: bool = False
+    settled: bool = False
 
 
 class TimeLimits:
@@ -63,6 +76,12 @@ class TimeLimits:
     The thread starts with the first watched handler and stays (as a daemon) for the
     process's life; it sleeps until the earliest deadline, so it costs nothing while
     handlers finish in time.
+
+    Why no lock on the handler's side: the interruption is an exception raised between any
+    two bytecodes of the handler's thread, also inside `threading` code that has just taken
+    a lock and not yet released it (the lock would leak and every later call hang). So the
+    handler's thread takes no lock once its call may be interrupted: it gives its watch
+    back with one atomic ``dict.pop``, and only the thread that popped the watch acts on it.
     """
 
     def __init__(self) -> None:
@@ -72,32 +91,64 @@ class TimeLimits:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    @contextmanager
-    def limit(self, limit_s: float | None, what: str = "") -> Iterator[Watch | None]:
-        """Run the ``with`` body under `limit_s` seconds (None: no limit).
+    def run(self, limit_s: float | None, what: str, function: Callable[[], T]) -> T:
+        """Call `function` under a limit of `limit_s` seconds (None: no limit).
 
-        Past the limit, `TimeLimitExceeded` is raised in the calling thread. The watch it
-        yields says afterwards whether the limit fired (a handler that catches every
-        exception may have swallowed the interruption).
+        Past the limit, `TimeLimitExceeded` is raised inside `function`, in this thread.
+        Once this returns or raises, no interruption is pending for this thread: it cannot
+        surface later in other code.
+
+        Returns:
+            What `function` returned.
+
+        Raises:
+            TimeLimitExceeded: The limit passed before `function` returned, also when the
+                function caught the interruption and went on (or raised something else).
+            BaseException: Whatever `function` raised otherwise.
         """
         if limit_s is None:
-            yield None
-            return
+            return function()
+        watch = self._start(limit_s, what)
+        try:
+            result = function()
+            watch.returned = True
+        except BaseException as exc:
+            if self._stop(watch) and not isinstance(exc, TimeLimitExceeded):
+                raise TimeLimitExceeded() from exc
+            raise
+        if self._stop(watch):
+            raise TimeLimitExceeded()  # the function swallowed the interruption
+        return result
+
+    def _start(self, limit_s: float, what: str) -> Watch:
         watch = Watch(limit_s, threading.get_ident(), time.monotonic() + limit_s, what=what)
+        # No interruption can target this thread yet: taking the lock is safe here.
         with self._changed:
             self._ensure_thread()
             watch.key = next(self._keys)
             self._watches[watch.key] = watch
             self._changed.notify()
-        try:
-            yield watch
-        finally:
-            with self._changed:
-                self._watches.pop(watch.key, None)
+        return watch
+
+    def _stop(self, watch: Watch) -> bool:
+        """Give `watch` back; returns whether the monitor interrupted the call.
+
+        Runs while an interruption may still arrive, so it takes no lock and absorbs any
+        `TimeLimitExceeded` that surfaces here.
+        """
+        if self._watches.pop(watch.key, None) is not None:
+            return False  # the monitor never took it: nothing fired, nothing will
+        while True:
+            try:
+                # The monitor took it: wait until it has raised (or chosen not to), then
+                # cancel an interruption still pending (the call returned at the deadline).
+                while not watch.settled:
+                    time.sleep(_SETTLE_POLL_S)
                 if watch.fired:
-                    # The exception may still be pending when the handler returned at the
-                    # deadline: cancel it, so that it cannot surface in the worker's code.
                     _set_async_exc(watch.thread_id, None)
+                return watch.fired
+            except TimeLimitExceeded:
+                continue  # it surfaced here instead of in the call: absorbed
 
     def _ensure_thread(self) -> None:
         # After fork() the child has no monitor thread; start its own.
@@ -110,19 +161,27 @@ class TimeLimits:
             self._thread.start()
 
     def _monitor(self) -> None:
+        while True:
+            try:
+                self._watch_deadlines()
+            except Exception:  # limits must keep working: log, go on
+                log.exception("time_limit_monitor_failed")
+                time.sleep(0.1)
+
+    def _watch_deadlines(self) -> None:
         with self._changed:
             while True:
                 now = time.monotonic()
                 for key, watch in list(self._watches.items()):
-                    if watch.deadline <= now:
-                        del self._watches[key]
-                        watch.fired = True
+                    if watch.deadline > now or self._watches.pop(key, None) is None:
+                        continue  # not due, or its call gave it back meanwhile
+                    if not watch.returned:
                         _set_async_exc(watch.thread_id, TimeLimitExceeded)
+                        watch.fired = True
                         log.warning(
-                            "time_limit_exceeded",
-                            handler=watch.what,
-                            time_limit_s=watch.limit_s,
+                            "time_limit_exceeded", handler=watch.what, time_limit_s=watch.limit_s
                         )
+                    watch.settled = True
                 earliest = min((w.deadline for w in self._watches.values()), default=None)
                 self._changed.wait(None if earliest is None else max(0.0, earliest - now))
 

@@ -186,3 +186,50 @@ def test_memory_join_interrupts_in_the_calling_thread() -> None:
     assert time.monotonic() - started < 5
     assert stats.retried == 1
     assert stats.dead_lettered == 1
+
+
+class Tight(Message, topic="tests.time_limits.tight"):
+    n: int
+
+
+class AtTheLimit(Actor, queue="at_the_limit"):
+    """Handlers that return within a millisecond of their 5 ms limit, either side of it."""
+
+    time_limit_s = 0.005
+    retry = RetryPolicy(attempts=1)
+
+    @handler
+    def work(self, msg: Tight) -> None:
+        deadline = time.monotonic() + 0.004 + (msg.n % 20) / 10_000
+        while time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+
+def test_limits_firing_as_handlers_return_never_leak_or_hang() -> None:
+    """2,000 handlers ending right at their limit on 4 threads: each is handled or fails
+    with TimeLimitExceeded, no interruption surfaces in the worker's own code (a lock it
+    held would leak and hang every later handler), and limits still work afterwards."""
+    count = 2000
+    broker = MemoryBroker(namespace="limits-race")
+    broker.declare(AtTheLimit, Limited)
+    for n in range(count):
+        broker.send(AtTheLimit, Tight(n=n))
+    worker = broker.worker([AtTheLimit, Limited], threads=4)
+    worker.start()
+    try:
+        stats = worker.stats
+        wait_until(lambda: stats.handled + stats.dead_lettered >= count, 60, "every handler to end")
+        assert worker.threads_alive()
+        assert stats.handled + stats.dead_lettered == count
+        reasons = {d.headers[wire.ERROR_TYPE] for d in broker.dead_letters(AtTheLimit, limit=count)}
+        assert reasons <= {TIME_LIMIT_EXCEEDED}, reasons
+        # The monitor still interrupts a handler past its limit, and spares one within it.
+        runs.items.clear()
+        broker.send(Limited, Work(n=1, run_s=3))
+        broker.send(Limited, Work(n=2, run_s=0))
+        wait_until(lambda: len(runs) >= 3, 10, "the two works")
+        by_n = {item[1]: item for item in runs.items}
+        assert by_n[1][4] < 2.0  # interrupted at about 1 s
+        assert by_n[2][4] < 0.5
+    finally:
+        assert worker.shutdown(10) == 0
