@@ -17,6 +17,7 @@ from schemas.errors import LeveretError
 from services import config, naming
 from services.broker import Broker, select_actors
 from services.execution import MessageHooks
+from services.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from services.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
 from services.logs import configure_logging
 from services.supervisor import HEALTH_FILE_ENV, Supervisor, notify_ready, worker_command
@@ -67,6 +68,30 @@ class WorkerSetup:
 
     hooks: Sequence[MessageHooks] = ()
     child_command: Callable[[list[str]], list[str]] | None = None
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def _byte_size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A size in bytes from a number, or one with a unit (KiB, MiB, GiB, KB, MB, GB)."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgib")
+    factor = _SIZE_UNITS.get(text[len(number) :])
+    if factor is None or not number.isdigit() or int(number) * factor < 1:
+        raise click.BadParameter(
+            f"{value!r} is not a size such as 1048576, 512KiB or 16MiB", param=param
+        )
+    return int(number) * factor
 
 
 def _worker_setup() -> WorkerSetup:
@@ -125,8 +150,16 @@ def main() -> None:
     type=click.IntRange(0, 65535),
     envvar="LEVERET_HEALTH_PORT",
     default=None,
-    help="Serve HTTP health checks on 0.0.0.0:PORT: 200 and a JSON report while connected "
+    help="Serve HTTP health checks on HOST:PORT: 200 and a JSON report while connected "
     "and consuming, 503 otherwise. Env: LEVERET_HEALTH_PORT.",
+)
+@click.option(
+    "--health-host",
+    envvar="LEVERET_HEALTH_HOST",
+    default=DEFAULT_HEALTH_HOST,
+    show_default=True,
+    help="Address the health port listens on; 0.0.0.0 to be probed from outside a "
+    "container. Env: LEVERET_HEALTH_HOST.",
 )
 @click.option(
     "--health-file",
@@ -135,6 +168,14 @@ def main() -> None:
     default=None,
     help="Rewrite this file every 5 s while connected and consuming, remove it otherwise "
     "(check it with `leveret ping --health-file`). Env: LEVERET_HEALTH_FILE.",
+)
+@click.option(
+    "--max-body-size",
+    callback=_byte_size,
+    default="16MiB",
+    show_default=True,
+    help="Larger message bodies are dead-lettered unread (reason too_large); e.g. 512KiB, "
+    "64MiB or a number of bytes.",
 )
 @click.option(
     "--consumer-timeout",
@@ -154,7 +195,9 @@ def worker(
     queues: str | None,
     shutdown_timeout: float,
     health_port: int | None,
+    health_host: str,
     health_file: str | None,
+    max_body_size: int,
     consumer_timeout: float,
     broker_url: str | None,
     namespace: str | None,
@@ -171,7 +214,7 @@ def worker(
             actors_in(modules), [q.strip() for q in queues.split(",")] if queues else None
         )
         if processes > 1:
-            _supervise(processes, shutdown_timeout, health_port, health_file)
+            _supervise(processes, shutdown_timeout, health_port, health_host, health_file)
         broker = Broker(broker_url, namespace=namespace)
         configure(broker)
         running = broker.worker(
@@ -180,30 +223,28 @@ def worker(
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout,
             hooks=_worker_setup().hooks,
+            max_body_bytes=max_body_size,
         )
     except LeveretError as exc:
         raise _WorkerConfigurationError(str(exc)) from exc
     warn_about_limits(selected, consumer_timeout_s=consumer_timeout)
     queue_names = [naming.queue_name(broker.namespace, actor.queue) for actor in selected]
-    health = _start_health(
-        WorkerProbe(running.consuming, running.stats, queue_names), health_port, health_file
-    )
+    health = _start_health(WorkerProbe(running, queue_names), health_port, health_host, health_file)
     notify_ready(running)
     try:
         code = running.run()
     finally:
         health.close()
     broker.close()
-    fatal = getattr(running, "fatal_error", None)
-    if fatal:
-        click.echo(f"Error: {fatal}", err=True)
+    if running.fatal_error:
+        click.echo(f"Error: {running.fatal_error}", err=True)
     sys.exit(code)
 
 
-def _start_health(probe: Probe, port: int | None, path: str | None) -> HealthReporters:
-    """Serve `probe` on `port` and/or keep the health file `path` (both optional)."""
+def _start_health(probe: Probe, port: int | None, host: str, path: str | None) -> HealthReporters:
+    """Serve `probe` on `host:port` and/or keep the health file `path` (both optional)."""
     try:
-        health = HealthReporters(probe, port=port, path=path)
+        health = HealthReporters(probe, port=port, host=host, path=path)
         health.start()
     except OSError as exc:
         raise click.ClickException(f"cannot serve health checks: {exc}") from exc
@@ -211,12 +252,16 @@ def _start_health(probe: Probe, port: int | None, path: str | None) -> HealthRep
 
 
 # Options the supervisor handles itself instead of passing them on to every child.
-_SUPERVISOR_OPTIONS = ("processes", "health_port", "health_file", "broker_url")
-_HEALTH_ENV = ("LEVERET_HEALTH_PORT", HEALTH_FILE_ENV)
+_SUPERVISOR_OPTIONS = ("processes", "health_port", "health_host", "health_file", "broker_url")
+_HEALTH_ENV = ("LEVERET_HEALTH_PORT", "LEVERET_HEALTH_HOST", HEALTH_FILE_ENV)
 
 
 def _supervise(
-    processes: int, shutdown_timeout: float, health_port: int | None, health_file: str | None
+    processes: int,
+    shutdown_timeout: float,
+    health_port: int | None,
+    health_host: str,
+    health_file: str | None,
 ) -> NoReturn:
     """Run `processes` single-process workers with this command's options; exit with its code.
 
@@ -253,6 +298,7 @@ def _supervise(
     health = _start_health(
         ChildrenProbe(supervisor.health_files, stopping=supervisor.stopping),
         health_port,
+        health_host,
         health_file,
     )
     try:
@@ -300,22 +346,28 @@ def _dlq_broker(broker_url: str | None, namespace: str | None) -> Broker:
 @dlq.command("list")
 @click.argument("queue")
 @click.option("--limit", default=100, show_default=True, help="Show at most this many.")
+@click.option("--offset", default=0, show_default=True, help="Skip this many first (paging).")
 @_url_option
 @_namespace_option
-def dlq_list(queue: str, limit: int, broker_url: str | None, namespace: str | None) -> None:
-    """List the dead letters of QUEUE: id, topic, attempts, error, failed at."""
-    from services.deadletters import DeadLetter
+def dlq_list(
+    queue: str, limit: int, offset: int, broker_url: str | None, namespace: str | None
+) -> None:
+    """List the dead letters of QUEUE: id, topic, attempts, error, failed at.
+
+    Reading changes nothing: every letter stays, in the same order.
+    """
+    from services.deadletters import DeadLetter, printable
 
     with _dlq_broker(broker_url, namespace) as broker:
         try:
-            letters = [DeadLetter.of(d) for d in broker.dead_letters(queue, limit=limit)]
+            page = broker.dead_letters(queue, limit=limit, offset=offset)
         except LeveretError as exc:
             raise click.ClickException(str(exc)) from exc
-    rows = [("ID", "TOPIC", "ATTEMPTS", "REASON", "ERROR", "FAILED AT")]
-    rows += [
-        (x.message_id, x.topic, str(x.attempts), x.reason, x.error[:60], x.failed_at)
-        for x in letters
-    ]
+    letters = [DeadLetter.of(d) for d in page]
+    rows: list[tuple[str, ...]] = [("ID", "TOPIC", "ATTEMPTS", "REASON", "ERROR", "FAILED AT")]
+    for x in letters:
+        cells = (x.message_id, x.topic, str(x.attempts), x.reason, x.error[:60], x.failed_at)
+        rows.append(tuple(printable(cell) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -328,27 +380,43 @@ def dlq_list(queue: str, limit: int, broker_url: str | None, namespace: str | No
 @_url_option
 @_namespace_option
 def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str | None) -> None:
-    """Show one dead letter of QUEUE: its properties, headers and body."""
+    """Show one dead letter of QUEUE: its properties, headers and body.
+
+    Control characters from the message are shown escaped; long output goes through a
+    pager on a terminal.
+    """
+    from schemas import envelope as wire
     from schemas.codec import json_preview
+    from services.deadletters import printable
 
     with _dlq_broker(broker_url, namespace) as broker:
         try:
-            letters = broker.dead_letters(queue, limit=100_000)
+            letter = broker.find_dead_letter(queue, message_id)
         except LeveretError as exc:
             raise click.ClickException(str(exc)) from exc
-    found = [d for d in letters if d.message_id == message_id]
-    if not found:
+    if letter is None:
         raise click.ClickException(f"no dead letter {message_id} in {queue}")
-    letter = found[0]
-    click.echo(f"message_id:     {letter.message_id}")
-    click.echo(f"topic:          {letter.topic}")
-    click.echo(f"correlation_id: {letter.correlation_id}")
-    click.echo("headers:")
+    lines = [
+        f"message_id:     {printable(letter.message_id)}",
+        f"topic:          {printable(letter.topic or '')}",
+        f"correlation_id: {printable(str(letter.correlation_id))}",
+        "headers:",
+    ]
     for key in sorted(letter.headers):
         value = letter.headers[key]
         text = value if isinstance(value, str) else repr(value)
-        click.echo(f"  {key}: {text}")
-    click.echo(f"body: {json_preview(letter.body, limit=10_000)}")
+        if key == wire.ERROR_TRACEBACK:
+            traceback_lines = printable(text, keep_newlines=True).splitlines()
+            lines.append(f"  {printable(key)}:")
+            lines += [f"    {line}" for line in traceback_lines]
+        else:
+            lines.append(f"  {printable(key)}: {printable(text)}")
+    lines.append(f"body: {printable(json_preview(letter.body, limit=10_000))}")
+    output = "\n".join(lines)
+    if sys.stdout.isatty():
+        click.echo_via_pager(output + "\n")
+    else:
+        click.echo(output)
 
 
 @dlq.command("replay")
@@ -369,9 +437,11 @@ def dlq_replay(
         raise click.UsageError("give --all or at least one --id")
     replayed: set[str] = set()
 
+    from services.deadletters import printable
+
     def on_replayed(message_id: str) -> None:
         replayed.add(message_id)
-        click.echo(f"replayed {message_id}")
+        click.echo(f"replayed {printable(message_id)}")
 
     with _dlq_broker(broker_url, namespace) as broker:
         try:
@@ -395,9 +465,9 @@ def dlq_purge(queue: str, yes: bool, broker_url: str | None, namespace: str | No
     """Delete every dead letter of QUEUE (asks first unless --yes)."""
     with _dlq_broker(broker_url, namespace) as broker:
         try:
-            broker.dead_letters(queue, limit=0)  # an unknown queue fails before asking
+            count = broker.dead_letter_count(queue)  # an unknown queue fails before asking
             if not yes:
-                click.confirm(f"Delete every dead letter of {queue}?", abort=True)
+                click.confirm(f"Delete every dead letter of {queue} ({count})?", abort=True)
             count = broker.purge_dead_letters(queue)
         except LeveretError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -467,8 +537,8 @@ def ping(
     then close. For scripts and container health checks.
     """
     from services.health import probe_file, probe_url
-    from services.naming import redact_url
     from services.ping import ping_broker
+    from services.redaction import redact as redact_url
 
     if health_url is not None and health_file is not None:
         raise click.UsageError("give --health-url or --health-file, not both")

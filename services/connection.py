@@ -6,6 +6,7 @@ thread; other threads hand it work with `call_soon`, which is the only thread-sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -17,8 +18,9 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
+from services.frames import TolerantSelectConnection
 from services.logs import get_logger
-from services.naming import redact_url
+from services.redaction import redact as redact_url
 
 log = get_logger("leveret.connection")
 
@@ -69,6 +71,10 @@ class IOThread:
     Subclasses implement `on_connected` (open channels, start work) and `on_disconnected`
     (forget channel state); both run on the I/O thread.
 
+    No exception ends the I/O thread silently: one that escapes a callback is logged with
+    its traceback, the socket is closed (the broker takes back whatever was unacked), and
+    `on_crashed` tells the subclass, which decides whether the process can go on.
+
     Args:
         url: AMQP URL, with credentials.
         role: ``publisher`` or ``worker``; names the connection and the thread.
@@ -79,6 +85,8 @@ class IOThread:
         self.safe_url = redact_url(url)
         self.role = role
         self.last_error: BaseException | None = None
+        self.crashed: BaseException | None = None
+        """The exception that ended the I/O thread, if one did."""
         self.connected = threading.Event()
         self._params = connection_parameters(url, role=role)
         self._backoff = Backoff()
@@ -152,6 +160,9 @@ class IOThread:
     def on_stopping(self) -> None:
         """`stop` was called; the connection is about to close."""
 
+    def on_crashed(self, error: BaseException) -> None:
+        """An exception escaped a callback and ended the I/O thread (called on it, last)."""
+
     @property
     def connection(self) -> SelectConnection | None:
         """The open connection, or None while disconnected."""
@@ -159,17 +170,37 @@ class IOThread:
 
     def _run(self) -> None:
         assert self._ioloop is not None
-        self._connect()
         try:
+            self._connect()
             self._ioloop.start()
+        except BaseException as exc:  # noqa: BLE001  # nothing ends this thread unseen
+            self._crash(exc)
         finally:
             self._ioloop.close()
             self._stopped.set()
 
+    def _crash(self, error: BaseException) -> None:
+        self.crashed = error
+        self.connected.clear()
+        with contextlib.suppress(Exception):  # logging itself may be what failed
+            log.error(
+                "io_thread_crashed",
+                role=self.role,
+                error=f"{type(error).__name__}: {error}",
+                exc_info=error,
+            )
+        _abort_socket(self._connection)
+        self._connection = None
+        try:
+            self.on_crashed(error)
+        except Exception:  # already failing: keep the first error
+            with contextlib.suppress(Exception):
+                log.exception("io_thread_crash_handling_failed", role=self.role)
+
     def _connect(self) -> None:
         if self._stopping:
             return
-        SelectConnection(
+        TolerantSelectConnection(
             self._params,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
@@ -224,6 +255,21 @@ class IOThread:
         elif connection is None or connection.is_closed:
             assert self._ioloop is not None
             self._ioloop.stop()
+
+
+def _abort_socket(connection: SelectConnection | None) -> None:
+    """Close the connection's socket at once: its I/O loop no longer runs to close it.
+
+    The broker then sees the connection go and takes back every unacked delivery, instead
+    of waiting for missed heartbeats while the socket lingers.
+    """
+    transport = getattr(connection, "_transport", None)
+    sock = getattr(transport, "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.close()
+        except OSError as exc:
+            log.info("io_socket_close_failed", error=repr(exc))
 
 
 def describe(error: BaseException) -> str:

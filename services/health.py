@@ -1,10 +1,13 @@
 """Health of a worker, for load balancers, orchestrators and container health checks.
 
-A worker is healthy while it is connected and consuming; while the broker is unreachable
-and it reconnects, or once it has begun shutting down, it is not. Two ways to show it:
+A worker is healthy while it is connected and consuming and all its threads are alive;
+while the broker is unreachable and it reconnects, once it has begun shutting down, or
+after an internal fault, it is not. Two ways to show it:
 
-- `HealthServer`: HTTP on ``host:port`` (a daemon thread), ``200`` with a small JSON body
-  while healthy, ``503`` with the same body otherwise;
+- `HealthServer`: HTTP on ``host:port`` (a daemon thread; 127.0.0.1 unless told
+  otherwise), ``200`` with a small JSON body while healthy, ``503`` with the same body
+  otherwise. Each connection has a socket timeout and at most `MAX_CONNECTIONS` are served
+  at once, so slow or many clients cannot pile up threads in the worker;
 - `HealthFile`: a file rewritten every few seconds while healthy and removed when not
   (for probes that can only look at files).
 
@@ -31,12 +34,17 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from services.execution import Stats
+from services.broker import Worker
 from services.logs import get_logger
 
 log = get_logger("leveret.health")
 
 DEFAULT_FILE_INTERVAL_S = 5.0
+DEFAULT_HOST = "127.0.0.1"
+MAX_CONNECTIONS = 16
+"""HTTP health connections served at once; more are closed at once."""
+SOCKET_TIMEOUT_S = 5.0
+"""A health client silent for this long is disconnected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,40 +75,43 @@ class Probe(Protocol):
 
 
 class WorkerProbe:
-    """Healthy while the worker consumes (its `consuming` event is set).
+    """Healthy while the worker consumes and every one of its threads is alive.
 
     The worker clears `consuming` when its connection or channel is lost and when it
-    begins shutting down, and sets it again once it consumes after reconnecting.
+    begins shutting down, and sets it again once it consumes after reconnecting. A thread
+    that died (a fault of Leveret's own) makes it unhealthy at once.
 
     Args:
-        consuming: The worker's `consuming` event.
-        stats: The worker's counters, shown in the report.
+        worker: The worker.
         queues: The queues it consumes (full names), shown in the report.
     """
 
-    def __init__(self, consuming: threading.Event, stats: Stats, queues: Iterable[str]) -> None:
-        self.consuming = consuming
-        self.stats = stats
+    def __init__(self, worker: Worker, queues: Iterable[str]) -> None:
+        self.worker = worker
         self.queues = sorted(queues)
         self._started = time.monotonic()
 
     def check(self) -> Health:
         """The worker's health and counters."""
-        with self.stats.lock:
+        stats = self.worker.stats
+        with stats.lock:
             counts = {
-                "handled": self.stats.handled,
-                "retried": self.stats.retried,
-                "dead_lettered": self.stats.dead_lettered,
+                "handled": stats.handled,
+                "retried": stats.retried,
+                "dead_lettered": stats.dead_lettered,
             }
-        return Health(
-            self.consuming.is_set(),
-            {
-                "pid": os.getpid(),
-                "queues": self.queues,
-                "uptime_s": round(time.monotonic() - self._started, 1),
-                **counts,
-            },
-        )
+        details: dict[str, Any] = {
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            **counts,
+        }
+        alive = self.worker.threads_alive()
+        if self.worker.fatal_error:
+            details["error"] = self.worker.fatal_error
+        elif not alive:
+            details["error"] = "a worker thread has stopped"
+        return Health(self.worker.consuming.is_set() and alive, details)
 
 
 class ChildrenProbe:
@@ -148,6 +159,7 @@ class ChildrenProbe:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
+    timeout = SOCKET_TIMEOUT_S
 
     def do_GET(self) -> None:
         self._answer(with_body=True)
@@ -156,7 +168,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(with_body=False)
 
     def _answer(self, *, with_body: bool) -> None:
-        health = self.server.probe.check()
+        try:
+            health = self.server.probe.check()
+        except Exception as exc:  # a probe that fails says "unhealthy"
+            log.exception("health_check_failed")
+            health = Health(False, {"error": f"health check failed: {type(exc).__name__}"})
         body = health.body()
         self.send_response(200 if health.healthy else 503)
         self.send_header("Content-Type", "application/json")
@@ -177,7 +193,24 @@ class _Server(http.server.ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], probe: Probe) -> None:
         self.probe = probe
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # MAX_CONNECTIONS busy: no thread for this one
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HealthServer:
@@ -189,14 +222,14 @@ class HealthServer:
     Args:
         probe: What decides the answer.
         port: TCP port; 0 picks a free one (see `port`).
-        host: Address to listen on; every interface by default, so that a container's
-            port can be probed from outside it.
+        host: Address to listen on: loopback by default; ``0.0.0.0`` (every interface)
+            where probes come from outside, e.g. a container's port probed by Kubernetes.
 
     Raises:
         OSError: The port cannot be bound (in use, no permission).
     """
 
-    def __init__(self, probe: Probe, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, probe: Probe, port: int, host: str = DEFAULT_HOST) -> None:
         self._server = _Server((host, port), probe)
         self.host = host
         self.port: int = self._server.server_address[1]
@@ -277,6 +310,8 @@ class HealthFile:
                 self.update()
             except OSError as exc:
                 log.warning("health_file_failed", path=str(self.path), error=repr(exc))
+            except Exception:  # keep reporting; the file goes stale meanwhile
+                log.exception("health_file_failed", path=str(self.path))
             self._stop.wait(self.interval_s)
 
     def _remove(self) -> None:
@@ -334,7 +369,8 @@ class HealthReporters:
 
     Args:
         probe: What decides.
-        port: Serve HTTP health checks on this port (0.0.0.0); None for no server.
+        port: Serve HTTP health checks on this port; None for no server.
+        host: The address the server listens on.
         path: Keep this health file; None for no file.
         file_interval_s: Seconds between two updates of the file.
 
@@ -347,10 +383,11 @@ class HealthReporters:
         probe: Probe,
         *,
         port: int | None = None,
+        host: str = DEFAULT_HOST,
         path: str | os.PathLike[str] | None = None,
         file_interval_s: float = DEFAULT_FILE_INTERVAL_S,
     ) -> None:
-        self.server = HealthServer(probe, port) if port is not None else None
+        self.server = HealthServer(probe, port, host) if port is not None else None
         self.file = HealthFile(probe, path, file_interval_s) if path is not None else None
 
     def start(self) -> None:

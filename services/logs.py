@@ -1,33 +1,64 @@
 """Logging: structlog, configured once per process.
 
 Console output when standard error is a terminal, JSON lines otherwise. Every event passes
-through `RedactSecrets`, so a broker URL with a password never reaches a log line.
+through `RedactSecrets`, so a broker URL with a password never reaches a log line: events
+logged with structlog, and records of the standard library's `logging` (pika, Django,
+your own code), which go through the same processors.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-_URL_PASSWORD = re.compile(r"(amqps?|redis|postgres(?:ql)?)://([^:/@\s]*):([^@\s]*)@")
+from services.redaction import redact_value
 
 
 class RedactSecrets:
-    """Processor that replaces passwords in URLs found in any string value with ``***``."""
+    """Processor that replaces the password of every URL in the event's values with ``***``.
+
+    Strings anywhere in the event are redacted: nested in dicts, lists and tuples too, in
+    the event's message and in a formatted traceback.
+    """
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        """Redact every string value of the event."""
+        """Redact every value of the event."""
         for key, value in event_dict.items():
-            if isinstance(value, str) and "://" in value:
-                event_dict[key] = _URL_PASSWORD.sub(r"\1://\2:***@", value)
+            if not isinstance(value, int | float | bool | type(None)):
+                event_dict[key] = redact_value(value)
         return event_dict
+
+
+class StderrLogger:
+    """Writes each rendered line to the process's standard error, whatever it is now.
+
+    Lines of concurrent threads never interleave. A write that fails (standard error closed
+    or a broken pipe) drops the line instead of raising into the thread that logged: an I/O
+    or handler thread must not die because a log line could not be written.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        try:
+            with self._lock:
+                print(message, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass  # nowhere left to say it: losing the line beats losing the thread
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+
+
+_STDERR = StderrLogger()
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -51,20 +82,39 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             RedactSecrets(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_args: _STDERR,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    # Standard-library records: the same processors, the same redaction, the same format.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            RedactSecrets(),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
     # pika logs every reconnect attempt at ERROR with a traceback; we log our own line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 

@@ -25,9 +25,11 @@ from schemas.errors import ConfigurationError, PublishError
 from services import naming
 from services.broker import (
     Broker,
+    Delivered,
     Prepared,
     Worker,
     default_prefetch,
+    max_body_bytes_or_default,
     run_until_stopped,
     select_actors,
 )
@@ -109,8 +111,9 @@ class MemoryBroker(Broker):
 
     # Publishing -------------------------------------------------------------------------
 
-    def _deliver(self, items: Sequence[Prepared]) -> list[int]:
+    def _deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
         unroutable: list[int] = []
+        errors: dict[int, PublishError] = {}
         with self.changed:
             for index, item in enumerate(items):
                 envelope = item.envelope
@@ -118,11 +121,15 @@ class MemoryBroker(Broker):
                 if item.route.queue is not None:
                     queue = naming.queue_name(self.namespace, item.route.queue)
                     if queue not in self.queues:
-                        raise PublishError(
+                        error = PublishError(
                             f"no queue {queue!r} to deliver message "
                             f"{envelope.message_id} to; declare the actor first",
                             message_id=envelope.message_id,
                         )
+                        if raise_errors:
+                            raise error
+                        errors[index] = error
+                        continue
                 delivery = Delivery(
                     body=item.body,
                     topic=envelope.topic,
@@ -136,7 +143,7 @@ class MemoryBroker(Broker):
                 elif not self._route(queue, envelope.topic, delivery):
                     unroutable.append(index)
             self.changed.notify_all()
-        return unroutable
+        return Delivered(unroutable, errors)
 
     def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
         """Append to `queue`, or to every queue bound to `topic`; False if none took it."""
@@ -190,9 +197,22 @@ class MemoryBroker(Broker):
             raise ConfigurationError(f"no dead-letter queue {names[1]!r}")
         return names
 
-    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
+    def dead_letters(
+        self, actor: ActorRef | str, *, limit: int = 1000, offset: int = 0
+    ) -> list[Delivery]:
         with self.changed:
-            return list(self.queues[self._dlq(actor)[1]])[:limit]
+            return list(self.queues[self._dlq(actor)[1]])[offset : offset + limit]
+
+    def dead_letter_count(self, actor: ActorRef | str) -> int:
+        with self.changed:
+            return len(self.queues[self._dlq(actor)[1]])
+
+    def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
+        with self.changed:
+            for letter in self.queues[self._dlq(actor)[1]]:
+                if letter.message_id == message_id:
+                    return letter
+        return None
 
     def replay_dead_letters(
         self,
@@ -322,6 +342,7 @@ class MemoryBroker(Broker):
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int | None = None,
     ) -> Worker:
         default_prefetch(threads, prefetch)
         return MemoryWorker(
@@ -330,6 +351,7 @@ class MemoryBroker(Broker):
             threads=threads,
             shutdown_timeout_s=shutdown_timeout_s,
             hooks=hooks,
+            max_body_bytes=max_body_bytes_or_default(max_body_bytes),
         )
 
     def close(self) -> None:
@@ -351,6 +373,7 @@ class MemoryWorker:
         threads: int,
         shutdown_timeout_s: float,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int | None = None,
     ) -> None:
         self.broker = broker
         self.threads = threads
@@ -358,9 +381,12 @@ class MemoryWorker:
         self.stats = Stats()
         self.consuming = threading.Event()
         self.exit_code = 0
+        self.fatal_error: str | None = None
         broker.declare(*actors)
         self._executors = {
-            naming.queue_name(broker.namespace, cls.queue): Executor(cls, hooks=hooks)
+            naming.queue_name(broker.namespace, cls.queue): Executor(
+                cls, hooks=hooks, max_body_bytes=max_body_bytes_or_default(max_body_bytes)
+            )
             for cls in actors
         }
         self._stopping = False
@@ -395,6 +421,10 @@ class MemoryWorker:
             outcome = executor.run(delivery)
             self.broker._settle(name, executor.actor.queue, delivery, outcome)
             self.stats.count(outcome)
+
+    def threads_alive(self) -> bool:
+        """Whether every handler thread is alive."""
+        return bool(self._pool) and all(thread.is_alive() for thread in self._pool)
 
     def request_shutdown(self) -> None:
         """Stop taking messages; handlers in flight finish."""

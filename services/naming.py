@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_NAMESPACE = "leveret"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -56,16 +55,3 @@ def delay_queue(namespace: str, level: int) -> str:
 def delay_deliver_exchange(namespace: str) -> str:
     """Where delayed messages leave the delay levels for actor queues."""
     return f"{namespace}.delay.deliver"
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 
 from schemas.errors import BrokerConnectionError
-from services.naming import redact_url
+from services.redaction import redact as redact_url
 
 
 def ping_broker(url: str, timeout_s: float = 5.0) -> float:

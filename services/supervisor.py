@@ -12,7 +12,10 @@ its own interpreter, so SIGHUP loads new code). The supervisor:
   SIGKILLs the children (the broker redelivers what they held);
 - on SIGHUP replaces the children one at a time: the new child starts and reports that it
   consumes, then the old one is sent SIGTERM and waited for. There is always a consumer,
-  and no message is lost or handled twice by the roll itself.
+  and no message is lost or handled twice by the roll itself;
+- SIGKILLs a child sent SIGTERM (to roll or stop it) that has not exited within its
+  shutdown timeout and a grace of `KILL_GRACE_S`: a hung child never stalls a roll or a
+  stop (the broker redelivers what it held).
 
 A child reports readiness by writing to the pipe named by ``$LEVERET_READY_FD`` once it
 consumes (`notify_ready`). Children run in their own process group, so that a Ctrl-C on the
@@ -50,6 +53,8 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0
 READY_TIMEOUT_S = 120.0
+KILL_GRACE_S = 15.0
+"""Seconds past a child's shutdown timeout after which a child sent SIGTERM is SIGKILLed."""
 _TICK_S = 0.1
 _PR_SET_PDEATHSIG = 1
 
@@ -62,6 +67,7 @@ class _Child:
     started_at: float
     ready: bool = False
     retiring: bool = False  # sent SIGTERM on purpose (roll or stop)
+    kill_at: float | None = None  # SIGKILL it then if it has not exited (set with SIGTERM)
     health_file: str | None = None
 
     @property
@@ -93,7 +99,7 @@ class Supervisor:
         command: The child's command line (a single-process ``leveret worker``).
         processes: How many children to run.
         shutdown_timeout_s: The children's ``--shutdown-timeout``; the supervisor SIGKILLs
-            a child that has not exited 15 s after that.
+            a child sent SIGTERM that has not exited `kill_grace_s` after that.
         env: The children's environment (defaults to this process's).
         health_dir: A private directory for the children's health files: each child keeps
             its own (``--health-file``), and `health_files` tells which to look at.
@@ -107,9 +113,11 @@ class Supervisor:
         shutdown_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
         health_dir: str | None = None,
+        kill_grace_s: float = KILL_GRACE_S,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
+        self.kill_grace_s = kill_grace_s
         self.command = list(command)
         self.processes = processes
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -125,8 +133,6 @@ class Supervisor:
         self._roll_again = False
         self._signals: list[int] = []
         self._stopping = False
-        self._stop_deadline = 0.0
-        self._killed = False
 
     # Running ----------------------------------------------------------------------------
 
@@ -165,15 +171,21 @@ class Supervisor:
     def _tick(self) -> None:
         while self._signals:
             self._handle_signal(self._signals.pop(0))
+        now = time.monotonic()
         for child in list(self._children):
             self._check_ready(child)
             if child.process.poll() is not None:
                 self._on_exit(child)
-        now = time.monotonic()
+            elif child.kill_at is not None and now > child.kill_at:
+                log.warning(
+                    "worker_child_killed",
+                    slot=child.slot,
+                    pid=child.pid,
+                    reason="did not exit after SIGTERM within its shutdown timeout",
+                )
+                child.kill_at = None
+                _kill(child, signal.SIGKILL)
         if self._stopping:
-            if not self._killed and self._children and now > self._stop_deadline:
-                log.warning("worker_supervisor_killing", reason="children did not exit in time")
-                self._kill_all()
             return
         self._advance_roll(now)
         for number, slot in enumerate(self._slots):
@@ -317,13 +329,16 @@ class Supervisor:
         self._stopping = True
         self.stopping.set()
         self._roll = None
-        self._stop_deadline = time.monotonic() + self.shutdown_timeout_s + 15
         for child in self._children:
-            child.retiring = True
-            _kill(child, signal.SIGTERM)
+            self._retire(child)
+
+    def _retire(self, child: _Child) -> None:
+        """SIGTERM `child` on purpose; SIGKILL it later if it has not exited by then."""
+        child.retiring = True
+        child.kill_at = time.monotonic() + self.shutdown_timeout_s + self.kill_grace_s
+        _kill(child, signal.SIGTERM)
 
     def _kill_all(self) -> None:
-        self._killed = True
         for child in self._children:
             _kill(child, signal.SIGKILL)
 
@@ -345,8 +360,7 @@ class Supervisor:
                     log.error(
                         "worker_reload_failed", slot=new.slot, pid=new.pid, reason="not ready"
                     )
-                    new.retiring = True
-                    _kill(new, signal.SIGTERM)
+                    self._retire(new)
                     self._roll = None
                 return
             slot = self._slots[new.slot]
@@ -354,9 +368,8 @@ class Supervisor:
             slot.restart_at = None  # the old one may have died meanwhile: new replaces it
             roll.new = None
             if old is not None:
-                old.retiring = True
                 roll.old = old
-                _kill(old, signal.SIGTERM)
+                self._retire(old)
             return
         if not roll.slots:
             log.info("worker_reload_done", processes=self.processes)

@@ -5,6 +5,13 @@ The I/O thread owns the connection and never runs user code. Deliveries go to a 
 I/O thread acks (or first publishes the retry or dead letter with confirm, then acks). An
 outcome for a delivery whose channel has since died is dropped with a log line: the broker
 redelivers it.
+
+No fault ends a thread unseen. An exception that escapes the I/O loop or a handler
+thread's loop (a bug, never a handler's own exception: those are outcomes) is logged with
+its traceback; the worker turns unhealthy, stops consuming, lets the other handlers in
+flight finish, and exits with `EXIT_INTERNAL_ERROR`, so that a supervisor, Docker or
+systemd restarts it. The delivery in hand is returned to the broker as a failed delivery
+(counted towards the queue's delivery limit).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import functools
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,15 +36,30 @@ from actors.actor import Actor
 from services import delays, naming, topology, wire
 from services.broker import default_prefetch, run_until_stopped
 from services.connection import IOThread, describe
-from services.execution import Delivery, Executor, MessageHooks, Outcome, Stats
+from services.execution import (
+    DEFAULT_MAX_BODY_BYTES,
+    Delivery,
+    Executor,
+    MessageHooks,
+    Outcome,
+    Stats,
+)
 from services.logs import get_logger
 
 log = get_logger("leveret.worker")
 
 REQUEUE = "requeue"
+"""Give a delivery back untouched (not started): ``basic.nack`` with requeue."""
+REJECT = "reject"
+"""Give a delivery back as a failed delivery: ``basic.reject`` with requeue, which
+RabbitMQ 4.3+ counts towards the delivery limit (``basic.nack`` no longer does)."""
+
 EXIT_OK = 0
 EXIT_SHUTDOWN_TIMEOUT = 1
 EXIT_FATAL = 2
+"""A configuration or topology error that a restart cannot fix: supervisors do not restart."""
+EXIT_INTERNAL_ERROR = 3
+"""An internal fault stopped the worker (a thread could not go on): restart it."""
 
 
 @dataclass(slots=True)
@@ -58,6 +81,7 @@ class RabbitWorker(IOThread):
         prefetch: Unacknowledged deliveries held; defaults to twice `threads`.
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
         hooks: Run around each message in its handler thread (see `MessageHooks`).
+        max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
     """
 
     def __init__(
@@ -70,6 +94,7 @@ class RabbitWorker(IOThread):
         prefetch: int | None = None,
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         super().__init__(url, role="worker")
         self.namespace = namespace
@@ -82,7 +107,9 @@ class RabbitWorker(IOThread):
         self.exit_code = EXIT_OK
         self.fatal_error: str | None = None
         self._executors = {
-            naming.queue_name(namespace, actor.queue): Executor(actor, hooks=hooks)
+            naming.queue_name(namespace, actor.queue): Executor(
+                actor, hooks=hooks, max_body_bytes=max_body_bytes
+            )
             for actor in actors
         }
         self._steps = topology.steps(namespace, actors)
@@ -91,7 +118,8 @@ class RabbitWorker(IOThread):
         self._wake_pending = False
         self._generation = 0
         self._channel: Channel | None = None
-        self._consumers: dict[str, Executor] = {}
+        self._consumers: dict[str, Executor] = {}  # every tag of this channel, cancelled too
+        self._active: set[str] = set()  # tags consuming now
         self._accepting = False
         self._declaring = False
         self._outstanding = 0
@@ -100,6 +128,8 @@ class RabbitWorker(IOThread):
         self._republishing: dict[int, _Job] = {}
         self._returned: set[int] = set()
         self._pool: list[threading.Thread] = []
+        self._running = 0  # handlers running now, whatever their channel
+        self._running_lock = threading.Lock()
 
     # Any thread -------------------------------------------------------------------------
 
@@ -112,6 +142,10 @@ class RabbitWorker(IOThread):
             thread.start()
             self._pool.append(thread)
         super().start()
+
+    def threads_alive(self) -> bool:
+        """Whether the I/O thread and every handler thread are alive (health checks)."""
+        return self.running and all(thread.is_alive() for thread in self._pool)
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown without waiting (safe from a signal handler)."""
@@ -126,7 +160,7 @@ class RabbitWorker(IOThread):
 
         Returns:
             0 when every handler finished in time, 1 when some were cut off (their messages
-            are redelivered), 2 after a fatal error.
+            are redelivered), 2 after a fatal error, 3 after an internal fault.
         """
         self.request_shutdown()
         self._stopped.wait(timeout_s if timeout_s is not None else self.shutdown_timeout_s + 10)
@@ -142,6 +176,10 @@ class RabbitWorker(IOThread):
             The exit code, as `shutdown`.
         """
         run_until_stopped(self.start, self._stopped, self._on_signal)
+        if self.crashed is not None:
+            # The I/O thread is gone: handlers still running cannot be acked, but they may
+            # finish what they do before the process exits (their messages come back).
+            self._wait_idle(self.shutdown_timeout_s)
         return self.exit_code
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -150,6 +188,11 @@ class RabbitWorker(IOThread):
             raise SystemExit(EXIT_SHUTDOWN_TIMEOUT)
         log.info("worker_stopping", signal=signal.Signals(signum).name)
         self.request_shutdown()
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     # Handler threads --------------------------------------------------------------------
 
@@ -164,9 +207,29 @@ class RabbitWorker(IOThread):
             if not self._accepting:
                 self._post(job, REQUEUE)
                 continue
-            outcome = job.executor.run(job.delivery)
-            self.stats.count(outcome)
+            with self._running_lock:
+                self._running += 1
+            try:
+                outcome = job.executor.run(job.delivery)
+                self.stats.count(outcome)
+            except BaseException as exc:  # noqa: BLE001  # a fault of ours: stop, loudly
+                self._handler_thread_failed(job, exc)
+                return
+            finally:
+                with self._running_lock:
+                    self._running -= 1
             self._post(job, outcome)
+
+    def _handler_thread_failed(self, job: _Job, error: BaseException) -> None:
+        log.error(
+            "handler_thread_failed",
+            message_id=job.delivery.message_id,
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error,
+        )
+        self._post(job, REJECT)
+        reason = f"a handler thread failed: {type(error).__name__}: {error}"
+        self.call_soon(functools.partial(self._fail, reason, EXIT_INTERNAL_ERROR))
 
     def _post(self, job: _Job, result: Outcome | str) -> None:
         self._done.append((job, result))
@@ -178,6 +241,15 @@ class RabbitWorker(IOThread):
 
     def on_connected(self, connection: Any) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def on_crashed(self, error: BaseException) -> None:
+        self.fatal_error = f"the worker's I/O thread failed: {type(error).__name__}: {error}"
+        self.exit_code = EXIT_INTERNAL_ERROR
+        self._shutting_down = True
+        self._accepting = False
+        self.consuming.clear()
+        for _ in self._pool:
+            self._work.put(None)
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
@@ -205,9 +277,9 @@ class RabbitWorker(IOThread):
             self._maybe_finish()
             return
         self._consumers = {}
-        for queue_name, executor in self._executors.items():
-            tag = channel.basic_consume(queue_name, self._on_message)
-            self._consumers[tag] = executor
+        self._active = set()
+        for queue_name in self._executors:
+            self._consume_queue(channel, queue_name)
         self._accepting = True
         self.consuming.set()
         log.info(
@@ -216,6 +288,11 @@ class RabbitWorker(IOThread):
             threads=self.threads,
             prefetch=self.prefetch,
         )
+
+    def _consume_queue(self, channel: Channel, queue_name: str) -> None:
+        tag = channel.basic_consume(queue_name, self._on_message)
+        self._consumers[tag] = self._executors[queue_name]
+        self._active.add(tag)
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is not self._channel:
@@ -232,7 +309,7 @@ class RabbitWorker(IOThread):
             log.warning("worker_disconnected", error=describe(reason))
             return
         if was_declaring and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-            self._fatal(f"declaring the topology failed: {describe(reason)}")
+            self._fail(f"declaring the topology failed: {describe(reason)}", EXIT_FATAL)
             return
         log.warning("worker_channel_lost", error=describe(reason))
         self.call_later(1.0, self._reopen_channel)
@@ -243,11 +320,40 @@ class RabbitWorker(IOThread):
             connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_cancelled(self, frame: Any) -> None:
-        # The broker cancelled a consumer (its queue was deleted): start over on a fresh
-        # channel, which declares the queue again.
-        log.warning("worker_consumer_cancelled", consumer_tag=frame.method.consumer_tag)
-        if self._channel is not None and self._channel.is_open:
-            self._channel.close()
+        # The broker cancelled a consumer: its queue was deleted (or, on RabbitMQ 4.3+, it
+        # held a delivery past the consumer timeout). The channel stays open, so handlers
+        # in flight can still be acked: declare the queue again and consume anew.
+        tag = frame.method.consumer_tag
+        executor = self._consumers.get(tag)
+        self._active.discard(tag)
+        self.consuming.clear()
+        log.warning("worker_consumer_cancelled", consumer_tag=tag)
+        if executor is not None:
+            channel = self._channel
+            self.call_later(1.0, functools.partial(self._resume, channel, executor))
+
+    def _resume(self, channel: Channel | None, executor: Executor) -> None:
+        if channel is None or channel is not self._channel or not channel.is_open:
+            return  # the channel went meanwhile: a new one consumes everything
+        if self._shutting_down:
+            return
+        queue_name = naming.queue_name(self.namespace, executor.actor.queue)
+        self._declaring = True
+
+        def consume_again() -> None:
+            self._declaring = False
+            if channel is not self._channel or not channel.is_open or self._shutting_down:
+                return
+            self._consume_queue(channel, queue_name)
+            if len(self._active) == len(self._executors):
+                self.consuming.set()
+            log.info("worker_consumer_resumed", queue=queue_name)
+
+        topology.declare_async(
+            channel,
+            topology.steps(self.namespace, [executor.actor], with_delay_levels=False),
+            consume_again,
+        )
 
     def on_disconnected(self, reason: BaseException) -> None:
         self._forget_channel()
@@ -265,6 +371,7 @@ class RabbitWorker(IOThread):
         self._republishing.clear()
         self._returned.clear()
         self._publish_tag = 0
+        self._active = set()
 
     # I/O thread: deliveries and outcomes ------------------------------------------------
 
@@ -276,34 +383,44 @@ class RabbitWorker(IOThread):
         body: bytes,
     ) -> None:
         tag: int = method.delivery_tag  # type: ignore[assignment]  # always set on Deliver
-        if not self._accepting:
+        executor = self._consumers.get(method.consumer_tag or "")
+        if not self._accepting or executor is None:
             channel.basic_nack(tag, requeue=True)
             return
+        try:
+            item = wire.delivery(method, props, body)
+        except Exception:  # cannot even read it: the broker dead-letters it
+            log.exception("delivery_unreadable", delivery_tag=tag)
+            channel.basic_reject(tag, requeue=False)
+            return
         self._outstanding += 1
-        self._work.put(
-            _Job(
-                self._generation,
-                tag,
-                self._consumers[method.consumer_tag or ""],
-                wire.delivery(method, props, body),
-            )
+        self._work.put(_Job(self._generation, tag, executor, item))
+
+    def _open_channel_of(self, job: _Job) -> Channel | None:
+        """The channel `job` was delivered on, if it is still open; else log the drop."""
+        channel = self._channel
+        if job.generation == self._generation and channel is not None and channel.is_open:
+            return channel
+        log.info(
+            "ack_dropped",
+            message_id=job.delivery.message_id,
+            reason="channel closed since delivery; the broker redelivers it",
         )
+        return None
 
     def _settle_done(self) -> None:
         self._wake_pending = False
         done = self._done
         while done:
             job, result = done.popleft()
-            channel = self._channel
-            if job.generation != self._generation or channel is None:
-                log.info(
-                    "ack_dropped",
-                    message_id=job.delivery.message_id,
-                    reason="channel closed since delivery; the broker redelivers it",
-                )
+            channel = self._open_channel_of(job)
+            if channel is None:
                 continue
             if result == REQUEUE:
                 channel.basic_nack(job.delivery_tag, requeue=True)
+                self._outstanding -= 1
+            elif result == REJECT:
+                channel.basic_reject(job.delivery_tag, requeue=True)
                 self._outstanding -= 1
             elif isinstance(result, Outcome) and result.fate == "ack":
                 channel.basic_ack(job.delivery_tag)
@@ -322,11 +439,37 @@ class RabbitWorker(IOThread):
             routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
         else:
             exchange, routing_key = "", naming.queue_name(self.namespace, actor_queue)
+        try:
+            self._republish(channel, exchange, routing_key, job, outcome.headers)
+            return
+        except Exception as exc:  # noqa: BLE001  # a copied header pika cannot encode
+            log.warning(
+                "republish_headers_replaced",
+                message_id=job.delivery.message_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        try:
+            self._republish(
+                channel, exchange, routing_key, job, wire.encodable_headers(outcome.headers)
+            )
+        except Exception:  # still not publishable: let the broker dead-letter
+            log.exception("republish_failed", message_id=job.delivery.message_id)
+            channel.basic_reject(job.delivery_tag, requeue=False)
+            self._outstanding -= 1
+
+    def _republish(
+        self,
+        channel: Channel,
+        exchange: str,
+        routing_key: str,
+        job: _Job,
+        headers: dict[str, Any],
+    ) -> None:
         channel.basic_publish(
             exchange,
             routing_key,
             job.delivery.body,
-            wire.republish_properties(job.delivery, outcome.headers),
+            wire.republish_properties(job.delivery, headers),
             mandatory=True,
         )
         self._publish_tag += 1
@@ -351,7 +494,7 @@ class RabbitWorker(IOThread):
         channel = self._channel
         for tag in tags:
             job = self._republishing.pop(tag, None)
-            if job is None or channel is None:
+            if job is None or channel is None or not channel.is_open:
                 continue
             returned = tag in self._returned
             self._returned.discard(tag)
@@ -390,7 +533,7 @@ class RabbitWorker(IOThread):
         self.call_later(self.shutdown_timeout_s, self._shutdown_timed_out)
         channel = self._channel
         if channel is not None and channel.is_open:
-            for tag in self._consumers:
+            for tag in self._active:
                 channel.basic_cancel(tag)
         requeued = 0
         while True:
@@ -400,18 +543,24 @@ class RabbitWorker(IOThread):
                 break
             if job is None:
                 continue
-            if job.generation == self._generation and channel is not None:
+            if job.generation == self._generation and channel is not None and channel.is_open:
                 channel.basic_nack(job.delivery_tag, requeue=True)
                 self._outstanding -= 1
                 requeued += 1
-        log.info("worker_draining", in_flight=self._outstanding, requeued=requeued)
+        log.info(
+            "worker_draining",
+            in_flight=self._outstanding,
+            running=self._running,
+            requeued=requeued,
+            connected=self.connected.is_set(),
+        )
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self._shutting_down or self._outstanding > 0 or self._republishing:
+        if not self._shutting_down or self._stopping:
             return
-        if self._stopping:
-            return
+        if self._outstanding > 0 or self._republishing or self._running > 0:
+            return  # handlers still run (also while disconnected: let them finish)
         self._finish()
 
     def _shutdown_timed_out(self) -> None:
@@ -420,18 +569,23 @@ class RabbitWorker(IOThread):
         log.warning(
             "worker_shutdown_timeout",
             in_flight=self._outstanding,
+            running=self._running,
             timeout_s=self.shutdown_timeout_s,
             hint="handlers still running are cut off; the broker redelivers their messages",
         )
         self.exit_code = max(self.exit_code, EXIT_SHUTDOWN_TIMEOUT)
         self._finish()
 
-    def _fatal(self, reason: str) -> None:
-        self.fatal_error = reason
-        self.exit_code = EXIT_FATAL
-        log.error("worker_failed", error=reason)
-        self._shutting_down = True
-        self._finish()
+    def _fail(self, reason: str, exit_code: int) -> None:
+        """Stop because the worker cannot go on: unhealthy at once, exit with `exit_code`.
+
+        Handlers in flight may finish (up to the shutdown timeout), as on SIGTERM.
+        """
+        if self.fatal_error is None:
+            self.fatal_error = reason
+        self.exit_code = max(self.exit_code, exit_code)
+        log.error("worker_failed", error=reason, exit_code=exit_code)
+        self._begin_shutdown()
 
     def _finish(self) -> None:
         for _ in self._pool:

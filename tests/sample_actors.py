@@ -57,7 +57,7 @@ class Crash(Message, topic="tests.crash"):
     crash: bool = True
 
 
-CRASH_EXIT_CODE = 3
+CRASH_EXIT_CODE = 7  # not one of the exit codes the worker itself uses (0-3)
 
 
 class Crasher(Actor, queue="crasher", delivery_limit=3):

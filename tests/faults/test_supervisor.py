@@ -272,3 +272,27 @@ def test_health_port_answers_for_all_children(
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0, supervisor.log()
     assert get_health(port)[0] == 0, "the port is closed once the supervisor exited"
+
+
+def test_a_child_hung_during_a_sighup_roll_is_killed_after_its_deadline(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """The old child does not react to SIGTERM (stopped, as if hung in C code): after its
+    shutdown timeout and the grace, the supervisor SIGKILLs it and the roll completes."""
+    supervisor = supervise(2, "--threads", "1", "--shutdown-timeout", "1")
+    wait_ready(supervisor, 2)
+    before = live_children(supervisor)
+    hung = min(before)
+    os.kill(hung, signal.SIGSTOP)
+    supervisor.signal(signal.SIGHUP)
+    wait_until(lambda: log_events(supervisor, "worker_reload_done"), 60, "the roll to complete")
+    killed = log_events(supervisor, "worker_child_killed")
+    assert [record["pid"] for record in killed] == [hung], killed
+    after = live_children(supervisor)
+    assert len(after) == 2
+    assert not after & before
+    rabbit_broker.send(Jobs, Job(n=1))
+    wait_until(lambda: done_numbers(record) == {1}, 15, "job 1 to be done by a new child")
+    assert events(record, "done", 1)[0][2] in after
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.log()

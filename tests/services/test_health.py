@@ -38,7 +38,7 @@ def leveret(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_health_server_follows_the_workers_consuming_state(memory_broker: MemoryBroker) -> None:
     """200 with queues and counts while the worker consumes; 503 once it shuts down."""
     with running(memory_broker, Jobs, threads=1, shutdown_timeout_s=5) as worker:
-        probe = WorkerProbe(worker.consuming, worker.stats, [f"{memory_broker.namespace}.jobs"])
+        probe = WorkerProbe(worker, [f"{memory_broker.namespace}.jobs"])
         server = HealthServer(probe, port=0, host="127.0.0.1")
         server.start()
         try:
@@ -156,23 +156,21 @@ def test_ping_with_wrong_password_exits_1_without_showing_it(rabbit_url: str) ->
     assert "WrongPassw0rd" not in result.stderr
 
 
-def test_ping_health_url_reports_the_workers_health() -> None:
+def test_ping_health_url_reports_the_workers_health(memory_broker: MemoryBroker) -> None:
     """`ping --health-url` exits 0 on 200, 1 on 503 or when nothing listens."""
-    import threading
-
-    from services.execution import Stats
-
-    consuming = threading.Event()
-    server = HealthServer(WorkerProbe(consuming, Stats(), ["q"]), port=0, host="127.0.0.1")
+    memory_broker.declare(Jobs)
+    worker = memory_broker.worker([Jobs], threads=1)
+    server = HealthServer(WorkerProbe(worker, ["q"]), port=0, host="127.0.0.1")
     server.start()
     url = f"http://127.0.0.1:{server.port}/"
     try:
-        unhealthy = leveret("ping", "--health-url", url)
+        unhealthy = leveret("ping", "--health-url", url)  # not started yet
         assert unhealthy.returncode == 1
         assert "HTTP 503" in unhealthy.stderr
-        consuming.set()
+        worker.start()
         assert leveret("ping", "--health-url", url).returncode == 0
     finally:
+        worker.shutdown(5)
         server.close()
     gone = leveret("ping", "--health-url", url, "--timeout", "2")
     assert gone.returncode == 1
@@ -211,3 +209,36 @@ def test_children_probe_is_healthy_only_while_every_childs_health_file_is(
     HealthFile(Fixed(Health(True)), paths[1]).update()
     stopping.set()
     assert not probe.check().healthy
+
+
+def test_health_server_listens_on_loopback_and_bounds_its_connections(
+    memory_broker: MemoryBroker,
+) -> None:
+    """By default 127.0.0.1 only. Forty idle clients get at most 16 threads between them
+    and are disconnected after the socket timeout; a real probe is answered meanwhile."""
+    import socket
+    import threading
+
+    from services.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
+
+    memory_broker.declare(Jobs)
+    worker = memory_broker.worker([Jobs], threads=1)
+    worker.start()
+    server = HealthServer(WorkerProbe(worker, ["q"]), port=0)
+    assert server.host == "127.0.0.1"
+    server.start()
+    idle: list[socket.socket] = []
+    try:
+        threads_before = threading.active_count()
+        for _ in range(40):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        wait_until(lambda: threading.active_count() >= threads_before + 1, 5, "a connection thread")
+        assert threading.active_count() <= threads_before + MAX_CONNECTIONS
+        # Once the idle clients time out, a probe gets its answer.
+        wait_health(server.port, 200, timeout_s=SOCKET_TIMEOUT_S + 10)
+        assert idle[0].recv(1) == b""  # the server hung up on a silent client
+    finally:
+        for sock in idle:
+            sock.close()
+        worker.shutdown(5)
+        server.close()

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import structlog
 
 from actors import Actor, Context, handler
 from schemas import Message
 from services.logs import RedactSecrets
+from services.redaction import redact
 from services.testing import memory_broker
 from tests.support import RABBIT_URL, ROOT
 
@@ -50,6 +52,57 @@ def test_one_line_per_handled_message_and_handler_logs_carry_the_context() -> No
 def test_redaction_processor_hides_passwords_in_any_value() -> None:
     event = RedactSecrets()(None, "info", {"event": "x", "url": "amqps://u:p4ss@h:5671/v"})
     assert event["url"] == "amqps://u:***@h:5671/v"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("AMQP://guest:guest@localhost:5672/", "AMQP://guest:***@localhost:5672/"),
+        ("amqp://app:p@ss/w#rd@rabbit:5672/prod", "amqp://app:***@rabbit:5672/prod"),
+        ("connect to amqps://u:a:b%40c@h/v failed", "connect to amqps://u:***@h/v failed"),
+        ("amqp://:only@h", "amqp://:***@h"),
+        ("amqp://a:1@h1,amqp://b:2@h2", "amqp://a:***@h1,amqp://b:***@h2"),
+        ("postgresql+psycopg://app:x,y@db/shop", "postgresql+psycopg://app:***@db/shop"),
+        ("memory://", "memory://"),
+        ("amqp://user@h/", "amqp://user@h/"),
+    ],
+)
+def test_redaction_finds_every_password_whatever_it_holds(text: str, redacted: str) -> None:
+    assert redact(text) == redacted
+
+
+def test_redaction_reaches_nested_values() -> None:
+    event = RedactSecrets()(
+        None,
+        "info",
+        {"event": "x", "urls": ["amqp://u:one@h"], "conf": {"broker": ("amqp://u:two@h",)}},
+    )
+    assert event["urls"] == ["amqp://u:***@h"]
+    assert event["conf"] == {"broker": ("amqp://u:***@h",)}
+
+
+def test_standard_library_records_go_through_the_same_redaction() -> None:
+    """pika, Django or the project's own `logging` calls: JSON lines, passwords hidden."""
+    code = (
+        "import logging\n"
+        "from services.logs import configure_logging\n"
+        "configure_logging('info', json=True)\n"
+        "logging.getLogger('app').warning('broker %s', 'AMQP://u:S3cr#t/x@h:5672/')\n"
+        "try:\n"
+        "    raise RuntimeError('amqp://u:T0p@h')\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('app').exception('failed')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stderr.splitlines())
+    assert first["event"] == "broker AMQP://u:***@h:5672/"
+    assert first["logger"] == "app"
+    assert "amqp://u:***@h" in second["exception"]
+    assert "S3cr" not in result.stderr
+    assert "T0p" not in result.stderr
 
 
 def test_logs_are_json_lines_off_a_terminal_and_never_show_the_password(

@@ -1,0 +1,76 @@
+"""Actors that inject faults into the worker's own machinery, for `leveret worker` in a
+subprocess: importing this module arms two switches in that process.
+
+- `Fault(where="io")`: once handled, the next call of the worker's outcome callback on
+  its I/O thread raises, as a bug there would;
+- `Fault(where="handler_loop")`: once handled, the next delivery a handler thread takes
+  raises out of its loop, as a bug in the worker's own handling code would.
+
+`Slow(sleep_s=...)` keeps a handler busy meanwhile. Both record to ``$LEVERET_TEST_RECORD``
+like `tests.sample_actors`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from actors import NO_RETRY, Actor, Context, handler
+from schemas import Message
+from services.execution import Executor
+from services.worker import RabbitWorker
+from tests.sample_actors import _record
+
+_armed: set[str] = set()
+
+
+class Fault(Message, topic="tests.fault.inject"):
+    """Arms a fault in this worker process."""
+
+    n: int
+    where: Literal["io", "handler_loop"]
+
+
+class Slow(Message, topic="tests.fault.slow"):
+    """Keeps a handler thread busy."""
+
+    n: int
+    sleep_s: float
+
+
+class Injector(Actor, queue="injector"):
+    retry = NO_RETRY
+
+    @handler
+    def arm(self, msg: Fault, ctx: Context) -> None:
+        _record("start", msg.n, ctx)
+        _armed.add(msg.where)
+        _record("done", msg.n, ctx)
+
+    @handler
+    def slow(self, msg: Slow, ctx: Context) -> None:
+        _record("start", msg.n, ctx)
+        time.sleep(msg.sleep_s)
+        _record("done", msg.n, ctx)
+
+
+_settle_done = RabbitWorker._settle_done
+_run = Executor.run
+
+
+def _faulty_settle_done(self: RabbitWorker) -> None:
+    if "io" in _armed:
+        _armed.discard("io")
+        raise RuntimeError("fault injected into an I/O-thread callback")
+    _settle_done(self)
+
+
+def _faulty_run(self: Executor, delivery: Any) -> Any:
+    if "handler_loop" in _armed:
+        _armed.discard("handler_loop")
+        raise RuntimeError("fault injected into a handler thread's loop")
+    return _run(self, delivery)
+
+
+RabbitWorker._settle_done = _faulty_settle_done  # type: ignore[method-assign]
+Executor.run = _faulty_run  # type: ignore[method-assign]
