@@ -7,6 +7,11 @@ callers (and of `publish_many`) pipeline on one connection and heartbeats never 
 After a lost connection, messages not yet confirmed are published again on the next
 connection (at-least-once: a message may then arrive twice, with the same `message_id`).
 After `os.fork()` the child starts its own connection lazily on first use.
+
+One message never holds up the others: one that pika cannot encode fails its own caller at
+once, and a declaration the broker refuses fails the callers with the broker's reason
+while the channel is reopened with backoff. Should the I/O thread itself fail, every caller
+waiting gets `PublishError`, and the next publish starts a new connection.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic
 
-from schemas.errors import PublishError, TopologyError
-from services.connection import IOThread, describe
+from schemas.errors import PublishError, PublishTimeout, TopologyError
+from services.connection import Backoff, IOThread, describe
 from services.logs import get_logger
 from services.topology import Step, declare_async
 
@@ -63,17 +68,30 @@ class Outgoing:
 
 @dataclass(slots=True, eq=False)
 class Batch:
-    """Messages whose callers wait together; settled when every message is confirmed."""
+    """Messages whose callers wait together; settled when every message is confirmed.
+
+    Attributes:
+        remaining: Messages not settled yet.
+        errors: Why each refused message was refused, by index.
+        timed_out: Indices of messages that had no confirm when the caller stopped waiting
+            (they may still be stored: the broker had them, or not).
+        unroutable: Indices of fan-out publishes no queue took.
+    """
 
     remaining: int
     done: threading.Event = field(default_factory=threading.Event)
     errors: dict[int, str] = field(default_factory=dict)
+    timed_out: list[int] = field(default_factory=list)
     unroutable: list[int] = field(default_factory=list)
     # Set when the caller gave up waiting (PublishError): its messages are not sent again.
     abandoned: bool = False
+    settled: list[bool] = field(default_factory=list)
 
     def settle(self, index: int, error: str | None, unroutable: bool) -> None:
         """Record one message's outcome (I/O thread only)."""
+        if self.settled[index]:
+            return
+        self.settled[index] = True
         if error is not None:
             self.errors[index] = error
         elif unroutable:
@@ -109,8 +127,14 @@ class Publisher(IOThread):
     def _reset_state(self) -> None:
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
+        # Callers append to `_incoming` (deque appends and pops are atomic); only the I/O
+        # thread moves them on to `_inbox`, and only it reads or filters `_inbox`.
+        self._incoming: deque[Outgoing] = deque()
         self._inbox: deque[Outgoing] = deque()
         self._wake_pending = False
+        self._refused: str | None = None  # the broker refused our declarations: why
+        self._blocked: str | None = None  # the broker blocks publishing (an alarm): why
+        self._channel_backoff = Backoff(first_s=0.5, max_s=30.0)
         self._channel: Channel | None = None
         self._ready = False
         self._next_tag = 1
@@ -121,33 +145,60 @@ class Publisher(IOThread):
 
     # Callers, any thread -----------------------------------------------------------------
 
-    def publish(self, items: Sequence[Outgoing]) -> Batch:
+    def publish(self, items: Sequence[Outgoing], *, raise_errors: bool = True) -> Batch:
         """Publish `items` and wait until the broker confirmed (or refused) every one.
+
+        Args:
+            items: The messages.
+            raise_errors: Raise on the first message not confirmed. When False, every
+                message's fate is in the returned batch instead (`Batch.errors`,
+                `Batch.timed_out`), so one refused message does not hide that the others
+                were stored.
 
         Returns:
             The settled batch; `Batch.unroutable` lists fan-out publishes no queue took.
 
         Raises:
-            PublishError: A message was nacked, a `send` found no queue, or confirms did not
-                arrive within `confirm_timeout_s`. After a timeout the publisher drops the
-                messages it has not sent yet (or must send again after a lost connection):
-                only the caller retries, so no copy turns up later under another id.
+            PublishTimeout: No confirm within `confirm_timeout_s` (with `raise_errors`).
+                The publisher then drops the messages it has not sent yet (or must send
+                again after a lost connection): only the caller retries, so no copy turns up
+                later under another id.
+            PublishError: A message was nacked, a `send` found no queue, the broker refused
+                the namespace's declarations, or a message cannot be encoded (with
+                `raise_errors`).
+            ValueError: A name or property is longer than AMQP allows (255 bytes; with
+                `raise_errors`, else that message's error).
         """
-        batch = Batch(remaining=len(items))
+        batch = Batch(remaining=len(items), settled=[False] * len(items))
         if not items:
             return batch
+        sendable = []
         for index, item in enumerate(items):
             item.batch = batch
             item.index = index
-        self._ensure_started()
-        self._inbox.extend(items)
-        self._wake()
+            try:
+                _check_encodable(item)
+            except ValueError as exc:
+                if raise_errors:
+                    raise
+                batch.settle(index, str(exc), unroutable=False)
+                continue
+            sendable.append(item)
+        if sendable:
+            self._ensure_started()
+            self._incoming.extend(sendable)
+            self._wake()
         if not batch.done.wait(self.confirm_timeout_s):
             batch.abandoned = True
             if self.running:
                 self.call_soon(self._drop_abandoned)
-            raise PublishError(self._timeout_reason(), message_id=items[0].properties.message_id)
-        if batch.errors:
+            reason = self._timeout_reason()
+            if raise_errors:
+                raise PublishTimeout(reason, message_id=items[0].properties.message_id)
+            batch.timed_out = [index for index, done in enumerate(batch.settled) if not done]
+            for index in batch.timed_out:
+                batch.errors.setdefault(index, reason)
+        if batch.errors and raise_errors:
             index, reason = next(iter(batch.errors.items()))
             more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
             raise PublishError(reason + more, message_id=items[index].properties.message_id)
@@ -196,12 +247,30 @@ class Publisher(IOThread):
                 f"no confirm within {self.confirm_timeout_s}s: broker at {self.safe_url} "
                 f"unreachable ({cause})"
             )
+        if self._blocked is not None:
+            return (
+                f"no confirm within {self.confirm_timeout_s}s: the broker at {self.safe_url} "
+                f"blocks publishing ({self._blocked}; a memory or disk alarm)"
+            )
+        if self._refused is not None:
+            return f"no confirm within {self.confirm_timeout_s}s: {self._refused}"
         return f"no confirm within {self.confirm_timeout_s}s from {self.safe_url}"
 
     # I/O thread --------------------------------------------------------------------------
 
     def on_connected(self, connection: Any) -> None:
+        self._blocked = None
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, _connection: Any, frame: Any) -> None:
+        self._blocked = str(getattr(frame.method, "reason", "") or "blocked")
+        log.warning("publisher_blocked", reason=self._blocked, url=self.safe_url)
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        log.info("publisher_unblocked", url=self.safe_url)
+        self._blocked = None
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
@@ -215,11 +284,24 @@ class Publisher(IOThread):
 
     def _on_ready(self) -> None:
         self._ready = True
+        if self._refused is not None:
+            log.info("publisher_declarations_accepted", url=self.safe_url)
+        self._refused = None
+        self._channel_backoff.reset()
         self._flush()
         self._run_declares()
 
+    def _take_incoming(self) -> None:
+        incoming = self._incoming
+        while incoming:
+            self._inbox.append(incoming.popleft())
+
     def _flush(self) -> None:
         self._wake_pending = False
+        self._take_incoming()
+        if self._refused is not None:
+            self._fail_waiting(self._refused)
+            return
         channel = self._channel
         if not self._ready or channel is None:
             return
@@ -240,10 +322,15 @@ class Publisher(IOThread):
                     item.properties,
                     mandatory=True,
                 )
-            except (pika.exceptions.AMQPError, OSError) as exc:
+            except _CHANNEL_GONE as exc:
                 inbox.appendleft(item)
                 log.warning("publish_deferred", error=describe(exc))
                 return
+            except Exception as exc:  # noqa: BLE001  # this message cannot be encoded
+                # pika encodes the whole message before writing any of it: nothing was
+                # sent, and only this message's caller is told.
+                self._settle_closed(item, f"message cannot be encoded: {type(exc).__name__}: {exc}")
+                continue
             tag = self._next_tag
             self._next_tag = tag + 1
             self._unconfirmed[tag] = item
@@ -254,7 +341,7 @@ class Publisher(IOThread):
                 self._mandatory[message_id] = deque((item,))
             else:
                 waiting.append(item)
-        if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
+        if (inbox or self._incoming) and len(self._unconfirmed) < FLUSH_WINDOW:
             self._wake()
 
     def _on_return(
@@ -285,7 +372,7 @@ class Publisher(IOThread):
             order = self._order
             while order and order[0] not in self._unconfirmed:
                 order.popleft()
-        if self._inbox and not self._wake_pending:
+        if (self._inbox or self._incoming) and not self._wake_pending:
             self._wake()
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
@@ -307,25 +394,48 @@ class Publisher(IOThread):
         item.batch.settle(item.index, error, unroutable=item.returned is not None)
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
+        was_ready = self._ready
         self._channel = None
         self._ready = False
         in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
         self._forget_channel()
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-            # The broker refused what we did (e.g. an exchange deleted under us): publishing
-            # the same again would loop, so the callers get the reason.
+            # The broker refused what we did: publishing or declaring the same at once again
+            # would loop, so the callers get the reason and the channel reopens with backoff.
+            if not was_ready:
+                self._refused = (
+                    f"the broker at {self.safe_url} refused the namespace's declarations: "
+                    f"{describe(reason)}"
+                )
+                log.error("publisher_declarations_refused", error=describe(reason))
             for item in in_flight:
                 self._settle_closed(item, f"channel closed by broker: {describe(reason)}")
-            connection = self.connection
-            if connection is not None and connection.is_open:
-                connection.channel(on_open_callback=self._on_channel_open)
+            if self._refused is not None:
+                self._fail_waiting(self._refused)
+            delay_s = self._channel_backoff.next_delay_s()
+            log.warning("publisher_channel_reopening", retry_in_s=round(delay_s, 2))
+            self.call_later(delay_s, self._reopen_channel)
         else:
             in_flight = [item for item in in_flight if not _abandoned(item)]
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
                 item.returned = None
 
+    def _reopen_channel(self) -> None:
+        connection = self.connection
+        if self._channel is None and connection is not None and connection.is_open:
+            connection.channel(on_open_callback=self._on_channel_open)
+
+    def _fail_waiting(self, reason: str) -> None:
+        """Settle every message waiting to be sent with `reason` (I/O thread only)."""
+        self._take_incoming()
+        waiting = list(self._inbox)
+        self._inbox.clear()
+        for item in waiting:
+            self._settle_closed(item, reason)
+
     def _drop_abandoned(self) -> None:
+        self._take_incoming()
         kept = [item for item in self._inbox if not _abandoned(item)]
         if len(kept) < len(self._inbox):
             log.warning(
@@ -351,14 +461,25 @@ class Publisher(IOThread):
             self._on_channel_closed(self._channel, reason)
 
     def on_stopping(self) -> None:
+        self._fail_everything("publisher closed before the broker confirmed")
+
+    def on_crashed(self, error: BaseException) -> None:
+        # The next publish starts a new I/O thread and connection; nobody waits in vain.
+        self._fail_everything(f"the publisher's I/O thread failed: {type(error).__name__}: {error}")
+        self._channel = None
+        self._ready = False
+
+    def _fail_everything(self, reason: str) -> None:
+        self._take_incoming()
         waiting = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
         waiting += self._inbox
         self._inbox.clear()
         self._forget_channel()
         for item in waiting:
-            self._settle_closed(item, "publisher closed before the broker confirmed")
+            self._settle_closed(item, reason)
         for _todo, future in self._declares:
-            future.set_exception(TopologyError("publisher closed before declaring"))
+            if not future.done():
+                future.set_exception(TopologyError(reason))
         self._declares.clear()
 
     def _run_declares(self) -> None:
@@ -402,6 +523,41 @@ def _declarer(
         declare_async(channel, todo, on_done)
 
     return on_open
+
+
+# What `basic_publish` raises when the channel or connection went: the message was not sent
+# and is published again on the next channel. Anything else means it cannot be encoded.
+_CHANNEL_GONE = (
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.ConnectionClosed,
+    OSError,
+)
+
+_SHORT_STRING_BYTES = 255
+
+
+def _check_encodable(item: Outgoing) -> None:
+    """Fail the caller at once on a name or property AMQP cannot carry (over 255 bytes)."""
+    props = item.properties
+    for what, value in (
+        ("exchange", item.exchange),
+        ("routing key", item.routing_key),
+        ("message_id", props.message_id),
+        ("correlation_id", props.correlation_id),
+        ("type (topic)", props.type),
+    ):
+        # Up to 63 characters always fit (4 bytes at most each): only longer ones are encoded.
+        if (
+            isinstance(value, str)
+            and len(value) > _SHORT_STRING_BYTES // 4
+            and len(value.encode("utf-8", "replace")) > _SHORT_STRING_BYTES
+        ):
+            raise ValueError(
+                f"{what} {value[:40]!r}… is {len(value.encode('utf-8', 'replace'))} bytes; "
+                f"AMQP allows at most {_SHORT_STRING_BYTES}"
+            )
 
 
 def _abandoned(item: Outgoing) -> bool:
