@@ -27,11 +27,12 @@ from actors.function import as_actor_class
 from actors.registry import unique_queues
 from schemas.codec import encode
 from schemas.envelope import Envelope
-from schemas.errors import ConfigurationError
+from schemas.errors import ConfigurationError, PublishError
 from schemas.message import Message
 from services import config, naming
 from services.delays import delay_seconds
 from services.logs import get_logger
+from services.redaction import redact
 
 if TYPE_CHECKING:
     from services.execution import Delivery, MessageHooks, Stats
@@ -45,6 +46,20 @@ class Route:
 
     topic: str
     queue: str | None = None
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What became of messages handed to the broker.
+
+    Attributes:
+        unroutable: Indices of fan-out publishes that no queue received.
+        errors: Why each message that was not confirmed was not (only when the caller asked
+            for every message's fate instead of an exception).
+    """
+
+    unroutable: list[int]
+    errors: dict[int, PublishError]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +78,20 @@ class Worker(Protocol):
     stats: Stats
     consuming: threading.Event
     """Set while it consumes; cleared while reconnecting and once shutting down."""
+    exit_code: int
+    """0 while all is well; see `shutdown`."""
+    fatal_error: str | None
+    """Why the worker stopped on its own (a configuration error, an internal fault)."""
 
     def start(self) -> None:
         """Start consuming in background threads."""
+
+    def threads_alive(self) -> bool:
+        """Whether every thread of the worker is alive (health checks)."""
+        ...
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown without waiting (safe from a signal handler)."""
 
     def shutdown(self, timeout_s: float | None = None) -> int:
         """Stop consuming, finish in-flight handlers, return the exit code (0 = clean)."""
@@ -130,7 +156,7 @@ class Broker:
             implementation = MemoryBroker
         else:
             raise ConfigurationError(
-                f"unknown broker URL scheme in {naming.redact_url(resolved)!r}: use "
+                f"unknown broker URL scheme in {redact(resolved)!r}: use "
                 "amqp://, amqps:// or memory://"
             )
         return super().__new__(implementation)
@@ -151,7 +177,7 @@ class Broker:
         self._declared: set[type[Actor]] = set()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {naming.redact_url(self.url)} namespace={self.namespace!r}>"
+        return f"<{type(self).__name__} {redact(self.url)} namespace={self.namespace!r}>"
 
     def __enter__(self) -> Broker:
         return self
@@ -216,7 +242,7 @@ class Broker:
 
         Raises:
             PublishError: The broker did not confirm the message.
-            ValueError: An invalid delay or eta.
+            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         return self.publish_many([message], delay=delay, eta=eta, correlation_id=correlation_id)[0]
 
@@ -241,9 +267,10 @@ class Broker:
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
-            ValueError: An invalid delay or eta.
+            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         delay_s = self._delay_s(delay, eta)
+        check_correlation_id(correlation_id)
         # One Route per topic, not per message: a large batch keeps every object it makes
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
@@ -254,15 +281,7 @@ class Broker:
             if route is None:
                 route = routes[topic] = Route(topic)
             prepared.append(self._prepare(message, route, correlation_id, delay_s))
-        unroutable = self._deliver(prepared)
-        for index in unroutable:
-            envelope = prepared[index].envelope
-            log.info(
-                "message_unroutable",
-                topic=envelope.topic,
-                message_id=envelope.message_id,
-                hint="no queue is bound to this topic: no actor handles it (yet)",
-            )
+        _log_unroutable(prepared, self._deliver(prepared).unroutable)
         return [item.envelope.message_id for item in prepared]
 
     def send(
@@ -291,11 +310,12 @@ class Broker:
             PublishError: Not confirmed, or the actor's queue does not exist. (A delayed
                 message meets its queue only when the delay is over; should the queue be
                 deleted by then, RabbitMQ drops it.)
-            ValueError: An invalid delay or eta.
+            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         cls = as_actor_class(actor)
         cls.handler_for(message)
         delay_s = self._delay_s(delay, eta)
+        check_correlation_id(correlation_id)
         self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
         item = self._prepare(message, route, correlation_id, delay_s)
@@ -325,7 +345,7 @@ class Broker:
 
         Raises:
             NotHandled: `actor` has no handler for the message's type.
-            ValueError: An invalid delay or eta.
+            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         queue = None
         if actor is not None:
@@ -333,6 +353,7 @@ class Broker:
             cls.handler_for(message)
             queue = cls.queue
         route = Route(message.topic(), queue=queue)
+        check_correlation_id(correlation_id)
         return self._prepare(message, route, correlation_id, self._delay_s(delay, eta))
 
     def publish_prepared(self, items: Sequence[Prepared]) -> list[str]:
@@ -347,15 +368,23 @@ class Broker:
         Raises:
             PublishError: A message was not confirmed; the others may have been.
         """
-        for index in self._deliver(items):
-            envelope = items[index].envelope
-            log.info(
-                "message_unroutable",
-                topic=envelope.topic,
-                message_id=envelope.message_id,
-                hint="no queue is bound to this topic: no actor handles it (yet)",
-            )
+        _log_unroutable(items, self._deliver(items).unroutable)
         return [item.envelope.message_id for item in items]
+
+    def publish_prepared_each(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+        """Publish messages built by `prepare`, each on its own: one failing fails no other.
+
+        For callers that must know every message's fate, such as the outbox relay: a batch
+        in which one message is refused still has every other one stored.
+
+        Returns:
+            For each message, in order: None when the broker confirmed it, else the
+            `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
+            message may still be stored).
+        """
+        delivered = self._deliver(items, raise_errors=False)
+        _log_unroutable(items, delivered.unroutable)
+        return [delivered.errors.get(index) for index in range(len(items))]
 
     def _delay_s(self, delay: float | timedelta | None, eta: datetime | None) -> int:
         if delay is None and eta is None:
@@ -372,11 +401,13 @@ class Broker:
             delay_s,
         )
 
-    def _deliver(self, items: Sequence[Prepared]) -> list[int]:
+    def _deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
         """Hand `items` to the broker and wait for confirms.
 
-        Returns:
-            Indices of fan-out publishes that no queue received.
+        Args:
+            items: The messages.
+            raise_errors: Raise on the first message not confirmed; when False, report
+                each one's error in `Delivered.errors` instead.
 
         Raises:
             PublishError: A message was not confirmed, or a `send` found no queue.
@@ -385,17 +416,40 @@ class Broker:
 
     # Dead letters -----------------------------------------------------------------------
 
-    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
-        """A snapshot of the messages in an actor's dead-letter queue, oldest first.
+    def dead_letters(
+        self, actor: ActorRef | str, *, limit: int = 1000, offset: int = 0
+    ) -> list[Delivery]:
+        """The messages in an actor's dead-letter queue, oldest first: a page of them.
 
-        Nothing is removed: the dead letters stay until replayed or purged.
+        Nothing is removed or changed: the dead letters stay, in the same order, until
+        replayed or purged (on RabbitMQ, reading them takes one pass over the whole queue,
+        which never counts as a failed delivery; see `services.deadletter_pass`).
 
         Args:
             actor: The actor, or its queue name (without namespace).
             limit: At most this many.
+            offset: Skip this many first.
 
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
+            TopologyError: Another dead-letter operation on that queue is running.
+        """
+        raise NotImplementedError
+
+    def dead_letter_count(self, actor: ActorRef | str) -> int:
+        """How many dead letters the actor has (nothing is read or changed).
+
+        Raises:
+            ConfigurationError: The actor has no dead-letter queue (not declared).
+        """
+        raise NotImplementedError
+
+    def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
+        """The dead letter with this message id, if there is one (nothing is changed).
+
+        Raises:
+            ConfigurationError: The actor has no dead-letter queue (not declared).
+            TopologyError: Another dead-letter operation on that queue is running.
         """
         raise NotImplementedError
 
@@ -409,8 +463,10 @@ class Broker:
         """Put dead letters back on the actor's queue, attempt count reset to 1.
 
         Each replayed message keeps its id, topic, correlation id and body; failure headers
-        are dropped. On RabbitMQ the publish and the removal of the dead letter are one
-        transaction: a replay interrupted and run again replays each message exactly once.
+        are dropped. Only the letters present when the replay starts are replayed, each
+        once, so a replay ends even while a failing handler dead-letters them again. On
+        RabbitMQ the publish and the removal of each dead letter are in one transaction: a
+        replay interrupted and run again replays each message exactly once.
 
         Args:
             actor: The actor, or its queue name (without namespace).
@@ -444,6 +500,7 @@ class Broker:
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int | None = None,
     ) -> Worker:
         """A worker consuming the actors' queues (not started).
 
@@ -455,12 +512,49 @@ class Broker:
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
             hooks: Run around each message in the handler's thread (see `MessageHooks`):
                 `before_message` in order, `after_message` in reverse.
+            max_body_bytes: Bodies larger than this are dead-lettered unread (reason
+                ``too_large``); 16 MiB by default.
+
+        Raises:
+            ConfigurationError: An option out of range, or no actor to run.
         """
         raise NotImplementedError
 
     def close(self) -> None:
         """Close connections. Publishing afterwards reconnects."""
         raise NotImplementedError
+
+
+def _log_unroutable(items: Sequence[Prepared], unroutable: list[int]) -> None:
+    for index in unroutable:
+        envelope = items[index].envelope
+        log.info(
+            "message_unroutable",
+            topic=envelope.topic,
+            message_id=envelope.message_id,
+            hint="no queue is bound to this topic: no actor handles it (yet)",
+        )
+
+
+MAX_CORRELATION_ID_BYTES = 255
+"""AMQP's limit for a string property such as ``correlation_id``."""
+
+
+def check_correlation_id(correlation_id: str | None) -> None:
+    """Fail the call at once on a correlation id AMQP cannot carry.
+
+    Raises:
+        ValueError: Not a string, or longer than 255 bytes in UTF-8.
+    """
+    if correlation_id is None:
+        return
+    if not isinstance(correlation_id, str):
+        raise ValueError(f"correlation_id must be a string, not {type(correlation_id).__name__}")
+    size = len(correlation_id.encode("utf-8", "replace"))
+    if size > MAX_CORRELATION_ID_BYTES:
+        raise ValueError(
+            f"correlation_id is {size} bytes; AMQP carries at most {MAX_CORRELATION_ID_BYTES}"
+        )
 
 
 def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> list[type[Actor]]:
@@ -483,6 +577,27 @@ def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> l
     if not classes:
         raise ConfigurationError("no actors to run: name modules that define actors")
     return classes
+
+
+def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
+    """The worker's maximum body size: `max_body_bytes`, or 16 MiB.
+
+    Raises:
+        ConfigurationError: Not a positive number of bytes.
+    """
+    from services.execution import DEFAULT_MAX_BODY_BYTES
+
+    if max_body_bytes is None:
+        return DEFAULT_MAX_BODY_BYTES
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or (max_body_bytes < 1)
+    ):
+        raise ConfigurationError(
+            f"max_body_bytes must be a positive number of bytes, not {max_body_bytes!r}"
+        )
+    return max_body_bytes
 
 
 def default_prefetch(threads: int, prefetch: int | None) -> int:

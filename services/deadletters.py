@@ -8,6 +8,7 @@ each message back exactly once.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,3 +84,34 @@ def replayed(delivery: Delivery) -> Delivery:
         timestamp=delivery.timestamp,
         headers=replay_headers(delivery.headers),
     )
+
+
+# Control characters, invisible format characters (bidirectional overrides), surrogates,
+# private-use and unassigned code points, and line or paragraph separators: anything a
+# publisher could use to rewrite what an operator's terminal shows.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` safe for a terminal: every control or invisible character escaped.
+
+    Dead letters come from any publisher: a header or body holding ``ESC [ ... m`` or a
+    bidirectional override would otherwise act on the operator's terminal. Such characters
+    are shown as ``\\x1b``, ``\\u202e``…
+
+    Args:
+        text: Any text from the wire.
+        keep_newlines: Leave ``\\n`` and ``\\t`` as they are (a traceback's lines).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if keep_newlines and char in "\n\t":
+            out.append(char)
+        elif unicodedata.category(char) in _UNPRINTABLE:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)

@@ -10,13 +10,28 @@ import pika.exceptions
 
 from actors.actor import Actor, ActorRef
 from actors.registry import unique_queues
-from schemas.errors import BrokerConnectionError, ConfigurationError, TopologyError
+from schemas.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    PublishError,
+    PublishTimeout,
+    TopologyError,
+)
 from services import delays, naming, topology, wire
-from services.broker import Broker, Prepared, Worker, select_actors
+from services.broker import (
+    Broker,
+    Delivered,
+    Prepared,
+    Worker,
+    max_body_bytes_or_default,
+    select_actors,
+)
 from services.connection import connection_parameters, describe
-from services.deadletters import replayed
+from services.deadletter_pass import dlq_lock, run_pass
 from services.execution import Delivery, MessageHooks
+from services.frames import TolerantSelectConnection
 from services.publisher import Outgoing, Publisher
+from services.redaction import redact
 
 
 class RabbitBroker(Broker):
@@ -48,7 +63,7 @@ class RabbitBroker(Broker):
         )
         self._levels_declared = True
 
-    def _deliver(self, items: Sequence[Prepared]) -> list[int]:
+    def _deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
         events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
@@ -74,7 +89,12 @@ class RabbitBroker(Broker):
                     unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
-        return self.publisher.publish(outgoing).unroutable
+        batch = self.publisher.publish(outgoing, raise_errors=raise_errors)
+        errors: dict[int, PublishError] = {}
+        for index, reason in batch.errors.items():
+            kind = PublishTimeout if index in batch.timed_out else PublishError
+            errors[index] = kind(reason, message_id=items[index].envelope.message_id)
+        return Delivered(batch.unroutable, errors)
 
     def delete(self, *actors: ActorRef) -> None:
         names = topology.queue_names(self.namespace, unique_queues(actors))
@@ -123,18 +143,39 @@ class RabbitBroker(Broker):
                 f"no queue {queue!r} on the broker ({exc.reply_text})"
             ) from exc
 
-    def dead_letters(self, actor: ActorRef | str, *, limit: int = 1000) -> list[Delivery]:
-        dlq = self._dlq_names(actor)[1]
+    def dead_letters(
+        self, actor: ActorRef | str, *, limit: int = 1000, offset: int = 0
+    ) -> list[Delivery]:
         found: list[Delivery] = []
-        # Fetched without acking: closing the connection puts every one back.
+        position = 0
+
+        def keep(letter: Delivery) -> bool:
+            nonlocal position
+            if offset <= position < offset + limit:
+                found.append(letter)
+            position += 1
+            return False
+
+        self._pass(actor, keep)
+        return found
+
+    def dead_letter_count(self, actor: ActorRef | str) -> int:
+        dlq = self._dlq_names(actor)[1]
         with self.admin() as channel:
             self._existing(channel, dlq)
-            while len(found) < limit:
-                method, props, body = channel.basic_get(dlq, auto_ack=False)
-                if method is None:
-                    break
-                found.append(wire.delivery(method, props, body))
-        return found
+            count: int = channel.queue_declare(dlq, passive=True).method.message_count
+        return count
+
+    def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
+        found: list[Delivery] = []
+
+        def match(letter: Delivery) -> bool:
+            if not found and letter.message_id == message_id:
+                found.append(letter)
+            return False
+
+        self._pass(actor, match)
+        return found[0] if found else None
 
     def replay_dead_letters(
         self,
@@ -143,32 +184,31 @@ class RabbitBroker(Broker):
         message_ids: set[str] | None = None,
         on_replayed: Callable[[str], None] | None = None,
     ) -> int:
+        def chosen(letter: Delivery) -> bool:
+            return message_ids is None or letter.message_id in message_ids
+
+        def moved(letter: Delivery) -> None:
+            if on_replayed is not None:
+                on_replayed(letter.message_id)
+
+        return self._pass(actor, chosen, replay=True, on_moved=moved)
+
+    def _pass(
+        self,
+        actor: ActorRef | str,
+        visit: Callable[[Delivery], bool],
+        *,
+        replay: bool = False,
+        on_moved: Callable[[Delivery], None] | None = None,
+    ) -> int:
+        """One `deadletter_pass.run_pass` over the actor's `.dlq`, holding its lock."""
         queue, dlq = self._dlq_names(actor)
-        count = 0
         with self.admin() as channel:
-            self._existing(channel, queue)
+            if replay:
+                self._existing(channel, queue)
             self._existing(channel, dlq)
-            # Publish and ack in one transaction per message: if this process dies, either
-            # both happened or neither (the dead letter goes back to the .dlq), so running
-            # the replay again replays each message exactly once.
-            channel.tx_select()
-            while True:
-                method, props, body = channel.basic_get(dlq, auto_ack=False)
-                if method is None:
-                    break
-                letter = wire.delivery(method, props, body)
-                if message_ids is not None and letter.message_id not in message_ids:
-                    continue  # stays unacked on this channel, back in the .dlq on close
-                again = replayed(letter)
-                channel.basic_publish(
-                    "", queue, body, wire.republish_properties(letter, dict(again.headers))
-                )
-                channel.basic_ack(method.delivery_tag)
-                channel.tx_commit()
-                count += 1
-                if on_replayed is not None:
-                    on_replayed(letter.message_id or "")
-        return count
+            dlq_lock(channel.connection, dlq)
+            return run_pass(channel, dlq, visit, queue=queue if replay else None, on_moved=on_moved)
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         dlq = self._dlq_names(actor)[1]
@@ -186,6 +226,7 @@ class RabbitBroker(Broker):
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
+        max_body_bytes: int | None = None,
     ) -> Worker:
         from services.worker import RabbitWorker
 
@@ -197,6 +238,7 @@ class RabbitBroker(Broker):
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
             hooks=hooks,
+            max_body_bytes=max_body_bytes_or_default(max_body_bytes),
         )
 
     def close(self) -> None:
@@ -213,11 +255,13 @@ class _AdminChannel:
     def __enter__(self) -> Any:
         try:
             self._connection = pika.BlockingConnection(
-                connection_parameters(self._url, role="admin")
+                connection_parameters(self._url, role="admin"),
+                # pika's stubs type this as an instance; pika wants the class.
+                _impl_class=TolerantSelectConnection,  # type: ignore[arg-type]
             )
         except pika.exceptions.AMQPError as exc:
             raise BrokerConnectionError(
-                f"cannot connect to {naming.redact_url(self._url)}: {describe(exc)}"
+                f"cannot connect to {redact(self._url)}: {describe(exc)}"
             ) from exc
         return self._connection.channel()
 

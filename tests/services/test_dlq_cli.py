@@ -163,7 +163,7 @@ def test_purge_asks_first_and_no_keeps_everything(
 ) -> None:
     result = dlq(rabbit_broker, "purge", "jobs", stdin="n\n")
     assert result.returncode != 0
-    assert "Delete every dead letter of jobs?" in result.stdout
+    assert "Delete every dead letter of jobs (3)?" in result.stdout
     assert "Aborted" in result.stderr
     assert _dead_count(rabbit_broker) == 3
 
