@@ -16,7 +16,9 @@ class OutboxMessage(models.Model):
 
     It holds everything needed to publish the very same message later: id, correlation id,
     topic, route, body, headers, delay and timestamp. ``group`` identifies the transaction
-    that wrote it; the relay keeps each group's messages in ``id`` order.
+    that wrote it; the relay keeps each group's messages in ``id`` order. ``attempts``,
+    ``last_error`` and ``next_attempt_at`` record the broker's refusals; ``failed_at`` is
+    set once the relay gave up on the row.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -34,13 +36,15 @@ class OutboxMessage(models.Model):
     attempts = models.IntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True, default="")
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "leveret_outbox"
         indexes = [models.Index(fields=["sent_at", "next_attempt_at", "id"])]
 
     def __str__(self) -> str:
-        return f"{self.topic} {self.message_id} ({'sent' if self.sent_at else 'pending'})"
+        state = "sent" if self.sent_at else "failed" if self.failed_at else "pending"
+        return f"{self.topic} {self.message_id} ({state})"
 
     @classmethod
     def of(cls, item: Prepared, group: str) -> OutboxMessage:

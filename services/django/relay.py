@@ -14,21 +14,31 @@ A relay that dies after the broker confirmed but before its commit leaves the ro
 pending: they are published again (same message id). Consumers must be idempotent, as
 always with at-least-once delivery.
 
+Each row's fate is its own. A confirmed row is marked sent even when another row of its
+batch fails. A row the broker refuses (its queue is gone, a nack, a message that cannot be
+encoded) backs off on its own (1 s doubling up to 5 min), records its error, and is
+marked failed after ``max_attempts`` (``manage.py leveret_relay --status`` shows it,
+``--retry-failed`` puts it back). While the broker is unreachable, rows wait without
+using up their attempts, and the relay pauses with its own backoff.
+
 Order: rows are published in ``id`` order; rows of one transaction (a group) wait while an
-earlier row of the same group is unsent (held by another relay, or in backoff).
+earlier row of the same group is pending (held by another relay, or in backoff). A row
+marked failed no longer holds up its group.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.db import close_old_connections, connections, transaction
+from django.db.models import Min
 
 from actors.actor import ActorRef
-from schemas.errors import LeveretError
+from schemas.errors import LeveretError, PublishError, PublishTimeout
 from services.broker import Broker
 from services.logs import get_logger
 
@@ -36,6 +46,27 @@ if TYPE_CHECKING:
     from services.django.models import OutboxMessage as OutboxMessageType
 
 log = get_logger("leveret.relay")
+
+ROW_FIRST_BACKOFF_S = 1.0
+ROW_MAX_BACKOFF_S = 300.0
+DECLARE_RETRY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    """The outbox at a glance (`outbox_status`).
+
+    Attributes:
+        pending: Rows waiting to be sent (in backoff included).
+        failed: Rows given up on after their attempts ran out.
+        oldest_pending_age_s: Seconds since the oldest pending row was written, if any.
+        last_errors: The errors of up to five most recently failed rows.
+    """
+
+    pending: int
+    failed: int
+    oldest_pending_age_s: float | None
+    last_errors: tuple[str, ...]
 
 
 class Relay:
@@ -49,6 +80,7 @@ class Relay:
         poll_interval_s: Pause when the outbox is empty.
         max_backoff_s: Longest pause between retries while the broker is down.
         prune_after_s: Sent rows older than this are deleted (None: never).
+        max_attempts: Attempts after which a row the broker keeps refusing is marked failed.
     """
 
     def __init__(
@@ -61,9 +93,12 @@ class Relay:
         poll_interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
         prune_after_s: float | None = 7 * 24 * 3600.0,
+        max_attempts: int = 10,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         self.broker = broker
         self.using = using
         self.actors = list(actors)
@@ -71,8 +106,10 @@ class Relay:
         self.poll_interval_s = poll_interval_s
         self.max_backoff_s = max_backoff_s
         self.prune_after_s = prune_after_s
+        self.max_attempts = max_attempts
         self.sent = 0
-        self._declared = not self.actors
+        self._undeclared = list(self.actors)
+        self._next_declare_at = 0.0
         self._failures = 0
         self._last_prune = 0.0
 
@@ -80,44 +117,103 @@ class Relay:
         """Pause after `failures` failed batches in a row: 0.5 s doubling, capped."""
         return float(min(self.max_backoff_s, 0.5 * 2 ** max(0, failures - 1)))
 
+    def row_backoff_s(self, attempts: int) -> float:
+        """Pause before a refused row's next attempt, after `attempts` attempts."""
+        return float(min(ROW_MAX_BACKOFF_S, ROW_FIRST_BACKOFF_S * 2 ** max(0, attempts - 1)))
+
     def run_once(self) -> int:
         """Publish one batch; return how many rows were sent.
 
+        Confirmed rows are marked sent, refused ones back off on their own (and are marked
+        failed once their attempts run out), in the same transaction.
+
         Raises:
-            LeveretError: The broker did not confirm (the rows stay pending, with their
-                next attempt pushed back).
+            PublishTimeout: No row was confirmed in time (the broker is unreachable): the
+                rows stay pending, their next attempt pushed back, their attempts unused.
         """
         from services.django.models import OutboxMessage
 
-        failure: LeveretError | None = None
         with transaction.atomic(using=self.using):
             rows = self._lock_batch()
             if not rows:
                 return 0
+            self._declare_actors()
             now = datetime.now(UTC)
-            try:
-                if not self._declared:
-                    self.broker.declare(*self.actors)
-                    self._declared = True
-                self.broker.publish_prepared([row.prepared(now) for row in rows])
-            except LeveretError as exc:
-                failure = exc
-                self._failures += 1
-                OutboxMessage.objects.using(self.using).filter(
-                    id__in=[row.id for row in rows]
-                ).update(
-                    next_attempt_at=now + timedelta(seconds=self.backoff_s(self._failures)),
-                    last_error=str(exc)[:2000],
+            errors = self.broker.publish_prepared_each([row.prepared(now) for row in rows])
+            sent = [row.id for row, error in zip(rows, errors, strict=True) if error is None]
+            timed_out = [
+                row.id
+                for row, error in zip(rows, errors, strict=True)
+                if isinstance(error, PublishTimeout)
+            ]
+            first_timeout = next((e for e in errors if isinstance(e, PublishTimeout)), None)
+            if sent:
+                OutboxMessage.objects.using(self.using).filter(id__in=sent).update(
+                    sent_at=datetime.now(UTC), last_error=""
                 )
-            else:
-                self._failures = 0
-                OutboxMessage.objects.using(self.using).filter(
-                    id__in=[row.id for row in rows]
-                ).update(sent_at=datetime.now(UTC))
-        if failure is not None:
-            raise failure
-        self.sent += len(rows)
-        return len(rows)
+            if timed_out and first_timeout is not None:
+                # The broker is unreachable or blocks publishing: not the rows' fault.
+                self._failures += 0 if sent else 1
+                OutboxMessage.objects.using(self.using).filter(id__in=timed_out).update(
+                    next_attempt_at=now + timedelta(seconds=self.backoff_s(self._failures)),
+                    last_error=str(first_timeout)[:2000],
+                )
+            for row, error in zip(rows, errors, strict=True):
+                if error is not None and not isinstance(error, PublishTimeout):
+                    self._refused(row, error, now)
+        if sent:
+            self._failures = 0
+        self.sent += len(sent)
+        if not sent and first_timeout is not None:
+            raise first_timeout
+        return len(sent)
+
+    def _refused(self, row: OutboxMessageType, error: PublishError, now: datetime) -> None:
+        """Record a refusal of `row`: its own backoff, or failed once attempts run out."""
+        from services.django.models import OutboxMessage
+
+        attempts = row.attempts + 1
+        failed = attempts >= self.max_attempts
+        retry_in_s = self.row_backoff_s(attempts)
+        OutboxMessage.objects.using(self.using).filter(id=row.id).update(
+            attempts=attempts,
+            last_error=str(error)[:2000],
+            next_attempt_at=now + timedelta(seconds=retry_in_s),
+            failed_at=now if failed else None,
+        )
+        fields = {
+            "message_id": row.message_id,
+            "topic": row.topic,
+            "attempts": attempts,
+            "error": str(error),
+        }
+        if failed:
+            log.error(
+                "outbox_row_failed",
+                **fields,
+                hint="manage.py leveret_relay --status lists it; --retry-failed sends it again",
+            )
+        else:
+            log.warning("outbox_row_refused", **fields, retry_in_s=retry_in_s)
+
+    def _declare_actors(self) -> None:
+        """Declare the actors not declared yet, each on its own; a refusal blocks no row."""
+        if not self._undeclared or time.monotonic() < self._next_declare_at:
+            return
+        left = []
+        for actor in self._undeclared:
+            try:
+                self.broker.declare(actor)
+            except LeveretError as exc:
+                left.append(actor)
+                log.error(
+                    "relay_declare_failed",
+                    actor=getattr(actor, "__qualname__", repr(actor)),
+                    error=str(exc),
+                    retry_in_s=DECLARE_RETRY_S,
+                )
+        self._undeclared = left
+        self._next_declare_at = time.monotonic() + DECLARE_RETRY_S
 
     def _lock_batch(self) -> list[OutboxMessageType]:
         from services.django.models import OutboxMessage
@@ -125,7 +221,11 @@ class Relay:
         connection = connections[self.using]
         pending = (
             OutboxMessage.objects.using(self.using)
-            .filter(sent_at__isnull=True, next_attempt_at__lte=datetime.now(UTC))
+            .filter(
+                sent_at__isnull=True,
+                failed_at__isnull=True,
+                next_attempt_at__lte=datetime.now(UTC),
+            )
             .order_by("id")
         )
         if connection.features.has_select_for_update_skip_locked:
@@ -147,7 +247,12 @@ class Relay:
         blocked = {
             group
             for group, row_id in OutboxMessage.objects.using(self.using)
-            .filter(sent_at__isnull=True, group__in=list(first), id__lt=max(first.values()))
+            .filter(
+                sent_at__isnull=True,
+                failed_at__isnull=True,
+                group__in=list(first),
+                id__lt=max(first.values()),
+            )
             .values_list("group", "id")
             if row_id < first[group]
         }
@@ -200,3 +305,36 @@ class Relay:
         thread = threading.Thread(target=self.run, args=(stop,), name="leveret-relay", daemon=True)
         thread.start()
         return thread
+
+
+def outbox_status(using: str = "default") -> OutboxStatus:
+    """Pending and failed rows of the outbox on database `using`, and the oldest's age."""
+    from services.django.models import OutboxMessage
+
+    rows = OutboxMessage.objects.using(using).filter(sent_at__isnull=True)
+    pending = rows.filter(failed_at__isnull=True)
+    failed = rows.filter(failed_at__isnull=False)
+    oldest = pending.aggregate(oldest=Min("created_at"))["oldest"]
+    last_errors = tuple(
+        f"{row.message_id} {row.topic}: {row.last_error}"
+        for row in failed.order_by("-failed_at")[:5]
+    )
+    return OutboxStatus(
+        pending=pending.count(),
+        failed=failed.count(),
+        oldest_pending_age_s=(
+            (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else None
+        ),
+        last_errors=last_errors,
+    )
+
+
+def retry_failed(using: str = "default") -> int:
+    """Put every failed row of the outbox back, with fresh attempts; returns how many."""
+    from services.django.models import OutboxMessage
+
+    return int(
+        OutboxMessage.objects.using(using)
+        .filter(sent_at__isnull=True, failed_at__isnull=False)
+        .update(failed_at=None, attempts=0, next_attempt_at=datetime.now(UTC))
+    )

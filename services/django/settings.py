@@ -7,6 +7,7 @@ LEVERET = {
     "ACTORS": ["shop.actors"],                           # modules the worker runs
     "OUTBOX": False,                # publish through the transactional outbox by default
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600,               # delete sent rows after this
+    "OUTBOX_MAX_ATTEMPTS": 10,      # a row the broker keeps refusing is then marked failed
     "RELAY_IN_WORKER": False,       # leveret_worker also runs the outbox relay
     "DATABASE": "default",          # the alias whose transactions publishing follows
     "CONFIRM_TIMEOUT_S": 30.0,      # how long a publish waits for the broker's confirm
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services import config, naming
+from services.redaction import redact
 
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,
@@ -27,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "ACTORS": [],
     "OUTBOX": False,
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600.0,
+    "OUTBOX_MAX_ATTEMPTS": 10,
     "RELAY_IN_WORKER": False,
     "DATABASE": "default",
     "CONFIRM_TIMEOUT_S": 30.0,
@@ -43,6 +46,7 @@ class LeveretSettings:
         actors: Modules that define the project's actors.
         outbox: Publish through the transactional outbox inside transactions by default.
         outbox_prune_after_s: Seconds after which sent outbox rows are deleted.
+        outbox_max_attempts: Refusals after which the relay marks an outbox row failed.
         relay_in_worker: ``leveret_worker`` also runs the outbox relay.
         database: The database alias whose transactions publishing follows.
         confirm_timeout_s: How long a publish waits for the broker's confirm.
@@ -53,6 +57,7 @@ class LeveretSettings:
     actors: tuple[str, ...] = ()
     outbox: bool = False
     outbox_prune_after_s: float = DEFAULTS["OUTBOX_PRUNE_AFTER_S"]
+    outbox_max_attempts: int = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
     relay_in_worker: bool = False
     database: str = "default"
     confirm_timeout_s: float = 30.0
@@ -85,7 +90,7 @@ def read(raw: object) -> LeveretSettings:
     ):
         problems.append(
             f"LEVERET['BROKER_URL'] must be an amqp://, amqps:// or memory:// URL, not "
-            f"{naming.redact_url(str(url))!r}"
+            f"{redact(str(url))!r}"
         )
         url = config.DEFAULT_BROKER_URL
     namespace = config.namespace(values["NAMESPACE"] or None)
@@ -110,6 +115,10 @@ def read(raw: object) -> LeveretSettings:
         if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
             problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
             values[key] = DEFAULTS[key]
+    attempts = values["OUTBOX_MAX_ATTEMPTS"]
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        problems.append("LEVERET['OUTBOX_MAX_ATTEMPTS'] must be a whole number of at least 1")
+        values["OUTBOX_MAX_ATTEMPTS"] = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
     if not isinstance(values["DATABASE"], str):
         problems.append("LEVERET['DATABASE'] must be a database alias (a string)")
         values["DATABASE"] = "default"
@@ -119,6 +128,7 @@ def read(raw: object) -> LeveretSettings:
         actors=tuple(actors),
         outbox=values["OUTBOX"],
         outbox_prune_after_s=float(values["OUTBOX_PRUNE_AFTER_S"]),
+        outbox_max_attempts=values["OUTBOX_MAX_ATTEMPTS"],
         relay_in_worker=values["RELAY_IN_WORKER"],
         database=values["DATABASE"],
         confirm_timeout_s=float(values["CONFIRM_TIMEOUT_S"]),

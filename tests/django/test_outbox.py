@@ -6,14 +6,15 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 from shop.actors import Stock
 from shop.messages import OrderPlaced
 
-from actors import configure, publish
+from actors import Actor, configure, handler, publish
 from services.django import TransactionalDispatcher
 from services.django.models import OutboxMessage
-from services.django.relay import Relay
+from services.django.relay import Relay, outbox_status
 from services.rabbitmq import RabbitBroker
 from tests.django.conftest import drain
 from tests.proxy import TcpProxy
@@ -110,3 +111,62 @@ def test_sent_rows_are_pruned(shop_broker: RabbitBroker, db_alias: str) -> None:
     relay = Relay(shop_broker, using=db_alias, prune_after_s=3600)
     assert relay.prune() == 1
     assert _pending(db_alias) == 1
+
+
+class StockElsewhere(Actor, queue="shop.stock", queue_type="classic"):
+    """The shop's stock queue declared with other arguments: RabbitMQ refuses it."""
+
+    @handler
+    def take(self, msg: OrderPlaced) -> None: ...
+
+
+def _unroutable_row(shop_broker: RabbitBroker, db_alias: str) -> OutboxMessage:
+    """A row whose queue does not exist: the broker returns it on every attempt."""
+    item = shop_broker.prepare(OrderPlaced(order_id=999))
+    row = OutboxMessage.of(item, group="lonely")
+    row.queue = "shop.gone"
+    row.save(using=db_alias)
+    return row
+
+
+def test_one_refused_row_neither_blocks_nor_multiplies_the_others(
+    shop_broker: RabbitBroker, db_alias: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20 good rows around one that can never be published, and the relay's own actor
+    declaration refused: the 20 arrive exactly once; the bad row backs off on its own, is
+    marked failed after its attempts, shows in --status, and --retry-failed brings it back."""
+    configure(TransactionalDispatcher(shop_broker, outbox=True, using=db_alias))
+    with transaction.atomic(using=db_alias):
+        ids = [Stock.send(OrderPlaced(order_id=n)) for n in range(10)]
+    bad = _unroutable_row(shop_broker, db_alias)
+    with transaction.atomic(using=db_alias):
+        ids += [Stock.send(OrderPlaced(order_id=n)) for n in range(10, 20)]
+    relay = Relay(shop_broker, using=db_alias, actors=[StockElsewhere], max_attempts=2)
+
+    assert relay.run_once() == 20
+    assert sorted(drain(shop_broker, Stock)) == sorted(ids)
+    bad.refresh_from_db(using=db_alias)
+    assert (bad.attempts, bad.sent_at, bad.failed_at) == (1, None, None)
+    assert "shop.gone" in bad.last_error
+    assert bad.next_attempt_at > datetime.now(UTC)  # its own backoff
+
+    assert relay.run_once() == 0  # the bad row waits; nothing is sent again
+    wait_until(lambda: datetime.now(UTC) >= bad.next_attempt_at, 5, "the row's backoff")
+    assert relay.run_once() == 0
+    bad.refresh_from_db(using=db_alias)
+    assert bad.attempts == 2
+    assert bad.failed_at is not None
+    assert relay.run_once() == 0
+    assert drain(shop_broker, Stock) == []
+
+    status = outbox_status(db_alias)
+    assert (status.pending, status.failed) == (0, 1)
+    assert bad.message_id in status.last_errors[0]
+    if db_alias == "default":  # the command reads the project's database
+        call_command("leveret_relay", "--status")
+        out = capsys.readouterr().out
+        assert "pending: 0" in out
+        assert "failed: 1" in out
+        call_command("leveret_relay", "--retry-failed")
+        assert "1 failed row(s) put back" in capsys.readouterr().out
+        assert outbox_status(db_alias).pending == 1

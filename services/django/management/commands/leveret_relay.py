@@ -6,11 +6,12 @@ import signal
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from actors import actors_in
+from schemas.errors import LeveretError
 from services.django.apps import build_broker
-from services.django.relay import Relay
+from services.django.relay import Relay, outbox_status, retry_failed
 from services.django.settings import load
 from services.logs import configure_logging
 
@@ -29,13 +30,26 @@ class Command(BaseCommand):
             "--max-backoff", type=float, default=30.0, help="Longest wait between retries."
         )
         parser.add_argument("--once", action="store_true", help="Send what is pending, exit.")
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help="Show pending and failed rows and the oldest pending row's age, then exit.",
+        )
+        parser.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="Put rows the relay gave up on back in the outbox, then exit.",
+        )
         parser.add_argument("--log-level", default="info")
         parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
 
     def handle(self, *args: Any, **options: Any) -> None:
+        found = load()
+        if options["status"] or options["retry_failed"]:
+            self._inspect(found.database, retry=options["retry_failed"])
+            return
         fmt = options["log_format"]
         configure_logging(options["log_level"], json=None if fmt == "auto" else fmt == "json")
-        found = load()
         broker = build_broker()
         relay = Relay(
             broker,
@@ -45,11 +59,15 @@ class Command(BaseCommand):
             poll_interval_s=options["poll_interval"],
             max_backoff_s=options["max_backoff"],
             prune_after_s=found.outbox_prune_after_s,
+            max_attempts=found.outbox_max_attempts,
         )
         try:
             if options["once"]:
-                while relay.run_once():
-                    pass
+                try:
+                    while relay.run_once():
+                        pass
+                except LeveretError as exc:
+                    raise CommandError(f"{relay.sent} message(s) sent, then: {exc}") from exc
                 relay.prune()
                 self.stdout.write(f"{relay.sent} message(s) sent")
                 return
@@ -60,3 +78,15 @@ class Command(BaseCommand):
             relay.run(stop)
         finally:
             broker.close()
+
+    def _inspect(self, database: str, *, retry: bool) -> None:
+        # The database only: no broker connection is opened.
+        if retry:
+            self.stdout.write(f"{retry_failed(database)} failed row(s) put back in the outbox")
+        status = outbox_status(database)
+        age = status.oldest_pending_age_s
+        self.stdout.write(f"pending: {status.pending}")
+        self.stdout.write(f"failed: {status.failed}")
+        self.stdout.write("oldest pending: " + ("-" if age is None else f"{age:.0f} s ago"))
+        for line in status.last_errors:
+            self.stdout.write(f"  failed {line}")
