@@ -241,3 +241,38 @@ def test_memory_unknown_queue_is_a_configuration_error() -> None:
     ):
         with pytest.raises(ConfigurationError, match=re.escape("dlq-test.nosuch.dlq")):
             operation("nosuch")
+
+
+def test_show_and_list_escape_what_a_publisher_put_in_the_message(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """Terminal escape sequences and bidirectional overrides in headers, ids and the body are
+    shown escaped, never sent raw to the operator's terminal."""
+    import pika
+
+    rabbit_broker.declare(Jobs)
+    dlq_name = naming.dlq_name(rabbit_broker.namespace, Jobs.queue)
+    with rabbit_broker.admin() as channel:
+        channel.basic_publish(
+            "",
+            dlq_name,
+            b'{"n": 1, "note": "\\u001b[2J"}',
+            pika.BasicProperties(
+                message_id="evil\x1b]0;owned\x07",
+                type="tests.job",
+                headers={
+                    wire.ERROR_REASON: "handler_error",
+                    wire.ERROR_MESSAGE: "\x1b[31mred\u202eerif",
+                    wire.ERROR_TRACEBACK: "Traceback\n  line \x1b[1A\n",
+                },
+            ),
+        )
+    listed = dlq(rabbit_broker, "list", "jobs")
+    shown = dlq(rabbit_broker, "show", "jobs", "evil\x1b]0;owned\x07")
+    for result in (listed, shown):
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "\u202e" not in result.stdout
+        assert "\\x1b" in result.stdout
+    assert "\\u202e" in shown.stdout
+    assert "    line \\x1b[1A" in shown.stdout  # the traceback keeps its lines
