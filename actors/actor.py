@@ -241,7 +241,7 @@ class Actor:
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue does not
                 exist (no worker or `leveret declare` created it yet).
-            ValueError: An invalid delay or eta.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         cls.handler_for(message)
         return dispatch.current().send(

@@ -94,7 +94,7 @@ def publish(message: Message, *, delay: Delay = None, eta: datetime | None = Non
     Raises:
         ConfigurationError: No broker is configured.
         PublishError: The broker did not confirm the message.
-        ValueError: An invalid delay or eta.
+        InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
     """
     from actors.context import current_correlation_id
 

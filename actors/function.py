@@ -11,6 +11,7 @@ from actors import dispatch
 from actors.actor import Actor, Handler, QueueType, inspect_handler
 from actors.context import current_correlation_id
 from actors.retry import RetryPolicy
+from schemas.errors import InvalidArgument
 from schemas.message import Message
 
 R = TypeVar("R")
@@ -61,7 +62,7 @@ class FunctionActor(Generic[R]):
             NotHandled: The message is not of the function's message type.
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue is missing.
-            ValueError: An invalid delay or eta.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         self.actor_class.handler_for(message)
         return dispatch.current().send(
@@ -167,4 +168,4 @@ def as_actor_class(ref: type[Actor] | FunctionActor[Any]) -> type[Actor]:
         return ref.actor_class
     if isinstance(ref, type) and issubclass(ref, Actor) and not ref.abstract:
         return ref
-    raise TypeError(f"{ref!r} is not an actor (an Actor subclass or an @actor function)")
+    raise InvalidArgument(f"{ref!r} is not an actor (an Actor subclass or an @actor function)")

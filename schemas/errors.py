@@ -1,10 +1,14 @@
-"""Every error Leveret raises, under one root.
+"""Every error Leveret raises, under one root: ``except LeveretError`` catches them all.
 
 ```
 LeveretError
 ├── DefinitionError (TypeError)        a message or actor is declared wrongly (class creation)
-├── ConfigurationError                 no broker configured, a bad URL or option
+├── ConfigurationError (ValueError)    no broker configured; a bad URL, setting or option
+├── InvalidArgument (ValueError)       a value passed to a call that cannot be used (a delay
+│                                      out of range, a naive eta, a correlation id over 255
+│                                      bytes, something that is not an actor)
 ├── NotHandled (TypeError)             sending an actor a message type it has no handler for
+├── NotFound (LookupError)             a queue or dead-letter queue that does not exist
 ├── DecodeError (ValueError)           a delivery cannot become a message; keeps the raw body
 │   ├── MalformedBody                  the body is not JSON (or not UTF-8)
 │   ├── InvalidMessage                 JSON that does not validate against the message class
@@ -13,6 +17,8 @@ LeveretError
 ├── BrokerError                        talking to the broker failed
 │   ├── BrokerConnectionError (ConnectionError)   cannot connect, or the connection was lost
 │   ├── TopologyError                  declaring exchanges/queues failed (e.g. other arguments)
+│   ├── OperationError                 an operation on queues was refused, or another holds
+│   │                                  the queue (a dead-letter pass already running)
 │   └── PublishError                   a message was not stored: nack, no queue, refused
 │       └── PublishTimeout             no confirm in time: the message may or may not be stored
 ├── TimeLimitExceeded                  a handler ran past its time limit and was interrupted
@@ -22,7 +28,9 @@ LeveretError
     └── Reject                         (actors.control) dead-letter it at once, no retries
 ```
 
-`DecodeError`s are permanent failures: the worker dead-letters the delivery with the reason.
+pika's exceptions never reach a caller: the modules that speak AMQP
+(`services.rabbitmq`) translate them into these. `DecodeError`s are permanent failures:
+the worker dead-letters the delivery with the reason.
 """
 
 from __future__ import annotations
@@ -39,12 +47,20 @@ class DefinitionError(LeveretError, TypeError):
     """
 
 
-class ConfigurationError(LeveretError):
+class ConfigurationError(LeveretError, ValueError):
     """Leveret is not configured, or configured with an invalid value."""
+
+
+class InvalidArgument(LeveretError, ValueError):
+    """A value passed to a call cannot be used; the message says which and why."""
 
 
 class NotHandled(LeveretError, TypeError):
     """An actor was sent a message whose topic none of its handlers takes."""
+
+
+class NotFound(LeveretError, LookupError):
+    """A queue or dead-letter queue that does not exist (its actor was never declared)."""
 
 
 class DecodeError(LeveretError, ValueError):
@@ -89,6 +105,14 @@ class BrokerConnectionError(BrokerError, ConnectionError):
 
 class TopologyError(BrokerError):
     """Declaring exchanges, queues or bindings failed."""
+
+
+class OperationError(BrokerError):
+    """An operation on queues (reading, replaying, purging, deleting) could not be done.
+
+    The broker refused it, or another operation holds the queue (one dead-letter pass at a
+    time per queue).
+    """
 
 
 class PublishError(BrokerError):

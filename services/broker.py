@@ -8,122 +8,50 @@ broker.send(Billing, OrderPlaced(...))
 configure(broker)      # the process's broker for Actor.send and publish()
 ```
 
-The URL's scheme picks the implementation: ``amqp://``/``amqps://`` (`RabbitBroker`) or
-``memory://`` (`MemoryBroker`). Both present exactly this interface.
+The URL's scheme picks the transport under the broker: RabbitMQ (``amqp://``,
+``amqps://``) or the in-memory broker (``memory://``); see `services.transport`. Everything
+here works the same on both. `RabbitBroker` and `MemoryBroker` are brokers whose transport
+is fixed, with what only that transport offers (typed options, test helpers).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.actor import Actor, ActorRef
 from actors.function import as_actor_class
 from actors.registry import unique_queues
 from schemas.codec import encode
 from schemas.envelope import Envelope
-from schemas.errors import ConfigurationError, PublishError
+from schemas.errors import ConfigurationError, InvalidArgument, PublishError
 from schemas.message import Message
 from services import config, naming
 from services.delays import delay_seconds
 from services.logs import get_logger
 from services.redaction import redact
-
-if TYPE_CHECKING:
-    from services.execution import Delivery, MessageHooks, Stats
+from services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Delivery, MessageHooks
+from services.runtime.worker import Worker
+from services.transport import (
+    Delivered,
+    Prepared,
+    Route,
+    Transport,
+    TransportOptions,
+    transport_for,
+)
 
 log = get_logger("leveret.broker")
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where one message goes: fan-out by `topic`, or to the actor `queue` only."""
-
-    topic: str
-    queue: str | None = None
-
-
-@dataclass(slots=True)
-class Delivered:
-    """What became of messages handed to the broker.
-
-    Attributes:
-        unroutable: Indices of fan-out publishes that no queue received.
-        errors: Why each message that was not confirmed was not (only when the caller asked
-            for every message's fate instead of an exception).
-    """
-
-    unroutable: list[int]
-    errors: dict[int, PublishError]
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A message ready for the wire: envelope, JSON body, route, and delay in seconds."""
-
-    envelope: Envelope
-    body: bytes
-    route: Route
-    delay_s: int = 0
-
-
-class Worker(Protocol):
-    """What `Broker.worker` returns: consumes actor queues until shut down."""
-
-    stats: Stats
-    consuming: threading.Event
-    """Set while it consumes; cleared while reconnecting and once shutting down."""
-    exit_code: int
-    """0 while all is well; see `shutdown`."""
-    fatal_error: str | None
-    """Why the worker stopped on its own (a configuration error, an internal fault)."""
-
-    def start(self) -> None:
-        """Start consuming in background threads."""
-
-    def threads_alive(self) -> bool:
-        """Whether every thread of the worker is alive (health checks)."""
-        ...
-
-    def request_shutdown(self) -> None:
-        """Begin a graceful shutdown without waiting (safe from a signal handler)."""
-
-    def shutdown(self, timeout_s: float | None = None) -> int:
-        """Stop consuming, finish in-flight handlers, return the exit code (0 = clean)."""
-        ...
-
-    def run(self) -> int:
-        """Consume until SIGTERM/SIGINT (main thread) or `shutdown`; return the exit code."""
-        ...
-
-
-def run_until_stopped(
-    start: Callable[[], None],
-    stopped: threading.Event,
-    on_signal: Callable[[int, FrameType | None], None],
-) -> None:
-    """Start a worker and block until `stopped` is set, routing SIGTERM and SIGINT to
-    `on_signal` meanwhile (installed only on the main thread; restored afterwards)."""
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        start()
-        while not stopped.wait(0.5):
-            pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+__all__ = ["Broker", "Delivered", "Prepared", "Route"]
 
 
 class Broker:
     """Connection to a message broker, with the topology of the actors it knows.
+
+    The URL's scheme picks the transport under it (`services.transport.transport_for`):
+    RabbitMQ for ``amqp://``/``amqps://``, the in-memory broker for ``memory://``. Every
+    method works the same on both.
 
     Args:
         url: ``amqp://user:password@host:port/vhost``, ``amqps://…`` or ``memory://``;
@@ -132,34 +60,13 @@ class Broker:
             then ``leveret``.
         auto_declare: Declare an actor's topology the first time a message is sent to it,
             so that nothing sent before the first worker starts is dropped.
+        options: Options of the transport the URL names (`RabbitOptions`, `MemoryOptions`).
+        transport: A transport built by the caller, instead of one from `url`.
 
     Raises:
-        ConfigurationError: The URL's scheme is not one Leveret knows.
+        ConfigurationError: An unknown URL scheme, an invalid namespace, or options of
+            another transport.
     """
-
-    url: str
-    namespace: str
-
-    def __new__(cls, url: str | None = None, **kwargs: Any) -> Broker:
-        if cls is not Broker:
-            return super().__new__(cls)
-        resolved = config.broker_url(url)
-        scheme = resolved.split("://", 1)[0].lower() if "://" in resolved else ""
-        implementation: type[Broker]
-        if scheme in ("amqp", "amqps"):
-            from services.rabbitmq import RabbitBroker
-
-            implementation = RabbitBroker
-        elif scheme == "memory":
-            from services.memory import MemoryBroker
-
-            implementation = MemoryBroker
-        else:
-            raise ConfigurationError(
-                f"unknown broker URL scheme in {redact(resolved)!r}: use "
-                "amqp://, amqps:// or memory://"
-            )
-        return super().__new__(implementation)
 
     def __init__(
         self,
@@ -167,14 +74,25 @@ class Broker:
         *,
         namespace: str | None = None,
         auto_declare: bool = True,
+        options: TransportOptions | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        self.url = config.broker_url(url)
-        try:
-            self.namespace = naming.check_namespace(config.namespace(namespace))
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
+        if transport is None:
+            checked = naming.check_namespace(config.namespace(namespace))
+            transport = transport_for(config.broker_url(url), checked, options)
+        self.transport = transport
         self.auto_declare = auto_declare
         self._declared: set[type[Actor]] = set()
+
+    @property
+    def url(self) -> str:
+        """The broker URL (with its password: never log it unredacted)."""
+        return self.transport.url
+
+    @property
+    def namespace(self) -> str:
+        """Prefix of every exchange and queue."""
+        return self.transport.namespace
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)} namespace={self.namespace!r}>"
@@ -196,7 +114,7 @@ class Broker:
                 arguments).
         """
         classes = unique_queues(actors)
-        self._declare(classes)
+        self.transport.declare(classes)
         self._declared.update(classes)
 
     def declare_on_first_use(self, actor: ActorRef) -> None:
@@ -208,12 +126,18 @@ class Broker:
         if self.auto_declare and as_actor_class(actor) not in self._declared:
             self.declare(actor)
 
-    def _declare(self, actors: list[type[Actor]]) -> None:
-        raise NotImplementedError
-
     def delete(self, *actors: ActorRef) -> None:
         """Delete the actors' queues and dead-letter queues, with the messages in them."""
-        raise NotImplementedError
+        classes = unique_queues(actors)
+        self.transport.delete(classes)
+        self._declared.difference_update(classes)
+
+    def delete_namespace_exchanges(self) -> None:
+        """Delete the namespace's own exchanges and delay levels; for tests and teardown.
+
+        Messages waiting in the delay levels are deleted with them.
+        """
+        self.transport.delete_namespace_exchanges()
 
     # Publishing -------------------------------------------------------------------------
 
@@ -242,7 +166,7 @@ class Broker:
 
         Raises:
             PublishError: The broker did not confirm the message.
-            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         return self.publish_many([message], delay=delay, eta=eta, correlation_id=correlation_id)[0]
 
@@ -267,7 +191,7 @@ class Broker:
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
-            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
@@ -281,7 +205,7 @@ class Broker:
             if route is None:
                 route = routes[topic] = Route(topic)
             prepared.append(self._prepare(message, route, correlation_id, delay_s))
-        _log_unroutable(prepared, self._deliver(prepared).unroutable)
+        _log_unroutable(prepared, self.transport.deliver(prepared).unroutable)
         return [item.envelope.message_id for item in prepared]
 
     def send(
@@ -310,7 +234,7 @@ class Broker:
             PublishError: Not confirmed, or the actor's queue does not exist. (A delayed
                 message meets its queue only when the delay is over; should the queue be
                 deleted by then, RabbitMQ drops it.)
-            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         cls = as_actor_class(actor)
         cls.handler_for(message)
@@ -319,7 +243,7 @@ class Broker:
         self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
         item = self._prepare(message, route, correlation_id, delay_s)
-        self._deliver([item])
+        self.transport.deliver([item])
         return item.envelope.message_id
 
     def prepare(
@@ -345,7 +269,7 @@ class Broker:
 
         Raises:
             NotHandled: `actor` has no handler for the message's type.
-            ValueError: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
         """
         queue = None
         if actor is not None:
@@ -368,7 +292,7 @@ class Broker:
         Raises:
             PublishError: A message was not confirmed; the others may have been.
         """
-        _log_unroutable(items, self._deliver(items).unroutable)
+        _log_unroutable(items, self.transport.deliver(items).unroutable)
         return [item.envelope.message_id for item in items]
 
     def publish_prepared_each(self, items: Sequence[Prepared]) -> list[PublishError | None]:
@@ -382,7 +306,7 @@ class Broker:
             `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
             message may still be stored).
         """
-        delivered = self._deliver(items, raise_errors=False)
+        delivered = self.transport.deliver(items, raise_errors=False)
         _log_unroutable(items, delivered.unroutable)
         return [delivered.errors.get(index) for index in range(len(items))]
 
@@ -401,19 +325,6 @@ class Broker:
             delay_s,
         )
 
-    def _deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
-        """Hand `items` to the broker and wait for confirms.
-
-        Args:
-            items: The messages.
-            raise_errors: Raise on the first message not confirmed; when False, report
-                each one's error in `Delivered.errors` instead.
-
-        Raises:
-            PublishError: A message was not confirmed, or a `send` found no queue.
-        """
-        raise NotImplementedError
-
     # Dead letters -----------------------------------------------------------------------
 
     def dead_letters(
@@ -423,7 +334,7 @@ class Broker:
 
         Nothing is removed or changed: the dead letters stay, in the same order, until
         replayed or purged (on RabbitMQ, reading them takes one pass over the whole queue,
-        which never counts as a failed delivery; see `services.deadletter_pass`).
+        which never counts as a failed delivery; see `services.rabbitmq._dlq_pass`).
 
         Args:
             actor: The actor, or its queue name (without namespace).
@@ -434,7 +345,7 @@ class Broker:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
         """
-        raise NotImplementedError
+        return self.transport.dead_letters(_queue_of(actor), limit=limit, offset=offset)
 
     def dead_letter_count(self, actor: ActorRef | str) -> int:
         """How many dead letters the actor has (nothing is read or changed).
@@ -442,7 +353,7 @@ class Broker:
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
         """
-        raise NotImplementedError
+        return self.transport.dead_letter_count(_queue_of(actor))
 
     def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
         """The dead letter with this message id, if there is one (nothing is changed).
@@ -451,7 +362,7 @@ class Broker:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
         """
-        raise NotImplementedError
+        return self.transport.find_dead_letter(_queue_of(actor), message_id)
 
     def replay_dead_letters(
         self,
@@ -479,7 +390,9 @@ class Broker:
         Raises:
             ConfigurationError: The actor's queue or dead-letter queue does not exist.
         """
-        raise NotImplementedError
+        return self.transport.replay_dead_letters(
+            _queue_of(actor), message_ids=message_ids, on_replayed=on_replayed
+        )
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         """Delete every dead letter of the actor; returns how many there were.
@@ -487,7 +400,7 @@ class Broker:
         Raises:
             ConfigurationError: The actor has no dead-letter queue.
         """
-        raise NotImplementedError
+        return self.transport.purge_dead_letters(_queue_of(actor))
 
     # Running ----------------------------------------------------------------------------
 
@@ -518,11 +431,27 @@ class Broker:
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
         """
-        raise NotImplementedError
+        selected = select_actors(actors, queues)
+        prefetch = default_prefetch(threads, prefetch)
+        return Worker(
+            self.transport.consumer(selected, prefetch=prefetch, threads=threads),
+            selected,
+            namespace=self.namespace,
+            threads=threads,
+            prefetch=prefetch,
+            shutdown_timeout_s=shutdown_timeout_s,
+            hooks=hooks,
+            max_body_bytes=max_body_bytes_or_default(max_body_bytes),
+        )
 
     def close(self) -> None:
         """Close connections. Publishing afterwards reconnects."""
-        raise NotImplementedError
+        self.transport.close()
+
+
+def _queue_of(actor: ActorRef | str) -> str:
+    """The queue name (without namespace) of an actor, or the name itself."""
+    return actor if isinstance(actor, str) else unique_queues([actor])[0].queue
 
 
 def _log_unroutable(items: Sequence[Prepared], unroutable: list[int]) -> None:
@@ -544,15 +473,17 @@ def check_correlation_id(correlation_id: str | None) -> None:
     """Fail the call at once on a correlation id AMQP cannot carry.
 
     Raises:
-        ValueError: Not a string, or longer than 255 bytes in UTF-8.
+        InvalidArgument: Not a string, or longer than 255 bytes in UTF-8.
     """
     if correlation_id is None:
         return
     if not isinstance(correlation_id, str):
-        raise ValueError(f"correlation_id must be a string, not {type(correlation_id).__name__}")
+        raise InvalidArgument(
+            f"correlation_id must be a string, not {type(correlation_id).__name__}"
+        )
     size = len(correlation_id.encode("utf-8", "replace"))
     if size > MAX_CORRELATION_ID_BYTES:
-        raise ValueError(
+        raise InvalidArgument(
             f"correlation_id is {size} bytes; AMQP carries at most {MAX_CORRELATION_ID_BYTES}"
         )
 
@@ -585,8 +516,6 @@ def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
     Raises:
         ConfigurationError: Not a positive number of bytes.
     """
-    from services.execution import DEFAULT_MAX_BODY_BYTES
-
     if max_body_bytes is None:
         return DEFAULT_MAX_BODY_BYTES
     if (

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas import envelope as wire
-from services.execution import Delivery
+from services.runtime.execution import Delivery
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
+from schemas.errors import InvalidArgument
+
 LEVELS = 28
 MAX_DELAY_S = 2**LEVELS - 1
 ANY_DELAY = "*." * LEVELS
@@ -40,13 +42,13 @@ def delay_seconds(
         0 for no delay, else 1 … `MAX_DELAY_S`.
 
     Raises:
-        ValueError: Both or a negative delay, a naive `eta`, or more than `MAX_DELAY_S`.
+        InvalidArgument: Both or a negative delay, a naive `eta`, or more than `MAX_DELAY_S`.
     """
     if delay is not None and eta is not None:
-        raise ValueError("give delay or eta, not both")
+        raise InvalidArgument("give delay or eta, not both")
     if eta is not None:
         if eta.tzinfo is None:
-            raise ValueError("eta must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+            raise InvalidArgument("eta must be timezone-aware (e.g. datetime.now(UTC) + ...)")
         seconds = (eta - now).total_seconds()
         seconds = max(seconds, 0.0)
     elif isinstance(delay, timedelta):
@@ -54,10 +56,10 @@ def delay_seconds(
     else:
         seconds = float(delay or 0)
     if seconds < 0 or math.isnan(seconds):
-        raise ValueError(f"delay must be zero or positive, not {seconds}")
+        raise InvalidArgument(f"delay must be zero or positive, not {seconds}")
     whole = math.ceil(seconds)
     if whole > MAX_DELAY_S:
-        raise ValueError(f"delay of {whole} s is longer than the maximum {MAX_DELAY_S} s")
+        raise InvalidArgument(f"delay of {whole} s is longer than the maximum {MAX_DELAY_S} s")
     return whole
 
 
@@ -65,12 +67,12 @@ def routing_key(delay_s: int, *, queue: str | None = None, topic: str | None = N
     """The routing key of a message delayed `delay_s` seconds, bound for a queue or a topic.
 
     Raises:
-        ValueError: The delay is out of range, or not exactly one of queue/topic is given.
+        InvalidArgument: The delay is out of range, or not exactly one of queue/topic is given.
     """
     if not 0 <= delay_s <= MAX_DELAY_S:
-        raise ValueError(f"delay must be 0 … {MAX_DELAY_S} s, not {delay_s}")
+        raise InvalidArgument(f"delay must be 0 … {MAX_DELAY_S} s, not {delay_s}")
     if (queue is None) == (topic is None):
-        raise ValueError("give exactly one of queue or topic")
+        raise InvalidArgument("give exactly one of queue or topic")
     bits = ".".join(format(delay_s, f"0{LEVELS}b"))
     return f"{bits}.q.{queue}" if queue is not None else f"{bits}.t.{topic}"
 

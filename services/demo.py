@@ -14,7 +14,6 @@ import click
 from actors import Actor, ActorRef, Context, Reject, actor, configure, handler, publish
 from schemas import Message
 from services.broker import Broker
-from services.memory import MemoryBroker
 
 
 class OrderPlaced(Message, topic="demo.orders.placed"):
@@ -91,24 +90,18 @@ def run_demo(broker: Broker) -> int:
     click.echo(f"Leveret demo on {broker!r}")
     click.echo("publishing: 2 orders (one with a negative total), 1 sign-up")
     seen.clear()
-    worker = None
-    if not isinstance(broker, MemoryBroker):
-        worker = broker.worker(DEMO_ACTORS, threads=2)
-        worker.start()
+    worker = broker.worker(DEMO_ACTORS, threads=2)
+    worker.start()
     publish(OrderPlaced(order_id=1, email="ada@example.com", total=Decimal("42.50")))
     publish(OrderPlaced(order_id=2, email="bob@example.com", total=Decimal("-1")))
     send_welcome.send(UserSignedUp(email="ada@example.com"))
-    if isinstance(broker, MemoryBroker):
-        broker.join(raise_errors=False)
-    else:
-        assert worker is not None
-        # charge + book + welcome handled, the negative order dead-lettered
-        deadline = time.monotonic() + 30
-        while worker.stats.handled + worker.stats.dead_lettered < 4:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        worker.shutdown(10)
+    # charge + book + welcome handled, the negative order dead-lettered
+    deadline = time.monotonic() + 30
+    while worker.stats.handled + worker.stats.dead_lettered < 4:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    worker.shutdown(10)
     dead = broker.dead_letters(Billing)
     click.echo(f"{len(seen)} messages handled; {len(dead)} in Billing's dead-letter queue:")
     for letter in dead:

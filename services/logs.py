@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from schemas.errors import ConfigurationError
 from services.redaction import redact_value
 
 
@@ -70,11 +71,11 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             standard error is a terminal.
 
     Raises:
-        ValueError: `level` is not a level name.
+        ConfigurationError: `level` is not a level name.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}")
+        raise ConfigurationError(f"unknown log level {level!r}")
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from schemas.errors import ConfigurationError
+
 DEFAULT_NAMESPACE = "leveret"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
@@ -12,10 +14,11 @@ def check_namespace(namespace: str) -> str:
     """Return `namespace` if it is usable as a name prefix.
 
     Raises:
-        ValueError: It is empty or holds characters other than letters, digits, '_', '-', '.'.
+        ConfigurationError: It is empty, too long, or holds characters other than letters,
+            digits, '_', '-', '.'.
     """
     if not _NAMESPACE.match(namespace) or len(namespace) > 80:
-        raise ValueError(
+        raise ConfigurationError(
             f"invalid namespace {namespace!r}: use dot-separated words of letters, digits, "
             "'_' or '-' (at most 80 characters)"
         )

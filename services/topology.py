@@ -1,16 +1,14 @@
-"""The RabbitMQ objects an actor needs, as data, and how to declare them on a channel.
+"""The RabbitMQ objects an actor needs, as data.
 
-`steps(namespace, actors)` is pure (unit-tested); `declare_async` runs the steps one after
-another on a pika channel of a `SelectConnection`.
+`steps(namespace, actors)` is pure (unit-tested); `services.rabbitmq` declares the steps on
+a channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from pika.channel import Channel
 
 from actors.actor import Actor
 from services import delays, naming
@@ -153,35 +151,3 @@ def queue_names(namespace: str, actors: Iterable[type[Actor]]) -> list[str]:
             naming.dlq_name(namespace, actor.queue),
         ]
     return names
-
-
-def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None]) -> None:
-    """Declare `todo` one step after another on `channel`, then call `on_done`.
-
-    A declaration the broker refuses (a queue that exists with other arguments) closes the
-    channel: the channel's close callback receives the reason.
-    """
-    remaining = iter(todo)
-
-    def next_step(_frame: Any = None) -> None:
-        step = next(remaining, None)
-        if step is None:
-            on_done()
-        elif step.kind == "exchange":
-            channel.exchange_declare(
-                step.name, exchange_type=step.exchange_type, durable=True, callback=next_step
-            )
-        elif step.kind == "queue":
-            channel.queue_declare(
-                step.name, durable=True, arguments=step.arguments, callback=next_step
-            )
-        elif step.kind == "bind":
-            channel.queue_bind(
-                step.name, step.exchange, routing_key=step.routing_key, callback=next_step
-            )
-        else:
-            channel.exchange_bind(
-                step.name, step.exchange, routing_key=step.routing_key, callback=next_step
-            )
-
-    next_step()

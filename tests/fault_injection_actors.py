@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from actors import NO_RETRY, Actor, Context, handler
 from schemas import Message
-from services.execution import Executor
-from services.worker import RabbitWorker
+from services.rabbitmq._consumer import RabbitConsumer
+from services.runtime.execution import Executor
 from tests.sample_actors import _record
 
 _armed: set[str] = set()
@@ -54,11 +54,11 @@ class Injector(Actor, queue="injector"):
         _record("done", msg.n, ctx)
 
 
-_settle_done = RabbitWorker._settle_done
+_settle_done = RabbitConsumer._settle_done
 _run = Executor.run
 
 
-def _faulty_settle_done(self: RabbitWorker) -> None:
+def _faulty_settle_done(self: RabbitConsumer) -> None:
     if "io" in _armed:
         _armed.discard("io")
         raise RuntimeError("fault injected into an I/O-thread callback")
@@ -72,5 +72,5 @@ def _faulty_run(self: Executor, delivery: Any) -> Any:
     return _run(self, delivery)
 
 
-RabbitWorker._settle_done = _faulty_settle_done  # type: ignore[method-assign]
+RabbitConsumer._settle_done = _faulty_settle_done  # type: ignore[method-assign]
 Executor.run = _faulty_run  # type: ignore[method-assign]

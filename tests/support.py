@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.actor import ActorRef
-from services.broker import Broker, Worker
+from services.broker import Broker
+from services.runtime.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBIT_URL = os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -37,12 +37,12 @@ class LeveretConfig(AppConfig):
         install()
 
 
-def install(**overrides: object) -> TransactionalDispatcher:
+def install(*, url: str | None = None, namespace: str | None = None) -> TransactionalDispatcher:
     """Build the broker from ``settings.LEVERET`` and configure it, transaction-aware.
 
     Args:
-        overrides: Broker keyword arguments that win over the settings (``url``,
-            ``namespace``); for tests.
+        url: Instead of the settings' URL (tests).
+        namespace: Instead of the settings' namespace (tests).
 
     Returns:
         The `TransactionalDispatcher` now configured.
@@ -53,20 +53,29 @@ def install(**overrides: object) -> TransactionalDispatcher:
 
     found = load()
     dispatcher = TransactionalDispatcher(
-        build_broker(**overrides), outbox=found.outbox, using=found.database
+        build_broker(url=url, namespace=namespace), outbox=found.outbox, using=found.database
     )
     dispatch.configure(dispatcher)
     return dispatcher
 
 
-def build_broker(**overrides: object) -> Broker:
-    """A `Broker` as ``settings.LEVERET`` says (URL, namespace, confirm timeout)."""
+def build_broker(*, url: str | None = None, namespace: str | None = None) -> Broker:
+    """A `Broker` as ``settings.LEVERET`` says (URL, namespace, confirm timeout).
+
+    Args:
+        url: Instead of the settings' URL (tests).
+        namespace: Instead of the settings' namespace (tests).
+    """
+    from services import config
     from services.broker import Broker
     from services.django.settings import load
+    from services.transport import RabbitOptions
 
     found = load()
-    url = str(overrides.pop("url", found.broker_url))
-    namespace = str(overrides.pop("namespace", found.namespace))
-    if url.split("://", 1)[0].lower() in ("amqp", "amqps"):
-        overrides.setdefault("confirm_timeout_s", found.confirm_timeout_s)
-    return Broker(url, namespace=namespace, **overrides)  # type: ignore[arg-type]
+    url = url or found.broker_url
+    options = (
+        RabbitOptions(confirm_timeout_s=found.confirm_timeout_s)
+        if config.scheme(url) != "memory"
+        else None
+    )
+    return Broker(url, namespace=namespace or found.namespace, options=options)

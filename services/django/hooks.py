@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import close_old_connections, reset_queries
 
 from schemas.envelope import Envelope
-from services.execution import Outcome
+from services.runtime.execution import Outcome
 
 
 class CloseOldConnections:

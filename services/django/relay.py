@@ -38,7 +38,7 @@ from django.db import close_old_connections, connections, transaction
 from django.db.models import Min
 
 from actors.actor import ActorRef
-from schemas.errors import LeveretError, PublishError, PublishTimeout
+from schemas.errors import ConfigurationError, LeveretError, PublishError, PublishTimeout
 from services.broker import Broker
 from services.logs import get_logger
 
@@ -96,9 +96,9 @@ class Relay:
         max_attempts: int = 10,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise ConfigurationError(f"batch_size must be at least 1, not {batch_size}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+            raise ConfigurationError(f"max_attempts must be at least 1, not {max_attempts}")
         self.broker = broker
         self.using = using
         self.actors = list(actors)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.errors import ConfigurationError
 from services import config, naming
 from services.redaction import redact
 
@@ -83,11 +84,9 @@ def read(raw: object) -> LeveretSettings:
     values.update({key: value for key, value in raw.items() if key in DEFAULTS})
 
     url = config.broker_url(values["BROKER_URL"] or None)
-    if not isinstance(url, str) or url.split("://", 1)[0].lower() not in (
-        "amqp",
-        "amqps",
-        "memory",
-    ):
+    try:
+        config.scheme(str(url))
+    except ConfigurationError:
         problems.append(
             f"LEVERET['BROKER_URL'] must be an amqp://, amqps:// or memory:// URL, not "
             f"{redact(str(url))!r}"
@@ -96,7 +95,7 @@ def read(raw: object) -> LeveretSettings:
     namespace = config.namespace(values["NAMESPACE"] or None)
     try:
         naming.check_namespace(str(namespace))
-    except ValueError as exc:
+    except ConfigurationError as exc:
         problems.append(f"LEVERET['NAMESPACE']: {exc}")
         namespace = naming.DEFAULT_NAMESPACE
     actors = values["ACTORS"]

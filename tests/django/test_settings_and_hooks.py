@@ -10,8 +10,8 @@ from actors import Actor, handler
 from schemas.envelope import Envelope
 from services.django.checks import check_settings
 from services.django.settings import read
-from services.execution import Outcome
 from services.memory import MemoryBroker
+from services.runtime.execution import Outcome
 
 
 class Failing(Actor, queue="hooks.failing"):

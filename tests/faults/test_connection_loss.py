@@ -10,9 +10,10 @@ from collections import Counter
 import pytest
 
 from schemas.errors import PublishError
-from services import naming, wire
-from services.execution import Delivery
+from services import naming
 from services.rabbitmq import RabbitBroker
+from services.rabbitmq import _wire as wire
+from services.runtime.execution import Delivery
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs

@@ -14,7 +14,7 @@ import structlog
 from actors import Actor, Context, handler
 from schemas import Message
 from services import naming
-from services.health import WorkerProbe
+from services.operations.health import WorkerProbe
 from services.rabbitmq import RabbitBroker
 from tests.support import Recorder, running, wait_until
 

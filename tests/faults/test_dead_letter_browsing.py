@@ -12,8 +12,8 @@ import pytest
 
 from schemas import envelope as wire
 from services import naming
-from services.deadletter_pass import dlq_lock
 from services.rabbitmq import RabbitBroker
+from services.rabbitmq._dlq_pass import dlq_lock
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, running, wait_until

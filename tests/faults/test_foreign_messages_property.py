@@ -18,9 +18,9 @@ from actors import Actor, Context, handler
 from schemas import Message
 from schemas import envelope as wire
 from services import naming
-from services.broker import Worker
-from services.health import HealthServer, WorkerProbe
+from services.operations.health import HealthServer, WorkerProbe
 from services.rabbitmq import RabbitBroker
+from services.runtime.worker import Worker
 from tests.raw_amqp import RawHeaders, client, far_timestamp, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 

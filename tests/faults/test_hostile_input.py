@@ -19,10 +19,10 @@ from actors import Actor, Context, RetryPolicy, fixed, handler
 from schemas import Message
 from schemas import envelope as wire
 from services import naming
-from services.broker import Worker
-from services.frames import UNDECODABLE_HEADERS
-from services.health import HealthServer, WorkerProbe
+from services.operations.health import HealthServer, WorkerProbe
 from services.rabbitmq import RabbitBroker
+from services.rabbitmq._frames import UNDECODABLE_HEADERS
+from services.runtime.worker import Worker
 from tests.raw_amqp import RawHeaders, client, far_timestamp, field, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 

@@ -13,7 +13,7 @@ import pytest
 
 from services import naming
 from services.rabbitmq import RabbitBroker
-from services.worker import EXIT_INTERNAL_ERROR
+from services.runtime.worker import EXIT_INTERNAL_ERROR
 from tests.fault_injection_actors import Fault, Injector, Slow
 from tests.faults.helpers import events
 from tests.proxy import TcpProxy

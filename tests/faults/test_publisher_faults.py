@@ -16,8 +16,8 @@ from actors import Actor, handler
 from schemas import Message
 from schemas.errors import DefinitionError, PublishError, PublishTimeout
 from services import naming
-from services.publisher import Outgoing, Publisher
 from services.rabbitmq import RabbitBroker
+from services.rabbitmq._publisher import Outgoing, Publisher
 from tests.proxy import TcpProxy
 from tests.support import Recorder, running, wait_until
 

@@ -12,8 +12,8 @@ from schemas import Message, PublishError
 from schemas import envelope as wire
 from services import naming
 from services.broker import Broker
-from services.execution import Delivery
 from services.memory import MemoryBroker
+from services.runtime.execution import Delivery
 from tests.support import Recorder, running, wait_until
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from schemas import envelope as wire
-from schemas.errors import ConfigurationError
+from schemas.errors import NotFound
 from services import naming
 from services.memory import MemoryBroker
 from services.rabbitmq import RabbitBroker
@@ -232,14 +232,14 @@ def test_memory_dead_letters_replay_and_purge() -> None:
     assert broker.purge_dead_letters(Jobs) == 0
 
 
-def test_memory_unknown_queue_is_a_configuration_error() -> None:
+def test_memory_unknown_queue_is_not_found() -> None:
     broker = MemoryBroker(namespace="dlq-test")
     for operation in (
         broker.dead_letters,
         broker.replay_dead_letters,
         broker.purge_dead_letters,
     ):
-        with pytest.raises(ConfigurationError, match=re.escape("dlq-test.nosuch.dlq")):
+        with pytest.raises(NotFound, match=re.escape("dlq-test.nosuch.dlq")):
             operation("nosuch")
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from actors import actors_in
-from services.health import HealthServer, WorkerProbe
 from services.memory import MemoryBroker
+from services.operations.health import HealthServer, WorkerProbe
 from services.rabbitmq import RabbitBroker
 from tests.sample_actors import Job, Jobs
 from tests.support import (
@@ -183,7 +183,7 @@ def test_children_probe_is_healthy_only_while_every_childs_health_file_is(
     """A supervisor's probe: healthy while all child files exist and are fresh; counts summed."""
     import threading
 
-    from services.health import ChildrenProbe, Health, HealthFile
+    from services.operations.health import ChildrenProbe, Health, HealthFile
 
     class Fixed:
         def __init__(self, health: Health) -> None:
@@ -219,7 +219,7 @@ def test_health_server_listens_on_loopback_and_bounds_its_connections(
     import socket
     import threading
 
-    from services.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
+    from services.operations.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
 
     memory_broker.declare(Jobs)
     worker = memory_broker.worker([Jobs], threads=1)

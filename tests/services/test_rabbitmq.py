@@ -13,7 +13,7 @@ from actors import Actor, Context, handler
 from schemas import Message, PublishError, TopologyError
 from services import naming
 from services.rabbitmq import RabbitBroker
-from services.worker import EXIT_FATAL, RabbitWorker
+from services.runtime.worker import EXIT_FATAL
 from tests.support import Recorder, running, wait_until
 
 
@@ -122,9 +122,8 @@ def test_worker_stops_with_a_clear_error_on_conflicting_topology(
     connection.close()
     rabbit_broker._declared.add(Depot)
     worker = rabbit_broker.worker([Depot], threads=1)
-    assert isinstance(worker, RabbitWorker)
     worker.start()
-    wait_until(lambda: not worker.running, 20, "the worker to stop by itself")
+    wait_until(lambda: worker.stopped, 20, "the worker to stop by itself")
     assert worker.exit_code == EXIT_FATAL
     assert "PRECONDITION_FAILED" in (worker.fatal_error or "")
 

@@ -128,7 +128,7 @@ def test_memory_reject_and_non_retryable_errors_skip_retries(message: Flaky, rea
 
 def test_memory_validation_error_skips_retries() -> None:
     with memory_broker(Retrier) as broker:
-        from services.execution import Delivery
+        from services.runtime.execution import Delivery
 
         with broker.changed:
             broker.queues[naming.queue_name(broker.namespace, "retrier")].append(

@@ -16,8 +16,8 @@ from schemas import Message
 from schemas import envelope as wire
 from services.broker import Broker
 from services.memory import MemoryBroker
+from services.runtime.timelimits import warn_about_limits
 from services.testing import memory_broker
-from services.timelimits import warn_about_limits
 from tests.support import Recorder, WorkerProcess, running, wait_until
 
 TIME_LIMIT_EXCEEDED = "schemas.errors.TimeLimitExceeded"

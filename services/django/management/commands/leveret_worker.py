@@ -60,7 +60,7 @@ def strip_django_options(args: list[str]) -> list[str]:
 
 def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
     """Run ``leveret worker`` with the project's settings; exits the process when done."""
-    from services.cli import WorkerSetup, worker
+    from services.cli.worker import WorkerSetup, worker
 
     found = load()
     # Settings win over the environment here, as they do for publishing; the options

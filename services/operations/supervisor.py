@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from schemas.errors import ConfigurationError
 from services.logs import get_logger
-from services.worker import EXIT_FATAL, EXIT_OK, EXIT_SHUTDOWN_TIMEOUT
+from services.runtime.worker import EXIT_FATAL, EXIT_OK, EXIT_SHUTDOWN_TIMEOUT
 
 log = get_logger("leveret.supervisor")
 
@@ -116,7 +117,7 @@ class Supervisor:
         kill_grace_s: float = KILL_GRACE_S,
     ) -> None:
         if processes < 1:
-            raise ValueError("processes must be at least 1")
+            raise ConfigurationError("processes must be at least 1")
         self.kill_grace_s = kill_grace_s
         self.command = list(command)
         self.processes = processes

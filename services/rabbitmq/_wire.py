@@ -1,4 +1,4 @@
-"""The envelope as AMQP properties, and AMQP deliveries as `Delivery` objects.
+"""Internal: the envelope as AMQP properties, and AMQP deliveries as `Delivery` objects.
 
 Inward, nothing is trusted: any AMQP client can send any properties and headers, and pika
 hands over short strings that are not UTF-8 as raw bytes. `delivery` turns whatever
@@ -17,7 +17,7 @@ from pika.spec import Basic
 
 from schemas import envelope as wire
 from schemas.envelope import Envelope, seconds_since_epoch
-from services.execution import Delivery
+from services.runtime.execution import Delivery
 
 PERSISTENT: Literal[2] = 2
 SHORT_STRING_BYTES = 255

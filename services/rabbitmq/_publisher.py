@@ -1,4 +1,4 @@
-"""The publisher: confirmed publishing from any thread, through one I/O thread per process.
+"""Internal: confirmed publishing from any thread, through one I/O thread per process.
 
 Callers hand a batch of messages to the I/O thread and wait for the batch to settle. The
 I/O thread publishes with `mandatory` on a channel in confirm mode, so confirms of many
@@ -20,7 +20,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +30,11 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic
 
-from schemas.errors import PublishError, PublishTimeout, TopologyError
-from services.connection import Backoff, IOThread, describe
+from schemas.errors import InvalidArgument, PublishError, PublishTimeout, TopologyError
 from services.logs import get_logger
-from services.topology import Step, declare_async
+from services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
+from services.rabbitmq._declare import declare_async, declarer
+from services.topology import Step
 
 log = get_logger("leveret.publisher")
 
@@ -134,7 +135,7 @@ class Publisher(IOThread):
         self._wake_pending = False
         self._refused: str | None = None  # the broker refused our declarations: why
         self._blocked: str | None = None  # the broker blocks publishing (an alarm): why
-        self._channel_backoff = Backoff(first_s=0.5, max_s=30.0)
+        self._channel_backoff = ReconnectBackoff(first_s=0.5, max_s=30.0)
         self._channel: Channel | None = None
         self._ready = False
         self._next_tag = 1
@@ -166,7 +167,7 @@ class Publisher(IOThread):
             PublishError: A message was nacked, a `send` found no queue, the broker refused
                 the namespace's declarations, or a message cannot be encoded (with
                 `raise_errors`).
-            ValueError: A name or property is longer than AMQP allows (255 bytes; with
+            InvalidArgument: A name or property is longer than AMQP allows (255 bytes; with
                 `raise_errors`, else that message's error).
         """
         batch = Batch(remaining=len(items), settled=[False] * len(items))
@@ -178,7 +179,7 @@ class Publisher(IOThread):
             item.index = index
             try:
                 _check_encodable(item)
-            except ValueError as exc:
+            except InvalidArgument as exc:
                 if raise_errors:
                     raise
                 batch.settle(index, str(exc), unroutable=False)
@@ -488,41 +489,7 @@ class Publisher(IOThread):
             return
         while self._declares:
             todo, future = self._declares.popleft()
-            connection.channel(on_open_callback=self._declarer(todo, future))
-
-    def _declarer(self, todo: list[Step], future: Future[None]) -> Callable[[Channel], None]:
-        """A channel-open callback that declares `todo` then closes the channel."""
-        return _declarer(todo, future, retry=self._declares.append)
-
-
-def _declarer(
-    todo: list[Step],
-    future: Future[None],
-    retry: Callable[[tuple[list[Step], Future[None]]], None],
-) -> Callable[[Channel], None]:
-    """A channel-open callback that declares `todo` then closes the channel.
-
-    A refusal by the broker fails `future`; a lost connection hands the work to `retry`, to
-    be declared again once reconnected.
-    """
-
-    def on_open(channel: Channel) -> None:
-        def on_closed(_channel: Channel, reason: BaseException) -> None:
-            if future.done():
-                return
-            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-                future.set_exception(TopologyError(f"declaring failed: {describe(reason)}"))
-            else:
-                retry((todo, future))
-
-        def on_done() -> None:
-            future.set_result(None)
-            channel.close()
-
-        channel.add_on_close_callback(on_closed)
-        declare_async(channel, todo, on_done)
-
-    return on_open
+            connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
 
 
 # What `basic_publish` raises when the channel or connection went: the message was not sent
@@ -554,7 +521,7 @@ def _check_encodable(item: Outgoing) -> None:
             and len(value) > _SHORT_STRING_BYTES // 4
             and len(value.encode("utf-8", "replace")) > _SHORT_STRING_BYTES
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"{what} {value[:40]!r}… is {len(value.encode('utf-8', 'replace'))} bytes; "
                 f"AMQP allows at most {_SHORT_STRING_BYTES}"
             )

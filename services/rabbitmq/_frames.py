@@ -1,4 +1,4 @@
-"""Reading AMQP frames that pika's decoder rejects: message headers it cannot decode.
+"""Internal: reading AMQP frames that pika's decoder rejects: message headers it cannot decode.
 
 RabbitMQ passes message headers through as any client wrote them. A few valid field
 tables make pika's decoder raise: a timestamp beyond the year 9999 (``datetime`` cannot

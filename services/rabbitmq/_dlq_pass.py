@@ -1,4 +1,4 @@
-"""One pass over a RabbitMQ dead-letter queue, for browsing and replaying it safely.
+"""Internal: one pass over a RabbitMQ dead-letter queue, for browsing and replaying it safely.
 
 RabbitMQ has no way to read a queue without taking messages out of it. Taking a dead
 letter and giving it back (``basic.get`` without ack, then closing) counts as a failed
@@ -27,9 +27,9 @@ import pika
 import pika.exceptions
 
 from schemas.errors import TopologyError
-from services import wire
 from services.deadletters import replayed
-from services.execution import Delivery
+from services.rabbitmq import _wire as wire
+from services.runtime.execution import Delivery
 
 BATCH = 200
 """Letters per transaction (and prefetched at once)."""

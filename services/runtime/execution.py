@@ -35,7 +35,7 @@ from schemas.errors import (
 )
 from services.delays import MAX_DELAY_S
 from services.logs import get_logger
-from services.timelimits import LIMITS
+from services.runtime.timelimits import LIMITS
 
 log = get_logger("leveret.worker")
 
@@ -57,7 +57,7 @@ HOSTNAME = socket.gethostname()
 class Delivery:
     """A delivery as any broker hands it over.
 
-    The RabbitMQ side builds it from whatever a client sent (`services.wire.delivery`), so
+    The RabbitMQ side builds it from whatever a client sent (`services.rabbitmq._wire.delivery`), so
     nothing here is trusted: `envelope` reads each field defensively.
 
     Attributes:

@@ -1,4 +1,4 @@
-"""One AMQP connection owned by one I/O thread, reconnecting with backoff.
+"""Internal: one AMQP connection owned by one I/O thread, reconnecting with backoff.
 
 The publisher and the worker build on `IOThread`. Everything pika does happens on that
 thread; other threads hand it work with `call_soon`, which is the only thread-safe entry.
@@ -18,14 +18,14 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
-from services.frames import TolerantSelectConnection
 from services.logs import get_logger
+from services.rabbitmq._frames import TolerantSelectConnection
 from services.redaction import redact as redact_url
 
 log = get_logger("leveret.connection")
 
 
-class Backoff:
+class ReconnectBackoff:
     """Exponential backoff with full jitter: delays grow from `first_s` up to `max_s`."""
 
     def __init__(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
@@ -89,7 +89,7 @@ class IOThread:
         """The exception that ended the I/O thread, if one did."""
         self.connected = threading.Event()
         self._params = connection_parameters(url, role=role)
-        self._backoff = Backoff()
+        self._backoff = ReconnectBackoff()
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
         self._connection: SelectConnection | None = None

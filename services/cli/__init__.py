@@ -1,0 +1,28 @@
+"""The `leveret` command: one module per command group.
+
+- `services.cli.worker`: ``leveret worker`` (one process, or a supervisor of several);
+- `services.cli.dlq`: ``leveret dlq list|show|replay|purge``;
+- `services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from services.cli import dlq, tools, worker
+from services.cli._common import LeveretGroup
+
+
+@click.group(cls=LeveretGroup)
+@click.version_option(package_name="leveret")
+def main() -> None:
+    """Leveret: typed actors on RabbitMQ."""
+
+
+main.add_command(worker.worker)
+main.add_command(dlq.dlq)
+main.add_command(tools.declare)
+main.add_command(tools.demo)
+main.add_command(tools.ping)
+
+__all__ = ["main"]

@@ -1,0 +1,274 @@
+"""`MemoryTransport`: queues in this process's memory, for unit tests and the demo.
+
+Same routing as RabbitMQ (fan-out by topic, send to one queue), same wire format (messages
+are encoded to JSON and decoded again, so validation behaves as on RabbitMQ), same retries,
+delays and dead letters. Time is a `VirtualClock`: delays and retry backoff pass when the
+test says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from actors.actor import Actor
+from schemas import envelope as wire
+from schemas.errors import NotFound, PublishError
+from services import naming
+from services.deadletters import replayed
+from services.logs import get_logger
+from services.memory._consumer import MemoryConsumer
+from services.memory.clock import VirtualClock
+from services.runtime.execution import Delivery, Outcome
+from services.transport import Delivered, MemoryOptions, Prepared, Transport
+
+log = get_logger("leveret.memory")
+
+
+@dataclass(order=True, slots=True)
+class _Delayed:
+    due_s: float
+    sequence: int
+    queue: str | None = field(compare=False)  # full queue name, or None: by topic
+    topic: str = field(compare=False)
+    delivery: Delivery = field(compare=False)
+
+
+class MemoryTransport(Transport):
+    """The `Transport` whose queues live in this process.
+
+    Args:
+        namespace: Prefix of every queue.
+        options: Its options (the clock).
+
+    Attributes:
+        clock: The clock delays are measured on.
+        changed: Held while queues change; notified after each change.
+        queues: Every queue by full name (actor queues and `.dlq`s).
+    """
+
+    def __init__(self, namespace: str, options: MemoryOptions | None = None) -> None:
+        self.url = "memory://"
+        self.namespace = namespace
+        clock = (options or MemoryOptions()).clock
+        self.clock = clock if clock is not None else VirtualClock()
+        self.changed = threading.Condition()
+        self.queues: dict[str, deque[Delivery]] = {}
+        self._bindings: dict[str, set[str]] = {}
+        self.unacked: dict[str, int] = {}
+        self._delayed: list[_Delayed] = []
+        self._sequence = itertools.count()
+
+    # Topology ---------------------------------------------------------------------------
+
+    def declare(self, actors: Sequence[type[Actor]]) -> None:
+        with self.changed:
+            for actor in actors:
+                name = naming.queue_name(self.namespace, actor.queue)
+                self.queues.setdefault(name, deque())
+                self.queues.setdefault(naming.dlq_name(self.namespace, actor.queue), deque())
+                for topic in actor.topics():
+                    self._bindings.setdefault(topic, set()).add(name)
+
+    def delete(self, actors: Sequence[type[Actor]]) -> None:
+        with self.changed:
+            for actor in actors:
+                name = naming.queue_name(self.namespace, actor.queue)
+                self.queues.pop(name, None)
+                self.queues.pop(naming.dlq_name(self.namespace, actor.queue), None)
+                for bound in self._bindings.values():
+                    bound.discard(name)
+
+    def delete_namespace_exchanges(self) -> None:
+        """Nothing to delete: the in-memory broker has no exchanges."""
+
+    # Publishing -------------------------------------------------------------------------
+
+    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+        unroutable: list[int] = []
+        errors: dict[int, PublishError] = {}
+        with self.changed:
+            for index, item in enumerate(items):
+                envelope = item.envelope
+                queue = None
+                if item.route.queue is not None:
+                    queue = naming.queue_name(self.namespace, item.route.queue)
+                    if queue not in self.queues:
+                        error = PublishError(
+                            f"no queue {queue!r} to deliver message "
+                            f"{envelope.message_id} to; declare the actor first",
+                            message_id=envelope.message_id,
+                        )
+                        if raise_errors:
+                            raise error
+                        errors[index] = error
+                        continue
+                delivery = Delivery(
+                    body=item.body,
+                    topic=envelope.topic,
+                    message_id=envelope.message_id,
+                    correlation_id=envelope.correlation_id,
+                    timestamp=int(envelope.timestamp.timestamp()),
+                    headers={**envelope.headers, wire.ATTEMPT: envelope.attempt},
+                )
+                if item.delay_s > 0:
+                    self._schedule(item.delay_s, queue, envelope.topic, delivery)
+                elif not self._route(queue, envelope.topic, delivery):
+                    unroutable.append(index)
+            self.changed.notify_all()
+        return Delivered(unroutable, errors)
+
+    def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
+        """Append to `queue`, or to every queue bound to `topic`; False if none took it."""
+        if queue is not None:
+            targets = [queue] if queue in self.queues else []
+            exchange, routing_key = "", queue
+        else:
+            targets = sorted(self._bindings.get(topic, ()))
+            exchange, routing_key = naming.events_exchange(self.namespace), topic
+        for target in targets:
+            self.queues[target].append(
+                dataclasses.replace(delivery, exchange=exchange, routing_key=routing_key)
+            )
+        return bool(targets)
+
+    def _schedule(self, delay_s: float, queue: str | None, topic: str, delivery: Delivery) -> None:
+        due_s = self.clock.now() + delay_s
+        heapq.heappush(self._delayed, _Delayed(due_s, next(self._sequence), queue, topic, delivery))
+
+    def release_due(self) -> None:
+        """Move delayed messages whose time has come to their queues (lock held)."""
+        now = self.clock.now()
+        while self._delayed and self._delayed[0].due_s <= now:
+            due = heapq.heappop(self._delayed)
+            if not self._route(due.queue, due.topic, due.delivery):
+                log.warning(
+                    "delayed_message_unroutable",
+                    message_id=due.delivery.message_id,
+                    topic=due.topic,
+                )
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let `seconds` of virtual time pass: delayed messages due by then are delivered."""
+        with self.changed:
+            self.clock.advance(seconds)
+            self.release_due()
+            self.changed.notify_all()
+
+    def next_due_s(self) -> float | None:
+        """When the next delayed message is due (lock held), if any."""
+        return self._delayed[0].due_s if self._delayed else None
+
+    def delayed(self) -> int:
+        """Messages waiting for their delay (or retry backoff) to pass."""
+        with self.changed:
+            return len(self._delayed)
+
+    # Consuming --------------------------------------------------------------------------
+
+    def take(self, names: Sequence[str]) -> tuple[str, Delivery] | None:
+        """The next delivery of the first of `names` that has one (lock held), if any."""
+        self.release_due()
+        for name in names:
+            waiting = self.queues.get(name)
+            if waiting:
+                self.unacked[name] = self.unacked.get(name, 0) + 1
+                return name, waiting.popleft()
+        return None
+
+    def settle(self, name: str, delivery: Delivery, outcome: Outcome) -> None:
+        """Act on a handled delivery of queue `name`: retry or dead-letter it, or drop it."""
+        with self.changed:
+            self.unacked[name] -= 1
+            if outcome.fate == "retry":
+                again = dataclasses.replace(delivery, headers=outcome.headers, redelivered=False)
+                if outcome.delay_s > 0:
+                    self._schedule(outcome.delay_s, name, delivery.topic or "", again)
+                else:
+                    self._route(name, delivery.topic or "", again)
+            elif outcome.fate == "dead_letter":
+                dlq = f"{name}.dlq"
+                self.queues.setdefault(dlq, deque()).append(
+                    dataclasses.replace(
+                        delivery, headers=outcome.headers, exchange="", routing_key=dlq
+                    )
+                )
+            self.changed.notify_all()
+
+    def give_back(self, name: str, delivery: Delivery) -> None:
+        """Put a delivery back at the head of queue `name`, marked redelivered."""
+        with self.changed:
+            self.unacked[name] -= 1
+            waiting = self.queues.get(name)
+            if waiting is not None:
+                waiting.appendleft(dataclasses.replace(delivery, redelivered=True))
+            self.changed.notify_all()
+
+    def consumer(
+        self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int
+    ) -> MemoryConsumer:
+        self.declare(actors)
+        names = [naming.queue_name(self.namespace, actor.queue) for actor in actors]
+        return MemoryConsumer(self, names, prefetch=prefetch)
+
+    # Dead letters -----------------------------------------------------------------------
+
+    def _dlq(self, queue: str) -> tuple[str, str]:
+        """(actor queue, dead-letter queue) full names; raises if it does not exist."""
+        names = naming.queue_name(self.namespace, queue), naming.dlq_name(self.namespace, queue)
+        if names[1] not in self.queues:
+            raise NotFound(f"no dead-letter queue {names[1]!r}")
+        return names
+
+    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
+        with self.changed:
+            return list(self.queues[self._dlq(queue)[1]])[offset : offset + limit]
+
+    def dead_letter_count(self, queue: str) -> int:
+        with self.changed:
+            return len(self.queues[self._dlq(queue)[1]])
+
+    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
+        with self.changed:
+            for letter in self.queues[self._dlq(queue)[1]]:
+                if letter.message_id == message_id:
+                    return letter
+        return None
+
+    def replay_dead_letters(
+        self,
+        queue: str,
+        *,
+        message_ids: set[str] | None,
+        on_replayed: Callable[[str], None] | None,
+    ) -> int:
+        with self.changed:
+            actor_queue, dlq = self._dlq(queue)
+            kept: deque[Delivery] = deque()
+            count = 0
+            for letter in self.queues[dlq]:
+                if message_ids is None or letter.message_id in message_ids:
+                    self._route(actor_queue, letter.topic or "", replayed(letter))
+                    count += 1
+                    if on_replayed is not None:
+                        on_replayed(letter.message_id)
+                else:
+                    kept.append(letter)
+            self.queues[dlq] = kept
+            self.changed.notify_all()
+        return count
+
+    def purge_dead_letters(self, queue: str) -> int:
+        with self.changed:
+            dlq = self._dlq(queue)[1]
+            count = len(self.queues[dlq])
+            self.queues[dlq].clear()
+        return count
+
+    def close(self) -> None:
+        """Nothing to close."""

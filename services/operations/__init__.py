@@ -1,0 +1,1 @@
+"""Operating workers: the supervisor of ``leveret worker --processes N`` and health checks."""

@@ -1,0 +1,428 @@
+"""Internal: `RabbitConsumer`, the worker runtime's consumer of RabbitMQ actor queues.
+
+The I/O thread owns the connection and never runs user code. It declares the actors'
+topology, consumes their queues within the prefetch, and hands each delivery to the
+runtime. Outcomes come back from the handler threads (`settle`, `give_back`) and are posted
+to the I/O thread, which acks, or first publishes the retry or dead letter with a confirm
+and then acks. Everything delivered on a channel belongs to that channel's generation: an
+outcome for a delivery whose channel has since died is dropped with a log line (the broker
+redelivers it).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic
+
+from actors.actor import Actor
+from services import delays, naming, topology
+from services.logs import get_logger
+from services.rabbitmq import _wire as wire
+from services.rabbitmq._connection import IOThread, describe
+from services.rabbitmq._declare import declare_async
+from services.runtime.consumer import Consumer, Deliver, Fail, Job
+from services.runtime.execution import Outcome
+from services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
+
+log = get_logger("leveret.worker")
+
+_REQUEUE = "requeue"  # not started: basic.nack with requeue (never counted by RabbitMQ 4.3+)
+_REJECT = "reject"  # failed: basic.reject with requeue (counted towards the delivery limit)
+
+
+class RabbitConsumer(IOThread, Consumer):
+    """Consumes the queues of `actors` on its own connection.
+
+    Args:
+        url: AMQP URL.
+        namespace: The namespace of the queues.
+        actors: The actors whose queues to consume (their topology is declared first).
+        prefetch: Deliveries held unacknowledged.
+        threads: Handler threads of the runtime (for the log line).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        actors: Sequence[type[Actor]],
+        *,
+        prefetch: int,
+        threads: int = 0,
+    ) -> None:
+        IOThread.__init__(self, url, role="worker")
+        self.namespace = namespace
+        self.prefetch = prefetch
+        self.threads = threads
+        self.consuming = threading.Event()
+        self._actors = {naming.queue_name(namespace, actor.queue): actor for actor in actors}
+        self._steps = topology.steps(namespace, actors)
+        self._deliver: Deliver = _nowhere
+        self._fail: Fail = _no_failure
+        self._done: deque[tuple[Job, Outcome | str]] = deque()
+        self._wake_pending = False
+        self._generation = 0
+        self._channel: Channel | None = None
+        self._consumers: dict[str, str] = {}  # consumer tag -> queue, cancelled ones too
+        self._active: set[str] = set()  # tags consuming now
+        self._accepting = False
+        self._stopping_consumers = False
+        self._declaring = False
+        self._outstanding = 0
+        self._settled = threading.Event()
+        self._settled.set()
+        self._publish_tag = 0
+        self._republishing: dict[int, Job] = {}
+        self._returned: set[int] = set()
+
+    # Consumer, any thread ---------------------------------------------------------------
+
+    def start(self, deliver: Deliver, fail: Fail) -> None:  # type: ignore[override]
+        self._deliver = deliver
+        self._fail = fail
+        IOThread.start(self)
+
+    def current(self, job: Job) -> bool:
+        return job.generation == self._generation
+
+    def settle(self, job: Job, outcome: Outcome) -> None:
+        self._post(job, outcome)
+
+    def give_back(self, job: Job, *, failed: bool) -> None:
+        self._post(job, _REJECT if failed else _REQUEUE)
+
+    def stop_consuming(self) -> None:
+        self.consuming.clear()  # health checks fail from now on: this worker is leaving
+        if self.running:
+            self.call_soon(self._stop_consuming)
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        if not self.running:
+            return True  # no connection left to settle anything on
+        return self._settled.wait(timeout_s)
+
+    def close(self) -> None:
+        self.consuming.clear()
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.running
+
+    def log_fields(self) -> dict[str, object]:
+        return {"in_flight": self._outstanding, "connected": self.connected.is_set()}
+
+    def _post(self, job: Job, result: Outcome | str) -> None:
+        self._done.append((job, result))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.call_soon(self._settle_done)
+
+    # I/O thread: channel set-up ---------------------------------------------------------
+
+    def on_connected(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def on_crashed(self, error: BaseException) -> None:
+        self.consuming.clear()
+        self._accepting = False
+        self._settled.set()
+        self._fail(
+            f"the worker's I/O thread failed: {type(error).__name__}: {error}",
+            EXIT_INTERNAL_ERROR,
+        )
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        self._declaring = True
+        channel.confirm_delivery(
+            self._on_confirm,
+            callback=lambda _frame: declare_async(channel, self._steps, self._on_declared),
+        )
+
+    def _on_declared(self) -> None:
+        self._declaring = False
+        channel = self._channel
+        if channel is None:
+            return
+        channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _frame: self._consume())
+
+    def _consume(self) -> None:
+        channel = self._channel
+        if channel is None or self._stopping_consumers:
+            return
+        self._consumers = {}
+        self._active = set()
+        for queue_name in self._actors:
+            self._consume_queue(channel, queue_name)
+        self._accepting = True
+        self.consuming.set()
+        log.info(
+            "worker_consuming",
+            queues=sorted(self._actors),
+            threads=self.threads,
+            prefetch=self.prefetch,
+        )
+
+    def _consume_queue(self, channel: Channel, queue_name: str) -> None:
+        tag = channel.basic_consume(queue_name, self._on_message)
+        self._consumers[tag] = queue_name
+        self._active.add(tag)
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if channel is not self._channel:
+            return
+        was_declaring = self._declaring
+        self._forget_channel()
+        if self._stopping_consumers or self._stopping:
+            return
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            # The connection is gone too (pika closes its channels first): on_connected
+            # sets everything up again after reconnecting.
+            log.warning("worker_disconnected", error=describe(reason))
+            return
+        if was_declaring and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self._fail(f"declaring the topology failed: {describe(reason)}", EXIT_FATAL)
+            return
+        log.warning("worker_channel_lost", error=describe(reason))
+        self.call_later(1.0, self._reopen_channel)
+
+    def _reopen_channel(self) -> None:
+        connection = self.connection
+        if self._channel is None and connection is not None and connection.is_open:
+            connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_cancelled(self, frame: Any) -> None:
+        # The broker cancelled a consumer: its queue was deleted (or, on RabbitMQ 4.3+, it
+        # held a delivery past the consumer timeout). The channel stays open, so handlers
+        # in flight can still be acked: declare the queue again and consume anew.
+        tag = frame.method.consumer_tag
+        queue_name = self._consumers.get(tag)
+        self._active.discard(tag)
+        self.consuming.clear()
+        log.warning("worker_consumer_cancelled", consumer_tag=tag)
+        if queue_name is not None:
+            channel = self._channel
+            self.call_later(1.0, functools.partial(self._resume, channel, queue_name))
+
+    def _resume(self, channel: Channel | None, queue_name: str) -> None:
+        if channel is None or channel is not self._channel or not channel.is_open:
+            return  # the channel went meanwhile: a new one consumes everything
+        if self._stopping_consumers:
+            return
+        self._declaring = True
+
+        def consume_again() -> None:
+            self._declaring = False
+            if channel is not self._channel or not channel.is_open or self._stopping_consumers:
+                return
+            self._consume_queue(channel, queue_name)
+            if len(self._active) == len(self._actors):
+                self.consuming.set()
+            log.info("worker_consumer_resumed", queue=queue_name)
+
+        declare_async(
+            channel,
+            topology.steps(self.namespace, [self._actors[queue_name]], with_delay_levels=False),
+            consume_again,
+        )
+
+    def on_disconnected(self, reason: BaseException) -> None:
+        self._forget_channel()
+
+    def _forget_channel(self) -> None:
+        # Everything delivered on the old channel is the broker's again.
+        self._generation += 1
+        self._channel = None
+        self._accepting = False
+        self._declaring = False
+        self.consuming.clear()
+        self._outstanding = 0
+        self._republishing.clear()
+        self._returned.clear()
+        self._publish_tag = 0
+        self._active = set()
+        self._check_settled()
+
+    def _stop_consuming(self) -> None:
+        self._stopping_consumers = True
+        self._accepting = False
+        self.consuming.clear()
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            for tag in self._active:
+                channel.basic_cancel(tag)
+        self._active = set()
+
+    # I/O thread: deliveries and outcomes ------------------------------------------------
+
+    def _on_message(
+        self,
+        channel: Channel,
+        method: Basic.Deliver,
+        props: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag: int = method.delivery_tag  # type: ignore[assignment]  # always set on Deliver
+        queue_name = self._consumers.get(method.consumer_tag or "")
+        if not self._accepting or queue_name is None:
+            channel.basic_nack(tag, requeue=True)
+            return
+        try:
+            item = wire.delivery(method, props, body)
+        except Exception:  # cannot even read it: the broker dead-letters it
+            log.exception("delivery_unreadable", delivery_tag=tag)
+            channel.basic_reject(tag, requeue=False)
+            return
+        self._outstanding += 1
+        self._settled.clear()
+        self._deliver(Job(item, queue_name, self._generation, tag))
+
+    def _open_channel_of(self, job: Job) -> Channel | None:
+        """The channel `job` was delivered on, if it is still open; else log the drop."""
+        channel = self._channel
+        if job.generation == self._generation and channel is not None and channel.is_open:
+            return channel
+        log.info(
+            "ack_dropped",
+            message_id=job.delivery.message_id,
+            reason="channel closed since delivery; the broker redelivers it",
+        )
+        return None
+
+    def _settle_done(self) -> None:
+        self._wake_pending = False
+        done = self._done
+        while done:
+            job, result = done.popleft()
+            channel = self._open_channel_of(job)
+            if channel is None:
+                continue
+            if result == _REQUEUE:
+                channel.basic_nack(job.tag, requeue=True)
+                self._outstanding -= 1
+            elif result == _REJECT:
+                channel.basic_reject(job.tag, requeue=True)
+                self._outstanding -= 1
+            elif isinstance(result, Outcome) and result.fate == "ack":
+                channel.basic_ack(job.tag)
+                self._outstanding -= 1
+            elif isinstance(result, Outcome):
+                self._publish_then_ack(channel, job, result)
+        self._check_settled()
+
+    def _publish_then_ack(self, channel: Channel, job: Job, outcome: Outcome) -> None:
+        """Publish the retry or dead letter of `job`; its confirm acks the original."""
+        actor_queue = self._actors[job.queue].queue
+        if outcome.fate == "dead_letter":
+            exchange, routing_key = "", naming.dlq_name(self.namespace, actor_queue)
+        elif outcome.delay_s > 0:
+            exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+            routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
+        else:
+            exchange, routing_key = "", job.queue
+        try:
+            self._republish(channel, exchange, routing_key, job, outcome.headers)
+            return
+        except Exception as exc:  # noqa: BLE001  # a copied header pika cannot encode
+            log.warning(
+                "republish_headers_replaced",
+                message_id=job.delivery.message_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        try:
+            self._republish(
+                channel, exchange, routing_key, job, wire.encodable_headers(outcome.headers)
+            )
+        except Exception:  # still not publishable: let the broker dead-letter it
+            log.exception("republish_failed", message_id=job.delivery.message_id)
+            channel.basic_reject(job.tag, requeue=False)
+            self._outstanding -= 1
+
+    def _republish(
+        self,
+        channel: Channel,
+        exchange: str,
+        routing_key: str,
+        job: Job,
+        headers: dict[str, Any],
+    ) -> None:
+        channel.basic_publish(
+            exchange,
+            routing_key,
+            job.delivery.body,
+            wire.republish_properties(job.delivery, headers),
+            mandatory=True,
+        )
+        self._publish_tag += 1
+        self._republishing[self._publish_tag] = job
+
+    def _on_return(
+        self, _channel: Channel, _method: Any, props: pika.BasicProperties, _body: bytes
+    ) -> None:
+        for tag, job in self._republishing.items():
+            if job.delivery.message_id == props.message_id and tag not in self._returned:
+                self._returned.add(tag)
+                return
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        tags = (
+            [tag for tag in self._republishing if tag <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        channel = self._channel
+        for tag in tags:
+            job = self._republishing.pop(tag, None)
+            if job is None or channel is None or not channel.is_open:
+                continue
+            returned = tag in self._returned
+            self._returned.discard(tag)
+            if acked and not returned:
+                channel.basic_ack(job.tag)
+                self._outstanding -= 1
+                continue
+            # Keep the original: it comes back to its queue and is handled again once the
+            # queue its retry or dead letter goes to exists again (declared below).
+            log.error(
+                "republish_not_stored",
+                message_id=job.delivery.message_id,
+                reason="no queue took it" if returned else "broker nacked",
+            )
+            declare_async(
+                channel,
+                topology.steps(self.namespace, [self._actors[job.queue]]),
+                functools.partial(self._requeue_later, channel, job),
+            )
+        self._check_settled()
+
+    def _requeue_later(self, channel: Channel, job: Job) -> None:
+        if job.generation == self._generation and channel.is_open:
+            channel.basic_nack(job.tag, requeue=True)
+            self._outstanding -= 1
+            self._check_settled()
+
+    def _check_settled(self) -> None:
+        if self._outstanding <= 0 and not self._republishing:
+            self._settled.set()
+
+
+def _nowhere(_job: Job) -> None:
+    raise RuntimeError("RabbitConsumer.start was not called")
+
+
+def _no_failure(_reason: str, _exit_code: int) -> None:
+    return None

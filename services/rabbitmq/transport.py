@@ -1,0 +1,186 @@
+"""`RabbitTransport`: moving messages, topology and dead letters on a real RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from actors.actor import Actor
+from schemas.errors import PublishError, PublishTimeout
+from services import delays, naming, topology
+from services.rabbitmq import _wire as wire
+from services.rabbitmq._admin import AdminChannel, require_queue
+from services.rabbitmq._consumer import RabbitConsumer
+from services.rabbitmq._dlq_pass import dlq_lock, run_pass
+from services.rabbitmq._publisher import Outgoing, Publisher
+from services.runtime.execution import Delivery
+from services.transport import Delivered, Prepared, RabbitOptions, Transport
+
+
+class RabbitTransport(Transport):
+    """The `Transport` of a RabbitMQ broker: one publishing connection per process.
+
+    Args:
+        url: AMQP URL.
+        namespace: Prefix of every exchange and queue.
+        options: Its options (confirm timeout).
+    """
+
+    def __init__(self, url: str, namespace: str, options: RabbitOptions | None = None) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.options = options or RabbitOptions()
+        self._levels_declared = False
+        self.publisher = Publisher(
+            url,
+            declare_on_connect=topology.namespace_steps(namespace),
+            confirm_timeout_s=self.options.confirm_timeout_s,
+        )
+
+    def declare(self, actors: Sequence[type[Actor]]) -> None:
+        self.publisher.declare(
+            topology.steps(self.namespace, actors, with_delay_levels=not self._levels_declared)
+        )
+        self._levels_declared = True
+
+    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+        events = naming.events_exchange(self.namespace)
+        outgoing = []
+        for item in items:
+            queue = item.route.queue
+            if item.delay_s > 0:
+                if not self._levels_declared:
+                    self.publisher.declare(topology.level_steps(self.namespace))
+                    self._levels_declared = True
+                exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+                routing_key = delays.routing_key(
+                    item.delay_s, queue=queue, topic=item.route.topic if queue is None else None
+                )
+            elif queue is None:
+                exchange, routing_key = events, item.route.topic
+            else:
+                exchange, routing_key = "", naming.queue_name(self.namespace, queue)
+            outgoing.append(
+                Outgoing(
+                    exchange,
+                    routing_key,
+                    item.body,
+                    wire.properties(item.envelope),
+                    unroutable_is_error=queue is not None and item.delay_s == 0,
+                )
+            )
+        batch = self.publisher.publish(outgoing, raise_errors=raise_errors)
+        errors: dict[int, PublishError] = {}
+        for index, reason in batch.errors.items():
+            kind = PublishTimeout if index in batch.timed_out else PublishError
+            errors[index] = kind(reason, message_id=items[index].envelope.message_id)
+        return Delivered(batch.unroutable, errors)
+
+    def delete(self, actors: Sequence[type[Actor]]) -> None:
+        with self.admin() as channel:
+            for name in topology.queue_names(self.namespace, actors):
+                channel.queue_delete(name)
+
+    def delete_namespace_exchanges(self) -> None:
+        with self.admin() as channel:
+            for step in topology.namespace_steps(self.namespace) + topology.level_steps(
+                self.namespace
+            ):
+                if step.kind == "exchange":
+                    channel.exchange_delete(step.name)
+                elif step.kind == "queue":
+                    channel.queue_delete(step.name)
+        self._levels_declared = False
+
+    def admin(self) -> AdminChannel:
+        """A short-lived blocking channel for administrative work (deleting, counting)."""
+        return AdminChannel(self.url)
+
+    def message_count(self, queue: str) -> int:
+        """Messages ready in a queue (full name), as the broker counts them.
+
+        Raises:
+            NotFound: No such queue.
+        """
+        with self.admin() as channel:
+            require_queue(channel, queue)
+            count: int = channel.queue_declare(queue, passive=True).method.message_count
+            return count
+
+    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
+        found: list[Delivery] = []
+        position = 0
+
+        def keep(letter: Delivery) -> bool:
+            nonlocal position
+            if offset <= position < offset + limit:
+                found.append(letter)
+            position += 1
+            return False
+
+        self._pass(queue, keep)
+        return found
+
+    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
+        found: list[Delivery] = []
+
+        def match(letter: Delivery) -> bool:
+            if not found and letter.message_id == message_id:
+                found.append(letter)
+            return False
+
+        self._pass(queue, match)
+        return found[0] if found else None
+
+    def dead_letter_count(self, queue: str) -> int:
+        return self.message_count(naming.dlq_name(self.namespace, queue))
+
+    def replay_dead_letters(
+        self,
+        queue: str,
+        *,
+        message_ids: set[str] | None,
+        on_replayed: Callable[[str], None] | None,
+    ) -> int:
+        def chosen(letter: Delivery) -> bool:
+            return message_ids is None or letter.message_id in message_ids
+
+        def moved(letter: Delivery) -> None:
+            if on_replayed is not None:
+                on_replayed(letter.message_id)
+
+        return self._pass(queue, chosen, replay=True, on_moved=moved)
+
+    def _pass(
+        self,
+        queue: str,
+        visit: Callable[[Delivery], bool],
+        *,
+        replay: bool = False,
+        on_moved: Callable[[Delivery], None] | None = None,
+    ) -> int:
+        """One dead-letter pass (`_dlq_pass.run_pass`) over `queue`'s `.dlq`, locked."""
+        actor_queue = naming.queue_name(self.namespace, queue)
+        dlq = naming.dlq_name(self.namespace, queue)
+        with self.admin() as channel:
+            if replay:
+                require_queue(channel, actor_queue)
+            require_queue(channel, dlq)
+            dlq_lock(channel.connection, dlq)
+            return run_pass(
+                channel, dlq, visit, queue=actor_queue if replay else None, on_moved=on_moved
+            )
+
+    def purge_dead_letters(self, queue: str) -> int:
+        dlq = naming.dlq_name(self.namespace, queue)
+        with self.admin() as channel:
+            require_queue(channel, dlq)
+            purged: int = channel.queue_purge(dlq).method.message_count
+        return purged
+
+    def consumer(
+        self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int
+    ) -> RabbitConsumer:
+        return RabbitConsumer(self.url, self.namespace, actors, prefetch=prefetch, threads=threads)
+
+    def close(self) -> None:
+        self.publisher.close()

@@ -1,0 +1,30 @@
+"""The worker runtime, the same for every broker.
+
+`Worker` runs handlers on its threads over a `Consumer` (the broker's part); `Executor`
+decides what happens to one delivery; `timelimits` interrupts handlers past their limit.
+"""
+
+from services.runtime.consumer import Consumer, Job
+from services.runtime.execution import Delivery, Executor, MessageHooks, Outcome, Stats
+from services.runtime.worker import (
+    EXIT_FATAL,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_SHUTDOWN_TIMEOUT,
+    Worker,
+)
+
+__all__ = [
+    "EXIT_FATAL",
+    "EXIT_INTERNAL_ERROR",
+    "EXIT_OK",
+    "EXIT_SHUTDOWN_TIMEOUT",
+    "Consumer",
+    "Delivery",
+    "Executor",
+    "Job",
+    "MessageHooks",
+    "Outcome",
+    "Stats",
+    "Worker",
+]

@@ -1,0 +1,110 @@
+"""What the worker runtime needs from a broker: a `Consumer` of actor queues.
+
+The runtime (`services.runtime.worker.Worker`) runs handlers on its threads, decides each
+delivery's outcome, and owns shutdown; the consumer owns everything that depends on the
+broker: receiving deliveries (within its prefetch), settling each one (ack, or publish the
+retry or dead letter and then ack), giving deliveries back, and stopping. RabbitMQ's
+consumer (`services.rabbitmq`) and the in-memory broker's (`services.memory`) implement it.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.runtime.execution import Delivery, Outcome
+
+Deliver = Callable[["Job"], None]
+"""Called by the consumer with each delivery it takes (from the consumer's own thread)."""
+
+Fail = Callable[[str, int], None]
+"""Called by the consumer when it cannot go on: (why, exit code for the process)."""
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One delivery handed to the runtime.
+
+    Attributes:
+        delivery: What arrived.
+        queue: The actor queue it came from (full name); picks the executor.
+        generation: The consumer's channel generation at delivery; a job of an older one can
+            no longer be settled (its channel is gone: the broker redelivers it).
+        tag: The consumer's own token to settle it with (RabbitMQ's delivery tag).
+    """
+
+    delivery: Delivery
+    queue: str
+    generation: int = 0
+    tag: int = 0
+
+
+class Consumer(ABC):
+    """Consumes some actor queues of one broker, for one worker runtime.
+
+    Every method may be called from any thread unless it says otherwise.
+
+    Attributes:
+        consuming: Set while deliveries flow; cleared while reconnecting, after a consumer
+            was cancelled, and once `stop_consuming` was called.
+    """
+
+    consuming: threading.Event
+
+    @abstractmethod
+    def start(self, deliver: Deliver, fail: Fail) -> None:
+        """Start consuming (returns at once): each delivery is handed to `deliver`.
+
+        Args:
+            deliver: Receives each job; must not block for long.
+            fail: Called when the consumer cannot go on (a refused declaration: exit code 2;
+                a fault of its own thread: 3).
+        """
+
+    @abstractmethod
+    def current(self, job: Job) -> bool:
+        """Whether `job` can still be settled (its channel has not died since)."""
+
+    @abstractmethod
+    def settle(self, job: Job, outcome: Outcome) -> None:
+        """Act on a handled delivery: ack, or publish its retry or dead letter, then ack.
+
+        A retry or dead letter is confirmed by the broker before the original is acked; if
+        it is not stored, the original goes back to its queue, never nowhere.
+        """
+
+    @abstractmethod
+    def give_back(self, job: Job, *, failed: bool) -> None:
+        """Return a delivery to its queue.
+
+        Args:
+            job: The delivery.
+            failed: True when handling it failed in a way that may be its fault (counted
+                towards the queue's delivery limit); False when it was not started.
+        """
+
+    @abstractmethod
+    def stop_consuming(self) -> None:
+        """Take no more deliveries (those already taken may still be settled)."""
+
+    @abstractmethod
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Wait until every delivery taken is settled or given back (confirms included).
+
+        Returns:
+            Whether that happened within `timeout_s`.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop for good and release the connection; deliveries not settled come back."""
+
+    @abstractmethod
+    def alive(self) -> bool:
+        """Whether the consumer's own thread runs (health checks)."""
+
+    def log_fields(self) -> dict[str, object]:
+        """Extra facts for the runtime's log lines (e.g. whether it is connected)."""
+        return {}

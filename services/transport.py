@@ -1,0 +1,176 @@
+"""What a `Broker` needs from the messaging system under it: a `Transport`.
+
+A `Broker` holds one transport, chosen by the URL's scheme (`transport_for`): RabbitMQ
+(`services.rabbitmq.RabbitTransport`) or the in-memory broker
+(`services.memory.MemoryTransport`). The broker does everything that is the same for both
+(building messages, routes, delays, which actors are declared); the transport moves bytes.
+Options that only make sense for one transport are typed per transport (`RabbitOptions`,
+`MemoryOptions`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from schemas.envelope import Envelope
+from schemas.errors import ConfigurationError, PublishError
+from services import config
+
+if TYPE_CHECKING:
+    from actors.actor import Actor
+    from services.memory.clock import VirtualClock
+    from services.runtime.consumer import Consumer
+    from services.runtime.execution import Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one message goes: fan-out by `topic`, or to the actor `queue` only."""
+
+    topic: str
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message ready for the wire: envelope, JSON body, route, and delay in seconds."""
+
+    envelope: Envelope
+    body: bytes
+    route: Route
+    delay_s: int = 0
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What became of messages handed to a transport.
+
+    Attributes:
+        unroutable: Indices of fan-out publishes that no queue received.
+        errors: Why each message that was not confirmed was not (only when the caller asked
+            for every message's fate instead of an exception).
+    """
+
+    unroutable: list[int]
+    errors: dict[int, PublishError]
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitOptions:
+    """Options of the RabbitMQ transport.
+
+    Attributes:
+        confirm_timeout_s: How long a publish waits for the broker's confirm.
+    """
+
+    confirm_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    """Options of the in-memory transport.
+
+    Attributes:
+        clock: The clock delays are measured on; a new `VirtualClock` by default.
+    """
+
+    clock: VirtualClock | None = None
+
+
+TransportOptions: TypeAlias = RabbitOptions | MemoryOptions
+
+
+class Transport(ABC):
+    """Moves messages for a `Broker`: topology, publishing, dead letters, consuming.
+
+    Queue names given to a transport are actors' queue names without the namespace.
+
+    Attributes:
+        url: The broker URL (with credentials; never log it unredacted).
+        namespace: Prefix of every exchange and queue.
+    """
+
+    url: str
+    namespace: str
+
+    @abstractmethod
+    def declare(self, actors: Sequence[type[Actor]]) -> None:
+        """Declare the exchanges, queues and bindings of `actors` (idempotent).
+
+        Raises:
+            TopologyError: The broker refused a declaration.
+        """
+
+    @abstractmethod
+    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+        """Hand `items` to the broker and wait for its confirms.
+
+        Raises:
+            PublishError: With `raise_errors`: a message was not confirmed, or a `send`
+                found no queue.
+        """
+
+    @abstractmethod
+    def delete(self, actors: Sequence[type[Actor]]) -> None:
+        """Delete the actors' queues and dead-letter queues, with their messages."""
+
+    @abstractmethod
+    def delete_namespace_exchanges(self) -> None:
+        """Delete the namespace's own exchanges and delay levels (tests, teardown)."""
+
+    @abstractmethod
+    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
+        """A page of the dead letters of `queue`, oldest first; nothing is changed."""
+
+    @abstractmethod
+    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
+        """The dead letter of `queue` with this id, if any; nothing is changed."""
+
+    @abstractmethod
+    def dead_letter_count(self, queue: str) -> int:
+        """How many dead letters `queue` has."""
+
+    @abstractmethod
+    def replay_dead_letters(
+        self,
+        queue: str,
+        *,
+        message_ids: set[str] | None,
+        on_replayed: Callable[[str], None] | None,
+    ) -> int:
+        """Put dead letters back on `queue`, attempt count reset; returns how many."""
+
+    @abstractmethod
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete every dead letter of `queue`; returns how many there were."""
+
+    @abstractmethod
+    def consumer(self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int) -> Consumer:
+        """A consumer of the actors' queues for a worker runtime (not started)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close connections; publishing afterwards reconnects."""
+
+
+def transport_for(url: str, namespace: str, options: TransportOptions | None = None) -> Transport:
+    """The transport a broker URL names: RabbitMQ for ``amqp``/``amqps``, else memory.
+
+    Raises:
+        ConfigurationError: An unknown scheme, or options of another transport.
+    """
+    kind = config.scheme(url)
+    if kind == "memory":
+        if isinstance(options, RabbitOptions):
+            raise ConfigurationError("RabbitOptions given for a memory:// broker")
+        from services.memory.transport import MemoryTransport
+
+        return MemoryTransport(namespace, options or MemoryOptions())
+    if isinstance(options, MemoryOptions):
+        raise ConfigurationError(f"MemoryOptions given for an {kind}:// broker")
+    from services.rabbitmq.transport import RabbitTransport
+
+    return RabbitTransport(url, namespace, options or RabbitOptions())
