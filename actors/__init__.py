@@ -1,15 +1,17 @@
 """What an actor is: classes with typed handlers, function actors, and control flow.
 
 Knows nothing of RabbitMQ: the same actors run on the in-memory broker and on RabbitMQ.
+What the runtime uses besides (`dispatch.current`, `registry.unique_queues`,
+`function.as_actor_class`, `actor.Handler`) stays in its module.
 """
 
-from actors.actor import Actor, ActorRef, Handler, QueueType, handler
-from actors.context import Context
-from actors.control import Reject, Retry
-from actors.dispatch import Dispatcher, configure, current, publish
-from actors.function import FunctionActor, actor, as_actor_class
-from actors.registry import actors_in, unique_queues
-from actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
+from leveret.actors.actor import Actor, ActorRef, QueueType, handler
+from leveret.actors.context import Context
+from leveret.actors.control import Reject, Retry
+from leveret.actors.dispatch import configure, publish
+from leveret.actors.function import FunctionActor, actor
+from leveret.actors.registry import actors_in
+from leveret.actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
 
 __all__ = [
     "NO_RETRY",
@@ -17,21 +19,16 @@ __all__ = [
     "ActorRef",
     "Backoff",
     "Context",
-    "Dispatcher",
     "FunctionActor",
-    "Handler",
     "QueueType",
     "Reject",
     "Retry",
     "RetryPolicy",
     "actor",
     "actors_in",
-    "as_actor_class",
     "configure",
-    "current",
     "exponential",
     "fixed",
     "handler",
     "publish",
-    "unique_queues",
 ]

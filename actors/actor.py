@@ -12,15 +12,16 @@ from datetime import datetime
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, overload
 
-from actors import dispatch
-from actors.context import Context, current_correlation_id
-from actors.retry import RetryPolicy
-from schemas.errors import DefinitionError, NotHandled
-from schemas.message import Message
-from schemas.naming import snake_case
+from leveret.actors import dispatch
+from leveret.actors.context import Context
+from leveret.actors.handling import current_correlation_id
+from leveret.actors.retry import RetryPolicy
+from leveret.schemas.casing import snake_case
+from leveret.schemas.errors import DefinitionError, NotHandled
+from leveret.schemas.message import Message
 
 if TYPE_CHECKING:
-    from actors.function import FunctionActor
+    from leveret.actors.function import FunctionActor
 
 QueueType = Literal["quorum", "classic"]
 ActorRef: TypeAlias = "type[Actor] | FunctionActor[Any]"
@@ -141,7 +142,7 @@ class Actor:
             attempts, exponential backoff from 1 s up to 10 min, with jitter).
         time_limit_s: Seconds a handler may run (None: no limit). Past it the handler is
             interrupted with `TimeLimitExceeded` and the retry policy applies; see
-            `services.timelimits`. `@handler(time_limit_s=...)` overrides it per handler.
+            `leveret.services.timelimits`. `@handler(time_limit_s=...)` overrides it per handler.
 
     One instance per worker process handles every message, from several threads at once:
     keep handlers free of per-message state on ``self``.

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import contextvars
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
-from actors import dispatch
-from schemas.envelope import Envelope
-from schemas.message import Message
+from leveret.actors import dispatch
+from leveret.schemas.envelope import Envelope
+from leveret.schemas.message import Message
 
 if TYPE_CHECKING:
-    from actors.actor import ActorRef
-
-_current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
-    "leveret_current_envelope", default=None
-)
-
-
-def current_correlation_id() -> str | None:
-    """The correlation id of the message being handled on this thread, if any."""
-    envelope = _current_envelope.get()
-    return envelope.correlation_id if envelope is not None else None
+    from leveret.actors.actor import ActorRef
 
 
 class Context:
@@ -40,10 +30,14 @@ class Context:
 
     __slots__ = ("actor", "envelope", "log")
 
-    def __init__(self, envelope: Envelope, *, actor: str, log: Any = None) -> None:
+    def __init__(
+        self, envelope: Envelope, *, actor: str, log: FilteringBoundLogger | None = None
+    ) -> None:
         self.envelope = envelope
         self.actor = actor
-        self.log = log if log is not None else structlog.get_logger("leveret.handler")
+        self.log: FilteringBoundLogger = (
+            log if log is not None else structlog.get_logger("leveret.handler")
+        )
 
     @property
     def message_id(self) -> str:
@@ -99,13 +93,3 @@ class Context:
         return dispatch.current().send(
             actor, message, delay=delay, eta=eta, correlation_id=self.correlation_id
         )
-
-
-def handling(envelope: Envelope) -> contextvars.Token[Envelope | None]:
-    """Mark `envelope` as the message being handled on this thread (for the runtime)."""
-    return _current_envelope.set(envelope)
-
-
-def done_handling(token: contextvars.Token[Envelope | None]) -> None:
-    """Undo `handling` (for the runtime)."""
-    _current_envelope.reset(token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from schemas.errors import HandlerSignal
+from leveret.schemas.errors import HandlerSignal
 
 
 class Retry(HandlerSignal):

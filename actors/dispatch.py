@@ -10,11 +10,12 @@ import threading
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-from schemas.errors import ConfigurationError
-from schemas.message import Message
+from leveret.actors.handling import current_correlation_id
+from leveret.schemas.errors import ConfigurationError
+from leveret.schemas.message import Message
 
 if TYPE_CHECKING:
-    from actors.actor import ActorRef
+    from leveret.actors.actor import ActorRef
 
 Delay: TypeAlias = "float | timedelta | None"
 """A delay in seconds or as a `timedelta`; None for none."""
@@ -55,7 +56,7 @@ def configure(dispatcher: Dispatcher | None) -> None:
     """Make `dispatcher` the broker of this process (None forgets it).
 
     Args:
-        dispatcher: Usually a `services.Broker`.
+        dispatcher: Usually a `leveret.services.Broker`.
     """
     global _current
     with _lock:
@@ -72,8 +73,8 @@ def current() -> Dispatcher:
     if dispatcher is None:
         raise ConfigurationError(
             "no broker is configured in this process: call "
-            "services.configure(Broker(url, namespace=...)) at start-up (the worker and the "
-            "Django app do this for you; tests use services.testing.memory_broker)"
+            "leveret.configure(Broker(url, namespace=...)) at start-up (the worker and the "
+            "Django app do this for you; tests use leveret.services.testing.memory_broker)"
         )
     return dispatcher
 
@@ -96,6 +97,4 @@ def publish(message: Message, *, delay: Delay = None, eta: datetime | None = Non
         PublishError: The broker did not confirm the message.
         InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
     """
-    from actors.context import current_correlation_id
-
     return current().publish(message, delay=delay, eta=eta, correlation_id=current_correlation_id())

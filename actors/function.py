@@ -7,12 +7,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
-from actors import dispatch
-from actors.actor import Actor, Handler, QueueType, inspect_handler
-from actors.context import current_correlation_id
-from actors.retry import RetryPolicy
-from schemas.errors import InvalidArgument
-from schemas.message import Message
+from leveret.actors import dispatch
+from leveret.actors.actor import Actor, Handler, QueueType, inspect_handler
+from leveret.actors.handling import current_correlation_id
+from leveret.actors.retry import RetryPolicy
+from leveret.schemas.errors import InvalidArgument
+from leveret.schemas.message import Message
 
 R = TypeVar("R")
 _MARK = "__leveret_handler__"

@@ -6,9 +6,9 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
-from actors.actor import Actor
-from actors.function import FunctionActor, as_actor_class
-from schemas.errors import ConfigurationError, DefinitionError
+from leveret.actors.actor import Actor
+from leveret.actors.function import FunctionActor, as_actor_class
+from leveret.schemas.errors import ConfigurationError, DefinitionError
 
 
 def actors_in(module_names: Iterable[str]) -> list[type[Actor]]:

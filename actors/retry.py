@@ -6,8 +6,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from actors.control import Reject, Retry
-from schemas.errors import DefinitionError
+from leveret.actors.control import Reject, Retry
+from leveret.schemas.errors import DefinitionError
 
 Backoff = Callable[[int], float]
 """Seconds to wait after failed attempt number `n` (1 for the first) before the next one."""

@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from services import naming
-from services.logs import configure_logging
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
+from leveret.services.logs import configure_logging
 from tests.faults.test_backlog_memory import queue_counts, rss_kb
 from tests.sample_actors import Crasher, Job, Jobs
 
@@ -53,7 +52,7 @@ def main() -> None:
         print(f"published {args.messages:,} in {publish_s:.1f}s", flush=True)
         worker = subprocess.Popen(
             [
-                *(sys.executable, "-m", "services.cli", "worker", "tests.sample_actors"),
+                *(sys.executable, "-m", "leveret.services.cli", "worker", "tests.sample_actors"),
                 *("--broker-url", args.url, "--namespace", namespace, "--queues", Jobs.queue),
                 *("--threads", "2", "--prefetch", str(args.prefetch), "--log-level", "warning"),
             ],

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors import Actor, handler
 from bench.common import PAYLOAD, Clock, Settings, pace, percentile, wait_until
-from schemas import Message
-from services.rabbitmq import RabbitBroker
+from leveret.actors import Actor, handler
+from leveret.schemas import Message
+from leveret.services import RabbitBroker
 
 
 class Ping(Message, topic="bench.ping"):
@@ -119,7 +119,7 @@ class LeveretBench:
         )
         self._workers.append(worker)
         worker.start()
-        wait_until(worker.consuming.is_set, 30, "the worker to consume")  # type: ignore[attr-defined]
+        wait_until(worker.consuming.is_set, 30, "the worker to consume")
         latencies = []
         try:
             for seq in pace(self.settings.rate, count):

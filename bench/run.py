@@ -26,7 +26,7 @@ import pika
 from bench.common import Settings
 from bench.leveret_side import LeveretBench
 from bench.raw import RawBench
-from services.logs import configure_logging
+from leveret.services.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 THROUGHPUT = ("publish_single", "publish_many", "drain", "drain_info_logs")

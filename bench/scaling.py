@@ -31,9 +31,8 @@ from typing import Any
 from bench.common import PAYLOAD
 from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, check_clean
 from bench.sink import RECORD_DIR_ENV, Sink, Tick, raw_consume
-from services import config, naming
-from services.logs import configure_logging
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, config, naming
+from leveret.services.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "scaling-latest.json"
@@ -110,7 +109,7 @@ class Scaling:
         return steady_rate(read_times(records))
 
     def _start_leveret(self, processes: int, records: Path) -> Callable[[], None]:
-        command = [sys.executable, "-m", "services.cli", "worker", "bench.sink"]
+        command = [sys.executable, "-m", "leveret.services.cli", "worker", "bench.sink"]
         command += ["--processes", str(processes), "--threads", str(self.args.threads)]
         command += ["--prefetch", str(self.args.prefetch), "--namespace", self.namespace]
         command += ["--log-level", "warning"]
@@ -184,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         scaling.close()
     print(f"{'processes':>9} {'Leveret':>10} {'raw pika':>10} {'Leveret/raw':>12}")
-    for processes, sides in results.items():
+    for label, sides in results.items():
         ratio = sides["leveret"] / sides["raw"]
-        print(f"{processes:>9} {sides['leveret']:>10.0f} {sides['raw']:>10.0f} {ratio:>11.0%}")
-    document = {
+        print(f"{label:>9} {sides['leveret']:>10.0f} {sides['raw']:>10.0f} {ratio:>11.0%}")
+    document: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "rabbitmq": _rabbitmq_version()},
         "settings": {k: str(v) for k, v in vars(args).items() if k != "url"},

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pika
 
-from actors import Actor, handler
-from schemas import Message
+from leveret.actors import Actor, handler
+from leveret.schemas import Message
 
 RECORD_DIR_ENV = "LEVERET_BENCH_RECORD_DIR"
 _fd: int | None = None

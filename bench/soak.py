@@ -30,9 +30,8 @@ from typing import Any
 
 from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, check_clean
 from bench.sink import RECORD_DIR_ENV, Sink, Tally, Tick
-from services import config, naming
-from services.logs import configure_logging
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, config, naming
+from leveret.services.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "soak-latest.json"
@@ -142,7 +141,7 @@ class Soak:
 
     def _start_supervisor(self) -> subprocess.Popen[bytes]:
         args = self.args
-        command = [sys.executable, "-m", "services.cli", "worker", "bench.sink"]
+        command = [sys.executable, "-m", "leveret.services.cli", "worker", "bench.sink"]
         command += ["--processes", str(args.processes), "--threads", str(args.threads)]
         command += ["--namespace", self.namespace, "--log-level", "warning"]
         command += ["--log-format", "json", "--shutdown-timeout", "10"]

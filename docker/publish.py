@@ -13,10 +13,9 @@ import signal
 import threading
 from decimal import Decimal
 
-from actors import configure, publish
-from services.broker import Broker
-from services.demo import DEMO_ACTORS, OrderPlaced, UserSignedUp, send_welcome
-from services.logs import configure_logging, get_logger
+from leveret import Broker, configure, publish
+from leveret.services.demo import DEMO_ACTORS, OrderPlaced, UserSignedUp, send_welcome
+from leveret.services.logs import configure_logging, get_logger
 
 
 def main() -> None:

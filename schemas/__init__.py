@@ -1,26 +1,33 @@
-"""What a message is: typed pydantic messages, their envelope and wire format.
+"""What a message is: typed pydantic messages, their envelope and wire format, and every
+error Leveret raises (`leveret.schemas.errors`).
 
 Knows nothing of RabbitMQ.
 """
 
-from schemas.codec import decode, encode
-from schemas.envelope import Envelope, new_message_id
-from schemas.errors import (
+from leveret.schemas.codec import decode, encode
+from leveret.schemas.envelope import Envelope, new_message_id
+from leveret.schemas.errors import (
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
     DecodeError,
     DefinitionError,
+    InvalidArgument,
     InvalidMessage,
+    InvalidRetry,
     LeveretError,
     MalformedBody,
+    NotFound,
     NotHandled,
+    OperationError,
     PublishError,
+    PublishTimeout,
     TimeLimitExceeded,
+    TooLarge,
     TopologyError,
     UnknownTopic,
 )
-from schemas.message import Message, message_class, registered_topics
+from leveret.schemas.message import Message, message_class, registered_topics
 
 __all__ = [
     "BrokerConnectionError",
@@ -29,13 +36,19 @@ __all__ = [
     "DecodeError",
     "DefinitionError",
     "Envelope",
+    "InvalidArgument",
     "InvalidMessage",
+    "InvalidRetry",
     "LeveretError",
     "MalformedBody",
     "Message",
+    "NotFound",
     "NotHandled",
+    "OperationError",
     "PublishError",
+    "PublishTimeout",
     "TimeLimitExceeded",
+    "TooLarge",
     "TopologyError",
     "UnknownTopic",
     "decode",

@@ -7,8 +7,8 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.errors import InvalidMessage, MalformedBody
-from schemas.message import Message
+from leveret.schemas.errors import InvalidMessage, MalformedBody
+from leveret.schemas.message import Message
 
 M = TypeVar("M", bound=Message)
 

@@ -1,13 +1,5 @@
-"""The envelope: metadata that travels with a message, and the wire format's header names.
-
-On the wire (any AMQP client can produce or read it):
-
-- body: the message's JSON, UTF-8;
-- properties: ``content_type=application/json``, ``type=<topic>``, ``message_id``,
-  ``timestamp`` (seconds since the epoch), ``correlation_id``, ``delivery_mode=2``;
-- headers: ``x-leveret-attempt`` (1 on the first delivery) and, on dead letters, the
-  ``x-leveret-error-*`` headers below.
-"""
+"""The envelope: metadata that travels with a message (see `leveret.schemas.wire`), and
+how its fields are read from whatever a client sent."""
 
 from __future__ import annotations
 
@@ -17,37 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-CONTENT_TYPE = "application/json"
-
-ATTEMPT = "x-leveret-attempt"
-ERROR_REASON = "x-leveret-error-reason"
-ERROR_TYPE = "x-leveret-error-type"
-ERROR_MESSAGE = "x-leveret-error-message"
-ERROR_TRACEBACK = "x-leveret-error-traceback"
-FAILED_AT = "x-leveret-failed-at"
-FIRST_FAILED_AT = "x-leveret-first-failed-at"
-FAILED_ACTOR = "x-leveret-failed-actor"
-FAILED_HOST = "x-leveret-failed-host"
-ORIGINAL_EXCHANGE = "x-leveret-original-exchange"
-ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
-REPLAYED_AT = "x-leveret-replayed-at"
-
-# Headers RabbitMQ adds when it dead-letters (TTL expiry in the delay levels, delivery
-# limits) or counts deliveries (quorum queues; `x-acquired-count` since RabbitMQ 4.3); they
-# describe one trip and are not copied onto a retry or a replay.
-BROKER_HEADERS = (
-    "x-death",
-    "x-acquired-count",
-    "x-delivery-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-)
-
 
 MAX_ATTEMPT = 2**31 - 1
 """The highest attempt number read from a header; larger values are read as this."""

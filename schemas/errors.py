@@ -29,11 +29,9 @@ LeveretError
 ```
 
 pika's exceptions never reach a caller: the modules that speak AMQP
-(`services.rabbitmq`) translate them into these. `DecodeError`s are permanent failures:
+(`leveret.services.rabbitmq`) translate them into these. `DecodeError`s are permanent failures:
 the worker dead-letters the delivery with the reason.
 """
-
-from __future__ import annotations
 
 
 class LeveretError(Exception):
@@ -145,7 +143,7 @@ class TimeLimitExceeded(LeveretError):
 
     The worker raises it inside the handler's thread; the message then fails like any other
     exception, so the retry policy decides between a retry and the dead-letter queue, whose
-    headers record ``schemas.errors.TimeLimitExceeded``. A handler blocked in C code (a
+    headers record ``leveret.schemas.errors.TimeLimitExceeded``. A handler blocked in C code (a
     socket read, `time.sleep`) is interrupted only when it returns to Python.
     """
 

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.errors import DefinitionError
-from schemas.naming import snake_case
+from leveret.schemas.casing import snake_case
+from leveret.schemas.errors import DefinitionError
 
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 MAX_TOPIC_BYTES = 197

@@ -1,5 +1,5 @@
 """`python -m services` runs the `leveret` command."""
 
-from services.cli import main
+from leveret.services.cli import main
 
 main()

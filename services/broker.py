@@ -8,10 +8,11 @@ broker.send(Billing, OrderPlaced(...))
 configure(broker)      # the process's broker for Actor.send and publish()
 ```
 
-The URL's scheme picks the transport under the broker: RabbitMQ (``amqp://``,
-``amqps://``) or the in-memory broker (``memory://``); see `services.transport`. Everything
-here works the same on both. `RabbitBroker` and `MemoryBroker` are brokers whose transport
-is fixed, with what only that transport offers (typed options, test helpers).
+The URL's scheme picks the transport under the broker (`transport_for`): RabbitMQ
+(``amqp://``, ``amqps://``) or the in-memory broker (``memory://``); see
+`leveret.services.transport`. Everything here works the same on both. `RabbitBroker` (here)
+and `MemoryBroker` (`leveret.services.testing`) are brokers whose transport is fixed, with
+what only that transport offers (typed options, admin helpers, test helpers).
 """
 
 from __future__ import annotations
@@ -19,39 +20,44 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from actors.actor import Actor, ActorRef
-from actors.function import as_actor_class
-from actors.registry import unique_queues
-from schemas.codec import encode
-from schemas.envelope import Envelope
-from schemas.errors import ConfigurationError, InvalidArgument, PublishError
-from schemas.message import Message
-from services import config, naming
-from services.delays import delay_seconds
-from services.logs import get_logger
-from services.redaction import redact
-from services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Delivery, MessageHooks
-from services.runtime.worker import Worker
-from services.transport import (
+from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.function import as_actor_class
+from leveret.actors.registry import unique_queues
+from leveret.schemas.codec import encode
+from leveret.schemas.envelope import Envelope
+from leveret.schemas.errors import ConfigurationError, InvalidArgument, PublishError
+from leveret.schemas.message import Message
+from leveret.services import config, naming
+from leveret.services.delays import delay_seconds
+from leveret.services.logs import get_logger
+from leveret.services.memory.transport import MemoryTransport
+from leveret.services.rabbitmq._admin import AdminChannel
+from leveret.services.rabbitmq._publisher import Publisher
+from leveret.services.rabbitmq.transport import RabbitTransport
+from leveret.services.redaction import redact
+from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Delivery, MessageHooks
+from leveret.services.runtime.worker import Worker
+from leveret.services.transport import (
     Delivered,
+    MemoryOptions,
     Prepared,
+    RabbitOptions,
     Route,
     Transport,
     TransportOptions,
-    transport_for,
 )
 
 log = get_logger("leveret.broker")
 
-__all__ = ["Broker", "Delivered", "Prepared", "Route"]
+__all__ = ["Broker", "Delivered", "Prepared", "RabbitBroker", "Route", "transport_for"]
 
 
 class Broker:
     """Connection to a message broker, with the topology of the actors it knows.
 
-    The URL's scheme picks the transport under it (`services.transport.transport_for`):
-    RabbitMQ for ``amqp://``/``amqps://``, the in-memory broker for ``memory://``. Every
-    method works the same on both.
+    The URL's scheme picks the transport under it (`transport_for`): RabbitMQ for
+    ``amqp://``/``amqps://``, the in-memory broker for ``memory://``. Every method works
+    the same on both.
 
     Args:
         url: ``amqp://user:password@host:port/vhost``, ``amqps://…`` or ``memory://``;
@@ -334,7 +340,7 @@ class Broker:
 
         Nothing is removed or changed: the dead letters stay, in the same order, until
         replayed or purged (on RabbitMQ, reading them takes one pass over the whole queue,
-        which never counts as a failed delivery; see `services.rabbitmq._dlq_pass`).
+        which never counts as a failed delivery; see `leveret.services.rabbitmq._dlq_pass`).
 
         Args:
             actor: The actor, or its queue name (without namespace).
@@ -390,9 +396,15 @@ class Broker:
         Raises:
             ConfigurationError: The actor's queue or dead-letter queue does not exist.
         """
-        return self.transport.replay_dead_letters(
-            _queue_of(actor), message_ids=message_ids, on_replayed=on_replayed
-        )
+
+        def chosen(letter: Delivery) -> bool:
+            return message_ids is None or letter.message_id in message_ids
+
+        def replayed(letter: Delivery) -> None:
+            if on_replayed is not None:
+                on_replayed(letter.message_id)
+
+        return self.transport.replay_dead_letters(_queue_of(actor), chosen, replayed)
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         """Delete every dead letter of the actor; returns how many there were.
@@ -449,9 +461,69 @@ class Broker:
         self.transport.close()
 
 
+def transport_for(url: str, namespace: str, options: TransportOptions | None = None) -> Transport:
+    """The transport a broker URL names: RabbitMQ for ``amqp``/``amqps``, else memory.
+
+    Raises:
+        ConfigurationError: An unknown scheme, or options of another transport.
+    """
+    kind = config.scheme(url)
+    if kind == "memory":
+        if isinstance(options, RabbitOptions):
+            raise ConfigurationError("RabbitOptions given for a memory:// broker")
+        return MemoryTransport(namespace, options)
+    if isinstance(options, MemoryOptions):
+        raise ConfigurationError(f"MemoryOptions given for an {kind}:// broker")
+    return RabbitTransport(url, namespace, options)
+
+
 def _queue_of(actor: ActorRef | str) -> str:
     """The queue name (without namespace) of an actor, or the name itself."""
     return actor if isinstance(actor, str) else unique_queues([actor])[0].queue
+
+
+class RabbitBroker(Broker):
+    """A `Broker` on RabbitMQ; see `Broker` for the arguments.
+
+    Extra Args:
+        confirm_timeout_s: How long a publish waits for the broker's confirm.
+    """
+
+    transport: RabbitTransport
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        auto_declare: bool = True,
+        confirm_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            url,
+            namespace=namespace,
+            auto_declare=auto_declare,
+            options=RabbitOptions(confirm_timeout_s=confirm_timeout_s),
+        )
+        if not isinstance(self.transport, RabbitTransport):
+            raise ConfigurationError("RabbitBroker needs an amqp:// or amqps:// URL")
+
+    @property
+    def publisher(self) -> Publisher:
+        """The process's publishing connection of this broker."""
+        return self.transport.publisher
+
+    def admin(self) -> AdminChannel:
+        """A short-lived blocking channel for administrative work (deleting, counting)."""
+        return self.transport.admin()
+
+    def message_count(self, queue: str) -> int:
+        """Messages ready in a queue (full name), as the broker counts them.
+
+        Raises:
+            NotFound: No such queue.
+        """
+        return self.transport.message_count(queue)
 
 
 def _log_unroutable(items: Sequence[Prepared], unroutable: list[int]) -> None:

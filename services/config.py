@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from schemas.errors import ConfigurationError
-from services.naming import DEFAULT_NAMESPACE
-from services.redaction import redact
+from leveret.schemas.errors import ConfigurationError
+from leveret.services.naming import DEFAULT_NAMESPACE
+from leveret.services.redaction import redact
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 BROKER_URL_ENV = "LEVERET_BROKER_URL"

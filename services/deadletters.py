@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import envelope as wire
-from services.runtime.execution import Delivery
+from leveret.schemas import wire
+from leveret.services.runtime.execution import Delivery
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from schemas.errors import InvalidArgument
+from leveret.schemas.errors import InvalidArgument
 
 LEVELS = 28
 MAX_DELAY_S = 2**LEVELS - 1

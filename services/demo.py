@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import click
 
-from actors import Actor, ActorRef, Context, Reject, actor, configure, handler, publish
-from schemas import Message
-from services.broker import Broker
+from leveret.actors import Actor, ActorRef, Context, Reject, actor, configure, handler, publish
+from leveret.schemas import Message
+from leveret.services.broker import Broker
 
 
 class OrderPlaced(Message, topic="demo.orders.placed"):

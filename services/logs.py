@@ -12,12 +12,13 @@ import logging
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
-from schemas.errors import ConfigurationError
-from services.redaction import redact_value
+from leveret.schemas.errors import ConfigurationError
+from leveret.services.redaction import redact_value
 
 
 class RedactSecrets:
@@ -120,6 +121,12 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-def get_logger(name: str) -> Any:
-    """A structlog logger named `name`."""
-    return structlog.get_logger(name)
+Logger: TypeAlias = FilteringBoundLogger
+"""The logger Leveret hands out (`get_logger`, `Context.log`): structlog's bound logger,
+with ``debug``/``info``/``warning``/``error``/``exception`` and ``bind``."""
+
+
+def get_logger(name: str) -> Logger:
+    """A structlog logger named `name`, configured by `configure_logging`."""
+    logger: Logger = structlog.get_logger(name)
+    return logger

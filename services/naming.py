@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.errors import ConfigurationError
+from leveret.schemas.errors import ConfigurationError
 
 DEFAULT_NAMESPACE = "leveret"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")

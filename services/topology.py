@@ -1,6 +1,6 @@
 """The RabbitMQ objects an actor needs, as data.
 
-`steps(namespace, actors)` is pure (unit-tested); `services.rabbitmq` declares the steps on
+`steps(namespace, actors)` is pure (unit-tested); `leveret.services.rabbitmq` declares the steps on
 a channel.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from actors.actor import Actor
-from services import delays, naming
+from leveret.actors.actor import Actor
+from leveret.services import delays, naming
 
 StepKind = Literal["exchange", "queue", "bind", "bind_exchange"]
 

@@ -1,8 +1,9 @@
 """What a `Broker` needs from the messaging system under it: a `Transport`.
 
-A `Broker` holds one transport, chosen by the URL's scheme (`transport_for`): RabbitMQ
-(`services.rabbitmq.RabbitTransport`) or the in-memory broker
-(`services.memory.MemoryTransport`). The broker does everything that is the same for both
+A `Broker` holds one transport, chosen by the URL's scheme
+(`leveret.services.broker.transport_for`): RabbitMQ
+(`leveret.services.rabbitmq.RabbitTransport`) or the in-memory broker
+(`leveret.services.memory.MemoryTransport`). The broker does everything that is the same for both
 (building messages, routes, delays, which actors are declared); the transport moves bytes.
 Options that only make sense for one transport are typed per transport (`RabbitOptions`,
 `MemoryOptions`).
@@ -15,15 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
-from schemas.envelope import Envelope
-from schemas.errors import ConfigurationError, PublishError
-from services import config
+from leveret.schemas.envelope import Envelope
+from leveret.schemas.errors import PublishError
 
 if TYPE_CHECKING:
-    from actors.actor import Actor
-    from services.memory.clock import VirtualClock
-    from services.runtime.consumer import Consumer
-    from services.runtime.execution import Delivery
+    from leveret.actors.actor import Actor
+    from leveret.services.memory.clock import VirtualClock
+    from leveret.services.runtime.consumer import Consumer
+    from leveret.services.runtime.execution import Delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,11 @@ class MemoryOptions:
 
 TransportOptions: TypeAlias = RabbitOptions | MemoryOptions
 
+Chosen: TypeAlias = "Callable[[Delivery], bool]"
+"""Says of a dead letter whether to replay it."""
+Replayed: TypeAlias = "Callable[[Delivery], None]"
+"""Called with each dead letter once it is back on its queue."""
+
 
 class Transport(ABC):
     """Moves messages for a `Broker`: topology, publishing, dead letters, consuming.
@@ -134,14 +139,14 @@ class Transport(ABC):
         """How many dead letters `queue` has."""
 
     @abstractmethod
-    def replay_dead_letters(
-        self,
-        queue: str,
-        *,
-        message_ids: set[str] | None,
-        on_replayed: Callable[[str], None] | None,
-    ) -> int:
-        """Put dead letters back on `queue`, attempt count reset; returns how many."""
+    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
+        """Put the dead letters `chosen` picks back on `queue`, attempt count reset.
+
+        Only the letters present when the replay starts are visited, each once.
+
+        Returns:
+            How many were replayed (each reported to `on_replayed` once it is back).
+        """
 
     @abstractmethod
     def purge_dead_letters(self, queue: str) -> int:
@@ -154,23 +159,3 @@ class Transport(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close connections; publishing afterwards reconnects."""
-
-
-def transport_for(url: str, namespace: str, options: TransportOptions | None = None) -> Transport:
-    """The transport a broker URL names: RabbitMQ for ``amqp``/``amqps``, else memory.
-
-    Raises:
-        ConfigurationError: An unknown scheme, or options of another transport.
-    """
-    kind = config.scheme(url)
-    if kind == "memory":
-        if isinstance(options, RabbitOptions):
-            raise ConfigurationError("RabbitOptions given for a memory:// broker")
-        from services.memory.transport import MemoryTransport
-
-        return MemoryTransport(namespace, options or MemoryOptions())
-    if isinstance(options, MemoryOptions):
-        raise ConfigurationError(f"MemoryOptions given for an {kind}:// broker")
-    from services.rabbitmq.transport import RabbitTransport
-
-    return RabbitTransport(url, namespace, options or RabbitOptions())

@@ -16,9 +16,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from actors import configure
-from services.memory import MemoryBroker
-from services.rabbitmq import RabbitBroker
+from leveret.actors import configure
+from leveret.services import MemoryBroker, RabbitBroker
 from tests.support import RABBIT_URL
 
 RUN_PREFIX = f"lt{os.getpid()}"

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from actors import NO_RETRY, Actor, Context, handler
-from schemas import Message
-from services.rabbitmq._consumer import RabbitConsumer
-from services.runtime.execution import Executor
+from leveret.actors import NO_RETRY, Actor, Context, handler
+from leveret.schemas import Message
+from leveret.services.rabbitmq._consumer import RabbitConsumer
+from leveret.services.runtime.execution import Executor
 from tests.sample_actors import _record
 
 _armed: set[str] = set()

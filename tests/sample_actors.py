@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from actors import NO_RETRY, Actor, Context, handler
-from schemas import Message
+from leveret.actors import NO_RETRY, Actor, Context, handler
+from leveret.schemas import Message
 
 
 class Job(Message, topic="tests.job"):

@@ -13,16 +13,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.actor import ActorRef
-from services.broker import Broker
-from services.runtime.worker import Worker
+import pika
+
+from leveret.actors.actor import ActorRef
+from leveret.services.broker import Broker
+from leveret.services.runtime.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBIT_URL = os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    """Poll `predicate` until it holds; fail with `what` after `timeout_s`."""
+def take_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Take every message out of `queue` (full name) with plain pika: (properties, body)."""
+    found: list[tuple[pika.BasicProperties, bytes]] = []
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None or props is None or body is None:
+                return found
+            found.append((props, body))
+    finally:
+        connection.close()
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until it holds (is truthy); fail with `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -75,37 +92,20 @@ def running(broker: Broker, *actors: ActorRef, **options: Any) -> Iterator[Worke
         worker.shutdown(10)
 
 
-class WorkerProcess:
-    """`leveret worker` in a subprocess, killed by pid (only the ones a test started)."""
+class LoggedProcess:
+    """A command in a subprocess, its output in a log file; killed by pid at teardown.
+
+    Args:
+        command: The command line.
+        log_path: Where its standard output and error go.
+        env: Added to this process's environment (with the checkout on PYTHONPATH).
+    """
 
     def __init__(
-        self,
-        modules: list[str],
-        namespace: str,
-        *,
-        url: str = RABBIT_URL,
-        args: list[str] | None = None,
-        env: dict[str, str] | None = None,
+        self, command: list[str], log_path: Path, env: dict[str, str] | None = None
     ) -> None:
-        self.log_path = (
-            Path(os.environ.get("TMPDIR", "/tmp"))
-            / f"leveret-worker-{namespace}-{time.monotonic_ns()}.log"
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "worker",
-            *modules,
-            "--broker-url",
-            url,
-            "--namespace",
-            namespace,
-            "--log-format",
-            "json",
-            *(args or []),
-        ]
-        self._log = self.log_path.open("wb")
+        self.log_path = log_path
+        self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -123,6 +123,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_consuming(self, timeout_s: float = 20.0) -> None:
+        """Wait for a worker's ``worker_consuming`` log line; fail if it exits first."""
         wait_until(
             lambda: "worker_consuming" in self.log() or self.process.poll() is not None,
             timeout_s,
@@ -144,6 +145,51 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
+
+
+class WorkerProcess(LoggedProcess):
+    """`leveret worker` in a subprocess, killed by pid (only the ones a test started)."""
+
+    def __init__(
+        self,
+        modules: list[str],
+        namespace: str,
+        *,
+        url: str = RABBIT_URL,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp"))
+            / f"leveret-worker-{namespace}-{time.monotonic_ns()}.log"
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "leveret",
+            "worker",
+            *modules,
+            "--broker-url",
+            url,
+            "--namespace",
+            namespace,
+            "--log-format",
+            "json",
+            *(args or []),
+        ]
+        super().__init__(command, log_path, env)
+
+
+def rabbitmqctl_list(what: str, *fields: str) -> list[list[str]]:
+    """The rows `rabbitmqctl list_<what>` prints for `fields` (each row split on spaces)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", f"list_{what}", *fields],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return [line.split() for line in out.splitlines() if line.strip()]
 
 
 def free_port() -> int:

@@ -46,7 +46,7 @@ def test_quickstart_publish_then_worker_handles_the_chain(rabbit_url: str, names
 
 _CLEANUP = """
 import sys
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker
 from shop_actors import Billing, send_invoice_mail
 broker = RabbitBroker(namespace=sys.argv[1])
 broker.delete(Billing, send_invoice_mail)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from shop_actors import Billing, OrderPlaced, send_invoice_mail
 
-from services import Broker, configure, publish
+from leveret import Broker, configure, publish
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3

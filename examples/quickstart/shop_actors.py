@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from actors import Actor, Context, actor, handler
-from schemas import Message
+from leveret import Actor, Context, Message, actor, handler
 
 
 class OrderPlaced(Message, topic="orders.placed"):

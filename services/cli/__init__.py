@@ -1,16 +1,16 @@
 """The `leveret` command: one module per command group.
 
-- `services.cli.worker`: ``leveret worker`` (one process, or a supervisor of several);
-- `services.cli.dlq`: ``leveret dlq list|show|replay|purge``;
-- `services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``.
+- `leveret.services.cli.worker`: ``leveret worker`` (one process, or a supervisor of several);
+- `leveret.services.cli.dlq`: ``leveret dlq list|show|replay|purge``;
+- `leveret.services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``.
 """
 
 from __future__ import annotations
 
 import click
 
-from services.cli import dlq, tools, worker
-from services.cli._common import LeveretGroup
+from leveret.services.cli import dlq, tools, worker
+from leveret.services.cli._common import LeveretGroup
 
 
 @click.group(cls=LeveretGroup)

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from schemas.errors import LeveretError
-from services import config
-from services.logs import configure_logging
+from leveret.schemas.errors import LeveretError
+from leveret.services import config
+from leveret.services.logs import configure_logging
 
 url_option = click.option(
     "--broker-url",

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from services.broker import Broker
-from services.cli._common import LeveretGroup, namespace_option, url_option
-from services.logs import configure_logging
+from leveret.services.broker import Broker
+from leveret.services.cli._common import LeveretGroup, namespace_option, url_option
+from leveret.services.logs import configure_logging
 
 
 @click.group(cls=LeveretGroup)
@@ -34,7 +34,7 @@ def dlq_list(
 
     Reading changes nothing: every letter stays, in the same order.
     """
-    from services.deadletters import DeadLetter, printable
+    from leveret.services.deadletters import DeadLetter, printable
 
     with _dlq_broker(broker_url, namespace) as broker:
         page = broker.dead_letters(queue, limit=limit, offset=offset)
@@ -60,9 +60,9 @@ def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str
     Control characters from the message are shown escaped; long output goes through a
     pager on a terminal.
     """
-    from schemas import envelope as wire
-    from schemas.codec import json_preview
-    from services.deadletters import printable
+    from leveret.schemas import wire
+    from leveret.schemas.codec import json_preview
+    from leveret.services.deadletters import printable
 
     with _dlq_broker(broker_url, namespace) as broker:
         letter = broker.find_dead_letter(queue, message_id)
@@ -109,7 +109,7 @@ def dlq_replay(
         raise click.UsageError("give --all or at least one --id")
     replayed: set[str] = set()
 
-    from services.deadletters import printable
+    from leveret.services.deadletters import printable
 
     def on_replayed(message_id: str) -> None:
         replayed.add(message_id)

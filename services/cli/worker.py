@@ -12,23 +12,28 @@ from typing import NoReturn
 
 import click
 
-from actors import actors_in, configure
-from schemas.errors import LeveretError
-from services import config, naming
-from services.broker import Broker, select_actors
-from services.cli._common import (
+from leveret.actors import actors_in, configure
+from leveret.schemas.errors import LeveretError
+from leveret.services import config, naming
+from leveret.services.broker import Broker, select_actors
+from leveret.services.cli._common import (
     import_path,
     namespace_option,
     setup_logging,
     url_option,
     with_log_options,
 )
-from services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
-from services.operations.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
-from services.operations.supervisor import HEALTH_FILE_ENV, Supervisor, notify_ready, worker_command
-from services.runtime.execution import MessageHooks
-from services.runtime.timelimits import warn_about_limits
-from services.runtime.worker import EXIT_FATAL
+from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
+from leveret.services.operations.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
+from leveret.services.operations.supervisor import (
+    HEALTH_FILE_ENV,
+    Supervisor,
+    notify_ready,
+    worker_command,
+)
+from leveret.services.runtime.execution import MessageHooks
+from leveret.services.runtime.timelimits import warn_about_limits
+from leveret.services.runtime.worker import EXIT_FATAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +43,9 @@ class WorkerSetup:
     Pass it as click's ``obj`` when invoking `worker`; the command line stays the same.
 
     Attributes:
-        hooks: Run around each message (see `services.runtime.execution.MessageHooks`).
+        hooks: Run around each message (see `leveret.services.runtime.execution.MessageHooks`).
         child_command: With ``--processes N``, the command line of one child given the
-            worker's arguments; defaults to ``python -m services.cli worker ARGS``.
+            worker's arguments; defaults to ``python -m leveret worker ARGS``.
     """
 
     hooks: Sequence[MessageHooks] = ()

@@ -1,10 +1,10 @@
 """Leveret for Django: settings, transaction-aware publishing, outbox, relay, worker.
 
-Add ``"services.django"`` to ``INSTALLED_APPS`` and a ``LEVERET`` dict to the settings;
+Add ``"leveret.django"`` to ``INSTALLED_APPS`` and a ``LEVERET`` dict to the settings;
 see docs/django.md.
 
 ```python
-from services.django import publish, publish_now
+from leveret.django import publish, publish_now
 
 with transaction.atomic():
     order = Order.objects.create(...)
@@ -12,7 +12,7 @@ with transaction.atomic():
 ```
 """
 
-from services.django.publishing import (
+from leveret.django.publishing import (
     TransactionalDispatcher,
     publish,
     publish_now,

@@ -1,4 +1,4 @@
-"""The Django app: ``INSTALLED_APPS = [..., "services.django"]`` (label ``leveret``)."""
+"""The Django app: ``INSTALLED_APPS = [..., "leveret.django"]`` (label ``leveret``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
 
-from services.logs import get_logger
+from leveret.services.logs import get_logger
 
 if TYPE_CHECKING:
-    from services.broker import Broker
-    from services.django.publishing import TransactionalDispatcher
+    from leveret.django.publishing import TransactionalDispatcher
+    from leveret.services.broker import Broker
 
 log = get_logger("leveret.django")
 
@@ -19,17 +19,17 @@ class LeveretConfig(AppConfig):
     """Configures the process's broker from ``settings.LEVERET`` when Django is ready.
 
     `publish` and `Actor.send` then follow Django's transactions (see
-    `services.django.publishing`). Settings errors are reported by the system checks.
+    `leveret.django.publishing`). Settings errors are reported by the system checks.
     """
 
-    name = "services.django"
+    name = "leveret.django"
     label = "leveret"
     verbose_name = "Leveret"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from services.django import checks  # noqa: F401  # registers the system checks
-        from services.django.settings import load
+        from leveret.django import checks  # noqa: F401  # registers the system checks
+        from leveret.django.settings import load
 
         if load().problems:
             log.warning("leveret_not_configured", hint="run manage.py check for the reasons")
@@ -47,9 +47,9 @@ def install(*, url: str | None = None, namespace: str | None = None) -> Transact
     Returns:
         The `TransactionalDispatcher` now configured.
     """
-    from actors import dispatch
-    from services.django.publishing import TransactionalDispatcher
-    from services.django.settings import load
+    from leveret.actors import dispatch
+    from leveret.django.publishing import TransactionalDispatcher
+    from leveret.django.settings import load
 
     found = load()
     dispatcher = TransactionalDispatcher(
@@ -66,10 +66,10 @@ def build_broker(*, url: str | None = None, namespace: str | None = None) -> Bro
         url: Instead of the settings' URL (tests).
         namespace: Instead of the settings' namespace (tests).
     """
-    from services import config
-    from services.broker import Broker
-    from services.django.settings import load
-    from services.transport import RabbitOptions
+    from leveret.django.settings import load
+    from leveret.services import config
+    from leveret.services.broker import Broker
+    from leveret.services.transport import RabbitOptions
 
     found = load()
     url = url or found.broker_url

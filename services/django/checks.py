@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, register
 
-from services.django.settings import load
+from leveret.django.settings import load
 
 
 @register("leveret")

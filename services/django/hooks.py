@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db import close_old_connections, reset_queries
 
-from schemas.envelope import Envelope
-from services.runtime.execution import Outcome
+from leveret.schemas.envelope import Envelope
+from leveret.services.runtime.execution import Outcome
 
 
 class CloseOldConnections:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from django.db import models
 from django.utils import timezone
 
-from schemas.envelope import Envelope
-from services.broker import Prepared, Route
+from leveret.schemas.envelope import Envelope
+from leveret.services.broker import Prepared, Route
 
 
 class OutboxMessage(models.Model):

@@ -6,7 +6,7 @@ import uuid
 
 from django.db import connections, transaction
 
-from services.broker import Prepared
+from leveret.services.broker import Prepared
 
 _GROUP_ATTRIBUTE = "leveret_outbox_group"
 
@@ -17,7 +17,7 @@ def store(item: Prepared, *, using: str) -> None:
     Rows written by one transaction share a group key, which the relay uses to publish
     them in order.
     """
-    from services.django.models import OutboxMessage
+    from leveret.django.models import OutboxMessage
 
     OutboxMessage.of(item, _group(using)).save(using=using)
 

@@ -18,14 +18,14 @@ from datetime import datetime
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from actors import dispatch
-from actors.actor import ActorRef
-from actors.context import current_correlation_id
-from schemas.errors import LeveretError
-from schemas.message import Message
-from services.broker import Broker, Prepared
-from services.django import outbox as outbox_table
-from services.logs import get_logger
+from leveret.actors import dispatch
+from leveret.actors.actor import ActorRef
+from leveret.actors.handling import current_correlation_id
+from leveret.django import outbox as outbox_table
+from leveret.schemas.errors import LeveretError
+from leveret.schemas.message import Message
+from leveret.services.broker import Broker, Prepared
+from leveret.services.logs import get_logger
 
 log = get_logger("leveret.django")
 

@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING
 from django.db import close_old_connections, connections, transaction
 from django.db.models import Min
 
-from actors.actor import ActorRef
-from schemas.errors import ConfigurationError, LeveretError, PublishError, PublishTimeout
-from services.broker import Broker
-from services.logs import get_logger
+from leveret.actors.actor import ActorRef
+from leveret.schemas.errors import ConfigurationError, LeveretError, PublishError, PublishTimeout
+from leveret.services.broker import Broker
+from leveret.services.logs import get_logger
 
 if TYPE_CHECKING:
-    from services.django.models import OutboxMessage as OutboxMessageType
+    from leveret.django.models import OutboxMessage as OutboxMessageType
 
 log = get_logger("leveret.relay")
 
@@ -131,7 +131,7 @@ class Relay:
             PublishTimeout: No row was confirmed in time (the broker is unreachable): the
                 rows stay pending, their next attempt pushed back, their attempts unused.
         """
-        from services.django.models import OutboxMessage
+        from leveret.django.models import OutboxMessage
 
         with transaction.atomic(using=self.using):
             rows = self._lock_batch()
@@ -170,7 +170,7 @@ class Relay:
 
     def _refused(self, row: OutboxMessageType, error: PublishError, now: datetime) -> None:
         """Record a refusal of `row`: its own backoff, or failed once attempts run out."""
-        from services.django.models import OutboxMessage
+        from leveret.django.models import OutboxMessage
 
         attempts = row.attempts + 1
         failed = attempts >= self.max_attempts
@@ -216,7 +216,7 @@ class Relay:
         self._next_declare_at = time.monotonic() + DECLARE_RETRY_S
 
     def _lock_batch(self) -> list[OutboxMessageType]:
-        from services.django.models import OutboxMessage
+        from leveret.django.models import OutboxMessage
 
         connection = connections[self.using]
         pending = (
@@ -260,7 +260,7 @@ class Relay:
 
     def prune(self) -> int:
         """Delete sent rows older than `prune_after_s`; return how many."""
-        from services.django.models import OutboxMessage
+        from leveret.django.models import OutboxMessage
 
         if self.prune_after_s is None:
             return 0
@@ -309,7 +309,7 @@ class Relay:
 
 def outbox_status(using: str = "default") -> OutboxStatus:
     """Pending and failed rows of the outbox on database `using`, and the oldest's age."""
-    from services.django.models import OutboxMessage
+    from leveret.django.models import OutboxMessage
 
     rows = OutboxMessage.objects.using(using).filter(sent_at__isnull=True)
     pending = rows.filter(failed_at__isnull=True)
@@ -331,7 +331,7 @@ def outbox_status(using: str = "default") -> OutboxStatus:
 
 def retry_failed(using: str = "default") -> int:
     """Put every failed row of the outbox back, with fresh attempts; returns how many."""
-    from services.django.models import OutboxMessage
+    from leveret.django.models import OutboxMessage
 
     return int(
         OutboxMessage.objects.using(using)

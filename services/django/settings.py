@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import ConfigurationError
-from services import config, naming
-from services.redaction import redact
+from leveret.schemas.errors import ConfigurationError
+from leveret.services import config, naming
+from leveret.services.redaction import redact
 
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,

@@ -1,11 +1,11 @@
-"""The in-memory broker: `MemoryBroker`, its `MemoryTransport` and `VirtualClock`.
+"""The in-memory broker's transport (`MemoryTransport`) and its `VirtualClock`.
 
 For unit tests and the demo: the same routing, wire format, retries, delays and dead
-letters as on RabbitMQ, in this process's memory, on a virtual clock.
+letters as on RabbitMQ, in this process's memory, on a virtual clock. The broker tests use
+is `leveret.services.testing.MemoryBroker`.
 """
 
-from services.memory.broker import MemoryBroker
-from services.memory.clock import VirtualClock
-from services.memory.transport import MemoryTransport
+from leveret.services.memory.clock import VirtualClock
+from leveret.services.memory.transport import MemoryTransport
 
-__all__ = ["MemoryBroker", "MemoryTransport", "VirtualClock"]
+__all__ = ["MemoryTransport", "VirtualClock"]

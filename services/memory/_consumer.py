@@ -10,13 +10,13 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from services.logs import get_logger
-from services.runtime.consumer import Consumer, Deliver, Fail, Job
-from services.runtime.execution import Outcome
-from services.runtime.worker import EXIT_INTERNAL_ERROR
+from leveret.services.logs import get_logger
+from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
+from leveret.services.runtime.execution import Outcome
+from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
 
 if TYPE_CHECKING:
-    from services.memory.transport import MemoryTransport
+    from leveret.services.memory.transport import MemoryTransport
 
 log = get_logger("leveret.worker")
 

@@ -13,19 +13,26 @@ import heapq
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from actors.actor import Actor
-from schemas import envelope as wire
-from schemas.errors import NotFound, PublishError
-from services import naming
-from services.deadletters import replayed
-from services.logs import get_logger
-from services.memory._consumer import MemoryConsumer
-from services.memory.clock import VirtualClock
-from services.runtime.execution import Delivery, Outcome
-from services.transport import Delivered, MemoryOptions, Prepared, Transport
+from leveret.actors.actor import Actor
+from leveret.schemas import wire
+from leveret.schemas.errors import NotFound, PublishError
+from leveret.services import naming
+from leveret.services.deadletters import replayed
+from leveret.services.logs import get_logger
+from leveret.services.memory._consumer import MemoryConsumer
+from leveret.services.memory.clock import VirtualClock
+from leveret.services.runtime.execution import Delivery, Outcome
+from leveret.services.transport import (
+    Chosen,
+    Delivered,
+    MemoryOptions,
+    Prepared,
+    Replayed,
+    Transport,
+)
 
 log = get_logger("leveret.memory")
 
@@ -240,23 +247,16 @@ class MemoryTransport(Transport):
                     return letter
         return None
 
-    def replay_dead_letters(
-        self,
-        queue: str,
-        *,
-        message_ids: set[str] | None,
-        on_replayed: Callable[[str], None] | None,
-    ) -> int:
+    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
         with self.changed:
             actor_queue, dlq = self._dlq(queue)
             kept: deque[Delivery] = deque()
             count = 0
             for letter in self.queues[dlq]:
-                if message_ids is None or letter.message_id in message_ids:
+                if chosen(letter):
                     self._route(actor_queue, letter.topic or "", replayed(letter))
                     count += 1
-                    if on_replayed is not None:
-                        on_replayed(letter.message_id)
+                    on_replayed(letter)
                 else:
                     kept.append(letter)
             self.queues[dlq] = kept

@@ -12,7 +12,7 @@ after an internal fault, it is not. Two ways to show it:
   (for probes that can only look at files).
 
 And the probes `leveret ping` uses for a worker: `probe_url` and `probe_file` (the broker
-itself is pinged by `services.rabbitmq.ping`).
+itself is pinged by `leveret.services.rabbitmq.ping`).
 
 One process only: the supervisor of ``--processes N`` answers for the whole worker (its
 children cannot share one port), healthy while every child is.
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from services.logs import get_logger
-from services.runtime.worker import Worker
+from leveret.services.logs import get_logger
+from leveret.services.runtime.worker import Worker
 
 log = get_logger("leveret.health")
 

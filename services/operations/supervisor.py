@@ -1,6 +1,6 @@
 """The worker supervisor: `leveret worker --processes N` runs N child worker processes.
 
-Each child is a fresh ``python -m services.cli worker … --processes 1`` (its own connection,
+Each child is a fresh ``python -m leveret worker … --processes 1`` (its own connection,
 its own interpreter, so SIGHUP loads new code). The supervisor:
 
 - restarts a child that dies, after a backoff (1 s doubling to 30 s, reset once a child
@@ -38,9 +38,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from schemas.errors import ConfigurationError
-from services.logs import get_logger
-from services.runtime.worker import EXIT_FATAL, EXIT_OK, EXIT_SHUTDOWN_TIMEOUT
+from leveret.schemas.errors import ConfigurationError
+from leveret.services.logs import get_logger
+from leveret.services.runtime.worker import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_SHUTDOWN_TIMEOUT,
+    Worker,
+)
 
 log = get_logger("leveret.supervisor")
 
@@ -383,7 +388,7 @@ class Supervisor:
         roll.new_deadline = now + READY_TIMEOUT_S
 
 
-def notify_ready(worker: Any) -> None:
+def notify_ready(worker: Worker) -> None:
     """Tell the supervisor (if any) once `worker` consumes: write to ``$LEVERET_READY_FD``.
 
     Called by ``leveret worker`` in a child; does nothing when not started by a supervisor.
@@ -392,11 +397,9 @@ def notify_ready(worker: Any) -> None:
     if raw is None:
         return
     fd = int(raw)
-    consuming = getattr(worker, "consuming", None)
 
     def wait_and_write() -> None:
-        if consuming is not None:
-            consuming.wait()
+        worker.consuming.wait()
         with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
             os.write(fd, b"ready\n")
         with contextlib.suppress(OSError):
@@ -406,8 +409,8 @@ def notify_ready(worker: Any) -> None:
 
 
 def worker_command(args: Sequence[str]) -> list[str]:
-    """The command line of one child: ``python -m services.cli worker ARGS --processes 1``."""
-    return [sys.executable, "-m", "services.cli", "worker", *args, "--processes", "1"]
+    """The command line of one child: ``python -m leveret worker ARGS --processes 1``."""
+    return [sys.executable, "-m", "leveret", "worker", *args, "--processes", "1"]
 
 
 def _describe_exit(code: int) -> dict[str, Any]:

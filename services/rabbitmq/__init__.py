@@ -1,11 +1,11 @@
 """Everything that speaks AMQP: the only package that imports pika.
 
-Public: `RabbitBroker` (a `Broker` on RabbitMQ), `RabbitTransport`, `ping_broker`. The
-modules whose names start with an underscore are internal.
+Public: `RabbitTransport` (what a `Broker` on RabbitMQ holds) and `ping_broker`. The
+modules whose names start with an underscore are internal. `RabbitBroker` is in
+`leveret.services.broker`.
 """
 
-from services.rabbitmq.broker import RabbitBroker
-from services.rabbitmq.ping import ping_broker
-from services.rabbitmq.transport import RabbitTransport
+from leveret.services.rabbitmq.ping import ping_broker
+from leveret.services.rabbitmq.transport import RabbitTransport
 
-__all__ = ["RabbitBroker", "RabbitTransport", "ping_broker"]
+__all__ = ["RabbitTransport", "ping_broker"]

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
-from schemas.errors import BrokerConnectionError, LeveretError, NotFound, OperationError
-from services.rabbitmq._connection import connection_parameters, describe
-from services.rabbitmq._frames import TolerantSelectConnection
-from services.redaction import redact
+from leveret.schemas.errors import BrokerConnectionError, LeveretError, NotFound, OperationError
+from leveret.services.rabbitmq._connection import connection_parameters, describe
+from leveret.services.rabbitmq._frames import TolerantSelectConnection
+from leveret.services.redaction import redact
 
 _NOT_FOUND = 404
 
@@ -36,7 +36,7 @@ class AdminChannel:
         self._url = url
         self._connection: pika.BlockingConnection | None = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> BlockingChannel:
         try:
             self._connection = pika.BlockingConnection(
                 connection_parameters(self._url, role="admin"),
@@ -69,7 +69,7 @@ class AdminChannel:
             ) from exc
 
 
-def require_queue(channel: Any, queue: str) -> None:
+def require_queue(channel: BlockingChannel, queue: str) -> None:
     """Raise `NotFound` unless `queue` exists (checked on a channel of its own).
 
     Raises:

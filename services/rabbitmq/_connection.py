@@ -12,15 +12,14 @@ import random
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
-from services.logs import get_logger
-from services.rabbitmq._frames import TolerantSelectConnection
-from services.redaction import redact as redact_url
+from leveret.services.logs import get_logger
+from leveret.services.rabbitmq._frames import TolerantSelectConnection
+from leveret.services.redaction import redact as redact_url
 
 log = get_logger("leveret.connection")
 
@@ -208,7 +207,7 @@ class IOThread:
             custom_ioloop=self._ioloop,
         )
 
-    def _on_open(self, connection: Any) -> None:
+    def _on_open(self, connection: SelectConnection) -> None:
         self._connection = connection
         self._backoff.reset()
         self.last_error = None
@@ -216,11 +215,11 @@ class IOThread:
         log.info("broker_connected", role=self.role, url=self.safe_url)
         self.on_connected(connection)
 
-    def _on_open_error(self, _connection: Any, error: BaseException) -> None:
+    def _on_open_error(self, _connection: SelectConnection, error: BaseException) -> None:
         self.last_error = error
         self._schedule_reconnect(error)
 
-    def _on_closed(self, _connection: Any, reason: BaseException) -> None:
+    def _on_closed(self, _connection: SelectConnection, reason: BaseException) -> None:
         self._connection = None
         self.connected.clear()
         self.on_disconnected(reason)

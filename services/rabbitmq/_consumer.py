@@ -19,18 +19,20 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic
 
-from actors.actor import Actor
-from services import delays, naming, topology
-from services.logs import get_logger
-from services.rabbitmq import _wire as wire
-from services.rabbitmq._connection import IOThread, describe
-from services.rabbitmq._declare import declare_async
-from services.runtime.consumer import Consumer, Deliver, Fail, Job
-from services.runtime.execution import Outcome
-from services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
+from leveret.actors.actor import Actor
+from leveret.services import delays, naming, topology
+from leveret.services.logs import get_logger
+from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._connection import IOThread, describe
+from leveret.services.rabbitmq._declare import declare_async
+from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
+from leveret.services.runtime.execution import Outcome
+from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
 
 log = get_logger("leveret.worker")
 
@@ -127,7 +129,7 @@ class RabbitConsumer(IOThread, Consumer):
 
     # I/O thread: channel set-up ---------------------------------------------------------
 
-    def on_connected(self, connection: Any) -> None:
+    def on_connected(self, connection: SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def on_crashed(self, error: BaseException) -> None:
@@ -203,11 +205,11 @@ class RabbitConsumer(IOThread, Consumer):
         if self._channel is None and connection is not None and connection.is_open:
             connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_cancelled(self, frame: Any) -> None:
+    def _on_cancelled(self, frame: pika.frame.Method[Basic.Cancel]) -> None:
         # The broker cancelled a consumer: its queue was deleted (or, on RabbitMQ 4.3+, it
         # held a delivery past the consumer timeout). The channel stays open, so handlers
         # in flight can still be acked: declare the queue again and consume anew.
-        tag = frame.method.consumer_tag
+        tag = frame.method.consumer_tag or ""
         queue_name = self._consumers.get(tag)
         self._active.discard(tag)
         self.consuming.clear()
@@ -280,7 +282,7 @@ class RabbitConsumer(IOThread, Consumer):
             channel.basic_nack(tag, requeue=True)
             return
         try:
-            item = wire.delivery(method, props, body)
+            item = wire_properties.delivery(method, props, body)
         except Exception:  # cannot even read it: the broker dead-letters it
             log.exception("delivery_unreadable", delivery_tag=tag)
             channel.basic_reject(tag, requeue=False)
@@ -343,7 +345,11 @@ class RabbitConsumer(IOThread, Consumer):
             )
         try:
             self._republish(
-                channel, exchange, routing_key, job, wire.encodable_headers(outcome.headers)
+                channel,
+                exchange,
+                routing_key,
+                job,
+                wire_properties.encodable_headers(outcome.headers),
             )
         except Exception:  # still not publishable: let the broker dead-letter it
             log.exception("republish_failed", message_id=job.delivery.message_id)
@@ -362,21 +368,21 @@ class RabbitConsumer(IOThread, Consumer):
             exchange,
             routing_key,
             job.delivery.body,
-            wire.republish_properties(job.delivery, headers),
+            wire_properties.republish_properties(job.delivery, headers),
             mandatory=True,
         )
         self._publish_tag += 1
         self._republishing[self._publish_tag] = job
 
     def _on_return(
-        self, _channel: Channel, _method: Any, props: pika.BasicProperties, _body: bytes
+        self, _channel: Channel, _method: Basic.Return, props: pika.BasicProperties, _body: bytes
     ) -> None:
         for tag, job in self._republishing.items():
             if job.delivery.message_id == props.message_id and tag not in self._returned:
                 self._returned.add(tag)
                 return
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
         acked = isinstance(method, Basic.Ack)
         tags = (

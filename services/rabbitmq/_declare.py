@@ -1,4 +1,4 @@
-"""Internal: declaring `services.topology` steps on a pika channel of a `SelectConnection`."""
+"""Internal: declaring `leveret.services.topology` steps on a pika channel."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from concurrent.futures import Future
 from typing import Any
 
 import pika.exceptions
+import pika.frame
 from pika.channel import Channel
 
-from schemas.errors import TopologyError
-from services.rabbitmq._connection import describe
-from services.topology import Step
+from leveret.schemas.errors import TopologyError
+from leveret.services.rabbitmq._connection import describe
+from leveret.services.topology import Step
 
 
 def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None]) -> None:
@@ -22,7 +23,7 @@ def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None
     """
     remaining = iter(todo)
 
-    def next_step(_frame: Any = None) -> None:
+    def next_step(_frame: pika.frame.Method[Any] | None = None) -> None:
         step = next(remaining, None)
         if step is None:
             on_done()

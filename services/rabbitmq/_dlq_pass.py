@@ -21,15 +21,15 @@ queue, which RabbitMQ gives to one connection at a time) makes a second one fail
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from schemas.errors import TopologyError
-from services.deadletters import replayed
-from services.rabbitmq import _wire as wire
-from services.runtime.execution import Delivery
+from leveret.schemas.errors import TopologyError
+from leveret.services.deadletters import replayed
+from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.runtime.execution import Delivery
 
 BATCH = 200
 """Letters per transaction (and prefetched at once)."""
@@ -45,7 +45,7 @@ Visit = Callable[[Delivery], bool]
 """Called with each letter; True moves it to the actor's queue (a replay), False keeps it."""
 
 
-def dlq_lock(connection: Any, dlq: str) -> Any:
+def dlq_lock(connection: BlockingConnection, dlq: str) -> BlockingChannel:
     """Hold the lock of the dead-letter queue `dlq` for the life of `connection`.
 
     Returns:
@@ -72,7 +72,7 @@ def dlq_lock(connection: Any, dlq: str) -> Any:
 
 
 def run_pass(
-    channel: Any,
+    channel: BlockingChannel,
     dlq: str,
     visit: Visit,
     *,
@@ -118,18 +118,18 @@ def run_pass(
         moved, received = [], 0
 
     for method, props, body in channel.consume(dlq, inactivity_timeout=IDLE_TIMEOUT_S):
-        if method is None:
+        if method is None or props is None or body is None or method.delivery_tag is None:
             left = 0  # fewer letters than counted: the queue was purged meanwhile
             commit()
             break
-        letter = wire.delivery(method, props, body)
+        letter = wire_properties.delivery(method, props, body)
         move = visit(letter)
         if move:
             if queue is None:
                 raise ValueError("a pass that moves letters needs the actor's queue")
             again = replayed(letter)
             channel.basic_publish(
-                "", queue, body, wire.republish_properties(letter, dict(again.headers))
+                "", queue, body, wire_properties.republish_properties(letter, dict(again.headers))
             )
             moved.append(letter)
         else:

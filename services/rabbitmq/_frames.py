@@ -16,11 +16,13 @@ property intact. Frames pika decodes are not touched (the normal path costs noth
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TypeAlias
 
 import pika.frame
 import pika.spec
 from pika.adapters.select_connection import SelectConnection
+
+Frame: TypeAlias = pika.frame.Frame | pika.frame.ProtocolHeader
 
 UNDECODABLE_HEADERS = "x-leveret-undecodable-headers"
 RAW_HEADERS = "x-leveret-raw-headers"
@@ -29,11 +31,11 @@ RAW_HEADERS = "x-leveret-raw-headers"
 class TolerantSelectConnection(SelectConnection):
     """A `SelectConnection` that survives message headers pika cannot decode."""
 
-    def _read_frame(self) -> tuple[int, Any]:
+    def _read_frame(self) -> tuple[int, Frame | None]:
         return decode_frame(self._frame_buffer)  # type: ignore[attr-defined]
 
 
-def decode_frame(data: bytes) -> tuple[int, Any]:
+def decode_frame(data: bytes) -> tuple[int, Frame | None]:
     """pika's `decode_frame`, falling back to `_header_without_table` for content headers.
 
     Raises:
@@ -49,7 +51,7 @@ def decode_frame(data: bytes) -> tuple[int, Any]:
         return decoded
 
 
-def _header_without_table(data: bytes, error: Exception) -> tuple[int, Any] | None:
+def _header_without_table(data: bytes, error: Exception) -> tuple[int, Frame | None] | None:
     """The content header frame at the start of `data`, its header table replaced."""
     try:
         frame_type, channel, size = struct.unpack_from(">BHL", data, 0)

@@ -27,14 +27,16 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
-from pika.spec import Basic
+from pika.spec import Basic, Connection
 
-from schemas.errors import InvalidArgument, PublishError, PublishTimeout, TopologyError
-from services.logs import get_logger
-from services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
-from services.rabbitmq._declare import declare_async, declarer
-from services.topology import Step
+from leveret.schemas.errors import InvalidArgument, PublishError, PublishTimeout, TopologyError
+from leveret.services.logs import get_logger
+from leveret.services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
+from leveret.services.rabbitmq._declare import declare_async, declarer
+from leveret.services.topology import Step
 
 log = get_logger("leveret.publisher")
 
@@ -259,17 +261,21 @@ class Publisher(IOThread):
 
     # I/O thread --------------------------------------------------------------------------
 
-    def on_connected(self, connection: Any) -> None:
+    def on_connected(self, connection: SelectConnection) -> None:
         self._blocked = None
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_blocked(self, _connection: Any, frame: Any) -> None:
-        self._blocked = str(getattr(frame.method, "reason", "") or "blocked")
+    def _on_blocked(
+        self, _connection: SelectConnection, frame: pika.frame.Method[Connection.Blocked]
+    ) -> None:
+        self._blocked = str(frame.method.reason or "blocked")
         log.warning("publisher_blocked", reason=self._blocked, url=self.safe_url)
 
-    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+    def _on_unblocked(
+        self, _connection: SelectConnection, _frame: pika.frame.Method[Connection.Unblocked]
+    ) -> None:
         log.info("publisher_unblocked", url=self.safe_url)
         self._blocked = None
 
@@ -356,7 +362,7 @@ class Publisher(IOThread):
         if waiting:
             waiting[0].returned = f"{method.reply_code} {method.reply_text}"
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
         tag: int = method.delivery_tag

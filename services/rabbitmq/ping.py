@@ -9,8 +9,8 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from schemas.errors import BrokerConnectionError
-from services.redaction import redact as redact_url
+from leveret.schemas.errors import BrokerConnectionError
+from leveret.services.redaction import redact as redact_url
 
 
 def ping_broker(url: str, timeout_s: float = 5.0) -> float:

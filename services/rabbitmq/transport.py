@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from actors.actor import Actor
-from schemas.errors import PublishError, PublishTimeout
-from services import delays, naming, topology
-from services.rabbitmq import _wire as wire
-from services.rabbitmq._admin import AdminChannel, require_queue
-from services.rabbitmq._consumer import RabbitConsumer
-from services.rabbitmq._dlq_pass import dlq_lock, run_pass
-from services.rabbitmq._publisher import Outgoing, Publisher
-from services.runtime.execution import Delivery
-from services.transport import Delivered, Prepared, RabbitOptions, Transport
+from leveret.actors.actor import Actor
+from leveret.schemas.errors import PublishError, PublishTimeout
+from leveret.services import delays, naming, topology
+from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._admin import AdminChannel, require_queue
+from leveret.services.rabbitmq._consumer import RabbitConsumer
+from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
+from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.runtime.execution import Delivery
+from leveret.services.transport import (
+    Chosen,
+    Delivered,
+    Prepared,
+    RabbitOptions,
+    Replayed,
+    Transport,
+)
 
 
 class RabbitTransport(Transport):
@@ -64,7 +71,7 @@ class RabbitTransport(Transport):
                     exchange,
                     routing_key,
                     item.body,
-                    wire.properties(item.envelope),
+                    wire_properties.properties(item.envelope),
                     unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
@@ -134,21 +141,8 @@ class RabbitTransport(Transport):
     def dead_letter_count(self, queue: str) -> int:
         return self.message_count(naming.dlq_name(self.namespace, queue))
 
-    def replay_dead_letters(
-        self,
-        queue: str,
-        *,
-        message_ids: set[str] | None,
-        on_replayed: Callable[[str], None] | None,
-    ) -> int:
-        def chosen(letter: Delivery) -> bool:
-            return message_ids is None or letter.message_id in message_ids
-
-        def moved(letter: Delivery) -> None:
-            if on_replayed is not None:
-                on_replayed(letter.message_id)
-
-        return self._pass(queue, chosen, replay=True, on_moved=moved)
+    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
+        return self._pass(queue, chosen, replay=True, on_moved=on_replayed)
 
     def _pass(
         self,
@@ -174,8 +168,8 @@ class RabbitTransport(Transport):
         dlq = naming.dlq_name(self.namespace, queue)
         with self.admin() as channel:
             require_queue(channel, dlq)
-            purged: int = channel.queue_purge(dlq).method.message_count
-        return purged
+            purged = channel.queue_purge(dlq).method.message_count
+        return purged or 0
 
     def consumer(
         self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int

@@ -4,9 +4,9 @@
 decides what happens to one delivery; `timelimits` interrupts handlers past their limit.
 """
 
-from services.runtime.consumer import Consumer, Job
-from services.runtime.execution import Delivery, Executor, MessageHooks, Outcome, Stats
-from services.runtime.worker import (
+from leveret.services.runtime.consumer import Consumer, Job
+from leveret.services.runtime.execution import Delivery, Executor, MessageHooks, Outcome, Stats
+from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_INTERNAL_ERROR,
     EXIT_OK,

@@ -1,10 +1,11 @@
 """What the worker runtime needs from a broker: a `Consumer` of actor queues.
 
-The runtime (`services.runtime.worker.Worker`) runs handlers on its threads, decides each
+The runtime (`leveret.services.runtime.worker.Worker`) runs handlers on its threads, decides each
 delivery's outcome, and owns shutdown; the consumer owns everything that depends on the
 broker: receiving deliveries (within its prefetch), settling each one (ack, or publish the
 retry or dead letter and then ack), giving deliveries back, and stopping. RabbitMQ's
-consumer (`services.rabbitmq`) and the in-memory broker's (`services.memory`) implement it.
+consumer (`leveret.services.rabbitmq`) and the in-memory broker's
+(`leveret.services.memory`) implement it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.runtime.execution import Delivery, Outcome
+from leveret.services.runtime.execution import Delivery, Outcome
 
 Deliver = Callable[["Job"], None]
 """Called by the consumer with each delivery it takes (from the consumer's own thread)."""

@@ -18,13 +18,14 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from actors.actor import Actor, Handler
-from actors.context import Context, done_handling, handling
-from actors.control import Reject
-from schemas import envelope as wire
-from schemas.codec import decode
-from schemas.envelope import Envelope, attempt_of, new_message_id, seconds_since_epoch
-from schemas.errors import (
+from leveret.actors.actor import Actor, Handler
+from leveret.actors.context import Context
+from leveret.actors.control import Reject
+from leveret.actors.handling import done_handling, handling
+from leveret.schemas import wire
+from leveret.schemas.codec import decode
+from leveret.schemas.envelope import Envelope, attempt_of, new_message_id, seconds_since_epoch
+from leveret.schemas.errors import (
     DecodeError,
     InvalidMessage,
     InvalidRetry,
@@ -33,9 +34,9 @@ from schemas.errors import (
     TooLarge,
     UnknownTopic,
 )
-from services.delays import MAX_DELAY_S
-from services.logs import get_logger
-from services.runtime.timelimits import LIMITS
+from leveret.services.delays import MAX_DELAY_S
+from leveret.services.logs import get_logger
+from leveret.services.runtime.timelimits import LIMITS
 
 log = get_logger("leveret.worker")
 
@@ -57,8 +58,9 @@ HOSTNAME = socket.gethostname()
 class Delivery:
     """A delivery as any broker hands it over.
 
-    The RabbitMQ side builds it from whatever a client sent (`services.rabbitmq._wire.delivery`), so
-    nothing here is trusted: `envelope` reads each field defensively.
+    The RabbitMQ side builds it from whatever a client sent
+    (`leveret.services.rabbitmq._properties.delivery`), so nothing here is trusted: `envelope`
+    reads each field defensively.
 
     Attributes:
         body: Raw body.
@@ -190,7 +192,7 @@ class Executor:
         self.max_body_bytes = max_body_bytes
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
-        self._handler_log = structlog.get_logger("leveret.handler")
+        self._handler_log = get_logger("leveret.handler")
 
     def run(self, delivery: Delivery) -> Outcome:
         """Handle one delivery and say what should happen to it.
@@ -393,7 +395,7 @@ def retry_delay_s(delay: object) -> int | None:
         delay: `RetryPolicy.next_delay_s`'s answer: None (no retry) or seconds.
 
     Returns:
-        None for no retry, else 0 … `services.delays.MAX_DELAY_S`, rounded up.
+        None for no retry, else 0 … `leveret.services.delays.MAX_DELAY_S`, rounded up.
 
     Raises:
         InvalidRetry: The delay is not a real number (a string, None from a backoff, a

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from actors.actor import Actor
-from schemas.errors import TimeLimitExceeded
-from services.logs import get_logger
+from leveret.actors.actor import Actor
+from leveret.schemas.errors import TimeLimitExceeded
+from leveret.services.logs import get_logger
 
 log = get_logger("leveret.worker")
 

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from actors.actor import Actor
-from services import naming
-from services.logs import get_logger
-from services.runtime.consumer import Consumer, Job
-from services.runtime.execution import (
+from leveret.actors.actor import Actor
+from leveret.services import naming
+from leveret.services.logs import get_logger
+from leveret.services.runtime.consumer import Consumer, Job
+from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Executor,
     MessageHooks,

@@ -8,18 +8,10 @@ import types
 
 import pytest
 
-from actors import (
-    Actor,
-    Context,
-    Reject,
-    actor,
-    actors_in,
-    as_actor_class,
-    configure,
-    handler,
-    unique_queues,
-)
-from schemas import ConfigurationError, DefinitionError, Message, NotHandled
+from leveret.actors import Actor, Context, Reject, actor, actors_in, configure, handler
+from leveret.actors.function import as_actor_class
+from leveret.actors.registry import unique_queues
+from leveret.schemas import ConfigurationError, DefinitionError, Message, NotHandled
 
 
 class Shipped(Message, topic="tests.actors.shipped"):
@@ -113,7 +105,7 @@ def test_two_handlers_for_one_topic_are_refused() -> None:
 def test_unknown_actor_option_is_refused() -> None:
     with pytest.raises(DefinitionError, match=r"unknown actor option\(s\) \['retries'\]"):
 
-        class Typo(Actor, retries=3):  # type: ignore[call-arg]
+        class Typo(Actor, retries=3):
             @handler
             def on(self, msg: Shipped) -> None: ...
 
@@ -153,7 +145,7 @@ def test_subclass_inherits_handlers() -> None:
 
 def test_sending_without_a_configured_broker_says_how_to_configure() -> None:
     configure(None)
-    with pytest.raises(ConfigurationError, match=r"services\.configure"):
+    with pytest.raises(ConfigurationError, match=r"leveret\.configure"):
         Warehouse.send(Shipped(order_id=1))
 
 
@@ -162,7 +154,7 @@ def test_sending_a_message_the_actor_does_not_handle_is_an_error() -> None:
         x: int
 
     with pytest.raises(NotHandled, match="no handler for Unhandled"):
-        Warehouse.send(Unhandled(x=1))  # type: ignore[arg-type]
+        Warehouse.send(Unhandled(x=1))
 
 
 def test_reject_carries_its_reason() -> None:
@@ -172,7 +164,7 @@ def test_reject_carries_its_reason() -> None:
 def test_registry_finds_actors_defined_in_modules() -> None:
     source = textwrap.dedent(
         """
-        from actors import Actor, actor, handler
+        from leveret.actors import Actor, actor, handler
         from tests.actors.test_actor import Shipped, Warehouse  # imported, not defined here
 
         class Courier(Actor, queue="tests.courier"):

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 from shop.actors import Stock, send_confirmation
 
-from actors import configure
-from actors.actor import ActorRef
-from actors.registry import unique_queues
-from services import naming
-from services.django import TransactionalDispatcher
-from services.rabbitmq import RabbitBroker
+from leveret.actors import configure
+from leveret.actors.actor import ActorRef
+from leveret.actors.registry import unique_queues
+from leveret.django import TransactionalDispatcher
+from leveret.services import RabbitBroker, naming
+from tests.support import take_all
 
 DATABASES = ["default", "sqlite"]
 
@@ -43,13 +43,7 @@ def dispatcher(shop_broker: RabbitBroker, db_alias: str) -> Iterator[Transaction
 def drain(broker: RabbitBroker, actor: ActorRef) -> list[str]:
     """Take every message waiting in the actor's queue; return their message ids."""
     queue = naming.queue_name(broker.namespace, unique_queues([actor])[0].queue)
-    ids: list[str] = []
-    with broker.admin() as channel:
-        while True:
-            method, props, _body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return ids
-            ids.append(props.message_id)
+    return [props.message_id or "" for props, _body in take_all(broker.url, queue)]
 
 
 def waiting(broker: RabbitBroker, actor: ActorRef) -> int:

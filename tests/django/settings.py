@@ -17,7 +17,7 @@ USE_TZ = True
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "shop_project.urls"
-INSTALLED_APPS = ["services.django", "shop"]
+INSTALLED_APPS = ["leveret.django", "shop"]
 MIDDLEWARE: list[str] = []
 DATABASES = {
     "default": {

@@ -22,10 +22,10 @@ from django.test import Client
 from shop.actors import Stock, send_confirmation
 from shop.models import Confirmation, Product
 
-from actors import configure
-from services.django import TransactionalDispatcher
-from services.rabbitmq import RabbitBroker
-from services.testing import memory_broker
+from leveret.actors import configure
+from leveret.django import TransactionalDispatcher
+from leveret.services import RabbitBroker
+from leveret.services.testing import memory_broker
 from tests.django.conftest import drain
 from tests.support import RABBIT_URL, ROOT, wait_until
 
@@ -164,7 +164,7 @@ def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBrok
     from django.db import transaction
     from shop.messages import OrderPlaced
 
-    from services.django.models import OutboxMessage
+    from leveret.django.models import OutboxMessage
 
     configure(TransactionalDispatcher(shop_broker, outbox=True))
     with transaction.atomic():

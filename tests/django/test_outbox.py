@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -11,14 +12,14 @@ from django.db import transaction
 from shop.actors import Stock
 from shop.messages import OrderPlaced
 
-from actors import Actor, configure, handler, publish
-from services.django import TransactionalDispatcher
-from services.django.models import OutboxMessage
-from services.django.relay import Relay, outbox_status
-from services.rabbitmq import RabbitBroker
+from leveret.actors import Actor, configure, handler, publish
+from leveret.django import TransactionalDispatcher
+from leveret.django.models import OutboxMessage
+from leveret.django.relay import Relay, outbox_status
+from leveret.services import RabbitBroker, naming
 from tests.django.conftest import drain
 from tests.proxy import TcpProxy
-from tests.support import wait_until
+from tests.support import take_all, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
@@ -170,3 +171,19 @@ def test_one_refused_row_neither_blocks_nor_multiplies_the_others(
         call_command("leveret_relay", "--retry-failed")
         assert "1 failed row(s) put back" in capsys.readouterr().out
         assert outbox_status(db_alias).pending == 1
+
+
+def test_headers_stored_with_an_outbox_row_reach_the_wire(
+    shop_broker: RabbitBroker, db_alias: str
+) -> None:
+    """A row's headers are published with it (they were stored, and once dropped)."""
+    item = shop_broker.prepare(OrderPlaced(order_id=7), actor=Stock)
+    item = dataclasses.replace(
+        item, envelope=dataclasses.replace(item.envelope, headers={"x-app-tenant": "acme"})
+    )
+    OutboxMessage.of(item, group="g").save(using=db_alias)
+    assert Relay(shop_broker, using=db_alias).run_once() == 1
+    queue = naming.queue_name(shop_broker.namespace, Stock.queue)
+    ((props, _body),) = take_all(shop_broker.url, queue)
+    assert props.message_id == item.envelope.message_id
+    assert (props.headers or {})["x-app-tenant"] == "acme"

@@ -8,9 +8,9 @@ from django.db import transaction
 from shop.actors import Stock, send_confirmation
 from shop.messages import OrderPlaced
 
-from actors import publish
-from services.django import TransactionalDispatcher, publish_now
-from services.rabbitmq import RabbitBroker
+from leveret.actors import publish
+from leveret.django import TransactionalDispatcher, publish_now
+from leveret.services import RabbitBroker
 from tests.django.conftest import drain, waiting
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])

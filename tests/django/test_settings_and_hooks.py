@@ -6,12 +6,12 @@ from __future__ import annotations
 from django.test import override_settings
 from shop.messages import OrderPlaced
 
-from actors import Actor, handler
-from schemas.envelope import Envelope
-from services.django.checks import check_settings
-from services.django.settings import read
-from services.memory import MemoryBroker
-from services.runtime.execution import Outcome
+from leveret.actors import Actor, handler
+from leveret.django.checks import check_settings
+from leveret.django.settings import read
+from leveret.schemas.envelope import Envelope
+from leveret.services import MemoryBroker
+from leveret.services.runtime.execution import Outcome
 
 
 class Failing(Actor, queue="hooks.failing"):

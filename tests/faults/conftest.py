@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from actors import actors_in
-from services.rabbitmq import RabbitBroker
+from leveret.actors import actors_in
+from leveret.services import RabbitBroker
 from tests.faults.helpers import Spawn
 from tests.proxy import TcpProxy
 from tests.support import WorkerProcess

@@ -9,16 +9,14 @@ than 4 unacknowledged messages.
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn
 from tests.sample_actors import Job, Jobs
-from tests.support import wait_until
+from tests.support import rabbitmqctl_list, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -40,16 +38,8 @@ def rss_kb(pid: int) -> int:
 
 def queue_counts(queue: str) -> tuple[int, int]:
     """(ready, unacknowledged) messages of `queue`, as RabbitMQ reports them."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if fields and fields[0] == queue:
+    for fields in rabbitmqctl_list("queues", "name", "messages_ready", "messages_unacknowledged"):
+        if fields[0] == queue:
             return int(fields[1]), int(fields[2])
     raise AssertionError(f"queue {queue} not listed by rabbitmqctl")
 

@@ -7,11 +7,9 @@ import json
 import pika
 import pytest
 
-from actors import Actor, handler
-from schemas import Message
-from schemas import envelope as wire
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.actors import Actor, handler
+from leveret.schemas import Message, wire
+from leveret.services import RabbitBroker, naming
 from tests.support import Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]

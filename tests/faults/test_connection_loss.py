@@ -9,15 +9,12 @@ from collections import Counter
 
 import pytest
 
-from schemas.errors import PublishError
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.rabbitmq import _wire as wire
-from services.runtime.execution import Delivery
+from leveret.schemas.errors import PublishError
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs
-from tests.support import wait_until
+from tests.support import take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -81,17 +78,10 @@ def _queued(broker: RabbitBroker) -> int:
     return broker.message_count(naming.queue_name(broker.namespace, Jobs.queue))
 
 
-def _drain(broker: RabbitBroker) -> list[Delivery]:
-    """Take every message out of the `Jobs` queue."""
-    found = []
-    with broker.admin() as channel:
-        while True:
-            method, props, body = channel.basic_get(
-                naming.queue_name(broker.namespace, Jobs.queue), auto_ack=True
-            )
-            if method is None:
-                return found
-            found.append(wire.delivery(method, props, body))
+def _drain(broker: RabbitBroker) -> list[bytes]:
+    """The bodies of every message taken out of the `Jobs` queue."""
+    queue = naming.queue_name(broker.namespace, Jobs.queue)
+    return [body for _props, body in take_all(broker.url, queue)]
 
 
 def test_publisher_reconnects_after_cut_between_publishes(
@@ -163,4 +153,4 @@ def test_publish_during_cut_times_out_with_publish_error(
     # Only jobs 1 and 3: the publish that raised is not sent behind the caller's back later
     # (a retry by the caller would make it a duplicate under another message id).
     wait_until(lambda: _queued(rabbit_broker) >= 2, 10, "2 messages in the queue")
-    assert sorted(json.loads(item.body)["n"] for item in _drain(rabbit_broker)) == [1, 3]
+    assert sorted(json.loads(body)["n"] for body in _drain(rabbit_broker)) == [1, 3]

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from actors import Actor, Context, handler
-from schemas import Message
-from services import naming
-from services.operations.health import WorkerProbe
-from services.rabbitmq import RabbitBroker
+from leveret.actors import Actor, Context, handler
+from leveret.schemas import Message
+from leveret.services import RabbitBroker, naming
+from leveret.services.operations.health import WorkerProbe
 from tests.support import Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]

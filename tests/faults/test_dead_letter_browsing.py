@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas import envelope as wire
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.rabbitmq._dlq_pass import dlq_lock
+from leveret.schemas import wire
+from leveret.services import RabbitBroker, naming
+from leveret.services.rabbitmq._dlq_pass import dlq_lock
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, running, wait_until
@@ -28,7 +27,7 @@ def leveret(broker: RabbitBroker, *args: str) -> subprocess.CompletedProcess[str
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "leveret.services.cli",
             *args,
             "--broker-url",
             broker.url,

@@ -11,8 +11,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import Job, Jobs, record_times
 from tests.support import wait_until

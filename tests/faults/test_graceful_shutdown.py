@@ -6,8 +6,7 @@ import signal
 
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.sample_actors import Job, Jobs
 from tests.support import wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker
 from tests.faults.helpers import Spawn, events
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import Job, Jobs
-from tests.support import wait_until
+from tests.support import rabbitmqctl_list, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -22,16 +20,10 @@ HANDLER_S = 7.0
 
 def _heartbeat_of(pid: int) -> int | None:
     """The heartbeat timeout RabbitMQ negotiated with the worker of this pid, if connected."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "client_properties", "timeout"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
+    for fields in rabbitmqctl_list("connections", "client_properties", "timeout"):
+        line = " ".join(fields)
         if "leveret worker" in line and f":{pid}" in line:
-            return int(line.rsplit(None, 1)[-1])
+            return int(fields[-1])
     return None
 
 

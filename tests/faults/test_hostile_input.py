@@ -15,14 +15,12 @@ import pika
 import pytest
 import structlog
 
-from actors import Actor, Context, RetryPolicy, fixed, handler
-from schemas import Message
-from schemas import envelope as wire
-from services import naming
-from services.operations.health import HealthServer, WorkerProbe
-from services.rabbitmq import RabbitBroker
-from services.rabbitmq._frames import UNDECODABLE_HEADERS
-from services.runtime.worker import Worker
+from leveret.actors import Actor, Context, RetryPolicy, fixed, handler
+from leveret.schemas import Message, wire
+from leveret.services import RabbitBroker, naming
+from leveret.services.operations.health import HealthServer, WorkerProbe
+from leveret.services.rabbitmq._frames import UNDECODABLE_HEADERS
+from leveret.services.runtime.worker import Worker
 from tests.raw_amqp import RawHeaders, client, far_timestamp, field, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.runtime.worker import EXIT_INTERNAL_ERROR
+from leveret.services import RabbitBroker, naming
+from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
 from tests.fault_injection_actors import Fault, Injector, Slow
 from tests.faults.helpers import events
 from tests.proxy import TcpProxy
@@ -58,7 +57,7 @@ def test_an_internal_fault_turns_health_red_and_exits_non_zero(
     port: int = injector.health_port  # type: ignore[attr-defined]
     rabbit_broker.send(Injector, Slow(n=1, sleep_s=3))
     wait_until(lambda: events(record, "start", 1), 10, "the slow handler to start")
-    rabbit_broker.send(Injector, Fault(n=2, where=where))  # type: ignore[arg-type]
+    rabbit_broker.send(Injector, Fault(n=2, where=where))
     if where == "handler_loop":
         rabbit_broker.send(Injector, Slow(n=3, sleep_s=0))  # the delivery the loop fails on
     body = wait_health(port, 503, timeout_s=5)

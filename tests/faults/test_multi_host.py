@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from actors import actors_in
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.actors import actors_in
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import events
 from tests.proxy import TcpProxy
 from tests.sample_actors import Jobs
-from tests.support import ROOT, wait_until
+from tests.support import LoggedProcess, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -37,8 +36,8 @@ THREADS = 2
 
 PUBLISH = """
 import sys
-from actors import configure
-from services.broker import Broker
+from leveret.actors import configure
+from leveret.services.broker import Broker
 from tests.sample_actors import Job
 
 url, namespace, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -135,43 +134,10 @@ def network() -> Iterator[Network]:
     assert not leftover, f"namespaces left behind: {leftover}"
 
 
-class HostProcess:
-    """A Python process started in a host's namespace; killed by pid at teardown."""
-
-    def __init__(self, netns: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        # `ip netns exec` execs the command, so the pid is Python's own.
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_consuming(self) -> None:
-        """Wait for a worker's ``worker_consuming`` log line; fail if it exits."""
-        wait_until(
-            lambda: "worker_consuming" in self.log() or self.process.poll() is not None,
-            30,
-            "a worker to start consuming",
-        )
-        assert self.process.poll() is None, self.log()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        self._log.close()
+def host_process(netns: str, args: list[str], log_path: Path, env: dict[str, str]) -> LoggedProcess:
+    """A Python process started in a host's namespace (`ip netns exec` execs it, so the pid
+    is Python's own); killed by pid at teardown."""
+    return LoggedProcess(["ip", "netns", "exec", netns, sys.executable, *args], log_path, env)
 
 
 def test_two_hosts_share_the_work_and_losing_one_loses_nothing(
@@ -185,17 +151,17 @@ def test_two_hosts_share_the_work_and_losing_one_loses_nothing(
     SIGKILLed mid-load, the other host handles the rest: every message done, none lost."""
     rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
     namespace = rabbit_broker.namespace
-    started: list[HostProcess] = []
+    started: list[LoggedProcess] = []
     with TcpProxy(("127.0.0.1", 5672), listen_host=network.gateway) as proxy:
         url = proxy.url(rabbit_url)
         try:
-            by_host: dict[str, list[HostProcess]] = {"a": [], "b": []}
+            by_host: dict[str, list[LoggedProcess]] = {"a": [], "b": []}
             for host in by_host:
                 for number in range(WORKERS_PER_HOST):
-                    worker = HostProcess(
+                    worker = host_process(
                         network.hosts[host],
                         [
-                            *("-m", "services.cli", "worker", "tests.sample_actors"),
+                            *("-m", "leveret.services.cli", "worker", "tests.sample_actors"),
                             *("--broker-url", url, "--namespace", namespace, "--queues", "jobs"),
                             *("--threads", str(THREADS), "--log-format", "json"),
                         ],
@@ -205,10 +171,10 @@ def test_two_hosts_share_the_work_and_losing_one_loses_nothing(
                     started.append(worker)
                     by_host[host].append(worker)
             for worker in started:
-                worker.wait_consuming()
+                worker.wait_consuming(30)
             host_of = {w.pid: host for host, ws in by_host.items() for w in ws}
 
-            publisher = HostProcess(
+            publisher = host_process(
                 network.hosts["c"],
                 ["-c", PUBLISH, url, namespace, str(JOBS)],
                 tmp_path / "publisher.log",
@@ -232,7 +198,7 @@ def test_two_hosts_share_the_work_and_losing_one_loses_nothing(
             )
         finally:
             for process in started:
-                process.kill()
+                process.stop()
         queue = naming.queue_name(namespace, Jobs.queue)
         wait_until(lambda: rabbit_broker.message_count(queue) == 0, 10, "an empty queue")
 

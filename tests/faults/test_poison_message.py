@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services import naming
-from services.deadletters import DeadLetter
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
+from leveret.services.deadletters import DeadLetter
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import CRASH_EXIT_CODE, Crash, Crasher, Job, Jobs
 from tests.support import WorkerProcess, wait_until

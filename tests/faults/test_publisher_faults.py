@@ -7,17 +7,17 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pika
 import pytest
 import structlog
 
-from actors import Actor, handler
-from schemas import Message
-from schemas.errors import DefinitionError, PublishError, PublishTimeout
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.actors import Actor, handler
+from leveret.schemas import Message
+from leveret.schemas.errors import DefinitionError, PublishError, PublishTimeout
+from leveret.services import RabbitBroker, naming
+from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from tests.proxy import TcpProxy
 from tests.support import Recorder, running, wait_until
 
@@ -90,7 +90,8 @@ def test_a_message_that_cannot_be_encoded_fails_only_its_own_caller(
     rabbit_broker.declare(Pings)
     publisher: Publisher = rabbit_broker.publisher
     queue = naming.queue_name(rabbit_broker.namespace, Pings.queue)
-    bad = Outgoing("", queue, b"{}", pika.BasicProperties(message_id="bad", headers={"x": {1, 2}}))
+    unencodable: dict[str, Any] = {"x": {1, 2}}  # a set: no AMQP field type holds it
+    bad = Outgoing("", queue, b"{}", pika.BasicProperties(message_id="bad", headers=unencodable))
     good = Outgoing("", queue, b'{"n": 1}', pika.BasicProperties(message_id="good"))
     with pytest.raises(PublishError, match="cannot be encoded") as raised:
         publisher.publish([bad])

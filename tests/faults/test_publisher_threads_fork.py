@@ -9,10 +9,9 @@ from collections import Counter
 
 import pytest
 
-from actors import Actor, handler
-from schemas import Message
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.actors import Actor, handler
+from leveret.schemas import Message
+from leveret.services import RabbitBroker, naming
 from tests.sample_actors import Job, Jobs
 from tests.support import Recorder, running, wait_until
 

@@ -8,16 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
-import pika
 import pytest
 
-from schemas import envelope as wire
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.schemas import wire
+from leveret.services import RabbitBroker, naming
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, running, wait_until
+from tests.support import ROOT, running, take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -42,7 +39,7 @@ def _replay(broker: RabbitBroker) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "leveret.services.cli",
             "dlq",
             "replay",
             Jobs.queue,
@@ -60,42 +57,27 @@ def _replay(broker: RabbitBroker) -> subprocess.Popen[str]:
     )
 
 
-def _take_all(broker: RabbitBroker) -> list[tuple[Any, bytes]]:
-    """Every message in the Jobs queue, read with plain pika: (properties, body)."""
-    found = []
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    try:
-        channel = connection.channel()
-        queue = naming.queue_name(broker.namespace, Jobs.queue)
-        while True:
-            method, props, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append((props, body))
-    finally:
-        connection.close()
-
-
 def _assert_replayed_once(broker: RabbitBroker, dead: set[str]) -> None:
     queue = naming.queue_name(broker.namespace, Jobs.queue)
     dlq = naming.dlq_name(broker.namespace, Jobs.queue)
     assert broker.message_count(dlq) == 0
     assert broker.message_count(queue) == COUNT
-    messages = _take_all(broker)
+    messages = take_all(broker.url, queue)
     ids = [props.message_id for props, _body in messages]
     assert len(ids) == len(set(ids)) == COUNT
     assert set(ids) == dead
     assert sorted(json.loads(body)["n"] for _props, body in messages) == list(range(COUNT))
     for props, _body in messages:
         assert props.type == "tests.job"
-        assert props.headers[wire.ATTEMPT] == 1
-        assert wire.REPLAYED_AT in props.headers
-        assert not [key for key in props.headers if key.startswith("x-leveret-error-")]
+        headers = props.headers or {}
+        assert headers[wire.ATTEMPT] == 1
+        assert wire.REPLAYED_AT in headers
+        assert not [key for key in headers if key.startswith("x-leveret-error-")]
         # The quorum queue counts deliveries from 0 on every message it hands out; the count
         # the dead letter had in the .dlq (read once by `dead_letters`) is not carried over.
-        assert props.headers.get("x-delivery-count", 0) == 0
+        assert headers.get("x-delivery-count", 0) == 0
         broker_headers = set(wire.BROKER_HEADERS) - {"x-delivery-count"}
-        assert not [key for key in props.headers if key in broker_headers]
+        assert not [key for key in headers if key in broker_headers]
 
 
 def test_replay_all_puts_every_dead_letter_back_once(rabbit_broker: RabbitBroker) -> None:

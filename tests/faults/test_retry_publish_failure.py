@@ -7,8 +7,7 @@ import time
 import pika
 import pytest
 
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from tests.services.test_retries import Flaky, Retrier, _use_clock, calls
 from tests.support import running
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from actors import actors_in
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.actors import actors_in
+from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import done_numbers, events
 from tests.sample_actors import Crasher, Job, Jobs
 from tests.support import ROOT, WorkerProcess, free_port, get_health, wait_health, wait_until
@@ -216,7 +215,7 @@ def test_a_module_that_cannot_be_imported_stops_the_command_at_once(namespace: s
     began = time.monotonic()
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "services.cli", "worker", "tests.no_such_actors"),
+            *(sys.executable, "-m", "leveret.services.cli", "worker", "tests.no_such_actors"),
             *("--processes", "3", "--namespace", namespace, "--log-format", "json"),
         ],
         cwd=ROOT,

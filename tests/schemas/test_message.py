@@ -8,7 +8,7 @@ from decimal import Decimal
 import pydantic
 import pytest
 
-from schemas import (
+from leveret.schemas import (
     DefinitionError,
     InvalidMessage,
     MalformedBody,
@@ -17,7 +17,7 @@ from schemas import (
     encode,
     message_class,
 )
-from schemas.naming import snake_case
+from leveret.schemas.casing import snake_case
 
 
 class OrderPlaced(Message, topic="tests.orders.placed"):

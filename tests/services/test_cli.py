@@ -5,15 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from actors import actors_in
-from services import naming
-from services.rabbitmq import RabbitBroker
+from leveret.actors import actors_in
+from leveret.services import RabbitBroker, naming
 from tests.support import ROOT
 
 
 def leveret(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "leveret.services.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pika
 import pytest
 
-from actors import NO_RETRY, Actor, Context, Reject, actor, handler, publish
-from schemas import Message, PublishError
-from schemas import envelope as wire
-from services import naming
-from services.broker import Broker
-from services.memory import MemoryBroker
-from services.runtime.execution import Delivery
+from leveret.actors import NO_RETRY, Actor, Context, Reject, actor, handler, publish
+from leveret.schemas import Message, PublishError, wire
+from leveret.services import MemoryBroker, naming
+from leveret.services.broker import Broker
+from leveret.services.runtime.execution import Delivery
 from tests.support import Recorder, running, wait_until
 
 
@@ -222,3 +221,22 @@ def test_worker_restricted_to_some_queues_leaves_the_others(broker: Broker) -> N
         publish(ItemAdded(sku="q"))
         items = drain(broker, worker, 1)
     assert [item[0] for item in items] == ["analytics"]
+
+
+class Note(Message, topic="tests.contract.note"):
+    text: str
+
+
+class Notebook(Actor, queue="notebook"):
+    @handler
+    def on(self, msg: Note, ctx: Context) -> None:
+        seen.add(("note", msg.text, ctx.envelope.headers.get("x-app-tenant")))
+
+
+def test_headers_of_a_prepared_message_reach_the_handler(broker: Broker) -> None:
+    """A message prepared with headers (as the outbox stores them) keeps them on the wire."""
+    prepared = broker.prepare(Note(text="hi"), actor=Notebook)
+    envelope = dataclasses.replace(prepared.envelope, headers={"x-app-tenant": "acme"})
+    with running(broker, Notebook, threads=1):
+        broker.publish_prepared([dataclasses.replace(prepared, envelope=envelope)])
+        assert drain(broker, None, 1) == [("note", "hi", "acme")]

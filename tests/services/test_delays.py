@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services import delays, topology
+from leveret.services import delays, topology
 
 
 @given(st.integers(min_value=0, max_value=delays.MAX_DELAY_S))

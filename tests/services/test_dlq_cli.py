@@ -10,13 +10,11 @@ import sys
 
 import pytest
 
-from schemas import envelope as wire
-from schemas.errors import NotFound
-from services import naming
-from services.memory import MemoryBroker
-from services.rabbitmq import RabbitBroker
+from leveret.schemas import wire
+from leveret.schemas.errors import NotFound
+from leveret.services import MemoryBroker, RabbitBroker, naming
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, running, wait_until
+from tests.support import ROOT, running, take_all, wait_until
 
 
 def dlq(
@@ -27,7 +25,7 @@ def dlq(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "leveret.services.cli",
             "dlq",
             *args,
             "--broker-url",
@@ -58,13 +56,7 @@ def _dead_count(broker: RabbitBroker) -> int:
 
 def _queued_ids(broker: RabbitBroker) -> list[str | None]:
     queue = naming.queue_name(broker.namespace, Jobs.queue)
-    with broker.admin() as channel:
-        found = []
-        while True:
-            method, props, _body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append(props.message_id)
+    return [props.message_id for props, _body in take_all(broker.url, queue)]
 
 
 def test_list_prints_a_table_of_the_dead_letters(

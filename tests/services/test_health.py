@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from actors import actors_in
-from services.memory import MemoryBroker
-from services.operations.health import HealthServer, WorkerProbe
-from services.rabbitmq import RabbitBroker
+from leveret.actors import actors_in
+from leveret.services import MemoryBroker, RabbitBroker
+from leveret.services.operations.health import HealthServer, WorkerProbe
 from tests.sample_actors import Job, Jobs
 from tests.support import (
     ROOT,
@@ -26,7 +25,7 @@ from tests.support import (
 
 def leveret(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "leveret.services.cli", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
@@ -183,7 +182,7 @@ def test_children_probe_is_healthy_only_while_every_childs_health_file_is(
     """A supervisor's probe: healthy while all child files exist and are fresh; counts summed."""
     import threading
 
-    from services.operations.health import ChildrenProbe, Health, HealthFile
+    from leveret.services.operations.health import ChildrenProbe, Health, HealthFile
 
     class Fixed:
         def __init__(self, health: Health) -> None:
@@ -219,7 +218,7 @@ def test_health_server_listens_on_loopback_and_bounds_its_connections(
     import socket
     import threading
 
-    from services.operations.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
+    from leveret.services.operations.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
 
     memory_broker.declare(Jobs)
     worker = memory_broker.worker([Jobs], threads=1)

@@ -9,11 +9,11 @@ import sys
 import pytest
 import structlog
 
-from actors import Actor, Context, handler
-from schemas import Message
-from services.logs import RedactSecrets
-from services.redaction import redact
-from services.testing import memory_broker
+from leveret.actors import Actor, Context, handler
+from leveret.schemas import Message
+from leveret.services.logs import RedactSecrets
+from leveret.services.redaction import redact
+from leveret.services.testing import memory_broker
 from tests.support import RABBIT_URL, ROOT
 
 
@@ -85,7 +85,7 @@ def test_standard_library_records_go_through_the_same_redaction() -> None:
     """pika, Django or the project's own `logging` calls: JSON lines, passwords hidden."""
     code = (
         "import logging\n"
-        "from services.logs import configure_logging\n"
+        "from leveret.services.logs import configure_logging\n"
         "configure_logging('info', json=True)\n"
         "logging.getLogger('app').warning('broker %s', 'AMQP://u:S3cr#t/x@h:5672/')\n"
         "try:\n"
@@ -112,7 +112,7 @@ def test_logs_are_json_lines_off_a_terminal_and_never_show_the_password(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "leveret.services.cli",
             "demo",
             "--broker-url",
             rabbit_url,

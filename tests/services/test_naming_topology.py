@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import Actor, handler
-from schemas import Message
-from services import naming, topology
+from leveret.actors import Actor, handler
+from leveret.schemas import Message
+from leveret.services import naming, topology
 
 
 class Paid(Message, topic="tests.topo.paid"):
@@ -76,11 +76,11 @@ def test_the_longest_names_fit_amqps_255_bytes_everywhere() -> None:
     """The longest namespace, queue and topic accepted at definition: every queue name,
     routing key and binding key built from them fits AMQP's short strings (255 bytes), a
     delayed message's included."""
-    from actors import Actor, handler
-    from actors.actor import MAX_QUEUE_BYTES
-    from schemas import Message
-    from schemas.message import MAX_TOPIC_BYTES
-    from services import delays
+    from leveret.actors import Actor, handler
+    from leveret.actors.actor import MAX_QUEUE_BYTES
+    from leveret.schemas import Message
+    from leveret.schemas.message import MAX_TOPIC_BYTES
+    from leveret.services import delays
 
     namespace = naming.check_namespace("n" * 80)
 

@@ -9,12 +9,11 @@ import time
 import pika
 import pytest
 
-from actors import Actor, Context, handler
-from schemas import Message, PublishError, TopologyError
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.runtime.worker import EXIT_FATAL
-from tests.support import Recorder, running, wait_until
+from leveret.actors import Actor, Context, handler
+from leveret.schemas import Message, PublishError, TopologyError
+from leveret.services import RabbitBroker, naming
+from leveret.services.runtime.worker import EXIT_FATAL
+from tests.support import Recorder, running, take_all, wait_until
 
 
 class Parcel(Message, topic="tests.rabbit.parcel"):
@@ -30,23 +29,13 @@ class Depot(Actor, queue="depot", delivery_limit=5):
         got.add((msg.weight_g, ctx.envelope))
 
 
-def _raw_get(
-    broker: RabbitBroker, queue: str
-) -> tuple[pika.spec.Basic.GetOk, pika.BasicProperties, bytes]:
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    try:
-        method, props, body = connection.channel().basic_get(queue, auto_ack=True)
-    finally:
-        connection.close()
-    assert method is not None, f"nothing in {queue}"
-    return method, props, body
-
-
 def test_wire_format_is_readable_by_a_plain_amqp_client(rabbit_broker: RabbitBroker) -> None:
     message_id = rabbit_broker.send(Depot, Parcel(weight_g=250), correlation_id="corr-1")
-    _method, props, body = _raw_get(
-        rabbit_broker, naming.queue_name(rabbit_broker.namespace, "depot")
+    ((props, body),) = take_all(
+        rabbit_broker.url, naming.queue_name(rabbit_broker.namespace, "depot")
     )
+    assert props.timestamp is not None
+    assert props.headers is not None
     assert json.loads(body) == {"weight_g": 250}
     assert props.content_type == "application/json"
     assert props.type == "tests.rabbit.parcel"

@@ -11,12 +11,20 @@ from typing import Any
 
 import pytest
 
-from actors import Actor, Context, Reject, Retry, RetryPolicy, actor, fixed, handler, publish
-from schemas import Message
-from schemas import envelope as wire
-from services import naming
-from services.rabbitmq import RabbitBroker
-from services.testing import memory_broker
+from leveret.actors import (
+    Actor,
+    Context,
+    Reject,
+    Retry,
+    RetryPolicy,
+    actor,
+    fixed,
+    handler,
+    publish,
+)
+from leveret.schemas import Message, wire
+from leveret.services import RabbitBroker, delays, naming
+from leveret.services.testing import memory_broker
 from tests.support import Recorder, running, wait_until
 
 
@@ -128,7 +136,7 @@ def test_memory_reject_and_non_retryable_errors_skip_retries(message: Flaky, rea
 
 def test_memory_validation_error_skips_retries() -> None:
     with memory_broker(Retrier) as broker:
-        from services.runtime.execution import Delivery
+        from leveret.services.runtime.execution import Delivery
 
         with broker.changed:
             broker.queues[naming.queue_name(broker.namespace, "retrier")].append(
@@ -187,10 +195,13 @@ def test_rabbit_failing_twice_then_succeeding_with_observed_backoff(
     rabbit_broker: RabbitBroker,
 ) -> None:
     _prepare(rabbit_broker, Retrier)
-    with running(rabbit_broker, Retrier, threads=2):
+    with running(rabbit_broker, Retrier, threads=2) as worker:
         message_id = Retrier.send(Flaky(key="a", fail_times=2))
         items = calls.wait_for(3, timeout_s=20)
-        time.sleep(0.5)  # nothing else may arrive
+        wait_until(lambda: worker.stats.handled == 1, 10, "the third attempt to be acked")
+        # No fourth attempt is on its way: nothing waits in the delay levels or the queue.
+        assert (worker.stats.retried, worker.stats.dead_lettered) == (2, 0)
+        assert _waiting_anywhere(rabbit_broker) == 0
     assert [(c[1], c[3]) for c in calls.items] == [
         (1, message_id),
         (2, message_id),
@@ -198,6 +209,13 @@ def test_rabbit_failing_twice_then_succeeding_with_observed_backoff(
     ]
     gaps = [b[2] - a[2] for a, b in itertools.pairwise(items)]
     assert all(1.0 <= gap < 2.5 for gap in gaps), gaps
+
+
+def _waiting_anywhere(broker: RabbitBroker) -> int:
+    """Messages ready in the retrier's queue and in every delay level of the namespace."""
+    queues = [naming.queue_name(broker.namespace, Retrier.queue)]
+    queues += [naming.delay_queue(broker.namespace, level) for level in range(delays.LEVELS)]
+    return sum(broker.message_count(queue) for queue in queues)
 
 
 def test_rabbit_always_failing_ends_in_dlq_after_exactly_n_attempts(
@@ -321,7 +339,7 @@ def test_memory_a_retry_delay_out_of_range_dead_letters_with_invalid_retry(case:
         (letter,) = broker.dead_letters(BadRetries)
     headers = letter.headers
     assert headers[wire.ERROR_REASON] == "invalid_retry"
-    assert headers[wire.ERROR_TYPE] == "schemas.errors.InvalidRetry"
+    assert headers[wire.ERROR_TYPE] == "leveret.schemas.errors.InvalidRetry"
     assert "retry delay" in headers[wire.ERROR_MESSAGE]
     assert "Retry: later" in headers[wire.ERROR_TRACEBACK]  # the cause is kept
 

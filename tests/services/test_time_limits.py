@@ -11,16 +11,15 @@ import time
 import pytest
 import structlog
 
-from actors import Actor, Context, RetryPolicy, actor, fixed, handler
-from schemas import Message
-from schemas import envelope as wire
-from services.broker import Broker
-from services.memory import MemoryBroker
-from services.runtime.timelimits import warn_about_limits
-from services.testing import memory_broker
+from leveret.actors import Actor, Context, RetryPolicy, actor, fixed, handler
+from leveret.schemas import Message, wire
+from leveret.services import MemoryBroker
+from leveret.services.broker import Broker
+from leveret.services.runtime.timelimits import warn_about_limits
+from leveret.services.testing import memory_broker
 from tests.support import Recorder, WorkerProcess, running, wait_until
 
-TIME_LIMIT_EXCEEDED = "schemas.errors.TimeLimitExceeded"
+TIME_LIMIT_EXCEEDED = "leveret.schemas.errors.TimeLimitExceeded"
 
 
 class Work(Message, topic="tests.time_limits.work"):

@@ -3,7 +3,7 @@
 from django.db import transaction
 from django.db.models import F
 
-from actors import Actor, actor, handler
+from leveret import Actor, actor, handler
 from shop.messages import OrderPlaced
 from shop.models import Confirmation, Order, Product, StockMovement
 

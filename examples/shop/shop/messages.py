@@ -1,6 +1,6 @@
 """The shop's messages."""
 
-from schemas import Message
+from leveret import Message
 
 
 class OrderPlaced(Message, topic="shop.order_placed"):

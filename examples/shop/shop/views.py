@@ -6,7 +6,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_POST
 
-from services.django import publish
+from leveret.django import publish
 from shop.messages import OrderPlaced
 from shop.models import Order
 

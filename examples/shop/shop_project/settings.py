@@ -14,7 +14,7 @@ DEBUG = True
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "shop_project.urls"
-INSTALLED_APPS = ["services.django", "shop"]
+INSTALLED_APPS = ["leveret.django", "shop"]
 MIDDLEWARE: list[str] = []
 
 if os.environ.get("SHOP_DATABASE") == "postgres":

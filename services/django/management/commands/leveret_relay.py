@@ -8,12 +8,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from actors import actors_in
-from schemas.errors import LeveretError
-from services.django.apps import build_broker
-from services.django.relay import Relay, outbox_status, retry_failed
-from services.django.settings import load
-from services.logs import configure_logging
+from leveret.actors import actors_in
+from leveret.django.apps import build_broker
+from leveret.django.relay import Relay, outbox_status, retry_failed
+from leveret.django.settings import load
+from leveret.schemas.errors import LeveretError
+from leveret.services.logs import configure_logging
 
 
 class Command(BaseCommand):

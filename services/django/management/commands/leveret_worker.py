@@ -17,9 +17,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from services import config
-from services.django.hooks import CloseOldConnections
-from services.django.settings import load
+from leveret.django.hooks import CloseOldConnections
+from leveret.django.settings import load
+from leveret.services import config
 
 _DJANGO_OPTIONS = ("--settings", "--pythonpath")
 
@@ -60,7 +60,7 @@ def strip_django_options(args: list[str]) -> list[str]:
 
 def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
     """Run ``leveret worker`` with the project's settings; exits the process when done."""
-    from services.cli.worker import WorkerSetup, worker
+    from leveret.services.cli.worker import WorkerSetup, worker
 
     found = load()
     # Settings win over the environment here, as they do for publishing; the options
@@ -83,9 +83,9 @@ def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
 
 
 def _start_relay() -> None:
-    from actors import actors_in
-    from services.django.apps import build_broker
-    from services.django.relay import Relay
+    from leveret.actors import actors_in
+    from leveret.django.apps import build_broker
+    from leveret.django.relay import Relay
 
     found = load()
     relay = Relay(

@@ -15,9 +15,9 @@ import pika
 import pika.data
 from pika.spec import Basic
 
-from schemas import envelope as wire
-from schemas.envelope import Envelope, seconds_since_epoch
-from services.runtime.execution import Delivery
+from leveret.schemas import wire
+from leveret.schemas.envelope import Envelope, seconds_since_epoch
+from leveret.services.runtime.execution import Delivery
 
 PERSISTENT: Literal[2] = 2
 SHORT_STRING_BYTES = 255
@@ -28,8 +28,8 @@ def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pik
     """AMQP properties of a message: persistent JSON with Leveret's headers.
 
     Args:
-        envelope: The message's metadata.
-        headers: Headers to send instead of ``{x-leveret-attempt: envelope.attempt}``.
+        envelope: The message's metadata; its headers are sent, with ``x-leveret-attempt``.
+        headers: Headers to send instead of the envelope's.
     """
     return pika.BasicProperties(
         content_type=wire.CONTENT_TYPE,
@@ -38,7 +38,9 @@ def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pik
         correlation_id=envelope.correlation_id,
         timestamp=int(envelope.timestamp.timestamp()),
         delivery_mode=PERSISTENT,
-        headers=headers if headers is not None else {wire.ATTEMPT: envelope.attempt},
+        headers=headers
+        if headers is not None
+        else {**envelope.headers, wire.ATTEMPT: envelope.attempt},
     )
 
 

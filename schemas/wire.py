@@ -1,0 +1,40 @@
+"""The wire format: what any AMQP client reads or writes to talk with Leveret's actors.
+
+- body: the message's JSON, UTF-8;
+- properties: ``content_type=application/json``, ``type=<topic>``, ``message_id``,
+  ``timestamp`` (seconds since the epoch), ``correlation_id``, ``delivery_mode=2``;
+- headers: ``x-leveret-attempt`` (1 on the first delivery) and, on retries and dead letters,
+  the ``x-leveret-error-*`` headers named here.
+"""
+
+from __future__ import annotations
+
+CONTENT_TYPE = "application/json"
+
+ATTEMPT = "x-leveret-attempt"
+ERROR_REASON = "x-leveret-error-reason"
+ERROR_TYPE = "x-leveret-error-type"
+ERROR_MESSAGE = "x-leveret-error-message"
+ERROR_TRACEBACK = "x-leveret-error-traceback"
+FAILED_AT = "x-leveret-failed-at"
+FIRST_FAILED_AT = "x-leveret-first-failed-at"
+FAILED_ACTOR = "x-leveret-failed-actor"
+FAILED_HOST = "x-leveret-failed-host"
+ORIGINAL_EXCHANGE = "x-leveret-original-exchange"
+ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
+REPLAYED_AT = "x-leveret-replayed-at"
+
+# Headers RabbitMQ adds when it dead-letters (TTL expiry in the delay levels, delivery
+# limits) or counts deliveries (quorum queues; `x-acquired-count` since RabbitMQ 4.3); they
+# describe one trip and are not copied onto a retry or a replay.
+BROKER_HEADERS = (
+    "x-death",
+    "x-acquired-count",
+    "x-delivery-count",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
