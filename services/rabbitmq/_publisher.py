@@ -130,9 +130,9 @@ class Publisher(IOThread):
     def _reset_state(self) -> None:
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
-        # Callers append to `_incoming` (deque appends and pops are atomic); only the I/O
-        # thread moves them on to `_inbox`, and only it reads or filters `_inbox`.
-        self._incoming: deque[Outgoing] = deque()
+        # Callers append on the right; only the I/O thread takes from the left (and puts
+        # back on the left after a lost channel). Single appends and pops of a deque are
+        # atomic, and nobody iterates it: it can change under anyone at any time.
         self._inbox: deque[Outgoing] = deque()
         self._wake_pending = False
         self._refused: str | None = None  # the broker refused our declarations: why
@@ -189,7 +189,7 @@ class Publisher(IOThread):
             sendable.append(item)
         if sendable:
             self._ensure_started()
-            self._incoming.extend(sendable)
+            self._inbox.extend(sendable)
             self._wake()
         if not batch.done.wait(self.confirm_timeout_s):
             batch.abandoned = True
@@ -298,14 +298,8 @@ class Publisher(IOThread):
         self._flush()
         self._run_declares()
 
-    def _take_incoming(self) -> None:
-        incoming = self._incoming
-        while incoming:
-            self._inbox.append(incoming.popleft())
-
     def _flush(self) -> None:
         self._wake_pending = False
-        self._take_incoming()
         if self._refused is not None:
             self._fail_waiting(self._refused)
             return
@@ -319,8 +313,12 @@ class Publisher(IOThread):
         # At most FLUSH_WINDOW stay unconfirmed (as a raw pika pipeline would do): the rest
         # waits in the inbox and `_on_confirm` flushes again as confirms come back.
         room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(self._unconfirmed))
+        dropped = 0
         for _ in range(room):
             item = inbox.popleft()
+            if _abandoned(item):
+                dropped += 1  # its caller got PublishError: never send it late
+                continue
             try:
                 channel.basic_publish(
                     item.exchange,
@@ -348,7 +346,13 @@ class Publisher(IOThread):
                 self._mandatory[message_id] = deque((item,))
             else:
                 waiting.append(item)
-        if (inbox or self._incoming) and len(self._unconfirmed) < FLUSH_WINDOW:
+        if dropped:
+            log.warning(
+                "publish_abandoned",
+                dropped=dropped,
+                reason="the caller got PublishError (no confirm in time); not sent",
+            )
+        if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
             self._wake()
 
     def _on_return(
@@ -379,7 +383,7 @@ class Publisher(IOThread):
             order = self._order
             while order and order[0] not in self._unconfirmed:
                 order.popleft()
-        if (self._inbox or self._incoming) and not self._wake_pending:
+        if self._inbox and not self._wake_pending:
             self._wake()
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
@@ -433,25 +437,32 @@ class Publisher(IOThread):
         if self._channel is None and connection is not None and connection.is_open:
             connection.channel(on_open_callback=self._on_channel_open)
 
-    def _fail_waiting(self, reason: str) -> None:
-        """Settle every message waiting to be sent with `reason` (I/O thread only)."""
-        self._take_incoming()
-        waiting = list(self._inbox)
-        self._inbox.clear()
-        for item in waiting:
-            self._settle_closed(item, reason)
-
     def _drop_abandoned(self) -> None:
-        self._take_incoming()
-        kept = [item for item in self._inbox if not _abandoned(item)]
-        if len(kept) < len(self._inbox):
+        """Take the messages of callers that gave up out of the inbox, now (I/O thread).
+
+        One turn of the deque: each message is taken from the left and put back on the
+        right unless abandoned. Callers appending meanwhile keep their own order.
+        """
+        inbox = self._inbox
+        dropped = 0
+        for _ in range(len(inbox)):
+            item = inbox.popleft()
+            if _abandoned(item):
+                dropped += 1
+            else:
+                inbox.append(item)
+        if dropped:
             log.warning(
                 "publish_abandoned",
-                dropped=len(self._inbox) - len(kept),
+                dropped=dropped,
                 reason="the caller got PublishError (no confirm in time); not sent",
             )
-            self._inbox.clear()
-            self._inbox.extend(kept)
+
+    def _fail_waiting(self, reason: str) -> None:
+        """Settle every message waiting to be sent with `reason` (I/O thread only)."""
+        inbox = self._inbox
+        while inbox:
+            self._settle_closed(inbox.popleft(), reason)
 
     def _settle_closed(self, item: Outgoing, reason: str) -> None:
         assert item.batch is not None
@@ -477,13 +488,11 @@ class Publisher(IOThread):
         self._ready = False
 
     def _fail_everything(self, reason: str) -> None:
-        self._take_incoming()
-        waiting = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
-        waiting += self._inbox
-        self._inbox.clear()
+        in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
         self._forget_channel()
-        for item in waiting:
+        for item in in_flight:
             self._settle_closed(item, reason)
+        self._fail_waiting(reason)
         for _todo, future in self._declares:
             if not future.done():
                 future.set_exception(TopologyError(reason))
