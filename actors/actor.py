@@ -222,7 +222,12 @@ class Actor:
 
     @classmethod
     def send(
-        cls, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+        cls,
+        message: Message,
+        *,
+        delay: dispatch.Delay = None,
+        eta: datetime | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Deliver `message` to this actor's queue only, through the configured broker.
 
@@ -233,6 +238,8 @@ class Actor:
             delay: Deliver after this long (seconds or `timedelta`, up to 2^28 - 1 s); the
                 message waits in RabbitMQ, not in a worker.
             eta: Deliver at this timezone-aware time instead.
+            timeout: Seconds to wait for the broker's confirm, instead of the broker's
+                default (30 s): a request path may want 2.
 
         Returns:
             The message id.
@@ -242,11 +249,17 @@ class Actor:
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue does not
                 exist (no worker or `leveret declare` created it yet).
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
+                255 bytes.
         """
         cls.handler_for(message)
         return dispatch.current().send(
-            cls, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
+            cls,
+            message,
+            delay=delay,
+            eta=eta,
+            correlation_id=current_correlation_id(),
+            timeout=timeout,
         )
 
     @classmethod

@@ -7,6 +7,7 @@ or a test fixture calls `configure(broker)`, and every send looks the broker up 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -31,6 +32,7 @@ class Dispatcher(Protocol):
         delay: Delay = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Publish to every actor bound to the message's topic; return its message id."""
         ...
@@ -43,6 +45,7 @@ class Dispatcher(Protocol):
         delay: Delay = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Deliver to one actor's queue; return the message id."""
         ...
@@ -50,17 +53,35 @@ class Dispatcher(Protocol):
 
 _lock = threading.Lock()
 _current: Dispatcher | None = None
+_adapter: Callable[[Dispatcher], Dispatcher] | None = None
 
 
 def configure(dispatcher: Dispatcher | None) -> None:
     """Make `dispatcher` the broker of this process (None forgets it).
+
+    In a Django project (``leveret.django`` installed) a `Broker` configured here is
+    wrapped so that it follows Django's transactions, as in production (see `adapt_with`).
 
     Args:
         dispatcher: Usually a `leveret.services.Broker`.
     """
     global _current
     with _lock:
+        if dispatcher is not None and _adapter is not None:
+            dispatcher = _adapter(dispatcher)
         _current = dispatcher
+
+
+def adapt_with(adapter: Callable[[Dispatcher], Dispatcher] | None) -> None:
+    """Pass every dispatcher configured from now on through `adapter` (None: no longer).
+
+    The Django app uses it so that any broker a test configures (`memory_broker`)
+    publishes after commit like the project's own. An adapter must return what it does not
+    adapt unchanged, and adapting twice must change nothing more.
+    """
+    global _adapter
+    with _lock:
+        _adapter = adapter
 
 
 def current() -> Dispatcher:
@@ -74,12 +95,19 @@ def current() -> Dispatcher:
         raise ConfigurationError(
             "no broker is configured in this process: call "
             "leveret.configure(Broker(url, namespace=...)) at start-up (the worker and the "
-            "Django app do this for you; tests use leveret.services.testing.memory_broker)"
+            "Django app do this for you; tests use the leveret_broker pytest fixture or "
+            "leveret.services.testing.memory_broker)"
         )
     return dispatcher
 
 
-def publish(message: Message, *, delay: Delay = None, eta: datetime | None = None) -> str:
+def publish(
+    message: Message,
+    *,
+    delay: Delay = None,
+    eta: datetime | None = None,
+    timeout: float | None = None,
+) -> str:
     """Publish `message` to every actor bound to its topic, through the configured broker.
 
     Inside a handler the correlation id of the message being handled is carried on.
@@ -88,6 +116,8 @@ def publish(message: Message, *, delay: Delay = None, eta: datetime | None = Non
         message: The message.
         delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
         eta: Deliver at this timezone-aware time instead.
+        timeout: Seconds to wait for the broker's confirm, instead of the broker's
+            default (30 s): a request path may want 2.
 
     Returns:
         The new message's id.
@@ -95,6 +125,9 @@ def publish(message: Message, *, delay: Delay = None, eta: datetime | None = Non
     Raises:
         ConfigurationError: No broker is configured.
         PublishError: The broker did not confirm the message.
-        InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
+            bytes.
     """
-    return current().publish(message, delay=delay, eta=eta, correlation_id=current_correlation_id())
+    return current().publish(
+        message, delay=delay, eta=eta, correlation_id=current_correlation_id(), timeout=timeout
+    )

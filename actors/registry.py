@@ -63,3 +63,16 @@ def _actor_defined_in(value: Any, module_name: str) -> type[Actor] | None:
     else:
         return None
     return cls if cls.__module__ == module_name else None
+
+
+def imported_actors() -> list[type[Actor]]:
+    """Every actor defined in a module imported so far (abstract bases left out), in
+    definition order as far as Python keeps it (subclass order)."""
+    found: list[type[Actor]] = []
+    pending = list(Actor.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        if not cls.abstract and cls not in found:
+            found.append(cls)
+    return found

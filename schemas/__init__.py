@@ -9,6 +9,7 @@ from leveret.schemas.envelope import Envelope, new_message_id
 from leveret.schemas.errors import (
     BrokerConnectionError,
     BrokerError,
+    BrokerUnavailable,
     ConfigurationError,
     DecodeError,
     DefinitionError,
@@ -32,6 +33,7 @@ from leveret.schemas.message import Message, message_class, registered_topics
 __all__ = [
     "BrokerConnectionError",
     "BrokerError",
+    "BrokerUnavailable",
     "ConfigurationError",
     "DecodeError",
     "DefinitionError",

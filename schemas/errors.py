@@ -20,7 +20,9 @@ LeveretError
 │   ├── OperationError                 an operation on queues was refused, or another holds
 │   │                                  the queue (a dead-letter pass already running)
 │   └── PublishError                   a message was not stored: nack, no queue, refused
-│       └── PublishTimeout             no confirm in time: the message may or may not be stored
+│       ├── PublishTimeout             no confirm in time: the message may or may not be stored
+│       └── BrokerUnavailable          checked before publishing: the broker cannot take
+│                                      messages now (unreachable, blocked); nothing was sent
 ├── TimeLimitExceeded                  a handler ran past its time limit and was interrupted
 ├── InvalidRetry (ValueError)          a retry delay that is not 0 … 2^28 - 1 s (or not a number)
 └── HandlerSignal                      raised by handlers to steer what happens to a message
@@ -135,6 +137,16 @@ class PublishTimeout(PublishError):
 
     Unlike other `PublishError`s the message may have been stored: publishing it again may
     deliver it twice (with the same message id).
+    """
+
+
+class BrokerUnavailable(PublishError):
+    """The broker cannot take messages now: nothing was sent.
+
+    Raised by a fail-fast publish (``FAIL_FAST`` in Django, `Broker.check_available`) when
+    the broker is unreachable, blocks publishing (a memory or disk alarm) or refuses the
+    namespace's declarations, so that the caller can still roll back, answer an error or
+    write the message to the outbox instead.
     """
 
 

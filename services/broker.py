@@ -17,6 +17,7 @@ what only that transport offers (typed options, admin helpers, test helpers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,12 @@ from leveret.actors.function import as_actor_class
 from leveret.actors.registry import unique_queues
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
-from leveret.schemas.errors import ConfigurationError, InvalidArgument, PublishError
+from leveret.schemas.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    PublishError,
+)
 from leveret.schemas.message import Message
 from leveret.services import config, naming
 from leveret.services.delays import delay_seconds
@@ -154,6 +160,7 @@ class Broker:
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Publish to every actor bound to the message's topic; wait for the confirm.
 
@@ -166,15 +173,21 @@ class Broker:
                 seconds, at most 2^28 - 1 s). The message waits in RabbitMQ, not in a worker.
             eta: Deliver at this (timezone-aware) time instead.
             correlation_id: Carried on from the message that caused this one.
+            timeout: Seconds to wait for the confirm, instead of the transport's
+                ``confirm_timeout_s`` (30 s by default): a request path may want 2.
 
         Returns:
             The message id.
 
         Raises:
             PublishError: The broker did not confirm the message.
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            PublishTimeout: No confirm within the timeout (the message may be stored).
+            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
+                255 bytes.
         """
-        return self.publish_many([message], delay=delay, eta=eta, correlation_id=correlation_id)[0]
+        return self.publish_many(
+            [message], delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
+        )[0]
 
     def publish_many(
         self,
@@ -183,6 +196,7 @@ class Broker:
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
         """Publish several messages by topic, pipelining confirms; wait for all of them.
 
@@ -191,16 +205,19 @@ class Broker:
             delay: As for `publish`, for every message.
             eta: As for `publish`, for every message.
             correlation_id: Carried on from the message that caused these.
+            timeout: As for `publish`, for the whole batch.
 
         Returns:
             The message ids, in order.
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
+                255 bytes.
         """
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
+        timeout_s = check_timeout(timeout)
         # One Route per topic, not per message: a large batch keeps every object it makes
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
@@ -211,7 +228,8 @@ class Broker:
             if route is None:
                 route = routes[topic] = Route(topic)
             prepared.append(self._prepare(message, route, correlation_id, delay_s))
-        _log_unroutable(prepared, self.transport.deliver(prepared).unroutable)
+        delivered = self.transport.deliver(prepared, timeout_s=timeout_s)
+        _log_unroutable(prepared, delivered.unroutable)
         return [item.envelope.message_id for item in prepared]
 
     def send(
@@ -222,6 +240,7 @@ class Broker:
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Deliver to one actor's queue only; wait for the confirm.
 
@@ -231,6 +250,7 @@ class Broker:
             delay: As for `publish`.
             eta: As for `publish`.
             correlation_id: Carried on from the message that caused this one.
+            timeout: As for `publish`.
 
         Returns:
             The message id.
@@ -240,16 +260,18 @@ class Broker:
             PublishError: Not confirmed, or the actor's queue does not exist. (A delayed
                 message meets its queue only when the delay is over; should the queue be
                 deleted by then, RabbitMQ drops it.)
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
+                255 bytes.
         """
         cls = as_actor_class(actor)
         cls.handler_for(message)
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
+        timeout_s = check_timeout(timeout)
         self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
         item = self._prepare(message, route, correlation_id, delay_s)
-        self.transport.deliver([item])
+        self.transport.deliver([item], timeout_s=timeout_s)
         return item.envelope.message_id
 
     def prepare(
@@ -286,20 +308,47 @@ class Broker:
         check_correlation_id(correlation_id)
         return self._prepare(message, route, correlation_id, self._delay_s(delay, eta))
 
-    def publish_prepared(self, items: Sequence[Prepared]) -> list[str]:
+    def publish_prepared(
+        self, items: Sequence[Prepared], *, timeout: float | None = None
+    ) -> list[str]:
         """Publish messages built by `prepare` (or stored and rebuilt), pipelining confirms.
 
         Each keeps its message id, correlation id, timestamp, headers and route. A fan-out
         no queue takes is logged; a queue route whose queue does not exist is an error.
+
+        Args:
+            items: The prepared messages.
+            timeout: As for `publish`.
 
         Returns:
             The message ids, in order.
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
+            InvalidArgument: An invalid timeout.
         """
-        _log_unroutable(items, self.transport.deliver(items).unroutable)
+        delivered = self.transport.deliver(items, timeout_s=check_timeout(timeout))
+        _log_unroutable(items, delivered.unroutable)
         return [item.envelope.message_id for item in items]
+
+    def check_available(self, timeout: float | None = None) -> None:
+        """Make sure the broker can take messages now; for callers that must fail fast.
+
+        Connects first if need be. A fail-fast caller (a web request about to commit) calls
+        it before the work whose message must not be lost, and can still roll back.
+
+        Args:
+            timeout: Seconds to wait for a connection; the confirm timeout if None. While
+                the connection is known to be lost it answers at once.
+
+        Raises:
+            BrokerUnavailable: The broker is unreachable, blocks publishing (a memory or
+                disk alarm) or refuses the namespace's declarations.
+            InvalidArgument: An invalid timeout.
+        """
+        reason = self.transport.unavailable_reason(check_timeout(timeout))
+        if reason is not None:
+            raise BrokerUnavailable(reason)
 
     def publish_prepared_each(self, items: Sequence[Prepared]) -> list[PublishError | None]:
         """Publish messages built by `prepare`, each on its own: one failing fails no other.
@@ -558,6 +607,24 @@ def check_correlation_id(correlation_id: str | None) -> None:
         raise InvalidArgument(
             f"correlation_id is {size} bytes; AMQP carries at most {MAX_CORRELATION_ID_BYTES}"
         )
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A publish timeout as given, checked: a positive, finite number of seconds, or None.
+
+    Raises:
+        InvalidArgument: Anything else.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> list[type[Actor]]:

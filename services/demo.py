@@ -50,6 +50,8 @@ def _record(line: str) -> None:
 class Billing(Actor, queue="demo.billing"):
     """Charges orders and announces the invoice."""
 
+    time_limit_s = 30
+
     @handler
     def charge(self, msg: OrderPlaced, ctx: Context) -> None:
         if msg.total <= 0:
@@ -62,12 +64,14 @@ class Billing(Actor, queue="demo.billing"):
 class Ledger(Actor, queue="demo.ledger"):
     """Books every invoice."""
 
+    time_limit_s = 30
+
     @handler
     def book(self, msg: InvoiceSent) -> None:
         _record(f"ledger booked invoice of order {msg.order_id}")
 
 
-@actor(queue="demo.emails")
+@actor(queue="demo.emails", time_limit_s=30)
 def send_welcome(msg: UserSignedUp, ctx: Context) -> None:
     """Greets a new user (the seed's three steps: a module, a decorator, `.send`)."""
     _record(f"emails welcomed {msg.email} (correlation {(ctx.correlation_id or '')[:8]}…)")

@@ -24,15 +24,19 @@ def test_order_is_charged(broker):
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
+from leveret.schemas.errors import ConfigurationError
 from leveret.services import naming
 from leveret.services.broker import Broker
+from leveret.services.logs import ROOT_LOGGER, event_of
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.memory.transport import MemoryTransport
@@ -46,6 +50,16 @@ class MemoryBroker(Broker):
 
     Extra Args:
         clock: The clock delays are measured on; a new `VirtualClock` by default.
+        eager: Handle every message as soon as it is published, in the publishing thread
+            (`join` after each publish), like Celery's ``task_always_eager``: a handler's
+            exception that dead-letters the message is raised by the publish call. Inside
+            a Django transaction that is at commit. The trade-off: the test no longer sees
+            what is waiting, and a handler runs inside the caller's stack (and transaction,
+            when the publish is not deferred to the commit).
+
+    Attributes:
+        feeders: Called by `join` when no message is waiting; each returns how many
+            messages it published (the Django integration relays the outbox so).
     """
 
     transport: MemoryTransport
@@ -57,6 +71,7 @@ class MemoryBroker(Broker):
         namespace: str | None = None,
         auto_declare: bool = True,
         clock: VirtualClock | None = None,
+        eager: bool = False,
     ) -> None:
         super().__init__(
             url or "memory://",
@@ -64,6 +79,22 @@ class MemoryBroker(Broker):
             auto_declare=auto_declare,
             options=MemoryOptions(clock=clock),
         )
+        self.eager = eager
+        self.feeders: list[Callable[[], int]] = []
+        self._joining = threading.local()
+        if eager:
+            self.transport.after_deliver = self.join_eagerly
+
+    def join_eagerly(self) -> None:
+        """`join`, unless this thread is joining already (a handler that publishes comes
+        back here: the join running takes its message); what eager mode calls."""
+        if getattr(self._joining, "active", False):
+            return
+        self._joining.active = True
+        try:
+            self.join()
+        finally:
+            self._joining.active = False
 
     @property
     def clock(self) -> VirtualClock:
@@ -106,7 +137,8 @@ class MemoryBroker(Broker):
         Messages that handlers publish are handled too, so a whole chain runs to its end;
         with `advance_clock`, the virtual clock jumps over delays and retry backoff, so
         "retried three times, then dead-lettered" runs at once. The same runtime as the
-        worker's handles each message (`Worker.handle`).
+        worker's handles each message (`Worker.handle`). When nothing waits, the `feeders`
+        are asked for more (in Django, the outbox's committed rows).
 
         Args:
             raise_errors: Re-raise the first exception that sent a message to the
@@ -126,7 +158,11 @@ class MemoryBroker(Broker):
         runtime = Worker(consumer, actors, namespace=self.namespace, threads=0)
         first_error: BaseException | None = None
         for _ in range(max_messages):
-            job = consumer.take(advance_clock=advance_clock)
+            job = consumer.take()
+            if job is None and any([feed() for feed in self.feeders]):
+                continue
+            if job is None and advance_clock:
+                job = consumer.take(advance_clock=True)
             if job is None:
                 break
             outcome = runtime.handle(job)
@@ -138,20 +174,68 @@ class MemoryBroker(Broker):
 
 
 @contextlib.contextmanager
-def memory_broker(*actors: ActorRef, namespace: str = "test") -> Iterator[MemoryBroker]:
+def memory_broker(
+    *actors: ActorRef, namespace: str = "test", eager: bool = False
+) -> Iterator[MemoryBroker]:
     """A `MemoryBroker` with `actors` declared, configured as this process's broker.
 
-    The previously configured broker (if any) is restored on exit.
+    The previously configured broker (if any) is restored on exit. In a Django project it
+    follows the transactions as the project's broker does (see `leveret.django`).
 
     Args:
         actors: Actors to declare, so that `publish` reaches them.
         namespace: Namespace of the in-memory queues.
+        eager: Handle each message as it is published (see `MemoryBroker`).
     """
     previous = dispatch._current
-    broker = MemoryBroker(namespace=namespace)
+    broker = MemoryBroker(namespace=namespace, eager=eager)
     broker.declare(*actors)
     dispatch.configure(broker)
     try:
         yield broker
     finally:
         dispatch.configure(previous)
+
+
+@contextlib.contextmanager
+def captured_logs(level: str = "debug") -> Iterator[list[dict[str, Any]]]:
+    """Collect the log events of Leveret (and of every standard-library logger) as dicts.
+
+    Each event is ``{"event": …, "level": …, "logger": …, **fields}``: Leveret's events
+    with their fields, such as ``message_handled`` with ``actor``, ``message_id`` and
+    ``outcome``; a handler's ``ctx.log`` events with the message's context.
+
+    ```python
+    with captured_logs() as events:
+        broker.join()
+    assert [e["outcome"] for e in events if e["event"] == "message_handled"] == ["handled"]
+    ```
+
+    Args:
+        level: Collect events of Leveret's loggers from this level up (other loggers keep
+            their own levels).
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ConfigurationError(f"unknown log level {level!r}")
+    events: list[dict[str, Any]] = []
+    handler = _CollectingHandler(events)
+    root = logging.getLogger()
+    ours = logging.getLogger(ROOT_LOGGER)
+    previous = ours.level
+    ours.setLevel(numeric)
+    root.addHandler(handler)
+    try:
+        yield events
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(previous)
+
+
+class _CollectingHandler(logging.Handler):
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(event_of(record))

@@ -110,12 +110,31 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+    def deliver(
+        self,
+        items: Sequence[Prepared],
+        *,
+        raise_errors: bool = True,
+        timeout_s: float | None = None,
+    ) -> Delivered:
         """Hand `items` to the broker and wait for its confirms.
+
+        Args:
+            items: The messages.
+            raise_errors: Raise on the first message not confirmed, instead of returning
+                each one's error.
+            timeout_s: How long to wait for the confirms (None: the transport's default).
 
         Raises:
             PublishError: With `raise_errors`: a message was not confirmed, or a `send`
                 found no queue.
+        """
+
+    @abstractmethod
+    def unavailable_reason(self, timeout_s: float | None) -> str | None:
+        """Why the broker cannot take messages now, or None when it can.
+
+        Connects first if need be, waiting at most `timeout_s` (None: the confirm timeout).
         """
 
     @abstractmethod

@@ -17,12 +17,14 @@ class InvoiceSent(Message, topic="invoices.sent"):
 
 
 class Billing(Actor, queue="billing"):
+    time_limit_s = 30  # a handler stuck longer fails (and is retried), like any error
+
     @handler
     def charge(self, msg: OrderPlaced, ctx: Context) -> None:
         ctx.log.info("charging", total=str(msg.total))
         ctx.publish(InvoiceSent(order_id=msg.order_id))
 
 
-@actor(queue="emails")
+@actor(queue="emails", time_limit_s=30)
 def send_invoice_mail(msg: InvoiceSent, ctx: Context) -> None:
     ctx.log.info("invoice_mailed", order_id=msg.order_id)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
-from leveret.actors import actors_in, configure
+from leveret.actors import Actor, actors_in, configure
 from leveret.schemas.errors import LeveretError
 from leveret.services import config, naming
 from leveret.services.broker import Broker, select_actors
@@ -23,10 +24,12 @@ from leveret.services.cli._common import (
     url_option,
     with_log_options,
 )
+from leveret.services.logs import get_logger
 from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from leveret.services.operations.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
 from leveret.services.operations.supervisor import (
     HEALTH_FILE_ENV,
+    READY_FD_ENV,
     Supervisor,
     notify_ready,
     worker_command,
@@ -34,6 +37,8 @@ from leveret.services.operations.supervisor import (
 from leveret.services.runtime.execution import MessageHooks
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
+
+log = get_logger("leveret.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +49,19 @@ class WorkerSetup:
 
     Attributes:
         hooks: Run around each message (see `leveret.services.runtime.execution.MessageHooks`).
-        child_command: With ``--processes N``, the command line of one child given the
-            worker's arguments; defaults to ``python -m leveret worker ARGS``.
+        child_command: With ``--processes N`` (or ``--reload``), the command line of one
+            child given the worker's arguments; defaults to ``python -m leveret worker ARGS``.
+        before_start: Called once the command line is parsed and the actors imported,
+            just before consuming (or supervising) starts; never for ``--help`` or a bad
+            option.
+        extra_actors: Run besides those of the MODULES (the Django tasks' queues), found
+            once the command line is parsed.
     """
 
     hooks: Sequence[MessageHooks] = ()
     child_command: Callable[[list[str]], list[str]] | None = None
+    before_start: Callable[[], None] | None = None
+    extra_actors: Callable[[], Sequence[type[Actor]]] | None = None
 
 
 _SIZE_UNITS = {
@@ -88,7 +100,7 @@ class _WorkerConfigurationError(click.ClickException):
 
 
 @click.command()
-@click.argument("modules", nargs=-1, required=True)
+@click.argument("modules", nargs=-1)
 @click.option("--threads", default=8, show_default=True, help="Handlers running at once.")
 @click.option(
     "--processes",
@@ -139,10 +151,26 @@ class _WorkerConfigurationError(click.ClickException):
 )
 @click.option(
     "--consumer-timeout",
+    envvar="LEVERET_CONSUMER_TIMEOUT",
     default=1800.0,
     show_default=True,
     help="The broker's consumer_timeout in seconds; handlers without a time limit below it "
-    "are warned about at start.",
+    "are warned about at start. Env: LEVERET_CONSUMER_TIMEOUT.",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=False,
+    help="Development: run the worker in a child process and restart it (gracefully) "
+    "whenever a Python file changes under the current directory or --reload-dir. Needs "
+    "the reload extra: pip install 'leveret[reload]'.",
+)
+@click.option(
+    "--reload-dir",
+    "reload_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A directory --reload watches (repeatable); default: the current directory.",
 )
 @url_option
 @namespace_option
@@ -159,20 +187,35 @@ def worker(
     health_file: str | None,
     max_body_size: int,
     consumer_timeout: float,
+    reload: bool,
+    reload_dirs: tuple[str, ...],
     broker_url: str | None,
     namespace: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Consume the queues of the actors defined in MODULES."""
+    """Consume the queues of the actors defined in MODULES.
+
+    SIGTERM or SIGINT: stop consuming, let the handlers in flight finish (up to
+    --shutdown-timeout), exit. SIGHUP: the same, then start again with the code now on
+    disk (one process re-executes itself; with --processes N the children are replaced
+    one at a time).
+    """
     setup_logging(log_level, log_format)
+    if reload:
+        _reload(reload_dirs or (os.getcwd(),), shutdown_timeout)
     import_path()
     try:
         # Imported first, also by a supervisor: a module that does not import stops the
         # command at once instead of crash-looping children.
+        setup = _worker_setup()
+        extra = list(setup.extra_actors()) if setup.extra_actors is not None else []
         selected = select_actors(
-            actors_in(modules), [q.strip() for q in queues.split(",")] if queues else None
+            [*actors_in(modules), *extra],
+            [q.strip() for q in queues.split(",")] if queues else None,
         )
+        if setup.before_start is not None:
+            setup.before_start()
         if processes > 1:
             _supervise(processes, shutdown_timeout, health_port, health_host, health_file)
         broker = Broker(broker_url, namespace=namespace)
@@ -192,13 +235,62 @@ def worker(
     health = _start_health(WorkerProbe(running, queue_names), health_port, health_host, health_file)
     notify_ready(running)
     try:
-        code = running.run()
+        # A child of a supervisor leaves SIGHUP to it: the supervisor replaces its children.
+        code = running.run(restart_on_sighup=READY_FD_ENV not in os.environ)
     finally:
         health.close()
     broker.close()
     if running.fatal_error:
         click.echo(f"Error: {running.fatal_error}", err=True)
+    if running.restart_requested and code == 0:
+        _restart()
     sys.exit(code)
+
+
+def _restart() -> NoReturn:
+    """Execute this very command line again (same pid), which imports the code anew."""
+    log.info("worker_restarted", argv=sys.orig_argv)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, sys.orig_argv)  # noqa: S606  # our own command line, again
+
+
+# Options of the watching parent of --reload, not passed on to the worker it runs.
+_RELOAD_OPTIONS = ("reload", "reload_dirs")
+
+
+def _reload(directories: Sequence[str], shutdown_timeout: float) -> NoReturn:
+    """Run this command without --reload in a child, again after each change of a Python
+    file under `directories`; the child gets SIGINT and drains first. Exits on SIGTERM or
+    SIGINT, after the child."""
+    try:
+        import watchfiles
+    except ImportError as exc:
+        raise _WorkerConfigurationError(
+            "--reload needs watchfiles: pip install 'leveret[reload]'"
+        ) from exc
+    context = click.get_current_context()
+    broker_url = context.params.get("broker_url")
+    if broker_url is not None:
+        os.environ[config.BROKER_URL_ENV] = broker_url  # not on a command line ps shows
+    child_command = _worker_setup().child_command or worker_command
+    command = child_command(_command_line(context, skip=_RELOAD_OPTIONS))
+    if command[-2:] == ["--processes", "1"] and context.params["processes"] != 1:
+        command = command[:-2]  # the child supervises --processes N itself
+    log.info("worker_reloading", directories=list(directories), command=command)
+
+    def on_change(changes: set[tuple[Any, str]]) -> None:
+        log.info("worker_code_changed", files=sorted({path for _change, path in changes})[:10])
+
+    watchfiles.run_process(
+        *directories,
+        target=shlex.join(command),
+        target_type="command",
+        callback=on_change,
+        watch_filter=watchfiles.PythonFilter(),
+        sigint_timeout=int(shutdown_timeout) + 10,
+    )
+    sys.exit(0)
 
 
 def _start_health(probe: Probe, port: int | None, host: str, path: str | None) -> HealthReporters:
@@ -216,6 +308,26 @@ _SUPERVISOR_OPTIONS = ("processes", "health_port", "health_host", "health_file",
 _HEALTH_ENV = ("LEVERET_HEALTH_PORT", "LEVERET_HEALTH_HOST", HEALTH_FILE_ENV)
 
 
+def _command_line(context: click.Context, *, skip: Sequence[str]) -> list[str]:
+    """This command's arguments and options as given, without those named in `skip` (and
+    without the broker URL, which children read from the environment)."""
+    args: list[str] = []
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if value is None or param.name in skip or param.name == "broker_url":
+            continue
+        if isinstance(param, click.Argument):
+            args.extend(value)
+        elif isinstance(param, click.Option) and param.multiple:
+            for item in value:
+                args.extend([param.opts[0], str(item)])
+        elif isinstance(param, click.Option) and param.is_flag:
+            args.extend([param.opts[0]] if value else [])
+        else:
+            args.extend([param.opts[0], str(value)])
+    return args
+
+
 def _supervise(
     processes: int,
     shutdown_timeout: float,
@@ -230,21 +342,11 @@ def _supervise(
     healthy while every child is.
     """
     context = click.get_current_context()
-    args: list[str] = []
     env = {key: value for key, value in os.environ.items() if key not in _HEALTH_ENV}
     broker_url = context.params.get("broker_url")
     if broker_url is not None:
         env[config.BROKER_URL_ENV] = broker_url  # not on the command line, where ps shows it
-    for param in context.command.params:
-        value = context.params.get(param.name or "")
-        if value is None or param.name in _SUPERVISOR_OPTIONS:
-            continue
-        if isinstance(param, click.Argument):
-            args.extend(value)
-        elif isinstance(param, click.Option) and param.is_flag:
-            args.extend([param.opts[0]] if value else [])
-        else:
-            args.extend([param.opts[0], str(value)])
+    args = _command_line(context, skip=_SUPERVISOR_OPTIONS)
     wants_health = health_port is not None or health_file is not None
     directory = tempfile.mkdtemp(prefix="leveret-health-") if wants_health else None
     child_command = _worker_setup().child_command or worker_command

@@ -9,6 +9,7 @@ from django.apps import AppConfig
 from leveret.services.logs import get_logger
 
 if TYPE_CHECKING:
+    from leveret.actors.dispatch import Dispatcher
     from leveret.django.publishing import TransactionalDispatcher
     from leveret.services.broker import Broker
 
@@ -16,10 +17,14 @@ log = get_logger("leveret.django")
 
 
 class LeveretConfig(AppConfig):
-    """Configures the process's broker from ``settings.LEVERET`` when Django is ready.
+    """Makes publishing follow Django's transactions and ``settings.LEVERET``.
 
-    `publish` and `Actor.send` then follow Django's transactions (see
-    `leveret.django.publishing`). Settings errors are reported by the system checks.
+    When Django is ready: `publish` and `Actor.send` go through a `TransactionalDispatcher`
+    whose broker is built from the settings at first use (see `leveret.django.project`);
+    any broker configured later (a test's `memory_broker`, the worker's own) follows the
+    transactions too; ``migrate`` declares the actors' topology; Leveret's warnings reach
+    standard error if the project's logging has no handler for them. Settings errors are
+    reported by the system checks.
     """
 
     name = "leveret.django"
@@ -29,53 +34,56 @@ class LeveretConfig(AppConfig):
 
     def ready(self) -> None:
         from leveret.django import checks  # noqa: F401  # registers the system checks
+        from leveret.django.receivers import connect
         from leveret.django.settings import load
+        from leveret.services.logs import add_fallback_handler
 
+        add_fallback_handler()
+        connect(self)
         if load().problems:
             log.warning("leveret_not_configured", hint="run manage.py check for the reasons")
             return
         install()
 
 
-def install(*, url: str | None = None, namespace: str | None = None) -> TransactionalDispatcher:
-    """Build the broker from ``settings.LEVERET`` and configure it, transaction-aware.
+def install() -> TransactionalDispatcher:
+    """Configure the project's transaction-aware dispatcher as the process's broker.
 
-    Args:
-        url: Instead of the settings' URL (tests).
-        namespace: Instead of the settings' namespace (tests).
+    Every `Broker` configured from now on (``configure(broker)``) is wrapped the same way.
 
     Returns:
         The `TransactionalDispatcher` now configured.
     """
     from leveret.actors import dispatch
     from leveret.django.publishing import TransactionalDispatcher
-    from leveret.django.settings import load
 
-    found = load()
-    dispatcher = TransactionalDispatcher(
-        build_broker(url=url, namespace=namespace), outbox=found.outbox, using=found.database
-    )
+    dispatch.adapt_with(follow_transactions)
+    dispatcher = TransactionalDispatcher()
     dispatch.configure(dispatcher)
     return dispatcher
 
 
+def follow_transactions(dispatcher: Dispatcher) -> Dispatcher:
+    """A `Broker` wrapped in a `TransactionalDispatcher`; anything else as it is."""
+    from leveret.django.memory import attach
+    from leveret.django.publishing import TransactionalDispatcher
+    from leveret.services.broker import Broker
+    from leveret.services.testing import MemoryBroker
+
+    if isinstance(dispatcher, MemoryBroker):
+        attach(dispatcher)
+    if isinstance(dispatcher, Broker):
+        return TransactionalDispatcher(dispatcher)
+    return dispatcher
+
+
 def build_broker(*, url: str | None = None, namespace: str | None = None) -> Broker:
-    """A `Broker` as ``settings.LEVERET`` says (URL, namespace, confirm timeout).
+    """A new `Broker` as ``settings.LEVERET`` says (URL in force, namespace, confirm timeout).
 
     Args:
-        url: Instead of the settings' URL (tests).
-        namespace: Instead of the settings' namespace (tests).
+        url: Instead of the settings' URL.
+        namespace: Instead of the settings' namespace.
     """
-    from leveret.django.settings import load
-    from leveret.services import config
-    from leveret.services.broker import Broker
-    from leveret.services.transport import RabbitOptions
+    from leveret.django.project import new_broker
 
-    found = load()
-    url = url or found.broker_url
-    options = (
-        RabbitOptions(confirm_timeout_s=found.confirm_timeout_s)
-        if config.scheme(url) != "memory"
-        else None
-    )
-    return Broker(url, namespace=namespace or found.namespace, options=options)
+    return new_broker(url=url, namespace=namespace)

@@ -1,13 +1,36 @@
-"""System checks: a wrong ``LEVERET`` setting is reported at start-up, not at first publish."""
+"""System checks: what would lose messages is reported by ``manage.py check`` (and by
+``runserver`` and ``migrate``), not found in production.
+
+Errors (the settings are wrong): ``leveret.E001`` a ``LEVERET`` value, ``leveret.E002`` an
+actor module that does not import, ``leveret.E003`` an unknown database alias.
+
+Warnings (the settings work, and lose messages):
+
+- ``leveret.W001``: no ``LEVERET`` setting at all: the project publishes to the default
+  broker (localhost) in namespace ``leveret``, which is rarely what was meant;
+- ``leveret.W002``: a module the project imports defines actors but is not in
+  ``LEVERET["ACTORS"]``: no ``leveret_worker`` consumes their queues, which fill up;
+- ``leveret.W003``: handlers of the project's actors without a time limit, and
+  ``leveret.W004`` handlers whose limit is not below the broker's consumer timeout
+  (``CONSUMER_TIMEOUT_S``): one warning each, naming every such handler.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections import defaultdict
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
+from leveret.actors.actor import Actor
+from leveret.actors.registry import imported_actors
 from leveret.django.settings import load
+from leveret.schemas.errors import LeveretError
+from leveret.services.redaction import redact
+from leveret.services.runtime.timelimits import handlers_over_limits
+
+_SETTINGS_HINT = "See docs/django.md, section Settings."
 
 
 @register("leveret")
@@ -22,8 +45,7 @@ def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage
 
     found = load()
     errors: list[CheckMessage] = [
-        Error(problem, hint="See docs/django.md, section Settings.", id="leveret.E001")
-        for problem in found.problems
+        Error(problem, hint=_SETTINGS_HINT, id="leveret.E001") for problem in found.problems
     ]
     for module in found.actors:
         try:
@@ -43,3 +65,75 @@ def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage
             )
         )
     return errors
+
+
+@register("leveret")
+def check_message_traps(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage]:
+    """Warn about settings that work and lose messages (see the module's list).
+
+    Returns:
+        ``leveret.W001`` … ``leveret.W004`` warnings.
+    """
+    from leveret.django.project import project_actors
+
+    found = load()
+    warnings: list[CheckMessage] = []
+    if not found.configured:
+        warnings.append(
+            Warning(
+                f"settings.LEVERET is not set: the project publishes to "
+                f"{redact(found.broker_url)} in namespace {found.namespace!r}",
+                hint='Set LEVERET = {"BROKER_URL": ..., "NAMESPACE": ..., "ACTORS": [...]}.',
+                id="leveret.W001",
+            )
+        )
+    try:
+        actors = project_actors()
+    except LeveretError:
+        return warnings  # E002 says why
+    warnings.extend(_actors_outside_settings(actors))
+    missing, too_long = handlers_over_limits(actors, consumer_timeout_s=found.consumer_timeout_s)
+    if missing:
+        warnings.append(
+            Warning(
+                f"{len(missing)} handler(s) have no time limit: {', '.join(missing)}. One "
+                "that runs past the broker's consumer timeout makes RabbitMQ close the "
+                "worker's channel and deliver everything in flight again.",
+                hint="Set time_limit_s on the actor, or @handler(time_limit_s=...), below "
+                f"LEVERET['CONSUMER_TIMEOUT_S'] ({found.consumer_timeout_s:g} s).",
+                id="leveret.W003",
+            )
+        )
+    if too_long:
+        warnings.append(
+            Warning(
+                f"{len(too_long)} handler(s) have a time limit not below the broker's "
+                f"consumer timeout ({found.consumer_timeout_s:g} s): {', '.join(too_long)}. "
+                "RabbitMQ gives up on the delivery before the limit interrupts the handler.",
+                hint="Lower time_limit_s, or raise consumer_timeout on the broker and "
+                "LEVERET['CONSUMER_TIMEOUT_S'] with it.",
+                id="leveret.W004",
+            )
+        )
+    return warnings
+
+
+def _actors_outside_settings(project: list[type[Actor]]) -> list[CheckMessage]:
+    """W002: modules imported so far that define actors the worker would not run."""
+    stray: dict[str, list[type[Actor]]] = defaultdict(list)
+    for actor in imported_actors():
+        module = actor.__module__
+        if actor not in project and not module.startswith("leveret."):
+            stray[module].append(actor)
+    return [
+        Warning(
+            f"module {module!r} defines actor(s) "
+            f"{', '.join(f'{a.__qualname__} (queue {a.queue!r})' for a in actors)} but is "
+            "not in LEVERET['ACTORS']: leveret_worker never consumes these queues, and "
+            "every message sent to them waits there",
+            hint=f"Add {module!r} to LEVERET['ACTORS'].",
+            obj=module,
+            id="leveret.W002",
+        )
+        for module, actors in sorted(stray.items())
+    ]

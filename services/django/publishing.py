@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import connections, transaction
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
 from leveret.actors.handling import current_correlation_id
 from leveret.django import outbox as outbox_table
+from leveret.django.project import project_broker
+from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
 from leveret.schemas.message import Message
-from leveret.services.broker import Broker, Prepared
+from leveret.services.broker import Broker, Prepared, check_timeout
 from leveret.services.logs import get_logger
 
 log = get_logger("leveret.django")
@@ -34,20 +36,43 @@ class TransactionalDispatcher:
     """A `Broker` wrapper whose publish and send follow Django's transactions.
 
     Args:
-        broker: The broker that publishes.
-        outbox: Use the outbox inside transactions unless a call says otherwise.
-        using: The database alias whose transactions it follows (default ``"default"``).
+        broker: The broker that publishes; the project's broker (`project_broker`, built
+            from the settings in force) if None.
+        outbox: Use the outbox inside transactions unless a call says otherwise; the
+            ``OUTBOX`` setting if None.
+        using: The database alias whose transactions it follows; the ``DATABASE`` setting
+            if None.
     """
 
     def __init__(
-        self, broker: Broker, *, outbox: bool = False, using: str = DEFAULT_DB_ALIAS
+        self,
+        broker: Broker | None = None,
+        *,
+        outbox: bool | None = None,
+        using: str | None = None,
     ) -> None:
-        self.broker = broker
-        self.outbox = outbox
-        self.using = using
+        self._broker = broker
+        self._outbox = outbox
+        self._using = using
+
+    @property
+    def broker(self) -> Broker:
+        """The broker that publishes."""
+        return self._broker if self._broker is not None else project_broker()
+
+    @property
+    def outbox(self) -> bool:
+        """Whether publishing inside a transaction writes to the outbox by default."""
+        return self._outbox if self._outbox is not None else load().outbox
+
+    @property
+    def using(self) -> str:
+        """The database alias whose transactions publishing follows."""
+        return self._using if self._using is not None else load().database
 
     def __repr__(self) -> str:
-        return f"<TransactionalDispatcher {self.broker!r} outbox={self.outbox} using={self.using}>"
+        broker = repr(self._broker) if self._broker is not None else "the project's broker"
+        return f"<TransactionalDispatcher {broker} outbox={self.outbox} using={self.using}>"
 
     def publish(
         self,
@@ -56,8 +81,10 @@ class TransactionalDispatcher:
         delay: dispatch.Delay = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
         using: str | None = None,
         outbox: bool | None = None,
+        fail_fast: bool | None = None,
     ) -> str:
         """Publish by topic, after commit or through the outbox inside a transaction.
 
@@ -66,17 +93,25 @@ class TransactionalDispatcher:
             delay: As for `Broker.publish` (counted from this call).
             eta: As for `Broker.publish`.
             correlation_id: Carried on from the message that caused this one.
+            timeout: Seconds to wait for the broker (its confirm, and with `fail_fast` its
+                connection), instead of ``CONFIRM_TIMEOUT_S``.
             using: The database alias to follow instead of the dispatcher's.
             outbox: True: write to the outbox (also outside a transaction); False: never;
                 None: as configured.
+            fail_fast: Inside a transaction (without the outbox), make sure now that the
+                broker can take the message, and raise `BrokerUnavailable` here if not;
+                None: the ``FAIL_FAST`` setting.
 
         Returns:
             The message id (fixed now, also when the message goes out later).
 
         Raises:
             PublishError: Outside a transaction, the broker did not confirm.
+            BrokerUnavailable: With `fail_fast`, the broker cannot take messages now.
         """
-        return self._dispatch(None, message, delay, eta, correlation_id, using, outbox)
+        return self._dispatch(
+            None, message, delay, eta, correlation_id, timeout, using, outbox, fail_fast
+        )
 
     def send(
         self,
@@ -86,16 +121,21 @@ class TransactionalDispatcher:
         delay: dispatch.Delay = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
+        timeout: float | None = None,
         using: str | None = None,
         outbox: bool | None = None,
+        fail_fast: bool | None = None,
     ) -> str:
         """Deliver to one actor's queue; like `publish` as to transactions.
 
         Raises:
             NotHandled: The actor has no handler for the message's type.
             PublishError: Outside a transaction, not confirmed or no such queue.
+            BrokerUnavailable: With `fail_fast`, the broker cannot take messages now.
         """
-        return self._dispatch(actor, message, delay, eta, correlation_id, using, outbox)
+        return self._dispatch(
+            actor, message, delay, eta, correlation_id, timeout, using, outbox, fail_fast
+        )
 
     def _dispatch(
         self,
@@ -104,35 +144,43 @@ class TransactionalDispatcher:
         delay: dispatch.Delay,
         eta: datetime | None,
         correlation_id: str | None,
+        timeout: float | None,
         using: str | None,
         outbox: bool | None,
+        fail_fast: bool | None,
     ) -> str:
+        check_timeout(timeout)
         alias = using or self.using
         in_transaction = connections[alias].in_atomic_block
         use_outbox = outbox if outbox is not None else (self.outbox and in_transaction)
+        broker = self.broker
         if not use_outbox and not in_transaction:
             if actor is None:
-                return self.broker.publish(
-                    message, delay=delay, eta=eta, correlation_id=correlation_id
+                return broker.publish(
+                    message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
                 )
-            return self.broker.send(
-                actor, message, delay=delay, eta=eta, correlation_id=correlation_id
+            return broker.send(
+                actor, message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
             )
-        item = self.broker.prepare(
+        item = broker.prepare(
             message, actor=actor, delay=delay, eta=eta, correlation_id=correlation_id
         )
         if use_outbox:
             outbox_table.store(item, using=alias)
-        else:
-            # One callback per message: a savepoint rolled back drops exactly its own.
-            transaction.on_commit(lambda: self._after_commit(actor, item), using=alias)
+            return item.envelope.message_id
+        if fail_fast if fail_fast is not None else load().fail_fast:
+            broker.check_available(timeout)
+        # One callback per message: a savepoint rolled back drops exactly its own.
+        transaction.on_commit(lambda: self._after_commit(broker, actor, item, timeout), using=alias)
         return item.envelope.message_id
 
-    def _after_commit(self, actor: ActorRef | None, item: Prepared) -> None:
+    def _after_commit(
+        self, broker: Broker, actor: ActorRef | None, item: Prepared, timeout: float | None
+    ) -> None:
         try:
             if actor is not None:
-                self.broker.declare_on_first_use(actor)
-            self.broker.publish_prepared([item])
+                broker.declare_on_first_use(actor)
+            broker.publish_prepared([item], timeout=timeout)
         except LeveretError as exc:
             # The transaction has committed: raising would not undo it, and would stop the
             # other on-commit callbacks. Say loudly what was lost; the outbox prevents this.
@@ -142,7 +190,8 @@ class TransactionalDispatcher:
                 topic=item.envelope.topic,
                 queue=item.route.queue,
                 error=str(exc),
-                hint="the broker failed at commit time; use the outbox to never lose one",
+                hint="the broker failed at commit time; use the outbox (or FAIL_FAST to "
+                "learn before the commit) to never lose one",
             )
 
 
@@ -156,7 +205,13 @@ def _dispatcher() -> TransactionalDispatcher:
     raise LeveretError(f"the configured broker {current!r} is not a Leveret Broker")
 
 
-def _broker() -> Broker:
+def current_broker() -> Broker:
+    """The broker publishing goes through in this process (the project's, or the one a
+    test or the worker configured).
+
+    Raises:
+        ConfigurationError: No broker is configured.
+    """
     return _dispatcher().broker
 
 
@@ -165,22 +220,28 @@ def publish(
     *,
     delay: dispatch.Delay = None,
     eta: datetime | None = None,
+    timeout: float | None = None,
     using: str | None = None,
     outbox: bool | None = None,
+    fail_fast: bool | None = None,
 ) -> str:
     """Publish by topic, following the transaction of `using` (see `TransactionalDispatcher`).
 
     Raises:
         ConfigurationError: No broker is configured (the app is not in INSTALLED_APPS).
         PublishError: Outside a transaction, the broker did not confirm.
+        BrokerUnavailable: With `fail_fast` (or ``FAIL_FAST``) inside a transaction, the
+            broker cannot take messages now; nothing will be sent.
     """
     return _dispatcher().publish(
         message,
         delay=delay,
         eta=eta,
         correlation_id=current_correlation_id(),
+        timeout=timeout,
         using=using,
         outbox=outbox,
+        fail_fast=fail_fast,
     )
 
 
@@ -190,8 +251,10 @@ def send(
     *,
     delay: dispatch.Delay = None,
     eta: datetime | None = None,
+    timeout: float | None = None,
     using: str | None = None,
     outbox: bool | None = None,
+    fail_fast: bool | None = None,
 ) -> str:
     """Deliver to one actor's queue, following the transaction of `using`.
 
@@ -199,6 +262,8 @@ def send(
         NotHandled: The actor has no handler for the message's type.
         ConfigurationError: No broker is configured.
         PublishError: Outside a transaction, not confirmed or no such queue.
+        BrokerUnavailable: With `fail_fast` (or ``FAIL_FAST``) inside a transaction, the
+            broker cannot take messages now; nothing will be sent.
     """
     return _dispatcher().send(
         actor,
@@ -206,31 +271,49 @@ def send(
         delay=delay,
         eta=eta,
         correlation_id=current_correlation_id(),
+        timeout=timeout,
         using=using,
         outbox=outbox,
+        fail_fast=fail_fast,
     )
 
 
 def publish_now(
-    message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    message: Message,
+    *,
+    delay: dispatch.Delay = None,
+    eta: datetime | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Publish at once and wait for the confirm, even inside a transaction.
 
     Raises:
-        PublishError: The broker did not confirm.
+        PublishError: The broker did not confirm (within `timeout`, if given).
     """
-    return _broker().publish(message, delay=delay, eta=eta, correlation_id=current_correlation_id())
+    return current_broker().publish(
+        message, delay=delay, eta=eta, correlation_id=current_correlation_id(), timeout=timeout
+    )
 
 
 def send_now(
-    actor: ActorRef, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    actor: ActorRef,
+    message: Message,
+    *,
+    delay: dispatch.Delay = None,
+    eta: datetime | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Deliver to one actor's queue at once, even inside a transaction.
 
     Raises:
         NotHandled: The actor has no handler for the message's type.
-        PublishError: Not confirmed, or no such queue.
+        PublishError: Not confirmed (within `timeout`, if given), or no such queue.
     """
-    return _broker().send(
-        actor, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
+    return current_broker().send(
+        actor,
+        message,
+        delay=delay,
+        eta=eta,
+        correlation_id=current_correlation_id(),
+        timeout=timeout,
     )

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.db import close_old_connections, connections, transaction
-from django.db.models import Min
+from django.db.models import Min, QuerySet
 
 from leveret.actors.actor import ActorRef
 from leveret.schemas.errors import ConfigurationError, LeveretError, PublishError, PublishTimeout
@@ -88,7 +89,7 @@ class Relay:
         broker: Broker,
         *,
         using: str = "default",
-        actors: tuple[ActorRef, ...] | list[ActorRef] = (),
+        actors: Sequence[ActorRef] = (),
         batch_size: int = 100,
         poll_interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -131,42 +132,73 @@ class Relay:
             PublishTimeout: No row was confirmed in time (the broker is unreachable): the
                 rows stay pending, their next attempt pushed back, their attempts unused.
         """
+        with transaction.atomic(using=self.using):
+            sent, timeout = self._publish(self._lock_batch())
+        if timeout is not None:
+            raise timeout  # after the commit, which keeps the rows' new backoff
+        return sent
+
+    def send_now(self, ids: Sequence[int]) -> int:
+        """Publish these rows now, whatever their backoff, failed ones too; how many went.
+
+        Rows already sent, or held by a relay at this moment, are left alone; the others go
+        in ``id`` order and meet the same fate as in `run_once` (a confirmed row is marked
+        sent, a refused one records its error).
+
+        Raises:
+            PublishTimeout: No row was confirmed in time (the broker is unreachable).
+        """
         from leveret.django.models import OutboxMessage
 
         with transaction.atomic(using=self.using):
-            rows = self._lock_batch()
-            if not rows:
-                return 0
-            self._declare_actors()
-            now = datetime.now(UTC)
-            errors = self.broker.publish_prepared_each([row.prepared(now) for row in rows])
-            sent = [row.id for row, error in zip(rows, errors, strict=True) if error is None]
-            timed_out = [
-                row.id
-                for row, error in zip(rows, errors, strict=True)
-                if isinstance(error, PublishTimeout)
-            ]
-            first_timeout = next((e for e in errors if isinstance(e, PublishTimeout)), None)
-            if sent:
-                OutboxMessage.objects.using(self.using).filter(id__in=sent).update(
-                    sent_at=datetime.now(UTC), last_error=""
-                )
-            if timed_out and first_timeout is not None:
-                # The broker is unreachable or blocks publishing: not the rows' fault.
-                self._failures += 0 if sent else 1
-                OutboxMessage.objects.using(self.using).filter(id__in=timed_out).update(
-                    next_attempt_at=now + timedelta(seconds=self.backoff_s(self._failures)),
-                    last_error=str(first_timeout)[:2000],
-                )
-            for row, error in zip(rows, errors, strict=True):
-                if error is not None and not isinstance(error, PublishTimeout):
-                    self._refused(row, error, now)
+            chosen = (
+                OutboxMessage.objects.using(self.using)
+                .filter(id__in=list(ids), sent_at__isnull=True)
+                .order_by("id")
+            )
+            sent, timeout = self._publish(self._locked(chosen))
+        if timeout is not None:
+            raise timeout
+        return sent
+
+    def _publish(self, rows: list[OutboxMessageType]) -> tuple[int, PublishTimeout | None]:
+        """Publish locked `rows` and record each one's fate (inside the caller's atomic).
+
+        Returns:
+            How many were sent, and the timeout to raise once committed when none was.
+        """
+        from leveret.django.models import OutboxMessage
+
+        if not rows:
+            return 0, None
+        self._declare_actors()
+        now = datetime.now(UTC)
+        errors = self.broker.publish_prepared_each([row.prepared(now) for row in rows])
+        sent = [row.id for row, error in zip(rows, errors, strict=True) if error is None]
+        timed_out = [
+            row.id
+            for row, error in zip(rows, errors, strict=True)
+            if isinstance(error, PublishTimeout)
+        ]
+        first_timeout = next((e for e in errors if isinstance(e, PublishTimeout)), None)
+        if sent:
+            OutboxMessage.objects.using(self.using).filter(id__in=sent).update(
+                sent_at=datetime.now(UTC), last_error="", failed_at=None
+            )
+        if timed_out and first_timeout is not None:
+            # The broker is unreachable or blocks publishing: not the rows' fault.
+            self._failures += 0 if sent else 1
+            OutboxMessage.objects.using(self.using).filter(id__in=timed_out).update(
+                next_attempt_at=now + timedelta(seconds=self.backoff_s(self._failures)),
+                last_error=str(first_timeout)[:2000],
+            )
+        for row, error in zip(rows, errors, strict=True):
+            if error is not None and not isinstance(error, PublishTimeout):
+                self._refused(row, error, now)
         if sent:
             self._failures = 0
         self.sent += len(sent)
-        if not sent and first_timeout is not None:
-            raise first_timeout
-        return len(sent)
+        return len(sent), first_timeout if not sent else None
 
     def _refused(self, row: OutboxMessageType, error: PublishError, now: datetime) -> None:
         """Record a refusal of `row`: its own backoff, or failed once attempts run out."""
@@ -218,7 +250,6 @@ class Relay:
     def _lock_batch(self) -> list[OutboxMessageType]:
         from leveret.django.models import OutboxMessage
 
-        connection = connections[self.using]
         pending = (
             OutboxMessage.objects.using(self.using)
             .filter(
@@ -228,15 +259,7 @@ class Relay:
             )
             .order_by("id")
         )
-        if connection.features.has_select_for_update_skip_locked:
-            rows = list(pending.select_for_update(skip_locked=True)[: self.batch_size])
-        else:
-            # SQLite: a write first takes the database's write lock for this transaction,
-            # so no other relay reads the same pending rows until this one commits.
-            with connection.cursor() as cursor:
-                table = connection.ops.quote_name(OutboxMessage._meta.db_table)
-                cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 1 = 0")  # noqa: S608
-            rows = list(pending[: self.batch_size])
+        rows = self._locked(pending[: self.batch_size])
         if not rows:
             return rows
         first: dict[str, int] = {}
@@ -257,6 +280,20 @@ class Relay:
             if row_id < first[group]
         }
         return [row for row in rows if row.group not in blocked]
+
+    def _locked(self, rows: QuerySet[OutboxMessageType]) -> list[OutboxMessageType]:
+        """`rows`, locked for this transaction; rows another relay holds are skipped."""
+        from leveret.django.models import OutboxMessage
+
+        connection = connections[self.using]
+        if connection.features.has_select_for_update_skip_locked:
+            return list(rows.select_for_update(skip_locked=True))
+        # SQLite: a write first takes the database's write lock for this transaction, so
+        # no other relay reads the same pending rows until this one commits.
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 1 = 0")  # noqa: S608
+        return list(rows)
 
     def prune(self) -> int:
         """Delete sent rows older than `prune_after_s`; return how many."""

@@ -11,18 +11,30 @@ LEVERET = {
     "RELAY_IN_WORKER": False,       # leveret_worker also runs the outbox relay
     "DATABASE": "default",          # the alias whose transactions publishing follows
     "CONFIRM_TIMEOUT_S": 30.0,      # how long a publish waits for the broker's confirm
+    "FAIL_FAST": False,             # in a transaction, raise at once if the broker is down
+    "TEST_BROKER_URL": "memory://", # the broker while tests run (None: BROKER_URL)
+    "DECLARE_ON_MIGRATE": True,     # `manage.py migrate` declares the actors' topology
+    "CONSUMER_TIMEOUT_S": 1800.0,   # the broker's consumer_timeout (checks, the worker)
 }
 ```
+
+`load()` reads the settings once and again after each change (``override_settings``,
+pytest-django's ``settings`` fixture).
 """
 
 from __future__ import annotations
 
+import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import config, naming
 from leveret.services.redaction import redact
+
+TASKS_BACKEND = "leveret.django.tasks.LeveretBackend"
+"""The ``BACKEND`` of ``settings.TASKS`` that runs Django tasks on Leveret."""
 
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,
@@ -34,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_IN_WORKER": False,
     "DATABASE": "default",
     "CONFIRM_TIMEOUT_S": 30.0,
+    "FAIL_FAST": False,
+    "TEST_BROKER_URL": "memory://",
+    "DECLARE_ON_MIGRATE": True,
+    "CONSUMER_TIMEOUT_S": 1800.0,
 }
 
 
@@ -51,6 +67,13 @@ class LeveretSettings:
         relay_in_worker: ``leveret_worker`` also runs the outbox relay.
         database: The database alias whose transactions publishing follows.
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        fail_fast: Inside a transaction, publishing first makes sure the broker is
+            reachable and raises `BrokerUnavailable` at the call if not.
+        test_broker_url: The broker URL while tests run (None: `broker_url`).
+        declare_on_migrate: ``manage.py migrate`` declares the actors' topology.
+        consumer_timeout_s: The broker's ``consumer_timeout``: handlers need a time limit
+            below it (``check`` warns, the worker too).
+        configured: ``settings.LEVERET`` exists (False: every value is a default).
     """
 
     broker_url: str
@@ -62,6 +85,11 @@ class LeveretSettings:
     relay_in_worker: bool = False
     database: str = "default"
     confirm_timeout_s: float = 30.0
+    fail_fast: bool = False
+    test_broker_url: str | None = "memory://"
+    declare_on_migrate: bool = True
+    consumer_timeout_s: float = 1800.0
+    configured: bool = True
     problems: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -73,6 +101,7 @@ def read(raw: object) -> LeveretSettings:
     """
     problems: list[str] = []
     values = dict(DEFAULTS)
+    configured = raw is not None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -105,11 +134,21 @@ def read(raw: object) -> LeveretSettings:
     elif not all(isinstance(name, str) and name for name in actors):
         problems.append("LEVERET['ACTORS'] must hold module names (non-empty strings)")
         actors = []
-    for key in ("OUTBOX", "RELAY_IN_WORKER"):
+    test_url = values["TEST_BROKER_URL"]
+    if test_url is not None:
+        try:
+            config.scheme(str(test_url))
+        except ConfigurationError:
+            problems.append(
+                "LEVERET['TEST_BROKER_URL'] must be an amqp://, amqps:// or memory:// URL "
+                f"(or None for BROKER_URL), not {redact(str(test_url))!r}"
+            )
+            test_url = DEFAULTS["TEST_BROKER_URL"]
+    for key in ("OUTBOX", "RELAY_IN_WORKER", "FAIL_FAST", "DECLARE_ON_MIGRATE"):
         if not isinstance(values[key], bool):
             problems.append(f"LEVERET[{key!r}] must be True or False, not {values[key]!r}")
             values[key] = False
-    for key in ("OUTBOX_PRUNE_AFTER_S", "CONFIRM_TIMEOUT_S"):
+    for key in ("OUTBOX_PRUNE_AFTER_S", "CONFIRM_TIMEOUT_S", "CONSUMER_TIMEOUT_S"):
         number = values[key]
         if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
             problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
@@ -131,12 +170,59 @@ def read(raw: object) -> LeveretSettings:
         relay_in_worker=values["RELAY_IN_WORKER"],
         database=values["DATABASE"],
         confirm_timeout_s=float(values["CONFIRM_TIMEOUT_S"]),
+        fail_fast=values["FAIL_FAST"],
+        test_broker_url=None if test_url is None else str(test_url),
+        declare_on_migrate=values["DECLARE_ON_MIGRATE"],
+        consumer_timeout_s=float(values["CONSUMER_TIMEOUT_S"]),
+        configured=configured,
         problems=tuple(problems),
     )
 
 
+_read: tuple[Any, LeveretSettings] | None = None
+
+
 def load() -> LeveretSettings:
-    """The project's ``LEVERET`` settings (``django.conf.settings`` must be configured)."""
+    """The project's ``LEVERET`` settings (``django.conf.settings`` must be configured).
+
+    Read again whenever ``settings.LEVERET`` differs from the value read last (a test's
+    ``override_settings``, pytest-django's ``settings``, even a change made in place).
+    """
+    global _read
     from django.conf import settings
 
-    return read(getattr(settings, "LEVERET", None))
+    raw = getattr(settings, "LEVERET", None)
+    cached = _read
+    if cached is not None and type(cached[0]) is type(raw) and cached[0] == raw:
+        return cached[1]
+    found = read(raw)
+    try:
+        kept = copy.deepcopy(raw)
+    except Exception:  # noqa: BLE001  # something that cannot be copied: compare as it is
+        kept = raw
+    _read = (kept, found)
+    return found
+
+
+def forget() -> None:
+    """Read the settings again at the next `load`."""
+    global _read
+    _read = None
+
+
+def under_test() -> bool:
+    """Whether Django's test environment is set up (``manage.py test``, pytest-django).
+
+    Both call ``django.test.utils.setup_test_environment``, which keeps what it changed on
+    ``_TestState`` until ``teardown_test_environment``.
+    """
+    utils = sys.modules.get("django.test.utils")  # imported by whoever set it up
+    return utils is not None and hasattr(getattr(utils, "_TestState", None), "saved_data")
+
+
+def broker_url(found: LeveretSettings | None = None) -> str:
+    """The broker URL in force: ``TEST_BROKER_URL`` while tests run, else ``BROKER_URL``."""
+    found = found or load()
+    if found.test_broker_url is not None and under_test():
+        return found.test_broker_url
+    return found.broker_url

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from leveret.actors.actor import Actor
@@ -70,6 +70,8 @@ class MemoryTransport(Transport):
         self.unacked: dict[str, int] = {}
         self._delayed: list[_Delayed] = []
         self._sequence = itertools.count()
+        self.after_deliver: Callable[[], None] | None = None
+        """Called after each `deliver`, outside the lock (`MemoryBroker`'s eager mode)."""
 
     # Topology ---------------------------------------------------------------------------
 
@@ -96,7 +98,16 @@ class MemoryTransport(Transport):
 
     # Publishing -------------------------------------------------------------------------
 
-    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+    def unavailable_reason(self, timeout_s: float | None) -> str | None:
+        return None  # in this process: always there
+
+    def deliver(
+        self,
+        items: Sequence[Prepared],
+        *,
+        raise_errors: bool = True,
+        timeout_s: float | None = None,
+    ) -> Delivered:
         unroutable: list[int] = []
         errors: dict[int, PublishError] = {}
         with self.changed:
@@ -128,6 +139,8 @@ class MemoryTransport(Transport):
                 elif not self._route(queue, envelope.topic, delivery):
                     unroutable.append(index)
             self.changed.notify_all()
+        if self.after_deliver is not None:
+            self.after_deliver()
         return Delivered(unroutable, errors)
 
     def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:

@@ -87,6 +87,10 @@ class IOThread:
         self.crashed: BaseException | None = None
         """The exception that ended the I/O thread, if one did."""
         self.connected = threading.Event()
+        self.state_changed = threading.Condition()
+        """Notified when the connection opens, fails or closes (and by subclasses)."""
+        self.failed_attempts = 0
+        """Connections that failed to open or were lost: a waiter sees one more at once."""
         self._params = connection_parameters(url, role=role)
         self._backoff = ReconnectBackoff()
         self._ioloop: IOLoop | None = None
@@ -100,6 +104,7 @@ class IOThread:
     def start(self) -> None:
         """Start the I/O thread, which connects (and reconnects) on its own."""
         self._ioloop = IOLoop()
+        self.last_error = None  # of an earlier run (or of the parent, after a fork)
         self._stopping = False
         self._stopped.clear()
         self._thread = threading.Thread(
@@ -214,9 +219,12 @@ class IOThread:
         self.connected.set()
         log.info("broker_connected", role=self.role, url=self.safe_url)
         self.on_connected(connection)
+        self.notify_state()
 
     def _on_open_error(self, _connection: SelectConnection, error: BaseException) -> None:
         self.last_error = error
+        self.failed_attempts += 1
+        self.notify_state()
         self._schedule_reconnect(error)
 
     def _on_closed(self, _connection: SelectConnection, reason: BaseException) -> None:
@@ -228,7 +236,14 @@ class IOThread:
             self._ioloop.stop()
             return
         self.last_error = reason
+        self.failed_attempts += 1
+        self.notify_state()
         self._schedule_reconnect(reason)
+
+    def notify_state(self) -> None:
+        """Wake every thread waiting on `state_changed`."""
+        with self.state_changed:
+            self.state_changed.notify_all()
 
     def _schedule_reconnect(self, reason: BaseException) -> None:
         if self._stopping:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -148,7 +149,13 @@ class Publisher(IOThread):
 
     # Callers, any thread -----------------------------------------------------------------
 
-    def publish(self, items: Sequence[Outgoing], *, raise_errors: bool = True) -> Batch:
+    def publish(
+        self,
+        items: Sequence[Outgoing],
+        *,
+        raise_errors: bool = True,
+        timeout_s: float | None = None,
+    ) -> Batch:
         """Publish `items` and wait until the broker confirmed (or refused) every one.
 
         Args:
@@ -157,12 +164,13 @@ class Publisher(IOThread):
                 message's fate is in the returned batch instead (`Batch.errors`,
                 `Batch.timed_out`), so one refused message does not hide that the others
                 were stored.
+            timeout_s: How long to wait for the confirms; `confirm_timeout_s` if None.
 
         Returns:
             The settled batch; `Batch.unroutable` lists fan-out publishes no queue took.
 
         Raises:
-            PublishTimeout: No confirm within `confirm_timeout_s` (with `raise_errors`).
+            PublishTimeout: No confirm within the timeout (with `raise_errors`).
                 The publisher then drops the messages it has not sent yet (or must send
                 again after a lost connection): only the caller retries, so no copy turns up
                 later under another id.
@@ -191,11 +199,12 @@ class Publisher(IOThread):
             self._ensure_started()
             self._inbox.extend(sendable)
             self._wake()
-        if not batch.done.wait(self.confirm_timeout_s):
+        wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
+        if not batch.done.wait(wait_s):
             batch.abandoned = True
             if self.running:
                 self.call_soon(self._drop_abandoned)
-            reason = self._timeout_reason()
+            reason = f"no confirm within {wait_s}s: {self._waiting_reason()}"
             if raise_errors:
                 raise PublishTimeout(reason, message_id=items[0].properties.message_id)
             batch.timed_out = [index for index, done in enumerate(batch.settled) if not done]
@@ -221,7 +230,7 @@ class Publisher(IOThread):
             future.result(timeout_s)
         except TimeoutError as exc:
             raise TopologyError(
-                f"declaring topology did not finish within {timeout_s}s: {self._timeout_reason()}"
+                f"declaring topology did not finish within {timeout_s}s: {self._waiting_reason()}"
             ) from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -243,21 +252,45 @@ class Publisher(IOThread):
             self._wake_pending = True
             self.call_soon(self._flush)
 
-    def _timeout_reason(self) -> str:
+    def unavailable_reason(self, timeout_s: float) -> str | None:
+        """Why the broker cannot take a message now, or None when it can.
+
+        Connects first if need be, waiting at most `timeout_s` for the connection. While
+        the connection is lost (the last attempt failed, the next one waits for its
+        backoff) it answers at once, as it does when an attempt fails meanwhile.
+        """
+        self._ensure_started()
+        failed_before = self.failed_attempts
+        deadline = time.monotonic() + timeout_s
+        with self.state_changed:
+            while (
+                not self._ready
+                and self.failed_attempts == failed_before
+                and not (self.last_error is not None and not self.connected.is_set())
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._refused is not None:
+                    break
+                self.state_changed.wait(left)
+        if self._ready and self._blocked is None and self._refused is None:
+            return None
+        return self._waiting_reason()
+
+    def _waiting_reason(self) -> str:
+        """Why messages wait instead of being confirmed (for error messages)."""
         if not self.connected.is_set():
             cause = describe(self.last_error) if self.last_error else "still connecting"
-            return (
-                f"no confirm within {self.confirm_timeout_s}s: broker at {self.safe_url} "
-                f"unreachable ({cause})"
-            )
+            return f"broker at {self.safe_url} unreachable ({cause})"
         if self._blocked is not None:
             return (
-                f"no confirm within {self.confirm_timeout_s}s: the broker at {self.safe_url} "
-                f"blocks publishing ({self._blocked}; a memory or disk alarm)"
+                f"the broker at {self.safe_url} blocks publishing ({self._blocked}; a memory "
+                "or disk alarm)"
             )
         if self._refused is not None:
-            return f"no confirm within {self.confirm_timeout_s}s: {self._refused}"
-        return f"no confirm within {self.confirm_timeout_s}s from {self.safe_url}"
+            return self._refused
+        if not self._ready:
+            return f"the channel to {self.safe_url} is not open yet"
+        return f"the broker at {self.safe_url} did not answer"
 
     # I/O thread --------------------------------------------------------------------------
 
@@ -272,6 +305,7 @@ class Publisher(IOThread):
     ) -> None:
         self._blocked = str(frame.method.reason or "blocked")
         log.warning("publisher_blocked", reason=self._blocked, url=self.safe_url)
+        self.notify_state()
 
     def _on_unblocked(
         self, _connection: SelectConnection, _frame: pika.frame.Method[Connection.Unblocked]
@@ -295,6 +329,7 @@ class Publisher(IOThread):
             log.info("publisher_declarations_accepted", url=self.safe_url)
         self._refused = None
         self._channel_backoff.reset()
+        self.notify_state()
         self._flush()
         self._run_declares()
 
@@ -419,6 +454,7 @@ class Publisher(IOThread):
                     f"{describe(reason)}"
                 )
                 log.error("publisher_declarations_refused", error=describe(reason))
+                self.notify_state()
             for item in in_flight:
                 self._settle_closed(item, f"channel closed by broker: {describe(reason)}")
             if self._refused is not None:
@@ -555,6 +591,7 @@ def _reset_after_fork(publisher: Publisher) -> None:
     publisher._ioloop = None
     publisher._thread = None
     publisher.connected = threading.Event()
+    publisher.state_changed = threading.Condition()
     publisher._reset_state()
 
 

@@ -49,7 +49,19 @@ class RabbitTransport(Transport):
         )
         self._levels_declared = True
 
-    def deliver(self, items: Sequence[Prepared], *, raise_errors: bool = True) -> Delivered:
+    def unavailable_reason(self, timeout_s: float | None) -> str | None:
+        publisher = self.publisher
+        return publisher.unavailable_reason(
+            publisher.confirm_timeout_s if timeout_s is None else timeout_s
+        )
+
+    def deliver(
+        self,
+        items: Sequence[Prepared],
+        *,
+        raise_errors: bool = True,
+        timeout_s: float | None = None,
+    ) -> Delivered:
         events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
@@ -75,7 +87,7 @@ class RabbitTransport(Transport):
                     unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
-        batch = self.publisher.publish(outgoing, raise_errors=raise_errors)
+        batch = self.publisher.publish(outgoing, raise_errors=raise_errors, timeout_s=timeout_s)
         errors: dict[int, PublishError] = {}
         for index, reason in batch.errors.items():
             kind = PublishTimeout if index in batch.timed_out else PublishError

@@ -200,41 +200,53 @@ LIMITS = TimeLimits()
 def warn_about_limits(
     actors: Iterable[type[Actor]], *, consumer_timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
 ) -> int:
-    """Log a warning for each handler without a time limit or with one too long for RabbitMQ.
+    """Log one warning for the handlers without a time limit, one for those whose limit is
+    too long for RabbitMQ (each naming every such handler).
 
-    ``time_limit_missing``: the handler may run forever, and past the broker's
+    ``time_limit_missing``: these handlers may run forever, and past the broker's
     ``consumer_timeout`` RabbitMQ closes the channel and redelivers everything in flight.
-    ``time_limit_too_long``: its limit is not below `consumer_timeout_s`, so the broker gives
-    up on the delivery before the limit interrupts the handler.
+    ``time_limit_too_long``: their limit is not below `consumer_timeout_s`, so the broker
+    gives up on the delivery before the limit interrupts the handler.
 
     Args:
         actors: The actor classes a worker runs.
         consumer_timeout_s: The broker's ``consumer_timeout`` in seconds.
 
     Returns:
-        The number of warnings logged.
+        The number of handlers warned about.
     """
-    warned = 0
+    missing, too_long = handlers_over_limits(actors, consumer_timeout_s=consumer_timeout_s)
+    if missing:
+        log.warning(
+            "time_limit_missing",
+            handlers=missing,
+            consumer_timeout_s=consumer_timeout_s,
+            hint="set time_limit_s on the actor or @handler(time_limit_s=...) below the "
+            "broker's consumer_timeout",
+        )
+    if too_long:
+        log.warning(
+            "time_limit_too_long",
+            handlers=too_long,
+            consumer_timeout_s=consumer_timeout_s,
+            hint="RabbitMQ closes the channel and redelivers before the limit fires",
+        )
+    return len(missing) + len(too_long)
+
+
+def handlers_over_limits(
+    actors: Iterable[type[Actor]], *, consumer_timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
+) -> tuple[list[str], list[str]]:
+    """The handlers (``queue.handler``) without a time limit, and those whose limit is not
+    below `consumer_timeout_s`."""
+    missing: list[str] = []
+    too_long: list[str] = []
     for actor in actors:
         for spec in actor.handlers.values():
             limit = actor.time_limit_for(spec)
-            where = {"actor": actor.queue, "handler": spec.name, "topic": spec.topic}
+            name = f"{actor.queue}.{spec.name}"
             if limit is None:
-                log.warning(
-                    "time_limit_missing",
-                    **where,
-                    consumer_timeout_s=consumer_timeout_s,
-                    hint="set time_limit_s on the actor or @handler(time_limit_s=...) below "
-                    "the broker's consumer_timeout",
-                )
-                warned += 1
+                missing.append(name)
             elif limit >= consumer_timeout_s:
-                log.warning(
-                    "time_limit_too_long",
-                    **where,
-                    time_limit_s=limit,
-                    consumer_timeout_s=consumer_timeout_s,
-                    hint="RabbitMQ closes the channel and redelivers before the limit fires",
-                )
-                warned += 1
-    return warned
+                too_long.append(name)
+    return missing, too_long

@@ -103,6 +103,8 @@ class Worker:
         self._stopped = threading.Event()  # shutdown done
         self._pool: list[threading.Thread] = []
         self._stopper: threading.Thread | None = None
+        self.restart_requested = False
+        """A SIGHUP asked for a restart with new code (`run` with `restart_on_sighup`)."""
 
     # Any thread -------------------------------------------------------------------------
 
@@ -155,19 +157,27 @@ class Worker:
         self._stopped.wait(timeout_s if timeout_s is not None else self.shutdown_timeout_s + 10)
         return self.exit_code
 
-    def run(self) -> int:
+    def run(self, *, restart_on_sighup: bool = False) -> int:
         """Consume until SIGTERM or SIGINT, then shut down gracefully.
 
         Signal handlers are installed only on the main thread (and restored afterwards); a
-        second signal while shutting down exits at once (the broker redelivers what was in
-        flight).
+        second SIGTERM or SIGINT while shutting down exits at once (the broker redelivers
+        what was in flight).
+
+        Args:
+            restart_on_sighup: SIGHUP shuts down gracefully too and sets
+                `restart_requested`, for the caller to start again with new code (the
+                command line re-executes itself). Otherwise SIGHUP keeps its default.
 
         Returns:
             The exit code, as `shutdown`.
         """
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            if restart_on_sighup:
+                signals.append(signal.SIGHUP)
+            for signum in signals:
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self.start()
@@ -180,6 +190,16 @@ class Worker:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if not self._stop.is_set():
+                log.info("worker_restarting", signal=name, hint="new code after the drain")
+                self.restart_requested = True
+                self.request_shutdown()
+            return
+        if self._stop.is_set() and self.restart_requested:
+            log.info("worker_stopping", signal=name, hint="draining: no restart afterwards")
+            self.restart_requested = False
+            return
         if self._stop.is_set():
             log.warning("worker_killed", signal=name)
             raise SystemExit(EXIT_SHUTDOWN_TIMEOUT)

@@ -12,6 +12,7 @@ from leveret.actors import configure
 from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
 from leveret.django import TransactionalDispatcher
+from leveret.django.project import task_actors
 from leveret.services import RabbitBroker, naming
 from tests.support import take_all
 
@@ -26,8 +27,9 @@ def db_alias(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def shop_broker(rabbit_broker: RabbitBroker) -> RabbitBroker:
-    """The real RabbitMQ (fresh namespace) with the shop's actors declared; cleaned up."""
-    rabbit_broker.declare(send_confirmation, Stock)
+    """The real RabbitMQ (fresh namespace) with the shop's actors declared, and the task
+    queues of the settings' TASKS (a relay declares them too); cleaned up."""
+    rabbit_broker.declare(send_confirmation, Stock, *task_actors())
     return rabbit_broker
 
 

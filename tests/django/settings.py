@@ -4,6 +4,7 @@
 drops ``test_test``); ``sqlite`` is a SQLite file. The database-dependent tests run on both.
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -16,9 +17,42 @@ SECRET_KEY = "tests-only"
 USE_TZ = True
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
-ROOT_URLCONF = "shop_project.urls"
-INSTALLED_APPS = ["leveret.django", "shop"]
-MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "tests.django.urls"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_tasks",
+    "leveret.django",
+    "shop",
+]
+TASKS = {
+    "default": {
+        "BACKEND": "leveret.django.tasks.LeveretBackend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {"TIME_LIMIT_S": 60, "ATTEMPTS": 2},
+    }
+}
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
@@ -36,4 +70,26 @@ DATABASES = {
         "OPTIONS": {"timeout": 30},
     },
 }
-LEVERET = {"BROKER_URL": "memory://", "NAMESPACE": "leveret-django-tests", "ACTORS": []}
+# Commands run in a subprocess (`python -m django … --settings tests.django.settings`) take
+# their LEVERET from $LEVERET_TEST_SETTINGS (JSON); LEVERET_TEST_LOG_FILE adds a LOGGING
+# that writes every record to that file, as a project's own logging would.
+LEVERET = json.loads(
+    os.environ.get(
+        "LEVERET_TEST_SETTINGS",
+        '{"BROKER_URL": "memory://", "NAMESPACE": "leveret-django-tests", "ACTORS": []}',
+    )
+)
+if os.environ.get("LEVERET_TEST_LOG_FILE"):
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structured": {"()": "leveret.services.logs.StructuredFormatter"}},
+        "handlers": {
+            "project": {
+                "class": "logging.FileHandler",
+                "filename": os.environ["LEVERET_TEST_LOG_FILE"],
+                "formatter": "structured",
+            }
+        },
+        "root": {"handlers": ["project"], "level": "INFO"},
+    }

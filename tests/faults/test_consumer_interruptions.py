@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message
 from leveret.services import RabbitBroker, naming
 from leveret.services.operations.health import WorkerProbe
+from leveret.services.testing import captured_logs
 from tests.support import Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]
@@ -43,7 +43,7 @@ def test_a_deleted_queue_is_declared_again_and_consumed(rabbit_broker: RabbitBro
     Napper.runs = Recorder()
     queue = naming.queue_name(rabbit_broker.namespace, Napper.queue)
     with (
-        structlog.testing.capture_logs() as logs,
+        captured_logs() as logs,
         running(rabbit_broker, Napper, threads=2) as worker,
     ):
         probe = WorkerProbe(worker, [queue])
@@ -87,7 +87,7 @@ def test_consumer_timeout_closing_the_channel_loses_nothing(
     handled (those in flight at the close again: at-least-once)."""
     Napper.runs = Recorder()
     with (
-        structlog.testing.capture_logs() as logs,
+        captured_logs() as logs,
         running(rabbit_broker, Napper, threads=2, prefetch=4) as worker,
     ):
         Napper.send(Nap(n=1, first_run_s=4))

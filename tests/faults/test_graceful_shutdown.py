@@ -72,3 +72,30 @@ def test_sigterm_requeues_prefetched_messages_not_started(
     assert successor.wait(20) == 0, successor.log()
     done = [line[1] for line in events(record, "done")]
     assert sorted(done) == sent, f"each job done exactly once: {done}"
+
+
+def test_sighup_drains_one_process_then_runs_the_new_code_in_the_same_process(
+    rabbit_broker: RabbitBroker, spawn: Spawn, record: str
+) -> None:
+    """SIGHUP to a single-process worker: the handler in flight finishes and is acked once,
+    the prefetched message is given back, and the same pid comes back consuming."""
+    rabbit_broker.declare(Jobs)
+    queue = naming.queue_name(rabbit_broker.namespace, Jobs.queue)
+    worker = spawn(args=["--threads", "1", "--prefetch", "2"])
+    worker.wait_consuming()
+    rabbit_broker.send(Jobs, Job(n=1, sleep_s=2))
+    rabbit_broker.send(Jobs, Job(n=2))
+    wait_until(lambda: events(record, "start", 1), 15, "job 1 to start")
+
+    worker.signal(signal.SIGHUP)
+    wait_until(lambda: worker.log().count("worker_consuming") == 2, 30, "the restart")
+    assert worker.process.poll() is None, worker.log()
+    rabbit_broker.send(Jobs, Job(n=3))
+    wait_until(lambda: done_numbers(record) == {1, 2, 3}, 20, "every job to be done")
+
+    assert [line[1] for line in events(record, "start")] == [1, 2, 3], "none ran twice"
+    assert {line[2] for line in events(record, "done")} == {worker.pid}, "same process"
+    assert "worker_restarting" in worker.log()
+    assert rabbit_broker.message_count(queue) == 0
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.log()

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
-import structlog
 
 from leveret.actors import Actor, Context, RetryPolicy, fixed, handler
 from leveret.schemas import Message, wire
@@ -21,6 +20,7 @@ from leveret.services import RabbitBroker, naming
 from leveret.services.operations.health import HealthServer, WorkerProbe
 from leveret.services.rabbitmq._frames import UNDECODABLE_HEADERS
 from leveret.services.runtime.worker import Worker
+from leveret.services.testing import captured_logs
 from tests.raw_amqp import RawHeaders, client, far_timestamp, field, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 
@@ -194,7 +194,7 @@ def test_headers_pika_cannot_decode_do_not_break_the_connection(
 ) -> None:
     """A timestamp header past the year 9999 and tables nested 3,000 deep: the message is
     handled (its headers set aside) and the worker's connection is never dropped."""
-    with structlog.testing.capture_logs() as logs, client(rabbit_url) as foreign:
+    with captured_logs() as logs, client(rabbit_url) as foreign:
         for n, table in ((1, far_timestamp()), (2, nested_tables(3000))):
             foreign.publish(_queue(rabbit_broker), _body(n), RawHeaders(table, **vars(_props())))
         foreign.publish(

@@ -11,13 +11,13 @@ from typing import Any
 
 import pika
 import pytest
-import structlog
 
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
 from leveret.schemas.errors import DefinitionError, PublishError, PublishTimeout
 from leveret.services import RabbitBroker, naming
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.testing import captured_logs
 from tests.proxy import TcpProxy
 from tests.support import Recorder, running, wait_until
 
@@ -62,7 +62,7 @@ def test_sixteen_threads_timing_out_while_the_broker_is_away(
                 except PublishError as exc:
                     errors.append(exc)
 
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             threads = [threading.Thread(target=hammer) for _ in range(16)]
             for thread in threads:
                 thread.start()
@@ -144,7 +144,7 @@ def test_a_refused_declaration_fails_callers_with_the_brokers_reason(
 ) -> None:
     """The broker refuses the namespace's exchange: publish fails with its reason, not a
     timeout, and the channel is reopened with backoff, not in a tight loop."""
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         with pytest.raises(PublishError, match="inequivalent arg 'type'") as raised:
             rabbit_broker.publish(Ping(n=1))
         assert not isinstance(raised.value, PublishTimeout)

@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
-import structlog
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message
 from leveret.services.logs import RedactSecrets
 from leveret.services.redaction import redact
-from leveret.services.testing import memory_broker
+from leveret.services.testing import captured_logs, memory_broker
 from tests.support import RABBIT_URL, ROOT
 
 
@@ -24,16 +23,11 @@ class Note(Message, topic="tests.logs.note"):
 class Notes(Actor, queue="notes"):
     @handler
     def on(self, msg: Note, ctx: Context) -> None:
-        structlog.get_logger("user.code").info("noting", text=msg.text)
+        ctx.log.info("noting", text=msg.text)
 
 
 def test_one_line_per_handled_message_and_handler_logs_carry_the_context() -> None:
-    with (
-        memory_broker(Notes) as broker,
-        structlog.testing.capture_logs(
-            processors=[structlog.contextvars.merge_contextvars]
-        ) as logs,
-    ):
+    with memory_broker(Notes) as broker, captured_logs() as logs:
         message_id = Notes.send(Note(text="hi"))
         broker.join()
     noting = next(e for e in logs if e["event"] == "noting")

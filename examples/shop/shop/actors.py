@@ -8,7 +8,7 @@ from shop.messages import OrderPlaced
 from shop.models import Confirmation, Order, Product, StockMovement
 
 
-@actor(queue="shop.confirmations")
+@actor(queue="shop.confirmations", time_limit_s=30)
 def send_confirmation(msg: OrderPlaced) -> None:
     """'Send' the confirmation mail: recorded once, so a redelivery sends nothing twice."""
     order = Order.objects.select_related("product").get(id=msg.order_id)
@@ -20,6 +20,8 @@ def send_confirmation(msg: OrderPlaced) -> None:
 
 class Stock(Actor, queue="shop.stock"):
     """Takes the ordered units from the product's stock, once per order."""
+
+    time_limit_s = 30  # well below RabbitMQ's consumer timeout (30 min by default)
 
     @handler
     def take(self, msg: OrderPlaced) -> None:

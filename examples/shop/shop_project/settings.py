@@ -14,7 +14,7 @@ DEBUG = True
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "shop_project.urls"
-INSTALLED_APPS = ["leveret.django", "shop"]
+INSTALLED_APPS = ["django_tasks", "leveret.django", "shop"]
 MIDDLEWARE: list[str] = []
 
 if os.environ.get("SHOP_DATABASE") == "postgres":
@@ -39,4 +39,13 @@ LEVERET = {
     "NAMESPACE": os.environ.get("LEVERET_NAMESPACE", "shop"),
     "ACTORS": ["shop.actors"],
     "OUTBOX": os.environ.get("SHOP_OUTBOX") == "1",
+}
+
+# Django's Tasks API (shop/tasks.py) on Leveret's workers: pip install 'leveret[tasks]'.
+TASKS = {
+    "default": {
+        "BACKEND": "leveret.django.tasks.LeveretBackend",
+        "QUEUES": ["default"],
+        "OPTIONS": {"TIME_LIMIT_S": 60, "ATTEMPTS": 3},
+    }
 }

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from leveret.actors import actors_in
-from leveret.django.apps import build_broker
+from leveret.django.project import command_broker
 from leveret.django.relay import Relay, outbox_status, retry_failed
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             return
         fmt = options["log_format"]
         configure_logging(options["log_level"], json=None if fmt == "auto" else fmt == "json")
-        broker = build_broker()
+        broker = command_broker()
         relay = Relay(
             broker,
             using=found.database,

@@ -1,11 +1,12 @@
 """``manage.py leveret_worker [MODULE…] [OPTIONS]``: `leveret worker` with Django set up.
 
 Takes every option of ``leveret worker`` (``--threads``, ``--processes``, ``--queues``,
-``--health-port``…; see ``manage.py leveret_worker --help``). The modules of
-``LEVERET["ACTORS"]`` are run, plus any named on the command line. The broker URL and the
-namespace come from ``settings.LEVERET`` unless given as options. Database connections are
-closed around each message when stale, as Django does around requests. With
-``LEVERET["RELAY_IN_WORKER"]`` the outbox relay runs in this process too.
+``--reload``, ``--health-port``…; see ``manage.py leveret_worker --help``, which shows the
+values in force). The modules of ``LEVERET["ACTORS"]`` are run, plus any named on the
+command line. The broker URL and the namespace come from ``settings.LEVERET`` unless given
+as options. Database connections are closed around each message when stale, as Django
+does around requests. With ``LEVERET["RELAY_IN_WORKER"]`` the outbox relay runs in this
+process too, started once the command line is parsed.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from leveret.django.commandline import django_options, run_click
 from leveret.django.hooks import CloseOldConnections
+from leveret.django.project import task_actors
 from leveret.django.settings import load
-from leveret.services import config
-
-_DJANGO_OPTIONS = ("--settings", "--pythonpath")
+from leveret.services.operations.supervisor import READY_FD_ENV
 
 
 class Command(BaseCommand):
@@ -31,8 +32,10 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand the command line to ``leveret worker`` as it is (minus Django's options)."""
-        manage_py = os.path.abspath(argv[0]) if argv and argv[0].endswith(".py") else None
-        run_worker(strip_django_options(argv[2:]), manage_py=manage_py)
+        script = argv[0] if argv else ""
+        # `python -m django` runs django/__main__.py: children run `-m django` too.
+        by_path = script.endswith(".py") and os.path.basename(script) != "__main__.py"
+        run_worker(argv[2:], manage_py=os.path.abspath(script) if by_path else None)
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("worker_args", nargs="*", help="Arguments of leveret worker.")
@@ -41,57 +44,49 @@ class Command(BaseCommand):
         run_worker([*args, *options.get("worker_args", [])])
 
 
-def strip_django_options(args: list[str]) -> list[str]:
-    """`args` without ``--settings``/``--pythonpath`` (Django's own, handled already)."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg in _DJANGO_OPTIONS:
-            skip = True
-            continue
-        if arg.startswith(tuple(f"{option}=" for option in _DJANGO_OPTIONS)):
-            continue
-        kept.append(arg)
-    return kept
-
-
 def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
     """Run ``leveret worker`` with the project's settings; exits the process when done."""
     from leveret.services.cli.worker import WorkerSetup, worker
 
     found = load()
-    # Settings win over the environment here, as they do for publishing; the options
-    # still win over both. Children of --processes N inherit them through the environment.
-    os.environ[config.BROKER_URL_ENV] = found.broker_url
-    os.environ[config.NAMESPACE_ENV] = found.namespace
-    if found.relay_in_worker and os.environ.get("LEVERET_RELAY_CHILD") != "1":
-        _start_relay()
-        os.environ["LEVERET_RELAY_CHILD"] = "1"  # children of a supervisor don't start one
+    inherited = django_options(args)  # --settings/--pythonpath: the children's too
 
     def child_command(child_args: list[str]) -> list[str]:
         prefix = [manage_py] if manage_py else ["-m", "django"]
-        return [sys.executable, *prefix, "leveret_worker", *child_args, "--processes", "1"]
+        return [
+            *(sys.executable, *prefix, "leveret_worker", *child_args),
+            *inherited,
+            *("--processes", "1"),
+        ]
 
-    worker.main(
+    def before_start() -> None:
+        # One relay per worker: in the supervisor of --processes N, not in its children.
+        if found.relay_in_worker and READY_FD_ENV not in os.environ:
+            _start_relay()
+
+    run_click(
+        worker,
         [*found.actors, *args],
         prog_name="manage.py leveret_worker",
-        obj=WorkerSetup(hooks=[CloseOldConnections()], child_command=child_command),
+        obj=WorkerSetup(
+            hooks=[CloseOldConnections()],
+            child_command=child_command,
+            before_start=before_start,
+            extra_actors=task_actors,
+        ),
     )
 
 
 def _start_relay() -> None:
-    from leveret.actors import actors_in
-    from leveret.django.apps import build_broker
+    from leveret.django.project import new_broker, project_actors
     from leveret.django.relay import Relay
 
     found = load()
     relay = Relay(
-        build_broker(),
+        new_broker(found),
         using=found.database,
-        actors=list(actors_in(found.actors)),
+        actors=project_actors(),
         prune_after_s=found.outbox_prune_after_s,
+        max_attempts=found.outbox_max_attempts,
     )
     relay.start(threading.Event())

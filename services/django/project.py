@@ -1,0 +1,119 @@
+"""The project's broker: built from ``settings.LEVERET`` at first use, again when they change.
+
+One `Broker` per process serves every publish of the project (views, commands, handlers).
+It is built when first needed, not when Django starts, and from the settings in force
+then: ``TEST_BROKER_URL`` while tests run (``memory://`` unless set), ``BROKER_URL``
+otherwise. When a test changes ``LEVERET`` (``override_settings``, pytest-django's
+``settings``), the next publish uses a broker built from the new values.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from leveret.actors.actor import Actor
+from leveret.actors.registry import actors_in, unique_queues
+from leveret.django.settings import TASKS_BACKEND, LeveretSettings, broker_url, load
+from leveret.services import config
+from leveret.services.broker import Broker
+from leveret.services.transport import RabbitOptions
+
+_lock = threading.Lock()
+_built: tuple[tuple[str, str, float], Broker] | None = None
+
+
+def project_broker() -> Broker:
+    """The process's broker for the settings in force (built now if they changed)."""
+    global _built
+    found = load()
+    url = broker_url(found)
+    key = (url, found.namespace, found.confirm_timeout_s)
+    built = _built
+    if built is not None and built[0] == key:
+        return built[1]
+    with _lock:
+        built = _built
+        if built is not None and built[0] == key:
+            return built[1]
+        broker = new_broker(found, url=url)
+        _built = (key, broker)
+    if built is not None:
+        built[1].close()
+    return broker
+
+
+def forget_project_broker(*, memory_only: bool = False) -> None:
+    """Close the process's broker; the next publish builds a new one (fresh queues on
+    ``memory://``: each test starts empty).
+
+    Args:
+        memory_only: Only an in-memory broker (keep a RabbitMQ connection).
+    """
+    global _built
+    with _lock:
+        built = _built
+        if built is None or (memory_only and config.scheme(built[0][0]) != "memory"):
+            return
+        _built = None
+    built[1].close()
+
+
+def new_broker(
+    found: LeveretSettings | None = None,
+    *,
+    url: str | None = None,
+    namespace: str | None = None,
+) -> Broker:
+    """A new `Broker` as the settings say (URL in force, namespace, confirm timeout).
+
+    Args:
+        found: The settings (read now if None).
+        url: Instead of the URL in force.
+        namespace: Instead of the settings' namespace.
+    """
+    found = found or load()
+    url = url or broker_url(found)
+    namespace = namespace or found.namespace
+    if config.scheme(url) == "memory":
+        # A MemoryBroker, so that a test can `join` the project's broker; it relays the
+        # outbox like the relay would.
+        from leveret.django.memory import attach
+        from leveret.services.testing import MemoryBroker
+
+        return attach(MemoryBroker(url, namespace=namespace))
+    options = RabbitOptions(confirm_timeout_s=found.confirm_timeout_s)
+    return Broker(url, namespace=namespace, options=options)
+
+
+def command_broker() -> Broker:
+    """The broker an operator command uses: a new connection of its own, or, on
+    ``memory://`` (whose queues live in this process), the project's broker itself."""
+    found = load()
+    if config.scheme(broker_url(found)) == "memory":
+        return project_broker()
+    return new_broker(found)
+
+
+def project_actors() -> list[type[Actor]]:
+    """The actors of the project: those defined in the modules of ``LEVERET["ACTORS"]``,
+    and the task queues of a `leveret.django.tasks.LeveretBackend` in ``settings.TASKS``.
+
+    Raises:
+        ConfigurationError: A module does not import, or two actors share a queue.
+    """
+    tasks = task_actors()
+    actors = actors_in(load().actors)
+    return unique_queues([*actors, *tasks]) if tasks else actors
+
+
+def task_actors() -> list[type[Actor]]:
+    """The actors running Django's tasks: the queues of each `LeveretBackend` configured in
+    ``settings.TASKS`` (none without one)."""
+    from django.conf import settings
+
+    backends = getattr(settings, "TASKS", None) or {}
+    if not any(params.get("BACKEND") == TASKS_BACKEND for params in backends.values()):
+        return []
+    from leveret.django.tasks import configured_task_actors
+
+    return configured_task_actors()

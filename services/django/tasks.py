@@ -1,0 +1,254 @@
+"""A backend for Django's Tasks API (``django.tasks`` in Django 6, the ``django-tasks``
+package on Django 5.2): ``@task`` and ``.enqueue()``, run by Leveret's workers.
+
+```python
+# settings.py  (pip install 'leveret[tasks]' on Django 5.2)
+TASKS = {
+    "default": {
+        "BACKEND": "leveret.django.tasks.LeveretBackend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {"TIME_LIMIT_S": 300, "ATTEMPTS": 5},
+    }
+}
+```
+
+Each task queue is a Leveret actor with queue ``tasks.<queue name>`` (``tasks.default``),
+declared by ``migrate`` and ``leveret_declare`` and run by ``manage.py leveret_worker``
+with the project's actors. ``task.enqueue(...)`` sends one message (its id is the
+result's id) through the project's broker, so it follows the transaction like any
+publish: inside ``transaction.atomic()`` it goes out at commit, and not at all after a
+rollback. ``run_after`` becomes a delay in RabbitMQ. A task that raises is retried with
+backoff (``ATTEMPTS`` in all, Leveret's default 5), then dead-lettered, where
+``manage.py leveret_dlq`` shows and replays it.
+
+Limits: results are not stored (``supports_get_result`` is False: ``get_result`` and
+``refresh`` raise, a return value is dropped), priorities are not supported, and the
+arguments must be JSON (as the Tasks API requires anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from leveret.actors.actor import Actor, handler
+from leveret.actors.context import Context
+from leveret.actors.control import Reject
+from leveret.actors.retry import RetryPolicy
+from leveret.schemas.errors import ConfigurationError
+from leveret.schemas.message import Message
+
+try:  # Django 6
+    from django.tasks import TaskContext, TaskResult, TaskResultStatus
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import Task, TaskError
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+    from django.tasks.utils import (
+        get_exception_traceback,
+        get_module_path,
+        normalize_json,
+    )
+except ImportError:  # Django 5.2 with the django-tasks package
+    from django_tasks import TaskContext, TaskResult, TaskResultStatus
+    from django_tasks.backends.base import BaseTaskBackend
+    from django_tasks.base import Task, TaskError
+    from django_tasks.signals import task_enqueued, task_finished, task_started
+    from django_tasks.utils import get_exception_traceback, get_module_path, normalize_json
+
+from leveret.django.settings import TASKS_BACKEND as BACKEND_PATH
+
+QUEUE_PREFIX = "tasks."
+DEFAULT_TIME_LIMIT_S = 600.0
+
+
+class TaskCall(Message, topic="leveret.tasks.call"):
+    """One enqueued task: which function, with what, for which backend and queue."""
+
+    task: str
+    positional: list[Any]
+    keywords: dict[str, Any]
+    backend: str
+    queue_name: str
+    takes_context: bool = False
+
+
+class LeveretBackend(BaseTaskBackend):
+    """Runs Django tasks on Leveret's workers; see the module for settings and limits."""
+
+    supports_defer = True
+    supports_async_task = True  # run in the worker's thread with async_to_sync
+    supports_get_result = False
+    supports_priority = False
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        for queue_name in self.queues:
+            task_actor(queue_name, self.options)  # a bad queue name fails here, not later
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        """Send the task to its queue's actor (at commit inside a transaction).
+
+        Raises:
+            InvalidTaskError: The task does not fit this backend (its queue, priority…).
+            PublishError: Outside a transaction, the broker did not confirm.
+        """
+        self.validate_task(task)
+        call = TaskCall(
+            task=task.module_path,
+            positional=normalize_json(list(args)),
+            keywords=normalize_json(dict(kwargs)),
+            backend=self.alias,
+            queue_name=task.queue_name,
+            takes_context=task.takes_context,
+        )
+        actor = task_actor(task.queue_name, self.options)
+        message_id = actor.send(call, eta=task.run_after)  # follows the transaction
+        result = _result(task, call, message_id, TaskResultStatus.READY)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+
+_actors: dict[str, type[Actor]] = {}
+_actors_lock = threading.Lock()
+
+
+def task_actor(queue_name: str, options: dict[str, Any] | None = None) -> type[Actor]:
+    """The actor that runs the tasks of `queue_name` (one per queue name in the process).
+
+    Raises:
+        ConfigurationError: A queue name Leveret cannot use, or bad ``OPTIONS``.
+    """
+    with _actors_lock:
+        actor = _actors.get(queue_name)
+        if actor is None:
+            actor = _actors[queue_name] = _new_task_actor(queue_name, options or {})
+        return actor
+
+
+def _new_task_actor(queue_name: str, options: dict[str, Any]) -> type[Actor]:
+    unknown = sorted(set(options) - {"TIME_LIMIT_S", "ATTEMPTS"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown OPTIONS {unknown} of {BACKEND_PATH}; known: ATTEMPTS, TIME_LIMIT_S"
+        )
+    try:
+        return type(
+            f"Tasks_{queue_name}",
+            (TaskRunner,),
+            {
+                "__module__": __name__,
+                "time_limit_s": float(options.get("TIME_LIMIT_S", DEFAULT_TIME_LIMIT_S)),
+                "retry": RetryPolicy(attempts=int(options.get("ATTEMPTS", 5))),
+            },
+            queue=f"{QUEUE_PREFIX}{queue_name}",
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"task queue {queue_name!r}: {exc}") from exc
+
+
+def configured_task_actors() -> list[type[Actor]]:
+    """The task actors of every `LeveretBackend` in ``settings.TASKS`` (for the worker,
+    ``migrate`` and ``leveret_declare``)."""
+    from django.conf import settings
+
+    found: list[type[Actor]] = []
+    for params in (getattr(settings, "TASKS", None) or {}).values():
+        if params.get("BACKEND") != BACKEND_PATH:
+            continue
+        options = params.get("OPTIONS", {})
+        for queue_name in params.get("QUEUES", ["default"]):
+            actor = task_actor(queue_name, options)
+            if actor not in found:
+                found.append(actor)
+    return found
+
+
+class TaskRunner(Actor, abstract=True):
+    """Runs one enqueued task: imports it, calls it, reports it with Django's signals."""
+
+    @handler
+    def run(self, call: TaskCall, ctx: Context) -> None:
+        """Call the task; an exception fails the message (retried, then dead-lettered).
+
+        The message comes from the wire: only a `Task` of the project's own code runs (a
+        module already imported, or one of an installed app), never any other callable.
+        """
+        task = _task_named(call.task)
+        result = _result(task, call, ctx.message_id, TaskResultStatus.RUNNING)
+        result.worker_ids.extend([_WORKER_ID] * ctx.attempt)  # TaskContext.attempt
+        task_started.send(LeveretBackend, task_result=result)
+        try:
+            if call.takes_context:
+                value = task.call(
+                    TaskContext(task_result=result), *call.positional, **call.keywords
+                )
+            else:
+                value = task.call(*call.positional, **call.keywords)
+        except Exception as exc:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            object.__setattr__(result, "finished_at", datetime.now(UTC))
+            result.errors.append(
+                TaskError(
+                    exception_class_path=get_module_path(type(exc)),
+                    traceback=get_exception_traceback(exc),
+                )
+            )
+            task_finished.send(LeveretBackend, task_result=result)
+            raise
+        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+        object.__setattr__(result, "finished_at", datetime.now(UTC))
+        object.__setattr__(result, "_return_value", normalize_json(value))
+        task_finished.send(LeveretBackend, task_result=result)
+        ctx.log.info("task_done", task=call.task)
+
+
+_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _task_named(path: str) -> Task:
+    """The task at `path` ("module.function"), if it is one of the project's.
+
+    Raises:
+        Reject: Not a project module, not importable, or not a task.
+    """
+    from django.apps import apps
+
+    module, _, _name = path.rpartition(".")
+    own = any(
+        module == config.name or module.startswith(f"{config.name}.")
+        for config in apps.get_app_configs()
+    )
+    if not module or not (module in sys.modules or own):
+        raise Reject(f"{path!r} is not in an installed app's module: not run")
+    try:
+        task = import_string(path)
+    except ImportError as exc:
+        raise Reject(f"task {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(task, Task):
+        raise Reject(f"{path!r} is not a task (decorate it with @task)")
+    return task
+
+
+def _result(task: Task, call: TaskCall, result_id: str, status: Any) -> TaskResult:
+    now = datetime.now(UTC)
+    running = status == TaskResultStatus.RUNNING
+    return TaskResult(
+        task=task,
+        id=result_id,
+        status=status,
+        enqueued_at=now if not running else None,
+        started_at=now if running else None,
+        finished_at=None,
+        last_attempted_at=now if running else None,
+        args=call.positional,
+        kwargs=call.keywords,
+        backend=call.backend,
+        errors=[],
+        worker_ids=[],
+    )

@@ -1,0 +1,54 @@
+"""Testing a Django project's actors as they run in production, on the in-memory broker.
+
+`project_memory_broker` is a `MemoryBroker` with the project's actors (``LEVERET["ACTORS"]``)
+declared in its namespace, configured as the process's broker for the block. Every way
+of publishing behaves as in production: `publish`, `Actor.send` and the
+`leveret.django` helpers send after commit (nothing after a rollback), and with the outbox
+(``OUTBOX`` or ``outbox=True``) they write rows, which `join` relays once committed.
+
+```python
+from django.test import TestCase
+from leveret.django.testing import project_memory_broker
+
+
+class OrderTests(TestCase):
+    def setUp(self):
+        self.broker = self.enterContext(project_memory_broker())
+
+    def test_order_is_charged(self):
+        with self.captureOnCommitCallbacks(execute=True):   # TestCase never commits
+            self.client.post("/orders/", {...})
+        self.broker.join()
+```
+
+With pytest, Leveret's plugin gives the same as the fixtures ``leveret_broker`` and
+``leveret_eager`` (`leveret.pytest_plugin`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from leveret.actors.actor import ActorRef
+from leveret.services.testing import MemoryBroker, memory_broker
+
+
+@contextlib.contextmanager
+def project_memory_broker(
+    *actors: ActorRef, eager: bool = False, namespace: str | None = None
+) -> Iterator[MemoryBroker]:
+    """A fresh `MemoryBroker` for the project, configured as the process's broker.
+
+    Args:
+        actors: The actors to declare; the project's (``LEVERET["ACTORS"]``) if none.
+        eager: Handle each message as soon as it is published (at commit inside a
+            transaction), raising a handler's exception there; see `MemoryBroker`.
+        namespace: The queues' namespace; the settings' ``NAMESPACE`` if None.
+    """
+    from leveret.django.project import project_actors
+    from leveret.django.settings import load
+
+    declared = actors or tuple(project_actors())
+    with memory_broker(*declared, namespace=namespace or load().namespace, eager=eager) as broker:
+        yield broker

@@ -1,0 +1,164 @@
+"""Leveret's events go where the project's logs go (Django's LOGGING, Sentry…), and a
+request can fail fast instead of stalling and losing its message at commit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import transaction
+from pytest_django.fixtures import Settings
+
+from leveret.django import TransactionalDispatcher
+from leveret.django import publish as django_publish
+from leveret.schemas.errors import BrokerUnavailable, PublishError
+from leveret.services import Broker, RabbitBroker
+from tests.django.plugin_actors import Note, Tally
+from tests.proxy import TcpProxy
+from tests.support import ROOT, LoggedProcess, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"
+
+
+class Collect(logging.Handler):
+    """A project's handler (as LOGGING would configure one), keeping the records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def project_handler() -> Iterator[Collect]:
+    handler = Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)
+
+
+@pytest.fixture
+def dead_broker() -> Iterator[Broker]:
+    broker = Broker(DEAD_BROKER, namespace="failfast")
+    yield broker
+    broker.close()
+
+
+def test_a_message_lost_at_commit_reaches_the_projects_log_handlers(
+    project_handler: Collect, dead_broker: Broker
+) -> None:
+    dispatcher = TransactionalDispatcher(dead_broker)
+    with transaction.atomic():
+        message_id = dispatcher.publish(Note(n=1), timeout=1)
+    (record,) = [r for r in project_handler.records if r.msg == "message_lost_after_commit"]
+    assert record.levelno == logging.ERROR
+    assert record.name == "leveret.django"
+    assert record.message_id == message_id  # type: ignore[attr-defined]
+    assert record.topic == "tests.plugin.note"  # type: ignore[attr-defined]
+    assert "unreachable" in record.error  # type: ignore[attr-defined]
+    assert record.funcName == "_after_commit"
+
+
+def test_fail_fast_raises_inside_the_transaction_so_it_can_roll_back(
+    dead_broker: Broker,
+) -> None:
+    dispatcher = TransactionalDispatcher(dead_broker)
+    with transaction.atomic():
+        with pytest.raises(BrokerUnavailable, match="unreachable"):
+            dispatcher.send(Tally, Note(n=1), fail_fast=True, timeout=2)
+        assert not transaction.get_connection().run_on_commit, "nothing left to send"
+
+
+def test_the_fail_fast_setting_applies_to_every_publish(
+    dead_broker: Broker, settings: Settings
+) -> None:
+    settings.LEVERET = {**settings.LEVERET, "FAIL_FAST": True}
+    dispatcher = TransactionalDispatcher(dead_broker)
+    with pytest.raises(BrokerUnavailable), transaction.atomic():
+        dispatcher.publish(Note(n=1), timeout=2)
+
+
+def test_fail_fast_on_a_lost_connection_answers_without_waiting_for_the_next_attempt(
+    rabbit_url: str, namespace: str
+) -> None:
+    """Connected, then cut: the next fail-fast publish raises at once with the reason; once
+    the connection is back it goes through again."""
+    with TcpProxy() as proxy:
+        broker = RabbitBroker(proxy.url(rabbit_url), namespace=namespace, confirm_timeout_s=5)
+        try:
+            broker.check_available()
+            proxy.cut()
+            wait_until(lambda: not broker.publisher.connected.is_set(), 15, "the cut")
+            with pytest.raises(BrokerUnavailable, match="unreachable"):
+                broker.check_available(timeout=30)
+            proxy.restore()
+            wait_until(_available(broker), 40, "the reconnection")
+        finally:
+            broker.close()
+            broker.delete_namespace_exchanges()
+
+
+def _available(broker: Broker) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            broker.check_available(timeout=1)
+        except BrokerUnavailable:
+            return False
+        return True
+
+    return check
+
+
+def test_outside_a_transaction_a_short_timeout_raises_publish_error(dead_broker: Broker) -> None:
+    with pytest.raises(PublishError, match=r"no confirm within 1\.0s"):
+        TransactionalDispatcher(dead_broker).publish(Note(n=1), timeout=1)
+
+
+@pytest.mark.usefixtures("leveret_broker")
+def test_an_invalid_timeout_fails_where_it_is_passed() -> None:
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        django_publish(Note(n=1), timeout=-1)
+
+
+def test_the_worker_keeps_the_projects_handlers(tmp_path: Path) -> None:
+    """`manage.py leveret_worker` with LOGGING: Leveret's events go to the project's
+    handler, none is removed, and nothing is written to standard error besides."""
+    log_file = tmp_path / "project.log"
+    process = LoggedProcess(
+        [
+            *(sys.executable, "-m", "django", "leveret_worker", "--threads", "1"),
+            *("--settings", "tests.django.settings"),
+        ],
+        tmp_path / "stderr.log",
+        env={
+            "LEVERET_TEST_SETTINGS": json.dumps(
+                {"BROKER_URL": "memory://", "ACTORS": ["tests.django.plugin_actors"]}
+            ),
+            "LEVERET_TEST_LOG_FILE": str(log_file),
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    try:
+        wait_until(
+            lambda: log_file.exists() and "worker_consuming" in log_file.read_text(),
+            30,
+            "the worker to log to the project's file",
+        )
+        process.signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.log()
+    finally:
+        process.stop()
+    events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert "worker_consuming" in events
+    assert "worker_stopped" in events or "worker_stopping" in events
+    assert "worker_consuming" not in (tmp_path / "stderr.log").read_text()
