@@ -34,17 +34,6 @@ from leveret.services.redaction import redact, redact_value
 ROOT_LOGGER = "leveret"
 """Every logger of Leveret is below this one."""
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "fatal": logging.CRITICAL,
-}
-
 # Attributes every LogRecord has: a field of the same name would make `logging` raise.
 RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _LOG_KWARGS = ("exc_info", "stack_info", "stacklevel")
@@ -74,47 +63,89 @@ _PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
 
 
-def to_record(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-) -> dict[str, Any]:
-    """Last processor: the keyword arguments of `logging.Logger.log` for the event.
+class LeveretLogger(structlog.BoundLoggerBase):
+    """structlog's bound-logger API (``info``, ``warning``…, ``bind``) over a standard
+    library logger: each event becomes one `logging.LogRecord` of that logger.
 
-    The event name is the message; the fields become the record's attributes. A field
-    named like an attribute every record has (``name``, ``module``, ``thread``…) is
-    renamed with a trailing underscore instead of making `logging` raise.
-    """
-    kwargs: dict[str, Any] = {"msg": event_dict.pop("event", "")}
-    for name in _LOG_KWARGS:
-        if name in event_dict:
-            kwargs[name] = event_dict.pop(name)
-    kwargs["extra"] = {
-        (f"{key}_" if key in RECORD_ATTRIBUTES else key): value for key, value in event_dict.items()
-    }
-    return kwargs
-
-
-class LeveretLogger(structlog.stdlib.BoundLogger):
-    """structlog's standard-library logger, asking the logger's level first.
-
-    An event below the level of its `logging.Logger` costs one level check: no event
-    dict is built, no processor runs. The record names the line that logged (its
-    ``pathname``, ``lineno``, ``funcName``), not structlog's.
+    Built for the hot path (one event per handled message): below the logger's level an
+    event costs one level check; above it, the record is made directly (no processor
+    chain, no frame walk), naming the line that logged (``pathname``, ``lineno``,
+    ``funcName``), with the context of `structlog.contextvars` and the bound values as
+    fields, every URL's password redacted.
     """
 
-    def _proxy_to_logger(
-        self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
-    ) -> Any:
-        level = _LEVELS.get(method_name)
-        if level is not None and not self._logger.isEnabledFor(level):
-            return None
-        # The frames between the caller and `logging`: structlog's info() (or error(),
-        # exception()…), this method and structlog's two proxies (tests/services/
-        # test_logging.py checks the line a record names).
-        event_kw.setdefault("stacklevel", 5)
-        return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
+    _logger: logging.Logger
+
+    def _emit(self, level: int, event: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        if args:  # structlog's stdlib loggers format "%s"-style positional arguments
+            event = event % args
+        exc_info = fields.pop("exc_info", None)
+        stack_info = bool(fields.pop("stack_info", False))
+        fields.pop("stacklevel", None)
+        merged = structlog.contextvars.get_contextvars()
+        merged.update(self._context)
+        merged.update(fields)
+        _REDACT(None, "", merged)
+        extra = {(f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in merged.items()}
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        elif not exc_info:
+            exc_info = None
+        caller = sys._getframe(2)  # the line that called info(), warning()…
+        code = caller.f_code
+        record = logger.makeRecord(
+            logger.name,
+            level,
+            code.co_filename,
+            caller.f_lineno,
+            event,
+            (),
+            exc_info,
+            code.co_name,
+            extra,
+            _stack(caller) if stack_info else None,
+        )
+        logger.handle(record)
+
+    def debug(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at debug level, with `fields`."""
+        self._emit(logging.DEBUG, event, args, fields)
+
+    def info(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at info level, with `fields`."""
+        self._emit(logging.INFO, event, args, fields)
+
+    def warning(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at warning level, with `fields`."""
+        self._emit(logging.WARNING, event, args, fields)
+
+    warn = warning
+
+    def error(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at error level, with `fields` (``exc_info=`` for a traceback)."""
+        self._emit(logging.ERROR, event, args, fields)
+
+    def critical(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at critical level, with `fields`."""
+        self._emit(logging.CRITICAL, event, args, fields)
+
+    fatal = critical
+
+    def exception(self, event: str, *args: Any, **fields: Any) -> None:
+        """Log `event` at error level with the exception being handled."""
+        fields.setdefault("exc_info", True)
+        self._emit(logging.ERROR, event, args, fields)
 
 
-_PROCESSORS: list[Any] = [structlog.contextvars.merge_contextvars, _REDACT, to_record]
+def _stack(frame: Any) -> str:
+    import traceback
+
+    return "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame)).rstrip()
 
 
 Logger: TypeAlias = FilteringBoundLogger
@@ -128,13 +159,7 @@ def get_logger(name: str) -> Logger:
     It does not depend on structlog's global configuration: Leveret's events take this
     one road whatever the project configured.
     """
-    logger: Logger = structlog.wrap_logger(
-        logging.getLogger(name),
-        processors=_PROCESSORS,
-        wrapper_class=LeveretLogger,
-        context_class=dict,
-        cache_logger_on_first_use=True,
-    )
+    logger: Logger = LeveretLogger(logging.getLogger(name), processors=(), context={})  # type: ignore[assignment]
     return logger
 
 
@@ -263,7 +288,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ours._leveret_level = numeric  # type: ignore[attr-defined]
     if not structlog.is_configured():
         structlog.configure(
-            processors=_PROCESSORS,
+            processors=[],  # LeveretLogger makes the record itself
             wrapper_class=LeveretLogger,
             logger_factory=structlog.stdlib.LoggerFactory(),
             context_class=dict,
