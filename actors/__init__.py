@@ -12,23 +12,45 @@ from leveret.actors.dispatch import configure, publish
 from leveret.actors.function import FunctionActor, actor
 from leveret.actors.registry import actors_in
 from leveret.actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
+from leveret.actors.schedules import (
+    CatchUp,
+    Cron,
+    Every,
+    Schedule,
+    Tick,
+    cron,
+    every,
+    periodic,
+    schedule,
+    schedules_in,
+)
 
 __all__ = [
     "NO_RETRY",
     "Actor",
     "ActorRef",
     "Backoff",
+    "CatchUp",
     "Context",
+    "Cron",
+    "Every",
     "FunctionActor",
     "QueueType",
     "Reject",
     "Retry",
     "RetryPolicy",
+    "Schedule",
+    "Tick",
     "actor",
     "actors_in",
     "configure",
+    "cron",
+    "every",
     "exponential",
     "fixed",
     "handler",
+    "periodic",
     "publish",
+    "schedule",
+    "schedules_in",
 ]

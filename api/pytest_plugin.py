@@ -73,7 +73,7 @@ def _leveret_fresh_project_broker() -> None:
 def leveret_actors() -> list[type[Actor]]:
     """The actors `leveret_broker` and `leveret_eager` declare; override to choose."""
     if _django_app_ready():
-        from leveret.django.project import project_actors
+        from leveret.django.registry import project_actors
 
         return project_actors()
     from leveret.actors.registry import imported_actors

@@ -23,6 +23,10 @@ FAILED_HOST = "x-leveret-failed-host"
 ORIGINAL_EXCHANGE = "x-leveret-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-leveret-original-routing-key"
 REPLAYED_AT = "x-leveret-replayed-at"
+SCHEDULE = "x-leveret-schedule"
+"""The schedule entry that sent the message (a tick)."""
+SCHEDULED_AT = "x-leveret-scheduled-at"
+"""When the tick was due (ISO 8601, UTC); the same for every copy of the tick."""
 
 # Headers RabbitMQ adds when it dead-letters (TTL expiry in the delay levels, delivery
 # limits) or counts deliveries (quorum queues; `x-acquired-count` since RabbitMQ 4.3); they

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.function import as_actor_class
 from leveret.actors.registry import unique_queues
+from leveret.actors.schedules import Schedule
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import (
@@ -43,6 +44,7 @@ from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.redaction import redact
 from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Delivery, MessageHooks
 from leveret.services.runtime.worker import Worker
+from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.transport import (
     Delivered,
     MemoryOptions,
@@ -504,6 +506,40 @@ class Broker:
             hooks=hooks,
             max_body_bytes=max_body_bytes_or_default(max_body_bytes),
         )
+
+    def scheduler(
+        self,
+        schedules: Sequence[Schedule] | Callable[[], Sequence[Schedule]],
+        *,
+        grace_s: float = DEFAULT_GRACE_S,
+        poll_s: float = DEFAULT_POLL_S,
+        reload_s: float = 5.0,
+    ) -> Scheduler:
+        """A scheduler for these entries (not started: `Scheduler.run` in a thread).
+
+        Any number may run in a namespace; one leads at a time (see
+        `leveret.services.scheduling`). On RabbitMQ each has a connection of its own.
+
+        Args:
+            schedules: The entries, or a callable returning them (asked again every
+                `reload_s` while leading).
+            grace_s: Ticks this late are still sent by a new leader; older ones follow
+                each entry's catch-up policy.
+            poll_s: How often a follower tries to take the lead.
+            reload_s: How often a leader asks a callable `schedules` again.
+        """
+        return Scheduler(
+            schedules,
+            self.transport.scheduler_backend(),
+            namespace=self.namespace,
+            grace_s=grace_s,
+            poll_s=poll_s,
+            reload_s=reload_s,
+        )
+
+    def schedule_state(self) -> dict[str, datetime]:
+        """The last tick sent of each schedule entry, as stored in the broker (read only)."""
+        return self.transport.stored_schedule_state()
 
     def close(self) -> None:
         """Close connections. Publishing afterwards reconnects."""

@@ -58,3 +58,14 @@ def delay_queue(namespace: str, level: int) -> str:
 def delay_deliver_exchange(namespace: str) -> str:
     """Where delayed messages leave the delay levels for actor queues."""
     return f"{namespace}.delay.deliver"
+
+
+def scheduler_lock(namespace: str) -> str:
+    """The exclusive queue whose declaring connection is the scheduler leader (no actor
+    queue can be named so: theirs never start with an underscore)."""
+    return f"{namespace}._scheduler.lock"
+
+
+def scheduler_state(namespace: str) -> str:
+    """The stream holding the last tick sent of each schedule entry."""
+    return f"{namespace}._scheduler.state"

@@ -28,11 +28,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
+from leveret.actors.schedules import Schedule
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import naming
 from leveret.services.broker import Broker
@@ -42,7 +44,10 @@ from leveret.services.memory.clock import VirtualClock
 from leveret.services.memory.transport import MemoryTransport
 from leveret.services.runtime.execution import Delivery, Stats
 from leveret.services.runtime.worker import Worker
+from leveret.services.scheduling import DEFAULT_GRACE_S, Scheduler, SentTick
 from leveret.services.transport import MemoryOptions
+
+__all__ = ["MemoryBroker", "VirtualClock", "captured_logs", "memory_broker"]
 
 
 class MemoryBroker(Broker):
@@ -81,6 +86,9 @@ class MemoryBroker(Broker):
         )
         self.eager = eager
         self.feeders: list[Callable[[], int]] = []
+        self.sent_ticks: list[SentTick] = []
+        """Every tick the schedules of `add_schedules` sent, in order."""
+        self._schedulers: list[Scheduler] = []
         self._joining = threading.local()
         if eager:
             self.transport.after_deliver = self.join_eagerly
@@ -111,9 +119,48 @@ class MemoryBroker(Broker):
         """Every queue by full name (actor queues and `.dlq`s)."""
         return self.transport.queues
 
+    def add_schedules(self, *schedules: Schedule, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """Run these schedule entries on the virtual clock: `advance_clock` sends every tick
+        that falls due, at its time, as a leading scheduler would (`sent_ticks` lists them).
+
+        ```python
+        broker.add_schedules(nightly_report)
+        broker.advance_clock(7 * 24 * 3600)   # a week: seven nightly reports sent
+        broker.join()
+        ```
+
+        Raises:
+            ConfigurationError: A scheduler of this broker leads already.
+        """
+        scheduler = Scheduler(
+            schedules,
+            self.transport.scheduler_backend(),
+            namespace=self.namespace,
+            grace_s=grace_s,
+            clock=self.now,
+            on_tick=self.sent_ticks.append,
+        )
+        if not scheduler.take_lead():
+            raise ConfigurationError("a scheduler of this broker leads already")
+        self._schedulers.append(scheduler)
+
+    def now(self) -> datetime:
+        """The virtual clock's time."""
+        return datetime.fromtimestamp(self.clock.now(), UTC)
+
     def advance_clock(self, seconds: float) -> None:
-        """Let `seconds` of virtual time pass: delayed messages due by then are delivered."""
-        self.transport.advance_clock(seconds)
+        """Let `seconds` of virtual time pass: delayed messages due by then are delivered,
+        and the ticks of `add_schedules` are sent at their times."""
+        target = self.clock.now() + max(0.0, seconds)
+        while self._schedulers:
+            due = [s.next_due() for s in self._schedulers]
+            soonest = min((tick for tick in due if tick is not None), default=None)
+            if soonest is None or soonest.timestamp() > target:
+                break
+            self.transport.advance_clock(soonest.timestamp() - self.clock.now())
+            for scheduler in self._schedulers:
+                scheduler.step()
+        self.transport.advance_clock(target - self.clock.now())
 
     def delayed(self) -> int:
         """Messages waiting for their delay (or retry backoff) to pass."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeAlias
 
 from leveret.schemas.envelope import Envelope
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from leveret.services.memory.clock import VirtualClock
     from leveret.services.runtime.consumer import Consumer
     from leveret.services.runtime.execution import Delivery
+    from leveret.services.scheduling import SchedulerBackend
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,14 @@ class Transport(ABC):
         """
 
     @abstractmethod
+    def scheduler_backend(self) -> SchedulerBackend:
+        """A new scheduler's lock, state and publishing (`leveret.services.scheduling`)."""
+
+    @abstractmethod
+    def stored_schedule_state(self) -> dict[str, datetime]:
+        """The last tick sent of each schedule entry, as stored (nothing is changed)."""
+
+    @abstractmethod
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         """Why the broker cannot take messages now, or None when it can.
 
@@ -143,7 +153,8 @@ class Transport(ABC):
 
     @abstractmethod
     def delete_namespace_exchanges(self) -> None:
-        """Delete the namespace's own exchanges and delay levels (tests, teardown)."""
+        """Delete the namespace's own exchanges, delay levels and scheduler state (tests,
+        teardown)."""
 
     @abstractmethod
     def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:

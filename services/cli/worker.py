@@ -7,6 +7,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from leveret.actors import Actor, actors_in, configure
+from leveret.actors.schedules import schedules_in
 from leveret.schemas.errors import LeveretError
 from leveret.services import config, naming
 from leveret.services.broker import Broker, select_actors
@@ -24,6 +26,7 @@ from leveret.services.cli._common import (
     url_option,
     with_log_options,
 )
+from leveret.services.cli.scheduler import run_in_thread
 from leveret.services.logs import get_logger
 from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from leveret.services.operations.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
@@ -37,6 +40,7 @@ from leveret.services.operations.supervisor import (
 from leveret.services.runtime.execution import MessageHooks
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
+from leveret.services.scheduling import ScheduleSource, combined
 
 log = get_logger("leveret.worker")
 
@@ -56,12 +60,14 @@ class WorkerSetup:
             option.
         extra_actors: Run besides those of the MODULES (the Django tasks' queues), found
             once the command line is parsed.
+        schedules: Entries besides those of the MODULES, for ``--scheduler``.
     """
 
     hooks: Sequence[MessageHooks] = ()
     child_command: Callable[[list[str]], list[str]] | None = None
     before_start: Callable[[], None] | None = None
     extra_actors: Callable[[], Sequence[type[Actor]]] | None = None
+    schedules: ScheduleSource | None = None
 
 
 _SIZE_UNITS = {
@@ -158,6 +164,14 @@ class _WorkerConfigurationError(click.ClickException):
     "are warned about at start. Env: LEVERET_CONSUMER_TIMEOUT.",
 )
 @click.option(
+    "--scheduler",
+    "with_scheduler",
+    is_flag=True,
+    default=False,
+    help="Also send the ticks of the schedules defined in MODULES (one leader among every "
+    "scheduler of the namespace, see leveret scheduler).",
+)
+@click.option(
     "--reload",
     is_flag=True,
     default=False,
@@ -187,6 +201,7 @@ def worker(
     health_file: str | None,
     max_body_size: int,
     consumer_timeout: float,
+    with_scheduler: bool,
     reload: bool,
     reload_dirs: tuple[str, ...],
     broker_url: str | None,
@@ -233,12 +248,20 @@ def worker(
     warn_about_limits(selected, consumer_timeout_s=consumer_timeout)
     queue_names = [naming.queue_name(broker.namespace, actor.queue) for actor in selected]
     health = _start_health(WorkerProbe(running, queue_names), health_port, health_host, health_file)
+    stop_scheduling = threading.Event()
+    scheduling = None
+    if with_scheduler:
+        entries = combined(schedules_in(modules), setup.schedules)
+        scheduling = run_in_thread(broker.scheduler(entries), stop_scheduling, running.fail)
     notify_ready(running)
     try:
         # A child of a supervisor leaves SIGHUP to it: the supervisor replaces its children.
         code = running.run(restart_on_sighup=READY_FD_ENV not in os.environ)
     finally:
         health.close()
+        stop_scheduling.set()
+        if scheduling is not None:
+            scheduling.join(10)
     broker.close()
     if running.fatal_error:
         click.echo(f"Error: {running.fatal_error}", err=True)

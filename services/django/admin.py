@@ -1,9 +1,11 @@
-"""The outbox in Django's admin: what waits, what failed and why, bodies readable, and a
-"send now" action (with ``django.contrib.admin`` installed)."""
+"""Leveret in Django's admin (with ``django.contrib.admin`` installed): the outbox (what
+waits, what failed and why, bodies readable, a "send now" action) and the schedule entries
+kept in the database."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -12,7 +14,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from leveret.django.models import OutboxMessage
+from leveret.django.models import OutboxMessage, ScheduledMessage
 from leveret.schemas.errors import LeveretError
 from leveret.services.deadletters import printable
 
@@ -109,8 +111,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     @admin.action(description="Send the selected messages now", permissions=["change"])
     def send_now(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         """Publish the selected rows not sent yet, failed ones too, whatever their backoff."""
-        from leveret.django.project import project_actors
         from leveret.django.publishing import current_broker
+        from leveret.django.registry import project_actors
         from leveret.django.relay import Relay
         from leveret.django.settings import load
 
@@ -139,3 +141,61 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             )
         else:
             self.message_user(request, f"{sent} message(s) sent.")
+
+
+@admin.register(ScheduledMessage)
+class ScheduledMessageAdmin(admin.ModelAdmin):
+    """Schedule entries kept in the database: the leading scheduler picks up a change
+    (added, disabled, another expression) within seconds, without a restart."""
+
+    list_display = (
+        "name",
+        "enabled",
+        "when",
+        "timezone",
+        "topic",
+        "actor",
+        "catch_up",
+        "next_run",
+        "updated_at",
+    )
+    list_editable = ("enabled",)
+    list_filter = ("enabled", "catch_up")
+    search_fields = ("name", "topic", "actor")
+    readonly_fields = ("updated_at", "next_runs")
+    actions = ["enable", "disable"]
+
+    @admin.display(description="when")
+    def when(self, row: ScheduledMessage) -> str:
+        """The cron expression or the interval."""
+        return row.cron or f"every {row.every_seconds} s"
+
+    @admin.display(description="next run")
+    def next_run(self, row: ScheduledMessage) -> str:
+        """The next tick (UTC), or why there is none."""
+        runs = self._runs(row, 1)
+        return runs[0] if runs else "-"
+
+    @admin.display(description="next runs")
+    def next_runs(self, row: ScheduledMessage) -> SafeString:
+        """The next five ticks, or what is wrong with the entry."""
+        return format_html("<pre>{}</pre>", "\n".join(self._runs(row, 5)) or "-")
+
+    def _runs(self, row: ScheduledMessage, count: int) -> list[str]:
+        if row.pk is None:
+            return []
+        try:
+            entry = row.to_schedule()
+        except (LeveretError, ValueError, TypeError) as exc:
+            return [f"invalid: {exc}"]
+        return [tick.isoformat() for tick in entry.next_runs(datetime.now(UTC), count)]
+
+    @admin.action(description="Enable the selected schedules", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet[ScheduledMessage]) -> None:
+        """Turn them on (the leader sends their ticks from the next one on)."""
+        self.message_user(request, f"{queryset.update(enabled=True)} schedule(s) enabled.")
+
+    @admin.action(description="Disable the selected schedules", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[ScheduledMessage]) -> None:
+        """Turn them off (their stored last tick is kept)."""
+        self.message_user(request, f"{queryset.update(enabled=False)} schedule(s) disabled.")

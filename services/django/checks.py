@@ -2,7 +2,7 @@
 ``runserver`` and ``migrate``), not found in production.
 
 Errors (the settings are wrong): ``leveret.E001`` a ``LEVERET`` value, ``leveret.E002`` an
-actor module that does not import, ``leveret.E003`` an unknown database alias.
+actor or schedule module that does not import, ``leveret.E003`` an unknown database alias.
 
 Warnings (the settings work, and lose messages):
 
@@ -47,16 +47,17 @@ def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage
     errors: list[CheckMessage] = [
         Error(problem, hint=_SETTINGS_HINT, id="leveret.E001") for problem in found.problems
     ]
-    for module in found.actors:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001  # any import failure is the finding
-            errors.append(
-                Error(
-                    f"LEVERET['ACTORS'] names {module!r}, which cannot be imported: {exc!r}",
-                    id="leveret.E002",
+    for key, modules in (("ACTORS", found.actors), ("SCHEDULES", found.schedules)):
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001  # any import failure is the finding
+                errors.append(
+                    Error(
+                        f"LEVERET[{key!r}] names {module!r}, which cannot be imported: {exc!r}",
+                        id="leveret.E002",
+                    )
                 )
-            )
     if found.database not in connections.settings:
         errors.append(
             Error(
@@ -74,7 +75,7 @@ def check_message_traps(app_configs: Any = None, **_kwargs: Any) -> list[CheckMe
     Returns:
         ``leveret.W001`` … ``leveret.W004`` warnings.
     """
-    from leveret.django.project import project_actors
+    from leveret.django.registry import project_actors
 
     found = load()
     warnings: list[CheckMessage] = []

@@ -1,4 +1,5 @@
-"""The outbox table: messages written in the business transaction, published by the relay."""
+"""Leveret's tables: the outbox (messages written in the business transaction, published by
+the relay) and the schedule entries kept in the database."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 from django.db import models
 from django.utils import timezone
 
+from leveret.actors.schedules import Schedule
 from leveret.schemas.envelope import Envelope
 from leveret.services.broker import Prepared, Route
 
@@ -79,4 +81,106 @@ class OutboxMessage(models.Model):
             bytes(self.body),
             Route(self.topic, queue=self.queue),
             remaining,
+        )
+
+
+class ScheduledMessage(models.Model):
+    """A schedule entry kept in the database: editable in the admin, picked up by the
+    leading scheduler within seconds, without a restart.
+
+    It sends the message of `topic` built from `payload` (validated like any message), to
+    the actor of queue `actor`, or by topic when that is empty; on `cron` (five fields,
+    in `timezone`) or every `every_seconds`.
+    """
+
+    CATCH_UP_CHOICES = [
+        ("skip", "skip: ticks missed while no scheduler ran are not sent"),
+        ("latest", "latest: only the last missed tick is sent"),
+        ("all", "all: every missed tick is sent (up to max catch-up)"),
+    ]
+
+    name = models.CharField(max_length=200, unique=True)
+    enabled = models.BooleanField(default=True)
+    cron = models.CharField(
+        max_length=200, blank=True, default="", help_text="e.g. 30 2 * * * (or every seconds)"
+    )
+    every_seconds = models.PositiveIntegerField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC", help_text="e.g. Europe/Berlin")
+    topic = models.CharField(max_length=255, help_text="the topic of the message to send")
+    payload = models.JSONField(default=dict, blank=True, help_text="the message's fields")
+    actor = models.CharField(
+        max_length=170,
+        blank=True,
+        default="",
+        help_text="send to this actor's queue; empty: publish by topic",
+    )
+    catch_up = models.CharField(max_length=10, choices=CATCH_UP_CHOICES, default="skip")
+    max_catch_up = models.PositiveIntegerField(default=100)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "leveret_scheduled_message"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return str(self.name)
+
+    def clean(self) -> None:
+        """Check the entry as the scheduler will use it (the admin shows what is wrong)."""
+        from django.core.exceptions import ValidationError
+
+        from leveret.schemas.errors import LeveretError
+
+        try:
+            self.to_schedule()
+        except (LeveretError, ValueError, TypeError) as exc:
+            raise ValidationError(str(exc)) from exc
+
+    def to_schedule(self) -> Schedule:
+        """The entry as a `Schedule`.
+
+        Raises:
+            DefinitionError: A bad expression, zone, topic, payload or actor.
+        """
+        from leveret.actors.schedules import build_schedule, cron, every
+        from leveret.django.registry import project_actors
+        from leveret.schemas.errors import DefinitionError
+        from leveret.schemas.message import message_class
+
+        if bool(self.cron) == (self.every_seconds is not None):
+            raise DefinitionError(
+                f"schedule {self.name!r}: give a cron expression or an interval, not both"
+            )
+        when = (
+            cron(self.cron, tz=self.timezone)
+            if self.cron
+            else every(seconds=int(self.every_seconds or 0))
+        )
+        actors = {actor.queue: actor for actor in project_actors()}
+        kind = message_class(self.topic)
+        if kind is None:
+            raise DefinitionError(
+                f"schedule {self.name!r}: no message class has topic {self.topic!r} (is its "
+                "module in LEVERET['ACTORS'] or LEVERET['SCHEDULES']?)"
+            )
+        try:
+            message = kind.model_validate(self.payload or {})
+        except ValueError as exc:
+            raise DefinitionError(f"schedule {self.name!r}: payload: {exc}") from exc
+        target = None
+        if self.actor:
+            target = actors.get(self.actor)
+            if target is None:
+                raise DefinitionError(
+                    f"schedule {self.name!r}: no actor of LEVERET['ACTORS'] has queue "
+                    f"{self.actor!r}"
+                )
+        return build_schedule(
+            self.name,
+            when,
+            message=message,
+            to=target,
+            catch_up=self.catch_up,
+            max_catch_up=self.max_catch_up,
+            module="database",
         )

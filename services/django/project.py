@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from leveret.actors.actor import Actor
-from leveret.actors.registry import actors_in, unique_queues
-from leveret.django.settings import TASKS_BACKEND, LeveretSettings, broker_url, load
+from leveret.django.settings import LeveretSettings, broker_url, load
 from leveret.services import config
 from leveret.services.broker import Broker
 from leveret.services.transport import RabbitOptions
@@ -92,28 +90,3 @@ def command_broker() -> Broker:
     if config.scheme(broker_url(found)) == "memory":
         return project_broker()
     return new_broker(found)
-
-
-def project_actors() -> list[type[Actor]]:
-    """The actors of the project: those defined in the modules of ``LEVERET["ACTORS"]``,
-    and the task queues of a `leveret.django.tasks.LeveretBackend` in ``settings.TASKS``.
-
-    Raises:
-        ConfigurationError: A module does not import, or two actors share a queue.
-    """
-    tasks = task_actors()
-    actors = actors_in(load().actors)
-    return unique_queues([*actors, *tasks]) if tasks else actors
-
-
-def task_actors() -> list[type[Actor]]:
-    """The actors running Django's tasks: the queues of each `LeveretBackend` configured in
-    ``settings.TASKS`` (none without one)."""
-    from django.conf import settings
-
-    backends = getattr(settings, "TASKS", None) or {}
-    if not any(params.get("BACKEND") == TASKS_BACKEND for params in backends.values()):
-        return []
-    from leveret.django.tasks import configured_task_actors
-
-    return configured_task_actors()

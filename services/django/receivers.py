@@ -45,7 +45,8 @@ def declare_after_migrate(*, using: str, verbosity: int = 1, **kwargs: Any) -> N
         CommandError: The broker is unreachable or refused a declaration: ``migrate``
             exits non-zero, so a deploy stops before publishing to queues that do not exist.
     """
-    from leveret.django.project import project_actors, project_broker
+    from leveret.django.project import project_broker
+    from leveret.django.registry import project_actors
     from leveret.django.settings import load
 
     found = load()

@@ -5,6 +5,7 @@ LEVERET = {
     "BROKER_URL": "amqp://guest:guest@localhost:5672/",  # default: $LEVERET_BROKER_URL
     "NAMESPACE": "shop",                                 # default: $LEVERET_NAMESPACE
     "ACTORS": ["shop.actors"],                           # modules the worker runs
+    "SCHEDULES": ["shop.schedules"],                     # modules defining schedules
     "OUTBOX": False,                # publish through the transactional outbox by default
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600,               # delete sent rows after this
     "OUTBOX_MAX_ATTEMPTS": 10,      # a row the broker keeps refusing is then marked failed
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,
     "NAMESPACE": None,
     "ACTORS": [],
+    "SCHEDULES": [],
     "OUTBOX": False,
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600.0,
     "OUTBOX_MAX_ATTEMPTS": 10,
@@ -61,6 +63,8 @@ class LeveretSettings:
         broker_url: Broker URL (``amqp://``, ``amqps://`` or ``memory://``).
         namespace: Prefix of every exchange and queue.
         actors: Modules that define the project's actors.
+        schedules: Modules that define schedules (besides the `periodic` actors of
+            `actors`).
         outbox: Publish through the transactional outbox inside transactions by default.
         outbox_prune_after_s: Seconds after which sent outbox rows are deleted.
         outbox_max_attempts: Refusals after which the relay marks an outbox row failed.
@@ -79,6 +83,7 @@ class LeveretSettings:
     broker_url: str
     namespace: str
     actors: tuple[str, ...] = ()
+    schedules: tuple[str, ...] = ()
     outbox: bool = False
     outbox_prune_after_s: float = DEFAULTS["OUTBOX_PRUNE_AFTER_S"]
     outbox_max_attempts: int = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
@@ -127,13 +132,8 @@ def read(raw: object) -> LeveretSettings:
     except ConfigurationError as exc:
         problems.append(f"LEVERET['NAMESPACE']: {exc}")
         namespace = naming.DEFAULT_NAMESPACE
-    actors = values["ACTORS"]
-    if isinstance(actors, str) or not isinstance(actors, list | tuple):
-        problems.append("LEVERET['ACTORS'] must be a list of module names")
-        actors = []
-    elif not all(isinstance(name, str) and name for name in actors):
-        problems.append("LEVERET['ACTORS'] must hold module names (non-empty strings)")
-        actors = []
+    actors = _modules(values, "ACTORS", problems)
+    schedules = _modules(values, "SCHEDULES", problems)
     test_url = values["TEST_BROKER_URL"]
     if test_url is not None:
         try:
@@ -164,6 +164,7 @@ def read(raw: object) -> LeveretSettings:
         broker_url=url,
         namespace=str(namespace),
         actors=tuple(actors),
+        schedules=tuple(schedules),
         outbox=values["OUTBOX"],
         outbox_prune_after_s=float(values["OUTBOX_PRUNE_AFTER_S"]),
         outbox_max_attempts=values["OUTBOX_MAX_ATTEMPTS"],
@@ -177,6 +178,17 @@ def read(raw: object) -> LeveretSettings:
         configured=configured,
         problems=tuple(problems),
     )
+
+
+def _modules(values: dict[str, Any], key: str, problems: list[str]) -> list[str]:
+    modules = values[key]
+    if isinstance(modules, str) or not isinstance(modules, list | tuple):
+        problems.append(f"LEVERET[{key!r}] must be a list of module names")
+        return []
+    if not all(isinstance(name, str) and name for name in modules):
+        problems.append(f"LEVERET[{key!r}] must hold module names (non-empty strings)")
+        return []
+    return list(modules)
 
 
 _read: tuple[Any, LeveretSettings] | None = None

@@ -46,7 +46,7 @@ def project_memory_broker(
             transaction), raising a handler's exception there; see `MemoryBroker`.
         namespace: The queues' namespace; the settings' ``NAMESPACE`` if None.
     """
-    from leveret.django.project import project_actors
+    from leveret.django.registry import project_actors
     from leveret.django.settings import load
 
     declared = actors or tuple(project_actors())

@@ -15,6 +15,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from leveret.actors.actor import Actor
 from leveret.schemas import wire
@@ -25,6 +27,10 @@ from leveret.services.logs import get_logger
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.runtime.execution import Delivery, Outcome
+
+if TYPE_CHECKING:
+    from leveret.services.scheduling import SchedulerBackend
+
 from leveret.services.transport import (
     Chosen,
     Delivered,
@@ -72,6 +78,8 @@ class MemoryTransport(Transport):
         self._sequence = itertools.count()
         self.after_deliver: Callable[[], None] | None = None
         """Called after each `deliver`, outside the lock (`MemoryBroker`'s eager mode)."""
+        self.scheduler_leader: object | None = None  # the MemorySchedulerBackend leading
+        self.scheduler_state: dict[str, datetime] = {}  # the last tick sent, per entry
 
     # Topology ---------------------------------------------------------------------------
 
@@ -94,12 +102,23 @@ class MemoryTransport(Transport):
                     bound.discard(name)
 
     def delete_namespace_exchanges(self) -> None:
-        """Nothing to delete: the in-memory broker has no exchanges."""
+        """No exchanges in memory; the scheduler's state is forgotten."""
+        with self.changed:
+            self.scheduler_state = {}
 
     # Publishing -------------------------------------------------------------------------
 
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         return None  # in this process: always there
+
+    def scheduler_backend(self) -> SchedulerBackend:
+        from leveret.services.memory._schedule import MemorySchedulerBackend
+
+        return MemorySchedulerBackend(self)
+
+    def stored_schedule_state(self) -> dict[str, datetime]:
+        with self.changed:
+            return dict(self.scheduler_state)
 
     def deliver(
         self,

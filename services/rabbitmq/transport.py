@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import PublishError, PublishTimeout
@@ -12,7 +13,9 @@ from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
 from leveret.services.runtime.execution import Delivery
+from leveret.services.scheduling import SchedulerBackend
 from leveret.services.transport import (
     Chosen,
     Delivered,
@@ -48,6 +51,16 @@ class RabbitTransport(Transport):
             topology.steps(self.namespace, actors, with_delay_levels=not self._levels_declared)
         )
         self._levels_declared = True
+
+    def scheduler_backend(self) -> SchedulerBackend:
+        return RabbitSchedulerBackend(self.url, self.namespace, self)
+
+    def stored_schedule_state(self) -> dict[str, datetime]:
+        backend = RabbitSchedulerBackend(self.url, self.namespace, self)
+        try:
+            return backend.load_state()
+        finally:
+            backend.close()
 
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         publisher = self.publisher
@@ -108,6 +121,7 @@ class RabbitTransport(Transport):
                     channel.exchange_delete(step.name)
                 elif step.kind == "queue":
                     channel.queue_delete(step.name)
+            channel.queue_delete(naming.scheduler_state(self.namespace))
         self._levels_declared = False
 
     def admin(self) -> AdminChannel:

@@ -253,6 +253,12 @@ class Worker:
         self.consumer.give_back(job, failed=True)
         self._fail(f"a handler thread failed: {type(error).__name__}: {error}", EXIT_INTERNAL_ERROR)
 
+    def fail(self, reason: str) -> None:
+        """Stop because a companion of this worker (its scheduler thread) cannot go on:
+        unhealthy at once, then exit with `EXIT_INTERNAL_ERROR` after the handlers in
+        flight finish."""
+        self._fail(reason, EXIT_INTERNAL_ERROR)
+
     def _fail(self, reason: str, exit_code: int) -> None:
         """Stop because the worker cannot go on: unhealthy at once, exit with `exit_code`."""
         if self.fatal_error is None:

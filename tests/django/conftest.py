@@ -12,7 +12,7 @@ from leveret.actors import configure
 from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
 from leveret.django import TransactionalDispatcher
-from leveret.django.project import task_actors
+from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker, naming
 from tests.support import take_all
 

@@ -17,7 +17,7 @@ import pytest
 from django.core.management import call_command
 from pytest_django.fixtures import Settings
 
-from leveret.django.project import task_actors
+from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker, naming
 from tests.django.plugin_actors import Complaint, Grumpy, Tally
 from tests.support import ROOT, LoggedProcess, running, wait_until

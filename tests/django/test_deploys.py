@@ -12,7 +12,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from pytest_django.fixtures import Settings
 
-from leveret.django.project import forget_project_broker, task_actors
+from leveret.django.project import forget_project_broker
+from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker, naming
 from tests.django.plugin_actors import Grumpy, Note, Tally
 

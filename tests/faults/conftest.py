@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker
 from tests.faults.helpers import Spawn
 from tests.proxy import TcpProxy
-from tests.support import WorkerProcess
+from tests.support import WorkerProcess, wait_until
 
 
 @pytest.fixture
@@ -50,3 +53,40 @@ def proxy(rabbit_url: str) -> Iterator[TcpProxy]:
     host, _, port = parts.partition(":")
     with TcpProxy((host, int(port or 5672))) as running_proxy:
         yield running_proxy
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _accepts_connections(url: str) -> bool:
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+    except pika.exceptions.AMQPError:
+        return False
+    return True
+
+
+@pytest.fixture
+def restart_broker(rabbit_url: str) -> Iterator[Callable[[], None]]:
+    """`rabbitmqctl stop_app` then `start_app`; the broker is running again after the test,
+    whatever happened, and accepts connections on its port."""
+    restarted = False
+
+    def restart() -> None:
+        nonlocal restarted
+        restarted = True
+        _rabbitmqctl("stop_app")
+        _rabbitmqctl("start_app")
+        _rabbitmqctl("await_startup")
+        wait_until(lambda: _accepts_connections(rabbit_url), 30, "RabbitMQ to accept connections")
+
+    try:
+        yield restart
+    finally:
+        if restarted:
+            _rabbitmqctl("start_app")  # a no-op when it is running
+            _rabbitmqctl("await_startup")
+            wait_until(
+                lambda: _accepts_connections(rabbit_url), 60, "RabbitMQ to accept connections"
+            )

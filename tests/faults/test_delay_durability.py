@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pika
-import pika.exceptions
 import pytest
 
 from leveret.services import RabbitBroker, naming
@@ -19,43 +16,6 @@ from tests.support import wait_until
 pytestmark = [pytest.mark.fault]
 
 DELAY_S = 5
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-def _accepts_connections(url: str) -> bool:
-    try:
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-    except pika.exceptions.AMQPError:
-        return False
-    return True
-
-
-@pytest.fixture
-def restart_broker(rabbit_url: str) -> Iterator[Callable[[], None]]:
-    """`rabbitmqctl stop_app` then `start_app`; the broker is running again after the test,
-    whatever happened, and accepts connections on its port."""
-    restarted = False
-
-    def restart() -> None:
-        nonlocal restarted
-        restarted = True
-        _rabbitmqctl("stop_app")
-        _rabbitmqctl("start_app")
-        _rabbitmqctl("await_startup")
-        wait_until(lambda: _accepts_connections(rabbit_url), 30, "RabbitMQ to accept connections")
-
-    try:
-        yield restart
-    finally:
-        if restarted:
-            _rabbitmqctl("start_app")  # a no-op when it is running
-            _rabbitmqctl("await_startup")
-            wait_until(
-                lambda: _accepts_connections(rabbit_url), 60, "RabbitMQ to accept connections"
-            )
 
 
 def test_delayed_message_outlives_the_worker_that_was_running(

@@ -1,9 +1,10 @@
-"""Actors that follow an order: a confirmation mail and the stock."""
+"""Actors that follow an order (a confirmation mail, the stock), and a nightly stock check."""
 
 from django.db import transaction
 from django.db.models import F
 
-from leveret import Actor, actor, handler
+from leveret import Actor, Tick, actor, cron, handler, periodic
+from leveret.services.logs import get_logger
 from shop.messages import OrderPlaced
 from shop.models import Confirmation, Order, Product, StockMovement
 
@@ -34,3 +35,12 @@ class Stock(Actor, queue="shop.stock"):
                 Product.objects.filter(id=order.product_id).update(
                     stock=F("stock") - order.quantity
                 )
+
+
+@periodic(cron("0 3 * * *", tz="Europe/Berlin"))
+@actor(queue="shop.stock_check", time_limit_s=60)
+def check_stock(tick: Tick) -> None:
+    """Every night at 03:00 Berlin time: log the products running out (one tick per night,
+    whichever scheduler leads; `manage.py leveret_worker --scheduler` sends it)."""
+    low = list(Product.objects.filter(stock__lt=5).values_list("name", flat=True))
+    get_logger("shop.stock").info("stock_checked", low=low, scheduled_at=str(tick.scheduled_at))

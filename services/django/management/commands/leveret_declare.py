@@ -12,8 +12,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from leveret.django.project import command_broker, project_actors
+from leveret.django.project import command_broker
 from leveret.django.receivers import DECLARE_TIMEOUT_S
+from leveret.django.registry import project_actors
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
 

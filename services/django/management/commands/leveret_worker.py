@@ -20,7 +20,8 @@ from django.core.management.base import BaseCommand
 
 from leveret.django.commandline import django_options, run_click
 from leveret.django.hooks import CloseOldConnections
-from leveret.django.project import task_actors
+from leveret.django.registry import task_actors
+from leveret.django.schedules import project_source
 from leveret.django.settings import load
 from leveret.services.operations.supervisor import READY_FD_ENV
 
@@ -73,12 +74,14 @@ def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
             child_command=child_command,
             before_start=before_start,
             extra_actors=task_actors,
+            schedules=project_source(),
         ),
     )
 
 
 def _start_relay() -> None:
-    from leveret.django.project import new_broker, project_actors
+    from leveret.django.project import new_broker
+    from leveret.django.registry import project_actors
     from leveret.django.relay import Relay
 
     found = load()

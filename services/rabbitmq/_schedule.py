@@ -1,0 +1,272 @@
+"""The scheduler's lock, state and publishing on RabbitMQ (see `leveret.services.scheduling`).
+
+- **Lock**: an exclusive queue, ``{ns}._scheduler.lock``. Declaring it succeeds for one
+  connection at a time (the others get ``405 RESOURCE_LOCKED``), and RabbitMQ deletes it the
+  moment that connection closes: at once when the leader's process dies (its socket
+  closes), after two missed heartbeats (``SCHEDULER_HEARTBEAT_S``, 5 s) when its network
+  goes. A follower tries again every ``poll_s``.
+- **State**: a stream, ``{ns}._scheduler.state``: each save appends the last tick sent of
+  every entry (JSON); a new leader (or ``--list``) reads the last chunk, without consuming
+  anything. Streams are replicated like quorum queues and survive a broker restart; old
+  segments are removed past 10 MB.
+- **Publishing**: on the lock's own connection, with confirms, so a leader that lost its
+  lock (its connection) cannot publish any more either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from leveret.actors.actor import Actor
+from leveret.schemas.errors import BrokerConnectionError, OperationError, PublishError
+from leveret.services import naming
+from leveret.services.logs import get_logger
+from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._connection import connection_parameters, describe
+from leveret.services.rabbitmq._frames import TolerantSelectConnection
+from leveret.services.redaction import redact
+from leveret.services.scheduling import SchedulerBackend
+from leveret.services.transport import Prepared, Transport
+
+log = get_logger("leveret.scheduler")
+
+SCHEDULER_HEARTBEAT_S = 5
+_RESOURCE_LOCKED = 405
+_STATE_ARGUMENTS = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 10_000_000,
+    "x-stream-max-segment-size-bytes": 1_000_000,
+}
+_READ_IDLE_S = 0.3
+_READ_MAX_S = 5.0
+
+
+class RabbitSchedulerBackend(SchedulerBackend):
+    """One scheduler's connection to RabbitMQ: lock, state and publishing.
+
+    Args:
+        url: AMQP URL.
+        namespace: The namespace whose schedules it runs.
+        transport: Declares the target actors' topology.
+    """
+
+    def __init__(self, url: str, namespace: str, transport: Transport) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.transport = transport
+        self._lock = naming.scheduler_lock(namespace)
+        self._state = naming.scheduler_state(namespace)
+        self._events = naming.events_exchange(namespace)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._holding = False
+
+    # Connection ---------------------------------------------------------------------------
+
+    def _connected(self) -> BlockingChannel:
+        if self._connection is not None and self._connection.is_open and self._channel:
+            return self._channel
+        self._drop()
+        params = connection_parameters(self.url, role="scheduler")
+        if "heartbeat=" not in self.url:
+            params.heartbeat = SCHEDULER_HEARTBEAT_S
+        try:
+            self._connection = pika.BlockingConnection(
+                params,
+                _impl_class=TolerantSelectConnection,  # type: ignore[arg-type]
+            )
+            channel = self._connection.channel()
+            channel.confirm_delivery()
+            channel.queue_declare(self._state, durable=True, arguments=_STATE_ARGUMENTS)
+        except pika.exceptions.AMQPError as exc:
+            self._drop()
+            raise BrokerConnectionError(
+                f"scheduler cannot reach {redact(self.url)}: {describe(exc)}"
+            ) from exc
+        self._channel = channel
+        return channel
+
+    def _drop(self) -> None:
+        self._holding = False
+        self._channel = None
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(Exception):  # it is going anyway
+                connection.close()
+
+    def _lost(self, exc: BaseException) -> BrokerConnectionError:
+        self._drop()
+        return BrokerConnectionError(f"scheduler lost {redact(self.url)}: {describe(exc)}")
+
+    # Lock ---------------------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        if self.holding():
+            return True
+        self._connected()
+        assert self._connection is not None
+        try:
+            attempt = self._connection.channel()
+            attempt.queue_declare(self._lock, exclusive=True, auto_delete=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == _RESOURCE_LOCKED:
+                return False  # another connection holds it
+            raise OperationError(f"scheduler lock refused: {describe(exc)}") from exc
+        except pika.exceptions.AMQPError as exc:
+            raise self._lost(exc) from exc
+        self._holding = True
+        return True
+
+    def holding(self) -> bool:
+        return (
+            self._holding
+            and self._connection is not None
+            and self._connection.is_open
+            and self._channel is not None
+            and self._channel.is_open
+        )
+
+    def release(self) -> None:
+        # The exclusive queue goes with the connection: closing it frees the lock at once.
+        self._drop()
+
+    # State --------------------------------------------------------------------------------
+
+    def load_state(self) -> dict[str, datetime]:
+        self._connected()
+        assert self._connection is not None
+        bodies: list[bytes] = []
+        try:
+            reader = self._connection.channel()
+            reader.basic_qos(prefetch_count=100)
+
+            def take(
+                channel: BlockingChannel,
+                method: pika.spec.Basic.Deliver,
+                _props: pika.BasicProperties,
+                body: bytes,
+            ) -> None:
+                bodies.append(body)
+                if method.delivery_tag is not None:
+                    channel.basic_ack(method.delivery_tag)
+
+            tag = reader.basic_consume(self._state, take, arguments={"x-stream-offset": "last"})
+            waited = 0.0
+            seen = -1
+            while waited < _READ_MAX_S and len(bodies) != seen:
+                seen = len(bodies)
+                self._connection.process_data_events(time_limit=_READ_IDLE_S)
+                waited += _READ_IDLE_S
+            reader.basic_cancel(tag)
+            reader.close()
+        except pika.exceptions.AMQPError as exc:
+            raise self._lost(exc) from exc
+        return merge_states(bodies)
+
+    def save_state(self, state: dict[str, datetime]) -> None:
+        channel = self._connected()
+        body = json.dumps(
+            {"v": 1, "ticks": {name: tick.isoformat() for name, tick in sorted(state.items())}}
+        ).encode()
+        try:
+            channel.basic_publish(
+                "",
+                self._state,
+                body,
+                pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            )
+        except pika.exceptions.NackError as exc:
+            raise PublishError(f"the broker refused the scheduler's state: {exc}") from exc
+        except pika.exceptions.AMQPError as exc:
+            raise self._lost(exc) from exc
+
+    # Publishing ---------------------------------------------------------------------------
+
+    def declare(self, actors: Sequence[type[Actor]]) -> None:
+        self.transport.declare(actors)
+
+    def publish(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+        channel = self._connected()
+        errors: list[PublishError | None] = []
+        for item in items:
+            queue = item.route.queue
+            exchange, routing_key = (
+                ("", naming.queue_name(self.namespace, queue))
+                if queue is not None
+                else (self._events, item.route.topic)
+            )
+            try:
+                channel.basic_publish(
+                    exchange,
+                    routing_key,
+                    item.body,
+                    wire_properties.properties(item.envelope),
+                    mandatory=True,
+                )
+                errors.append(None)
+            except pika.exceptions.UnroutableError:
+                if queue is None:
+                    log.info(
+                        "message_unroutable",
+                        topic=item.route.topic,
+                        message_id=item.envelope.message_id,
+                        hint="no queue is bound to this topic: no actor handles it (yet)",
+                    )
+                    errors.append(None)
+                else:
+                    errors.append(
+                        PublishError(
+                            f"no queue {routing_key!r} to deliver message "
+                            f"{item.envelope.message_id} to",
+                            message_id=item.envelope.message_id,
+                        )
+                    )
+            except pika.exceptions.NackError:
+                errors.append(
+                    PublishError(
+                        f"the broker refused message {item.envelope.message_id}",
+                        message_id=item.envelope.message_id,
+                    )
+                )
+            except pika.exceptions.AMQPError as exc:
+                raise self._lost(exc) from exc
+        return errors
+
+    def wait(self, seconds: float) -> None:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            if seconds > 0:
+                time.sleep(seconds)
+            return
+        try:
+            connection.sleep(seconds)
+        except pika.exceptions.AMQPError as exc:
+            raise self._lost(exc) from exc
+
+    def close(self) -> None:
+        self._drop()
+
+
+def merge_states(bodies: Sequence[bytes]) -> dict[str, datetime]:
+    """The latest tick of each entry over stored states; a malformed one is skipped."""
+    merged: dict[str, datetime] = {}
+    for body in bodies:
+        try:
+            ticks = json.loads(body)["ticks"]
+            for name, text in ticks.items():
+                tick = datetime.fromisoformat(text)
+                if tick.tzinfo is None:
+                    continue
+                if name not in merged or tick > merged[name]:
+                    merged[name] = tick
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("scheduler_state_unreadable", size=len(body))
+    return merged

@@ -1,0 +1,456 @@
+"""The scheduler: sends each schedule's ticks, from one leader among any number of processes.
+
+Every scheduler process runs `Scheduler.run`. One of them leads at a time, through a lock
+the broker provides (`SchedulerBackend.acquire`; on RabbitMQ an exclusive queue, see
+`leveret.services.rabbitmq._schedule`); the others try again every `poll_s` seconds. The
+leader:
+
+1. loads the last tick sent of each entry (stored in the broker, `load_state`);
+2. plans what the downtime missed, by each entry's catch-up policy: ticks older than
+   `grace_s` are "missed" (``skip``: none, ``latest``: the last one, ``all``: up to
+   ``max_catch_up`` of them); ticks within `grace_s` (a failover, a broker restart) are
+   sent late, never dropped;
+3. then sends every tick as it falls due, oldest first, each with the deterministic id of
+   its entry and time (`Schedule.message_id`), with publisher confirms, and stores the
+   last tick sent of each entry after every batch (`save_state`).
+
+A tick published but not yet stored when a leader dies is sent again by the next one, with
+the same message id: the overlap of a failover can only duplicate a tick under one id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from leveret.actors.actor import Actor
+from leveret.actors.schedules import Schedule
+from leveret.schemas import wire
+from leveret.schemas.codec import encode
+from leveret.schemas.envelope import Envelope
+from leveret.schemas.errors import LeveretError, PublishError
+from leveret.services.logs import get_logger
+from leveret.services.transport import Prepared, Route
+
+log = get_logger("leveret.scheduler")
+
+DEFAULT_GRACE_S = 60.0
+DEFAULT_POLL_S = 1.0
+MAX_BATCH = 500
+
+
+class SchedulerBackend(ABC):
+    """What the scheduler needs from a broker: a lock, a durable state, confirmed publishing.
+
+    Every method but `close` may raise `LeveretError` when the broker cannot be reached;
+    the scheduler then gives up leading and tries again.
+    """
+
+    @abstractmethod
+    def acquire(self) -> bool:
+        """Try to become the leader now; True when this scheduler leads."""
+
+    @abstractmethod
+    def holding(self) -> bool:
+        """Whether this scheduler still holds the lock (False once its connection is lost)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Stop leading (another may take over at once)."""
+
+    @abstractmethod
+    def load_state(self) -> dict[str, datetime]:
+        """The last tick sent of each entry, as stored."""
+
+    @abstractmethod
+    def save_state(self, state: dict[str, datetime]) -> None:
+        """Store the last tick sent of each entry (durably, confirmed)."""
+
+    @abstractmethod
+    def declare(self, actors: Sequence[type[Actor]]) -> None:
+        """Declare the target actors' topology (so that sends find their queues)."""
+
+    @abstractmethod
+    def publish(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+        """Publish each item, confirmed; each one's error (None when confirmed).
+
+        Raises:
+            LeveretError: The broker cannot be reached: nothing is known of the rest.
+        """
+
+    @abstractmethod
+    def wait(self, seconds: float) -> None:
+        """Wait (serving the connection's heartbeats), at most `seconds`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the lock and close the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentTick:
+    """A tick the scheduler sent: its entry, scheduled time and message id."""
+
+    schedule: str
+    scheduled_at: datetime
+    message_id: str
+
+
+class Scheduler:
+    """Runs schedules through a backend; see the module for the protocol.
+
+    Args:
+        schedules: The entries, or a callable returning them (called again every
+            `reload_s` while leading, so entries kept elsewhere, such as a database, can
+            change without a restart).
+        backend: The broker's lock, state and publishing.
+        namespace: For log lines.
+        grace_s: Ticks this late are still sent when a leader takes over; older ones are
+            "missed", and each entry's catch-up policy decides.
+        poll_s: How often a follower tries to take the lead.
+        reload_s: How often a leader asks `schedules` again (when it is a callable).
+        clock: The current time (aware); the real UTC clock by default.
+        on_tick: Called with each tick sent (tests, the in-memory broker).
+    """
+
+    def __init__(
+        self,
+        schedules: Sequence[Schedule] | Callable[[], Sequence[Schedule]],
+        backend: SchedulerBackend,
+        *,
+        namespace: str = "",
+        grace_s: float = DEFAULT_GRACE_S,
+        poll_s: float = DEFAULT_POLL_S,
+        reload_s: float = 5.0,
+        clock: Callable[[], datetime] | None = None,
+        on_tick: Callable[[SentTick], None] | None = None,
+    ) -> None:
+        self._source = schedules
+        self.backend = backend
+        self.namespace = namespace
+        self.grace = timedelta(seconds=grace_s)
+        self.poll_s = poll_s
+        self.reload_s = reload_s
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.on_tick = on_tick
+        self.leading = False
+        self.sent = 0
+        self._entries: dict[str, Schedule] = {}
+        self._cursor: dict[str, datetime] = {}  # the last tick handled, per entry
+        self._backlog: list[tuple[datetime, Schedule]] = []
+        self._state: dict[str, datetime] = {}  # the last tick sent, per entry (stored)
+        self._loaded_at = 0.0
+
+    # Following and leading ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow, lead when the lock is free, until `stop` is set.
+
+        Broker failures make it give up the lead and try again after `poll_s`; it never
+        raises them. Anything else (a bug) is raised, for the caller to stop loudly.
+        """
+        log.info("scheduler_started", namespace=self.namespace, entries=len(self.entries()))
+        try:
+            while not stop.is_set():
+                try:
+                    if not self.leading and not self.take_lead():
+                        self.backend.wait(self.poll_s)
+                        continue
+                    self.step()
+                    self.backend.wait(self._pause_s())
+                    if not self.backend.holding():
+                        self._step_down("lost the lock (its connection closed)")
+                except LeveretError as exc:
+                    self._step_down(str(exc))
+                    stop.wait(self.poll_s)
+        finally:
+            self.leading = False
+            self.backend.close()
+            log.info("scheduler_stopped", sent=self.sent)
+
+    def take_lead(self) -> bool:
+        """Take the lead if the lock is free: load the state, plan the catch-up.
+
+        Returns:
+            Whether this scheduler leads now.
+
+        Raises:
+            LeveretError: The broker cannot be reached.
+        """
+        if not self.backend.acquire():
+            return False
+        self.leading = True
+        self.reload(force=True)
+        state = self.backend.load_state()
+        now = self.clock()
+        self._cursor = {}
+        self._backlog = []
+        for entry in self._entries.values():
+            missed, cursor = self._plan(entry, state.get(entry.name), now)
+            self._backlog.extend((tick, entry) for tick in missed)
+            self._cursor[entry.name] = cursor
+        self._state = dict(state)
+        targets = [entry.to for entry in self._entries.values() if entry.to is not None]
+        if targets:
+            self.backend.declare(list(dict.fromkeys(targets)))
+        log.info(
+            "scheduler_leading",
+            namespace=self.namespace,
+            entries=sorted(self._entries),
+            catching_up=len(self._backlog),
+        )
+        return True
+
+    def _step_down(self, reason: str) -> None:
+        if self.leading:
+            log.warning("scheduler_lost_lead", reason=reason, retry_in_s=self.poll_s)
+        self.leading = False
+        with contextlib.suppress(LeveretError):  # the connection is gone: so is the lock
+            self.backend.release()
+
+    # The leader's work --------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Send every tick due now (and the planned catch-up), store the state.
+
+        Returns:
+            How many ticks were sent.
+
+        Raises:
+            LeveretError: The broker cannot be reached (the ticks not stored are sent
+                again by the next leader).
+        """
+        self.reload()
+        now = self.clock()
+        due = self._backlog
+        self._backlog = []
+        for entry in self._entries.values():
+            cursor = self._cursor.setdefault(entry.name, now)
+            for tick in entry.when.after(cursor):
+                if tick > now or len(due) >= MAX_BATCH:
+                    break
+                due.append((tick, entry))
+        if not due:
+            return 0
+        due.sort(key=lambda item: item[0])
+        batch = due[:MAX_BATCH]
+        self._backlog = due[MAX_BATCH:]  # a huge catch-up goes out over several steps
+        items: list[Prepared] = []
+        built: list[tuple[datetime, Schedule]] = []
+        for tick, entry in batch:
+            try:
+                items.append(self._prepare(entry, tick))
+                built.append((tick, entry))
+            except Exception as exc:  # noqa: BLE001  # one entry's bug blocks no other
+                log.error(
+                    "schedule_tick_failed",
+                    schedule=entry.name,
+                    scheduled_at=tick.isoformat(),
+                    error=f"{type(exc).__name__}: {exc}",
+                    hint="the message could not be built; this tick is skipped",
+                )
+                self._advance(entry, tick)
+        errors = self.backend.publish(items) if items else []
+        sent = 0
+        for (tick, entry), item, error in zip(built, items, errors, strict=True):
+            self._advance(entry, tick)
+            lateness = (now - tick).total_seconds()
+            if error is not None:
+                log.error(
+                    "schedule_tick_failed",
+                    schedule=entry.name,
+                    scheduled_at=tick.isoformat(),
+                    message_id=item.envelope.message_id,
+                    error=str(error),
+                )
+                continue
+            sent += 1
+            log.info(
+                "schedule_tick",
+                schedule=entry.name,
+                scheduled_at=tick.isoformat(),
+                message_id=item.envelope.message_id,
+                lateness_s=round(lateness, 3),
+            )
+            if self.on_tick is not None:
+                self.on_tick(SentTick(entry.name, tick, item.envelope.message_id))
+        self.backend.save_state(self._state)
+        self.sent += sent
+        return sent
+
+    def _advance(self, entry: Schedule, tick: datetime) -> None:
+        if tick > self._cursor.get(entry.name, tick - timedelta(seconds=1)):
+            self._cursor[entry.name] = tick
+        last = self._state.get(entry.name)
+        if last is None or tick > last:
+            self._state[entry.name] = tick
+
+    def _plan(
+        self, entry: Schedule, last: datetime | None, now: datetime
+    ) -> tuple[list[datetime], datetime]:
+        """What a new leader sends for `entry` before its regular ticks, and from when it
+        continues.
+
+        Returns:
+            The missed ticks the catch-up policy keeps (oldest first), and the cursor: the
+            regular ticks are those after it (the ones within the grace period included).
+        """
+        if last is None:
+            return [], now  # a new entry (or no state): from now on
+        horizon = now - self.grace
+        if last >= horizon:
+            return [], last  # nothing missed: every tick since `last` is within grace
+        missed: list[datetime] = []
+        if entry.catch_up != "skip":
+            limit = 1 if entry.catch_up == "latest" else entry.max_catch_up
+            missed = entry.when.latest(last, horizon, limit)
+        log.info(
+            "schedule_caught_up",
+            schedule=entry.name,
+            last_sent=last.isoformat(),
+            policy=entry.catch_up,
+            missed_sent=len(missed),
+        )
+        return missed, horizon
+
+    def next_due(self) -> datetime | None:
+        """When the next tick falls due (now, if catch-up ticks wait); None if no entry."""
+        if self._backlog:
+            return self.clock()
+        now = self.clock()
+        upcoming = [
+            next(entry.when.after(self._cursor.get(entry.name, now)), None)
+            for entry in self._entries.values()
+        ]
+        return min((tick for tick in upcoming if tick is not None), default=None)
+
+    def _pause_s(self) -> float:
+        """Until the next tick (or `poll_s`, to notice a lost lock and reloaded entries)."""
+        if self._backlog:
+            return 0.0
+        now = self.clock()
+        pause = self.poll_s
+        for entry in self._entries.values():
+            cursor = self._cursor.get(entry.name, now)
+            upcoming = next(entry.when.after(max(cursor, now)), None)
+            if upcoming is not None:
+                pause = min(pause, (upcoming - now).total_seconds())
+        return max(0.0, pause)
+
+    def _prepare(self, entry: Schedule, tick: datetime) -> Prepared:
+        message = entry.message_for(tick)
+        message_id = entry.message_id(tick)
+        envelope = Envelope(
+            message_id=message_id,
+            topic=message.topic(),
+            correlation_id=message_id,
+            timestamp=tick,
+            headers={wire.SCHEDULE: entry.name, wire.SCHEDULED_AT: tick.isoformat()},
+        )
+        queue = entry.to.queue if entry.to is not None else None
+        return Prepared(envelope, encode(message), Route(message.topic(), queue=queue), 0)
+
+    # Entries ------------------------------------------------------------------------------
+
+    def entries(self) -> list[Schedule]:
+        """The entries now (asking the callable, if one was given)."""
+        self.reload()
+        return list(self._entries.values())
+
+    def reload(self, *, force: bool = False) -> None:
+        """Ask the schedules callable again (every `reload_s`, or now with `force`).
+
+        An entry that appears starts from now; one whose definition changed continues
+        from its last tick; one that disappears stops (its stored tick is kept).
+        """
+        if not callable(self._source):
+            if not self._entries:
+                self._entries = {entry.name: entry for entry in self._source}
+            return
+        if not force and time.monotonic() - self._loaded_at < self.reload_s and self._entries:
+            return
+        self._loaded_at = time.monotonic()
+        try:
+            fresh = {entry.name: entry for entry in self._source()}
+        except LeveretError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # a source's bug: keep the entries known
+            log.error("schedules_reload_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        added = sorted(set(fresh) - set(self._entries))
+        removed = sorted(set(self._entries) - set(fresh))
+        changed = sorted(
+            name
+            for name in set(fresh) & set(self._entries)
+            if _definition(fresh[name]) != _definition(self._entries[name])
+        )
+        if self._entries and (added or removed or changed):
+            log.info("schedules_changed", added=added, removed=removed, changed=changed)
+        self._entries = fresh
+        for name in removed:
+            self._cursor.pop(name, None)
+        self._backlog = [(tick, entry) for tick, entry in self._backlog if entry.name in fresh]
+
+    def close(self) -> None:
+        """Stop leading and close the backend."""
+        self.leading = False
+        self.backend.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSource:
+    """Entries from elsewhere than modules (Django: ``LEVERET["SCHEDULES"]`` and the
+    database), added by a program embedding the commands.
+
+    Attributes:
+        entries: Returns them; asked again while leading when `live`.
+        live: They may change while running (a database): the leader asks again.
+    """
+
+    entries: Callable[[], Sequence[Schedule]]
+    live: bool = False
+
+
+def combined(
+    fixed: Sequence[Schedule], source: ScheduleSource | None
+) -> Sequence[Schedule] | Callable[[], Sequence[Schedule]]:
+    """The entries of modules (`fixed`) and of `source`: a list, or a callable when the
+    source is live. On a name both use, the module's entry wins (logged). A source that
+    fails keeps the entries it gave last; the modules' entries run regardless."""
+
+    last_read: list[Schedule] = []
+
+    def current() -> list[Schedule]:
+        merged = {entry.name: entry for entry in fixed}
+        extra: Sequence[Schedule] = ()
+        if source is not None:
+            try:
+                extra = last_read[:] = source.entries()
+            except Exception as exc:  # noqa: BLE001  # the modules' entries run regardless
+                log.error(
+                    "schedules_source_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    hint="the entries it gave last are kept",
+                )
+                extra = last_read
+        for entry in extra:
+            if merged.get(entry.name, entry) is not entry:
+                log.warning(
+                    "schedule_name_taken",
+                    schedule=entry.name,
+                    hint="an entry of the code has this name: the other one is ignored",
+                )
+                continue
+            merged[entry.name] = entry
+        return list(merged.values())
+
+    return current if source is not None and source.live else current()
+
+
+def _definition(entry: Schedule) -> tuple[object, ...]:
+    return (str(entry.when), entry.to, entry.catch_up, entry.max_catch_up)

@@ -1,0 +1,160 @@
+"""Schedulers on the real broker: three run, the leader is SIGKILLed, and over 30 s every
+scheduled second is sent (a failover's overlap twice at most, under one id); two started
+in the same second never both lead; a broker restart under a running one loses no tick."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leveret.schemas import wire
+from leveret.services import RabbitBroker, naming
+from tests.schedule_samples import Seconds
+from tests.support import LoggedProcess, take_all, wait_until
+
+pytestmark = [pytest.mark.fault]
+
+Start = Callable[[], LoggedProcess]
+
+
+@pytest.fixture
+def start_scheduler(rabbit_broker: RabbitBroker, namespace: str, tmp_path: Path) -> Iterator[Start]:
+    """`leveret scheduler tests.schedule_samples` subprocesses; killed by pid afterwards."""
+    rabbit_broker.declare(Seconds)  # deleted with the namespace afterwards
+    started: list[LoggedProcess] = []
+
+    def start() -> LoggedProcess:
+        process = LoggedProcess(
+            [
+                *(sys.executable, "-m", "leveret", "scheduler", "tests.schedule_samples"),
+                *("--broker-url", rabbit_broker.url, "--namespace", namespace),
+                *("--lock-poll", "0.5", "--log-format", "json"),
+            ],
+            tmp_path / f"scheduler-{len(started)}.log",
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def events(process: LoggedProcess, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in process.log().splitlines():
+        if f'"{name}"' in line:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == name:
+                found.append(event)
+    return found
+
+
+def leader(processes: list[LoggedProcess]) -> LoggedProcess:
+    wait_until(lambda: any(events(p, "scheduler_leading") for p in processes), 30, "a leader")
+    (leading,) = [p for p in processes if events(p, "scheduler_leading")]
+    return leading
+
+
+def copies(rabbit_broker: RabbitBroker) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """Per scheduled second (taken from the queue): how many copies, and their ids."""
+    queue = naming.queue_name(rabbit_broker.namespace, Seconds.queue)
+    count: dict[str, int] = defaultdict(int)
+    ids: dict[str, set[str]] = defaultdict(set)
+    for props, _body in take_all(rabbit_broker.url, queue):
+        at = str((props.headers or {})[wire.SCHEDULED_AT])
+        count[at] += 1
+        ids[at].add(str(props.message_id))
+    return count, ids
+
+
+def every_second(first: datetime, last: datetime) -> list[str]:
+    seconds = int((last - first).total_seconds())
+    return [(first + timedelta(seconds=s)).isoformat() for s in range(seconds + 1)]
+
+
+def test_the_leader_killed_another_takes_over_and_no_second_is_missed(
+    rabbit_broker: RabbitBroker, start_scheduler: Start
+) -> None:
+    processes = [start_scheduler() for _ in range(3)]
+    first_leader = leader(processes)
+    began = datetime.now(UTC)
+    time.sleep(8)  # the first leader sends for a while
+    first_leader.signal(signal.SIGKILL)
+    killed_at = time.time()
+    first_leader.wait(10)
+    others = [p for p in processes if p is not first_leader]
+    wait_until(lambda: any(events(p, "scheduler_leading") for p in others), 30, "a new leader")
+    (new_leader,) = [p for p in others if events(p, "scheduler_leading")]
+    took_over = datetime.fromisoformat(
+        events(new_leader, "scheduler_leading")[0]["timestamp"].replace("Z", "+00:00")
+    ).timestamp()
+    takeover_s = took_over - killed_at
+    print(f"\ntakeover after SIGKILL of the leader: {takeover_s:.2f} s")
+    time.sleep(max(0.0, 30 - (datetime.now(UTC) - began).total_seconds()))
+    ended = datetime.now(UTC)
+    for process in others:
+        process.signal(signal.SIGTERM)
+        assert process.wait(20) == 0, process.log()
+
+    count, ids = copies(rabbit_broker)
+    first = began.replace(microsecond=0) + timedelta(seconds=1)
+    last = ended.replace(microsecond=0) - timedelta(seconds=1)
+    expected = every_second(first, last)
+    missing = [at for at in expected if at not in count]
+    assert not missing, f"seconds never sent: {missing}"
+    assert all(len(message_ids) == 1 for message_ids in ids.values()), "one id per second"
+    doubled = sorted(at for at, n in count.items() if n > 1)
+    assert len(doubled) <= 2, f"only a failover's overlap may repeat a tick: {doubled}"
+    assert takeover_s < 5, "the next leader takes over within a few seconds"
+
+
+def test_two_schedulers_started_in_the_same_second_never_both_lead(
+    rabbit_broker: RabbitBroker, start_scheduler: Start
+) -> None:
+    processes = [start_scheduler(), start_scheduler()]
+    leader(processes)
+    time.sleep(6)
+    assert sum(len(events(p, "scheduler_leading")) for p in processes) == 1
+    for process in processes:
+        process.signal(signal.SIGTERM)
+        assert process.wait(20) == 0, process.log()
+    count, _ids = copies(rabbit_broker)
+    assert count, "ticks were sent"
+    assert all(n == 1 for n in count.values()), "no tick sent twice"
+
+
+def test_a_broker_restart_under_a_running_scheduler_loses_no_tick(
+    rabbit_broker: RabbitBroker, start_scheduler: Start, restart_broker: Callable[[], None]
+) -> None:
+    process = start_scheduler()
+    leader([process])
+    began = datetime.now(UTC)
+    time.sleep(3)
+    restart_broker()
+    wait_until(lambda: len(events(process, "scheduler_leading")) >= 2, 60, "leading again")
+    time.sleep(3)
+    ended = datetime.now(UTC)
+    process.signal(signal.SIGTERM)
+    assert process.wait(20) == 0, process.log()
+    count, ids = copies(rabbit_broker)
+    expected = every_second(
+        began.replace(microsecond=0) + timedelta(seconds=1),
+        ended.replace(microsecond=0) - timedelta(seconds=1),
+    )
+    missing = [at for at in expected if at not in count]
+    assert not missing, f"seconds never sent across the restart: {missing}"
+    assert all(len(message_ids) == 1 for message_ids in ids.values())
+    assert events(process, "schedule_tick")[-1]["lateness_s"] < 2  # caught up, on time again

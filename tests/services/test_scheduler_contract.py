@@ -1,0 +1,262 @@
+"""The scheduler's contract, the same on the in-memory broker and on the real RabbitMQ: one
+leader at a time, deterministic ids, the state a new leader continues from, each catch-up
+policy after a downtime, entries that come and go, one bad entry blocking no other.
+
+The clock is the test's own (time is not waited for); lock, state and publishing are the
+broker's: an exclusive queue and a stream on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from leveret import Actor, Message, every, handler, schedule
+from leveret.actors.schedules import CatchUp, Schedule
+from leveret.schemas import wire
+from leveret.services import MemoryBroker, RabbitBroker, naming
+from leveret.services.broker import Broker
+from leveret.services.scheduling import Scheduler
+from leveret.services.testing import captured_logs
+from tests.support import take_all
+
+T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+
+
+class Beat(Message, topic="tests.scheduler.beat"):
+    n: int
+
+
+class Beats(Actor, queue="tests.scheduler.beats"):
+    time_limit_s = 5
+
+    @handler
+    def on(self, msg: Beat) -> None: ...
+
+
+class Clock:
+    """The test's clock: time moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def beats(name: str = "tests-beats", *, catch_up: CatchUp = "skip", limit: int = 100) -> Schedule:
+    return schedule(
+        name,
+        every(seconds=10),
+        message=lambda at: Beat(n=int(at.timestamp())),
+        to=Beats,
+        catch_up=catch_up,
+        max_catch_up=limit,
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+Start = Callable[..., Scheduler]
+
+
+@pytest.fixture
+def start(broker: Broker, clock: Clock) -> Iterator[Start]:
+    """Schedulers on `broker` (memory or RabbitMQ) with the test's clock; closed after."""
+    broker.declare(Beats)
+    made: list[Scheduler] = []
+
+    def make(*entries: Schedule, grace_s: float = 60) -> Scheduler:
+        scheduler = Scheduler(
+            list(entries) or [beats()],
+            broker.transport.scheduler_backend(),
+            namespace=broker.namespace,
+            grace_s=grace_s,
+            clock=clock,
+        )
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+
+
+def sent(broker: Broker) -> list[tuple[str, str]]:
+    """(message id, scheduled-at header) of every tick waiting in Beats' queue, taken."""
+    name = naming.queue_name(broker.namespace, Beats.queue)
+    if isinstance(broker, MemoryBroker):
+        found = [(d.message_id, dict(d.headers)) for d in broker.queues[name]]
+        broker.queues[name].clear()
+    else:
+        assert isinstance(broker, RabbitBroker)
+        found = [
+            (str(props.message_id), dict(props.headers or {}))
+            for props, _body in take_all(broker.url, name)
+        ]
+    return [(message_id, str(headers[wire.SCHEDULED_AT])) for message_id, headers in found]
+
+
+def _ids(name: str) -> set[str]:
+    """The message ids of an entry's first 10 minutes of ticks."""
+    entry = beats(name)
+    return {entry.message_id(T0 + timedelta(seconds=s)) for s in range(0, 600, 10)}
+
+
+def at(*seconds: int) -> list[str]:
+    return [(T0 + timedelta(seconds=s)).isoformat() for s in seconds]
+
+
+def test_one_leader_at_a_time(start: Start) -> None:
+    first, second = start(), start()
+    assert first.take_lead()
+    assert not second.take_lead()
+    first.close()
+    assert second.take_lead()
+
+
+def test_a_new_leader_continues_from_the_stored_state_with_the_same_ids(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    first = start()
+    assert first.take_lead()
+    clock.advance(30)
+    assert first.step() == 3
+    first.close()  # the leader goes; 5 s pass before another takes over
+    clock.advance(5)
+    second = start()
+    assert second.take_lead()
+    clock.advance(10)
+    assert second.step() == 1
+    ticks = sent(broker)
+    assert [scheduled for _id, scheduled in ticks] == at(10, 20, 30, 40)
+    entry = beats()
+    assert [message_id for message_id, _at in ticks] == [
+        entry.message_id(T0 + timedelta(seconds=s)) for s in (10, 20, 30, 40)
+    ]
+    assert broker.schedule_state() == {"tests-beats": T0 + timedelta(seconds=40)}
+
+
+def test_ticks_within_the_grace_period_are_sent_late_never_dropped(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    """A failover or a broker restart shorter than the grace: every tick goes, late."""
+    first = start()
+    assert first.take_lead()
+    clock.advance(10)
+    first.step()
+    first.close()
+    clock.advance(45)  # nobody leads for 45 s
+    second = start()
+    assert second.take_lead()
+    second.step()
+    assert [scheduled for _id, scheduled in sent(broker)] == at(10, 20, 30, 40, 50)
+
+
+@pytest.mark.parametrize(
+    ("policy", "older"),
+    [
+        ("skip", []),
+        ("latest", [3540]),
+        ("all", [3500, 3510, 3520, 3530, 3540]),  # max_catch_up=5: the last five
+    ],
+)
+def test_after_a_downtime_each_catch_up_policy(
+    broker: Broker, start: Start, clock: Clock, policy: CatchUp, older: list[int]
+) -> None:
+    """Down for an hour: what is older than the grace (60 s) follows the policy; the last
+    minute's ticks are sent in any case."""
+    first = start(beats(catch_up=policy, limit=5))
+    assert first.take_lead()
+    clock.advance(10)
+    first.step()
+    first.close()
+    sent(broker)
+    clock.advance(3590)  # now T0 + 3600; the grace reaches back to T0 + 3540
+    second = start(beats(catch_up=policy, limit=5))
+    with captured_logs() as logs:
+        assert second.take_lead()
+        second.step()
+    recent = [3550, 3560, 3570, 3580, 3590, 3600]
+    assert [scheduled for _id, scheduled in sent(broker)] == at(*older, *recent)
+    (caught_up,) = [e for e in logs if e["event"] == "schedule_caught_up"]
+    assert caught_up["policy"] == policy
+    assert caught_up["missed_sent"] == len(older)
+
+
+def test_a_new_entry_starts_from_now_without_backfill(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    first = start()
+    assert first.take_lead()
+    clock.advance(20)
+    first.step()
+    first.close()
+    sent(broker)
+    clock.advance(100)  # taken over at T0 + 120
+    second = start(beats(), beats("tests-beats-new"))
+    assert second.take_lead()
+    clock.advance(10)
+    second.step()
+    ticks = sent(broker)
+    assert [scheduled for _id, scheduled in ticks if _id in _ids("tests-beats-new")] == at(130)
+    old = [scheduled for _id, scheduled in ticks if _id in _ids("tests-beats")]
+    assert old == at(70, 80, 90, 100, 110, 120, 130)  # the last minute, late
+
+
+def test_one_entry_failing_to_build_blocks_no_other(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    def broken(_at: datetime) -> Beat:
+        raise RuntimeError("builder bug")
+
+    bad = schedule("tests-beats-broken", every(seconds=10), message=broken, to=Beats)
+    scheduler = start(beats(), bad)
+    assert scheduler.take_lead()
+    clock.advance(20)
+    with captured_logs() as logs:
+        assert scheduler.step() == 2
+    assert [scheduled for _id, scheduled in sent(broker)] == at(10, 20)
+    failures = [e for e in logs if e["event"] == "schedule_tick_failed"]
+    assert {e["schedule"] for e in failures} == {"tests-beats-broken"}
+    assert "builder bug" in failures[0]["error"]
+    clock.advance(10)
+    assert scheduler.step() == 1  # and it does not try the old ticks again and again
+
+
+def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, clock: Clock) -> None:
+    entries = [beats()]
+    scheduler = Scheduler(
+        lambda: list(entries),
+        broker.transport.scheduler_backend(),
+        namespace=broker.namespace,
+        clock=clock,
+        reload_s=0,
+    )
+    try:
+        assert scheduler.take_lead()
+        clock.advance(10)
+        scheduler.step()
+        entries.append(beats("tests-beats-live"))
+        clock.advance(10)
+        scheduler.step()
+        entries.pop(0)
+        clock.advance(10)
+        scheduler.step()
+    finally:
+        scheduler.close()
+    live = beats("tests-beats-live")
+    ids = [message_id for message_id, _at in sent(broker)]
+    assert ids == [
+        beats().message_id(T0 + timedelta(seconds=10)),
+        beats().message_id(T0 + timedelta(seconds=20)),  # then it was removed
+        live.message_id(T0 + timedelta(seconds=30)),  # added at 20: from then on
+    ]

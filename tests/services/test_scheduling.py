@@ -1,0 +1,108 @@
+"""Schedules in a user's tests (the in-memory broker's virtual clock: a week in no time),
+`leveret scheduler --list`, and `leveret worker --scheduler` on the real broker."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+from leveret import Actor, Message, cron, handler, schedule
+from leveret.services import RabbitBroker
+from leveret.services.testing import MemoryBroker, VirtualClock
+from tests.schedule_samples import Seconds, every_second
+from tests.support import ROOT, LoggedProcess, wait_until
+
+
+class ReportDue(Message, topic="tests.scheduling.report_due"):
+    day: str
+
+
+class Reports(Actor, queue="tests.scheduling.reports"):
+    time_limit_s = 10
+    days: ClassVar[list[str]] = []
+
+    @handler
+    def on(self, msg: ReportDue) -> None:
+        Reports.days.append(msg.day)
+
+
+nightly = schedule(
+    "tests-scheduling-nightly",
+    cron("30 2 * * *", tz="Europe/Berlin"),
+    message=lambda at: ReportDue(day=at.date().isoformat()),
+    to=Reports,
+)
+
+
+def test_a_week_on_the_virtual_clock_sends_seven_nightly_reports() -> None:
+    """What a user's test does: advance a week, assert what was sent and handled. It
+    crosses the spring-forward night of 2026-03-29 in Berlin."""
+    Reports.days = []
+    start = datetime(2026, 3, 25, 12, tzinfo=UTC)
+    broker = MemoryBroker(namespace="scheduling", clock=VirtualClock(start.timestamp()))
+    broker.declare(Reports)
+    broker.add_schedules(nightly)
+    broker.advance_clock(7 * 24 * 3600)
+    broker.join()
+    assert Reports.days == [f"2026-03-{day}" for day in range(26, 33) if day <= 31] + ["2026-04-01"]
+    assert [tick.scheduled_at for tick in broker.sent_ticks][3] == datetime(
+        2026, 3, 29, 1, 0, tzinfo=UTC
+    )  # 03:00 CEST: 02:30 did not exist that night
+    assert len({tick.message_id for tick in broker.sent_ticks}) == 7
+
+
+def leveret(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leveret", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_list_shows_next_runs_and_the_last_tick_sent(rabbit_broker: RabbitBroker) -> None:
+    args = ("--broker-url", rabbit_broker.url, "--namespace", rabbit_broker.namespace)
+    before = leveret("scheduler", "tests.schedule_samples", "--list", *args)
+    assert before.returncode == 0, before.stderr
+    assert "tests-every-second: every 0:00:01, send to schedules.seconds" in before.stdout
+    assert "last sent: -" in before.stdout
+    assert before.stdout.count("next: ") == 3
+    scheduler = rabbit_broker.scheduler([every_second])
+    try:
+        assert scheduler.take_lead()
+        wait_until(lambda: scheduler.step() > 0, 5, "a tick")
+    finally:
+        scheduler.close()
+        rabbit_broker.declare(Seconds)  # declared by the scheduler: deleted afterwards
+    after = leveret("scheduler", "tests.schedule_samples", "--list", *args)
+    assert "last sent: -" not in after.stdout
+    assert "last sent: 20" in after.stdout
+
+
+def test_worker_with_scheduler_sends_and_handles_the_ticks(
+    rabbit_broker: RabbitBroker, tmp_path: Path
+) -> None:
+    rabbit_broker.declare(Seconds)
+    process = LoggedProcess(
+        [
+            *(sys.executable, "-m", "leveret", "worker", "tests.schedule_samples"),
+            *("--scheduler", "--threads", "1", "--log-format", "json"),
+            *("--broker-url", rabbit_broker.url, "--namespace", rabbit_broker.namespace),
+        ],
+        tmp_path / "worker.log",
+    )
+    try:
+        wait_until(lambda: process.log().count('"message_handled"') >= 3, 30, "handled ticks")
+        process.signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.log()
+    finally:
+        process.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert '"scheduler_leading"' in log
+    assert '"scheduler_stopped"' in log
+    assert '"actor": "schedules.seconds"' in log  # the worker handled its own ticks
