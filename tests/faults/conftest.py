@@ -14,6 +14,7 @@ import pytest
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker
 from tests.faults.helpers import Spawn
+from tests.faults.netns import network  # noqa: F401  # the fixture, for every fault test
 from tests.proxy import TcpProxy
 from tests.support import WorkerProcess, wait_until
 
