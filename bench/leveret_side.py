@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from bench.common import PAYLOAD, Clock, Settings, pace, percentile, wait_until
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
-from leveret.services import RabbitBroker
+from leveret.services import RabbitBroker, tracing
+from leveret.services.operations.metrics import Metrics
 
 
 class Ping(Message, topic="bench.ping"):
@@ -94,21 +96,54 @@ class LeveretBench:
             self.broker.publish_many(_ping(seq) for seq in range(start, min(count, start + 5000)))
         wait_until(lambda: self.broker.message_count(self.queue) >= count, 30, "the queue fill")
 
-    def drain(self) -> Clock:
-        """A worker started on `drain` waiting messages, until all are handled."""
+    def drain(self, *, metrics: bool = False, tracing_on: bool = False) -> Clock:
+        """A worker started on `drain` waiting messages, until all are handled.
+
+        Args:
+            metrics: With the worker's Prometheus metrics (as ``--health-port`` turns on).
+            tracing_on: With OpenTelemetry's API enabled and no tracer provider (installed
+                but unused); the other runs have tracing off.
+        """
         clock = Clock(self.settings.drain)
         count = clock.count
         self.fill(count)
-        worker = self.broker.worker(
-            [self.actor], threads=self.settings.threads, prefetch=self.settings.prefetch
-        )
+        observer = None
+        if metrics:
+            observer = Metrics({self.actor.queue: self.actor.topics()})
+            self.broker.transport.observe_publishing(observer)
+        if tracing_on:
+            os.environ[tracing.TRACING_ENV] = "on"
+            tracing.reset()
+        try:
+            worker = self.broker.worker(
+                [self.actor],
+                threads=self.settings.threads,
+                prefetch=self.settings.prefetch,
+                observer=observer,
+            )
+        finally:
+            os.environ[tracing.TRACING_ENV] = "off"
+            tracing.reset()
         self._workers.append(worker)
+        if observer is not None:
+            observer.watch(worker)
         clock.start()
         worker.start()
         wait_until(lambda: worker.stats.handled >= count, 120, "the drain")
         clock.stop()
         self._stop(worker)
+        if observer is not None:
+            observer.close()
+            self.broker.transport.observe_publishing(None)
         return clock
+
+    def drain_metrics(self) -> Clock:
+        """`drain` with the worker's metrics on."""
+        return self.drain(metrics=True)
+
+    def drain_tracing(self) -> Clock:
+        """`drain` with OpenTelemetry installed and enabled but no tracer provider set."""
+        return self.drain(tracing_on=True)
 
     def latency(self) -> tuple[float, float]:
         """p50 and p99 (ms) of receive time minus publish time at a fixed publish rate."""

@@ -26,12 +26,30 @@ import pika
 from bench.common import Settings
 from bench.leveret_side import LeveretBench
 from bench.raw import RawBench
+from leveret.services import tracing
 from leveret.services.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
-THROUGHPUT = ("publish_single", "publish_many", "drain", "drain_info_logs")
+THROUGHPUT = (
+    "publish_single",
+    "publish_many",
+    "drain",
+    "drain_metrics",
+    "drain_tracing",
+    "drain_info_logs",
+)
 LATENCY = ("latency_p50", "latency_p99")
-CPU = ("publish_single_cpu", "publish_many_cpu", "drain_cpu", "drain_info_logs_cpu")
+CPU = (
+    "publish_single_cpu",
+    "publish_many_cpu",
+    "drain_cpu",
+    "drain_metrics_cpu",
+    "drain_tracing_cpu",
+    "drain_info_logs_cpu",
+)
+OBSERVED = ("drain_metrics", "drain_tracing")
+"""Leveret's drain with metrics on, and with OpenTelemetry enabled and unused; compared
+with its plain drain of the same run (and with raw pika's drain of the same run)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated: quorum, classic (default: quorum, Leveret's default)",
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated scenarios: single, many, drain, latency"
+        "--only",
+        default="",
+        help="comma-separated scenarios: single, many, drain, observability, latency",
     )
     parser.add_argument(
         "--log-level",
@@ -74,6 +94,10 @@ def _raise_interrupt(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Tracing is measured on its own (drain_tracing): every other run has it off, as it is
+    # where opentelemetry is not installed.
+    os.environ[tracing.TRACING_ENV] = "off"
+    tracing.reset()
     # Handlers log one line per message at info; the bench measures the framework, so it
     # logs at warning by default (as a production worker with quiet handlers would).
     configure_logging(args.log_level)
@@ -104,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print()
     print_table(results)
+    print_observability(results)
     write_json(args, settings, results)
     return 0
 
@@ -147,6 +172,8 @@ def run_queue_type(
                         f"  {queue_type} run {attempt} {method:<15} {side:<8} "
                         f"{clock.rate:>9.0f} msg/s, {clock.cpu_us:5.1f} µs CPU/msg"
                     )
+            if not only or "observability" in only:
+                run_observed(sides, runs, queue_type, attempt)
             if not only or "latency" in only:
                 for side, bench in sides.items():
                     p50, p99 = bench.latency()
@@ -161,6 +188,42 @@ def run_queue_type(
             _best_effort(bench.close)
         check_clean(settings.url, settings.namespace)
     return runs
+
+
+def run_observed(
+    sides: dict[str, Any], runs: dict[str, dict[str, list[float]]], queue_type: str, attempt: int
+) -> None:
+    """Leveret's drain with metrics, then with tracing enabled and unused; the raw column is
+    raw pika's drain of this run (drained again if the drain scenario did not run)."""
+    if len(runs["drain"]["raw"]) < attempt:
+        for side, bench in sides.items():
+            clock = bench.drain()
+            runs["drain"][side].append(clock.rate)
+            runs["drain_cpu"][side].append(clock.cpu_us)
+    for method in OBSERVED:
+        clock = getattr(sides["leveret"], method)()
+        runs[method]["leveret"].append(clock.rate)
+        runs[method + "_cpu"]["leveret"].append(clock.cpu_us)
+        runs[method]["raw"].append(runs["drain"]["raw"][-1])
+        runs[method + "_cpu"]["raw"].append(runs["drain_cpu"]["raw"][-1])
+        print(
+            f"  {queue_type} run {attempt} {method:<15} leveret  "
+            f"{clock.rate:>9.0f} msg/s, {clock.cpu_us:5.1f} µs CPU/msg"
+        )
+
+
+def print_observability(results: dict[str, Any]) -> None:
+    """Each observed drain against Leveret's plain drain of the same runs (median)."""
+    for queue_type, runs in results.items():
+        plain = runs.get("drain", {}).get("leveret", [])
+        for method in OBSERVED:
+            observed = runs.get(method, {}).get("leveret", [])
+            if plain and observed:
+                ratio = statistics.median(observed) / statistics.median(plain)
+                print(
+                    f"{queue_type} {method}: {statistics.median(observed):.0f} msg/s, "
+                    f"{ratio:.1%} of the plain drain's {statistics.median(plain):.0f} (medians)"
+                )
 
 
 def drain_with_info_logs(

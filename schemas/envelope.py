@@ -89,15 +89,22 @@ class Envelope:
     redelivered: bool = False
 
     @classmethod
-    def new(cls, topic: str, *, correlation_id: str | None = None) -> Envelope:
+    def new(
+        cls,
+        topic: str,
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Envelope:
         """An envelope for a message published now for the first time.
 
         A new message with no correlation id starts its own chain: its correlation id is its
-        message id.
+        message id. `headers` are sent with it (e.g. the trace context).
         """
         message_id = new_message_id()
         return cls(
             message_id=message_id,
             topic=topic,
+            headers=headers if headers is not None else {},
             correlation_id=correlation_id or message_id,
         )

@@ -42,9 +42,15 @@ from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.redaction import redact
-from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Delivery, MessageHooks
+from leveret.services.runtime.execution import (
+    DEFAULT_MAX_BODY_BYTES,
+    Delivery,
+    MessageHooks,
+    WorkerObserver,
+)
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
+from leveret.services.tracing import Tracing, tracing
 from leveret.services.transport import (
     Delivered,
     MemoryOptions,
@@ -220,6 +226,27 @@ class Broker:
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
         timeout_s = check_timeout(timeout)
+        tracer = tracing()
+        if tracer is None:
+            return self._publish_many(messages, correlation_id, delay_s, timeout_s, None)
+        messages = list(messages)
+        topics = {message.topic() for message in messages}
+        with tracer.publishing(
+            "publish",
+            naming.events_exchange(self.namespace),
+            next(iter(topics)) if len(topics) == 1 else "",
+            len(messages),
+        ):
+            return self._publish_many(messages, correlation_id, delay_s, timeout_s, tracer)
+
+    def _publish_many(
+        self,
+        messages: Iterable[Message],
+        correlation_id: str | None,
+        delay_s: int,
+        timeout_s: float | None,
+        tracer: Tracing | None,
+    ) -> list[str]:
         # One Route per topic, not per message: a large batch keeps every object it makes
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
@@ -229,7 +256,11 @@ class Broker:
             route = routes.get(topic)
             if route is None:
                 route = routes[topic] = Route(topic)
-            prepared.append(self._prepare(message, route, correlation_id, delay_s))
+            prepared.append(self._prepare(message, route, correlation_id, delay_s, tracer))
+        if tracer is not None and len(prepared) == 1:
+            tracer.message_attributes(
+                prepared[0].envelope.message_id, prepared[0].envelope.correlation_id
+            )
         delivered = self.transport.deliver(prepared, timeout_s=timeout_s)
         _log_unroutable(prepared, delivered.unroutable)
         return [item.envelope.message_id for item in prepared]
@@ -272,9 +303,16 @@ class Broker:
         timeout_s = check_timeout(timeout)
         self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
-        item = self._prepare(message, route, correlation_id, delay_s)
-        self.transport.deliver([item], timeout_s=timeout_s)
-        return item.envelope.message_id
+        tracer = tracing()
+        if tracer is None:
+            item = self._prepare(message, route, correlation_id, delay_s)
+            self.transport.deliver([item], timeout_s=timeout_s)
+            return item.envelope.message_id
+        with tracer.publishing("send", "", naming.queue_name(self.namespace, cls.queue), 1):
+            item = self._prepare(message, route, correlation_id, delay_s, tracer)
+            tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
+            self.transport.deliver([item], timeout_s=timeout_s)
+            return item.envelope.message_id
 
     def prepare(
         self,
@@ -308,7 +346,15 @@ class Broker:
             queue = cls.queue
         route = Route(message.topic(), queue=queue)
         check_correlation_id(correlation_id)
-        return self._prepare(message, route, correlation_id, self._delay_s(delay, eta))
+        delay_s = self._delay_s(delay, eta)
+        headers = None
+        tracer = tracing()
+        if tracer is not None:
+            if queue is None:
+                headers = tracer.creating(naming.events_exchange(self.namespace), route.topic)
+            else:
+                headers = tracer.creating("", naming.queue_name(self.namespace, queue))
+        return self._prepare(message, route, correlation_id, delay_s, headers=headers)
 
     def publish_prepared(
         self, items: Sequence[Prepared], *, timeout: float | None = None
@@ -373,10 +419,19 @@ class Broker:
         return delay_seconds(delay, eta, now=datetime.now(UTC))
 
     def _prepare(
-        self, message: Message, route: Route, correlation_id: str | None, delay_s: int = 0
+        self,
+        message: Message,
+        route: Route,
+        correlation_id: str | None,
+        delay_s: int = 0,
+        tracer: Tracing | None = None,
+        *,
+        headers: dict[str, str] | None = None,
     ) -> Prepared:
+        if tracer is not None:
+            headers = tracer.headers()  # the current span's context: the publish span
         return Prepared(
-            Envelope.new(route.topic, correlation_id=correlation_id),
+            Envelope.new(route.topic, correlation_id=correlation_id, headers=headers),
             encode(message),
             route,
             delay_s,
@@ -477,6 +532,7 @@ class Broker:
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int | None = None,
+        observer: WorkerObserver | None = None,
     ) -> Worker:
         """A worker consuming the actors' queues (not started).
 
@@ -490,6 +546,8 @@ class Broker:
                 `before_message` in order, `after_message` in reverse.
             max_body_bytes: Bodies larger than this are dead-lettered unread (reason
                 ``too_large``); 16 MiB by default.
+            observer: Sees each message start and finish in its handler thread (metrics:
+                `leveret.services.operations.metrics.Metrics`).
 
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
@@ -505,6 +563,7 @@ class Broker:
             shutdown_timeout_s=shutdown_timeout_s,
             hooks=hooks,
             max_body_bytes=max_body_bytes_or_default(max_body_bytes),
+            observer=observer,
         )
 
     def scheduler(

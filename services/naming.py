@@ -69,3 +69,14 @@ def scheduler_lock(namespace: str) -> str:
 def scheduler_state(namespace: str) -> str:
     """The stream holding the last tick sent of each schedule entry."""
     return f"{namespace}._scheduler.state"
+
+
+def heartbeats_exchange(namespace: str) -> str:
+    """The fanout exchange worker heartbeats go to (non-durable: nothing is stored unless
+    a `leveret status` listens)."""
+    return f"{namespace}._heartbeats"
+
+
+def status_queue(namespace: str) -> str:
+    """The queue `leveret status` reads recent heartbeats from (it expires when unused)."""
+    return f"{namespace}._status.heartbeats"

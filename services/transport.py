@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import PublishError
@@ -84,6 +84,37 @@ class MemoryOptions:
 
 TransportOptions: TypeAlias = RabbitOptions | MemoryOptions
 
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """What the broker says of one queue now (`leveret status`).
+
+    Attributes:
+        ready: Messages waiting.
+        consumers: Consumers attached.
+        unacked: Messages delivered and not acknowledged yet (None: not known over AMQP).
+        incoming_per_s: Messages published to it per second (None: not known).
+        delivered_per_s: Messages delivered from it per second (None: not known).
+    """
+
+    ready: int
+    consumers: int
+    unacked: int | None = None
+    incoming_per_s: float | None = None
+    delivered_per_s: float | None = None
+
+
+class PublishObserver(Protocol):
+    """Sees the broker's answer to each message published (the worker's metrics).
+
+    Called on the transport's I/O thread: it must be quick and must not raise.
+    """
+
+    def confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+        """One message was confirmed (`ok`) or refused, after `confirm_s` seconds (None
+        where there is no broker to wait for); `returned`: no queue took it."""
+
+
 Chosen: TypeAlias = "Callable[[Delivery], bool]"
 """Says of a dead letter whether to replay it."""
 Replayed: TypeAlias = "Callable[[Delivery], None]"
@@ -102,6 +133,12 @@ class Transport(ABC):
 
     url: str
     namespace: str
+
+    def observe_publishing(self, observer: PublishObserver | None) -> None:
+        """Have `observer` see every message this transport publishes (None: stop)."""
+        self.publish_observer = observer
+
+    publish_observer: PublishObserver | None = None
 
     @abstractmethod
     def declare(self, actors: Sequence[type[Actor]]) -> None:
@@ -131,6 +168,19 @@ class Transport(ABC):
             PublishError: With `raise_errors`: a message was not confirmed, or a `send`
                 found no queue.
         """
+
+    @abstractmethod
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        """The worker heartbeats of about the last minute, as published (untrusted bytes).
+
+        On RabbitMQ a queue bound to the heartbeats exchange keeps them while anyone asks
+        (it expires 10 minutes after the last look); the first look creates it and waits
+        `first_wait_s` for heartbeats to arrive.
+        """
+
+    @abstractmethod
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        """Figures of the queues (full names) that exist; missing ones are left out."""
 
     @abstractmethod
     def scheduler_backend(self) -> SchedulerBackend:

@@ -3,6 +3,7 @@
 - `leveret.services.cli.worker`: ``leveret worker`` (one process, or a supervisor of several);
 - `leveret.services.cli.dlq`: ``leveret dlq list|show|replay|purge``;
 - `leveret.services.cli.scheduler`: ``leveret scheduler`` (the schedules' ticks);
+- `leveret.services.cli.status`: ``leveret status`` (workers, queues, warnings);
 - `leveret.services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from leveret.services.cli import dlq, scheduler, tools, worker
+from leveret.services.cli import dlq, scheduler, status, tools, worker
 from leveret.services.cli._common import LeveretGroup
 
 
@@ -23,6 +24,7 @@ def main() -> None:
 main.add_command(worker.worker)
 main.add_command(dlq.dlq)
 main.add_command(scheduler.scheduler)
+main.add_command(status.status)
 main.add_command(tools.declare)
 main.add_command(tools.demo)
 main.add_command(tools.ping)

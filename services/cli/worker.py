@@ -29,7 +29,21 @@ from leveret.services.cli._common import (
 from leveret.services.cli.scheduler import run_in_thread
 from leveret.services.logs import get_logger
 from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
-from leveret.services.operations.health import ChildrenProbe, HealthReporters, Probe, WorkerProbe
+from leveret.services.operations.health import (
+    ChildrenProbe,
+    Exposition,
+    HealthReporters,
+    Probe,
+    WorkerProbe,
+)
+from leveret.services.operations.heartbeats import DEFAULT_INTERVAL_S as DEFAULT_HEARTBEAT_S
+from leveret.services.operations.heartbeats import Heartbeats
+from leveret.services.operations.metrics import (
+    MULTIPROC_DIR_ENV,
+    SLOT_ENV,
+    Metrics,
+    multiprocess_exposition,
+)
 from leveret.services.operations.supervisor import (
     HEALTH_FILE_ENV,
     READY_FD_ENV,
@@ -164,6 +178,23 @@ class _WorkerConfigurationError(click.ClickException):
     "are warned about at start. Env: LEVERET_CONSUMER_TIMEOUT.",
 )
 @click.option(
+    "--metrics/--no-metrics",
+    "metrics",
+    envvar="LEVERET_METRICS",
+    default=None,
+    help="Serve Prometheus metrics at /metrics on the health port [on when --health-port "
+    "is set]. Env: LEVERET_METRICS.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0),
+    envvar="LEVERET_HEARTBEAT_INTERVAL",
+    default=DEFAULT_HEARTBEAT_S,
+    show_default=True,
+    help="Seconds between two heartbeats for leveret status (nothing is stored unless "
+    "someone listens); 0 sends none. Env: LEVERET_HEARTBEAT_INTERVAL.",
+)
+@click.option(
     "--scheduler",
     "with_scheduler",
     is_flag=True,
@@ -201,6 +232,8 @@ def worker(
     health_file: str | None,
     max_body_size: int,
     consumer_timeout: float,
+    metrics: bool | None,
+    heartbeat_interval: float,
     with_scheduler: bool,
     reload: bool,
     reload_dirs: tuple[str, ...],
@@ -231,10 +264,17 @@ def worker(
         )
         if setup.before_start is not None:
             setup.before_start()
+        wants_metrics = metrics if metrics is not None else health_port is not None
         if processes > 1:
-            _supervise(processes, shutdown_timeout, health_port, health_host, health_file)
+            _supervise(
+                processes, shutdown_timeout, health_port, health_host, health_file, wants_metrics
+            )
         broker = Broker(broker_url, namespace=namespace)
         configure(broker)
+        observer = None
+        if wants_metrics or (MULTIPROC_DIR_ENV in os.environ and SLOT_ENV in os.environ):
+            observer = Metrics({actor.queue: actor.topics() for actor in selected})
+            broker.transport.observe_publishing(observer)
         running = broker.worker(
             selected,
             threads=threads,
@@ -242,12 +282,29 @@ def worker(
             shutdown_timeout_s=shutdown_timeout,
             hooks=_worker_setup().hooks,
             max_body_bytes=max_body_size,
+            observer=observer,
         )
     except LeveretError as exc:
         raise _WorkerConfigurationError(str(exc)) from exc
     warn_about_limits(selected, consumer_timeout_s=consumer_timeout)
     queue_names = [naming.queue_name(broker.namespace, actor.queue) for actor in selected]
-    health = _start_health(WorkerProbe(running, queue_names), health_port, health_host, health_file)
+    health = _start_health(
+        WorkerProbe(running, queue_names),
+        health_port,
+        health_host,
+        health_file,
+        observer.exposition if observer is not None else None,
+    )
+    if observer is not None:
+        observer.watch(running)
+    if heartbeat_interval > 0:
+        Heartbeats(
+            running,
+            namespace=broker.namespace,
+            queues=queue_names,
+            actors=[actor.queue for actor in selected],
+            interval_s=heartbeat_interval,
+        ).start()
     stop_scheduling = threading.Event()
     scheduling = None
     if with_scheduler:
@@ -259,6 +316,8 @@ def worker(
         code = running.run(restart_on_sighup=READY_FD_ENV not in os.environ)
     finally:
         health.close()
+        if observer is not None:
+            observer.close()
         stop_scheduling.set()
         if scheduling is not None:
             scheduling.join(10)
@@ -316,10 +375,17 @@ def _reload(directories: Sequence[str], shutdown_timeout: float) -> NoReturn:
     sys.exit(0)
 
 
-def _start_health(probe: Probe, port: int | None, host: str, path: str | None) -> HealthReporters:
-    """Serve `probe` on `host:port` and/or keep the health file `path` (both optional)."""
+def _start_health(
+    probe: Probe,
+    port: int | None,
+    host: str,
+    path: str | None,
+    metrics: Exposition | None = None,
+) -> HealthReporters:
+    """Serve `probe` (and `metrics` at /metrics) on `host:port` and/or keep the health file
+    `path` (both optional)."""
     try:
-        health = HealthReporters(probe, port=port, host=host, path=path)
+        health = HealthReporters(probe, port=port, host=host, path=path, metrics=metrics)
         health.start()
     except OSError as exc:
         raise click.ClickException(f"cannot serve health checks: {exc}") from exc
@@ -327,8 +393,22 @@ def _start_health(probe: Probe, port: int | None, host: str, path: str | None) -
 
 
 # Options the supervisor handles itself instead of passing them on to every child.
-_SUPERVISOR_OPTIONS = ("processes", "health_port", "health_host", "health_file", "broker_url")
-_HEALTH_ENV = ("LEVERET_HEALTH_PORT", "LEVERET_HEALTH_HOST", HEALTH_FILE_ENV)
+_SUPERVISOR_OPTIONS = (
+    "processes",
+    "health_port",
+    "health_host",
+    "health_file",
+    "broker_url",
+    "metrics",
+)
+_HEALTH_ENV = (
+    "LEVERET_HEALTH_PORT",
+    "LEVERET_HEALTH_HOST",
+    HEALTH_FILE_ENV,
+    "LEVERET_METRICS",
+    MULTIPROC_DIR_ENV,
+    SLOT_ENV,
+)
 
 
 def _command_line(context: click.Context, *, skip: Sequence[str]) -> list[str]:
@@ -357,12 +437,15 @@ def _supervise(
     health_port: int | None,
     health_host: str,
     health_file: str | None,
+    metrics: bool,
 ) -> NoReturn:
     """Run `processes` single-process workers with this command's options; exit with its code.
 
     Health checks answer for the whole worker: each child keeps its own health file in a
     private directory, and the supervisor serves `health_port` / keeps `health_file`,
-    healthy while every child is.
+    healthy while every child is. With `metrics`, each child writes its metrics to files in
+    another private directory (prometheus-client's multiprocess mode) and the supervisor
+    serves them merged at /metrics, each series labelled with its child's slot.
     """
     context = click.get_current_context()
     env = {key: value for key, value in os.environ.items() if key not in _HEALTH_ENV}
@@ -372,6 +455,7 @@ def _supervise(
     args = _command_line(context, skip=_SUPERVISOR_OPTIONS)
     wants_health = health_port is not None or health_file is not None
     directory = tempfile.mkdtemp(prefix="leveret-health-") if wants_health else None
+    metrics_dir = tempfile.mkdtemp(prefix="leveret-metrics-") if metrics else None
     child_command = _worker_setup().child_command or worker_command
     supervisor = Supervisor(
         child_command(args),
@@ -379,19 +463,22 @@ def _supervise(
         shutdown_timeout_s=shutdown_timeout,
         env=env,
         health_dir=directory,
+        metrics_dir=metrics_dir,
     )
     health = _start_health(
         ChildrenProbe(supervisor.health_files, stopping=supervisor.stopping),
         health_port,
         health_host,
         health_file,
+        multiprocess_exposition(metrics_dir) if metrics_dir is not None else None,
     )
     try:
         code = supervisor.run()
     finally:
         health.close()
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
+        for made in (directory, metrics_dir):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
     if supervisor.fatal_error:
         click.echo(f"Error: {supervisor.fatal_error}", err=True)
     sys.exit(code)

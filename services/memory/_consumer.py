@@ -39,6 +39,9 @@ class MemoryConsumer(Consumer):
         self._stopping = False
         self._feeder: threading.Thread | None = None
 
+    def publish_heartbeat(self, body: bytes) -> None:
+        self.transport.heartbeats.append(body)
+
     def start(self, deliver: Deliver, fail: Fail) -> None:
         self._feeder = threading.Thread(
             target=self._feed, args=(deliver, fail), name="leveret-memory-feeder", daemon=True

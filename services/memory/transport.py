@@ -36,6 +36,7 @@ from leveret.services.transport import (
     Delivered,
     MemoryOptions,
     Prepared,
+    QueueFigures,
     Replayed,
     Transport,
 )
@@ -80,6 +81,7 @@ class MemoryTransport(Transport):
         """Called after each `deliver`, outside the lock (`MemoryBroker`'s eager mode)."""
         self.scheduler_leader: object | None = None  # the MemorySchedulerBackend leading
         self.scheduler_state: dict[str, datetime] = {}  # the last tick sent, per entry
+        self.heartbeats: deque[bytes] = deque(maxlen=1000)  # the workers' latest heartbeats
 
     # Topology ---------------------------------------------------------------------------
 
@@ -120,6 +122,21 @@ class MemoryTransport(Transport):
         with self.changed:
             return dict(self.scheduler_state)
 
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        return list(self.heartbeats)
+
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        with self.changed:
+            return {
+                name: QueueFigures(
+                    ready=len(self.queues[name]),
+                    consumers=0,
+                    unacked=self.unacked.get(name, 0),
+                )
+                for name in queues
+                if name in self.queues
+            }
+
     def deliver(
         self,
         items: Sequence[Prepared],
@@ -158,6 +175,11 @@ class MemoryTransport(Transport):
                 elif not self._route(queue, envelope.topic, delivery):
                     unroutable.append(index)
             self.changed.notify_all()
+        observer = self.publish_observer
+        if observer is not None:
+            for index in range(len(items)):
+                if index not in errors:
+                    observer.confirmed(True, index in unroutable, None)
         if self.after_deliver is not None:
             self.after_deliver()
         return Delivered(unroutable, errors)

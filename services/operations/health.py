@@ -45,6 +45,11 @@ MAX_CONNECTIONS = 16
 """HTTP health connections served at once; more are closed at once."""
 SOCKET_TIMEOUT_S = 5.0
 """A health client silent for this long is disconnected."""
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""Prometheus's text exposition format."""
+
+Exposition = Callable[[], bytes]
+"""Gives the metrics in Prometheus's text format."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(with_body=False)
 
     def _answer(self, *, with_body: bool) -> None:
+        if self.path.split("?", 1)[0] == "/metrics":
+            self._metrics(with_body=with_body)
+            return
         try:
             health = self.server.probe.check()
         except Exception as exc:  # a probe that fails says "unhealthy"
@@ -176,6 +184,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = health.body()
         self.send_response(200 if health.healthy else 503)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def _metrics(self, *, with_body: bool) -> None:
+        exposition = self.server.metrics
+        if exposition is None:
+            status, body, kind = 404, b"metrics are off (leveret worker --metrics)\n", "text/plain"
+        else:
+            try:
+                status, body, kind = 200, exposition(), METRICS_CONTENT_TYPE
+            except Exception as exc:  # a scrape never kills the worker
+                log.exception("metrics_failed")
+                status, body = 500, f"metrics failed: {type(exc).__name__}\n".encode()
+                kind = "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -191,8 +218,11 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], probe: Probe) -> None:
+    def __init__(
+        self, address: tuple[str, int], probe: Probe, metrics: Exposition | None = None
+    ) -> None:
         self.probe = probe
+        self.metrics = metrics
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
@@ -216,21 +246,29 @@ class _Server(http.server.ThreadingHTTPServer):
 class HealthServer:
     """Answers HTTP health checks on ``host:port`` from a daemon thread.
 
-    Any path: ``GET`` answers ``200`` and the JSON of `Health.body` while `probe` is
-    healthy, ``503`` and the same JSON otherwise; ``HEAD`` the same without the body.
+    ``/metrics``: the Prometheus metrics `metrics` gives (404 without). Any other path:
+    ``GET`` answers ``200`` and the JSON of `Health.body` while `probe` is healthy, ``503``
+    and the same JSON otherwise; ``HEAD`` the same without the body.
 
     Args:
         probe: What decides the answer.
         port: TCP port; 0 picks a free one (see `port`).
         host: Address to listen on: loopback by default; ``0.0.0.0`` (every interface)
             where probes come from outside, e.g. a container's port probed by Kubernetes.
+        metrics: Gives the Prometheus text exposition served at ``/metrics``.
 
     Raises:
         OSError: The port cannot be bound (in use, no permission).
     """
 
-    def __init__(self, probe: Probe, port: int, host: str = DEFAULT_HOST) -> None:
-        self._server = _Server((host, port), probe)
+    def __init__(
+        self,
+        probe: Probe,
+        port: int,
+        host: str = DEFAULT_HOST,
+        metrics: Exposition | None = None,
+    ) -> None:
+        self._server = _Server((host, port), probe, metrics)
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
@@ -373,6 +411,7 @@ class HealthReporters:
         host: The address the server listens on.
         path: Keep this health file; None for no file.
         file_interval_s: Seconds between two updates of the file.
+        metrics: Served at ``/metrics`` on the port.
 
     Raises:
         OSError: The port cannot be bound.
@@ -386,8 +425,9 @@ class HealthReporters:
         host: str = DEFAULT_HOST,
         path: str | os.PathLike[str] | None = None,
         file_interval_s: float = DEFAULT_FILE_INTERVAL_S,
+        metrics: Exposition | None = None,
     ) -> None:
-        self.server = HealthServer(probe, port, host) if port is not None else None
+        self.server = HealthServer(probe, port, host, metrics) if port is not None else None
         self.file = HealthFile(probe, path, file_interval_s) if path is not None else None
 
     def start(self) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from leveret.schemas.errors import ConfigurationError
 from leveret.services.logs import get_logger
+from leveret.services.operations.metrics import MULTIPROC_DIR_ENV, SLOT_ENV, child_exited
 from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_OK,
@@ -109,6 +110,10 @@ class Supervisor:
         env: The children's environment (defaults to this process's).
         health_dir: A private directory for the children's health files: each child keeps
             its own (``--health-file``), and `health_files` tells which to look at.
+        metrics_dir: A private directory where the children write their metrics
+            (prometheus-client's multiprocess mode); each child gets its slot number in
+            ``$LEVERET_WORKER_SLOT`` (its ``slot`` label), and a dead child's live gauges
+            are removed.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         health_dir: str | None = None,
         kill_grace_s: float = KILL_GRACE_S,
+        metrics_dir: str | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigurationError("processes must be at least 1")
@@ -129,6 +135,7 @@ class Supervisor:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.env = dict(os.environ if env is None else env)
         self.health_dir = health_dir
+        self.metrics_dir = metrics_dir
         self.stopping = threading.Event()
         self._spawned = 0
         self.exit_code = EXIT_OK
@@ -210,6 +217,8 @@ class Supervisor:
             os.path.join(self.health_dir, f"child-{self._spawned}") if self.health_dir else None
         )
         health_env = {HEALTH_FILE_ENV: health_file} if health_file else {}
+        if self.metrics_dir is not None:
+            health_env.update({MULTIPROC_DIR_ENV: self.metrics_dir, SLOT_ENV: str(slot)})
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
@@ -257,6 +266,8 @@ class Supervisor:
 
     def _on_exit(self, child: _Child) -> None:
         self._children.remove(child)
+        if self.metrics_dir is not None:
+            child_exited(self.metrics_dir, child.pid)
         if child.health_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(child.health_file)

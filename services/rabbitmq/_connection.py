@@ -91,6 +91,8 @@ class IOThread:
         """Notified when the connection opens, fails or closes (and by subclasses)."""
         self.failed_attempts = 0
         """Connections that failed to open or were lost: a waiter sees one more at once."""
+        self.connections_opened = 0
+        """Connections opened so far (the first one and every reconnect)."""
         self._params = connection_parameters(url, role=role)
         self._backoff = ReconnectBackoff()
         self._ioloop: IOLoop | None = None
@@ -216,6 +218,7 @@ class IOThread:
         self._connection = connection
         self._backoff.reset()
         self.last_error = None
+        self.connections_opened += 1
         self.connected.set()
         log.info("broker_connected", role=self.role, url=self.safe_url)
         self.on_connected(connection)

@@ -84,6 +84,10 @@ class RabbitConsumer(IOThread, Consumer):
         self._publish_tag = 0
         self._republishing: dict[int, Job] = {}
         self._returned: set[int] = set()
+        self._heartbeats_exchange = naming.heartbeats_exchange(namespace)
+        self._heartbeat_channel: Channel | None = None
+        self._heartbeat_pending: bytes | None = None  # the latest, while the channel opens
+        self._local_address: str | None = None
 
     # Consumer, any thread ---------------------------------------------------------------
 
@@ -121,6 +125,16 @@ class RabbitConsumer(IOThread, Consumer):
     def log_fields(self) -> dict[str, object]:
         return {"in_flight": self._outstanding, "connected": self.connected.is_set()}
 
+    def connection_state(self) -> tuple[bool, int]:
+        return self.connected.is_set(), self.connections_opened
+
+    def local_address(self) -> str | None:
+        return self._local_address
+
+    def publish_heartbeat(self, body: bytes) -> None:
+        if self.running and self.connected.is_set():
+            self.call_soon(functools.partial(self._send_heartbeat, body))
+
     def _post(self, job: Job, result: Outcome | str) -> None:
         self._done.append((job, result))
         if not self._wake_pending:
@@ -130,6 +144,7 @@ class RabbitConsumer(IOThread, Consumer):
     # I/O thread: channel set-up ---------------------------------------------------------
 
     def on_connected(self, connection: SelectConnection) -> None:
+        self._local_address = _local_address(connection)
         connection.channel(on_open_callback=self._on_channel_open)
 
     def on_crashed(self, error: BaseException) -> None:
@@ -241,7 +256,62 @@ class RabbitConsumer(IOThread, Consumer):
         )
 
     def on_disconnected(self, reason: BaseException) -> None:
+        self._heartbeat_channel = None
+        self._heartbeat_pending = None
         self._forget_channel()
+
+    # I/O thread: heartbeats -------------------------------------------------------------
+
+    def _send_heartbeat(self, body: bytes) -> None:
+        """Publish a heartbeat on a channel of its own: no confirms, no mandatory, transient.
+
+        The channel declares the (non-durable) heartbeats exchange once when it opens, so a
+        broker restart or a deleted exchange costs one lost heartbeat. Whatever goes wrong
+        only closes this channel; the next heartbeat opens it again.
+        """
+        channel = self._heartbeat_channel
+        if channel is None or not channel.is_open:
+            if self._heartbeat_pending is None:
+                connection = self.connection
+                if connection is None or not connection.is_open:
+                    return
+                connection.channel(on_open_callback=self._on_heartbeat_channel)
+            self._heartbeat_pending = body
+            return
+        try:
+            channel.basic_publish(
+                self._heartbeats_exchange,
+                "",
+                body,
+                pika.BasicProperties(
+                    content_type="application/json", delivery_mode=1, type="leveret.heartbeat"
+                ),
+            )
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            log.info("heartbeat_not_sent", error=describe(exc))
+
+    def _on_heartbeat_channel(self, channel: Channel) -> None:
+        channel.add_on_close_callback(self._on_heartbeat_channel_closed)
+
+        def declared(_frame: Any) -> None:
+            self._heartbeat_channel = channel
+            pending, self._heartbeat_pending = self._heartbeat_pending, None
+            if pending is not None:
+                self._send_heartbeat(pending)
+
+        channel.exchange_declare(
+            self._heartbeats_exchange,
+            exchange_type="fanout",
+            durable=False,
+            callback=declared,
+        )
+
+    def _on_heartbeat_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if self._heartbeat_channel is channel or self._heartbeat_channel is None:
+            self._heartbeat_channel = None
+            self._heartbeat_pending = None
+        if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
+            log.info("heartbeat_channel_closed", error=describe(reason))
 
     def _forget_channel(self) -> None:
         # Everything delivered on the old channel is the broker's again.
@@ -424,6 +494,16 @@ class RabbitConsumer(IOThread, Consumer):
     def _check_settled(self) -> None:
         if self._outstanding <= 0 and not self._republishing:
             self._settled.set()
+
+
+def _local_address(connection: SelectConnection) -> str | None:
+    """``host:port`` of our end of the connection; pika keeps its socket private."""
+    sock = getattr(getattr(connection, "_transport", None), "_sock", None)
+    try:
+        host, port = sock.getsockname()[:2]  # type: ignore[union-attr]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _nowhere(_job: Job) -> None:

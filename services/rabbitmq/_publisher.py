@@ -38,6 +38,7 @@ from leveret.services.logs import get_logger
 from leveret.services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
 from leveret.services.rabbitmq._declare import declare_async, declarer
 from leveret.services.topology import Step
+from leveret.services.transport import PublishObserver
 
 log = get_logger("leveret.publisher")
 
@@ -68,6 +69,7 @@ class Outgoing:
     batch: Batch | None = None
     index: int = 0
     returned: str | None = None
+    sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
 
 
 @dataclass(slots=True, eq=False)
@@ -124,6 +126,8 @@ class Publisher(IOThread):
     ) -> None:
         super().__init__(url, role="publisher")
         self.confirm_timeout_s = confirm_timeout_s
+        self.observer: PublishObserver | None = None
+        """Sees each confirm (metrics); called on the I/O thread."""
         self._declare_on_connect = list(declare_on_connect)
         self._reset_state()
         _live.add(self)
@@ -373,6 +377,8 @@ class Publisher(IOThread):
                 continue
             tag = self._next_tag
             self._next_tag = tag + 1
+            if self.observer is not None:
+                item.sent_at = time.perf_counter()
             self._unconfirmed[tag] = item
             self._order.append(tag)
             message_id: str = item.properties.message_id or ""
@@ -438,6 +444,14 @@ class Publisher(IOThread):
             )
         assert item.batch is not None
         item.batch.settle(item.index, error, unroutable=item.returned is not None)
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer.confirmed(
+                    ok, item.returned is not None, time.perf_counter() - item.sent_at
+                )
+            except Exception:  # metrics never stop publishing
+                log.exception("publish_observer_failed")
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         was_ready = self._ready

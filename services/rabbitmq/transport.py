@@ -14,12 +14,15 @@ from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
+from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
 from leveret.services.runtime.execution import Delivery
 from leveret.services.scheduling import SchedulerBackend
 from leveret.services.transport import (
     Chosen,
     Delivered,
     Prepared,
+    PublishObserver,
+    QueueFigures,
     RabbitOptions,
     Replayed,
     Transport,
@@ -122,6 +125,8 @@ class RabbitTransport(Transport):
                 elif step.kind == "queue":
                     channel.queue_delete(step.name)
             channel.queue_delete(naming.scheduler_state(self.namespace))
+            channel.queue_delete(naming.status_queue(self.namespace))
+            channel.exchange_delete(naming.heartbeats_exchange(self.namespace))
         self._levels_declared = False
 
     def admin(self) -> AdminChannel:
@@ -201,6 +206,16 @@ class RabbitTransport(Transport):
         self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int
     ) -> RabbitConsumer:
         return RabbitConsumer(self.url, self.namespace, actors, prefetch=prefetch, threads=threads)
+
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        return recent_heartbeats(self.url, self.namespace, first_wait_s)
+
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        return queue_figures(self.url, queues)
+
+    def observe_publishing(self, observer: PublishObserver | None) -> None:
+        self.publish_observer = observer
+        self.publisher.observer = observer
 
     def close(self) -> None:
         self.publisher.close()

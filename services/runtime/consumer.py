@@ -106,6 +106,19 @@ class Consumer(ABC):
     def alive(self) -> bool:
         """Whether the consumer's own thread runs (health checks)."""
 
+    def connection_state(self) -> tuple[bool, int]:
+        """Whether it is connected now, and how many connections it opened so far (metrics)."""
+        return True, 1
+
+    def local_address(self) -> str | None:
+        """This end's address of the connection to the broker, ``host:port`` (heartbeats)."""
+        return None
+
+    def publish_heartbeat(self, body: bytes) -> None:
+        """Send a heartbeat to the namespace's heartbeats exchange, without waiting or
+        confirming; dropped when not connected (`leveret.services.operations.heartbeats`)."""
+        del body  # a consumer without a heartbeats route drops them
+
     def log_fields(self) -> dict[str, object]:
         """Extra facts for the runtime's log lines (e.g. whether it is connected)."""
         return {}

@@ -37,6 +37,7 @@ from leveret.schemas.errors import (
 from leveret.services.delays import MAX_DELAY_S
 from leveret.services.logs import get_logger
 from leveret.services.runtime.timelimits import LIMITS
+from leveret.services.tracing import tracing
 
 log = get_logger("leveret.worker")
 
@@ -136,6 +137,8 @@ class Stats:
     handled: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    last_error: str | None = None
+    """The last error that made a message retry or go to the dead-letter queue."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, outcome: Outcome) -> None:
@@ -143,10 +146,25 @@ class Stats:
         with self.lock:
             if outcome.fate == "ack":
                 self.handled += 1
-            elif outcome.fate == "retry":
+                return
+            if outcome.fate == "retry":
                 self.retried += 1
             else:
                 self.dead_lettered += 1
+            message = outcome.headers.get(wire.ERROR_MESSAGE)
+            kind = outcome.headers.get(wire.ERROR_TYPE) or outcome.headers.get(wire.ERROR_REASON)
+            if message or kind:
+                self.last_error = f"{kind}: {message}"[:300] if message else str(kind)
+
+
+class WorkerObserver(Protocol):
+    """Sees every message a worker handles (metrics): called in the handler's thread."""
+
+    def started(self, actor: str) -> None:
+        """A handler of `actor` (its queue name) starts on a message."""
+
+    def finished(self, actor: str, outcome: Outcome, duration_s: float) -> None:
+        """It finished, with `outcome`, after `duration_s` seconds."""
 
 
 class MessageHooks(Protocol):
@@ -193,14 +211,41 @@ class Executor:
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
         self._handler_log = get_logger("leveret.handler")
+        self._tracing = tracing()
 
     def run(self, delivery: Delivery) -> Outcome:
         """Handle one delivery and say what should happen to it.
 
         Whatever the delivery holds and whatever the handler does, this returns an outcome:
         a fault of Leveret's own while handling it dead-letters the delivery with reason
-        ``internal_error`` (and its traceback) instead of raising.
+        ``internal_error`` (and its traceback) instead of raising. With tracing
+        (`leveret.services.tracing`) it runs in a span whose parent is the message's.
         """
+        if self._tracing is None:
+            return self._run_logged(delivery)
+        try:
+            span = self._tracing.handling(
+                self.name, delivery.headers, delivery.message_id, delivery.correlation_id
+            )
+            record = span.__enter__()
+        except Exception:  # tracing never decides a message's fate
+            log.exception("tracing_failed")
+            return self._run_logged(delivery)
+        outcome: Outcome | None = None
+        try:
+            outcome = self._run_logged(delivery)
+            record(outcome.fate, outcome.error)
+        except Exception:  # only `record` can raise here: tracing's, not the message's
+            log.exception("tracing_failed")
+        finally:
+            try:
+                span.__exit__(None, None, None)
+            except Exception:  # as above
+                log.exception("tracing_failed")
+        assert outcome is not None
+        return outcome
+
+    def _run_logged(self, delivery: Delivery) -> Outcome:
         started = time.perf_counter()
         envelope = delivery.envelope()
         log_context = {

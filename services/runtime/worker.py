@@ -20,7 +20,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -34,6 +34,7 @@ from leveret.services.runtime.execution import (
     MessageHooks,
     Outcome,
     Stats,
+    WorkerObserver,
 )
 
 log = get_logger("leveret.worker")
@@ -61,6 +62,7 @@ class Worker:
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
         hooks: Run around each message in its handler thread (see `MessageHooks`).
         max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
+        observer: Sees each message start and finish (the worker's metrics).
 
     Attributes:
         stats: Counters of handled, retried and dead-lettered messages.
@@ -80,8 +82,10 @@ class Worker:
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.consumer = consumer
+        self.observer = observer
         self.threads = threads
         self.prefetch = prefetch
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -105,6 +109,9 @@ class Worker:
         self._stopper: threading.Thread | None = None
         self.restart_requested = False
         """A SIGHUP asked for a restart with new code (`run` with `restart_on_sighup`)."""
+        self.before_close: list[Callable[[], None]] = []
+        """Called once shutdown has settled every delivery, just before the consumer closes
+        (the last heartbeat goes out on its connection)."""
 
     # Any thread -------------------------------------------------------------------------
 
@@ -232,16 +239,27 @@ class Worker:
         `MemoryBroker.join` alike.
         """
         executor = self.executors[job.queue]
+        observer = self.observer
         with self._running_lock:
             self._running += 1
+        if observer is not None:
+            _observe(observer.started, executor.name)
+            started = time.perf_counter()
         try:
             outcome = executor.run(job.delivery)
             self.stats.count(outcome)
         finally:
             with self._running_lock:
                 self._running -= 1
+        if observer is not None:
+            _observe(observer.finished, executor.name, outcome, time.perf_counter() - started)
         self.consumer.settle(job, outcome)
         return outcome
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now."""
+        return self._running
 
     def _handler_thread_failed(self, job: Job, error: BaseException) -> None:
         log.error(
@@ -317,7 +335,20 @@ class Worker:
             self.exit_code = max(self.exit_code, EXIT_SHUTDOWN_TIMEOUT)
         for _ in self._pool:
             self._work.put(None)
+        for callback in self.before_close:
+            try:
+                callback()
+            except Exception:  # closing goes on
+                log.exception("worker_before_close_failed")
         self.consumer.close()
         log.info(
             "worker_stopped", handled=self.stats.handled, dead_lettered=self.stats.dead_lettered
         )
+
+
+def _observe(call: Callable[..., None], *args: Any) -> None:
+    """Call an observer (metrics): what it raises is logged, never the message's fate."""
+    try:
+        call(*args)
+    except Exception:  # metrics never stop a message
+        log.exception("worker_observer_failed")

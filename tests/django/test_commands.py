@@ -89,6 +89,18 @@ def test_leveret_dlq_looks_in_the_project_namespace(
     helped = manage("leveret_dlq", "list", "--help", settings=settings)
     assert f"In force: {namespace} (settings.LEVERET)" in " ".join(helped.stdout.split())
 
+    # leveret_status: the project's namespace, and its actors' queues with no worker running.
+    with_actors = {**settings, "ACTORS": ["tests.django.plugin_actors"]}
+    status = manage(
+        "leveret_status", "--json", "--no-management", "--wait", "0", settings=with_actors
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["namespace"] == namespace
+    queues = {queue["actor"]: queue for queue in report["queues"]}
+    assert queues[Grumpy.queue]["dead_letters"] == 1
+    assert report["workers"] == []
+
 
 @pytest.mark.django_db
 def test_leveret_declare_declares_the_project_actors(

@@ -1,0 +1,113 @@
+"""`leveret status`: workers, queues and warnings of a namespace, once or refreshed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import click
+
+from leveret.actors import Actor, actors_in
+from leveret.services.broker import Broker
+from leveret.services.cli._common import import_path, namespace_option, url_option
+from leveret.services.operations.status import StatusReader
+from leveret.services.operations.status_table import render
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSetup:
+    """What a program embedding `status` adds (``manage.py leveret_status``), as click's obj.
+
+    Attributes:
+        actors: The actors whose queues to show besides those of the MODULES.
+    """
+
+    actors: Callable[[], Sequence[type[Actor]]]
+
+
+@click.command()
+@click.argument("modules", nargs=-1)
+@url_option
+@namespace_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (per refresh).")
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.5),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two refreshes with --watch; without rates from the management "
+    "API, also how far apart two looks at the .dlqs are (to see whether they grow).",
+)
+@click.option(
+    "--management-url",
+    envvar="LEVERET_MANAGEMENT_URL",
+    default=None,
+    help="RabbitMQ's management API for unacked counts and rates [http://BROKER-HOST:15672/ "
+    "with the broker URL's credentials]. Env: LEVERET_MANAGEMENT_URL.",
+)
+@click.option(
+    "--wait",
+    "first_wait",
+    type=click.FloatRange(min=0),
+    default=6.0,
+    show_default=True,
+    help="How long the first look at a namespace waits for heartbeats (a little over the "
+    "workers' --heartbeat-interval).",
+)
+@click.option(
+    "--no-management",
+    is_flag=True,
+    help="Use AMQP only (ready messages and consumers; no rates).",
+)
+def status(
+    modules: tuple[str, ...],
+    broker_url: str | None,
+    namespace: str | None,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    management_url: str | None,
+    first_wait: float,
+    no_management: bool,
+) -> None:
+    """Show the workers (from their heartbeats, on every server), the actor queues and
+    what needs attention in a namespace.
+
+    MODULES: actor modules whose queues to show even when no worker runs them (the
+    management API lists every queue of the namespace by itself). The first look at a
+    namespace waits about 6 s for heartbeats; later looks (for 10 minutes) answer at once.
+    """
+    import_path()
+    actors = [actor.queue for actor in actors_in(modules)] if modules else []
+    extra = click.get_current_context().find_object(StatusSetup)
+    if extra is not None:
+        actors += [actor.queue for actor in extra.actors()]
+    with Broker(broker_url, namespace=namespace) as broker:
+        reader = StatusReader(
+            broker,
+            actors=actors,
+            management_url="" if no_management else management_url,
+            sample_s=0 if watch else interval,
+            first_wait_s=first_wait,
+        )
+        try:
+            while True:
+                snapshot = reader.take()
+                if as_json:
+                    output = json.dumps(snapshot.to_json(), sort_keys=True) + "\n"
+                else:
+                    output = render(snapshot)
+                if watch and not as_json and sys.stdout.isatty():
+                    output = _CLEAR + output
+                click.echo(output, nl=False)
+                if not watch:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return

@@ -1,0 +1,186 @@
+"""Worker heartbeats: every few seconds each worker process says who and how it is.
+
+A heartbeat is a small JSON document (`HEARTBEAT_FIELDS`) published, without confirm and as
+a transient message, to the namespace's non-durable fanout exchange
+``{namespace}._heartbeats`` (`leveret.services.naming.heartbeats_exchange`) on a channel of
+the worker's own connection. Nothing is bound to that exchange unless a ``leveret status``
+listens, so when nobody looks RabbitMQ drops each heartbeat at once: no queue, no disk.
+
+A worker that stops cleanly sends a last heartbeat with ``state: "stopped"``; one that is
+killed simply stops sending, and ``leveret status`` marks it stale after
+`STALE_AFTER_INTERVALS` intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from leveret.services.logs import get_logger
+from leveret.services.runtime.worker import Worker
+
+log = get_logger("leveret.heartbeats")
+
+DEFAULT_INTERVAL_S = 5.0
+STALE_AFTER_INTERVALS = 3
+"""A worker not heard from for this many of its intervals is stale (15 s by default)."""
+FORMAT = 1
+
+HEARTBEAT_FIELDS = (
+    "format",
+    "id",
+    "state",
+    "host",
+    "address",
+    "pid",
+    "version",
+    "python",
+    "namespace",
+    "actors",
+    "queues",
+    "threads",
+    "prefetch",
+    "in_flight",
+    "handled",
+    "retried",
+    "dead_lettered",
+    "last_error",
+    "memory_bytes",
+    "started_at",
+    "uptime_s",
+    "sent_at",
+    "interval_s",
+    "connected",
+    "consuming",
+)
+
+
+def leveret_version() -> str:
+    """The installed Leveret's version."""
+    try:
+        return version("leveret")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _memory_bytes() -> int:
+    """This process's resident memory now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class Heartbeats:
+    """Publishes `worker`'s heartbeat every `interval_s` seconds from a daemon thread.
+
+    Args:
+        worker: The worker.
+        namespace: Its namespace.
+        queues: The queues it consumes (full names).
+        actors: The actors it runs (queue names without namespace).
+        interval_s: Seconds between two heartbeats.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        namespace: str,
+        queues: Sequence[str],
+        actors: Sequence[str],
+        interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError("the heartbeat interval must be positive")
+        self.worker = worker
+        self.interval_s = interval_s
+        self.id = uuid.uuid4().hex
+        self._started = time.monotonic()
+        self._static: dict[str, Any] = {
+            "format": FORMAT,
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": leveret_version(),
+            "python": platform.python_version(),
+            "namespace": namespace,
+            "actors": sorted(actors),
+            "queues": sorted(queues),
+            "threads": worker.threads,
+            "prefetch": worker.prefetch,
+            "started_at": round(time.time(), 3),
+            "interval_s": interval_s,
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def payload(self, state: str = "running") -> dict[str, Any]:
+        """The heartbeat now."""
+        worker = self.worker
+        stats = worker.stats
+        with stats.lock:
+            counts = {
+                "handled": stats.handled,
+                "retried": stats.retried,
+                "dead_lettered": stats.dead_lettered,
+                "last_error": stats.last_error,
+            }
+        connected, _opened = worker.consumer.connection_state()
+        return {
+            **self._static,
+            "state": state,
+            "address": worker.consumer.local_address(),
+            "in_flight": worker.in_flight,
+            **counts,
+            "memory_bytes": _memory_bytes(),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "sent_at": round(time.time(), 3),
+            "connected": connected,
+            "consuming": worker.consuming.is_set(),
+        }
+
+    def send(self, state: str = "running") -> None:
+        """Publish one heartbeat now (dropped if the worker is not connected)."""
+        body = json.dumps(self.payload(state), separators=(",", ":")).encode()
+        self.worker.consumer.publish_heartbeat(body)
+
+    def start(self) -> None:
+        """Send a heartbeat every `interval_s` until the worker closes (the first once it
+        consumes); then a last one with ``state: stopped``."""
+        self.worker.before_close.append(self.stop)
+        self._thread = threading.Thread(target=self._loop, name="leveret-heartbeats", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sending; send the last heartbeat (``state: stopped``) if still connected."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        try:
+            self.send("stopped")
+        except Exception:  # stopping anyway
+            log.exception("heartbeat_failed")
+
+    def _loop(self) -> None:
+        self.worker.consuming.wait(self.interval_s)
+        while not self._stop.is_set():
+            try:
+                self.send()
+            except Exception:  # keep beating: the next one may go through
+                log.exception("heartbeat_failed")
+            self._stop.wait(self.interval_s)

@@ -1,0 +1,446 @@
+"""`leveret status`: one picture of a namespace, its workers, its queues and what is wrong.
+
+`collect` takes a `Snapshot`: the workers from their heartbeats (every server, stale ones
+marked), the actor queues with their figures and dead letters, and `Warning`s:
+
+- ``queue_without_consumer``: a queue holds messages and nobody consumes it;
+- ``dead_letters_growing``: an actor's ``.dlq`` grew since the previous look (or its
+  incoming rate is above zero, from the management API);
+- ``worker_stale``: a worker's heartbeats stopped (it was killed, hangs, or lost the broker)
+  for `STALE_AFTER_INTERVALS` of its intervals;
+- ``worker_not_consuming``: a worker says it is connected but not consuming (or not
+  connected): the "silently stopped consuming" failure.
+
+Queue figures come from RabbitMQ's management API when it answers (unacked, rates), else
+from AMQP alone (ready and consumers); the snapshot says which. Heartbeats are untrusted
+(any client can publish to the exchange): each is validated, and what does not validate is
+counted and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from leveret.services import naming
+from leveret.services.broker import Broker
+from leveret.services.operations.heartbeats import DEFAULT_INTERVAL_S, STALE_AFTER_INTERVALS
+from leveret.services.rabbitmq.management import (
+    ManagementAPI,
+    ManagementUnavailable,
+    default_management_url,
+)
+from leveret.services.redaction import redact
+from leveret.services.transport import QueueFigures
+
+MAX_WORKERS = 10_000
+"""Distinct worker ids kept from one read; more are ignored (and counted)."""
+MAX_HEARTBEAT_BYTES = 64 * 1024
+"""A real heartbeat is under 1 KiB (plus its queue names); larger ones are not parsed."""
+
+
+_Count = Annotated[int, Field(ge=0, le=2**63)]
+
+
+class _Heartbeat(BaseModel):
+    """A heartbeat as it must look to be shown; extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64)
+    state: str = Field(default="running", max_length=32)
+    host: str = Field(default="", max_length=255)
+    address: str | None = Field(default=None, max_length=300)
+    pid: _Count = 0
+    version: str = Field(default="", max_length=64)
+    actors: list[str] = Field(default_factory=list, max_length=10_000)
+    queues: list[str] = Field(default_factory=list, max_length=10_000)
+    threads: _Count = 0
+    prefetch: _Count = 0
+    in_flight: _Count = 0
+    handled: _Count = 0
+    retried: _Count = 0
+    dead_lettered: _Count = 0
+    last_error: str | None = Field(default=None, max_length=2000)
+    memory_bytes: _Count = 0
+    uptime_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    sent_at: float = Field(allow_inf_nan=False)
+    interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0, le=3600)
+    connected: bool = True
+    consuming: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One worker process, from its latest heartbeat.
+
+    Attributes:
+        stale: No heartbeat for `STALE_AFTER_INTERVALS` of its intervals.
+        age_s: Seconds since its latest heartbeat was sent (by its clock).
+    """
+
+    id: str
+    host: str
+    address: str | None
+    pid: int
+    version: str
+    state: str
+    actors: list[str]
+    queues: list[str]
+    threads: int
+    prefetch: int
+    in_flight: int
+    handled: int
+    retried: int
+    dead_lettered: int
+    last_error: str | None
+    memory_bytes: int
+    uptime_s: float
+    connected: bool
+    consuming: bool
+    last_seen: float
+    age_s: float
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One actor queue and its dead letters.
+
+    Attributes:
+        actor: The queue's name without namespace.
+        name: Its full name.
+        figures: What the broker says of it (None: the queue does not exist).
+        dead_letters: Messages in its ``.dlq`` (None: no ``.dlq``).
+        dead_letters_per_s: Messages arriving in its ``.dlq`` per second (None: not known
+            over AMQP).
+    """
+
+    actor: str
+    name: str
+    figures: QueueFigures | None
+    dead_letters: int | None
+    dead_letters_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Warning:
+    """Something an operator should look at.
+
+    Attributes:
+        kind: ``queue_without_consumer``, ``dead_letters_growing``, ``worker_stale`` or
+            ``worker_not_consuming``.
+        subject: The queue or worker it is about.
+        message: One line for people.
+    """
+
+    kind: Literal[
+        "queue_without_consumer", "dead_letters_growing", "worker_stale", "worker_not_consuming"
+    ]
+    subject: str
+    message: str
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The namespace at one moment.
+
+    Attributes:
+        source: Where queue figures came from: ``management`` or ``amqp``.
+        source_note: Why AMQP was used when the management API was tried, or the API's URL.
+        ignored_heartbeats: Messages on the heartbeats route that were not valid heartbeats.
+    """
+
+    namespace: str
+    taken_at: float
+    workers: list[WorkerRow]
+    queues: list[QueueRow]
+    warnings: list[Warning]
+    source: Literal["management", "amqp", "memory"]
+    source_note: str = ""
+    ignored_heartbeats: int = 0
+    stale_after_s: float = STALE_AFTER_INTERVALS * DEFAULT_INTERVAL_S
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form (``leveret status --json``)."""
+        data = asdict(self)
+        data["taken_at"] = _iso(self.taken_at)
+        for worker in data["workers"]:
+            worker["last_seen"] = _iso(worker["last_seen"])
+        return data
+
+
+@dataclass(slots=True)
+class StatusReader:
+    """Takes snapshots of `broker`'s namespace, remembering the last one (for ``--watch``).
+
+    Args:
+        broker: The namespace's broker.
+        actors: Queue names (without namespace) to show besides those live workers consume
+            (and, with the management API, every actor queue of the namespace).
+        management_url: The management API's URL; None for the default one of the broker's
+            host; ``""`` for AMQP only.
+        first_wait_s: How long the first look at a namespace waits for heartbeats.
+        sample_s: Without rates from the management API, a single look samples the
+            ``.dlq``s twice this far apart to see whether they grow (0: once only).
+    """
+
+    broker: Broker
+    actors: Sequence[str] = ()
+    management_url: str | None = None
+    first_wait_s: float = DEFAULT_INTERVAL_S + 1
+    sample_s: float = 2.0
+    previous: Snapshot | None = None
+    _management: ManagementAPI | None = field(default=None, init=False)
+
+    def take(self) -> Snapshot:
+        """A new snapshot (the first may wait `first_wait_s` for heartbeats)."""
+        started = time.monotonic()
+        source, note, figures = self._figures()
+        bodies = self.broker.transport.recent_heartbeats(self.first_wait_s)
+        now = time.time()
+        workers, ignored = parse_workers(bodies, now)
+        queue_names = self._queue_names(workers, figures)
+        # Ready and consumers from AMQP, always: the broker's own answer now, where the
+        # management API's figures lag by up to its collection interval (5 s). The API adds
+        # what AMQP cannot tell: unacked messages and rates.
+        names = [name for queue in queue_names for name in (self._full(queue), self._dlq(queue))]
+        figures = _merged(self.broker.transport.queue_figures(names), figures)
+        growing: set[str] = set()
+        if self.previous is not None:
+            growing = _grown(self.previous, figures, self._dlq)
+        elif source != "management" and self.sample_s > 0:
+            wait_s = self.sample_s - (time.monotonic() - started)
+            if wait_s > 0:
+                time.sleep(wait_s)
+            dlqs = [self._dlq(q) for q in queue_names if self._dlq(q) in figures]
+            again = self.broker.transport.queue_figures(dlqs)
+            growing = {
+                dlq for dlq in dlqs if dlq in again and again[dlq].ready > figures[dlq].ready
+            }
+            figures.update(again)
+        rows = []
+        for queue in queue_names:
+            dlq = figures.get(self._dlq(queue))
+            rows.append(
+                QueueRow(
+                    actor=queue,
+                    name=self._full(queue),
+                    figures=figures.get(self._full(queue)),
+                    dead_letters=dlq.ready if dlq is not None else None,
+                    dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
+                )
+            )
+        snapshot = Snapshot(
+            namespace=self.broker.namespace,
+            taken_at=now,
+            workers=workers,
+            queues=rows,
+            warnings=[],
+            source=source,
+            source_note=note,
+            ignored_heartbeats=ignored,
+        )
+        snapshot.warnings = warnings_of(snapshot, growing_dlqs=growing, dlq_of=self._dlq)
+        self.previous = snapshot
+        return snapshot
+
+    def _figures(
+        self,
+    ) -> tuple[Literal["management", "amqp", "memory"], str, dict[str, QueueFigures]]:
+        url = self.broker.url
+        if url.startswith("memory:"):
+            return "memory", "", {}
+        if self.management_url == "":
+            return "amqp", "management API not used (--no-management)", {}
+        api_url = self.management_url or default_management_url(url)
+        try:
+            if self._management is None:
+                self._management = ManagementAPI(api_url, url)
+            figures = self._management.queues(self.broker.namespace + ".")
+        except (ManagementUnavailable, ValueError) as exc:
+            return "amqp", f"management API not used: {redact(str(exc))}", {}
+        return "management", f"management API at {self._management.safe_url}", figures
+
+    def _queue_names(
+        self, workers: Iterable[WorkerRow], figures: dict[str, QueueFigures]
+    ) -> list[str]:
+        """Actor queues (without namespace) to show: given, consumed by live workers, and
+        every actor queue the management API lists."""
+        names = set(self.actors)
+        prefix = self.broker.namespace + "."
+        for worker in workers:
+            for queue in worker.queues:
+                if queue.startswith(prefix):
+                    names.add(queue[len(prefix) :])
+        for full in figures:
+            short = full[len(prefix) :] if full.startswith(prefix) else None
+            if short and _is_actor_queue(short):
+                names.add(short)
+        return sorted(names)
+
+    def _full(self, queue: str) -> str:
+        return naming.queue_name(self.broker.namespace, queue)
+
+    def _dlq(self, queue: str) -> str:
+        return naming.dlq_name(self.broker.namespace, queue)
+
+
+def _merged(
+    amqp: dict[str, QueueFigures], management: dict[str, QueueFigures]
+) -> dict[str, QueueFigures]:
+    """AMQP's ready and consumers with the management API's unacked and rates."""
+    merged = {}
+    for name, now in amqp.items():
+        extra = management.get(name)
+        merged[name] = (
+            now
+            if extra is None
+            else QueueFigures(
+                ready=now.ready,
+                consumers=now.consumers,
+                unacked=extra.unacked,
+                incoming_per_s=extra.incoming_per_s,
+                delivered_per_s=extra.delivered_per_s,
+            )
+        )
+    return merged
+
+
+def _is_actor_queue(short: str) -> bool:
+    """An actor's queue (not a `.dlq`, a delay level, or one of Leveret's own)."""
+    return not (short.startswith(("_", "delay.")) or short.endswith(".dlq"))
+
+
+def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow], int]:
+    """The latest heartbeat of each worker, as rows; and how many messages were ignored.
+
+    A worker whose latest heartbeat says ``stopped`` left cleanly and is not shown.
+    """
+    latest: dict[str, _Heartbeat] = {}
+    ignored = 0
+    for body in bodies:
+        if len(body) > MAX_HEARTBEAT_BYTES:
+            ignored += 1
+            continue
+        try:
+            beat = _Heartbeat.model_validate(json.loads(body))
+        except (ValueError, ValidationError, RecursionError):
+            ignored += 1
+            continue
+        if not math.isfinite(beat.sent_at):
+            ignored += 1
+            continue
+        known = latest.get(beat.id)
+        if known is None and len(latest) >= MAX_WORKERS:
+            ignored += 1
+            continue
+        if known is None or beat.sent_at >= known.sent_at:
+            latest[beat.id] = beat
+    rows = []
+    for beat in latest.values():
+        if beat.state == "stopped":
+            continue
+        age_s = max(0.0, now - beat.sent_at)
+        rows.append(
+            WorkerRow(
+                id=beat.id,
+                host=beat.host,
+                address=beat.address,
+                pid=beat.pid,
+                version=beat.version,
+                state=beat.state,
+                actors=list(beat.actors),
+                queues=list(beat.queues),
+                threads=beat.threads,
+                prefetch=beat.prefetch,
+                in_flight=beat.in_flight,
+                handled=beat.handled,
+                retried=beat.retried,
+                dead_lettered=beat.dead_lettered,
+                last_error=beat.last_error,
+                memory_bytes=beat.memory_bytes,
+                uptime_s=beat.uptime_s,
+                connected=beat.connected,
+                consuming=beat.consuming,
+                last_seen=beat.sent_at,
+                age_s=round(age_s, 1),
+                stale=age_s > STALE_AFTER_INTERVALS * beat.interval_s,
+            )
+        )
+    rows.sort(key=lambda row: (row.host, row.address or "", row.pid, row.id))
+    return rows, ignored
+
+
+def warnings_of(
+    snapshot: Snapshot,
+    *,
+    growing_dlqs: set[str],
+    dlq_of: Callable[[str], str],
+) -> list[Warning]:
+    """The warnings a snapshot calls for."""
+    found: list[Warning] = []
+    for row in snapshot.queues:
+        figures = row.figures
+        if figures is not None and figures.ready > 0 and figures.consumers == 0:
+            found.append(
+                Warning(
+                    "queue_without_consumer",
+                    row.name,
+                    f"queue {row.name} holds {figures.ready} messages and has no consumer: "
+                    "start a worker for it (leveret worker … --queues "
+                    f"{row.actor}) or check the deploy",
+                )
+            )
+        dlq = dlq_of(row.actor)
+        rate_grows = row.dead_letters_per_s is not None and row.dead_letters_per_s > 0
+        if dlq in growing_dlqs or rate_grows:
+            found.append(
+                Warning(
+                    "dead_letters_growing",
+                    dlq,
+                    f"dead letters of {row.actor} are growing ({row.dead_letters} now): "
+                    f"leveret dlq list {row.actor}",
+                )
+            )
+    for worker in snapshot.workers:
+        who = f"worker {worker.host} pid {worker.pid}" + (
+            f" ({worker.address})" if worker.address else ""
+        )
+        if worker.stale:
+            found.append(
+                Warning(
+                    "worker_stale",
+                    worker.id,
+                    f"{who}: no heartbeat for {worker.age_s:.0f} s (killed, hung, or cut off "
+                    "from the broker)",
+                )
+            )
+        elif not (worker.connected and worker.consuming):
+            state = "not connected" if not worker.connected else "connected but not consuming"
+            found.append(Warning("worker_not_consuming", worker.id, f"{who}: {state}"))
+    return found
+
+
+def _grown(
+    previous: Snapshot, figures: dict[str, QueueFigures], dlq_of: Callable[[str], str]
+) -> set[str]:
+    """`.dlq`s with more messages now than in `previous`."""
+    grown = set()
+    for row in previous.queues:
+        dlq = dlq_of(row.actor)
+        now = figures.get(dlq)
+        if now is not None and row.dead_letters is not None and now.ready > row.dead_letters:
+            grown.add(dlq)
+    return grown
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

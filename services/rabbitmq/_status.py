@@ -1,0 +1,109 @@
+"""Internal: what `leveret status` reads over AMQP: recent heartbeats and queue figures.
+
+Heartbeats reach the namespace's non-durable fanout exchange (`naming.heartbeats_exchange`);
+a queue bound to it (`naming.status_queue`) keeps those of the last `HEARTBEAT_TTL_S`
+seconds, at most `MAX_HEARTBEATS` and `MAX_BYTES` (the oldest go first), while anyone
+looks: it expires `LISTENER_EXPIRES_S` after the last reader declared it, and then
+heartbeats cost nothing again. A reader takes every
+message without acknowledging and gives them all back, so any number of readers, one after
+the other, each see the whole minute. Two reading at the very same moment may each miss
+what the other holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from time import sleep
+
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from leveret.services import naming
+from leveret.services.rabbitmq._admin import AdminChannel
+from leveret.services.transport import QueueFigures
+
+HEARTBEAT_TTL_S = 60
+LISTENER_EXPIRES_S = 600
+MAX_HEARTBEATS = 20_000
+MAX_BYTES = 16 * 1024 * 1024
+"""What the listener holds at most: a flood of large messages cannot exhaust a reader."""
+
+# A classic queue, durable in name only: its messages are transient, and RabbitMQ deletes it
+# when unused. Classic whatever the vhost's default queue type: getting and giving back every
+# heartbeat counts as a delivery on a quorum queue, whose delivery limit (20 by default since
+# RabbitMQ 4.0) would drop them. Durable because RabbitMQ 4 deprecates transient non-exclusive
+# queues.
+LISTENER_ARGUMENTS = {
+    "x-queue-type": "classic",
+    "x-message-ttl": HEARTBEAT_TTL_S * 1000,
+    "x-expires": LISTENER_EXPIRES_S * 1000,
+    "x-max-length": MAX_HEARTBEATS,
+    "x-max-length-bytes": MAX_BYTES,
+}
+
+
+def recent_heartbeats(url: str, namespace: str, first_wait_s: float) -> list[bytes]:
+    """The heartbeats of the last minute; waits `first_wait_s` when the listener is new."""
+    exchange = naming.heartbeats_exchange(namespace)
+    queue = naming.status_queue(namespace)
+    with AdminChannel(url) as channel:
+        new = not _exists(channel, queue)
+        channel.exchange_declare(exchange, exchange_type="fanout", durable=False)
+        _declare_listener(channel, queue)
+        channel.queue_bind(queue, exchange)
+        if new and first_wait_s > 0:
+            sleep(first_wait_s)
+        bodies: list[bytes] = []
+        last_tag = 0
+        for _ in range(MAX_HEARTBEATS):
+            method, _properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None or method.delivery_tag is None:
+                break
+            bodies.append(body or b"")
+            last_tag = method.delivery_tag
+        if last_tag:
+            channel.basic_nack(last_tag, multiple=True, requeue=True)
+        return bodies
+
+
+def queue_figures(url: str, queues: Sequence[str]) -> dict[str, QueueFigures]:
+    """Ready messages and consumers of each queue that exists (passive declares)."""
+    figures: dict[str, QueueFigures] = {}
+    with AdminChannel(url) as channel:
+        for queue in queues:
+            probe = channel.connection.channel()
+            try:
+                ok = probe.queue_declare(queue, passive=True).method
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # no such queue (the channel is closed by the broker)
+            figures[queue] = QueueFigures(ready=ok.message_count, consumers=ok.consumer_count)
+            probe.close()
+    return figures
+
+
+def _declare_listener(channel: BlockingChannel, queue: str) -> None:
+    """Declare the listener queue; one left with other arguments (by another version of
+    Leveret, or by hand) is deleted and declared anew: it only holds recent heartbeats."""
+    probe = channel.connection.channel()
+    try:
+        probe.queue_declare(queue, durable=True, arguments=LISTENER_ARGUMENTS)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != _PRECONDITION_FAILED:
+            raise
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True, arguments=LISTENER_ARGUMENTS)
+        return
+    probe.close()
+
+
+_PRECONDITION_FAILED = 406
+
+
+def _exists(channel: BlockingChannel, queue: str) -> bool:
+    probe = channel.connection.channel()
+    try:
+        probe.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    probe.close()
+    return True

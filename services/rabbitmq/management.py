@@ -1,0 +1,132 @@
+"""RabbitMQ's management HTTP API, for the queue figures of `leveret status`.
+
+Optional: status works with AMQP alone (ready messages and consumers by passive declares).
+Where the management plugin answers, it adds what AMQP cannot tell: unacknowledged
+messages and rates. Nothing here imports pika.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from leveret.services.redaction import redact
+from leveret.services.transport import QueueFigures
+
+TIMEOUT_S = 3.0
+PAGE_SIZE = 500
+MAX_PAGES = 20
+
+
+class ManagementUnavailable(Exception):
+    """The management API did not answer, or answered something unusable."""
+
+
+def default_management_url(amqp_url: str) -> str:
+    """Where the management plugin listens by default for the broker at `amqp_url`:
+    ``http://HOST:15672/`` (``https://HOST:15671/`` for ``amqps://``)."""
+    parts = urlsplit(amqp_url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.scheme == "amqps":
+        return f"https://{host}:15671/"
+    return f"http://{host}:15672/"
+
+
+class ManagementAPI:
+    """A client of the management API at `url`, for the vhost and user of `amqp_url`.
+
+    Args:
+        url: ``http(s)://[user:password@]host:port/``; without credentials in it, those of
+            `amqp_url` (guest/guest when it has none) are used.
+        amqp_url: The broker's AMQP URL (its vhost, its credentials).
+    """
+
+    def __init__(self, url: str, amqp_url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL for the management API: {redact(url)}")
+        amqp = urlsplit(amqp_url)
+        user = unquote(parts.username or amqp.username or "guest")
+        password = unquote(parts.password or amqp.password or "guest")
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        port = f":{parts.port}" if parts.port else ""
+        self.base = f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+        self.vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._authorization = f"Basic {token}"
+
+    @property
+    def safe_url(self) -> str:
+        """The API's address (no credentials)."""
+        return self.base + "/"
+
+    def queues(self, prefix: str) -> dict[str, QueueFigures]:
+        """Figures of the vhost's queues whose name starts with `prefix`."""
+        figures: dict[str, QueueFigures] = {}
+        for page in range(1, MAX_PAGES + 1):
+            query = urlencode(
+                {
+                    "page": page,
+                    "page_size": PAGE_SIZE,
+                    "name": "^" + re.escape(prefix),
+                    "use_regex": "true",
+                    "pagination": "true",
+                }
+            )
+            answer = self._get(f"/api/queues/{quote(self.vhost, safe='')}?{query}")
+            if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
+                raise ManagementUnavailable("unexpected answer to /api/queues")
+            for item in answer["items"]:
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    figures[item["name"]] = _figures(item)
+            if page >= _int(answer.get("page_count")):
+                break
+        return figures
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(  # noqa: S310  # http(s) only, checked above
+            self.base + path,
+            headers={"Authorization": self._authorization, "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310  # http(s) only, checked above
+                request, timeout=TIMEOUT_S, context=ssl.create_default_context()
+            ) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            raise ManagementUnavailable(f"HTTP {exc.code} from {self.safe_url}") from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ManagementUnavailable(f"cannot reach {self.safe_url}: {reason}") from exc
+
+
+def _figures(item: dict[str, Any]) -> QueueFigures:
+    stats = item.get("message_stats")
+    stats = stats if isinstance(stats, dict) else {}
+    return QueueFigures(
+        ready=_int(item.get("messages_ready")),
+        consumers=_int(item.get("consumers")),
+        unacked=_int(item.get("messages_unacknowledged")),
+        incoming_per_s=_rate(stats.get("publish_details")),
+        delivered_per_s=_rate(stats.get("deliver_get_details")),
+    )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _rate(details: object) -> float:
+    if isinstance(details, dict):
+        rate = details.get("rate")
+        if isinstance(rate, int | float) and not isinstance(rate, bool):
+            return float(rate)
+    return 0.0

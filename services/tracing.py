@@ -1,0 +1,238 @@
+"""Tracing: W3C trace context in message headers, OpenTelemetry spans for publish and handle.
+
+Optional: ``pip install 'leveret[tracing]'`` (opentelemetry-api). Without it nothing here
+imports OpenTelemetry and `tracing()` is None, so publishing and handling pay one ``is None``.
+With it, and whatever tracer provider the application set up (the SDK with an exporter, or
+none: then spans are not recorded but the context still flows through):
+
+- `Broker.publish`, `publish_many` and `send` run in a PRODUCER span ``send <exchange>``
+  and put its context in the message's ``traceparent`` (and ``tracestate``) headers;
+  `Broker.prepare` (on-commit and outbox publishing) does the same with a short ``create``
+  span when the message is built, since it is sent later;
+- a worker handles each delivery in a CONSUMER span ``process <queue>`` whose parent is
+  the context in the message's headers, current while the handler runs: a ``ctx.publish``
+  inside it is its child, and the chain publish → handle → publish → handle is one trace;
+- while a handler runs, log lines carry ``trace_id`` and ``span_id``.
+
+Attributes follow OpenTelemetry's messaging semantic conventions (``messaging.system`` =
+``rabbitmq``, ``messaging.operation.type``, ``messaging.destination.name``,
+``messaging.rabbitmq.destination.routing_key``, ``messaging.message.id``,
+``messaging.message.conversation_id``). ``LEVERET_TRACING=off`` turns all of it off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+
+TRACING_ENV = "LEVERET_TRACING"
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+_UNSET: Any = object()
+_tracing: Tracing | None = _UNSET
+_lock = threading.Lock()
+
+
+def tracing() -> Tracing | None:
+    """The process's `Tracing`, or None when OpenTelemetry is not installed or turned off."""
+    global _tracing
+    found = _tracing
+    if found is _UNSET:
+        with _lock:
+            if _tracing is _UNSET:
+                _tracing = _make()
+            found = _tracing
+    return found
+
+
+def _make() -> Tracing | None:
+    if os.environ.get(TRACING_ENV, "").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    if importlib.util.find_spec("opentelemetry") is None:
+        return None
+    try:
+        if importlib.util.find_spec("opentelemetry.trace") is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return Tracing()
+
+
+def reset() -> None:
+    """Look again for OpenTelemetry and `TRACING_ENV` on the next use (tests)."""
+    global _tracing
+    with _lock:
+        _tracing = _UNSET
+
+
+class Tracing:
+    """Spans and propagation through OpenTelemetry's API (which must be installed)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, propagate, trace
+        from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
+
+        self._trace = trace
+        self._context = context
+        self._propagate = propagate
+        self._producer = SpanKind.PRODUCER
+        self._consumer = SpanKind.CONSUMER
+        self._error = Status(StatusCode.ERROR)
+        self._status = Status
+        self._proxy = ProxyTracerProvider
+        self._error_code = StatusCode.ERROR
+        try:
+            self._version = version("leveret")
+        except PackageNotFoundError:
+            self._version = "0+unknown"
+
+    def _tracer(self) -> Any:
+        # Asked each time: the application may set its provider after the first message.
+        return self._trace.get_tracer("leveret", self._version)
+
+    def recording(self) -> bool:
+        """Whether the application set a tracer provider (else no span is made: only the
+        context that came with a message is passed on to the messages its handler sends)."""
+        return not isinstance(self._trace.get_tracer_provider(), self._proxy)
+
+    @contextmanager
+    def publishing(
+        self, operation: str, exchange: str, routing_key: str, count: int
+    ) -> Iterator[None]:
+        """A PRODUCER span around publishing `count` messages (current inside)."""
+        if not self.recording():
+            yield
+            return
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": operation,
+            "messaging.destination.name": exchange,
+            "messaging.rabbitmq.destination.routing_key": routing_key,
+        }
+        if count != 1:
+            attributes["messaging.batch.message_count"] = count
+        with self._tracer().start_as_current_span(
+            f"send {exchange or routing_key}", kind=self._producer, attributes=attributes
+        ):
+            yield
+
+    def creating(self, exchange: str, routing_key: str) -> dict[str, str]:
+        """Trace headers of a message built now and sent later, from a short ``create`` span."""
+        if not self.recording():
+            return self.headers()
+        with self._tracer().start_as_current_span(
+            f"create {exchange or routing_key}",
+            kind=self._producer,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "create",
+                "messaging.destination.name": exchange,
+                "messaging.rabbitmq.destination.routing_key": routing_key,
+            },
+        ):
+            return self.headers()
+
+    def headers(self) -> dict[str, str]:
+        """The current context as message headers (empty without a valid span)."""
+        if not self._trace.get_current_span().get_span_context().is_valid:
+            return {}
+        carrier: dict[str, str] = {}
+        self._propagate.inject(carrier)
+        return {key: value for key, value in carrier.items() if key in TRACE_HEADERS}
+
+    def message_attributes(self, message_id: str, correlation_id: str | None) -> None:
+        """Record one message's ids on the current (single-message) span."""
+        span = self._trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("messaging.message.id", message_id)
+            if correlation_id:
+                span.set_attribute("messaging.message.conversation_id", correlation_id)
+
+    @contextmanager
+    def handling(
+        self,
+        queue: str,
+        headers: Mapping[str, Any],
+        message_id: str,
+        correlation_id: str | None,
+    ) -> Iterator[Callable[[str, BaseException | None], None]]:
+        """A CONSUMER span ``process <queue>`` whose parent is the context in `headers`.
+
+        Yields a callable to record the outcome: ``(fate, error)``; a fate other than
+        ``ack`` marks the span as an error. Log lines inside carry ``trace_id``/``span_id``.
+        """
+        carrier = {
+            key: value
+            for key in TRACE_HEADERS
+            if isinstance(value := headers.get(key), str) and len(value) <= 512
+        }
+        parent = self._propagate.extract(carrier) if carrier else None
+        if not self.recording():
+            yield from self._passing_on(parent)
+            return
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": message_id,
+        }
+        if correlation_id:
+            attributes["messaging.message.conversation_id"] = correlation_id
+        with self._tracer().start_as_current_span(
+            f"process {queue}",
+            context=parent,
+            kind=self._consumer,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            context = span.get_span_context()
+            bound = context.is_valid
+            if bound:
+                structlog.contextvars.bind_contextvars(
+                    trace_id=format(context.trace_id, "032x"),
+                    span_id=format(context.span_id, "016x"),
+                )
+
+            def outcome(fate: str, error: BaseException | None) -> None:
+                span.set_attribute("leveret.outcome", fate)
+                if fate != "ack":
+                    if error is not None:
+                        span.record_exception(error)
+                    span.set_status(self._status(self._error_code, fate))
+
+            try:
+                yield outcome
+            finally:
+                if bound:
+                    structlog.contextvars.unbind_contextvars("trace_id", "span_id")
+
+    def _passing_on(self, parent: Any) -> Iterator[Callable[[str, BaseException | None], None]]:
+        """No provider: no span; the message's context (if any) is current while its
+        handler runs, so the messages it sends carry it on."""
+        if parent is None:
+            yield _ignore
+            return
+        token = self._context.attach(parent)
+        context = self._trace.get_current_span().get_span_context()
+        if context.is_valid:
+            structlog.contextvars.bind_contextvars(trace_id=format(context.trace_id, "032x"))
+        try:
+            yield _ignore
+        finally:
+            if context.is_valid:
+                structlog.contextvars.unbind_contextvars("trace_id")
+            self._context.detach(token)
+
+
+def _ignore(_fate: str, _error: BaseException | None) -> None:
+    """The outcome of a message handled without a span."""

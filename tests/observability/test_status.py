@@ -1,0 +1,207 @@
+"""``leveret status``: workers from heartbeats, queue figures, warnings; hostile heartbeats.
+
+Against the real RabbitMQ: a worker runs one of three actors with a heartbeat every second;
+a message waits in a queue nobody consumes; failing messages fill a ``.dlq``. Status must
+show the worker, the queues (from the management API, and from AMQP alone), and warn about
+the queue without consumer and the growing ``.dlq``. Anything else published on the
+heartbeats route is ignored and never breaks the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leveret.actors import actors_in
+from leveret.services import RabbitBroker, naming
+from leveret.services.cli import main
+from leveret.services.operations.status import StatusReader, parse_workers
+from leveret.services.operations.status_table import render
+from tests.observed_actors import Relayed, Work
+from tests.support import ROOT, WorkerProcess, wait_until
+
+MODULE = "tests.observed_actors"
+
+
+def status_json(url: str, namespace: str, *extra: str) -> dict[str, Any]:
+    """``leveret status MODULE --json`` in a subprocess (as an operator runs it)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "leveret", "status", MODULE, "--json"),
+            *("--broker-url", url, "--namespace", namespace, "--wait", "2", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.fixture
+def worker(rabbit_broker: RabbitBroker, namespace: str) -> Iterator[WorkerProcess]:
+    """A worker running only `counted`, one heartbeat a second."""
+    rabbit_broker.declare(*actors_in([MODULE]))
+    process = WorkerProcess(
+        [MODULE], namespace, args=["--queues", "counted", "--heartbeat-interval", "1"]
+    )
+    try:
+        process.wait_consuming()
+        yield process
+    finally:
+        process.signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        finally:
+            process.stop()
+
+
+@pytest.mark.rabbitmq
+def test_status_shows_workers_queues_and_warnings(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str, worker: WorkerProcess
+) -> None:
+    rabbit_broker.publish(Relayed(n=1))  # to `ends`, which no worker consumes
+    for n in range(3):
+        rabbit_broker.publish(Work(n=n))
+
+    report = status_json(rabbit_url, namespace)
+    assert report["source"] == "management", report["source_note"]
+    [row] = report["workers"]
+    assert row["pid"] == worker.pid
+    assert row["queues"] == [naming.queue_name(namespace, "counted")]
+    assert row["stale"] is False
+    assert row["consuming"] is True
+    queues = {q["actor"]: q for q in report["queues"]}
+    assert set(queues) == {"counted", "relay", "ends"}
+    assert queues["ends"]["figures"]["ready"] == 1
+    assert queues["ends"]["figures"]["consumers"] == 0
+    assert queues["counted"]["figures"]["consumers"] == 1
+    assert queues["counted"]["figures"]["unacked"] is not None  # the management API's
+    kinds = {(w["kind"], w["subject"]) for w in report["warnings"]}
+    assert ("queue_without_consumer", naming.queue_name(namespace, "ends")) in kinds
+    assert not any(kind == "queue_without_consumer" and "counted" in s for kind, s in kinds)
+
+    # AMQP alone: the same queues and warnings, no unacked counts or rates, and it says so.
+    amqp = status_json(rabbit_url, namespace, "--no-management")
+    assert amqp["source"] == "amqp"
+    queues = {q["actor"]: q for q in amqp["queues"]}
+    assert queues["ends"]["figures"] == {
+        "ready": 1,
+        "consumers": 0,
+        "unacked": None,
+        "incoming_per_s": None,
+        "delivered_per_s": None,
+    }
+    assert [w["pid"] for w in amqp["workers"]] == [worker.pid]
+    assert "queue_without_consumer" in {w["kind"] for w in amqp["warnings"]}
+
+    # Dead letters growing between two looks (what --watch compares).
+    reader = StatusReader(rabbit_broker, actors=["counted", "relay", "ends"], management_url="")
+    first = reader.take()
+    assert "dead_letters_growing" not in {w.kind for w in first.warnings}
+    rabbit_broker.publish(Work(n=99, kind="broken"))
+    dlq = naming.dlq_name(namespace, "counted")
+    wait_until(lambda: rabbit_broker.message_count(dlq) == 1, 20, "a dead letter")
+    second = reader.take()
+    growing = [w for w in second.warnings if w.kind == "dead_letters_growing"]
+    assert [w.subject for w in growing] == [dlq]
+    text = render(second)
+    assert "dead letters of counted are growing" in text
+    assert f"queue {naming.queue_name(namespace, 'ends')} holds 1 messages" in text
+
+
+@pytest.mark.rabbitmq
+def test_hostile_heartbeats_are_ignored(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str, worker: WorkerProcess
+) -> None:
+    exchange = naming.heartbeats_exchange(namespace)
+    status_json(rabbit_url, namespace)  # the listener exists from now on
+    good = {
+        "id": "x" * 10,
+        "host": "evil\x1b[2J<script>",
+        "pid": 1,
+        "sent_at": 4102444800.0,  # 2100: never stale
+        "queues": [],
+    }
+    bodies = [
+        b"",
+        b"not json",
+        b"[1, 2, 3]",
+        b"{" * 10_000,
+        json.dumps({"id": "no sent_at"}).encode(),
+        json.dumps({"id": "", "sent_at": 1}).encode(),
+        json.dumps({"id": "nan", "sent_at": "NaN"}).encode(),
+        json.dumps({"id": "n", "sent_at": 1, "interval_s": -5}).encode(),
+        json.dumps({"id": "big", "sent_at": 1, "pid": 10**400}).encode(),
+        json.dumps(good).encode(),
+    ]
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+    try:
+        channel = connection.channel()
+        for body in bodies:
+            channel.basic_publish(exchange, "", body)
+    finally:
+        connection.close()
+    wait_until(
+        lambda: status_json(rabbit_url, namespace)["ignored_heartbeats"] >= len(bodies) - 1,
+        15,
+        "the hostile heartbeats to be read",
+    )
+    report = status_json(rabbit_url, namespace)
+    hosts = {w["host"] for w in report["workers"]}
+    assert good["host"] in hosts
+    assert len(report["workers"]) == 2
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["status", "--broker-url", rabbit_url, "--namespace", namespace, "--no-management"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output  # control characters from the wire never reach a terminal
+    assert "evil?[2J<script>" in result.output
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(
+                        st.sampled_from(
+                            ["id", "sent_at", "pid", "interval_s", "queues", "host", "x"]
+                        ),
+                        inner,
+                        max_size=6,
+                    )
+                ),
+                max_leaves=12,
+            ).map(lambda value: json.dumps(value, allow_nan=True).encode()),
+        ),
+        max_size=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_parse_workers_never_raises(bodies: list[bytes]) -> None:
+    rows, ignored = parse_workers(bodies, now=1_800_000_000.0)
+    assert len(rows) + ignored <= len(bodies)
+    for row in rows:
+        assert row.id
+        assert math.isfinite(row.age_s)
