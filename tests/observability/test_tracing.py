@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util._once import Once
 
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker, naming, tracing
@@ -35,13 +36,26 @@ _PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The process's tracer provider records into an in-memory exporter during the test."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(_PROVIDER)
+    """OpenTelemetry's global tracer provider records into an in-memory exporter during the
+    test, and is unset again afterwards: no other test sees spans or trace headers."""
+    _set_provider(_PROVIDER)
     tracing.reset()
     _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    try:
+        yield _EXPORTER
+    finally:
+        _set_provider(None)
+        tracing.reset()
+        _EXPORTER.clear()
+
+
+def _set_provider(provider: TracerProvider | None) -> None:
+    # OpenTelemetry lets a process set its provider once; its own test utilities reset
+    # these two globals between tests, as this does.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    if provider is not None:
+        trace.set_tracer_provider(provider)
 
 
 def _named(finished: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
