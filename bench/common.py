@@ -26,6 +26,12 @@ class Settings:
     threads: int
     prefetch: int
     window: int
+    leveret_prefetch: int | None = -1
+    """Leveret's prefetch: -1 for `prefetch` (as raw pika), None for Leveret's default."""
+
+    def leveret_prefetch_or_default(self) -> int | None:
+        """The prefetch Leveret's workers get (None: `leveret worker`'s default)."""
+        return self.prefetch if self.leveret_prefetch == -1 else self.leveret_prefetch
 
 
 @dataclass(slots=True)

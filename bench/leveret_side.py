@@ -118,7 +118,7 @@ class LeveretBench:
             worker = self.broker.worker(
                 [self.actor],
                 threads=self.settings.threads,
-                prefetch=self.settings.prefetch,
+                prefetch=self.settings.leveret_prefetch_or_default(),
                 observer=observer,
             )
         finally:
@@ -150,7 +150,9 @@ class LeveretBench:
         global latencies
         count = self.settings.latency
         worker = self.broker.worker(
-            [self.actor], threads=self.settings.threads, prefetch=self.settings.prefetch
+            [self.actor],
+            threads=self.settings.threads,
+            prefetch=self.settings.leveret_prefetch_or_default(),
         )
         self._workers.append(worker)
         worker.start()

@@ -34,6 +34,7 @@ THROUGHPUT = (
     "publish_single",
     "publish_many",
     "drain",
+    "drain_defaults",
     "drain_metrics",
     "drain_tracing",
     "drain_info_logs",
@@ -43,6 +44,7 @@ CPU = (
     "publish_single_cpu",
     "publish_many_cpu",
     "drain_cpu",
+    "drain_defaults_cpu",
     "drain_metrics_cpu",
     "drain_tracing_cpu",
     "drain_info_logs_cpu",
@@ -84,6 +86,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also drain with info logs (one line per message) written to /dev/null",
     )
+    parser.add_argument(
+        "--defaults-drain",
+        action="store_true",
+        help="also drain with `leveret worker`'s defaults (prefetch 2 x threads, info logs to "
+        "/dev/null) against raw pika at prefetch 100",
+    )
+    parser.add_argument(
+        "--leveret-default-prefetch",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the child of --defaults-drain: Leveret's own prefetch
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     tracing.reset()
     # Handlers log one line per message at info; the bench measures the framework, so it
     # logs at warning by default (as a production worker with quiet handlers would).
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, buffered=True)  # as `leveret worker` does
     signal.signal(signal.SIGTERM, _raise_interrupt)
     namespace = f"bench-{os.getpid()}"
     settings = Settings(
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         prefetch=args.prefetch,
         window=args.window,
+        leveret_prefetch=None if args.leveret_default_prefetch else -1,
     )
     only = {name for name in args.only.split(",") if name}
     print(
@@ -143,6 +157,10 @@ def run_all(
             child = drain_with_info_logs(args, queue_type)
             results[queue_type]["drain_info_logs"] = child["drain"]
             results[queue_type]["drain_info_logs_cpu"] = child["drain_cpu"]
+        if args.defaults_drain:
+            child = drain_with_info_logs(args, queue_type, defaults=True)
+            results[queue_type]["drain_defaults"] = child["drain"]
+            results[queue_type]["drain_defaults_cpu"] = child["drain_cpu"]
 
 
 def run_queue_type(
@@ -227,26 +245,31 @@ def print_observability(results: dict[str, Any]) -> None:
 
 
 def drain_with_info_logs(
-    args: argparse.Namespace, queue_type: str
+    args: argparse.Namespace, queue_type: str, *, defaults: bool = False
 ) -> dict[str, dict[str, list[float]]]:
     """The drain scenario again in a child process logging at info to /dev/null.
 
-    A child process, because structlog's loggers keep the configuration they were first
-    used with; its standard error (where the log lines go) is /dev/null.
+    A child process, because loggers keep the configuration they were first used with; its
+    standard error (where the log lines go) is /dev/null. With `defaults`, Leveret runs
+    with `leveret worker`'s default prefetch (2 x threads) and raw pika with prefetch 100.
     """
     output = args.output.with_name(f"info-logs-{os.getpid()}.json")
+    prefetch = 100 if defaults else args.prefetch
     command = [sys.executable, "-m", "bench", "--only", "drain", "--log-level", "info"]
     command += ["--queue-types", queue_type, "--repeat", str(args.repeat)]
     command += ["--drain", str(args.drain), "--threads", str(args.threads)]
-    command += ["--prefetch", str(args.prefetch), "--url", args.url, "--output", str(output)]
-    print(f"  {queue_type} drain with info logs to /dev/null (child process)…")
+    command += ["--prefetch", str(prefetch), "--url", args.url, "--output", str(output)]
+    if defaults:
+        command.append("--leveret-default-prefetch")
+    what = "defaults (prefetch 2 x threads, info logs)" if defaults else "info logs"
+    print(f"  {queue_type} drain with {what} to /dev/null (child process)…")
     subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     try:
         runs: dict[str, dict[str, list[float]]] = json.loads(output.read_text())["runs"][queue_type]
     finally:
         output.unlink(missing_ok=True)
     for side, samples in runs["drain"].items():
-        print(f"  {queue_type} drain, info logs  {side:<8} {max(samples):>9.0f} msg/s (best)")
+        print(f"  {queue_type} drain, {what:<10} {side:<8} {max(samples):>9.0f} msg/s (best)")
     return runs
 
 

@@ -539,7 +539,11 @@ class Broker:
         Args:
             actors: The actors to run.
             threads: Handlers running at once.
-            prefetch: Deliveries held unacknowledged; defaults to twice `threads`.
+            prefetch: Deliveries held unacknowledged. By default it starts at twice
+                `threads` and adapts on RabbitMQ: raised while handlers are fast (up to
+                `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the broker round
+                trip does not starve the threads, and kept low while they are slow, so that
+                a worker never hoards messages other workers could run. A number fixes it.
             queues: Only these queues (names without namespace) of the actors.
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
             hooks: Run around each message in the handler's thread (see `MessageHooks`):
@@ -553,9 +557,12 @@ class Broker:
             ConfigurationError: An option out of range, or no actor to run.
         """
         selected = select_actors(actors, queues)
+        adaptive = prefetch is None
         prefetch = default_prefetch(threads, prefetch)
         return Worker(
-            self.transport.consumer(selected, prefetch=prefetch, threads=threads),
+            self.transport.consumer(
+                selected, prefetch=prefetch, threads=threads, adaptive=adaptive
+            ),
             selected,
             namespace=self.namespace,
             threads=threads,

@@ -19,8 +19,13 @@ removed.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -90,6 +95,11 @@ class LeveretLogger(structlog.BoundLoggerBase):
         merged.update(fields)
         _REDACT(None, "", merged)
         extra = {(f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in merged.items()}
+        direct = _direct
+        if direct is not None and not exc_info and not stack_info and direct.reaches(logger):
+            # Only Leveret's own JSON handler would see the record: write its line directly.
+            direct.write_event(event, level, logger.name, extra)
+            return
         if exc_info is True:
             exc_info = sys.exc_info()
         elif isinstance(exc_info, BaseException):
@@ -193,6 +203,7 @@ class StructuredFormatter(logging.Formatter):
         super().__init__()
         if json is None:
             json = not sys.stderr.isatty()
+        self.json = json
         self._render: Any = (
             structlog.processors.JSONRenderer()
             if json
@@ -212,7 +223,10 @@ class StructuredFormatter(logging.Formatter):
             event["exception"] = record.exc_text
         if record.stack_info:
             event["stack"] = self.formatStack(record.stack_info)
-        line: str = self._render(None, level, _REDACT(None, level, event))
+        redacted = _REDACT(None, level, event)
+        if self.json:
+            return _dumps(dict(redacted))
+        line: str = self._render(None, level, redacted)
         return line
 
 
@@ -223,10 +237,20 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     (standard error closed, a broken pipe) drops the line instead of raising into the
     thread that logged: an I/O or handler thread must not die because a log line could not
     be written.
+
+    Buffered (``leveret worker``): lines are collected and written together at least every
+    `FLUSH_INTERVAL_S`, at once for warnings and errors, when `BUFFER_BYTES` are waiting,
+    and at exit (`logging.shutdown`, which runs after SIGTERM's graceful stop too); a
+    SIGKILL loses at most the last `FLUSH_INTERVAL_S` of lines.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, buffered: bool = False) -> None:
         super().__init__(sys.stderr)
+        self.buffered = buffered
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._flusher: threading.Thread | None = None
+        self._closed = False
 
     @property
     def stream(self) -> Any:
@@ -237,11 +261,174 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def stream(self, _value: Any) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format the record and write its line (or collect it, when buffered)."""
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001  # as `handleError`: drop the line
+            return
+        self.write_line(line, urgent=record.levelno >= logging.WARNING)
+
+    def write_line(self, line: str, *, urgent: bool = False) -> None:
+        """Write one rendered line; buffered, it waits unless `urgent` or the buffer is full."""
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if not self.buffered or self._closed:
+                self._write(line + "\n")
+                return
+            self._pending.append(line)
+            self._pending_bytes += len(line) + 1
+            if urgent or self._pending_bytes >= BUFFER_BYTES:
+                self._write_pending()
+            elif self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="leveret-log-flush", daemon=True
+                )
+                self._flusher.start()
+
+    def flush(self) -> None:
+        """Write every line collected so far."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def close(self) -> None:
+        """Flush, and write every later line at once."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+            self._closed = True
+        super().close()
+
+    def _flush_loop(self) -> None:
+        try:
+            while not self._closed:
+                time.sleep(FLUSH_INTERVAL_S)
+                self.flush()
+        finally:  # (never expected) the next line starts another
+            self._flusher = None
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = "\n".join(self._pending) + "\n"
+            self._pending = []
+            self._pending_bytes = 0
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        stream = sys.stderr
+        # Nowhere left to say it (closed, broken pipe): drop the lines, keep the thread.
+        with contextlib.suppress(Exception):
+            stream.write(text)
+            stream.flush()
+
+    def _reset_after_fork(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
+        self._flusher = None
+
     def handleError(self, record: logging.LogRecord) -> None:  # logging's name
         """Drop the line: nowhere left to say it, and losing it beats losing the thread."""
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+BUFFER_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.2
+
+
+class _DirectJSON:
+    """Writes Leveret's own events as JSON lines to `handler` without making a record.
+
+    Used while `handler` (installed by `configure_logging` with JSON lines) is the only
+    handler a Leveret record would reach: the line is the one `StructuredFormatter` would
+    write (same fields, same order), rendered with orjson when it is installed.
+    """
+
+    def __init__(self, handler: StderrHandler) -> None:
+        self.handler = handler
+        self._root = logging.getLogger()
+        self._second = -1
+        self._prefix = ""
+
+    def reaches(self, logger: logging.Logger) -> bool:
+        """Whether a record of `logger` would reach `handler` and nothing else."""
+        handler = self.handler
+        if handler.filters or handler.level > logger.getEffectiveLevel():
+            return False
+        current: logging.Logger | None = logger
+        while current is not None:
+            if current.filters:
+                return False
+            if current is self._root:
+                return current.handlers == [handler]
+            if current.handlers or not current.propagate:
+                return False
+            current = current.parent
+        return False
+
+    def write_event(self, event: str, level: int, name: str, fields: dict[str, Any]) -> None:
+        """Write one event (`fields` already redacted)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        data: dict[str, Any] = {"event": event}
+        data.update(fields)
+        data["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
+        data["logger"] = name
+        data["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        self.handler.write_line(_dumps(data), urgent=level >= logging.WARNING)
+
+
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+_direct: _DirectJSON | None = None
+
+
+def _fallback(value: Any) -> Any:
+    """How a value JSON cannot hold is written (as structlog's JSONRenderer does)."""
+    structured = getattr(value, "__structlog__", None)
+    return structured() if callable(structured) else repr(value)
+
+
+def _json_dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, default=_fallback)
+
+
+try:
+    import orjson
+
+    def _dumps(data: dict[str, Any]) -> str:
+        try:
+            return orjson.dumps(data, default=_fallback).decode()
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an int over 64 bits
+            return _json_dumps(data)
+
+except ImportError:  # pragma: no cover - orjson is a dependency; kept working without it
+    _dumps = _json_dumps
+
+
+def flush_logs() -> None:
+    """Write every buffered log line now (before an exec or an exit that skips atexit)."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, StderrHandler):
+            handler.flush()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, StderrHandler):
+            handler._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def configure_logging(
+    level: str = "info", *, json: bool | None = None, buffered: bool = False
+) -> None:
     """Send log records to standard error, unless the project configured logging already.
 
     For processes Leveret runs itself (the worker, the relay, the command line):
@@ -261,10 +448,13 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         level: Minimum level: debug, info, warning, error.
         json: JSON lines if True, console rendering if False; by default JSON unless
             standard error is a terminal.
+        buffered: Collect lines and write them together (see `StderrHandler`): the
+            worker's setting, where one line per message is written.
 
     Raises:
         ConfigurationError: `level` is not a level name.
     """
+    global _direct
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigurationError(f"unknown log level {level!r}")
@@ -273,13 +463,18 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     for logger in (root, ours):
         for handler in list(logger.handlers):
             if isinstance(handler, StderrHandler):
+                handler.flush()
                 logger.removeHandler(handler)
+    _direct = None
     if getattr(ours, "_leveret_level", None) == ours.level:
         ours.setLevel(logging.NOTSET)  # ours from an earlier call: set again below
     if not root.handlers:
-        handler = StderrHandler()
-        handler.setFormatter(StructuredFormatter(json=json))
+        handler = StderrHandler(buffered=buffered)
+        formatter = StructuredFormatter(json=json)
+        handler.setFormatter(formatter)
         root.addHandler(handler)
+        if formatter.json:
+            _direct = _DirectJSON(handler)
         root.setLevel(numeric)
         # pika logs every reconnect attempt at ERROR with a traceback; we log our own line.
         logging.getLogger("pika").setLevel(logging.CRITICAL)

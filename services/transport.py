@@ -233,8 +233,23 @@ class Transport(ABC):
         """Delete every dead letter of `queue`; returns how many there were."""
 
     @abstractmethod
-    def consumer(self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int) -> Consumer:
-        """A consumer of the actors' queues for a worker runtime (not started)."""
+    def consumer(
+        self,
+        actors: Sequence[type[Actor]],
+        *,
+        prefetch: int,
+        threads: int,
+        adaptive: bool = False,
+    ) -> Consumer:
+        """A consumer of the actors' queues for a worker runtime (not started).
+
+        Args:
+            actors: The actors.
+            prefetch: Deliveries held unacknowledged (the first value, with `adaptive`).
+            threads: The runtime's handler threads.
+            adaptive: Let the consumer raise and lower its prefetch with the handlers' speed
+                (where the transport can).
+        """
 
     @abstractmethod
     def close(self) -> None:

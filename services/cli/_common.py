@@ -48,8 +48,8 @@ def with_log_options(function: click.decorators.FC) -> click.decorators.FC:
     return function
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    configure_logging(level, json=None if fmt == "auto" else fmt == "json")
+def setup_logging(level: str, fmt: str, *, buffered: bool = False) -> None:
+    configure_logging(level, json=None if fmt == "auto" else fmt == "json", buffered=buffered)
 
 
 def import_path() -> None:

@@ -27,7 +27,7 @@ from leveret.services.cli._common import (
     with_log_options,
 )
 from leveret.services.cli.scheduler import run_in_thread
-from leveret.services.logs import get_logger
+from leveret.services.logs import flush_logs, get_logger
 from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from leveret.services.operations.health import (
     ChildrenProbe,
@@ -129,7 +129,13 @@ class _WorkerConfigurationError(click.ClickException):
     type=click.IntRange(min=1),
     help="Worker processes, each with its own connection; above 1 a supervisor runs them.",
 )
-@click.option("--prefetch", type=int, default=None, help="Unacked deliveries held [2 x threads].")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Unacked deliveries held, fixed. Default: adaptive, 2 x threads while handlers "
+    "are slow, up to 200 while they are fast.",
+)
 @click.option("--queues", default=None, help="Comma-separated queues to consume (default: all).")
 @click.option(
     "--shutdown-timeout",
@@ -249,7 +255,7 @@ def worker(
     disk (one process re-executes itself; with --processes N the children are replaced
     one at a time).
     """
-    setup_logging(log_level, log_format)
+    setup_logging(log_level, log_format, buffered=True)
     if reload:
         _reload(reload_dirs or (os.getcwd(),), shutdown_timeout)
     import_path()
@@ -332,6 +338,7 @@ def worker(
 def _restart() -> NoReturn:
     """Execute this very command line again (same pid), which imports the code anew."""
     log.info("worker_restarted", argv=sys.orig_argv)
+    flush_logs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.execv(sys.executable, sys.orig_argv)  # noqa: S606  # our own command line, again

@@ -271,7 +271,12 @@ class MemoryTransport(Transport):
             self.changed.notify_all()
 
     def consumer(
-        self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int
+        self,
+        actors: Sequence[type[Actor]],
+        *,
+        prefetch: int,
+        threads: int,
+        adaptive: bool = False,
     ) -> MemoryConsumer:
         self.declare(actors)
         names = [naming.queue_name(self.namespace, actor.queue) for actor in actors]

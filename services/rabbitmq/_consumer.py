@@ -47,8 +47,9 @@ class RabbitConsumer(IOThread, Consumer):
         url: AMQP URL.
         namespace: The namespace of the queues.
         actors: The actors whose queues to consume (their topology is declared first).
-        prefetch: Deliveries held unacknowledged.
-        threads: Handler threads of the runtime (for the log line).
+        prefetch: Deliveries held unacknowledged (the first value, when `adaptive`).
+        threads: Handler threads of the runtime.
+        adaptive: Adapt the prefetch to the handlers' speed (see `PrefetchController`).
     """
 
     def __init__(
@@ -59,11 +60,13 @@ class RabbitConsumer(IOThread, Consumer):
         *,
         prefetch: int,
         threads: int = 0,
+        adaptive: bool = False,
     ) -> None:
         IOThread.__init__(self, url, role="worker")
         self.namespace = namespace
         self.prefetch = prefetch
         self.threads = threads
+        self._controller = PrefetchController(prefetch, max(threads, 1)) if adaptive else None
         self.consuming = threading.Event()
         self._actors = {naming.queue_name(namespace, actor.queue): actor for actor in actors}
         self._steps = topology.steps(namespace, actors)
@@ -189,7 +192,48 @@ class RabbitConsumer(IOThread, Consumer):
             queues=sorted(self._actors),
             threads=self.threads,
             prefetch=self.prefetch,
+            prefetch_adaptive=self._controller is not None,
         )
+        if self._controller is not None:
+            self.call_later(ADAPT_EVERY_S, functools.partial(self._adapt, channel))
+
+    # I/O thread: adaptive prefetch ------------------------------------------------------
+
+    def _adapt(self, channel: Channel | None, *, again: bool = True) -> None:
+        """Every `ADAPT_EVERY_S` while `channel` consumes: apply the controller's prefetch.
+
+        RabbitMQ applies a new ``basic.qos`` to consumers started after it, so each queue
+        is consumed anew (the old consumer cancelled): what it delivered is still settled
+        on this channel, and nothing is redelivered.
+        """
+        controller = self._controller
+        if controller is None or channel is None or channel is not self._channel:
+            return  # a new channel starts its own timer
+        if not channel.is_open or self._stopping_consumers or not self._accepting:
+            return
+        target = controller.target()
+        if target != self.prefetch and self._active:
+            log.info(
+                "worker_prefetch_adapted",
+                prefetch=target,
+                previous=self.prefetch,
+                handler_ms=round((controller.average_s or 0.0) * 1000, 3),
+            )
+            self.prefetch = target
+            channel.basic_qos(
+                prefetch_count=target, callback=lambda _frame: self._consume_again(channel)
+            )
+        if again:
+            self.call_later(ADAPT_EVERY_S, functools.partial(self._adapt, channel))
+
+    def _consume_again(self, channel: Channel) -> None:
+        if channel is not self._channel or not channel.is_open or self._stopping_consumers:
+            return
+        for tag in list(self._active):
+            queue_name = self._consumers[tag]
+            channel.basic_cancel(tag)
+            self._active.discard(tag)
+            self._consume_queue(channel, queue_name)
 
     def _consume_queue(self, channel: Channel, queue_name: str) -> None:
         tag = channel.basic_consume(queue_name, self._on_message)
@@ -376,8 +420,13 @@ class RabbitConsumer(IOThread, Consumer):
     def _settle_done(self) -> None:
         self._wake_pending = False
         done = self._done
+        controller = self._controller
+        if controller is not None and controller.due():
+            self._adapt(self._channel, again=False)
         while done:
             job, result = done.popleft()
+            if controller is not None and isinstance(result, Outcome):
+                controller.observe(job.handled_s)
             channel = self._open_channel_of(job)
             if channel is None:
                 continue
@@ -494,6 +543,62 @@ class RabbitConsumer(IOThread, Consumer):
     def _check_settled(self) -> None:
         if self._outstanding <= 0 and not self._republishing:
             self._settled.set()
+
+
+ADAPT_EVERY_S = 0.2
+MAX_ADAPTIVE_PREFETCH = 200
+FAIR_BACKLOG_S = 0.1
+"""Work a worker may hold beyond what its threads run: at most about this many seconds."""
+
+
+class PrefetchController:
+    """The prefetch a worker should have, from how long its handlers take.
+
+    A worker's threads need messages waiting while acks travel to the broker and new
+    deliveries come back; but every message it holds waiting is one another worker cannot
+    run. So the messages waiting beyond one per thread are kept to about `FAIR_BACKLOG_S`
+    of work: ``threads + threads * FAIR_BACKLOG_S / average handler time``, at least twice
+    the threads, at most `MAX_ADAPTIVE_PREFETCH`. Fast handlers (a millisecond or less)
+    reach the maximum, which drains at raw pika's speed; handlers of 50 ms or more keep
+    twice the threads, so a worker started later gets its share at once.
+
+    The average is an exponentially weighted one of the handler durations (I/O thread
+    only). A change smaller than a quarter is not applied (each one consumes anew).
+    """
+
+    def __init__(self, prefetch: int, threads: int) -> None:
+        self.threads = threads
+        self.minimum = max(prefetch, 2 * threads)
+        self.current = prefetch
+        self.average_s: float | None = None
+        self._samples = 0
+
+    def observe(self, handled_s: float) -> None:
+        """One handler's duration."""
+        average = self.average_s
+        self.average_s = handled_s if average is None else average + 0.05 * (handled_s - average)
+        self._samples += 1
+
+    def due(self) -> bool:
+        """Whether enough was seen since the last look to look again now (besides the
+        timer): a prefetch's worth of messages, so a fast start ramps up at once."""
+        if self._samples < self.current:
+            return False
+        self._samples = 0
+        return True
+
+    def target(self) -> int:
+        """The prefetch to have now (the current one while nothing is known)."""
+        average = self.average_s
+        if average is None:
+            return self.current
+        wanted = self.threads + self.threads * FAIR_BACKLOG_S / max(average, 1e-6)
+        target = int(min(MAX_ADAPTIVE_PREFETCH, max(self.minimum, wanted)))
+        if target in (self.minimum, MAX_ADAPTIVE_PREFETCH) or abs(target - self.current) > (
+            self.current / 4
+        ):
+            self.current = target
+        return self.current
 
 
 def _local_address(connection: SelectConnection) -> str | None:

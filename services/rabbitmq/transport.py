@@ -203,9 +203,16 @@ class RabbitTransport(Transport):
         return purged or 0
 
     def consumer(
-        self, actors: Sequence[type[Actor]], *, prefetch: int, threads: int
+        self,
+        actors: Sequence[type[Actor]],
+        *,
+        prefetch: int,
+        threads: int,
+        adaptive: bool = False,
     ) -> RabbitConsumer:
-        return RabbitConsumer(self.url, self.namespace, actors, prefetch=prefetch, threads=threads)
+        return RabbitConsumer(
+            self.url, self.namespace, actors, prefetch=prefetch, threads=threads, adaptive=adaptive
+        )
 
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
         return recent_heartbeats(self.url, self.namespace, first_wait_s)

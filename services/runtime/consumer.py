@@ -40,6 +40,8 @@ class Job:
     queue: str
     generation: int = 0
     tag: int = 0
+    handled_s: float = 0.0
+    """How long its handling took (set by the runtime before settling it)."""
 
 
 class Consumer(ABC):

@@ -244,15 +244,16 @@ class Worker:
             self._running += 1
         if observer is not None:
             _observe(observer.started, executor.name)
-            started = time.perf_counter()
+        started = time.perf_counter()
         try:
             outcome = executor.run(job.delivery)
             self.stats.count(outcome)
         finally:
             with self._running_lock:
                 self._running -= 1
+        job.handled_s = time.perf_counter() - started
         if observer is not None:
-            _observe(observer.finished, executor.name, outcome, time.perf_counter() - started)
+            _observe(observer.finished, executor.name, outcome, job.handled_s)
         self.consumer.settle(job, outcome)
         return outcome
 

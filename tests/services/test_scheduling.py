@@ -105,4 +105,4 @@ def test_worker_with_scheduler_sends_and_handles_the_ticks(
     log = (tmp_path / "worker.log").read_text()
     assert '"scheduler_leading"' in log
     assert '"scheduler_stopped"' in log
-    assert '"actor": "schedules.seconds"' in log  # the worker handled its own ticks
+    assert '"actor":"schedules.seconds"' in log  # the worker handled its own ticks
