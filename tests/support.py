@@ -139,6 +139,16 @@ class LoggedProcess:
     def wait(self, timeout_s: float = 30.0) -> int:
         return self.process.wait(timeout_s)
 
+    def stop_gracefully(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, wait up to `timeout_s`, then `stop` (test teardown)."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass  # killed below
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         """Kill it if still running (test teardown)."""
         if self.process.poll() is None:

@@ -204,7 +204,9 @@ class RabbitConsumer(IOThread, Consumer):
 
         RabbitMQ applies a new ``basic.qos`` to consumers started after it, so each queue
         is consumed anew (the old consumer cancelled): what it delivered is still settled
-        on this channel, and nothing is redelivered.
+        on this channel. A delivery on its way to the old consumer at that moment goes back
+        to the queue and comes again (redelivered), which can swap the order of two
+        messages; a fixed ``--prefetch`` never changes consumers.
         """
         controller = self._controller
         if controller is None or channel is None or channel is not self._channel:

@@ -44,7 +44,8 @@ def leveret(broker: RabbitBroker, *args: str) -> subprocess.CompletedProcess[str
 @pytest.fixture
 def dead(rabbit_broker: RabbitBroker) -> list[str]:
     """`LETTERS` failed jobs in Jobs' .dlq (Jobs never retries), oldest first: their ids."""
-    with running(rabbit_broker, Jobs, threads=1):
+    # A fixed prefetch: one consumer throughout, so the letters keep the order sent.
+    with running(rabbit_broker, Jobs, threads=1, prefetch=2):
         ids = [Jobs.send(Job(n=n, fail=True)) for n in range(LETTERS)]
         wait_until(lambda: rabbit_broker.dead_letter_count(Jobs) == LETTERS, 20, "the letters")
     return ids

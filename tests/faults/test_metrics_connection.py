@@ -9,8 +9,6 @@ is 1.
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from leveret.actors import actors_in
@@ -53,8 +51,4 @@ def test_connection_gauges_and_reconnects_follow_a_cut(
         assert total(samples, "leveret_worker_consuming") == 1
         assert total(samples, "leveret_worker_reconnects_total") == 1
     finally:
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        finally:
-            worker.stop()
+        worker.stop_gracefully()

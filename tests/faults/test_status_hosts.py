@@ -9,11 +9,8 @@ three heartbeat intervals (plus the time to look), and warn about it.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +20,9 @@ import pytest
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker
 from tests.faults.netns import Network, host_process
+from tests.observability.helpers import status_json
 from tests.proxy import TcpProxy
-from tests.support import ROOT, LoggedProcess, wait_until
+from tests.support import LoggedProcess, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -34,21 +32,7 @@ STALE_WITHIN_S = 3 * INTERVAL_S + 4  # three intervals, plus a look's own time a
 
 
 def _status(url: str, namespace: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "leveret", "status", "--json", "--no-management", "--wait", "2"),
-            *("--broker-url", url, "--namespace", namespace, "--interval", "0.5"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
+    return status_json(url, namespace, "--no-management", "--wait", "2", "--interval", "0.5")
 
 
 def test_status_shows_both_hosts_and_a_killed_worker_as_stale(

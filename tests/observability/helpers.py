@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 import pika
 from prometheus_client.parser import text_string_to_metric_families
 
 from leveret.services import Broker
 from tests.observed_actors import Start, Work
+from tests.support import ROOT
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -81,3 +86,21 @@ def send_foreign(url: str, queue: str, topic: str) -> None:
         )
     finally:
         connection.close()
+
+
+def status_json(url: str, namespace: str, *options: str) -> dict[str, Any]:
+    """``leveret status --json OPTIONS`` in a subprocess (as an operator runs it)."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "leveret", "status", "--json"),
+            *("--broker-url", url, "--namespace", namespace, *options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,29 +25,16 @@ from leveret.services import RabbitBroker, naming
 from leveret.services.cli import main
 from leveret.services.operations.status import StatusReader, parse_workers
 from leveret.services.operations.status_table import render
+from tests.observability.helpers import status_json
 from tests.observed_actors import Relayed, Work
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.support import WorkerProcess, wait_until
 
 MODULE = "tests.observed_actors"
 
 
-def status_json(url: str, namespace: str, *extra: str) -> dict[str, Any]:
-    """``leveret status MODULE --json`` in a subprocess (as an operator runs it)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "leveret", "status", MODULE, "--json"),
-            *("--broker-url", url, "--namespace", namespace, "--wait", "2", *extra),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+def status(url: str, namespace: str, *extra: str) -> dict[str, Any]:
+    """``leveret status MODULE --json`` as an operator runs it."""
+    return status_json(url, namespace, MODULE, "--wait", "2", *extra)
 
 
 @pytest.fixture
@@ -64,11 +48,7 @@ def worker(rabbit_broker: RabbitBroker, namespace: str) -> Iterator[WorkerProces
         process.wait_consuming()
         yield process
     finally:
-        process.signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        finally:
-            process.stop()
+        process.stop_gracefully()
 
 
 @pytest.mark.rabbitmq
@@ -79,7 +59,7 @@ def test_status_shows_workers_queues_and_warnings(
     for n in range(3):
         rabbit_broker.publish(Work(n=n))
 
-    report = status_json(rabbit_url, namespace)
+    report = status(rabbit_url, namespace)
     assert report["source"] == "management", report["source_note"]
     [row] = report["workers"]
     assert row["pid"] == worker.pid
@@ -97,7 +77,7 @@ def test_status_shows_workers_queues_and_warnings(
     assert not any(kind == "queue_without_consumer" and "counted" in s for kind, s in kinds)
 
     # AMQP alone: the same queues and warnings, no unacked counts or rates, and it says so.
-    amqp = status_json(rabbit_url, namespace, "--no-management")
+    amqp = status(rabbit_url, namespace, "--no-management")
     assert amqp["source"] == "amqp"
     queues = {q["actor"]: q for q in amqp["queues"]}
     assert queues["ends"]["figures"] == {
@@ -130,7 +110,7 @@ def test_hostile_heartbeats_are_ignored(
     rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str, worker: WorkerProcess
 ) -> None:
     exchange = naming.heartbeats_exchange(namespace)
-    status_json(rabbit_url, namespace)  # the listener exists from now on
+    status(rabbit_url, namespace)  # the listener exists from now on
     good = {
         "id": "x" * 10,
         "host": "evil\x1b[2J<script>",
@@ -158,11 +138,11 @@ def test_hostile_heartbeats_are_ignored(
     finally:
         connection.close()
     wait_until(
-        lambda: status_json(rabbit_url, namespace)["ignored_heartbeats"] >= len(bodies) - 1,
+        lambda: status(rabbit_url, namespace)["ignored_heartbeats"] >= len(bodies) - 1,
         15,
         "the hostile heartbeats to be read",
     )
-    report = status_json(rabbit_url, namespace)
+    report = status(rabbit_url, namespace)
     hosts = {w["host"] for w in report["workers"]}
     assert good["host"] in hosts
     assert len(report["workers"]) == 2
@@ -176,23 +156,22 @@ def test_hostile_heartbeats_are_ignored(
     assert "evil?[2J<script>" in result.output
 
 
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_FIELDS = st.sampled_from(["id", "sent_at", "pid", "interval_s", "queues", "host", "x"])
+
+
 @given(
     st.lists(
         st.one_of(
             st.binary(max_size=200),
-            st.recursive(
-                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                lambda inner: (
-                    st.lists(inner, max_size=4)
-                    | st.dictionaries(
-                        st.sampled_from(
-                            ["id", "sent_at", "pid", "interval_s", "queues", "host", "x"]
-                        ),
-                        inner,
-                        max_size=6,
-                    )
+            st.one_of(
+                _SCALARS,
+                st.lists(_SCALARS, max_size=4),
+                st.dictionaries(
+                    _FIELDS,
+                    _SCALARS | st.lists(_SCALARS, max_size=4) | st.dictionaries(_FIELDS, _SCALARS),
+                    max_size=6,
                 ),
-                max_leaves=12,
             ).map(lambda value: json.dumps(value, allow_nan=True).encode()),
         ),
         max_size=20,

@@ -9,7 +9,6 @@ that one's child. One trace id throughout, and the handler's log lines carry it.
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 
 import pika
@@ -187,8 +186,4 @@ def test_without_a_provider_the_context_is_passed_on(
         assert by_n[1]["trace_id"] == trace_id
         assert "trace_id" not in by_n[2]
     finally:
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        finally:
-            worker.stop()
+        worker.stop_gracefully()
