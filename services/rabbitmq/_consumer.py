@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -91,6 +92,8 @@ class RabbitConsumer(IOThread, Consumer):
         self._heartbeat_channel: Channel | None = None
         self._heartbeat_pending: bytes | None = None  # the latest, while the channel opens
         self._local_address: str | None = None
+        self._heartbeats_paused_until = 0.0
+        self._heartbeats_refused = False
 
     # Consumer, any thread ---------------------------------------------------------------
 
@@ -317,6 +320,8 @@ class RabbitConsumer(IOThread, Consumer):
         """
         channel = self._heartbeat_channel
         if channel is None or not channel.is_open:
+            if time.monotonic() < self._heartbeats_paused_until:
+                return  # the broker refused the exchange: try again later, quietly
             if self._heartbeat_pending is None:
                 connection = self.connection
                 if connection is None or not connection.is_open:
@@ -340,6 +345,7 @@ class RabbitConsumer(IOThread, Consumer):
         channel.add_on_close_callback(self._on_heartbeat_channel_closed)
 
         def declared(_frame: Any) -> None:
+            self._heartbeats_refused = False
             self._heartbeat_channel = channel
             pending, self._heartbeat_pending = self._heartbeat_pending, None
             if pending is not None:
@@ -356,7 +362,20 @@ class RabbitConsumer(IOThread, Consumer):
         if self._heartbeat_channel is channel or self._heartbeat_channel is None:
             self._heartbeat_channel = None
             self._heartbeat_pending = None
-        if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            # Refused (no permission on the exchange, arguments differ): every heartbeat
+            # would be refused the same way. One warning, then a try a minute.
+            self._heartbeats_paused_until = time.monotonic() + HEARTBEAT_RETRY_S
+            if not self._heartbeats_refused:
+                log.warning(
+                    "heartbeats_refused",
+                    error=describe(reason),
+                    retry_in_s=HEARTBEAT_RETRY_S,
+                    hint="leveret status will not see this worker; check the user's "
+                    f"permissions on the exchange {self._heartbeats_exchange}",
+                )
+            self._heartbeats_refused = True
+        elif not isinstance(reason, pika.exceptions.ChannelClosedByClient):
             log.info("heartbeat_channel_closed", error=describe(reason))
 
     def _forget_channel(self) -> None:
@@ -547,6 +566,8 @@ class RabbitConsumer(IOThread, Consumer):
             self._settled.set()
 
 
+HEARTBEAT_RETRY_S = 60.0
+"""After the broker refused the heartbeats exchange, how long until the next try."""
 ADAPT_EVERY_S = 0.2
 MAX_ADAPTIVE_PREFETCH = 200
 FAIR_BACKLOG_S = 0.1

@@ -25,7 +25,7 @@ JOBS = 400
 
 
 def _handled(worker: WorkerProcess) -> Counter[str]:
-    lines = Counter()
+    lines: Counter[str] = Counter()
     for line in worker.log().splitlines():
         if '"message_handled"' in line:
             lines[json.loads(line)["message_id"]] += 1

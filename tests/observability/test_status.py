@@ -184,3 +184,31 @@ def test_parse_workers_never_raises(bodies: list[bytes]) -> None:
     for row in rows:
         assert row.id
         assert math.isfinite(row.age_s)
+
+
+@pytest.mark.rabbitmq
+def test_a_refused_heartbeats_exchange_is_one_warning_and_the_worker_goes_on(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str
+) -> None:
+    """Someone declared the heartbeats exchange otherwise (or the user may not): the worker
+    logs one warning, keeps consuming, and tries again a minute later, not every beat."""
+    rabbit_broker.declare(*actors_in([MODULE]))
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+    try:
+        connection.channel().exchange_declare(
+            naming.heartbeats_exchange(namespace), exchange_type="topic", durable=True
+        )
+    finally:
+        connection.close()
+    process = WorkerProcess(
+        [MODULE], namespace, args=["--queues", "counted", "--heartbeat-interval", "0.2"]
+    )
+    try:
+        process.wait_consuming()
+        wait_until(lambda: '"heartbeats_refused"' in process.log(), 10, "the warning")
+        rabbit_broker.publish(Work(n=1))
+        wait_until(lambda: '"message_handled"' in process.log(), 10, "the message handled")
+        assert process.log().count('"heartbeats_refused"') == 1
+        assert process.process.poll() is None
+    finally:
+        process.stop_gracefully()
