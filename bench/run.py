@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "/dev/null) against raw pika at prefetch 100",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also drain on Dramatiq, Celery and FastStream (pip install -e '.[bench]'), each "
+        "in its own worker process, --drain messages, --repeat times",
+    )
+    parser.add_argument(
         "--leveret-default-prefetch",
         action="store_true",
         help=argparse.SUPPRESS,  # the child of --defaults-drain: Leveret's own prefetch
@@ -140,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the queues and exchanges declared were deleted", file=sys.stderr)
         return 130
+    if args.peers:
+        results["peers"] = run_peers(settings, args.repeat)
     print()
     print_table(results)
     print_observability(results)
+    print_peers(results)
     write_json(args, settings, results)
     return 0
 
@@ -230,9 +239,55 @@ def run_observed(
         )
 
 
+def run_peers(settings: Settings, repeat: int) -> dict[str, list[float]]:
+    """Each peer's no-op drain, `repeat` times, taking turns."""
+    from bench.peers.run import PEERS, drain
+
+    runs: dict[str, list[float]] = {peer.name: [] for peer in PEERS}
+    for attempt in range(1, repeat + 1):
+        for peer in PEERS:
+            rate = drain(peer, settings.url, settings.namespace, settings.drain)
+            runs[peer.name].append(rate)
+            print(f"  peers run {attempt} drain {peer.name:<11} {rate:>9.0f} msg/s")
+    return runs
+
+
+def print_peers(results: dict[str, Any]) -> None:
+    """The peers' drains beside Leveret's and raw pika's of the same invocation (best)."""
+    peers = results.get("peers")
+    if not peers:
+        return
+    from bench.peers.run import PEERS
+
+    print()
+    rows: list[tuple[str, float]] = []
+    quorum = results.get("quorum", {})
+    for name, label in (
+        ("drain_defaults", "Leveret, `leveret worker` defaults, info logs, quorum"),
+        ("drain", "Leveret, prefetch as given, logs at warning, quorum"),
+    ):
+        samples = quorum.get(name, {}).get("leveret", [])
+        if samples:
+            rows.append((label, max(samples)))
+    raw = quorum.get("drain", {}).get("raw", [])
+    if raw:
+        rows.append(("raw pika, quorum, prefetch as given", max(raw)))
+    raw_100 = quorum.get("drain_defaults", {}).get("raw", [])
+    if raw_100:
+        rows.append(("raw pika, quorum, prefetch 100 (the baseline)", max(raw_100)))
+    rows += [(peer.label, max(peers[peer.name])) for peer in PEERS if peers.get(peer.name)]
+    baseline = max(raw_100) if raw_100 else max(raw) if raw else None
+    print(f"{'drain, no-op handler (best of the runs)':<72} {'msg/s':>9} {'vs raw':>7}")
+    for label, rate in rows:
+        ratio = f"{rate / baseline:.0%}" if baseline else "-"
+        print(f"{label:<72} {rate:>9.0f} {ratio:>7}")
+
+
 def print_observability(results: dict[str, Any]) -> None:
     """Each observed drain against Leveret's plain drain of the same runs (median)."""
     for queue_type, runs in results.items():
+        if queue_type == "peers":
+            continue
         plain = runs.get("drain", {}).get("leveret", [])
         for method in OBSERVED:
             observed = runs.get(method, {}).get("leveret", [])
@@ -327,6 +382,8 @@ def print_table(results: dict[str, Any]) -> None:
     print(header)
     print("-" * len(header))
     for queue_type, runs in results.items():
+        if queue_type == "peers":
+            continue
         for name in THROUGHPUT + LATENCY + CPU:
             throughput = name in THROUGHPUT
             if name not in runs:
@@ -360,6 +417,9 @@ def _cell(summary: dict[str, float], digits: int) -> str:
 def write_json(args: argparse.Namespace, settings: Settings, results: dict[str, Any]) -> None:
     summary: dict[str, Any] = {}
     for queue_type, runs in results.items():
+        if queue_type == "peers":
+            summary["peers"] = {name: summarise(samples, True) for name, samples in runs.items()}
+            continue
         for name, sides in runs.items():
             throughput = name in THROUGHPUT
             leveret = summarise(sides["leveret"], throughput)
