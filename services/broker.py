@@ -251,12 +251,17 @@ class Broker:
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
         prepared = []
+        # Every message of the batch carries the same context (the batch's publish span):
+        # taken once, not per message.
+        headers = tracer.headers() if tracer is not None else None
         for message in messages:
             topic = message.topic()
             route = routes.get(topic)
             if route is None:
                 route = routes[topic] = Route(topic)
-            prepared.append(self._prepare(message, route, correlation_id, delay_s, tracer))
+            prepared.append(
+                self._prepare(message, route, correlation_id, delay_s, headers=dict(headers or {}))
+            )
         if tracer is not None and len(prepared) == 1:
             tracer.message_attributes(
                 prepared[0].envelope.message_id, prepared[0].envelope.correlation_id
