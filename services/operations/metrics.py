@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,7 +32,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from leveret.schemas import wire
 from leveret.services.logs import get_logger
@@ -47,7 +45,6 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SLOT_ENV = "LEVERET_WORKER_SLOT"
 """The child's slot under a supervisor (its ``slot`` label)."""
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 SAMPLE_INTERVAL_S = 1.0
 OTHER = "other"
 """The ``topic`` or ``reason`` label of a value outside the bounded set."""
@@ -439,8 +436,3 @@ def child_exited(directory: str, pid: int) -> None:
         multiprocess.mark_process_dead(pid, path=directory)  # type: ignore[no-untyped-call]
     except OSError as exc:
         log.warning("metrics_cleanup_failed", pid=pid, error=repr(exc))
-
-
-def now() -> float:
-    """The clock confirm latencies are measured on."""
-    return time.perf_counter()

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -166,7 +166,6 @@ class Snapshot:
     source: Literal["management", "amqp", "memory"]
     source_note: str = ""
     ignored_heartbeats: int = 0
-    stale_after_s: float = STALE_AFTER_INTERVALS * DEFAULT_INTERVAL_S
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form (``leveret status --json``)."""
@@ -301,15 +300,7 @@ def _merged(
     for name, now in amqp.items():
         extra = management.get(name)
         merged[name] = (
-            now
-            if extra is None
-            else QueueFigures(
-                ready=now.ready,
-                consumers=now.consumers,
-                unacked=extra.unacked,
-                incoming_per_s=extra.incoming_per_s,
-                delivered_per_s=extra.delivered_per_s,
-            )
+            now if extra is None else replace(extra, ready=now.ready, consumers=now.consumers)
         )
     return merged
 
