@@ -58,8 +58,11 @@ def _wait_counted(port: int, handled: float, ends: float) -> Samples:
     def reached() -> bool:
         samples = scrape(port)
         seen[:] = [samples]
+        # `relay` too: its handler's count lands after the message it published may already
+        # have been handled by `ends`.
         return (
             total(samples, "leveret_messages_handled_total", actor="counted") >= handled
+            and total(samples, "leveret_messages_handled_total", actor="relay") >= ends
             and total(samples, "leveret_messages_handled_total", actor="ends") >= ends
         )
 
