@@ -6,9 +6,9 @@ What the runtime uses besides (`dispatch.current`, `registry.unique_queues`,
 """
 
 from leveret.actors.actor import Actor, ActorRef, QueueType, handler
-from leveret.actors.context import Context
+from leveret.actors.context import AsyncContext, Context
 from leveret.actors.control import Reject, Retry
-from leveret.actors.dispatch import configure, publish
+from leveret.actors.dispatch import configure, publish, publish_async, send_async
 from leveret.actors.function import FunctionActor, actor
 from leveret.actors.registry import actors_in
 from leveret.actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
@@ -29,6 +29,7 @@ __all__ = [
     "NO_RETRY",
     "Actor",
     "ActorRef",
+    "AsyncContext",
     "Backoff",
     "CatchUp",
     "Context",
@@ -51,6 +52,8 @@ __all__ = [
     "handler",
     "periodic",
     "publish",
+    "publish_async",
     "schedule",
     "schedules_in",
+    "send_async",
 ]

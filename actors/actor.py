@@ -13,7 +13,7 @@ from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, overload
 
 from leveret.actors import dispatch
-from leveret.actors.context import Context
+from leveret.actors.context import AsyncContext, Context
 from leveret.actors.handling import current_correlation_id
 from leveret.actors.retry import RetryPolicy
 from leveret.schemas.casing import snake_case
@@ -44,9 +44,12 @@ class Handler:
         name: The method's (or function's) name.
         function: The function to call: ``function(instance, message[, ctx])``.
         message_type: The `Message` subclass of the handler's message parameter.
-        takes_context: Whether the handler wants a `Context` as its last argument.
+        takes_context: Whether the handler wants a `Context` (an `AsyncContext` when
+            async) as its last argument.
         retry: This handler's retry policy, overriding the actor's.
         time_limit_s: Seconds this handler may run, overriding the actor's `time_limit_s`.
+        is_async: An ``async def`` handler: calling it returns a coroutine, which the
+            worker runs on its event loop.
     """
 
     name: str
@@ -55,14 +58,15 @@ class Handler:
     takes_context: bool
     retry: RetryPolicy | None = None
     time_limit_s: float | None = None
+    is_async: bool = False
 
     @property
     def topic(self) -> str:
         """The topic this handler binds its actor's queue to."""
         return self.message_type.topic()
 
-    def __call__(self, instance: Actor, message: Message, ctx: Context) -> Any:
-        """Run the handler for one message."""
+    def __call__(self, instance: Actor, message: Message, ctx: Context | AsyncContext) -> Any:
+        """Run the handler for one message (an async one returns its coroutine)."""
         if self.takes_context:
             return self.function(instance, message, ctx)
         return self.function(instance, message)
@@ -97,7 +101,9 @@ def handler(
     ```
 
     The hint of the message parameter binds the actor's queue to that message's topic. A
-    second parameter hinted `Context` is optional.
+    second parameter hinted `Context` is optional. ``async def`` handlers run on the
+    worker's event loop (`--concurrency` at once); their second parameter, if any, is hinted
+    `AsyncContext`, whose `publish` and `send` are awaited.
 
     Args:
         function: The method (when used without parentheses).
@@ -263,6 +269,23 @@ class Actor:
         )
 
     @classmethod
+    async def send_async(
+        cls,
+        message: Message,
+        *,
+        delay: dispatch.Delay = None,
+        eta: datetime | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """`send`, awaited: waits for the confirm without blocking the event loop.
+
+        For ``async def`` handlers and other asyncio code; arguments, result and errors
+        are `send`'s.
+        """
+        cls.handler_for(message)
+        return await dispatch.send_async(cls, message, delay=delay, eta=eta, timeout=timeout)
+
+    @classmethod
     def retry_policy(cls, handler: Handler) -> RetryPolicy:
         """The retry policy that applies to `handler`: its own, else the actor's."""
         return handler.retry if handler.retry is not None else cls.retry
@@ -378,9 +401,12 @@ def inspect_handler(
     params = list(inspect.signature(function).parameters.values())
     if owner is not None:
         params = params[1:]
+    is_async = inspect.iscoroutinefunction(function)
+    context_type = AsyncContext if is_async else Context
     usage = (
-        f"{where}: a handler takes (msg: SomeMessage) or (msg: SomeMessage, ctx: Context), "
-        "where SomeMessage is a Message subclass"
+        f"{where}: a{'n async' if is_async else ''} handler takes (msg: SomeMessage) or "
+        f"(msg: SomeMessage, ctx: {context_type.__name__}), where SomeMessage is a Message "
+        "subclass"
     )
     if not params or len(params) > 2:
         raise DefinitionError(usage)
@@ -392,9 +418,15 @@ def inspect_handler(
     if message_type is Message:
         raise DefinitionError(f"{usage}; the base class Message itself has no topic")
     takes_context = len(params) == 2
-    if takes_context and hints.get(params[1].name) is not Context:
+    if takes_context and hints.get(params[1].name) is not context_type:
+        why = (
+            " (an async handler awaits ctx.publish and ctx.send, so it takes AsyncContext)"
+            if is_async
+            else ""
+        )
         raise DefinitionError(
-            f"{usage}; its second parameter {params[1].name!r} must be hinted Context"
+            f"{usage}; its second parameter {params[1].name!r} must be hinted "
+            f"{context_type.__name__}{why}"
         )
     return Handler(
         name=function.__name__,
@@ -403,4 +435,5 @@ def inspect_handler(
         takes_context=takes_context,
         retry=retry,
         time_limit_s=time_limit_s,
+        is_async=is_async,
     )

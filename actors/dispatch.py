@@ -6,6 +6,7 @@ or a test fixture calls `configure(broker)`, and every send looks the broker up 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -48,6 +49,35 @@ class Dispatcher(Protocol):
         timeout: float | None = None,
     ) -> str:
         """Deliver to one actor's queue; return the message id."""
+        ...
+
+
+class AsyncDispatcher(Dispatcher, Protocol):
+    """A dispatcher that can also wait for confirms without blocking an event loop."""
+
+    async def publish_async(
+        self,
+        message: Message,
+        *,
+        delay: Delay = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """As `publish`, awaited."""
+        ...
+
+    async def send_async(
+        self,
+        actor: ActorRef,
+        message: Message,
+        *,
+        delay: Delay = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """As `send`, awaited."""
         ...
 
 
@@ -131,3 +161,98 @@ def publish(
     return current().publish(
         message, delay=delay, eta=eta, correlation_id=current_correlation_id(), timeout=timeout
     )
+
+
+async def publish_async(
+    message: Message,
+    *,
+    delay: Delay = None,
+    eta: datetime | None = None,
+    timeout: float | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """`publish`, awaited: waits for the broker's confirm without blocking the event loop.
+
+    For ``async def`` handlers and other asyncio code (a FastAPI or ASGI Django view).
+    Inside a handler the correlation id of the message being handled is carried on.
+
+    Args:
+        message: The message.
+        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
+        eta: Deliver at this timezone-aware time instead.
+        timeout: Seconds to wait for the broker's confirm (default: the broker's, 30 s).
+        correlation_id: Carried on instead of the handled message's.
+
+    Returns:
+        The new message's id.
+
+    Raises:
+        ConfigurationError: No broker is configured.
+        PublishError: The broker did not confirm the message.
+        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
+            bytes.
+    """
+    dispatcher = current()
+    correlation_id = correlation_id if correlation_id is not None else current_correlation_id()
+    native = getattr(dispatcher, "publish_async", None)
+    if native is None:  # a dispatcher that only blocks (Django's transactional one)
+        return await asyncio.to_thread(
+            dispatcher.publish,
+            message,
+            delay=delay,
+            eta=eta,
+            correlation_id=correlation_id,
+            timeout=timeout,
+        )
+    published: str = await native(
+        message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
+    )
+    return published
+
+
+async def send_async(
+    actor: ActorRef,
+    message: Message,
+    *,
+    delay: Delay = None,
+    eta: datetime | None = None,
+    timeout: float | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """`Actor.send`, awaited: waits for the confirm without blocking the event loop.
+
+    Args:
+        actor: The actor (class or `@actor` function).
+        message: A message one of its handlers takes.
+        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
+        eta: Deliver at this timezone-aware time instead.
+        timeout: Seconds to wait for the broker's confirm (default: the broker's, 30 s).
+        correlation_id: Carried on instead of the handled message's.
+
+    Returns:
+        The message id.
+
+    Raises:
+        NotHandled: No handler of the actor takes the message's type.
+        ConfigurationError: No broker is configured.
+        PublishError: The broker did not confirm the message, or the queue is missing.
+        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
+            bytes.
+    """
+    dispatcher = current()
+    correlation_id = correlation_id if correlation_id is not None else current_correlation_id()
+    native = getattr(dispatcher, "send_async", None)
+    if native is None:
+        return await asyncio.to_thread(
+            dispatcher.send,
+            actor,
+            message,
+            delay=delay,
+            eta=eta,
+            correlation_id=correlation_id,
+            timeout=timeout,
+        )
+    sent: str = await native(
+        actor, message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
+    )
+    return sent

@@ -69,6 +69,13 @@ class FunctionActor(Generic[R]):
             self, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
         )
 
+    async def send_async(
+        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
+    ) -> str:
+        """`send`, awaited: waits for the confirm without blocking the event loop."""
+        self.actor_class.handler_for(message)
+        return await dispatch.send_async(self, message, delay=delay, eta=eta)
+
     def __repr__(self) -> str:
         return f"<function actor {self.__module__}.{self.__qualname__} queue={self.queue!r}>"
 
@@ -108,8 +115,9 @@ def actor(
     ```
 
     Args:
-        fn: The function; its first parameter is hinted with a `Message` subclass, an
-            optional second one with `Context`.
+        fn: The function (``def`` or ``async def``); its first parameter is hinted with a
+            `Message` subclass, an optional second one with `Context` (`AsyncContext` for
+            an ``async def``).
         queue: Queue name; defaults to the function's name.
         queue_type: ``"quorum"`` (default) or ``"classic"``.
         delivery_limit: Deliveries before a message that kills its worker is dead-lettered.
@@ -126,7 +134,7 @@ def actor(
         spec = inspect_handler(function, owner=None, localns=localns)
 
         def run(self: Actor, *args: Any) -> Any:
-            return function(*args)
+            return function(*args)  # an async function's coroutine, for the worker to await
 
         run.__name__ = function.__name__
         setattr(
@@ -137,6 +145,7 @@ def actor(
                 function=run,
                 message_type=spec.message_type,
                 takes_context=spec.takes_context,
+                is_async=spec.is_async,
             ),
         )
         namespace: dict[str, Any] = {

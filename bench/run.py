@@ -24,6 +24,7 @@ from typing import Any
 import pika
 
 from bench.common import Settings
+from bench.iobound import print_io_bound, run_io_bound
 from bench.leveret_side import LeveretBench
 from bench.raw import RawBench
 from leveret.services import tracing
@@ -99,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "in its own worker process, --drain messages, --repeat times",
     )
     parser.add_argument(
+        "--io-bound",
+        action="store_true",
+        help="also drain with handlers that wait 10 ms: Leveret on threads and async, and "
+        "(with --peers) Dramatiq and FastStream; and the memory per message in flight",
+    )
+    parser.add_argument("--io-drain", type=int, default=5000, help="messages of each I/O drain")
+    parser.add_argument(
         "--leveret-default-prefetch",
         action="store_true",
         help=argparse.SUPPRESS,  # the child of --defaults-drain: Leveret's own prefetch
@@ -148,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.peers:
         results["peers"] = run_peers(settings, args.repeat)
+    if args.io_bound:
+        results["io_bound"] = run_io_bound(settings, args.repeat, args.io_drain, args.peers)
+        check_clean(settings.url, settings.namespace)
     print()
     print_table(results)
     print_observability(results)
     print_peers(results)
+    print_io_bound(results)
     write_json(args, settings, results)
     return 0
 
@@ -286,7 +298,7 @@ def print_peers(results: dict[str, Any]) -> None:
 def print_observability(results: dict[str, Any]) -> None:
     """Each observed drain against Leveret's plain drain of the same runs (median)."""
     for queue_type, runs in results.items():
-        if queue_type == "peers":
+        if queue_type in ("peers", "io_bound"):
             continue
         plain = runs.get("drain", {}).get("leveret", [])
         for method in OBSERVED:
@@ -382,7 +394,7 @@ def print_table(results: dict[str, Any]) -> None:
     print(header)
     print("-" * len(header))
     for queue_type, runs in results.items():
-        if queue_type == "peers":
+        if queue_type in ("peers", "io_bound"):
             continue
         for name in THROUGHPUT + LATENCY + CPU:
             throughput = name in THROUGHPUT
@@ -419,6 +431,12 @@ def write_json(args: argparse.Namespace, settings: Settings, results: dict[str, 
     for queue_type, runs in results.items():
         if queue_type == "peers":
             summary["peers"] = {name: summarise(samples, True) for name, samples in runs.items()}
+            continue
+        if queue_type == "io_bound":
+            summary["io_bound"] = {
+                name: summarise(samples, True) for name, samples in runs["drain"].items()
+            }
+            summary["io_bound_memory"] = runs["memory"]
             continue
         for name, sides in runs.items():
             throughput = name in THROUGHPUT

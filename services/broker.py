@@ -17,6 +17,7 @@ what only that transport offers (typed options, admin helpers, test helpers).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.redaction import redact
+from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
 from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Delivery,
@@ -319,6 +321,71 @@ class Broker:
             self.transport.deliver([item], timeout_s=timeout_s)
             return item.envelope.message_id
 
+    async def publish_async(
+        self,
+        message: Message,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """`publish` for asyncio code: awaits the confirm without blocking the event loop.
+
+        Arguments, result and errors are `publish`'s.
+        """
+        delay_s = self._delay_s(delay, eta)
+        check_correlation_id(correlation_id)
+        timeout_s = check_timeout(timeout)
+        route = Route(message.topic())
+        tracer = tracing()
+        if tracer is None:
+            item = self._prepare(message, route, correlation_id, delay_s)
+            delivered = await self.transport.deliver_async([item], timeout_s=timeout_s)
+        else:
+            with tracer.publishing(
+                "publish", naming.events_exchange(self.namespace), message.topic(), 1
+            ):
+                item = self._prepare(message, route, correlation_id, delay_s, tracer)
+                tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
+                delivered = await self.transport.deliver_async([item], timeout_s=timeout_s)
+        _log_unroutable([item], delivered.unroutable)
+        return item.envelope.message_id
+
+    async def send_async(
+        self,
+        actor: ActorRef,
+        message: Message,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """`send` for asyncio code: awaits the confirm without blocking the event loop.
+
+        Arguments, result and errors are `send`'s. The first send to an actor declares
+        its queue (with `auto_declare`) in a thread.
+        """
+        cls = as_actor_class(actor)
+        cls.handler_for(message)
+        delay_s = self._delay_s(delay, eta)
+        check_correlation_id(correlation_id)
+        timeout_s = check_timeout(timeout)
+        if self.auto_declare and cls not in self._declared:
+            await asyncio.to_thread(self.declare_on_first_use, cls)
+        route = Route(message.topic(), queue=cls.queue)
+        tracer = tracing()
+        if tracer is None:
+            item = self._prepare(message, route, correlation_id, delay_s)
+            await self.transport.deliver_async([item], timeout_s=timeout_s)
+            return item.envelope.message_id
+        with tracer.publishing("send", "", naming.queue_name(self.namespace, cls.queue), 1):
+            item = self._prepare(message, route, correlation_id, delay_s, tracer)
+            tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
+            await self.transport.deliver_async([item], timeout_s=timeout_s)
+            return item.envelope.message_id
+
     def prepare(
         self,
         message: Message,
@@ -532,6 +599,7 @@ class Broker:
         actors: Iterable[ActorRef],
         *,
         threads: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         prefetch: int | None = None,
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
@@ -543,12 +611,16 @@ class Broker:
 
         Args:
             actors: The actors to run.
-            threads: Handlers running at once.
+            threads: Sync handlers running at once (one thread each).
+            concurrency: ``async def`` handlers running at once, on the worker's event loop
+                (which starts only when an actor has one).
             prefetch: Deliveries held unacknowledged. By default it starts at twice
-                `threads` and adapts on RabbitMQ: raised while handlers are fast (up to
-                `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the broker round
-                trip does not starve the threads, and kept low while they are slow, so that
-                a worker never hoards messages other workers could run. A number fixes it.
+                `threads` (plus the concurrency and 8, with async handlers; see
+                `default_prefetch`) and adapts on RabbitMQ: raised while handlers are fast
+                (up to `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the
+                broker round trip does not starve the handlers, and kept low while they are
+                slow, so that a worker never hoards messages other workers could run. A
+                number fixes it.
             queues: Only these queues (names without namespace) of the actors.
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
             hooks: Run around each message in the handler's thread (see `MessageHooks`):
@@ -562,15 +634,25 @@ class Broker:
             ConfigurationError: An option out of range, or no actor to run.
         """
         selected = select_actors(actors, queues)
+        check_concurrency(concurrency)
+        kinds = {handler.is_async for actor in selected for handler in actor.handlers.values()}
+        sync_slots = threads if False in kinds else 0
+        async_slots = concurrency if True in kinds else 0
         adaptive = prefetch is None
-        prefetch = default_prefetch(threads, prefetch)
+        prefetch = default_prefetch(
+            threads, prefetch, async_slots=async_slots, sync_handlers=bool(sync_slots)
+        )
         return Worker(
             self.transport.consumer(
-                selected, prefetch=prefetch, threads=threads, adaptive=adaptive
+                selected,
+                prefetch=prefetch,
+                capacity=max(1, sync_slots + async_slots),
+                adaptive=adaptive,
             ),
             selected,
             namespace=self.namespace,
             threads=threads,
+            concurrency=concurrency,
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
             hooks=hooks,
@@ -756,6 +838,15 @@ def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> l
     return classes
 
 
+def check_concurrency(concurrency: int) -> None:
+    """Raise `ConfigurationError` unless `concurrency` is a whole number from 1."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(
+            f"concurrency (async handlers at once) must be a whole number of at least 1, "
+            f"not {concurrency!r}"
+        )
+
+
 def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
     """The worker's maximum body size: `max_body_bytes`, or 16 MiB.
 
@@ -775,11 +866,20 @@ def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
     return max_body_bytes
 
 
-def default_prefetch(threads: int, prefetch: int | None) -> int:
-    """Prefetch bounded by the thread count: twice the threads unless given."""
+def default_prefetch(
+    threads: int, prefetch: int | None, *, async_slots: int = 0, sync_handlers: bool = True
+) -> int:
+    """The first prefetch, unless given: twice the threads, for a worker of sync handlers.
+
+    With async handlers (`async_slots`: the event loop's concurrency) it is that
+    concurrency plus 8 more (a message for each async handler, a few more to cover the
+    broker round trip), plus twice the threads when there are sync handlers too.
+    """
     if threads < 1:
         raise ConfigurationError(f"threads must be at least 1, not {threads}")
     if prefetch is None:
+        if async_slots:
+            return (2 * threads if sync_handlers else 0) + async_slots + 8
         return 2 * threads
     if prefetch < 1:
         raise ConfigurationError(f"prefetch must be at least 1, not {prefetch}")

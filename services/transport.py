@@ -11,6 +11,7 @@ Options that only make sense for one transport are typed per transport (`RabbitO
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,17 @@ class Transport(ABC):
                 found no queue.
         """
 
+    async def deliver_async(
+        self, items: Sequence[Prepared], *, timeout_s: float | None = None
+    ) -> Delivered:
+        """`deliver` (raising errors) for asyncio code: awaits the confirms.
+
+        By default `deliver` runs in a thread of the loop's default executor (the in-memory
+        broker's, which in eager mode handles the message at once); RabbitMQ's awaits the
+        publisher's confirms without a thread.
+        """
+        return await asyncio.to_thread(self.deliver, items, timeout_s=timeout_s)
+
     @abstractmethod
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
         """The worker heartbeats of about the last minute, as published (untrusted bytes).
@@ -238,7 +250,7 @@ class Transport(ABC):
         actors: Sequence[type[Actor]],
         *,
         prefetch: int,
-        threads: int,
+        capacity: int,
         adaptive: bool = False,
     ) -> Consumer:
         """A consumer of the actors' queues for a worker runtime (not started).
@@ -246,7 +258,8 @@ class Transport(ABC):
         Args:
             actors: The actors.
             prefetch: Deliveries held unacknowledged (the first value, with `adaptive`).
-            threads: The runtime's handler threads.
+            capacity: Handlers the runtime runs at once (its threads, plus its event
+                loop's concurrency when it has async handlers).
             adaptive: Let the consumer raise and lower its prefetch with the handlers' speed
                 (where the transport can).
         """

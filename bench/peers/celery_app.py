@@ -8,7 +8,7 @@ import os
 from celery import Celery
 from kombu import Queue
 
-from bench.peers.counting import handled
+from bench.peers.counting import handled, work
 
 QUEUE = os.environ.get("BENCH_PEER_QUEUE", "bench_celery")
 
@@ -26,4 +26,5 @@ app.conf.update(
 
 @app.task(name="bench.ping", ignore_result=True)
 def ping(seq: int, sent_at: float, payload: str) -> None:
+    work()
     handled()

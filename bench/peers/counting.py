@@ -1,7 +1,12 @@
-"""What each peer's handler calls: counts messages, records the first and the last."""
+"""What each peer's handler calls: counts messages, records the first and the last.
+
+``BENCH_PEER_SLEEP_MS`` makes each handler wait that long first, as an I/O-bound handler
+does (a blocking sleep in the thread-based peers, ``asyncio.sleep`` in FastStream's).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -10,6 +15,19 @@ _lock = threading.Lock()
 _seen = 0
 _total = int(os.environ.get("BENCH_PEER_COUNT", "0"))
 _record = os.environ.get("BENCH_PEER_RECORD", os.devnull)
+_sleep_s = float(os.environ.get("BENCH_PEER_SLEEP_MS", "0")) / 1000
+
+
+def work() -> None:
+    """The handler's I/O, blocking (thread-based peers)."""
+    if _sleep_s:
+        time.sleep(_sleep_s)
+
+
+async def work_async() -> None:
+    """The handler's I/O, awaited (async peers)."""
+    if _sleep_s:
+        await asyncio.sleep(_sleep_s)
 
 
 def handled() -> None:

@@ -8,7 +8,7 @@ import os
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from bench.peers.counting import handled
+from bench.peers.counting import handled, work
 
 broker = RabbitmqBroker(url=os.environ["BENCH_PEER_URL"])
 dramatiq.set_broker(broker)
@@ -16,4 +16,5 @@ dramatiq.set_broker(broker)
 
 @dramatiq.actor(queue_name=os.environ.get("BENCH_PEER_QUEUE", "bench_dramatiq"), max_retries=0)
 def ping(seq: int, sent_at: float, payload: str) -> None:
+    work()
     handled()

@@ -1,5 +1,5 @@
 """The FastStream peer: ``faststream run bench.peers.faststream_app:app`` (async handlers,
-one process) on a quorum queue, prefetch 100."""
+one process) on a quorum queue, prefetch 100 (``BENCH_PEER_PREFETCH``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 from faststream import FastStream
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 
-from bench.peers.counting import handled
+from bench.peers.counting import handled, work_async
 
 broker = RabbitBroker(
-    os.environ.get("BENCH_PEER_URL", "amqp://"), default_channel=Channel(prefetch_count=100)
+    os.environ.get("BENCH_PEER_URL", "amqp://"),
+    default_channel=Channel(prefetch_count=int(os.environ.get("BENCH_PEER_PREFETCH", "100"))),
 )
 app = FastStream(broker)
 queue = RabbitQueue(
@@ -23,4 +24,5 @@ queue = RabbitQueue(
 
 @broker.subscriber(queue)
 async def ping(body: dict[str, object]) -> None:
+    await work_async()
     handled()

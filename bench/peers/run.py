@@ -93,8 +93,44 @@ PEERS = (
 )
 
 
-def drain(peer: Peer, url: str, namespace: str, count: int) -> float:
-    """One drain of `count` no-op messages on `peer`: messages per second."""
+def io_peers() -> tuple[tuple[Peer, dict[str, str]], ...]:
+    """The peers of the I/O-bound drain, each with the settings that suit it best here:
+    Dramatiq with 8 (its default) and 64 threads, FastStream with prefetch 100 and 500."""
+    dramatiq, _celery, faststream = PEERS
+    return (
+        (dramatiq, {}),
+        (
+            Peer(
+                "dramatiq",
+                "Dramatiq, 1 process x 64 threads, classic queue",
+                [*dramatiq.command[:-1], "64"],
+                dramatiq.fill,
+                dramatiq.queues,
+            ),
+            {},
+        ),
+        (faststream, {}),
+        (
+            Peer(
+                "faststream",
+                "FastStream (async), 1 process, prefetch 500, quorum queue",
+                faststream.command,
+                faststream.fill,
+                faststream.queues,
+            ),
+            {"BENCH_PEER_PREFETCH": "500"},
+        ),
+    )
+
+
+def drain(
+    peer: Peer, url: str, namespace: str, count: int, extra_env: dict[str, str] | None = None
+) -> float:
+    """One drain of `count` messages on `peer`: messages per second.
+
+    Args:
+        extra_env: More settings for the peer's process (``BENCH_PEER_SLEEP_MS``…).
+    """
     queue = f"{namespace.replace('-', '_')}_{peer.name}"
     record = Path(tempfile.mkstemp(prefix=f"bench-{peer.name}-")[1])
     log = record.with_suffix(".log")
@@ -105,6 +141,7 @@ def drain(peer: Peer, url: str, namespace: str, count: int) -> float:
         "BENCH_PEER_QUEUE": queue,
         "BENCH_PEER_COUNT": str(count),
         "BENCH_PEER_RECORD": str(record),
+        **(extra_env or {}),
     }
     process = None
     before = _objects()

@@ -51,6 +51,7 @@ from leveret.services.operations.supervisor import (
     notify_ready,
     worker_command,
 )
+from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
 from leveret.services.runtime.execution import MessageHooks
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
@@ -121,7 +122,20 @@ class _WorkerConfigurationError(click.ClickException):
 
 @click.command()
 @click.argument("modules", nargs=-1)
-@click.option("--threads", default=8, show_default=True, help="Handlers running at once.")
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sync handlers running at once (a thread each).",
+)
+@click.option(
+    "--concurrency",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="async def handlers running at once, on the worker's event loop.",
+)
 @click.option(
     "--processes",
     default=1,
@@ -133,8 +147,8 @@ class _WorkerConfigurationError(click.ClickException):
     "--prefetch",
     type=click.IntRange(min=1),
     default=None,
-    help="Unacked deliveries held, fixed. Default: adaptive, 2 x threads while handlers "
-    "are slow, up to 200 while they are fast.",
+    help="Unacked deliveries held, fixed. Default: adaptive, 2 x threads (with async "
+    "handlers: + concurrency + 8) while handlers are slow, up to 200 while they are fast.",
 )
 @click.option("--queues", default=None, help="Comma-separated queues to consume (default: all).")
 @click.option(
@@ -229,6 +243,7 @@ class _WorkerConfigurationError(click.ClickException):
 def worker(
     modules: tuple[str, ...],
     threads: int,
+    concurrency: int,
     processes: int,
     prefetch: int | None,
     queues: str | None,
@@ -284,6 +299,7 @@ def worker(
         running = broker.worker(
             selected,
             threads=threads,
+            concurrency=concurrency,
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout,
             hooks=_worker_setup().hooks,

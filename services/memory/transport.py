@@ -275,7 +275,7 @@ class MemoryTransport(Transport):
         actors: Sequence[type[Actor]],
         *,
         prefetch: int,
-        threads: int,
+        capacity: int,
         adaptive: bool = False,
     ) -> MemoryConsumer:
         self.declare(actors)

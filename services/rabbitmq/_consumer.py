@@ -49,7 +49,7 @@ class RabbitConsumer(IOThread, Consumer):
         namespace: The namespace of the queues.
         actors: The actors whose queues to consume (their topology is declared first).
         prefetch: Deliveries held unacknowledged (the first value, when `adaptive`).
-        threads: Handler threads of the runtime.
+        capacity: Handlers the runtime runs at once (threads and async concurrency).
         adaptive: Adapt the prefetch to the handlers' speed (see `PrefetchController`).
     """
 
@@ -60,14 +60,14 @@ class RabbitConsumer(IOThread, Consumer):
         actors: Sequence[type[Actor]],
         *,
         prefetch: int,
-        threads: int = 0,
+        capacity: int = 0,
         adaptive: bool = False,
     ) -> None:
         IOThread.__init__(self, url, role="worker")
         self.namespace = namespace
         self.prefetch = prefetch
-        self.threads = threads
-        self._controller = PrefetchController(prefetch, max(threads, 1)) if adaptive else None
+        self.capacity = capacity
+        self._controller = PrefetchController(prefetch, max(capacity, 1)) if adaptive else None
         self.consuming = threading.Event()
         self._actors = {naming.queue_name(namespace, actor.queue): actor for actor in actors}
         self._steps = topology.steps(namespace, actors)
@@ -193,7 +193,7 @@ class RabbitConsumer(IOThread, Consumer):
         log.info(
             "worker_consuming",
             queues=sorted(self._actors),
-            threads=self.threads,
+            handlers_at_once=self.capacity,
             prefetch=self.prefetch,
             prefetch_adaptive=self._controller is not None,
         )
@@ -570,28 +570,32 @@ HEARTBEAT_RETRY_S = 60.0
 """After the broker refused the heartbeats exchange, how long until the next try."""
 ADAPT_EVERY_S = 0.2
 MAX_ADAPTIVE_PREFETCH = 200
+"""The highest adaptive prefetch, unless the worker runs more than half as many at once."""
 FAIR_BACKLOG_S = 0.1
-"""Work a worker may hold beyond what its threads run: at most about this many seconds."""
+"""Work a worker may hold beyond what its handlers run: at most about this many seconds."""
 
 
 class PrefetchController:
     """The prefetch a worker should have, from how long its handlers take.
 
-    A worker's threads need messages waiting while acks travel to the broker and new
+    A worker's handlers need messages waiting while acks travel to the broker and new
     deliveries come back; but every message it holds waiting is one another worker cannot
-    run. So the messages waiting beyond one per thread are kept to about `FAIR_BACKLOG_S`
-    of work: ``threads + threads * FAIR_BACKLOG_S / average handler time``, at least twice
-    the threads, at most `MAX_ADAPTIVE_PREFETCH`. Fast handlers (a millisecond or less)
-    reach the maximum, which drains at raw pika's speed; handlers of 50 ms or more keep
-    twice the threads, so a worker started later gets its share at once.
+    run. So the messages waiting beyond one per handler slot (`capacity`: threads, plus the
+    event loop's concurrency) are kept to about `FAIR_BACKLOG_S` of work:
+    ``capacity + capacity * FAIR_BACKLOG_S / average handler time``, at least the first
+    prefetch (twice the threads by default), at most `MAX_ADAPTIVE_PREFETCH` (or twice the
+    capacity, if that is more). Fast handlers (a millisecond or less) reach the maximum,
+    which drains at raw pika's speed; handlers of 50 ms or more keep the first prefetch,
+    so a worker started later gets its share at once.
 
     The average is an exponentially weighted one of the handler durations (I/O thread
     only). A change smaller than a quarter is not applied (each one consumes anew).
     """
 
-    def __init__(self, prefetch: int, threads: int) -> None:
-        self.threads = threads
-        self.minimum = max(prefetch, 2 * threads)
+    def __init__(self, prefetch: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.minimum = prefetch
+        self.maximum = max(MAX_ADAPTIVE_PREFETCH, 2 * capacity, prefetch)
         self.current = prefetch
         self.average_s: float | None = None
         self._samples = 0
@@ -615,6 +619,13 @@ class PrefetchController:
         average = self.average_s
         if average is None:
             return self.current
+        wanted = self.capacity + self.capacity * FAIR_BACKLOG_S / max(average, 1e-6)
+        target = int(min(self.maximum, max(self.minimum, wanted)))
+        if target in (self.minimum, self.maximum) or abs(target - self.current) > (
+            self.current / 4
+        ):
+            self.current = target
+        return self.current
         wanted = self.threads + self.threads * FAIR_BACKLOG_S / max(average, 1e-6)
         target = int(min(MAX_ADAPTIVE_PREFETCH, max(self.minimum, wanted)))
         if target in (self.minimum, MAX_ADAPTIVE_PREFETCH) or abs(target - self.current) > (

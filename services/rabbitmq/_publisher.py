@@ -16,12 +16,14 @@ waiting gets `PublishError`, and the next publish starts a new connection.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +94,8 @@ class Batch:
     # Set when the caller gave up waiting (PublishError): its messages are not sent again.
     abandoned: bool = False
     settled: list[bool] = field(default_factory=list)
+    on_done: Callable[[], None] | None = None
+    """Called on the I/O thread once every message is settled (an awaiting caller)."""
 
     def settle(self, index: int, error: str | None, unroutable: bool) -> None:
         """Record one message's outcome (I/O thread only)."""
@@ -105,6 +109,8 @@ class Batch:
         self.remaining -= 1
         if self.remaining == 0:
             self.done.set()
+            if self.on_done is not None:
+                self.on_done()
 
 
 class Publisher(IOThread):
@@ -184,8 +190,49 @@ class Publisher(IOThread):
             InvalidArgument: A name or property is longer than AMQP allows (255 bytes; with
                 `raise_errors`, else that message's error).
         """
-        batch = Batch(remaining=len(items), settled=[False] * len(items))
+        batch = self._submit(items, raise_errors=raise_errors)
+        wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
+        return self._conclude(batch, items, batch.done.wait(wait_s), wait_s, raise_errors)
+
+    async def publish_async(
+        self, items: Sequence[Outgoing], *, timeout_s: float | None = None
+    ) -> Batch:
+        """`publish` (raising errors) for asyncio code: awaits the confirms.
+
+        The caller's event loop goes on meanwhile: the I/O thread wakes the waiting task
+        when the batch is settled. A task cancelled while it waits (a time limit) gives up
+        the batch as a timeout does: what was not sent yet is not sent any more.
+        """
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:  # I/O thread
+            # RuntimeError: the caller's loop closed meanwhile, nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, settled)
+
+        batch = self._submit(items, raise_errors=True, on_done=wake)
+        wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(settled, wait_s)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            self._abandon(batch)
+            raise
+        return self._conclude(batch, items, batch.done.is_set(), wait_s, raise_errors=True)
+
+    def _submit(
+        self,
+        items: Sequence[Outgoing],
+        *,
+        raise_errors: bool,
+        on_done: Callable[[], None] | None = None,
+    ) -> Batch:
+        """Check `items` and hand them to the I/O thread, as one batch."""
+        batch = Batch(remaining=len(items), settled=[False] * len(items), on_done=on_done)
         if not items:
+            batch.done.set()
             return batch
         sendable = []
         for index, item in enumerate(items):
@@ -203,11 +250,27 @@ class Publisher(IOThread):
             self._ensure_started()
             self._inbox.extend(sendable)
             self._wake()
-        wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
-        if not batch.done.wait(wait_s):
-            batch.abandoned = True
-            if self.running:
-                self.call_soon(self._drop_abandoned)
+        return batch
+
+    def _abandon(self, batch: Batch) -> None:
+        """The caller stopped waiting: drop what of `batch` is not sent yet."""
+        batch.abandoned = True
+        if self.running:
+            self.call_soon(self._drop_abandoned)
+
+    def _conclude(
+        self,
+        batch: Batch,
+        items: Sequence[Outgoing],
+        settled: bool,
+        wait_s: float,
+        raise_errors: bool,
+    ) -> Batch:
+        """What a caller gets once it stopped waiting for `batch` (`settled`: in time)."""
+        if not items:
+            return batch
+        if not settled:
+            self._abandon(batch)
             reason = f"no confirm within {wait_s}s: {self._waiting_reason()}"
             if raise_errors:
                 raise PublishTimeout(reason, message_id=items[0].properties.message_id)
@@ -568,6 +631,11 @@ _CHANNEL_GONE = (
 )
 
 _SHORT_STRING_BYTES = 255
+
+
+def _resolve(settled: asyncio.Future[None]) -> None:
+    if not settled.done():
+        settled.set_result(None)
 
 
 def _check_encodable(item: Outgoing) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -12,7 +13,7 @@ from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
-from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.rabbitmq._publisher import Batch, Outgoing, Publisher
 from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
 from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
 from leveret.services.runtime.execution import Delivery
@@ -78,14 +79,31 @@ class RabbitTransport(Transport):
         raise_errors: bool = True,
         timeout_s: float | None = None,
     ) -> Delivered:
+        if not self._levels_declared and any(item.delay_s > 0 for item in items):
+            self._declare_levels()
+        batch = self.publisher.publish(
+            self._outgoing(items), raise_errors=raise_errors, timeout_s=timeout_s
+        )
+        return _delivered(batch, items)
+
+    async def deliver_async(
+        self, items: Sequence[Prepared], *, timeout_s: float | None = None
+    ) -> Delivered:
+        if not self._levels_declared and any(item.delay_s > 0 for item in items):
+            await asyncio.to_thread(self._declare_levels)  # once per process
+        batch = await self.publisher.publish_async(self._outgoing(items), timeout_s=timeout_s)
+        return _delivered(batch, items)
+
+    def _declare_levels(self) -> None:
+        self.publisher.declare(topology.level_steps(self.namespace))
+        self._levels_declared = True
+
+    def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
         events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
             queue = item.route.queue
             if item.delay_s > 0:
-                if not self._levels_declared:
-                    self.publisher.declare(topology.level_steps(self.namespace))
-                    self._levels_declared = True
                 exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
                 routing_key = delays.routing_key(
                     item.delay_s, queue=queue, topic=item.route.topic if queue is None else None
@@ -103,12 +121,7 @@ class RabbitTransport(Transport):
                     unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
-        batch = self.publisher.publish(outgoing, raise_errors=raise_errors, timeout_s=timeout_s)
-        errors: dict[int, PublishError] = {}
-        for index, reason in batch.errors.items():
-            kind = PublishTimeout if index in batch.timed_out else PublishError
-            errors[index] = kind(reason, message_id=items[index].envelope.message_id)
-        return Delivered(batch.unroutable, errors)
+        return outgoing
 
     def delete(self, actors: Sequence[type[Actor]]) -> None:
         with self.admin() as channel:
@@ -207,11 +220,16 @@ class RabbitTransport(Transport):
         actors: Sequence[type[Actor]],
         *,
         prefetch: int,
-        threads: int,
+        capacity: int,
         adaptive: bool = False,
     ) -> RabbitConsumer:
         return RabbitConsumer(
-            self.url, self.namespace, actors, prefetch=prefetch, threads=threads, adaptive=adaptive
+            self.url,
+            self.namespace,
+            actors,
+            prefetch=prefetch,
+            capacity=capacity,
+            adaptive=adaptive,
         )
 
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
@@ -226,3 +244,11 @@ class RabbitTransport(Transport):
 
     def close(self) -> None:
         self.publisher.close()
+
+
+def _delivered(batch: Batch, items: Sequence[Prepared]) -> Delivered:
+    errors: dict[int, PublishError] = {}
+    for index, reason in batch.errors.items():
+        kind = PublishTimeout if index in batch.timed_out else PublishError
+        errors[index] = kind(reason, message_id=items[index].envelope.message_id)
+    return Delivered(batch.unroutable, errors)

@@ -6,12 +6,14 @@ and dead-letter differs.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import math
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -19,7 +21,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from leveret.actors.actor import Actor, Handler
-from leveret.actors.context import Context
+from leveret.actors.context import AsyncContext, Context
 from leveret.actors.control import Reject
 from leveret.actors.handling import done_handling, handling
 from leveret.schemas import wire
@@ -213,6 +215,11 @@ class Executor:
         self._handler_log = get_logger("leveret.handler")
         self._tracing = tracing()
 
+    def is_async(self, delivery: Delivery) -> bool:
+        """Whether `delivery` goes to an ``async def`` handler (`run_async`, on the loop)."""
+        handler = self.actor.handlers.get(delivery.topic or "")
+        return handler is not None and handler.is_async
+
     def run(self, delivery: Delivery) -> Outcome:
         """Handle one delivery and say what should happen to it.
 
@@ -220,33 +227,62 @@ class Executor:
         a fault of Leveret's own while handling it dead-letters the delivery with reason
         ``internal_error`` (and its traceback) instead of raising. With tracing
         (`leveret.services.tracing`) it runs in a span whose parent is the message's.
+        An async handler's coroutine is run here to its end, on an event loop of this
+        call's own (`MemoryBroker.join`); the worker runs those with `run_async`.
         """
+        span = self._open_span(delivery)
+        outcome: Outcome | None = None
+        try:
+            outcome = self._run_logged(delivery)
+        finally:
+            self._close_span(span, outcome)
+        return outcome
+
+    async def run_async(self, delivery: Delivery) -> Outcome:
+        """`run`, for a delivery whose handler is ``async def``, on the running loop.
+
+        The same guarantees as `run`: never raises (but `asyncio.CancelledError` when the
+        task running it is cancelled from outside), one outcome per delivery.
+        """
+        span = self._open_span(delivery)
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._run_logged_async(delivery)
+        finally:
+            self._close_span(span, outcome)
+        return outcome
+
+    def _open_span(self, delivery: Delivery) -> tuple[Any, Callable[..., None]] | None:
         if self._tracing is None:
-            return self._run_logged(delivery)
+            return None
         try:
             span = self._tracing.handling(
                 self.name, delivery.headers, delivery.message_id, delivery.correlation_id
             )
-            record = span.__enter__()
+            return span, span.__enter__()
         except Exception:  # tracing never decides a message's fate
             log.exception("tracing_failed")
-            return self._run_logged(delivery)
-        outcome: Outcome | None = None
-        try:
-            outcome = self._run_logged(delivery)
-            record(outcome.fate, outcome.error)
-        except Exception:  # only `record` can raise here: tracing's, not the message's
-            log.exception("tracing_failed")
-        finally:
-            try:
-                span.__exit__(None, None, None)
-            except Exception:  # as above
-                log.exception("tracing_failed")
-        assert outcome is not None
-        return outcome
+            return None
 
-    def _run_logged(self, delivery: Delivery) -> Outcome:
-        started = time.perf_counter()
+    def _close_span(
+        self, opened: tuple[Any, Callable[..., None]] | None, outcome: Outcome | None
+    ) -> None:
+        if opened is None:
+            return
+        span, record = opened
+        try:
+            if outcome is not None:
+                record(outcome.fate, outcome.error)
+        except Exception:  # `record` is tracing's, not the message's
+            log.exception("tracing_failed")
+        try:
+            span.__exit__(None, None, None)
+        except Exception:  # as above
+            log.exception("tracing_failed")
+
+    def _begin(
+        self, delivery: Delivery
+    ) -> tuple[Envelope, dict[str, Any], contextvars.Token[Envelope | None]]:
         envelope = delivery.envelope()
         log_context = {
             "actor": self.name,
@@ -257,21 +293,61 @@ class Executor:
         }
         structlog.contextvars.bind_contextvars(**log_context)
         token = handling(envelope)
+        for hook in self.hooks:
+            _call_hook(hook.before_message, envelope)
+        return envelope, log_context, token
+
+    def _internal_error(
+        self, delivery: Delivery, envelope: Envelope, log_context: dict[str, Any], exc: Exception
+    ) -> Outcome:
+        log.exception("message_handling_failed", **log_context)
+        return self._dead_letter(delivery, envelope, "internal_error", exc, with_traceback=True)
+
+    def _end(
+        self,
+        envelope: Envelope,
+        outcome: Outcome,
+        log_context: dict[str, Any],
+        token: contextvars.Token[Envelope | None],
+        started: float,
+    ) -> None:
         try:
-            for hook in self.hooks:
-                _call_hook(hook.before_message, envelope)
-            try:
-                outcome = self._run(delivery, envelope)
-            except Exception as exc:  # a bug of ours must not kill the thread
-                log.exception("message_handling_failed", **log_context)
-                outcome = self._dead_letter(
-                    delivery, envelope, "internal_error", exc, with_traceback=True
-                )
             for hook in reversed(self.hooks):
                 _call_hook(hook.after_message, envelope, outcome)
         finally:
             done_handling(token)
             structlog.contextvars.unbind_contextvars(*log_context)
+        self._log_outcome(outcome, log_context, started)
+
+    def _run_logged(self, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        envelope, log_context, token = self._begin(delivery)
+        try:
+            outcome = self._run(delivery, envelope)
+        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
+            outcome = self._internal_error(delivery, envelope, log_context, exc)
+        except BaseException:
+            done_handling(token)
+            structlog.contextvars.unbind_contextvars(*log_context)
+            raise
+        self._end(envelope, outcome, log_context, token, started)
+        return outcome
+
+    async def _run_logged_async(self, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        envelope, log_context, token = self._begin(delivery)
+        try:
+            outcome = await self._run_async(delivery, envelope)
+        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
+            outcome = self._internal_error(delivery, envelope, log_context, exc)
+        except BaseException:  # cancelled from outside (shutdown cut it off): no outcome
+            done_handling(token)
+            structlog.contextvars.unbind_contextvars(*log_context)
+            raise
+        self._end(envelope, outcome, log_context, token, started)
+        return outcome
+
+    def _log_outcome(self, outcome: Outcome, log_context: dict[str, Any], started: float) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if outcome.fate == "ack":
             log.info("message_handled", outcome="handled", duration_ms=duration_ms, **log_context)
@@ -294,7 +370,6 @@ class Executor:
                 error=outcome.headers.get(wire.ERROR_MESSAGE),
                 **log_context,
             )
-        return outcome
 
     def _run(self, delivery: Delivery, envelope: Envelope) -> Outcome:
         try:
@@ -302,6 +377,8 @@ class Executor:
         except DecodeError as exc:
             reason = _DECODE_REASONS.get(type(exc), "decode_error")
             return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
+        if handler.is_async:  # outside the worker's loop (MemoryBroker.join): a loop of its own
+            return run_coroutine(self._handle_async(delivery, envelope, handler, message))
         ctx = Context(envelope, actor=self.name, log=self._handler_log)
         limit_s = self.actor.time_limit_for(handler)
         try:
@@ -317,6 +394,56 @@ class Executor:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             return self._failed(delivery, envelope, handler, exc)
+        return Outcome("ack", envelope)
+
+    async def _run_async(self, delivery: Delivery, envelope: Envelope) -> Outcome:
+        try:
+            handler, message = self._decode(delivery, envelope)
+        except DecodeError as exc:
+            reason = _DECODE_REASONS.get(type(exc), "decode_error")
+            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
+        if not handler.is_async:  # the topic's handler changed kind: run it here, blocking
+            return self._run(delivery, envelope)
+        return await self._handle_async(delivery, envelope, handler, message)
+
+    async def _handle_async(
+        self, delivery: Delivery, envelope: Envelope, handler: Handler, message: Any
+    ) -> Outcome:
+        """Await an async handler under its time limit, which cancels it when it passes."""
+        ctx = AsyncContext(envelope, actor=self.name, log=self._handler_log)
+        limit_s = self.actor.time_limit_for(handler)
+        timeout = asyncio.timeout(limit_s)
+        try:
+            async with timeout:
+                await handler(self.instance, message, ctx)
+        except TimeoutError as exc:
+            if not timeout.expired():  # the handler's own TimeoutError: a failure like any
+                return self._failed(delivery, envelope, handler, exc)
+            limited = TimeLimitExceeded(
+                f"handler {handler.name!r} ran past its time limit of {limit_s} s"
+            )
+            limited.__cause__ = exc
+            return self._failed(delivery, envelope, handler, limited)
+        except Reject as exc:
+            return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
+            if timeout.expired():  # it turned its cancellation into another error
+                limited = TimeLimitExceeded(
+                    f"handler {handler.name!r} ran past its time limit of {limit_s} s"
+                )
+                limited.__cause__ = exc
+                return self._failed(delivery, envelope, handler, limited)
+            return self._failed(delivery, envelope, handler, exc)
+        if timeout.expired():  # it swallowed the cancellation and returned: still too late
+            return self._failed(
+                delivery,
+                envelope,
+                handler,
+                TimeLimitExceeded(
+                    f"handler {handler.name!r} ran past its time limit of {limit_s} s "
+                    "(and went on after its cancellation)"
+                ),
+            )
         return Outcome("ack", envelope)
 
     def _decode(self, delivery: Delivery, envelope: Envelope) -> tuple[Handler, Any]:
@@ -484,3 +611,32 @@ def _call_hook(function: Callable[..., None], *args: Any) -> None:
             hook=getattr(function, "__qualname__", repr(function)),
             error=f"{type(exc).__name__}: {_text(exc)}",
         )
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """Run `coroutine` to its end from synchronous code, on an event loop of its own.
+
+    In a thread without a running loop that is `asyncio.run`; in one with a loop running
+    (an async test calling `MemoryBroker.join`) a helper thread runs it, since a loop
+    cannot be entered twice. The caller's context variables go along either way.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: list[Outcome] = []
+    errors: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result.append(context.run(asyncio.run, coroutine))
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller below
+            errors.append(exc)
+
+    helper = threading.Thread(target=run, name="leveret-join-async", daemon=True)
+    helper.start()
+    helper.join()
+    if errors:
+        raise errors[0]
+    return result[0]

@@ -2,10 +2,11 @@
 
 One `Worker` runs the actors of one process. Its consumer hands it deliveries; its
 `threads` handler threads run them through each actor's `Executor` (decode, handler, time
-limit, retry policy) and hand the outcome back to the consumer to settle. Shutdown (SIGTERM,
-SIGINT, `shutdown`) stops consuming, gives back the deliveries not started, lets the
-handlers in flight finish within `shutdown_timeout_s`, waits for their outcomes to be
-settled, and closes.
+limit, retry policy) and hand the outcome back to the consumer to settle. Deliveries for
+``async def`` handlers go to the worker's `EventLoop` instead, `concurrency` at once.
+Shutdown (SIGTERM, SIGINT, `shutdown`) stops consuming, gives back the deliveries not
+started, lets the handlers in flight finish within `shutdown_timeout_s`, waits for their
+outcomes to be settled, and closes.
 
 No fault ends a thread unseen. An exception escaping a handler thread's loop (a bug, never
 a handler's own exception: those are outcomes) or the consumer's own thread is logged with
@@ -16,6 +17,7 @@ The delivery in hand goes back as a failed delivery (counted towards the deliver
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import signal
 import threading
@@ -28,6 +30,7 @@ from leveret.actors.actor import Actor
 from leveret.services import naming
 from leveret.services.logs import get_logger
 from leveret.services.runtime.consumer import Consumer, Job
+from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY, EventLoop
 from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Executor,
@@ -57,7 +60,9 @@ class Worker:
         consumer: The broker's consumer of the actors' queues.
         actors: Actor classes to run, one instance each.
         namespace: The namespace of their queues.
-        threads: Handler threads (handlers running at once).
+        threads: Handler threads (sync handlers running at once).
+        concurrency: Async handlers running at once on the worker's event loop (started
+            only when an actor has an ``async def`` handler).
         prefetch: Deliveries the consumer holds unacknowledged (for the log line).
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
         hooks: Run around each message in its handler thread (see `MessageHooks`).
@@ -78,6 +83,7 @@ class Worker:
         *,
         namespace: str,
         threads: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         prefetch: int = 16,
         shutdown_timeout_s: float = 30.0,
         hooks: Sequence[MessageHooks] = (),
@@ -87,6 +93,7 @@ class Worker:
         self.consumer = consumer
         self.observer = observer
         self.threads = threads
+        self.concurrency = concurrency
         self.prefetch = prefetch
         self.shutdown_timeout_s = shutdown_timeout_s
         self.stats = Stats()
@@ -99,6 +106,10 @@ class Worker:
             )
             for actor in actors
         }
+        self.event_loop: EventLoop | None = None
+        """Runs the async handlers; None when no actor has one."""
+        if any(handler.is_async for actor in actors for handler in actor.handlers.values()):
+            self.event_loop = EventLoop(concurrency, self._handle_async_job, self.fail)
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._accepting = True
         self._running = 0  # handlers running now
@@ -127,7 +138,9 @@ class Worker:
             target=self._wait_and_stop, name="leveret-stop", daemon=True
         )
         self._stopper.start()
-        self.consumer.start(self._work.put, self._fail)
+        if self.event_loop is not None:
+            self.event_loop.start()
+        self.consumer.start(self._dispatch, self._fail)
 
     def threads_alive(self) -> bool:
         """Whether the consumer's thread and every handler thread are alive (health)."""
@@ -136,6 +149,7 @@ class Worker:
             started
             and self.consumer.alive()
             and all(thread.is_alive() for thread in self._pool)
+            and (self.event_loop is None or self.event_loop.alive())
             and not self._stopped.is_set()
         )
 
@@ -232,18 +246,22 @@ class Worker:
                 self._handler_thread_failed(job, exc)
                 return
 
+    def _dispatch(self, job: Job) -> None:
+        """Hand a delivery to the event loop (async handler) or the handler threads."""
+        event_loop = self.event_loop
+        if event_loop is not None and self.executors[job.queue].is_async(job.delivery):
+            event_loop.submit(job)
+        else:
+            self._work.put(job)
+
     def handle(self, job: Job) -> Outcome:
         """Run one job's handler, count its outcome and have the consumer settle it.
 
-        The one place a delivery is handled, by the handler threads and by
-        `MemoryBroker.join` alike.
+        The one place a delivery is handled in a thread, by the handler threads and by
+        `MemoryBroker.join` alike (which runs an async handler on a loop of its own).
         """
         executor = self.executors[job.queue]
-        observer = self.observer
-        with self._running_lock:
-            self._running += 1
-        if observer is not None:
-            _observe(observer.started, executor.name)
+        self._begin(executor.name)
         started = time.perf_counter()
         try:
             outcome = executor.run(job.delivery)
@@ -251,11 +269,43 @@ class Worker:
         finally:
             with self._running_lock:
                 self._running -= 1
-        job.handled_s = time.perf_counter() - started
-        if observer is not None:
-            _observe(observer.finished, executor.name, outcome, job.handled_s)
-        self.consumer.settle(job, outcome)
+        self._finish(job, executor.name, outcome, started)
         return outcome
+
+    async def _handle_async_job(self, job: Job) -> None:
+        """What the event loop runs for each job: `handle`, awaiting an async handler."""
+        if not self.consumer.current(job):
+            return  # its channel is gone; the broker redelivers it
+        if not self._accepting:
+            self.consumer.give_back(job, failed=False)
+            return
+        try:
+            executor = self.executors[job.queue]
+            self._begin(executor.name)
+            started = time.perf_counter()
+            try:
+                outcome = await executor.run_async(job.delivery)
+                self.stats.count(outcome)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
+            self._finish(job, executor.name, outcome, started)
+        except asyncio.CancelledError:
+            raise  # cut off at the end of shutdown: unsettled, so the broker redelivers it
+        except BaseException as exc:  # noqa: BLE001  # a fault of ours: stop, loudly
+            self._handler_thread_failed(job, exc)
+
+    def _begin(self, actor: str) -> None:
+        with self._running_lock:
+            self._running += 1
+        if self.observer is not None:
+            _observe(self.observer.started, actor)
+
+    def _finish(self, job: Job, actor: str, outcome: Outcome, started: float) -> None:
+        job.handled_s = time.perf_counter() - started
+        if self.observer is not None:
+            _observe(self.observer.finished, actor, outcome, job.handled_s)
+        self.consumer.settle(job, outcome)
 
     @property
     def in_flight(self) -> int:
@@ -313,6 +363,11 @@ class Worker:
             if job is not None and self.consumer.current(job):
                 self.consumer.give_back(job, failed=False)
                 requeued += 1
+        if self.event_loop is not None:
+            for job in self.event_loop.take_waiting():
+                if self.consumer.current(job):
+                    self.consumer.give_back(job, failed=False)
+                    requeued += 1
         log.info(
             "worker_draining",
             running=self._running,
@@ -336,6 +391,8 @@ class Worker:
             self.exit_code = max(self.exit_code, EXIT_SHUTDOWN_TIMEOUT)
         for _ in self._pool:
             self._work.put(None)
+        if self.event_loop is not None:
+            self.event_loop.stop()
         for callback in self.before_close:
             try:
                 callback()

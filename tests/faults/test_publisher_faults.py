@@ -4,6 +4,7 @@ One bad publish never holds up the others; every caller gets the real reason."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -78,6 +79,56 @@ def test_sixteen_threads_timing_out_while_the_broker_is_away(
         assert len(ids) == 10
         wait_until(lambda: proxy.connections == 1, 10, "one connection through the proxy")
         assert _queued(rabbit_broker) >= 11
+    finally:
+        broker.close()
+
+
+def test_awaited_publishes_time_out_without_blocking_the_event_loop(
+    rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
+) -> None:
+    """50 tasks await `send_async` with 1 s timeouts while the connection is cut: each gets
+    PublishTimeout, the loop keeps ticking meanwhile (nothing blocks it), and once the
+    broker is back awaited publishes are confirmed and stored."""
+    rabbit_broker.declare(Pings)
+    broker = RabbitBroker(
+        proxy.url(rabbit_url), namespace=rabbit_broker.namespace, confirm_timeout_s=1
+    )
+
+    async def scenario() -> tuple[list[BaseException | str], int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        results = await asyncio.gather(
+            *(broker.send_async(Pings, Ping(n=n)) for n in range(50)), return_exceptions=True
+        )
+        done.set()
+        await ticker
+        return list(results), ticks
+
+    try:
+        broker.send(Pings, Ping(n=0))
+        proxy.cut()
+        results, ticks = asyncio.run(scenario())
+        assert all(isinstance(result, PublishTimeout) for result in results), results
+        assert ticks >= 50, f"the loop ticked only {ticks} times in about a second"
+        assert broker.publisher.running
+        proxy.restore()
+        wait_until(broker.publisher.connected.is_set, 40, "the publisher to reconnect")
+
+        async def after() -> list[str]:
+            return list(
+                await asyncio.gather(*(broker.send_async(Pings, Ping(n=n)) for n in range(10)))
+            )
+
+        assert len(set(asyncio.run(after()))) == 10
+        wait_until(lambda: _queued(rabbit_broker) >= 11, 10, "the confirmed messages")
     finally:
         broker.close()
 

@@ -1,0 +1,171 @@
+"""The worker's event loop: where ``async def`` handlers run, `concurrency` at once.
+
+A worker whose actors have async handlers starts one `EventLoop`: an asyncio loop in a
+thread of its own. The consumer's thread hands it the deliveries for async handlers
+(`submit`); each runs as a task, at most `concurrency` at a time, the others waiting in
+arrival order. Sync handlers keep running on the handler threads, beside it.
+
+The loop never runs Leveret's broker I/O (the consumer and the publisher keep their own
+threads): what it runs is the handlers, so an async handler that blocks (``time.sleep``,
+a synchronous HTTP call) stalls every other async handler, and its time limit can only
+cancel it once it awaits again. Blocking work belongs in ``await asyncio.to_thread(...)``.
+
+No fault ends the loop unseen: an exception escaping a task (a bug of Leveret's, never a
+handler's own exception: those are outcomes) or the loop itself is logged and reported
+through `on_fault`, which stops the worker with `EXIT_INTERNAL_ERROR`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+from leveret.services.logs import get_logger
+from leveret.services.runtime.consumer import Job
+
+log = get_logger("leveret.worker")
+
+DEFAULT_CONCURRENCY = 200
+"""Async handlers running at once per worker process by default (``--concurrency``)."""
+
+CANCEL_GRACE_S = 2.0
+"""After shutdown cut them off, how long cancelled handlers get to run their cleanup."""
+
+
+class EventLoop:
+    """An asyncio loop in its own thread, running jobs `concurrency` at a time.
+
+    Args:
+        concurrency: Jobs running at once; more wait, in arrival order.
+        run_job: Runs one job to its end (handles and settles it); must not raise.
+        on_fault: Called (from the loop's thread) with a reason when the loop cannot go on.
+    """
+
+    def __init__(
+        self,
+        concurrency: int,
+        run_job: Callable[[Job], Coroutine[Any, Any, None]],
+        on_fault: Callable[[str], None],
+    ) -> None:
+        self.concurrency = concurrency
+        self._run_job = run_job
+        self._on_fault = on_fault
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._waiting: deque[Job] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = threading.Event()
+
+    # Any thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop's thread; returns once the loop runs."""
+        self._thread = threading.Thread(target=self._main, name="leveret-event-loop", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def alive(self) -> bool:
+        """Whether the loop's thread runs (health)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return len(self._tasks)
+
+    def submit(self, job: Job) -> None:
+        """Run `job` as soon as fewer than `concurrency` run (from the consumer's thread).
+
+        Raises:
+            RuntimeError: The loop is no longer running.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the event loop was not started")
+        loop.call_soon_threadsafe(self._accept, job)
+
+    def take_waiting(self, timeout_s: float = 5.0) -> list[Job]:
+        """Remove and return the jobs not started yet (shutdown gives them back)."""
+        loop = self._loop
+        if loop is None or not self.alive():
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            return waiting
+        taken: Future[list[Job]] = Future()
+
+        def take() -> None:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            taken.set_result(waiting)
+
+        loop.call_soon_threadsafe(take)
+        return taken.result(timeout_s)
+
+    def stop(self, timeout_s: float = CANCEL_GRACE_S + 1) -> None:
+        """Stop the loop: tasks still running (cut off by shutdown) are cancelled."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # already closed
+            return
+        self._thread.join(timeout_s)
+
+    # The loop's thread ------------------------------------------------------------------
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._started.set()
+        try:
+            loop.run_forever()
+            self._cancel_remaining(loop)
+        except BaseException as exc:  # the loop itself failed: say so, stop
+            log.exception("event_loop_crashed")
+            self._on_fault(f"the event loop failed: {type(exc).__name__}: {exc}")
+        finally:
+            try:
+                loop.close()
+            except Exception:  # closing a broken loop: nothing more to do
+                log.exception("event_loop_close_failed")
+
+    def _cancel_remaining(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting.clear()  # shutdown gave them back already
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_GRACE_S))
+
+    def _accept(self, job: Job) -> None:
+        self._waiting.append(job)
+        self._pump()
+
+    def _pump(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while self._waiting and len(self._tasks) < self.concurrency:
+            job = self._waiting.popleft()
+            task = loop.create_task(self._run_job(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:  # run_job never raises: this is a fault of Leveret's
+                log.error(
+                    "event_loop_task_failed",
+                    error=f"{type(error).__name__}: {error}",
+                    exc_info=error,
+                )
+                self._on_fault(f"an event loop task failed: {type(error).__name__}: {error}")
+        self._pump()
