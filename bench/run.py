@@ -251,48 +251,103 @@ def run_observed(
         )
 
 
-def run_peers(settings: Settings, repeat: int) -> dict[str, list[float]]:
-    """Each peer's no-op drain, `repeat` times, taking turns."""
-    from bench.peers.run import PEERS, drain
+PEER_MEASURES = ("drain", "publish", "latency_p50", "latency_p99")
 
-    runs: dict[str, list[float]] = {peer.name: [] for peer in PEERS}
+
+def run_peers(settings: Settings, repeat: int) -> dict[str, dict[str, list[float]]]:
+    """Each peer's no-op drain, one-at-a-time confirmed publish and latency at --rate,
+    `repeat` times, taking turns."""
+    from bench.peers.run import PEERS, drain, latency, publish
+
+    runs: dict[str, dict[str, list[float]]] = {
+        measure: {peer.name: [] for peer in PEERS} for measure in PEER_MEASURES
+    }
     for attempt in range(1, repeat + 1):
         for peer in PEERS:
             rate = drain(peer, settings.url, settings.namespace, settings.drain)
-            runs[peer.name].append(rate)
-            print(f"  peers run {attempt} drain {peer.name:<11} {rate:>9.0f} msg/s")
+            runs["drain"][peer.name].append(rate)
+            print(f"  peers run {attempt} drain   {peer.name:<11} {rate:>9.0f} msg/s")
+            rate = publish(peer, settings.url, settings.namespace, settings.single)
+            runs["publish"][peer.name].append(rate)
+            print(f"  peers run {attempt} publish {peer.name:<11} {rate:>9.0f} msg/s")
+            p50, p99 = latency(
+                peer, settings.url, settings.namespace, settings.latency, settings.rate
+            )
+            runs["latency_p50"][peer.name].append(p50)
+            runs["latency_p99"][peer.name].append(p99)
+            print(
+                f"  peers run {attempt} latency {peer.name:<11} p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            )
     return runs
 
 
 def print_peers(results: dict[str, Any]) -> None:
-    """The peers' drains beside Leveret's and raw pika's of the same invocation (best)."""
+    """The peers beside Leveret and raw pika of the same invocation: best of the runs."""
     peers = results.get("peers")
     if not peers:
         return
     from bench.peers.run import PEERS
 
-    print()
-    rows: list[tuple[str, float]] = []
     quorum = results.get("quorum", {})
-    for name, label in (
-        ("drain_defaults", "Leveret, `leveret worker` defaults, info logs, quorum"),
-        ("drain", "Leveret, prefetch as given, logs at warning, quorum"),
-    ):
-        samples = quorum.get(name, {}).get("leveret", [])
-        if samples:
-            rows.append((label, max(samples)))
-    raw = quorum.get("drain", {}).get("raw", [])
-    if raw:
-        rows.append(("raw pika, quorum, prefetch as given", max(raw)))
-    raw_100 = quorum.get("drain_defaults", {}).get("raw", [])
-    if raw_100:
-        rows.append(("raw pika, quorum, prefetch 100 (the baseline)", max(raw_100)))
-    rows += [(peer.label, max(peers[peer.name])) for peer in PEERS if peers.get(peer.name)]
-    baseline = max(raw_100) if raw_100 else max(raw) if raw else None
-    print(f"{'drain, no-op handler (best of the runs)':<72} {'msg/s':>9} {'vs raw':>7}")
-    for label, rate in rows:
-        ratio = f"{rate / baseline:.0%}" if baseline else "-"
-        print(f"{label:<72} {rate:>9.0f} {ratio:>7}")
+
+    def best(name: str, side: str, lower: bool = False) -> float | None:
+        samples = quorum.get(name, {}).get(side, [])
+        return (min(samples) if lower else max(samples)) if samples else None
+
+    raw_100 = best("drain_defaults", "raw")
+    baseline = raw_100 or best("drain", "raw")
+    rows: list[tuple[str, float | None, float | None, float | None, float | None]] = [
+        (
+            "Leveret (drain: `leveret worker` defaults, info logs)",
+            best("drain_defaults", "leveret"),
+            best("publish_single", "leveret"),
+            best("latency_p50", "leveret", True),
+            best("latency_p99", "leveret", True),
+        ),
+        (
+            "Leveret, prefetch as given, logs at warning",
+            best("drain", "leveret"),
+            None,
+            None,
+            None,
+        ),
+        (
+            "raw pika (drain: prefetch 100 where run, else as given)",
+            baseline,
+            best("publish_single", "raw"),
+            best("latency_p50", "raw", True),
+            best("latency_p99", "raw", True),
+        ),
+    ]
+    for peer in PEERS:
+        drains = peers["drain"].get(peer.name) or []
+        published = peers["publish"].get(peer.name) or []
+        p50 = peers["latency_p50"].get(peer.name) or []
+        p99 = peers["latency_p99"].get(peer.name) or []
+        rows.append(
+            (
+                peer.label,
+                max(drains) if drains else None,
+                max(published) if published else None,
+                min(p50) if p50 else None,
+                min(p99) if p99 else None,
+            )
+        )
+    print()
+    print(
+        f"{'no-op handler, quorum unless said (best of the runs)':<64} {'drain':>8} "
+        f"{'vs raw':>7} {'publish':>8} {'p50 ms':>7} {'p99 ms':>7}"
+    )
+    for label, drained, published, p50_ms, p99_ms in rows:
+        ratio = f"{drained / baseline:.0%}" if drained and baseline else "-"
+        print(
+            f"{label[:64]:<64} {_figure(drained, 0):>8} {ratio:>7} {_figure(published, 0):>8} "
+            f"{_figure(p50_ms, 2):>7} {_figure(p99_ms, 2):>7}"
+        )
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def print_observability(results: dict[str, Any]) -> None:
@@ -430,7 +485,13 @@ def write_json(args: argparse.Namespace, settings: Settings, results: dict[str, 
     summary: dict[str, Any] = {}
     for queue_type, runs in results.items():
         if queue_type == "peers":
-            summary["peers"] = {name: summarise(samples, True) for name, samples in runs.items()}
+            summary["peers"] = {
+                measure: {
+                    name: summarise(samples, not measure.startswith("latency"))
+                    for name, samples in by_peer.items()
+                }
+                for measure, by_peer in runs.items()
+            }
             continue
         if queue_type == "io_bound":
             summary["io_bound"] = {

@@ -21,10 +21,12 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     task_serializer="json",
+    # Publisher confirms for the publish run (``BENCH_PEER_CONFIRM=1``), as Leveret always has.
+    broker_transport_options={"confirm_publish": os.environ.get("BENCH_PEER_CONFIRM") == "1"},
 )
 
 
 @app.task(name="bench.ping", ignore_result=True)
 def ping(seq: int, sent_at: float, payload: str) -> None:
     work()
-    handled()
+    handled(sent_at)

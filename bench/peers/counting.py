@@ -16,6 +16,7 @@ _seen = 0
 _total = int(os.environ.get("BENCH_PEER_COUNT", "0"))
 _record = os.environ.get("BENCH_PEER_RECORD", os.devnull)
 _sleep_s = float(os.environ.get("BENCH_PEER_SLEEP_MS", "0")) / 1000
+_latency = os.environ.get("BENCH_PEER_LATENCY") == "1"
 
 
 def work() -> None:
@@ -30,12 +31,22 @@ async def work_async() -> None:
         await asyncio.sleep(_sleep_s)
 
 
-def handled() -> None:
-    """One message handled (from any thread)."""
+_latencies: list[float] = []
+
+
+def handled(sent_at: float | None = None) -> None:
+    """One message handled (from any thread); `sent_at`: when it was published, for the
+    latency run (``BENCH_PEER_LATENCY=1``), whose samples go to ``{record}.latencies``."""
     global _seen
+    now = time.time()
     with _lock:
         _seen += 1
         seen = _seen
+        if _latency and sent_at is not None:
+            _latencies.append(now - sent_at)
+    if seen == _total and _latency:
+        with open(f"{_record}.latencies", "w") as samples:
+            samples.write(" ".join(f"{value:.6f}" for value in _latencies))
     if seen == 1 or seen == _total:
         with open(_record, "a") as record:
-            record.write(f"{'first' if seen == 1 else 'last'} {time.time():.6f}\n")
+            record.write(f"{'first' if seen == 1 else 'last'} {now:.6f}\n")

@@ -25,4 +25,5 @@ queue = RabbitQueue(
 @broker.subscriber(queue)
 async def ping(body: dict[str, object]) -> None:
     await work_async()
-    handled()
+    sent_at = body.get("sent_at")
+    handled(sent_at if isinstance(sent_at, float) else None)

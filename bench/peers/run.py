@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pika
 
-from bench.common import PAYLOAD
+from bench.common import PAYLOAD, pace, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,11 +31,17 @@ class Peer:
     queues: Callable[[str], list[str]]
 
 
+def _sequence(count: int) -> Iterator[int]:
+    """0…count-1, paced at ``BENCH_PEER_RATE`` msg/s when set (the latency run)."""
+    rate = float(os.environ.get("BENCH_PEER_RATE", "0"))
+    return pace(rate, count) if rate else iter(range(count))
+
+
 def _dramatiq_fill(url: str, queue: str, count: int) -> None:
     os.environ.update(BENCH_PEER_URL=url, BENCH_PEER_QUEUE=queue)
     from bench.peers import dramatiq_app
 
-    for seq in range(count):
+    for seq in _sequence(count):
         dramatiq_app.ping.send(seq, time.time(), PAYLOAD)
     dramatiq_app.broker.close()
 
@@ -44,24 +51,26 @@ def _celery_fill(url: str, queue: str, count: int) -> None:
     from bench.peers import celery_app
 
     with celery_app.app.producer_or_acquire() as producer:
-        for seq in range(count):
+        for seq in _sequence(count):
             celery_app.ping.apply_async((seq, time.time(), PAYLOAD), producer=producer)
 
 
 def _faststream_fill(url: str, queue: str, count: int) -> None:
-    import json
+    """FastStream's own client (publisher confirms on, its default), one await each."""
+    import asyncio
 
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-        channel.confirm_delivery()
-        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        for seq in range(count):
-            body = json.dumps({"seq": seq, "sent_at": time.time(), "payload": PAYLOAD})
-            channel.basic_publish("", queue, body.encode(), properties)
-    finally:
-        connection.close()
+    from faststream.rabbit import QueueType, RabbitBroker, RabbitQueue
+
+    target = RabbitQueue(queue, durable=True, queue_type=QueueType.QUORUM)
+
+    async def publish() -> None:
+        async with RabbitBroker(url) as broker:
+            await broker.declare_queue(target)
+            for seq in _sequence(count):
+                body = {"seq": seq, "sent_at": time.time(), "payload": PAYLOAD}
+                await broker.publish(body, queue=target)
+
+    asyncio.run(publish())
 
 
 PEERS = (
@@ -131,63 +140,152 @@ def drain(
     Args:
         extra_env: More settings for the peer's process (``BENCH_PEER_SLEEP_MS``…).
     """
-    queue = f"{namespace.replace('-', '_')}_{peer.name}"
-    record = Path(tempfile.mkstemp(prefix=f"bench-{peer.name}-")[1])
-    log = record.with_suffix(".log")
+    queue = _queue(peer, namespace)
+    before = _objects()
+    try:
+        _run_fill(peer, url, queue, count)
+        with _worker(peer, url, queue, count, extra_env) as record:
+            _wait_last(record)
+            times = dict(line.split() for line in record.path.read_text().splitlines())
+            return (count - 1) / (float(times["last"]) - float(times["first"]))
+    finally:
+        _delete(url, peer.queues(queue), _objects(), before)
+
+
+def publish(peer: Peer, url: str, namespace: str, count: int) -> float:
+    """`count` messages published one at a time by the peer's own client, each waiting for
+    RabbitMQ's confirm (turned on where it is optional): messages per second."""
+    queue = _queue(peer, namespace)
+    before = _objects()
+    try:
+        return count / _run_fill(peer, url, queue, count, {"BENCH_PEER_CONFIRM": "1"})
+    finally:
+        _delete(url, peer.queues(queue), _objects(), before)
+
+
+def latency(peer: Peer, url: str, namespace: str, count: int, rate: float) -> tuple[float, float]:
+    """p50 and p99 (ms) from publish to handler, `count` messages published at `rate`/s by
+    the peer's own client to its worker, already consuming."""
+    queue = _queue(peer, namespace)
+    before = _objects()
+    try:
+        with _worker(peer, url, queue, count, {"BENCH_PEER_LATENCY": "1"}) as record:
+            _wait_consumer(queue, record)
+            _run_fill(peer, url, queue, count, {"BENCH_PEER_RATE": str(rate)})
+            _wait_last(record)
+            samples = [float(value) for value in record.latencies.read_text().split()]
+        return percentile(samples, 0.50) * 1000, percentile(samples, 0.99) * 1000
+    finally:
+        _delete(url, peer.queues(queue), _objects(), before)
+
+
+def _queue(peer: Peer, namespace: str) -> str:
+    return f"{namespace.replace('-', '_')}_{peer.name}"
+
+
+@dataclass
+class _Record:
+    """What a peer's worker writes: first/last times, latencies, its output."""
+
+    path: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def latencies(self) -> Path:
+        return Path(f"{self.path}.latencies")
+
+
+@contextlib.contextmanager
+def _worker(
+    peer: Peer, url: str, queue: str, count: int, extra_env: dict[str, str] | None
+) -> Iterator[_Record]:
+    """The peer's worker process, stopped (SIGTERM, then SIGKILL) and its files removed."""
+    path = Path(tempfile.mkstemp(prefix=f"bench-{peer.name}-")[1])
+    log = path.with_suffix(".log")
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "BENCH_PEER_URL": url,
         "BENCH_PEER_QUEUE": queue,
         "BENCH_PEER_COUNT": str(count),
-        "BENCH_PEER_RECORD": str(record),
+        "BENCH_PEER_RECORD": str(path),
         **(extra_env or {}),
     }
-    process = None
-    before = _objects()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, *peer.command], cwd=ROOT, env=env, stdout=output, stderr=output
+        )
+    record = _Record(path, process, log)
     try:
-        _run_fill(peer, url, queue, count)
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, *peer.command], cwd=ROOT, env=env, stdout=output, stderr=output
-            )
-        deadline = time.monotonic() + 180
-        while "last" not in record.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{peer.name} did not drain: see {log}\n{log.read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
-        times = dict(line.split() for line in record.read_text().splitlines())
-        return (count - 1) / (float(times["last"]) - float(times["first"]))
+        yield record
     finally:
-        if process is not None and process.poll() is None:
+        if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
-        _delete(url, peer.queues(queue), _objects(), before)
-        record.unlink(missing_ok=True)
-        log.unlink(missing_ok=True)
+        for leftover in (path, log, record.latencies):
+            leftover.unlink(missing_ok=True)
 
 
-def _run_fill(peer: Peer, url: str, queue: str, count: int) -> None:
-    """Fill in a child process: the peers' modules read their settings at import."""
+def _wait_last(record: _Record, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while "last" not in record.path.read_text():
+        _check_alive(record, deadline)
+        time.sleep(0.05)
+
+
+def _wait_consumer(queue: str, record: _Record, timeout_s: float = 60) -> None:
+    """Until the peer's worker consumes `queue` (it declares the queue itself)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "name", "consumers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+        rows = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+        if rows.get(queue, "0") not in ("0", "consumers"):
+            return
+        _check_alive(record, deadline)
+        time.sleep(0.2)
+
+
+def _check_alive(record: _Record, deadline: float) -> None:
+    if record.process.poll() is not None or time.monotonic() > deadline:
+        raise RuntimeError(
+            f"the peer's worker did not get there: see {record.log}\n"
+            f"{record.log.read_text()[-2000:]}"
+        )
+
+
+def _run_fill(
+    peer: Peer, url: str, queue: str, count: int, extra_env: dict[str, str] | None = None
+) -> float:
+    """Fill in a child process (the peers' modules read their settings at import); the
+    seconds the filling took, timed in the child."""
     code = (
-        "import sys; from bench.peers.run import PEERS; "
+        "import sys, time; from bench.peers.run import PEERS; "
         "peer = next(p for p in PEERS if p.name == sys.argv[1]); "
-        "peer.fill(sys.argv[2], sys.argv[3], int(sys.argv[4]))"
+        "started = time.perf_counter(); "
+        "peer.fill(sys.argv[2], sys.argv[3], int(sys.argv[4])); "
+        "print(time.perf_counter() - started)"
     )
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", code, peer.name, url, queue, str(count)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})},
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def _objects() -> dict[str, set[str]]:
