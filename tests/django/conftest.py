@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from shop.actors import Stock, send_confirmation
+from shop.actors import Stock, check_stock, send_confirmation
 
 from leveret.actors import configure
 from leveret.actors.actor import ActorRef
@@ -27,9 +27,10 @@ def db_alias(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def shop_broker(rabbit_broker: RabbitBroker) -> RabbitBroker:
-    """The real RabbitMQ (fresh namespace) with the shop's actors declared, and the task
+    """The real RabbitMQ (fresh namespace) with the shop's actors declared (the periodic
+    stock check too: a worker process declares it), and the task
     queues of the settings' TASKS (a relay declares them too); cleaned up."""
-    rabbit_broker.declare(send_confirmation, Stock, *task_actors())
+    rabbit_broker.declare(send_confirmation, Stock, check_stock, *task_actors())
     return rabbit_broker
 
 
