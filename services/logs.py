@@ -20,6 +20,7 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -67,6 +68,45 @@ class RedactSecrets:
 _PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
 
+_message_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "leveret_message_fields", default=None
+)
+"""The fields of the message being handled (actor, topic, message_id…), set by the worker
+for the time of its handler: one context variable, not five of structlog's."""
+
+
+def bind_message_fields(fields: dict[str, Any]) -> contextvars.Token[dict[str, Any] | None]:
+    """Add `fields` to every event logged in this context until `unbind_message_fields`.
+
+    The worker's own binding around each handler: Leveret's loggers (and structlog's
+    ``get_logger()`` when Leveret configured structlog) merge them into each event; a
+    project's own structlog chain gets them from `merge_message_fields`, or from
+    structlog's ``merge_contextvars`` (the worker binds those too when the project
+    configured structlog itself).
+    """
+    return _message_fields.set(fields)
+
+
+def unbind_message_fields(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    """Undo `bind_message_fields`."""
+    _message_fields.reset(token)
+
+
+def merge_message_fields(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the handled message's fields, for a project's own chain."""
+    fields = _message_fields.get()
+    if fields:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def leveret_owns_structlog() -> bool:
+    """Whether structlog hands events to Leveret's logger (no chain of the project's own)."""
+    return not structlog.is_configured() or structlog.get_config()["wrapper_class"] is LeveretLogger
+
 
 class LeveretLogger(structlog.BoundLoggerBase):
     """structlog's bound-logger API (``info``, ``warning``…, ``bind``) over a standard
@@ -90,7 +130,12 @@ class LeveretLogger(structlog.BoundLoggerBase):
         exc_info = fields.pop("exc_info", None)
         stack_info = bool(fields.pop("stack_info", False))
         fields.pop("stacklevel", None)
-        merged = structlog.contextvars.get_contextvars()
+        message = _message_fields.get()
+        if message is None:
+            merged = structlog.contextvars.get_contextvars()
+        else:
+            merged = dict(message)
+            merged.update(structlog.contextvars.get_contextvars())
         merged.update(self._context)
         merged.update(fields)
         _REDACT(None, "", merged)

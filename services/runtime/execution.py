@@ -37,7 +37,12 @@ from leveret.schemas.errors import (
     UnknownTopic,
 )
 from leveret.services.delays import MAX_DELAY_S
-from leveret.services.logs import get_logger
+from leveret.services.logs import (
+    bind_message_fields,
+    get_logger,
+    leveret_owns_structlog,
+    unbind_message_fields,
+)
 from leveret.services.runtime.timelimits import LIMITS
 from leveret.services.tracing import tracing
 
@@ -214,6 +219,9 @@ class Executor:
         # proxy per call, which cost about 1 µs per message when Context made its own.
         self._handler_log = get_logger("leveret.handler")
         self._tracing = tracing()
+        # A project's own structlog chain reads the message's fields from structlog's
+        # context variables (merge_contextvars): bound there too, at 2 µs a message.
+        self._structlog = not leveret_owns_structlog()
 
     def is_async(self, delivery: Delivery) -> bool:
         """Whether `delivery` goes to an ``async def`` handler (`run_async`, on the loop)."""
@@ -280,9 +288,7 @@ class Executor:
         except Exception:  # as above
             log.exception("tracing_failed")
 
-    def _begin(
-        self, delivery: Delivery
-    ) -> tuple[Envelope, dict[str, Any], contextvars.Token[Envelope | None]]:
+    def _begin(self, delivery: Delivery) -> tuple[Envelope, dict[str, Any], _Bound]:
         envelope = delivery.envelope()
         log_context = {
             "actor": self.name,
@@ -291,11 +297,12 @@ class Executor:
             "correlation_id": envelope.correlation_id,
             "attempt": envelope.attempt,
         }
-        structlog.contextvars.bind_contextvars(**log_context)
-        token = handling(envelope)
+        bound = _Bound(handling(envelope), bind_message_fields(log_context), self._structlog)
+        if self._structlog:
+            structlog.contextvars.bind_contextvars(**log_context)
         for hook in self.hooks:
             _call_hook(hook.before_message, envelope)
-        return envelope, log_context, token
+        return envelope, log_context, bound
 
     def _internal_error(
         self, delivery: Delivery, envelope: Envelope, log_context: dict[str, Any], exc: Exception
@@ -308,43 +315,40 @@ class Executor:
         envelope: Envelope,
         outcome: Outcome,
         log_context: dict[str, Any],
-        token: contextvars.Token[Envelope | None],
+        bound: _Bound,
         started: float,
     ) -> None:
         try:
             for hook in reversed(self.hooks):
                 _call_hook(hook.after_message, envelope, outcome)
         finally:
-            done_handling(token)
-            structlog.contextvars.unbind_contextvars(*log_context)
+            bound.undo(log_context)
         self._log_outcome(outcome, log_context, started)
 
     def _run_logged(self, delivery: Delivery) -> Outcome:
         started = time.perf_counter()
-        envelope, log_context, token = self._begin(delivery)
+        envelope, log_context, bound = self._begin(delivery)
         try:
             outcome = self._run(delivery, envelope)
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
             outcome = self._internal_error(delivery, envelope, log_context, exc)
         except BaseException:
-            done_handling(token)
-            structlog.contextvars.unbind_contextvars(*log_context)
+            bound.undo(log_context)
             raise
-        self._end(envelope, outcome, log_context, token, started)
+        self._end(envelope, outcome, log_context, bound, started)
         return outcome
 
     async def _run_logged_async(self, delivery: Delivery) -> Outcome:
         started = time.perf_counter()
-        envelope, log_context, token = self._begin(delivery)
+        envelope, log_context, bound = self._begin(delivery)
         try:
             outcome = await self._run_async(delivery, envelope)
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
             outcome = self._internal_error(delivery, envelope, log_context, exc)
         except BaseException:  # cancelled from outside (shutdown cut it off): no outcome
-            done_handling(token)
-            structlog.contextvars.unbind_contextvars(*log_context)
+            bound.undo(log_context)
             raise
-        self._end(envelope, outcome, log_context, token, started)
+        self._end(envelope, outcome, log_context, bound, started)
         return outcome
 
     def _log_outcome(self, outcome: Outcome, log_context: dict[str, Any], started: float) -> None:
@@ -611,6 +615,21 @@ def _call_hook(function: Callable[..., None], *args: Any) -> None:
             hook=getattr(function, "__qualname__", repr(function)),
             error=f"{type(exc).__name__}: {_text(exc)}",
         )
+
+
+@dataclass(slots=True)
+class _Bound:
+    """What `Executor._begin` bound for one message, undone once it is handled."""
+
+    envelope: contextvars.Token[Envelope | None]
+    fields: contextvars.Token[dict[str, Any] | None]
+    structlog: bool
+
+    def undo(self, log_context: dict[str, Any]) -> None:
+        done_handling(self.envelope)
+        unbind_message_fields(self.fields)
+        if self.structlog:
+            structlog.contextvars.unbind_contextvars(*log_context)
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, Outcome]) -> Outcome:

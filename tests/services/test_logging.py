@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
+import structlog
 
-from leveret.actors import Actor, Context, handler
+from leveret.actors import Actor, AsyncContext, Context, handler
 from leveret.schemas import Message
 from leveret.services.logs import RedactSecrets
 from leveret.services.redaction import redact
 from leveret.services.testing import captured_logs, memory_broker
-from tests.support import RABBIT_URL, ROOT
+from tests.support import RABBIT_URL, ROOT, wait_until
 
 
 class Note(Message, topic="tests.logs.note"):
@@ -41,6 +43,62 @@ def test_one_line_per_handled_message_and_handler_logs_carry_the_context() -> No
         assert event["attempt"] == 1
     assert handled[0]["outcome"] == "handled"
     assert handled[0]["duration_ms"] >= 0
+
+
+class QuietNotes(Actor, queue="quiet_notes"):
+    @handler
+    def on(self, msg: Note) -> None:
+        structlog.get_logger("project").info("project_noting", text=msg.text)
+
+
+def test_a_projects_own_structlog_chain_sees_the_messages_fields() -> None:
+    """With structlog configured by the project (its own processors, merge_contextvars as
+    structlog's default has), an event logged inside a handler carries the message's fields,
+    and none leak into events logged after it."""
+    seen: list[dict[str, object]] = []
+
+    def capture(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+        seen.append(dict(event))
+        raise structlog.DropEvent
+
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, capture],
+        wrapper_class=structlog.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    try:
+        with memory_broker(QuietNotes) as broker:
+            message_id = QuietNotes.send(Note(text="hi"))
+            broker.join()
+        structlog.get_logger("project").info("after")
+    finally:
+        structlog.configure(**previous)
+    noting, after = seen
+    assert noting["event"] == "project_noting"
+    assert noting["message_id"] == message_id
+    assert noting["actor"] == "quiet_notes"
+    assert "message_id" not in after
+
+
+class AsyncNotes(Actor, queue="async_notes"):
+    @handler
+    async def on(self, msg: Note, ctx: AsyncContext) -> None:
+        await asyncio.sleep(0.01)  # the other messages' tasks run meanwhile
+        ctx.log.info("noting", text=msg.text)
+
+
+def test_async_handlers_running_at_once_log_each_their_own_message() -> None:
+    with memory_broker(AsyncNotes) as broker, captured_logs() as logs:
+        ids = {AsyncNotes.send(Note(text=f"t{n}")): f"t{n}" for n in range(5)}
+        worker = broker.worker([AsyncNotes], concurrency=5)
+        worker.start()
+        try:
+            wait_until(lambda: worker.stats.handled == 5, 10, "five handled")
+        finally:
+            worker.shutdown(5)
+    noting = [e for e in logs if e["event"] == "noting"]
+    assert {e["message_id"]: e["text"] for e in noting} == ids
 
 
 def test_redaction_processor_hides_passwords_in_any_value() -> None:
