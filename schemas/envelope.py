@@ -95,11 +95,13 @@ class Envelope:
         *,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
     ) -> Envelope:
         """An envelope for a message published now for the first time.
 
         A new message with no correlation id starts its own chain: its correlation id is its
-        message id. `headers` are sent with it (e.g. the trace context).
+        message id. `headers` are sent with it (e.g. the trace context). `timestamp`: now,
+        unless a batch gives its own (one clock reading for every message of it).
         """
         message_id = new_message_id()
         return cls(
@@ -107,4 +109,5 @@ class Envelope:
             topic=topic,
             headers=headers if headers is not None else {},
             correlation_id=correlation_id or message_id,
+            timestamp=timestamp if timestamp is not None else datetime.now(UTC),
         )

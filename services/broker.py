@@ -253,16 +253,19 @@ class Broker:
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
         prepared = []
-        # Every message of the batch carries the same context (the batch's publish span):
-        # taken once, not per message.
+        # Every message of the batch carries the same context (the batch's publish span)
+        # and the same timestamp (whole seconds on the wire): each taken once.
         headers = tracer.headers() if tracer is not None else None
+        now = datetime.now(UTC)
         for message in messages:
             topic = message.topic()
             route = routes.get(topic)
             if route is None:
                 route = routes[topic] = Route(topic)
             prepared.append(
-                self._prepare(message, route, correlation_id, delay_s, headers=dict(headers or {}))
+                self._prepare(
+                    message, route, correlation_id, delay_s, headers=dict(headers or {}), now=now
+                )
             )
         if tracer is not None and len(prepared) == 1:
             tracer.message_attributes(
@@ -499,11 +502,14 @@ class Broker:
         tracer: Tracing | None = None,
         *,
         headers: dict[str, str] | None = None,
+        now: datetime | None = None,
     ) -> Prepared:
         if tracer is not None:
             headers = tracer.headers()  # the current span's context: the publish span
         return Prepared(
-            Envelope.new(route.topic, correlation_id=correlation_id, headers=headers),
+            Envelope.new(
+                route.topic, correlation_id=correlation_id, headers=headers, timestamp=now
+            ),
             encode(message),
             route,
             delay_s,

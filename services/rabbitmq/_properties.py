@@ -9,6 +9,7 @@ retry or dead letter published from it) never meets a value it cannot handle.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import pika
@@ -24,19 +25,47 @@ SHORT_STRING_BYTES = 255
 """AMQP's limit for names, routing keys and string properties (short strings)."""
 
 
-def properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> pika.BasicProperties:
+class Timestamps:
+    """The AMQP timestamp of envelopes, converted once per `datetime` (a batch shares one)."""
+
+    __slots__ = ("_last", "_seconds")
+
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+        self._seconds = 0
+
+    def of(self, envelope: Envelope) -> int:
+        """Whole seconds since the epoch of the envelope's timestamp."""
+        stamp = envelope.timestamp
+        if stamp is not self._last:
+            self._last = stamp
+            self._seconds = int(stamp.timestamp())
+        return self._seconds
+
+
+def properties(
+    envelope: Envelope,
+    headers: dict[str, Any] | None = None,
+    *,
+    timestamps: Timestamps | None = None,
+) -> pika.BasicProperties:
     """AMQP properties of a message: persistent JSON with Leveret's headers.
 
     Args:
         envelope: The message's metadata; its headers are sent, with ``x-leveret-attempt``.
         headers: Headers to send instead of the envelope's.
+        timestamps: Converts the timestamp once for many envelopes sharing it.
     """
     return pika.BasicProperties(
         content_type=wire.CONTENT_TYPE,
         type=envelope.topic,
         message_id=envelope.message_id,
         correlation_id=envelope.correlation_id,
-        timestamp=int(envelope.timestamp.timestamp()),
+        timestamp=(
+            timestamps.of(envelope)
+            if timestamps is not None
+            else int(envelope.timestamp.timestamp())
+        ),
         delivery_mode=PERSISTENT,
         headers=headers
         if headers is not None

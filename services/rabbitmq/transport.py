@@ -101,6 +101,7 @@ class RabbitTransport(Transport):
     def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
         events = naming.events_exchange(self.namespace)
         outgoing = []
+        stamps = wire_properties.Timestamps()  # a batch shares one timestamp: converted once
         for item in items:
             queue = item.route.queue
             if item.delay_s > 0:
@@ -117,7 +118,7 @@ class RabbitTransport(Transport):
                     exchange,
                     routing_key,
                     item.body,
-                    wire_properties.properties(item.envelope),
+                    wire_properties.properties(item.envelope, timestamps=stamps),
                     unroutable_is_error=queue is not None and item.delay_s == 0,
                 )
             )
