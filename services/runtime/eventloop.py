@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from leveret.services.logs import get_logger
@@ -103,7 +104,16 @@ class EventLoop:
             taken.set_result(waiting)
 
         loop.call_soon_threadsafe(take)
-        return taken.result(timeout_s)
+        try:
+            return taken.result(timeout_s)
+        except FutureTimeout:  # a handler blocks the loop: its jobs stay unacked
+            log.warning(
+                "event_loop_unresponsive",
+                waited_s=timeout_s,
+                hint="an async handler blocks the event loop (time.sleep, a synchronous "
+                "client?); the jobs waiting for it are redelivered when the worker closes",
+            )
+            return []
 
     def stop(self, timeout_s: float = CANCEL_GRACE_S + 1) -> None:
         """Stop the loop: tasks still running (cut off by shutdown) are cancelled."""

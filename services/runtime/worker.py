@@ -250,7 +250,10 @@ class Worker:
         """Hand a delivery to the event loop (async handler) or the handler threads."""
         event_loop = self.event_loop
         if event_loop is not None and self.executors[job.queue].is_async(job.delivery):
-            event_loop.submit(job)
+            try:
+                event_loop.submit(job)
+            except RuntimeError:  # the loop closed: shutdown is over, the broker redelivers
+                self.consumer.give_back(job, failed=False)
         else:
             self._work.put(job)
 
