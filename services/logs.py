@@ -43,6 +43,7 @@ ROOT_LOGGER = "leveret"
 # Attributes every LogRecord has: a field of the same name would make `logging` raise.
 RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _LOG_KWARGS = ("exc_info", "stack_info", "stacklevel")
+_LOG_KWARG_SET = frozenset(_LOG_KWARGS)
 
 
 class RedactSecrets:
@@ -127,9 +128,11 @@ class LeveretLogger(structlog.BoundLoggerBase):
             return
         if args:  # structlog's stdlib loggers format "%s"-style positional arguments
             event = event % args
-        exc_info = fields.pop("exc_info", None)
-        stack_info = bool(fields.pop("stack_info", False))
-        fields.pop("stacklevel", None)
+        exc_info = stack_info = None
+        if not _LOG_KWARG_SET.isdisjoint(fields):
+            exc_info = fields.pop("exc_info", None)
+            stack_info = bool(fields.pop("stack_info", False))
+            fields.pop("stacklevel", None)
         message = _message_fields.get()
         if message is None:
             merged = structlog.contextvars.get_contextvars()
@@ -139,7 +142,12 @@ class LeveretLogger(structlog.BoundLoggerBase):
         merged.update(self._context)
         merged.update(fields)
         _REDACT(None, "", merged)
-        extra = {(f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in merged.items()}
+        if RECORD_ATTRIBUTES.isdisjoint(merged):  # the common case: no field to rename
+            extra = merged
+        else:
+            extra = {
+                (f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in merged.items()
+            }
         direct = _direct
         if direct is not None and not exc_info and not stack_info and direct.reaches(logger):
             # Only Leveret's own JSON handler would see the record: write its line directly.
