@@ -4,10 +4,12 @@ how its fields are read from whatever a client sent."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 MAX_ATTEMPT = 2**31 - 1
@@ -57,13 +59,48 @@ def seconds_since_epoch(value: object, *, now_s: float | None = None) -> int | N
     return None
 
 
+class _RandomBytes(threading.local):
+    """Each thread's unused random bytes for message ids (see `new_message_id`)."""
+
+    generation = -1
+    buffer = b""
+    offset = 0
+
+
+_ID_BYTES = 16
+_IDS_PER_DRAW = 256
+_random = _RandomBytes()
+_generation = 0  # incremented in a forked child: its threads' bytes are its parent's too
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def new_message_id() -> str:
     """A fresh, globally unique message id: 32 hex characters, 128 random bits.
 
-    Drawn straight from the OS's random source: the same uniqueness as a UUID4's hex, at a
-    quarter of the cost (it is on every publish's path).
+    Drawn from the OS's random source, as a UUID4's are, 256 ids' worth at a time per
+    thread: one system call (and one chance for the GIL to change hands) per 256 messages
+    instead of one per message, which a big `publish_many` felt. A forked child never
+    reuses its parent's bytes.
     """
-    return os.urandom(16).hex()
+    pool = _random
+    offset = pool.offset
+    if offset >= len(pool.buffer) or pool.generation != _generation:
+        pool.buffer = os.urandom(_ID_BYTES * _IDS_PER_DRAW)
+        pool.generation = _generation
+        offset = 0
+    pool.offset = offset + _ID_BYTES
+    return pool.buffer[offset : offset + _ID_BYTES].hex()
+
+
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+"""The headers of a new message without any: one shared, read-only, empty mapping."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +144,7 @@ class Envelope:
         return cls(
             message_id=message_id,
             topic=topic,
-            headers=headers if headers is not None else {},
+            headers=headers if headers is not None else _NO_HEADERS,
             correlation_id=correlation_id or message_id,
             timestamp=timestamp if timestamp is not None else datetime.now(UTC),
         )

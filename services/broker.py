@@ -254,7 +254,8 @@ class Broker:
         routes: dict[str, Route] = {}
         prepared = []
         # Every message of the batch carries the same context (the batch's publish span)
-        # and the same timestamp (whole seconds on the wire): each taken once.
+        # and the same timestamp (whole seconds on the wire): each taken once, and the
+        # headers shared (read only: the wire properties copy them).
         headers = tracer.headers() if tracer is not None else None
         now = datetime.now(UTC)
         for message in messages:
@@ -263,9 +264,7 @@ class Broker:
             if route is None:
                 route = routes[topic] = Route(topic)
             prepared.append(
-                self._prepare(
-                    message, route, correlation_id, delay_s, headers=dict(headers or {}), now=now
-                )
+                self._prepare(message, route, correlation_id, delay_s, headers=headers, now=now)
             )
         if tracer is not None and len(prepared) == 1:
             tracer.message_attributes(

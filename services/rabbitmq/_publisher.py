@@ -35,8 +35,10 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic, Connection
 
+from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument, PublishError, PublishTimeout, TopologyError
 from leveret.services.logs import get_logger
+from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
 from leveret.services.rabbitmq._declare import declare_async, declarer
 from leveret.services.topology import Step
@@ -59,19 +61,37 @@ class Outgoing:
         exchange: Exchange to publish to (``""`` for a queue by name).
         routing_key: Topic, or queue name on the default exchange.
         body: The JSON body.
-        properties: AMQP properties (message id, type, headers…).
+        properties: AMQP properties (message id, type, headers…), or None to build them
+            from `envelope` when the message is written: a big batch then keeps fewer
+            objects alive until confirmed (fewer for the garbage collector to walk).
         unroutable_is_error: True for `send`: no queue receiving it is a `PublishError`.
+        envelope: The message's envelope, when `properties` is None.
     """
 
     exchange: str
     routing_key: str
     body: bytes
-    properties: pika.BasicProperties
+    properties: pika.BasicProperties | None
     unroutable_is_error: bool = False
+    envelope: Envelope | None = None
     batch: Batch | None = None
     index: int = 0
     returned: str | None = None
     sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
+
+    @property
+    def message_id(self) -> str:
+        """The message id (from the properties, else the envelope)."""
+        if self.properties is not None:
+            return self.properties.message_id or ""
+        return self.envelope.message_id if self.envelope is not None else ""
+
+    def wire_properties(self, stamps: wire_properties.Timestamps) -> pika.BasicProperties:
+        """The AMQP properties to write (built from the envelope unless given)."""
+        if self.properties is not None:
+            return self.properties
+        assert self.envelope is not None, "an Outgoing has properties or an envelope"
+        return wire_properties.properties(self.envelope, timestamps=stamps)
 
 
 @dataclass(slots=True, eq=False)
@@ -154,7 +174,10 @@ class Publisher(IOThread):
         self._next_tag = 1
         self._unconfirmed: dict[int, Outgoing] = {}
         self._order: deque[int] = deque()
-        self._mandatory: dict[str, deque[Outgoing]] = {}
+        # Messages written and not confirmed, by message id, to match a basic.return (which
+        # carries no delivery tag) to its message: the message itself, or a deque of them
+        # in write order when one id is sent twice (a retry of a timed-out publish).
+        self._mandatory: dict[str, Outgoing | deque[Outgoing]] = {}
         self._declares: deque[tuple[list[Step], Future[None]]] = deque()
 
     # Callers, any thread -----------------------------------------------------------------
@@ -273,14 +296,14 @@ class Publisher(IOThread):
             self._abandon(batch)
             reason = f"no confirm within {wait_s}s: {self._waiting_reason()}"
             if raise_errors:
-                raise PublishTimeout(reason, message_id=items[0].properties.message_id)
+                raise PublishTimeout(reason, message_id=items[0].message_id)
             batch.timed_out = [index for index, done in enumerate(batch.settled) if not done]
             for index in batch.timed_out:
                 batch.errors.setdefault(index, reason)
         if batch.errors and raise_errors:
             index, reason = next(iter(batch.errors.items()))
             more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
-            raise PublishError(reason + more, message_id=items[index].properties.message_id)
+            raise PublishError(reason + more, message_id=items[index].message_id)
         return batch
 
     def declare(self, todo: list[Step], timeout_s: float = 30.0) -> None:
@@ -416,6 +439,7 @@ class Publisher(IOThread):
         # waits in the inbox and `_on_confirm` flushes again as confirms come back.
         room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(self._unconfirmed))
         dropped = 0
+        stamps = wire_properties.Timestamps()
         for _ in range(room):
             item = inbox.popleft()
             if _abandoned(item):
@@ -426,7 +450,7 @@ class Publisher(IOThread):
                     item.exchange,
                     item.routing_key,
                     item.body,
-                    item.properties,
+                    item.wire_properties(stamps),
                     mandatory=True,
                 )
             except _CHANNEL_GONE as exc:
@@ -444,10 +468,12 @@ class Publisher(IOThread):
                 item.sent_at = time.perf_counter()
             self._unconfirmed[tag] = item
             self._order.append(tag)
-            message_id: str = item.properties.message_id or ""
+            message_id = item.message_id
             waiting = self._mandatory.get(message_id)
             if waiting is None:
-                self._mandatory[message_id] = deque((item,))
+                self._mandatory[message_id] = item
+            elif isinstance(waiting, Outgoing):
+                self._mandatory[message_id] = deque((waiting, item))
             else:
                 waiting.append(item)
         if dropped:
@@ -467,8 +493,9 @@ class Publisher(IOThread):
         _body: bytes,
     ) -> None:
         waiting = self._mandatory.get(properties.message_id or "")
-        if waiting:
-            waiting[0].returned = f"{method.reply_code} {method.reply_text}"
+        first = waiting[0] if isinstance(waiting, deque) and waiting else waiting
+        if isinstance(first, Outgoing):
+            first.returned = f"{method.reply_code} {method.reply_text}"
 
     def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
@@ -491,9 +518,11 @@ class Publisher(IOThread):
             self._wake()
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
-        message_id: str = item.properties.message_id or ""
+        message_id = item.message_id
         waiting = self._mandatory.get(message_id)
-        if waiting is not None:
+        if isinstance(waiting, Outgoing):
+            del self._mandatory[message_id]
+        elif waiting is not None:
             waiting.popleft()
             if not waiting:
                 del self._mandatory[message_id]
@@ -641,12 +670,32 @@ def _resolve(settled: asyncio.Future[None]) -> None:
 def _check_encodable(item: Outgoing) -> None:
     """Fail the caller at once on a name or property AMQP cannot carry (over 255 bytes)."""
     props = item.properties
+    envelope = item.envelope
+    if props is not None:
+        message_id, correlation_id, topic = props.message_id, props.correlation_id, props.type
+    elif envelope is not None:
+        message_id, correlation_id, topic = (
+            envelope.message_id,
+            envelope.correlation_id,
+            envelope.topic,
+        )
+    else:
+        message_id = correlation_id = topic = None
+    limit = _SHORT_STRING_BYTES // 4  # up to 63 characters always fit (4 bytes at most each)
+    if (  # the common case, Leveret's own names and ids: no loop, no encoding
+        len(item.exchange) <= limit
+        and len(item.routing_key) <= limit
+        and _short(message_id, limit)
+        and _short(correlation_id, limit)
+        and _short(topic, limit)
+    ):
+        return
     for what, value in (
         ("exchange", item.exchange),
         ("routing key", item.routing_key),
-        ("message_id", props.message_id),
-        ("correlation_id", props.correlation_id),
-        ("type (topic)", props.type),
+        ("message_id", message_id),
+        ("correlation_id", correlation_id),
+        ("type (topic)", topic),
     ):
         # Up to 63 characters always fit (4 bytes at most each): only longer ones are encoded.
         if (
@@ -658,6 +707,10 @@ def _check_encodable(item: Outgoing) -> None:
                 f"{what} {value[:40]!r}… is {len(value.encode('utf-8', 'replace'))} bytes; "
                 f"AMQP allows at most {_SHORT_STRING_BYTES}"
             )
+
+
+def _short(value: object, limit: int) -> bool:
+    return not isinstance(value, str) or len(value) <= limit
 
 
 def _abandoned(item: Outgoing) -> bool:

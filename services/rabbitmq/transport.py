@@ -9,7 +9,6 @@ from datetime import datetime
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import PublishError, PublishTimeout
 from leveret.services import delays, naming, topology
-from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
@@ -101,7 +100,6 @@ class RabbitTransport(Transport):
     def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
         events = naming.events_exchange(self.namespace)
         outgoing = []
-        stamps = wire_properties.Timestamps()  # a batch shares one timestamp: converted once
         for item in items:
             queue = item.route.queue
             if item.delay_s > 0:
@@ -118,8 +116,9 @@ class RabbitTransport(Transport):
                     exchange,
                     routing_key,
                     item.body,
-                    wire_properties.properties(item.envelope, timestamps=stamps),
+                    None,  # built from the envelope as it is written (I/O thread)
                     unroutable_is_error=queue is not None and item.delay_s == 0,
+                    envelope=item.envelope,
                 )
             )
         return outgoing

@@ -6,6 +6,8 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -55,9 +57,9 @@ def test_a_projects_own_structlog_chain_sees_the_messages_fields() -> None:
     """With structlog configured by the project (its own processors, merge_contextvars as
     structlog's default has), an event logged inside a handler carries the message's fields,
     and none leak into events logged after it."""
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, Any]] = []
 
-    def capture(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    def capture(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
         seen.append(dict(event))
         raise structlog.DropEvent
 
