@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from leveret.actors.handling import current_correlation_id
 from leveret.schemas.errors import ConfigurationError
@@ -192,22 +192,9 @@ async def publish_async(
         InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
             bytes.
     """
-    dispatcher = current()
-    correlation_id = correlation_id if correlation_id is not None else current_correlation_id()
-    native = getattr(dispatcher, "publish_async", None)
-    if native is None:  # a dispatcher that only blocks (Django's transactional one)
-        return await asyncio.to_thread(
-            dispatcher.publish,
-            message,
-            delay=delay,
-            eta=eta,
-            correlation_id=correlation_id,
-            timeout=timeout,
-        )
-    published: str = await native(
-        message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
+    return await _dispatch_async(
+        "publish", message, delay=delay, eta=eta, timeout=timeout, correlation_id=correlation_id
     )
-    return published
 
 
 async def send_async(
@@ -239,20 +226,41 @@ async def send_async(
         InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
             bytes.
     """
-    dispatcher = current()
-    correlation_id = correlation_id if correlation_id is not None else current_correlation_id()
-    native = getattr(dispatcher, "send_async", None)
-    if native is None:
-        return await asyncio.to_thread(
-            dispatcher.send,
-            actor,
-            message,
-            delay=delay,
-            eta=eta,
-            correlation_id=correlation_id,
-            timeout=timeout,
-        )
-    sent: str = await native(
-        actor, message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
+    return await _dispatch_async(
+        "send",
+        actor,
+        message,
+        delay=delay,
+        eta=eta,
+        timeout=timeout,
+        correlation_id=correlation_id,
     )
-    return sent
+
+
+async def _dispatch_async(
+    operation: str,
+    *args: Any,
+    delay: Delay,
+    eta: datetime | None,
+    timeout: float | None,
+    correlation_id: str | None,
+) -> str:
+    """`operation` (publish or send) on the configured dispatcher, awaited: its own async
+    method when it has one, else its blocking one in a thread (Django's transactional
+    dispatcher)."""
+    dispatcher = current()
+    options = {
+        "delay": delay,
+        "eta": eta,
+        "timeout": timeout,
+        "correlation_id": (
+            correlation_id if correlation_id is not None else current_correlation_id()
+        ),
+    }
+    native = getattr(dispatcher, f"{operation}_async", None)
+    if native is None:
+        blocking = getattr(dispatcher, operation)
+        result: str = await asyncio.to_thread(blocking, *args, **options)
+        return result
+    awaited: str = await native(*args, **options)
+    return awaited

@@ -18,8 +18,9 @@ what only that transport offers (typed options, admin helpers, test helpers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 from leveret.actors.actor import Actor, ActorRef
@@ -312,16 +313,9 @@ class Broker:
         timeout_s = check_timeout(timeout)
         self.declare_on_first_use(cls)
         route = Route(message.topic(), queue=cls.queue)
-        tracer = tracing()
-        if tracer is None:
-            item = self._prepare(message, route, correlation_id, delay_s)
+        with self._one(message, route, correlation_id, delay_s, "send") as item:
             self.transport.deliver([item], timeout_s=timeout_s)
-            return item.envelope.message_id
-        with tracer.publishing("send", "", naming.queue_name(self.namespace, cls.queue), 1):
-            item = self._prepare(message, route, correlation_id, delay_s, tracer)
-            tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
-            self.transport.deliver([item], timeout_s=timeout_s)
-            return item.envelope.message_id
+        return item.envelope.message_id
 
     async def publish_async(
         self,
@@ -340,17 +334,8 @@ class Broker:
         check_correlation_id(correlation_id)
         timeout_s = check_timeout(timeout)
         route = Route(message.topic())
-        tracer = tracing()
-        if tracer is None:
-            item = self._prepare(message, route, correlation_id, delay_s)
+        with self._one(message, route, correlation_id, delay_s, "publish") as item:
             delivered = await self.transport.deliver_async([item], timeout_s=timeout_s)
-        else:
-            with tracer.publishing(
-                "publish", naming.events_exchange(self.namespace), message.topic(), 1
-            ):
-                item = self._prepare(message, route, correlation_id, delay_s, tracer)
-                tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
-                delivered = await self.transport.deliver_async([item], timeout_s=timeout_s)
         _log_unroutable([item], delivered.unroutable)
         return item.envelope.message_id
 
@@ -377,16 +362,33 @@ class Broker:
         if self.auto_declare and cls not in self._declared:
             await asyncio.to_thread(self.declare_on_first_use, cls)
         route = Route(message.topic(), queue=cls.queue)
+        with self._one(message, route, correlation_id, delay_s, "send") as item:
+            await self.transport.deliver_async([item], timeout_s=timeout_s)
+        return item.envelope.message_id
+
+    @contextlib.contextmanager
+    def _one(
+        self,
+        message: Message,
+        route: Route,
+        correlation_id: str | None,
+        delay_s: int,
+        operation: str,
+    ) -> Iterator[Prepared]:
+        """One message prepared for `send` or `publish` (`operation`), and published inside
+        the ``with``: in its publish span when tracing."""
         tracer = tracing()
         if tracer is None:
-            item = self._prepare(message, route, correlation_id, delay_s)
-            await self.transport.deliver_async([item], timeout_s=timeout_s)
-            return item.envelope.message_id
-        with tracer.publishing("send", "", naming.queue_name(self.namespace, cls.queue), 1):
+            yield self._prepare(message, route, correlation_id, delay_s)
+            return
+        if route.queue is None:
+            exchange, destination = naming.events_exchange(self.namespace), route.topic
+        else:
+            exchange, destination = "", naming.queue_name(self.namespace, route.queue)
+        with tracer.publishing(operation, exchange, destination, 1):
             item = self._prepare(message, route, correlation_id, delay_s, tracer)
             tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
-            await self.transport.deliver_async([item], timeout_s=timeout_s)
-            return item.envelope.message_id
+            yield item
 
     def prepare(
         self,

@@ -19,7 +19,7 @@ from leveret.actors import NO_RETRY, Actor, Context, handler
 from leveret.schemas import Message
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.runtime.execution import Executor
-from tests.sample_actors import _record
+from tests.records import record_event
 
 _armed: set[str] = set()
 
@@ -43,15 +43,15 @@ class Injector(Actor, queue="injector"):
 
     @handler
     def arm(self, msg: Fault, ctx: Context) -> None:
-        _record("start", msg.n, ctx)
+        record_event("start", msg.n, ctx)
         _armed.add(msg.where)
-        _record("done", msg.n, ctx)
+        record_event("done", msg.n, ctx)
 
     @handler
     def slow(self, msg: Slow, ctx: Context) -> None:
-        _record("start", msg.n, ctx)
+        record_event("start", msg.n, ctx)
         time.sleep(msg.sleep_s)
-        _record("done", msg.n, ctx)
+        record_event("done", msg.n, ctx)
 
 
 _settle_done = RabbitConsumer._settle_done

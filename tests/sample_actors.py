@@ -13,6 +13,7 @@ import time
 
 from leveret.actors import NO_RETRY, Actor, Context, handler
 from leveret.schemas import Message
+from tests.records import record_event
 
 
 class Job(Message, topic="tests.job"):
@@ -23,18 +24,6 @@ class Job(Message, topic="tests.job"):
     fail: bool = False
 
 
-def _record(event: str, n: int, ctx: Context) -> None:
-    path = os.environ.get("LEVERET_TEST_RECORD")
-    if not path:
-        return
-    line = f"{event} {n} {os.getpid()} {ctx.message_id} {time.time():.3f}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
 class Jobs(Actor, queue="jobs"):
     """Sleeps, fails or succeeds as each job says, recording start and end."""
 
@@ -42,12 +31,12 @@ class Jobs(Actor, queue="jobs"):
 
     @handler
     def run(self, msg: Job, ctx: Context) -> None:
-        _record("start", msg.n, ctx)
+        record_event("start", msg.n, ctx)
         if msg.sleep_s:
             time.sleep(msg.sleep_s)
         if msg.fail:
             raise RuntimeError(f"job {msg.n} failed on purpose")
-        _record("done", msg.n, ctx)
+        record_event("done", msg.n, ctx)
 
 
 class Crash(Message, topic="tests.crash"):
@@ -68,10 +57,10 @@ class Crasher(Actor, queue="crasher", delivery_limit=3):
 
     @handler
     def run(self, msg: Crash, ctx: Context) -> None:
-        _record("start", msg.n, ctx)
+        record_event("start", msg.n, ctx)
         if msg.crash:
             os._exit(CRASH_EXIT_CODE)
-        _record("done", msg.n, ctx)
+        record_event("done", msg.n, ctx)
 
 
 def read_record(path: str) -> list[tuple[str, int, int, str]]:
