@@ -420,34 +420,17 @@ class Executor:
         try:
             async with timeout:
                 await handler(self.instance, message, ctx)
-        except TimeoutError as exc:
-            if not timeout.expired():  # the handler's own TimeoutError: a failure like any
-                return self._failed(delivery, envelope, handler, exc)
-            limited = TimeLimitExceeded(
-                f"handler {handler.name!r} ran past its time limit of {limit_s} s"
-            )
-            limited.__cause__ = exc
-            return self._failed(delivery, envelope, handler, limited)
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
-            if timeout.expired():  # it turned its cancellation into another error
-                limited = TimeLimitExceeded(
-                    f"handler {handler.name!r} ran past its time limit of {limit_s} s"
-                )
-                limited.__cause__ = exc
-                return self._failed(delivery, envelope, handler, limited)
-            return self._failed(delivery, envelope, handler, exc)
+            # Past the limit, whatever it raised (the timeout's TimeoutError, or another
+            # error it turned its cancellation into) is the time limit; before it, a
+            # TimeoutError is the handler's own (an HTTP client's), a failure like any.
+            failure = _past_limit(handler, limit_s, exc) if timeout.expired() else exc
+            return self._failed(delivery, envelope, handler, failure)
         if timeout.expired():  # it swallowed the cancellation and returned: still too late
-            return self._failed(
-                delivery,
-                envelope,
-                handler,
-                TimeLimitExceeded(
-                    f"handler {handler.name!r} ran past its time limit of {limit_s} s "
-                    "(and went on after its cancellation)"
-                ),
-            )
+            late = _past_limit(handler, limit_s, None, " (and went on after its cancellation)")
+            return self._failed(delivery, envelope, handler, late)
         return Outcome("ack", envelope)
 
     def _decode(self, delivery: Delivery, envelope: Envelope) -> tuple[Handler, Any]:
@@ -615,6 +598,16 @@ def _call_hook(function: Callable[..., None], *args: Any) -> None:
             hook=getattr(function, "__qualname__", repr(function)),
             error=f"{type(exc).__name__}: {_text(exc)}",
         )
+
+
+def _past_limit(
+    handler: Handler, limit_s: float | None, cause: BaseException | None, more: str = ""
+) -> TimeLimitExceeded:
+    error = TimeLimitExceeded(
+        f"handler {handler.name!r} ran past its time limit of {limit_s} s{more}"
+    )
+    error.__cause__ = cause
+    return error
 
 
 @dataclass(slots=True)
