@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -292,7 +293,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     be written.
 
     Buffered (``leveret worker``): lines are collected and written together at least every
-    `FLUSH_INTERVAL_S`, at once for warnings and errors, when `BUFFER_BYTES` are waiting,
+    `FLUSH_INTERVAL_S`, at once for warnings and errors, when `BUFFER_LINES` are waiting,
     and at exit (`logging.shutdown`, which runs after SIGTERM's graceful stop too); a
     SIGKILL loses at most the last `FLUSH_INTERVAL_S` of lines.
     """
@@ -300,8 +301,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, *, buffered: bool = False) -> None:
         super().__init__(sys.stderr)
         self.buffered = buffered
-        self._pending: list[str] = []
-        self._pending_bytes = 0
+        # Lines waiting, appended without a lock (a deque's append is atomic): eight handler
+        # threads logging a line each per message would otherwise queue on the handler's
+        # lock, and the thread holding it can lose the GIL while it does.
+        self._pending: deque[str] = deque()
         self._flusher: threading.Thread | None = None
         self._closed = False
 
@@ -324,22 +327,24 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str, *, urgent: bool = False) -> None:
         """Write one rendered line; buffered, it waits unless `urgent` or the buffer is full."""
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            if not self.buffered or self._closed:
+        if not self.buffered or self._closed:
+            with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
                 self._write(line + "\n")
-                return
-            self._pending.append(line)
-            self._pending_bytes += len(line) + 1
-            if urgent or self._pending_bytes >= BUFFER_BYTES:
-                self._write_pending()
-            elif self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name="leveret-log-flush", daemon=True
-                )
-                self._flusher.start()
+            return
+        pending = self._pending
+        pending.append(line)
+        if urgent or len(pending) >= BUFFER_LINES:
+            self.flush()
+        elif self._flusher is None:
+            with self.lock:  # type: ignore[union-attr]
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name="leveret-log-flush", daemon=True
+                    )
+                    self._flusher.start()
 
     def flush(self) -> None:
-        """Write every line collected so far."""
+        """Write every line collected so far, in the order they were collected."""
         with self.lock:  # type: ignore[union-attr]
             self._write_pending()
 
@@ -359,11 +364,16 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._flusher = None
 
     def _write_pending(self) -> None:
-        if self._pending:
-            text = "\n".join(self._pending) + "\n"
-            self._pending = []
-            self._pending_bytes = 0
-            self._write(text)
+        pending = self._pending
+        lines = []
+        try:
+            while True:  # what other threads append meanwhile waits for the next flush
+                lines.append(pending.popleft())
+        except IndexError:
+            pass
+        if lines:
+            lines.append("")
+            self._write("\n".join(lines))
 
     def _write(self, text: str) -> None:
         stream = sys.stderr
@@ -373,15 +383,15 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             stream.flush()
 
     def _reset_after_fork(self) -> None:
-        self._pending = []
-        self._pending_bytes = 0
+        self._pending = deque()
         self._flusher = None
 
     def handleError(self, record: logging.LogRecord) -> None:  # logging's name
         """Drop the line: nowhere left to say it, and losing it beats losing the thread."""
 
 
-BUFFER_BYTES = 64 * 1024
+BUFFER_LINES = 512
+"""Lines collected before they are written without waiting for the timer (about 128 KiB)."""
 FLUSH_INTERVAL_S = 0.2
 
 
