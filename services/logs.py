@@ -353,6 +353,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._write_pending()
             self._closed = True
+            self._write_pending()  # a line appended by a thread that had not yet seen closed
         super().close()
 
     def _flush_loop(self) -> None:
