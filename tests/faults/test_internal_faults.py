@@ -13,7 +13,7 @@ import pytest
 
 from leveret.services import RabbitBroker, naming
 from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
-from tests.fault_injection_actors import Fault, Injector, Slow
+from tests.fault_injection_actors import AsyncPing, Fault, Injector, Slow
 from tests.faults.helpers import events
 from tests.proxy import TcpProxy
 from tests.support import WorkerProcess, free_port, get_health, wait_health, wait_until
@@ -43,7 +43,11 @@ def injector(rabbit_broker: RabbitBroker, namespace: str, record: str) -> Iterat
 
 @pytest.mark.parametrize(
     ("where", "logged"),
-    [("io", "io_thread_crashed"), ("handler_loop", "handler_thread_failed")],
+    [
+        ("io", "io_thread_crashed"),
+        ("handler_loop", "handler_thread_failed"),
+        ("event_loop", "handler_thread_failed"),
+    ],
 )
 def test_an_internal_fault_turns_health_red_and_exits_non_zero(
     rabbit_broker: RabbitBroker,
@@ -60,6 +64,8 @@ def test_an_internal_fault_turns_health_red_and_exits_non_zero(
     rabbit_broker.send(Injector, Fault(n=2, where=where))
     if where == "handler_loop":
         rabbit_broker.send(Injector, Slow(n=3, sleep_s=0))  # the delivery the loop fails on
+    if where == "event_loop":
+        rabbit_broker.send(Injector, AsyncPing(n=3))  # the delivery the task fails on
     body = wait_health(port, 503, timeout_s=5)
     assert "error" in body, body
     assert injector.wait(30) == EXIT_INTERNAL_ERROR, injector.log()
@@ -71,7 +77,7 @@ def test_an_internal_fault_turns_health_red_and_exits_non_zero(
     queue = naming.queue_name(rabbit_broker.namespace, Injector.queue)
     left = rabbit_broker.message_count(queue)
     done = {line[1] for line in events(record, "done")}
-    expected = {1, 2} | ({3} if where == "handler_loop" else set())
+    expected = {1, 2} | ({3} if where in ("handler_loop", "event_loop") else set())
     assert len(expected - done) <= left, (done, left)
 
 
