@@ -9,6 +9,8 @@ The loop never runs Leveret's broker I/O (the consumer and the publisher keep th
 threads): what it runs is the handlers, so an async handler that blocks (``time.sleep``,
 a synchronous HTTP call) stalls every other async handler, and its time limit can only
 cancel it once it awaits again. Blocking work belongs in ``await asyncio.to_thread(...)``.
+A watcher thread says so: when the loop has not turned for `BLOCKED_AFTER_S`, it logs
+``event_loop_blocked`` once, with the stack of the code holding the loop.
 
 No fault ends the loop unseen: an exception escaping a task (a bug of Leveret's, never a
 handler's own exception: those are outcomes) or the loop itself is logged and reported
@@ -18,7 +20,10 @@ through `on_fault`, which stops the worker with `EXIT_INTERNAL_ERROR`.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -35,6 +40,11 @@ DEFAULT_CONCURRENCY = 200
 
 CANCEL_GRACE_S = 2.0
 """After shutdown cut them off, how long cancelled handlers get to run their cleanup."""
+
+BLOCKED_AFTER_S = 1.0
+"""How long the loop may go without turning before ``event_loop_blocked`` is logged."""
+_TURN_S = 0.25
+"""How often the loop marks that it turns, and the watcher looks."""
 
 
 class EventLoop:
@@ -60,6 +70,11 @@ class EventLoop:
         self._waiting: deque[Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = threading.Event()
+        self.blocked_after_s = BLOCKED_AFTER_S
+        """Read at each look: how long the loop may stall before it is reported."""
+        self._turned = 0.0  # time.monotonic() of the loop's last mark
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # Any thread -------------------------------------------------------------------------
 
@@ -68,6 +83,10 @@ class EventLoop:
         self._thread = threading.Thread(target=self._main, name="leveret-event-loop", daemon=True)
         self._thread.start()
         self._started.wait()
+        self._watcher = threading.Thread(
+            target=self._watch, name="leveret-event-loop-watch", daemon=True
+        )
+        self._watcher.start()
 
     def alive(self) -> bool:
         """Whether the loop's thread runs (health)."""
@@ -117,6 +136,7 @@ class EventLoop:
 
     def stop(self, timeout_s: float = CANCEL_GRACE_S + 1) -> None:
         """Stop the loop: tasks still running (cut off by shutdown) are cancelled."""
+        self._stopping.set()
         loop = self._loop
         if loop is None or self._thread is None:
             return
@@ -126,12 +146,13 @@ class EventLoop:
             return
         self._thread.join(timeout_s)
 
-    # The loop's thread ------------------------------------------------------------------
+    # The loop's thread, from its start ---------------------------------------------------
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
+        self._turn()
         self._started.set()
         try:
             loop.run_forever()
@@ -145,6 +166,12 @@ class EventLoop:
             except Exception:  # closing a broken loop: nothing more to do
                 log.exception("event_loop_close_failed")
 
+    def _turn(self) -> None:
+        self._turned = time.monotonic()
+        loop = self._loop
+        if loop is not None and not self._stopping.is_set():
+            loop.call_later(_TURN_S, self._turn)
+
     def _cancel_remaining(self, loop: asyncio.AbstractEventLoop) -> None:
         self._waiting.clear()  # shutdown gave them back already
         tasks = list(self._tasks)
@@ -153,6 +180,40 @@ class EventLoop:
         for task in tasks:
             task.cancel()
         loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_GRACE_S))
+
+    # The watcher's thread ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Log ``event_loop_blocked`` once per stall: a handler holds the loop."""
+        reported = False
+        try:
+            while not self._stopping.wait(_TURN_S):
+                stalled_s = time.monotonic() - self._turned
+                if stalled_s <= self.blocked_after_s:
+                    reported = False
+                elif not reported:
+                    reported = True
+                    log.warning(
+                        "event_loop_blocked",
+                        stalled_s=round(stalled_s, 2),
+                        running=len(self._tasks),
+                        where=self._where(),
+                        hint="an async def handler blocks (time.sleep, a synchronous client, "
+                        "long CPU work): every other async handler waits, and its time limit "
+                        "cannot cancel it; run blocking code with await asyncio.to_thread(...)",
+                    )
+        except Exception:  # the watcher only reports: it never takes the worker down
+            log.exception("event_loop_watch_failed")
+
+    def _where(self) -> str:
+        """The innermost frames of the loop's thread (the code holding it), as text."""
+        thread = self._thread
+        frame = sys._current_frames().get(thread.ident) if thread and thread.ident else None
+        if frame is None:
+            return ""
+        return "".join(traceback.format_stack(frame, limit=6))[-3000:]
+
+    # The loop's thread ------------------------------------------------------------------
 
     def _accept(self, job: Job) -> None:
         self._waiting.append(job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from leveret.actors import (
 from leveret.schemas import DefinitionError, InvalidArgument, Message, PublishError, wire
 from leveret.services import MemoryBroker
 from leveret.services.broker import Broker
+from leveret.services.testing import captured_logs
 from tests.support import Recorder, running, wait_until
 
 
@@ -264,3 +266,23 @@ def test_awaited_send_and_publish_confirm_or_raise(broker: Broker) -> None:
 
     sent, published = asyncio.run(scenario())
     assert len(sent) == len(published) == 32
+
+
+class Blocker(Actor, queue="blocker"):
+    retry = NO_RETRY
+
+    @handler
+    async def fetch(self, msg: Fetch) -> None:
+        time.sleep(msg.wait_s)  # blocks the event loop: what the watcher reports
+
+
+def test_a_handler_blocking_the_event_loop_is_reported_with_its_stack(broker: Broker) -> None:
+    with captured_logs("warning") as logs, running(broker, Blocker, concurrency=5) as worker:
+        assert worker.event_loop is not None
+        worker.event_loop.blocked_after_s = 0.3
+        Blocker.send(Fetch(key="b", wait_s=1.2))
+        wait_until(lambda: worker.stats.handled == 1, 15, "the blocking handler")
+    blocked = [event for event in logs if event["event"] == "event_loop_blocked"]
+    assert len(blocked) == 1, blocked  # once per stall
+    assert "time.sleep(msg.wait_s)" in blocked[0]["where"]
+    assert blocked[0]["stalled_s"] > 0.3
