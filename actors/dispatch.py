@@ -52,35 +52,6 @@ class Dispatcher(Protocol):
         ...
 
 
-class AsyncDispatcher(Dispatcher, Protocol):
-    """A dispatcher that can also wait for confirms without blocking an event loop."""
-
-    async def publish_async(
-        self,
-        message: Message,
-        *,
-        delay: Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        """As `publish`, awaited."""
-        ...
-
-    async def send_async(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        """As `send`, awaited."""
-        ...
-
-
 _lock = threading.Lock()
 _current: Dispatcher | None = None
 _adapter: Callable[[Dispatcher], Dispatcher] | None = None

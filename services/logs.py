@@ -43,8 +43,7 @@ ROOT_LOGGER = "leveret"
 
 # Attributes every LogRecord has: a field of the same name would make `logging` raise.
 RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_LOG_KWARGS = ("exc_info", "stack_info", "stacklevel")
-_LOG_KWARG_SET = frozenset(_LOG_KWARGS)
+_LOG_KWARGS = frozenset(("exc_info", "stack_info", "stacklevel"))
 
 
 class RedactSecrets:
@@ -130,7 +129,7 @@ class LeveretLogger(structlog.BoundLoggerBase):
         if args:  # structlog's stdlib loggers format "%s"-style positional arguments
             event = event % args
         exc_info = stack_info = None
-        if not _LOG_KWARG_SET.isdisjoint(fields):
+        if not _LOG_KWARGS.isdisjoint(fields):
             exc_info = fields.pop("exc_info", None)
             stack_info = bool(fields.pop("stack_info", False))
             fields.pop("stacklevel", None)

@@ -14,7 +14,12 @@ import structlog
 
 from leveret.actors import Actor, AsyncContext, Context, handler
 from leveret.schemas import Message
-from leveret.services.logs import RedactSecrets
+from leveret.services.logs import (
+    RedactSecrets,
+    bind_message_fields,
+    merge_message_fields,
+    unbind_message_fields,
+)
 from leveret.services.redaction import redact
 from leveret.services.testing import captured_logs, memory_broker
 from tests.support import RABBIT_URL, ROOT, wait_until
@@ -81,6 +86,18 @@ def test_a_projects_own_structlog_chain_sees_the_messages_fields() -> None:
     assert noting["message_id"] == message_id
     assert noting["actor"] == "quiet_notes"
     assert "message_id" not in after
+
+
+def test_merge_message_fields_adds_the_handled_messages_fields_to_a_projects_chain() -> None:
+    """The cheaper processor for a project's own chain: the message's fields while it is
+    handled (a field the event sets itself wins), nothing outside a handler."""
+    token = bind_message_fields({"actor": "notes", "message_id": "m1"})
+    try:
+        event = merge_message_fields(None, "info", {"event": "x", "actor": "mine"})
+    finally:
+        unbind_message_fields(token)
+    assert event == {"event": "x", "actor": "mine", "message_id": "m1"}
+    assert merge_message_fields(None, "info", {"event": "y"}) == {"event": "y"}
 
 
 class AsyncNotes(Actor, queue="async_notes"):
