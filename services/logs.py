@@ -68,6 +68,14 @@ class RedactSecrets:
 
 _PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
+_STRUCTLOG_VARS = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def _structlog_bound() -> bool:
+    """Whether structlog's context variables may hold something (false until the first bind:
+    collecting them looks at every context variable of the context)."""
+    return _STRUCTLOG_VARS is None or bool(_STRUCTLOG_VARS)
+
 
 _message_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "leveret_message_fields", default=None
@@ -134,6 +142,21 @@ class LeveretLogger(structlog.BoundLoggerBase):
             stack_info = bool(fields.pop("stack_info", False))
             fields.pop("stacklevel", None)
         message = _message_fields.get()
+        direct = _direct
+        if direct is not None and not exc_info and not stack_info and direct.reaches(logger):
+            # Only Leveret's own JSON handler would see the record: write its line directly,
+            # with the fields in the order the formatter would write them.
+            data: dict[str, Any] = {"event": event}
+            if message:
+                data.update(message)
+            if _structlog_bound():
+                data.update(structlog.contextvars.get_contextvars())
+            data.update(self._context)
+            data.update(fields)
+            if not RECORD_ATTRIBUTES.isdisjoint(data):
+                data = _renamed(data)
+            direct.write_event(level, logger.name, data)
+            return
         if message is None:
             merged = structlog.contextvars.get_contextvars()
         else:
@@ -142,17 +165,8 @@ class LeveretLogger(structlog.BoundLoggerBase):
         merged.update(self._context)
         merged.update(fields)
         _REDACT(None, "", merged)
-        if RECORD_ATTRIBUTES.isdisjoint(merged):  # the common case: no field to rename
-            extra = merged
-        else:
-            extra = {
-                (f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in merged.items()
-            }
-        direct = _direct
-        if direct is not None and not exc_info and not stack_info and direct.reaches(logger):
-            # Only Leveret's own JSON handler would see the record: write its line directly.
-            direct.write_event(event, level, logger.name, extra)
-            return
+        # The common case has no field to rename.
+        extra = merged if RECORD_ATTRIBUTES.isdisjoint(merged) else _renamed(merged)
         if exc_info is True:
             exc_info = sys.exc_info()
         elif isinstance(exc_info, BaseException):
@@ -203,6 +217,11 @@ class LeveretLogger(structlog.BoundLoggerBase):
         """Log `event` at error level with the exception being handled."""
         fields.setdefault("exc_info", True)
         self._emit(logging.ERROR, event, args, fields)
+
+
+def _renamed(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with ``_`` after each name a `logging.LogRecord` has already (``msg_``)."""
+    return {(f"{key}_" if key in RECORD_ATTRIBUTES else key): v for key, v in fields.items()}
 
 
 def _stack(frame: Any) -> str:
@@ -425,19 +444,23 @@ class _DirectJSON:
             current = current.parent
         return False
 
-    def write_event(self, event: str, level: int, name: str, fields: dict[str, Any]) -> None:
-        """Write one event (`fields` already redacted)."""
-        now = time.time()
-        second = int(now)
+    def write_event(self, level: int, name: str, data: dict[str, Any]) -> None:
+        """Write one event: `data` holds ``event`` first, then the fields (not yet redacted).
+
+        The line is rendered first and redacted only when it holds a URL: the common line
+        costs one search of its bytes, not a look at every value.
+        """
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        data: dict[str, Any] = {"event": event}
-        data.update(fields)
         data["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
         data["logger"] = name
-        data["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        self.handler.write_line(_dumps(data), urgent=level >= logging.WARNING)
+        data["timestamp"] = f"{self._prefix}.{nanoseconds // 1000:06d}Z"
+        line = _dumps(data)
+        if "://" in line:  # a URL somewhere, maybe with a password: redact each value
+            line = _dumps(_REDACT(None, "", data))  # type: ignore[arg-type]
+        self.handler.write_line(line, urgent=level >= logging.WARNING)
 
 
 _LEVEL_NAMES = {

@@ -176,6 +176,43 @@ def test_standard_library_records_go_through_the_same_redaction() -> None:
     assert "T0p" not in result.stderr
 
 
+def test_leveret_lines_written_without_a_record_match_the_formatters_and_hide_passwords() -> None:
+    """Leveret's own events skip the record (written straight by its JSON handler) and are
+    redacted only when the rendered line holds a URL: the line must be the formatter's."""
+    code = (
+        "import logging\n"
+        "from leveret.services.logs import bind_message_fields, configure_logging, get_logger\n"
+        "configure_logging('info', json=True)\n"
+        "logging.getLogger('leveret.viarecord').addFilter(lambda record: True)\n"
+        "bind_message_fields({'topic': 'amqp://w:W1re@h', 'attempt': 1})\n"
+        "for name in ('leveret.direct', 'leveret.viarecord'):\n"
+        "    log = get_logger(name).bind(bound='amqps://b:B0und@h/v')\n"
+        "    log.info('seen amqp://e:Ev3nt@h', url='amqp://u:F1eld@h', n=3, plain='no url',\n"
+        "             nested={'a': ['amqp://u:N3st@h']}, msg='renamed')\n"
+        "    log.info('quiet', n=1)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(lines) == 4
+    for line in lines:
+        del line["timestamp"]
+        line["logger"] = line["logger"].rsplit(".", 1)[0]
+    direct, direct_quiet, via_record, record_quiet = lines
+    assert list(direct.items()) == list(via_record.items())
+    assert list(direct_quiet.items()) == list(record_quiet.items())
+    assert direct["event"] == "seen amqp://e:***@h"
+    assert direct["topic"] == "amqp://w:***@h"
+    assert direct["bound"] == "amqps://b:***@h/v"
+    assert direct["url"] == "amqp://u:***@h"
+    assert direct["nested"] == {"a": ["amqp://u:***@h"]}
+    assert direct["msg_"] == "renamed"
+    for secret in ("W1re", "B0und", "Ev3nt", "F1eld", "N3st"):
+        assert secret not in result.stderr
+
+
 def test_logs_are_json_lines_off_a_terminal_and_never_show_the_password(
     rabbit_url: str,
 ) -> None:
