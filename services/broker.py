@@ -259,14 +259,16 @@ class Broker:
         # headers shared (read only: the wire properties copy them).
         headers = tracer.headers() if tracer is not None else None
         now = datetime.now(UTC)
-        for message in messages:
+        new_envelope = Envelope.new
+        for message in messages:  # `_prepare`, inlined: this loop runs once per message
             topic = message.topic()
             route = routes.get(topic)
             if route is None:
                 route = routes[topic] = Route(topic)
-            prepared.append(
-                self._prepare(message, route, correlation_id, delay_s, headers=headers, now=now)
+            envelope = new_envelope(
+                topic, correlation_id=correlation_id, headers=headers, timestamp=now
             )
+            prepared.append(Prepared(envelope, encode(message), route, delay_s))
         if tracer is not None and len(prepared) == 1:
             tracer.message_attributes(
                 prepared[0].envelope.message_id, prepared[0].envelope.correlation_id

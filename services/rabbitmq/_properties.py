@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal
 
 import pika
@@ -67,10 +68,18 @@ def properties(
             else int(envelope.timestamp.timestamp())
         ),
         delivery_mode=PERSISTENT,
-        headers=headers
-        if headers is not None
-        else {**envelope.headers, wire.ATTEMPT: envelope.attempt},
+        headers=headers if headers is not None else _headers_of(envelope),
     )
+
+
+_FIRST_ATTEMPT_ONLY = MappingProxyType({wire.ATTEMPT: 1})
+"""The headers of most new messages: shared, read only (pika only encodes them)."""
+
+
+def _headers_of(envelope: Envelope) -> Mapping[str, Any]:
+    if envelope.attempt == 1 and not envelope.headers:
+        return _FIRST_ATTEMPT_ONLY
+    return {**envelope.headers, wire.ATTEMPT: envelope.attempt}
 
 
 def delivery(

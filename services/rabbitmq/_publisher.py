@@ -437,16 +437,23 @@ class Publisher(IOThread):
         # the broker all at once at the end instead of being confirmed while we encode.
         # At most FLUSH_WINDOW stay unconfirmed (as a raw pika pipeline would do): the rest
         # waits in the inbox and `_on_confirm` flushes again as confirms come back.
-        room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(self._unconfirmed))
+        unconfirmed = self._unconfirmed
+        room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(unconfirmed))
         dropped = 0
         stamps = wire_properties.Timestamps()
+        # Looked up once per slice, not once per message.
+        publish = channel.basic_publish
+        sent_order = self._order.append
+        mandatory = self._mandatory
+        observer = self.observer
         for _ in range(room):
             item = inbox.popleft()
-            if _abandoned(item):
+            batch = item.batch
+            if batch is not None and batch.abandoned:
                 dropped += 1  # its caller got PublishError: never send it late
                 continue
             try:
-                channel.basic_publish(
+                publish(
                     item.exchange,
                     item.routing_key,
                     item.body,
@@ -464,16 +471,16 @@ class Publisher(IOThread):
                 continue
             tag = self._next_tag
             self._next_tag = tag + 1
-            if self.observer is not None:
+            if observer is not None:
                 item.sent_at = time.perf_counter()
-            self._unconfirmed[tag] = item
-            self._order.append(tag)
+            unconfirmed[tag] = item
+            sent_order(tag)
             message_id = item.message_id
-            waiting = self._mandatory.get(message_id)
+            waiting = mandatory.get(message_id)
             if waiting is None:
-                self._mandatory[message_id] = item
+                mandatory[message_id] = item
             elif isinstance(waiting, Outgoing):
-                self._mandatory[message_id] = deque((waiting, item))
+                mandatory[message_id] = deque((waiting, item))
             else:
                 waiting.append(item)
         if dropped:
@@ -503,10 +510,12 @@ class Publisher(IOThread):
         tag: int = method.delivery_tag
         if method.multiple:
             order = self._order
+            unconfirmed = self._unconfirmed
+            settle = self._settle
             while order and order[0] <= tag:
-                item = self._unconfirmed.pop(order.popleft(), None)
+                item = unconfirmed.pop(order.popleft(), None)
                 if item is not None:
-                    self._settle(item, ok)
+                    settle(item, ok)
         else:
             item = self._unconfirmed.pop(tag, None)
             if item is not None:
@@ -515,27 +524,29 @@ class Publisher(IOThread):
             while order and order[0] not in self._unconfirmed:
                 order.popleft()
         if self._inbox and not self._wake_pending:
-            self._wake()
+            self._flush()  # room again: publish more at once, as a raw pipeline does
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
         message_id = item.message_id
-        waiting = self._mandatory.get(message_id)
-        if isinstance(waiting, Outgoing):
-            del self._mandatory[message_id]
+        mandatory = self._mandatory
+        waiting = mandatory.get(message_id)
+        if waiting is item or isinstance(waiting, Outgoing):
+            del mandatory[message_id]
         elif waiting is not None:
             waiting.popleft()
             if not waiting:
-                del self._mandatory[message_id]
+                del mandatory[message_id]
         error: str | None = None
+        returned = item.returned
         if not ok:
             error = f"broker refused (nack) message {message_id}"
-        elif item.returned is not None and item.unroutable_is_error:
+        elif returned is not None and item.unroutable_is_error:
             error = (
                 f"no queue {item.routing_key!r} to deliver message {message_id} to "
-                f"({item.returned}); declare the actor first (leveret declare, or a worker)"
+                f"({returned}); declare the actor first (leveret declare, or a worker)"
             )
         assert item.batch is not None
-        item.batch.settle(item.index, error, unroutable=item.returned is not None)
+        item.batch.settle(item.index, error, returned is not None)
         observer = self.observer
         if observer is not None:
             try:
@@ -671,6 +682,17 @@ def _check_encodable(item: Outgoing) -> None:
     """Fail the caller at once on a name or property AMQP cannot carry (over 255 bytes)."""
     props = item.properties
     envelope = item.envelope
+    limit = _SHORT_STRING_BYTES // 4  # up to 63 characters always fit (4 bytes at most each)
+    if props is None and envelope is not None:  # a new message: one check, no calls
+        correlation_id = envelope.correlation_id
+        if (
+            len(envelope.message_id) <= limit
+            and len(envelope.topic) <= limit
+            and (correlation_id is None or len(correlation_id) <= limit)
+            and len(item.exchange) <= limit
+            and len(item.routing_key) <= limit
+        ):
+            return
     if props is not None:
         message_id, correlation_id, topic = props.message_id, props.correlation_id, props.type
     elif envelope is not None:
@@ -681,7 +703,6 @@ def _check_encodable(item: Outgoing) -> None:
         )
     else:
         message_id = correlation_id = topic = None
-    limit = _SHORT_STRING_BYTES // 4  # up to 63 characters always fit (4 bytes at most each)
     if (  # the common case, Leveret's own names and ids: no loop, no encoding
         len(item.exchange) <= limit
         and len(item.routing_key) <= limit

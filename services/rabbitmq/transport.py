@@ -111,14 +111,16 @@ class RabbitTransport(Transport):
                 exchange, routing_key = events, item.route.topic
             else:
                 exchange, routing_key = "", naming.queue_name(self.namespace, queue)
+            # Positional: one per message. No properties: they are built from the envelope
+            # as the message is written (on the I/O thread). `unroutable_is_error` for sends.
             outgoing.append(
                 Outgoing(
                     exchange,
                     routing_key,
                     item.body,
-                    None,  # built from the envelope as it is written (I/O thread)
-                    unroutable_is_error=queue is not None and item.delay_s == 0,
-                    envelope=item.envelope,
+                    None,
+                    queue is not None and item.delay_s == 0,
+                    item.envelope,
                 )
             )
         return outgoing
