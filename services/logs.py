@@ -68,14 +68,9 @@ class RedactSecrets:
 
 _PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
+# structlog's context variables, by name: empty until the first bind (collecting them looks
+# at every context variable of the context, so it is skipped while there is none).
 _STRUCTLOG_VARS = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-
-
-def _structlog_bound() -> bool:
-    """Whether structlog's context variables may hold something (false until the first bind:
-    collecting them looks at every context variable of the context)."""
-    return _STRUCTLOG_VARS is None or bool(_STRUCTLOG_VARS)
-
 
 _message_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "leveret_message_fields", default=None
@@ -149,7 +144,7 @@ class LeveretLogger(structlog.BoundLoggerBase):
             data: dict[str, Any] = {"event": event}
             if message:
                 data.update(message)
-            if _structlog_bound():
+            if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:  # structlog's may hold something
                 data.update(structlog.contextvars.get_contextvars())
             data.update(self._context)
             data.update(fields)
@@ -460,7 +455,18 @@ class _DirectJSON:
         line = _dumps(data)
         if "://" in line:  # a URL somewhere, maybe with a password: redact each value
             line = _dumps(_REDACT(None, "", data))  # type: ignore[arg-type]
-        self.handler.write_line(line, urgent=level >= logging.WARNING)
+        handler = self.handler
+        pending = handler._pending
+        if (  # the common case, as `write_line` would do it, without the call
+            level < logging.WARNING
+            and handler.buffered
+            and handler._flusher is not None
+            and not handler._closed
+            and len(pending) < BUFFER_LINES - 1
+        ):
+            pending.append(line)
+        else:
+            handler.write_line(line, urgent=level >= logging.WARNING)
 
 
 _LEVEL_NAMES = {

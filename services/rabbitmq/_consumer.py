@@ -626,13 +626,6 @@ class PrefetchController:
         ):
             self.current = target
         return self.current
-        wanted = self.threads + self.threads * FAIR_BACKLOG_S / max(average, 1e-6)
-        target = int(min(MAX_ADAPTIVE_PREFETCH, max(self.minimum, wanted)))
-        if target in (self.minimum, MAX_ADAPTIVE_PREFETCH) or abs(target - self.current) > (
-            self.current / 4
-        ):
-            self.current = target
-        return self.current
 
 
 def _local_address(connection: SelectConnection) -> str | None:
