@@ -37,7 +37,7 @@ from leveret.schemas.errors import (
 )
 from leveret.schemas.message import Message
 from leveret.services import config, naming
-from leveret.services.delays import delay_seconds
+from leveret.services.delays import DelayQueues, delay_seconds
 from leveret.services.logs import get_logger
 from leveret.services.memory.transport import MemoryTransport
 from leveret.services.rabbitmq._admin import AdminChannel
@@ -78,7 +78,9 @@ class Broker:
 
     Args:
         url: ``amqp://user:password@host:port/vhost``, ``amqps://…`` or ``memory://``;
-            defaults to ``$LEVERET_BROKER_URL``, then ``amqp://guest:guest@localhost:5672/``.
+            for a RabbitMQ cluster, its nodes' URLs (a list, or one string with commas
+            between them), tried in turn. Defaults to ``$LEVERET_BROKER_URL`` (commas
+            between several), then ``amqp://guest:guest@localhost:5672/``.
         namespace: Prefix of every exchange and queue; defaults to ``$LEVERET_NAMESPACE``,
             then ``leveret``.
         auto_declare: Declare an actor's topology the first time a message is sent to it,
@@ -93,7 +95,7 @@ class Broker:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         namespace: str | None = None,
         auto_declare: bool = True,
@@ -109,7 +111,8 @@ class Broker:
 
     @property
     def url(self) -> str:
-        """The broker URL (with its password: never log it unredacted)."""
+        """The broker URL (with its password: never log it unredacted); several URLs with
+        commas between them."""
         return self.transport.url
 
     @property
@@ -734,23 +737,25 @@ class RabbitBroker(Broker):
 
     Extra Args:
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        delay_queues: ``classic`` or ``quorum`` delay levels (see `RabbitOptions`).
     """
 
     transport: RabbitTransport
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         namespace: str | None = None,
         auto_declare: bool = True,
         confirm_timeout_s: float = 30.0,
+        delay_queues: DelayQueues | None = None,
     ) -> None:
         super().__init__(
             url,
             namespace=namespace,
             auto_declare=auto_declare,
-            options=RabbitOptions(confirm_timeout_s=confirm_timeout_s),
+            options=RabbitOptions(confirm_timeout_s=confirm_timeout_s, delay_queues=delay_queues),
         )
         if not isinstance(self.transport, RabbitTransport):
             raise ConfigurationError("RabbitBroker needs an amqp:// or amqps:// URL")

@@ -19,8 +19,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Literal
 
 from leveret.schemas.errors import InvalidArgument
+
+DelayQueues = Literal["classic", "quorum"]
+"""The queue type of a namespace's delay levels: ``classic`` (one node, cheapest) or
+``quorum`` (replicated on a cluster, at-least-once between levels)."""
+DELAY_QUEUES_ENV = "LEVERET_DELAY_QUEUES"
 
 LEVELS = 28
 MAX_DELAY_S = 2**LEVELS - 1

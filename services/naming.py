@@ -45,19 +45,30 @@ def dlq_name(namespace: str, queue: str) -> str:
     return f"{namespace}.{queue}.dlq"
 
 
-def delay_exchange(namespace: str, level: int) -> str:
-    """The topic exchange of delay level `level` (messages wait 2^level s there)."""
+def delay_exchange(namespace: str, level: int, queues: str = "classic") -> str:
+    """The topic exchange of delay level `level` (messages wait 2^level s there), of the
+    ``classic`` levels or of the ``quorum`` ones (replicated, for a cluster)."""
+    if queues == "quorum":
+        return f"{namespace}.delay.quorum.{level}"
     return f"{namespace}.delay.{level}"
 
 
-def delay_queue(namespace: str, level: int) -> str:
-    """The TTL queue of delay level `level`."""
-    return f"{namespace}.delay.{level}"
+def delay_queue(namespace: str, level: int, queues: str = "classic") -> str:
+    """The TTL queue of delay level `level`, classic or quorum."""
+    return delay_exchange(namespace, level, queues)
 
 
-def delay_deliver_exchange(namespace: str) -> str:
-    """Where delayed messages leave the delay levels for actor queues."""
+def delay_deliver_exchange(namespace: str, queues: str = "classic") -> str:
+    """Where delayed messages leave the (classic or quorum) delay levels for actor queues."""
+    if queues == "quorum":
+        return f"{namespace}.delay.quorum.deliver"
     return f"{namespace}.delay.deliver"
+
+
+def delay_unrouted(namespace: str) -> str:
+    """The fan-out exchange, and the queue, of delayed messages that no queue took when
+    their delay was over (quorum levels only: they would otherwise be retried forever)."""
+    return f"{namespace}.delay.unrouted"
 
 
 def scheduler_lock(namespace: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from leveret.actors.actor import Actor
 from leveret.services import delays, naming
+from leveret.services.delays import DelayQueues
 
 StepKind = Literal["exchange", "queue", "bind", "bind_exchange"]
 
@@ -24,8 +25,9 @@ class Step:
         kind: ``exchange``, ``queue``, ``bind`` (a queue to an exchange) or
             ``bind_exchange`` (an exchange to an exchange).
         name: Exchange or queue name (for bindings: the destination).
-        exchange_type: For exchanges: ``topic`` or ``direct``.
-        arguments: ``x-`` arguments of a queue.
+        exchange_type: For exchanges: ``topic``, ``direct`` or ``fanout``.
+        arguments: Arguments of a queue (``x-queue-type``…) or exchange
+            (``alternate-exchange``).
         exchange: For bindings: the exchange bound from.
         routing_key: For bindings: the binding key.
     """
@@ -77,29 +79,79 @@ def actor_steps(namespace: str, actor: type[Actor]) -> list[Step]:
     return steps + actor_delivery_steps(namespace, actor)
 
 
-def _level_exchange(namespace: str, level: int) -> str:
+def _level_exchange(namespace: str, level: int, queues: DelayQueues) -> str:
     """Level `level`'s exchange; level -1 is the delivery exchange."""
     if level < 0:
-        return naming.delay_deliver_exchange(namespace)
-    return naming.delay_exchange(namespace, level)
+        return naming.delay_deliver_exchange(namespace, queues)
+    return naming.delay_exchange(namespace, level, queues)
 
 
-def level_steps(namespace: str) -> list[Step]:
-    """The delay levels of a namespace: exchanges, TTL queues and the bindings between them."""
-    steps = [Step("exchange", naming.delay_deliver_exchange(namespace), exchange_type="topic")]
+UNROUTED_MAX_LENGTH = 10_000
+"""Delayed messages no queue took, kept for an operator to see (the oldest dropped first)."""
+
+
+def level_steps(namespace: str, queues: DelayQueues = "classic") -> list[Step]:
+    """The delay levels of a namespace: exchanges, TTL queues and the bindings between them.
+
+    Both ladders (classic and quorum) end in a delivery exchange of their own that actor
+    queues are bound to, so a namespace may switch from one to the other while messages
+    wait: those already in a ladder go on through it.
+
+    ``quorum`` levels are replicated quorum queues that pass messages on with
+    at-least-once dead-lettering (RabbitMQ 3.10+: ``reject-publish`` overflow, which is
+    what it needs; nothing else is limited). A message whose delay is over but that no
+    queue takes (its actor's queue was deleted, nobody subscribes to its topic) would then
+    be retried by the broker forever and stall the levels behind it, so their delivery
+    exchange has an alternate exchange: such messages go to the ``{ns}.delay.unrouted``
+    queue, its oldest dropped past `UNROUTED_MAX_LENGTH`. Classic levels drop them.
+    """
+    steps = [
+        Step(
+            "exchange", naming.delay_deliver_exchange(namespace, "classic"), exchange_type="topic"
+        ),
+        Step(
+            "exchange",
+            naming.delay_deliver_exchange(namespace, "quorum"),
+            exchange_type="topic",
+            arguments={"alternate-exchange": naming.delay_unrouted(namespace)},
+        ),
+    ]
+    level_arguments: dict[str, Any] = {"x-queue-type": "classic"}
+    if queues == "quorum":
+        unrouted = naming.delay_unrouted(namespace)
+        steps += [
+            Step("exchange", unrouted, exchange_type="fanout"),
+            Step(
+                "queue",
+                unrouted,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-max-length": UNROUTED_MAX_LENGTH,
+                    "x-overflow": "drop-head",
+                },
+            ),
+            Step("bind", unrouted, exchange=unrouted, routing_key=""),
+        ]
+        level_arguments = {
+            "x-queue-type": "quorum",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
     for level in range(delays.LEVELS):
-        steps.append(Step("exchange", _level_exchange(namespace, level), exchange_type="topic"))
+        steps.append(
+            Step("exchange", _level_exchange(namespace, level, queues), exchange_type="topic")
+        )
     for level in range(delays.LEVELS):
         position = delays.LEVELS - 1 - level
-        waiting = naming.delay_queue(namespace, level)
-        below = _level_exchange(namespace, level - 1)
-        here = _level_exchange(namespace, level)
+        waiting = naming.delay_queue(namespace, level, queues)
+        below = _level_exchange(namespace, level - 1, queues)
+        here = _level_exchange(namespace, level, queues)
         steps += [
             Step(
                 "queue",
                 waiting,
                 arguments={
-                    "x-queue-type": "classic",
+                    **level_arguments,
                     "x-message-ttl": 2**level * 1000,
                     "x-dead-letter-exchange": below,
                 },
@@ -111,21 +163,30 @@ def level_steps(namespace: str) -> list[Step]:
 
 
 def actor_delivery_steps(namespace: str, actor: type[Actor]) -> list[Step]:
-    """Bindings that bring an actor's delayed messages (by queue and by topic) home."""
+    """Bindings that bring an actor's delayed messages (by queue and by topic) home, from
+    either ladder's delivery exchange (both are declared with the levels)."""
     queue = naming.queue_name(namespace, actor.queue)
-    deliver = naming.delay_deliver_exchange(namespace)
-    steps = [
-        Step("bind", queue, exchange=deliver, routing_key=f"{delays.ANY_DELAY}q.{actor.queue}")
-    ]
-    steps += [
-        Step("bind", queue, exchange=deliver, routing_key=f"{delays.ANY_DELAY}t.{topic}")
-        for topic in actor.topics()
-    ]
+    steps = []
+    for deliver in (
+        naming.delay_deliver_exchange(namespace, "classic"),
+        naming.delay_deliver_exchange(namespace, "quorum"),
+    ):
+        steps.append(
+            Step("bind", queue, exchange=deliver, routing_key=f"{delays.ANY_DELAY}q.{actor.queue}")
+        )
+        steps += [
+            Step("bind", queue, exchange=deliver, routing_key=f"{delays.ANY_DELAY}t.{topic}")
+            for topic in actor.topics()
+        ]
     return steps
 
 
 def steps(
-    namespace: str, actors: Iterable[type[Actor]], *, with_delay_levels: bool = True
+    namespace: str,
+    actors: Iterable[type[Actor]],
+    *,
+    with_delay_levels: bool = True,
+    delay_queues: DelayQueues = "classic",
 ) -> list[Step]:
     """Every declaration for a namespace and these actors, in a safe order.
 
@@ -133,10 +194,11 @@ def steps(
         namespace: The namespace.
         actors: The actors.
         with_delay_levels: Include the namespace's delay levels (declared once is enough).
+        delay_queues: Which delay levels: ``classic`` or ``quorum``.
     """
     result = namespace_steps(namespace)
     if with_delay_levels:
-        result += level_steps(namespace)
+        result += level_steps(namespace, delay_queues)
     for actor in actors:
         result += actor_steps(namespace, actor)
     return result

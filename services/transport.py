@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import PublishError
+from leveret.services.delays import DelayQueues
 
 if TYPE_CHECKING:
     from leveret.actors.actor import Actor
@@ -67,9 +68,14 @@ class RabbitOptions:
 
     Attributes:
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        delay_queues: The queue type of the delay levels: ``classic`` (one node's, the
+            cheapest, the default) or ``quorum`` (replicated, at-least-once between levels;
+            see docs/failure-handling.md before using it). By default
+            ``$LEVERET_DELAY_QUEUES``, else ``classic``.
     """
 
     confirm_timeout_s: float = 30.0
+    delay_queues: DelayQueues | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ url_option = click.option(
     "--broker-url",
     envvar=config.BROKER_URL_ENV,
     default=None,
-    help=f"Broker URL (amqp://, amqps:// or memory://). Env: {config.BROKER_URL_ENV}; "
+    help=f"Broker URL (amqp://, amqps:// or memory://); a cluster's nodes with commas "
+    f"between them. Env: {config.BROKER_URL_ENV}; "
     f"default {config.DEFAULT_BROKER_URL.replace('guest:guest', 'guest:***')}.",
 )
 namespace_option = click.option(

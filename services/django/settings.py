@@ -117,13 +117,13 @@ def read(raw: object) -> LeveretSettings:
         problems.append(f"unknown LEVERET key(s) {unknown}; known: {sorted(DEFAULTS)}")
     values.update({key: value for key, value in raw.items() if key in DEFAULTS})
 
-    url = config.broker_url(values["BROKER_URL"] or None)
     try:
-        config.scheme(str(url))
+        url = config.broker_url(values["BROKER_URL"] or None)
+        config.scheme(url)
     except ConfigurationError:
         problems.append(
-            f"LEVERET['BROKER_URL'] must be an amqp://, amqps:// or memory:// URL, not "
-            f"{redact(str(url))!r}"
+            "LEVERET['BROKER_URL'] must be an amqp://, amqps:// or memory:// URL (or a list "
+            f"of a cluster's amqp:// URLs), not {redact(str(values['BROKER_URL']))!r}"
         )
         url = config.DEFAULT_BROKER_URL
     namespace = config.namespace(values["NAMESPACE"] or None)
@@ -137,7 +137,8 @@ def read(raw: object) -> LeveretSettings:
     test_url = values["TEST_BROKER_URL"]
     if test_url is not None:
         try:
-            config.scheme(str(test_url))
+            test_url = config.broker_url(test_url)
+            config.scheme(test_url)
         except ConfigurationError:
             problems.append(
                 "LEVERET['TEST_BROKER_URL'] must be an amqp://, amqps:// or memory:// URL "

@@ -16,7 +16,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.schemas.errors import BrokerConnectionError, LeveretError, NotFound, OperationError
-from leveret.services.rabbitmq._connection import connection_parameters, describe
+from leveret.services.rabbitmq._connection import connection_parameters_all, describe
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
 
@@ -39,7 +39,7 @@ class AdminChannel:
     def __enter__(self) -> BlockingChannel:
         try:
             self._connection = pika.BlockingConnection(
-                connection_parameters(self._url, role="admin"),
+                connection_parameters_all(self._url, role="admin"),
                 # pika's stubs type this as an instance; pika wants the class.
                 _impl_class=TolerantSelectConnection,  # type: ignore[arg-type]
             )

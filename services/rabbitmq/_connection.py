@@ -17,6 +17,7 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
+from leveret.services import config
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact as redact_url
@@ -43,8 +44,14 @@ class ReconnectBackoff:
         self.failures = 0
 
 
+def connection_parameters_all(url: str, *, role: str) -> list[pika.URLParameters]:
+    """`connection_parameters` of each URL of a broker URL setting (a cluster's nodes),
+    in the order given."""
+    return [connection_parameters(one, role=role) for one in config.broker_urls(url)]
+
+
 def connection_parameters(url: str, *, role: str) -> pika.URLParameters:
-    """Pika parameters from a URL, named after this process for the management UI.
+    """Pika parameters from one URL, named after this process for the management UI.
 
     The URL's own query options (``heartbeat``, ``ssl_options``…) are kept; Leveret only
     sets a heartbeat of 30 s and a single connection attempt (it retries by itself) where the
@@ -74,14 +81,24 @@ class IOThread:
     its traceback, the socket is closed (the broker takes back whatever was unacked), and
     `on_crashed` tells the subclass, which decides whether the process can go on.
 
+    Several URLs (a cluster's nodes, commas between them) are tried in turn: the first
+    connection goes to a node picked at random (so that many processes spread over the
+    cluster), a lost one fails over to the next node at once, and only when every node
+    failed in a row does the backoff wait grow.
+
     Args:
-        url: AMQP URL, with credentials.
+        url: AMQP URL, with credentials; or several, commas between them.
         role: ``publisher`` or ``worker``; names the connection and the thread.
     """
 
     def __init__(self, url: str, *, role: str) -> None:
         self.url = url
-        self.safe_url = redact_url(url)
+        self._all_params = connection_parameters_all(url, role=role)
+        self._safe_urls = [redact_url(one) for one in config.broker_urls(url)]
+        self._node = random.randrange(len(self._all_params))
+        self._failed_in_turn = 0  # nodes that failed one after the other since the last open
+        self.safe_url = self._safe_urls[self._node]
+        """The (redacted) URL of the node connected to, or tried next."""
         self.role = role
         self.last_error: BaseException | None = None
         self.crashed: BaseException | None = None
@@ -93,7 +110,6 @@ class IOThread:
         """Connections that failed to open or were lost: a waiter sees one more at once."""
         self.connections_opened = 0
         """Connections opened so far (the first one and every reconnect)."""
-        self._params = connection_parameters(url, role=role)
         self._backoff = ReconnectBackoff()
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
@@ -207,7 +223,7 @@ class IOThread:
         if self._stopping:
             return
         TolerantSelectConnection(
-            self._params,
+            self._all_params[self._node],
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -217,6 +233,7 @@ class IOThread:
     def _on_open(self, connection: SelectConnection) -> None:
         self._connection = connection
         self._backoff.reset()
+        self._failed_in_turn = 0
         self.last_error = None
         self.connections_opened += 1
         self.connected.set()
@@ -253,13 +270,23 @@ class IOThread:
             assert self._ioloop is not None
             self._ioloop.stop()
             return
-        delay_s = self._backoff.next_delay_s()
+        failed_url = self.safe_url
+        nodes = len(self._all_params)
+        self._failed_in_turn += 1
+        self._node = (self._node + 1) % nodes
+        self.safe_url = self._safe_urls[self._node]
+        if self._failed_in_turn < nodes:
+            delay_s = random.uniform(0.05, 0.2)  # the next node, almost at once
+        else:  # every node failed in a row: wait longer each round
+            self._failed_in_turn = 0
+            delay_s = self._backoff.next_delay_s()
         log.warning(
             "broker_unreachable",
             role=self.role,
-            url=self.safe_url,
+            url=failed_url,
             error=describe(reason),
             retry_in_s=round(delay_s, 2),
+            **({"next_url": self.safe_url} if nodes > 1 else {}),
         )
         self.call_later(delay_s, self._connect)
 

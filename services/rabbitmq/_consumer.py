@@ -27,6 +27,7 @@ from pika.spec import Basic
 
 from leveret.actors.actor import Actor
 from leveret.services import delays, naming, topology
+from leveret.services.delays import DelayQueues
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import IOThread, describe
@@ -62,15 +63,17 @@ class RabbitConsumer(IOThread, Consumer):
         prefetch: int,
         capacity: int = 0,
         adaptive: bool = False,
+        delay_queues: DelayQueues = "classic",
     ) -> None:
         IOThread.__init__(self, url, role="worker")
         self.namespace = namespace
+        self.delay_queues = delay_queues
         self.prefetch = prefetch
         self.capacity = capacity
         self._controller = PrefetchController(prefetch, max(capacity, 1)) if adaptive else None
         self.consuming = threading.Event()
         self._actors = {naming.queue_name(namespace, actor.queue): actor for actor in actors}
-        self._steps = topology.steps(namespace, actors)
+        self._steps = topology.steps(namespace, actors, delay_queues=delay_queues)
         self._deliver: Deliver = _nowhere
         self._fail: Fail = _no_failure
         self._done: deque[tuple[Job, Outcome | str]] = deque()
@@ -94,6 +97,7 @@ class RabbitConsumer(IOThread, Consumer):
         self._local_address: str | None = None
         self._heartbeats_paused_until = 0.0
         self._heartbeats_refused = False
+        self._renewed_at = -RENEW_AFTER_NACK_S  # when a nack last replaced the channel
 
     # Consumer, any thread ---------------------------------------------------------------
 
@@ -258,8 +262,16 @@ class RabbitConsumer(IOThread, Consumer):
             # sets everything up again after reconnecting.
             log.warning("worker_disconnected", error=describe(reason))
             return
-        if was_declaring and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        if (
+            was_declaring
+            and isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+            and not node_down(reason)
+        ):
             self._fail(f"declaring the topology failed: {describe(reason)}", EXIT_FATAL)
+            return
+        if node_down(reason):  # a cluster node holding one of our queues: it comes back
+            log.warning("worker_queue_node_down", error=describe(reason), retry_in_s=2.0)
+            self.call_later(2.0, self._reopen_channel)
             return
         log.warning("worker_channel_lost", error=describe(reason))
         self.call_later(1.0, self._reopen_channel)
@@ -470,7 +482,7 @@ class RabbitConsumer(IOThread, Consumer):
         if outcome.fate == "dead_letter":
             exchange, routing_key = "", naming.dlq_name(self.namespace, actor_queue)
         elif outcome.delay_s > 0:
-            exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+            exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1, self.delay_queues)
             routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
         else:
             exchange, routing_key = "", job.queue
@@ -548,12 +560,32 @@ class RabbitConsumer(IOThread, Consumer):
                 message_id=job.delivery.message_id,
                 reason="no queue took it" if returned else "broker nacked",
             )
+            if not acked and self._renew_channel_after_nack(channel):
+                return  # every delivery of the channel goes back to its queue
             declare_async(
                 channel,
                 topology.steps(self.namespace, [self._actors[job.queue]]),
                 functools.partial(self._requeue_later, channel, job),
             )
         self._check_settled()
+
+    def _renew_channel_after_nack(self, channel: Channel) -> bool:
+        """Close the channel after a nacked retry or dead letter, at most once in
+        `RENEW_AFTER_NACK_S` (a new one consumes again a second later).
+
+        RabbitMQ (seen on 3.10) keeps nacking, on one channel, every publish to a quorum
+        queue with ``reject-publish`` overflow (the quorum delay levels) when that channel
+        first published to it while the queue's leader was dead: requeueing the original
+        on the same channel would loop until its delivery limit dead-letters it. Its
+        deliveries, the nacked one's original included, go back to their queues.
+        """
+        now = time.monotonic()
+        if now - self._renewed_at < RENEW_AFTER_NACK_S:
+            return False
+        self._renewed_at = now
+        log.warning("worker_channel_renewed", reason="the broker nacked a retry or dead letter")
+        channel.close()
+        return True
 
     def _requeue_later(self, channel: Channel, job: Job) -> None:
         if job.generation == self._generation and channel.is_open:
@@ -566,6 +598,8 @@ class RabbitConsumer(IOThread, Consumer):
             self._settled.set()
 
 
+RENEW_AFTER_NACK_S = 5.0
+"""A nacked retry or dead letter replaces the worker's channel at most once in this long."""
 HEARTBEAT_RETRY_S = 60.0
 """After the broker refused the heartbeats exchange, how long until the next try."""
 ADAPT_EVERY_S = 0.2
@@ -636,6 +670,19 @@ def _local_address(connection: SelectConnection) -> str | None:
     except (AttributeError, OSError, TypeError, ValueError):
         return None
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def node_down(reason: BaseException) -> bool:
+    """Whether the broker closed the channel because a durable queue's node is down (a
+    classic queue of a cluster node that died: it is back when its node is)."""
+    return (
+        isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        and reason.reply_code == _NOT_FOUND
+        and "down or inaccessible" in str(reason.reply_text)
+    )
+
+
+_NOT_FOUND = 404
 
 
 def _nowhere(_job: Job) -> None:

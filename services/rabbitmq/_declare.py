@@ -29,7 +29,11 @@ def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None
             on_done()
         elif step.kind == "exchange":
             channel.exchange_declare(
-                step.name, exchange_type=step.exchange_type, durable=True, callback=next_step
+                step.name,
+                exchange_type=step.exchange_type,
+                durable=True,
+                arguments=step.arguments or None,
+                callback=next_step,
             )
         elif step.kind == "queue":
             channel.queue_declare(

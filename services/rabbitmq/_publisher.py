@@ -51,6 +51,12 @@ _live: weakref.WeakSet[Publisher] = weakref.WeakSet()
 # Messages published per turn of the I/O loop, and at most unconfirmed (see `_flush`).
 FLUSH_SLICE = 256
 FLUSH_WINDOW = 1000
+NACK_PAUSE_FIRST_S = 0.05
+"""The pause before a nacked message is sent again; it doubles with each nack..."""
+NACK_PAUSE_MAX_S = 2.0
+"""...up to this."""
+RENEW_AFTER_NACK_S = 1.0
+"""A nack replaces the publisher's channel, at most once in this many seconds."""
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +84,7 @@ class Outgoing:
     index: int = 0
     returned: str | None = None
     sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
+    nacks: int = 0  # times the broker refused it; it is sent again after a pause
 
     @property
     def message_id(self) -> str:
@@ -116,6 +123,9 @@ class Batch:
     settled: list[bool] = field(default_factory=list)
     on_done: Callable[[], None] | None = None
     """Called on the I/O thread once every message is settled (an awaiting caller)."""
+    nacks: int = 0
+    """Times the broker refused (nacked) a message of the batch; each was sent again."""
+    last_nack: str | None = None
 
     def settle(self, index: int, error: str | None, unroutable: bool) -> None:
         """Record one message's outcome (I/O thread only)."""
@@ -160,6 +170,8 @@ class Publisher(IOThread):
 
     def _reset_state(self) -> None:
         self._pid = os.getpid()
+        self._pausing: set[Outgoing] = set()  # nacked, waiting to be sent again
+        self._renewed_at = -RENEW_AFTER_NACK_S  # when a nack last replaced the channel
         self._start_lock = threading.Lock()
         # Callers append on the right; only the I/O thread takes from the left (and puts
         # back on the left after a lost channel). Single appends and pops of a deque are
@@ -294,7 +306,10 @@ class Publisher(IOThread):
             return batch
         if not settled:
             self._abandon(batch)
-            reason = f"no confirm within {wait_s}s: {self._waiting_reason()}"
+            why = self._waiting_reason()
+            if batch.last_nack is not None:
+                why = f"{batch.last_nack} ({batch.nacks} nack(s), each sent again); {why}"
+            reason = f"no confirm within {wait_s}s: {why}"
             if raise_errors:
                 raise PublishTimeout(reason, message_id=items[0].message_id)
             batch.timed_out = [index for index, done in enumerate(batch.settled) if not done]
@@ -539,14 +554,23 @@ class Publisher(IOThread):
         error: str | None = None
         returned = item.returned
         if not ok:
-            error = f"broker refused (nack) message {message_id}"
-        elif returned is not None and item.unroutable_is_error:
+            # Refused, not stored (a quorum queue's leader changing, an internal error): send
+            # it again, same message id, until stored or its caller stops waiting. A
+            # caller is never told a message is stored that was not.
+            self._observe(item, ok=False)
+            self._send_again_later(item)
+            return
+        if returned is not None and item.unroutable_is_error:
             error = (
                 f"no queue {item.routing_key!r} to deliver message {message_id} to "
                 f"({returned}); declare the actor first (leveret declare, or a worker)"
             )
         assert item.batch is not None
         item.batch.settle(item.index, error, returned is not None)
+        if self.observer is not None:
+            self._observe(item, ok=True)
+
+    def _observe(self, item: Outgoing, *, ok: bool) -> None:
         observer = self.observer
         if observer is not None:
             try:
@@ -555,6 +579,52 @@ class Publisher(IOThread):
                 )
             except Exception:  # metrics never stop publishing
                 log.exception("publish_observer_failed")
+
+    def _send_again_later(self, item: Outgoing) -> None:
+        """A nacked message goes back to the inbox after a pause growing with its nacks."""
+        batch = item.batch
+        assert batch is not None
+        item.nacks += 1
+        batch.nacks += 1
+        batch.last_nack = f"the broker refused (nack) message {item.message_id}"
+        delay_s = min(NACK_PAUSE_MAX_S, NACK_PAUSE_FIRST_S * 2 ** (item.nacks - 1))
+        log.warning(
+            "publish_nacked",
+            message_id=item.message_id,
+            nacks=item.nacks,
+            retry_in_s=round(delay_s, 3),
+        )
+
+        def send_again() -> None:
+            if item not in self._pausing:
+                return  # settled meanwhile (the publisher stopped)
+            self._pausing.discard(item)
+            if batch.abandoned or batch.settled[item.index]:
+                return  # its caller stopped waiting: never send it late
+            item.returned = None
+            self._inbox.append(item)
+            self._wake()
+
+        self._pausing.add(item)
+        self.call_later(delay_s, send_again)
+        self._renew_channel_after_nack()
+
+    def _renew_channel_after_nack(self) -> None:
+        """Replace the channel after a nack, at most once per `RENEW_AFTER_NACK_S`.
+
+        RabbitMQ (seen on 3.10) keeps nacking, on one channel, every publish to a quorum
+        queue with ``reject-publish`` overflow (the quorum delay levels) when that channel
+        first published to it while the queue's leader was dead, even after a new leader is
+        elected; a new channel is not affected. What the old channel had in flight is sent
+        again on the new one (same message ids).
+        """
+        now = time.monotonic()
+        channel = self._channel
+        if channel is None or not channel.is_open or now - self._renewed_at < RENEW_AFTER_NACK_S:
+            return
+        self._renewed_at = now
+        log.warning("publisher_channel_renewed", reason="the broker nacked a message")
+        channel.close()
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         was_ready = self._ready
@@ -584,6 +654,11 @@ class Publisher(IOThread):
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
                 item.returned = None
+            connection = self.connection
+            if connection is not None and connection.is_open and not self._stopping:
+                # Closed by us (renewed after a nack): a new channel at once. (A lost
+                # connection opens its new channel when it reconnects.)
+                self.call_later(0.05, self._reopen_channel)
 
     def _reopen_channel(self) -> None:
         connection = self.connection
@@ -644,6 +719,9 @@ class Publisher(IOThread):
         in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
         self._forget_channel()
         for item in in_flight:
+            self._settle_closed(item, reason)
+        pausing, self._pausing = self._pausing, set()
+        for item in pausing:
             self._settle_closed(item, reason)
         self._fail_waiting(reason)
         for _todo, future in self._declares:

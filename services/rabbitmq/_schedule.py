@@ -27,10 +27,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import BrokerConnectionError, OperationError, PublishError
-from leveret.services import naming
+from leveret.services import config, naming
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import connection_parameters, describe
+from leveret.services.rabbitmq._connection import connection_parameters_all, describe
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
 from leveret.services.scheduling import SchedulerBackend
@@ -75,12 +75,13 @@ class RabbitSchedulerBackend(SchedulerBackend):
         if self._connection is not None and self._connection.is_open and self._channel:
             return self._channel
         self._drop()
-        params = connection_parameters(self.url, role="scheduler")
-        if "heartbeat=" not in self.url:
-            params.heartbeat = SCHEDULER_HEARTBEAT_S
+        nodes = connection_parameters_all(self.url, role="scheduler")
+        for params, url in zip(nodes, config.broker_urls(self.url), strict=True):
+            if "heartbeat=" not in url:
+                params.heartbeat = SCHEDULER_HEARTBEAT_S
         try:
             self._connection = pika.BlockingConnection(
-                params,
+                nodes,  # tried in turn: a cluster's nodes
                 _impl_class=TolerantSelectConnection,  # type: ignore[arg-type]
             )
             channel = self._connection.channel()

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+from leveret.services import config
 from leveret.services.redaction import redact
 from leveret.services.transport import QueueFigures
 
@@ -30,8 +31,9 @@ class ManagementUnavailable(Exception):
 
 def default_management_url(amqp_url: str) -> str:
     """Where the management plugin listens by default for the broker at `amqp_url`:
-    ``http://HOST:15672/`` (``https://HOST:15671/`` for ``amqps://``)."""
-    parts = urlsplit(amqp_url)
+    ``http://HOST:15672/`` (``https://HOST:15671/`` for ``amqps://``); of a cluster's
+    several URLs, the first node's."""
+    parts = urlsplit(config.broker_urls(amqp_url)[0])
     host = parts.hostname or "localhost"
     if ":" in host:
         host = f"[{host}]"
@@ -46,14 +48,15 @@ class ManagementAPI:
     Args:
         url: ``http(s)://[user:password@]host:port/``; without credentials in it, those of
             `amqp_url` (guest/guest when it has none) are used.
-        amqp_url: The broker's AMQP URL (its vhost, its credentials).
+        amqp_url: The broker's AMQP URL (its vhost, its credentials); of several, the
+            first.
     """
 
     def __init__(self, url: str, amqp_url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL for the management API: {redact(url)}")
-        amqp = urlsplit(amqp_url)
+        amqp = urlsplit(config.broker_urls(amqp_url)[0])  # every node has the same vhost
         user = unquote(parts.username or amqp.username or "guest")
         password = unquote(parts.password or amqp.password or "guest")
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"

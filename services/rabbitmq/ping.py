@@ -10,23 +10,37 @@ import pika
 import pika.exceptions
 
 from leveret.schemas.errors import BrokerConnectionError
+from leveret.services import config
 from leveret.services.redaction import redact as redact_url
 
 
 def ping_broker(url: str, timeout_s: float = 5.0) -> float:
     """Open an AMQP connection to `url` (the whole handshake, login included), then close it.
 
+    Of several URLs (a cluster's nodes, commas between them) each is tried in turn until
+    one answers, as Leveret's own connections do.
+
     Args:
-        url: ``amqp://`` or ``amqps://`` URL.
-        timeout_s: Limit for the TCP connect, the handshake and each read.
+        url: ``amqp://`` or ``amqps://`` URL, or several.
+        timeout_s: Limit for the TCP connect, the handshake and each read (per node).
 
     Returns:
         How long the handshake took, in seconds.
 
     Raises:
-        BrokerConnectionError: The broker cannot be reached or refused the login; the
-            message is one line and holds no password.
+        BrokerConnectionError: No node can be reached or each refused the login; the
+            message holds no password and says why for each node.
     """
+    errors = []
+    for one in config.broker_urls(url):
+        try:
+            return _ping_one(one, timeout_s)
+        except BrokerConnectionError as exc:
+            errors.append(str(exc))
+    raise BrokerConnectionError("; ".join(errors))
+
+
+def _ping_one(url: str, timeout_s: float) -> float:
     try:
         params = pika.URLParameters(url)
     except ValueError as exc:

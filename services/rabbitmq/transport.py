@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from leveret.actors.actor import Actor
-from leveret.schemas.errors import PublishError, PublishTimeout
+from leveret.schemas.errors import ConfigurationError, PublishError, PublishTimeout
 from leveret.services import delays, naming, topology
+from leveret.services.delays import DelayQueues
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
@@ -42,6 +44,7 @@ class RabbitTransport(Transport):
         self.url = url
         self.namespace = namespace
         self.options = options or RabbitOptions()
+        self.delay_queues = delay_queues_for(url, self.options.delay_queues)
         self._levels_declared = False
         self.publisher = Publisher(
             url,
@@ -51,7 +54,12 @@ class RabbitTransport(Transport):
 
     def declare(self, actors: Sequence[type[Actor]]) -> None:
         self.publisher.declare(
-            topology.steps(self.namespace, actors, with_delay_levels=not self._levels_declared)
+            topology.steps(
+                self.namespace,
+                actors,
+                with_delay_levels=not self._levels_declared,
+                delay_queues=self.delay_queues,
+            )
         )
         self._levels_declared = True
 
@@ -94,7 +102,7 @@ class RabbitTransport(Transport):
         return _delivered(batch, items)
 
     def _declare_levels(self) -> None:
-        self.publisher.declare(topology.level_steps(self.namespace))
+        self.publisher.declare(topology.level_steps(self.namespace, self.delay_queues))
         self._levels_declared = True
 
     def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
@@ -103,7 +111,9 @@ class RabbitTransport(Transport):
         for item in items:
             queue = item.route.queue
             if item.delay_s > 0:
-                exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1)
+                exchange = naming.delay_exchange(
+                    self.namespace, delays.LEVELS - 1, self.delay_queues
+                )
                 routing_key = delays.routing_key(
                     item.delay_s, queue=queue, topic=item.route.topic if queue is None else None
                 )
@@ -132,9 +142,10 @@ class RabbitTransport(Transport):
 
     def delete_namespace_exchanges(self) -> None:
         with self.admin() as channel:
-            for step in topology.namespace_steps(self.namespace) + topology.level_steps(
-                self.namespace
-            ):
+            every = topology.namespace_steps(self.namespace)
+            every += topology.level_steps(self.namespace, "classic")
+            every += topology.level_steps(self.namespace, "quorum")  # either may exist
+            for step in every:
                 if step.kind == "exchange":
                     channel.exchange_delete(step.name)
                 elif step.kind == "queue":
@@ -232,6 +243,7 @@ class RabbitTransport(Transport):
             prefetch=prefetch,
             capacity=capacity,
             adaptive=adaptive,
+            delay_queues=self.delay_queues,
         )
 
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
@@ -254,3 +266,19 @@ def _delivered(batch: Batch, items: Sequence[Prepared]) -> Delivered:
         kind = PublishTimeout if index in batch.timed_out else PublishError
         errors[index] = kind(reason, message_id=items[index].envelope.message_id)
     return Delivered(batch.unroutable, errors)
+
+
+def delay_queues_for(url: str, explicit: DelayQueues | None) -> DelayQueues:
+    """The delay levels' queue type: `explicit`, else ``$LEVERET_DELAY_QUEUES``, else
+    ``classic`` (see docs/failure-handling.md for why not ``quorum`` on a cluster yet).
+
+    Raises:
+        ConfigurationError: Another value than ``classic`` or ``quorum``.
+    """
+    chosen = explicit or os.environ.get(delays.DELAY_QUEUES_ENV) or "classic"
+    if chosen not in ("classic", "quorum"):
+        raise ConfigurationError(
+            f"delay queues must be 'classic' or 'quorum', not {chosen!r} "
+            f"(RabbitOptions.delay_queues or ${delays.DELAY_QUEUES_ENV})"
+        )
+    return chosen  # type: ignore[return-value]  # checked just above

@@ -64,6 +64,38 @@ def test_delay_seconds_refuses_bad_values(
         delays.delay_seconds(delay, eta, now=datetime(2026, 1, 1, tzinfo=UTC))
 
 
+def test_quorum_levels_pass_messages_on_at_least_once_and_park_what_no_queue_takes() -> None:
+    """On a cluster: replicated levels, at-least-once dead-lettering between them (which
+    needs reject-publish overflow), a delivery exchange of their own whose alternate
+    exchange keeps what no queue takes instead of retrying it forever."""
+    steps = {(s.kind, s.name, s.exchange): s for s in topology.level_steps("shop", "quorum")}
+    level_5 = steps[("queue", "shop.delay.quorum.5", "")]
+    assert level_5.arguments == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-message-ttl": 32_000,
+        "x-dead-letter-exchange": "shop.delay.quorum.4",
+    }
+    assert steps[("queue", "shop.delay.quorum.0", "")].arguments["x-dead-letter-exchange"] == (
+        "shop.delay.quorum.deliver"
+    )
+    deliver = steps[("exchange", "shop.delay.quorum.deliver", "")]
+    assert deliver.arguments == {"alternate-exchange": "shop.delay.unrouted"}
+    assert steps[("exchange", "shop.delay.unrouted", "")].exchange_type == "fanout"
+    unrouted = steps[("queue", "shop.delay.unrouted", "")]
+    assert unrouted.arguments["x-overflow"] == "drop-head"
+    assert ("bind", "shop.delay.unrouted", "shop.delay.unrouted") in steps
+    assert not any(name.startswith("shop.delay.") and name[11:12].isdigit() for _, name, _ in steps)
+
+
+def test_both_ladders_declare_both_delivery_exchanges() -> None:
+    """Actor queues are bound to both: a namespace can switch ladders while messages wait."""
+    for queues in ("classic", "quorum"):
+        names = {s.name for s in topology.level_steps("shop", queues) if s.kind == "exchange"}
+        assert {"shop.delay.deliver", "shop.delay.quorum.deliver"} <= names
+
+
 def test_level_queues_have_fixed_ttls_and_cascade_down() -> None:
     steps = {(s.kind, s.name, s.exchange): s for s in topology.level_steps("shop")}
     level_5 = steps[("queue", "shop.delay.5", "")]

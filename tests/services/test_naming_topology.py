@@ -55,6 +55,9 @@ def test_actor_steps_declare_dlq_queue_bindings_per_topic_and_for_delays() -> No
         "binding shop.delay.deliver -[" + "*." * 28 + "q.ledger]-> shop.ledger",
         "binding shop.delay.deliver -[" + "*." * 28 + "t.tests.topo.paid]-> shop.ledger",
         "binding shop.delay.deliver -[" + "*." * 28 + "t.tests.topo.refunded]-> shop.ledger",
+        "binding shop.delay.quorum.deliver -[" + "*." * 28 + "q.ledger]-> shop.ledger",
+        "binding shop.delay.quorum.deliver -[" + "*." * 28 + "t.tests.topo.paid]-> shop.ledger",
+        "binding shop.delay.quorum.deliver -[" + "*." * 28 + "t.tests.topo.refunded]-> shop.ledger",
     ]
 
 
@@ -91,8 +94,8 @@ def test_the_longest_names_fit_amqps_255_bytes_everywhere() -> None:
         @handler
         def on(self, msg: Longest) -> None: ...
 
-    keys = [step.name for step in topology.steps(namespace, [Widest])]
-    keys += [step.routing_key for step in topology.steps(namespace, [Widest])]
+    every = topology.steps(namespace, [Widest]) + topology.level_steps(namespace, "quorum")
+    keys = [step.name for step in every] + [step.routing_key for step in every]
     keys += [
         delays.routing_key(delays.MAX_DELAY_S, queue=Widest.queue),
         delays.routing_key(delays.MAX_DELAY_S, topic=Longest.topic()),

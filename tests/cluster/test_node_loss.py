@@ -1,0 +1,229 @@
+"""A node of a three-node RabbitMQ cluster dies (SIGKILL) while publishers and two workers
+run: every message a publisher was told is stored gets handled; none is lost.
+
+Run with the ``cluster`` marker (`scripts/cluster` starts the nodes); the gap in handling
+around the kill is measured and printed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from leveret.schemas.errors import PublishError
+from leveret.services import RabbitBroker, naming
+from tests.cluster.conftest import Cluster
+from tests.cluster_actors import ClusterJob, ClusterJobs
+from tests.support import WorkerProcess, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.fault, pytest.mark.timeout(300)]
+
+
+def _records(path: Path, event: str) -> dict[int, float]:
+    """n -> the first time `event` was recorded for it."""
+    found: dict[int, float] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == event:
+            found.setdefault(int(parts[1]), float(parts[4]))
+    return found
+
+
+def _all(path: Path, event: str) -> list[tuple[int, float]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == event:
+            rows.append((int(parts[1]), float(parts[4])))
+    return rows
+
+
+@contextmanager
+def _workers(cluster: Cluster, namespace: str, record: Path) -> Iterator[list[WorkerProcess]]:
+    env = {"LEVERET_TEST_RECORD": str(record)}
+    workers = [
+        WorkerProcess(
+            ["tests.cluster_actors"], namespace, url=cluster.urls, args=["--threads", "4"], env=env
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.wait_consuming(60)
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop_gracefully(30)
+
+
+class _Publisher(threading.Thread):
+    """Sends jobs one at a time (each confirmed), remembering which were confirmed."""
+
+    def __init__(self, broker: RabbitBroker, start: int, count: int, **job: int) -> None:
+        super().__init__(daemon=True)
+        self.broker = broker
+        self.numbers = range(start, start + count)
+        self.job = job
+        self.delay_s = job.pop("delay_s", 0)
+        self.confirmed: set[int] = set()
+        self.failed: dict[int, str] = {}
+        self.publish_gap_s = 0.0
+
+    def run(self) -> None:
+        last = time.monotonic()
+        for n in self.numbers:
+            try:
+                self.broker.send(
+                    ClusterJobs, ClusterJob(n=n, **self.job), delay=self.delay_s, timeout=20
+                )
+                self.confirmed.add(n)
+            except PublishError as exc:  # not confirmed: it may or may not be stored
+                self.failed[n] = str(exc)
+            now = time.monotonic()
+            self.publish_gap_s = max(self.publish_gap_s, now - last)
+            last = now
+            time.sleep(0.005)
+
+
+def _handling_gap_s(record: Path, killed_at: float) -> float:
+    """The longest pause between two handled messages after the kill."""
+    times = sorted(t for _n, t in _all(record, "done") if t >= killed_at - 1)
+    if len(times) < 2:
+        return float("nan")
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def test_the_node_leading_the_actors_queue_dies_and_nothing_confirmed_is_lost(
+    cluster: Cluster, cluster_broker: RabbitBroker, namespace: str, tmp_path: Path
+) -> None:
+    cluster_broker.declare(ClusterJobs)
+    queue = naming.queue_name(namespace, ClusterJobs.queue)
+    cluster.wait_members_online(queue, 3)
+    record = tmp_path / "record"
+    with _workers(cluster, namespace, record):
+        publisher = _Publisher(cluster_broker, 0, 1500)
+        publisher.start()
+        wait_until(lambda: len(_records(record, "done")) >= 200, 60, "handling to get going")
+        victim = cluster.leader_of(queue)
+        killed_at = time.time()
+        cluster.kill(victim)
+        publisher.join(240)
+        assert not publisher.is_alive()
+        wait_until(
+            lambda: publisher.confirmed <= set(_records(record, "done")),
+            120,
+            "every confirmed message to be handled",
+        )
+        done = _records(record, "done")
+        handled_twice = len(_all(record, "done")) - len(done)
+        new_leader = cluster.leader_of(queue)
+        gap_s = _handling_gap_s(record, killed_at)
+        print(
+            f"\nleader node {victim} killed: {len(publisher.confirmed)} confirmed, "
+            f"{len(publisher.failed)} not confirmed (caller told), {len(done)} handled, "
+            f"{handled_twice} handled twice; handling gap {gap_s:.2f} s, longest publish "
+            f"{publisher.publish_gap_s:.2f} s; new leader node {new_leader}"
+        )
+        assert new_leader != victim
+        lost = publisher.confirmed - set(done)
+        assert not lost, f"confirmed but never handled: {sorted(lost)[:20]}"
+        assert set(done) <= set(range(1500))
+    cluster.start(victim)
+    cluster.wait_members_online(queue, 3, timeout_s=120)
+
+
+@pytest.mark.xfail(
+    reason="issue 14, not solved: classic delay levels live on one node, and RabbitMQ 3.10 "
+    "confirms, then drops, a delayed message published while that node is down; the quorum "
+    "levels (opt-in) were seen to keep messages in a level after its node died",
+    strict=False,
+)
+def test_delayed_and_retried_messages_survive_their_levels_node_dying(
+    cluster: Cluster, cluster_broker: RabbitBroker, namespace: str, tmp_path: Path
+) -> None:
+    """Messages waiting in the (classic, default) delay levels, and retries on their way
+    through them, when the node holding the levels is killed and started again 5 s later:
+    they wait meanwhile (durable queues, persistent messages) and are all handled after."""
+    assert cluster_broker.transport.delay_queues == "classic"
+    victim = 2  # classic queues live where they were declared: the levels on node 2
+    on_victim = RabbitBroker(cluster.url_of(victim), namespace=namespace)
+    on_victim.declare(ClusterJobs)
+    on_victim.close()
+    record = tmp_path / "record"
+    level_2 = naming.delay_queue(namespace, 2)  # 4 s waits here; a retry of 2 s in level 1
+    with _workers(cluster, namespace, record):
+        delayed = _Publisher(cluster_broker, 0, 300, delay_s=4)
+        retried = _Publisher(cluster_broker, 1000, 300, retry_in_s=2)
+        delayed.start()
+        retried.start()
+        wait_until(
+            lambda: cluster_broker.message_count(level_2) >= 50, 60, "delayed messages waiting"
+        )
+        killed_at = time.time()
+        cluster.kill(victim)
+        time.sleep(5)
+        cluster.start(victim)
+        delayed.join(240)
+        retried.join(240)
+        confirmed = delayed.confirmed | retried.confirmed
+        try:
+            wait_until(
+                lambda: confirmed <= set(_records(record, "done")),
+                120,
+                "every confirmed message, delayed or retried, to be handled",
+            )
+        except AssertionError:
+            missing = sorted(confirmed - set(_records(record, "done")))
+            waiting = {
+                name: row.get("messages")
+                for name, row in cluster.queues(f"{namespace}.").items()
+                if row.get("messages")
+            }
+            raise AssertionError(
+                f"{len(missing)} confirmed messages not handled ({missing[:10]}…); "
+                f"messages waiting: {waiting}"
+            ) from None
+        assert set(retried.confirmed) <= set(_records(record, "retried"))
+        print(
+            f"\nnode {victim} (holding the delay levels) killed, started 5 s later: "
+            f"{len(delayed.confirmed)} delayed and {len(retried.confirmed)} retried messages "
+            f"confirmed, all handled; {len(delayed.failed) + len(retried.failed)} not "
+            f"confirmed (caller told); handling gap {_handling_gap_s(record, killed_at):.2f} s"
+        )
+
+
+def test_quorum_delay_levels_deliver_on_a_cluster(
+    cluster: Cluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replicated levels (opt-in) deliver delayed messages and retries; their loss of a
+    node is not tested here: on RabbitMQ 3.10 messages were seen to stay in a level after
+    its node died (docs/failure-handling.md)."""
+    monkeypatch.setenv("LEVERET_DELAY_QUEUES", "quorum")
+    broker = RabbitBroker(cluster.urls, namespace=namespace)
+    record = tmp_path / "record"
+    try:
+        assert broker.transport.delay_queues == "quorum"
+        broker.declare(ClusterJobs)
+        with _workers(cluster, namespace, record):
+            delayed = _Publisher(broker, 0, 50, delay_s=2)
+            retried = _Publisher(broker, 1000, 50, retry_in_s=1)
+            delayed.run()
+            retried.run()
+            confirmed = delayed.confirmed | retried.confirmed
+            assert len(confirmed) == 100
+            wait_until(lambda: confirmed <= set(_records(record, "done")), 60, "all handled")
+        assert broker.message_count(naming.delay_unrouted(namespace)) == 0
+    finally:
+        broker.close()
+        with broker.admin() as channel:
+            for name in cluster.queues(f"{namespace}."):
+                channel.queue_delete(name)
+        broker.delete_namespace_exchanges()

@@ -1,0 +1,28 @@
+"""The actor of the cluster tests' worker subprocesses: ``leveret worker tests.cluster_actors``."""
+
+from __future__ import annotations
+
+from leveret.actors import Actor, Context, Retry, RetryPolicy, handler
+from leveret.schemas import Message
+from tests.records import record_event
+
+
+class ClusterJob(Message, topic="tests.cluster.job"):
+    """One unit of work; `retry_in_s` > 0 makes its first attempt ask for a retry."""
+
+    n: int
+    retry_in_s: int = 0
+
+
+class ClusterJobs(Actor, queue="cluster_jobs"):
+    """Records ``done n`` once a job is handled (and ``retried n`` on a first attempt that
+    asks for a retry)."""
+
+    retry = RetryPolicy(attempts=5)
+
+    @handler
+    def run(self, msg: ClusterJob, ctx: Context) -> None:
+        if msg.retry_in_s and ctx.attempt == 1:
+            record_event("retried", msg.n, ctx)
+            raise Retry("the cluster test's first attempt", delay=msg.retry_in_s)
+        record_event("done", msg.n, ctx)
