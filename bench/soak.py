@@ -99,6 +99,7 @@ class Soak:
         self.publish_error: BaseException | None = None
         self.broker = RabbitBroker(args.url, namespace=self.namespace)
         self.supervisor: subprocess.Popen[bytes] | None = None
+        self._next_kill = 0.0
         self.log_path = self.work_dir / "supervisor.log"
 
     def run(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class Soak:
         began = time.perf_counter()
         publisher = threading.Thread(target=self._publish, name="soak-publisher", daemon=True)
         publisher.start()
-        next_kill = time.monotonic() + random.uniform(0.5, 1.5) * args.kill_interval
+        self._next_kill = time.monotonic() + random.uniform(0.5, 1.5) * args.kill_interval
         progress_at, last_count = time.monotonic(), 0
         report_at = progress_at + 10
         while True:
@@ -125,9 +126,7 @@ class Soak:
                 raise RuntimeError(f"the supervisor exited with {self.supervisor.returncode}")
             if now - progress_at > args.stall_timeout:
                 break  # report what was lost
-            if now >= next_kill:
-                self._kill_one()
-                next_kill = now + random.uniform(0.5, 1.5) * args.kill_interval
+            self._maybe_kill(now)
             if now >= report_at:
                 report_at = now + 10
                 print(f"  handled {count:>8}/{args.messages}, kills {len(self.killed)}", flush=True)
@@ -169,6 +168,12 @@ class Soak:
             peak = peak_rss_kb(pid)
             if peak is not None:
                 self.peaks[pid] = max(peak, self.peaks.get(pid, 0))
+
+    def _maybe_kill(self, now: float) -> None:
+        """Called every 0.2 s: kill a worker child every `kill_interval` or so."""
+        if now >= self._next_kill:
+            self._kill_one()
+            self._next_kill = now + random.uniform(0.5, 1.5) * self.args.kill_interval
 
     def _kill_one(self) -> None:
         assert self.supervisor is not None
