@@ -74,6 +74,12 @@ class RabbitConsumer(IOThread, Consumer):
         self.consuming = threading.Event()
         self._actors = {naming.queue_name(namespace, actor.queue): actor for actor in actors}
         self._steps = topology.steps(namespace, actors, delay_queues=delay_queues)
+        # Without the delay levels: what is declared again while a node holding (classic)
+        # levels is down, so that the actors' own queues are consumed meanwhile.
+        self._steps_without_levels = topology.steps(
+            namespace, actors, with_delay_levels=False, delay_queues=delay_queues
+        )
+        self._levels_node_down = False
         self._deliver: Deliver = _nowhere
         self._fail: Fail = _no_failure
         self._done: deque[tuple[Job, Outcome | str]] = deque()
@@ -174,7 +180,11 @@ class RabbitConsumer(IOThread, Consumer):
         self._declaring = True
         channel.confirm_delivery(
             self._on_confirm,
-            callback=lambda _frame: declare_async(channel, self._steps, self._on_declared),
+            callback=lambda _frame: declare_async(
+                channel,
+                self._steps_without_levels if self._levels_node_down else self._steps,
+                self._on_declared,
+            ),
         )
 
     def _on_declared(self) -> None:
@@ -270,6 +280,18 @@ class RabbitConsumer(IOThread, Consumer):
             self._fail(f"declaring the topology failed: {describe(reason)}", EXIT_FATAL)
             return
         if node_down(reason):  # a cluster node holding one of our queues: it comes back
+            if not self._levels_node_down:
+                # Maybe a delay level (declared before, by us or another process): declare
+                # the actors' own queues only, and consume them meanwhile.
+                self._levels_node_down = True
+                log.warning(
+                    "worker_queue_node_down",
+                    error=describe(reason),
+                    retry_in_s=0.1,
+                    declaring="actor queues only, not the delay levels",
+                )
+                self.call_later(0.1, self._reopen_channel)
+                return
             log.warning("worker_queue_node_down", error=describe(reason), retry_in_s=2.0)
             self.call_later(2.0, self._reopen_channel)
             return
