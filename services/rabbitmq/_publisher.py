@@ -57,6 +57,9 @@ NACK_PAUSE_MAX_S = 2.0
 """...up to this."""
 RENEW_AFTER_NACK_S = 1.0
 """A nack replaces the publisher's channel, at most once in this many seconds."""
+RENEW_DRAIN_MAX_S = 5.0
+"""How long a channel being replaced waits for its outstanding confirms before it closes
+anyway (what it still had in flight is then sent again, as after a lost channel)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -172,6 +175,9 @@ class Publisher(IOThread):
         self._pid = os.getpid()
         self._pausing: set[Outgoing] = set()  # nacked, waiting to be sent again
         self._renewed_at = -RENEW_AFTER_NACK_S  # when a nack last replaced the channel
+        # The channel to replace after a nack: nothing more is published on it, and it
+        # closes once its outstanding confirms are in (see `_renew_channel_after_nack`).
+        self._draining: Channel | None = None
         self._start_lock = threading.Lock()
         # Callers append on the right; only the I/O thread takes from the left (and puts
         # back on the left after a lost channel). Single appends and pops of a deque are
@@ -444,7 +450,7 @@ class Publisher(IOThread):
             self._fail_waiting(self._refused)
             return
         channel = self._channel
-        if not self._ready or channel is None:
+        if not self._ready or channel is None or channel is self._draining:
             return
         inbox = self._inbox
         # Publish a slice, then let the I/O loop run: pika writes to the socket and reads
@@ -538,7 +544,9 @@ class Publisher(IOThread):
             order = self._order
             while order and order[0] not in self._unconfirmed:
                 order.popleft()
-        if self._inbox and not self._wake_pending:
+        if self._draining is not None:
+            self._close_if_drained()
+        elif self._inbox and not self._wake_pending:
             self._flush()  # room again: publish more at once, as a raw pipeline does
 
     def _settle(self, item: Outgoing, ok: bool) -> None:
@@ -615,21 +623,53 @@ class Publisher(IOThread):
         RabbitMQ (seen on 3.10) keeps nacking, on one channel, every publish to a quorum
         queue with ``reject-publish`` overflow (the quorum delay levels) when that channel
         first published to it while the queue's leader was dead, even after a new leader is
-        elected; a new channel is not affected. What the old channel had in flight is sent
-        again on the new one (same message ids).
+        elected; a new channel is not affected.
+
+        The channel is not closed at once: messages it sent that the broker may have stored
+        would then be sent again on the new channel, stored twice. Nothing more is published
+        on it, and it closes when every message it sent is confirmed or nacked, or after
+        `RENEW_DRAIN_MAX_S` (then what it still had in flight is sent again, same ids).
         """
         now = time.monotonic()
         channel = self._channel
-        if channel is None or not channel.is_open or now - self._renewed_at < RENEW_AFTER_NACK_S:
+        if (
+            channel is None
+            or not channel.is_open
+            or self._draining is not None
+            or now - self._renewed_at < RENEW_AFTER_NACK_S
+        ):
             return
         self._renewed_at = now
-        log.warning("publisher_channel_renewed", reason="the broker nacked a message")
-        channel.close()
+        self._draining = channel
+        log.warning(
+            "publisher_channel_renewing",
+            reason="the broker nacked a message",
+            outstanding=len(self._unconfirmed),
+        )
+
+        def give_up_waiting() -> None:
+            if self._draining is channel and channel.is_open:
+                log.warning(
+                    "publisher_channel_renewed",
+                    outstanding=len(self._unconfirmed),
+                    reason=f"confirms still outstanding after {RENEW_DRAIN_MAX_S} s",
+                )
+                channel.close()
+
+        self.call_later(RENEW_DRAIN_MAX_S, give_up_waiting)
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        channel = self._draining
+        if channel is not None and not self._unconfirmed and channel.is_open:
+            log.warning("publisher_channel_renewed", reason="the broker nacked a message")
+            channel.close()
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         was_ready = self._ready
         self._channel = None
         self._ready = False
+        self._draining = None
         in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
         self._forget_channel()
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):

@@ -140,3 +140,27 @@ def test_a_nacked_message_does_not_hold_up_the_others_of_its_batch_or_other_call
     finally:
         with rabbit_broker.admin() as channel:
             channel.queue_delete(other)
+
+
+def test_replacing_the_channel_after_a_nack_stores_the_messages_around_it_once(
+    rabbit_broker: RabbitBroker, full_queue: str
+) -> None:
+    """A nack replaces the channel, but not while messages it sent are unconfirmed: those
+    the broker stored would be sent again on the new channel and stored twice."""
+    other = f"{rabbit_broker.namespace}.roomy"
+    with rabbit_broker.admin() as channel:
+        channel.queue_declare(other, durable=True, arguments={"x-queue-type": "quorum"})
+    try:
+        publisher: Publisher = rabbit_broker.publisher
+        ids = [f"m{n}" for n in range(600)]
+        items = [_message(full_queue, "refused")]
+        items += [_message(other, one) for one in ids]
+        with captured_logs() as logs:
+            batch = publisher.publish(items, raise_errors=False, timeout_s=3)
+        assert set(batch.errors) == {0}, batch.errors
+        assert any(e["event"] == "publisher_channel_renewed" for e in logs)
+        stored = [str(p.message_id) for p, _ in take_all(rabbit_broker.url, other)]
+        assert sorted(stored) == sorted(ids)  # each once: none lost, none twice
+    finally:
+        with rabbit_broker.admin() as channel:
+            channel.queue_delete(other)
