@@ -524,7 +524,12 @@ class Broker:
     # Dead letters -----------------------------------------------------------------------
 
     def dead_letters(
-        self, actor: ActorRef | str, *, limit: int = 1000, offset: int = 0
+        self,
+        actor: ActorRef | str,
+        *,
+        limit: int = 1000,
+        offset: int = 0,
+        where: Callable[[Delivery], bool] | None = None,
     ) -> list[Delivery]:
         """The messages in an actor's dead-letter queue, oldest first: a page of them.
 
@@ -535,13 +540,20 @@ class Broker:
         Args:
             actor: The actor, or its queue name (without namespace).
             limit: At most this many.
-            offset: Skip this many first.
+            offset: Skip this many first (of those `where` picks).
+            where: Only the letters for which it returns True (a filter, applied while
+                reading: only the page is kept in memory).
 
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
+            InvalidArgument: A negative limit or offset.
         """
-        return self.transport.dead_letters(_queue_of(actor), limit=limit, offset=offset)
+        if limit < 0 or offset < 0:
+            raise InvalidArgument(f"limit and offset must be 0 or more, not {limit}, {offset}")
+        return self.transport.dead_letters(
+            _queue_of(actor), limit=limit, offset=offset, where=where
+        )
 
     def dead_letter_count(self, actor: ActorRef | str) -> int:
         """How many dead letters the actor has (nothing is read or changed).

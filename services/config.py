@@ -13,6 +13,7 @@ from leveret.services.redaction import redact
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 BROKER_URL_ENV = "LEVERET_BROKER_URL"
 NAMESPACE_ENV = "LEVERET_NAMESPACE"
+DASHBOARD_TOKEN_ENV = "LEVERET_DASHBOARD_TOKEN"  # noqa: S105  # the name of a variable
 
 
 def broker_url(explicit: str | Sequence[str] | None = None) -> str:

@@ -225,8 +225,11 @@ class Transport(ABC):
         teardown)."""
 
     @abstractmethod
-    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
-        """A page of the dead letters of `queue`, oldest first; nothing is changed."""
+    def dead_letters(
+        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
+    ) -> list[Delivery]:
+        """A page of the dead letters of `queue` (of those `where` picks), oldest first;
+        nothing is changed."""
 
     @abstractmethod
     def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from leveret.services.cli import dlq, scheduler, status, tools, worker
+from leveret.services.cli import dashboard, dlq, scheduler, status, tools, worker
 from leveret.services.cli._common import LeveretGroup
 
 
@@ -25,6 +25,7 @@ main.add_command(worker.worker)
 main.add_command(dlq.dlq)
 main.add_command(scheduler.scheduler)
 main.add_command(status.status)
+main.add_command(dashboard.dashboard)
 main.add_command(tools.declare)
 main.add_command(tools.demo)
 main.add_command(tools.ping)

@@ -16,6 +16,7 @@ LEVERET = {
     "TEST_BROKER_URL": "memory://", # the broker while tests run (None: BROKER_URL)
     "DECLARE_ON_MIGRATE": True,     # `manage.py migrate` declares the actors' topology
     "CONSUMER_TIMEOUT_S": 1800.0,   # the broker's consumer_timeout (checks, the worker)
+    "DASHBOARD_READ_ONLY": False,   # leveret.django.dashboard hides replay and purge
 }
 ```
 
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "TEST_BROKER_URL": "memory://",
     "DECLARE_ON_MIGRATE": True,
     "CONSUMER_TIMEOUT_S": 1800.0,
+    "DASHBOARD_READ_ONLY": False,
 }
 
 
@@ -77,6 +79,8 @@ class LeveretSettings:
         declare_on_migrate: ``manage.py migrate`` declares the actors' topology.
         consumer_timeout_s: The broker's ``consumer_timeout``: handlers need a time limit
             below it (``check`` warns, the worker too).
+        dashboard_read_only: The dashboard mounted from ``leveret.django.dashboard`` hides
+            and refuses replay and purge.
         configured: ``settings.LEVERET`` exists (False: every value is a default).
     """
 
@@ -93,6 +97,7 @@ class LeveretSettings:
     fail_fast: bool = False
     test_broker_url: str | None = "memory://"
     declare_on_migrate: bool = True
+    dashboard_read_only: bool = False
     consumer_timeout_s: float = 1800.0
     configured: bool = True
     problems: tuple[str, ...] = field(default=(), compare=False)
@@ -145,7 +150,13 @@ def read(raw: object) -> LeveretSettings:
                 f"(or None for BROKER_URL), not {redact(str(test_url))!r}"
             )
             test_url = DEFAULTS["TEST_BROKER_URL"]
-    for key in ("OUTBOX", "RELAY_IN_WORKER", "FAIL_FAST", "DECLARE_ON_MIGRATE"):
+    for key in (
+        "OUTBOX",
+        "RELAY_IN_WORKER",
+        "FAIL_FAST",
+        "DECLARE_ON_MIGRATE",
+        "DASHBOARD_READ_ONLY",
+    ):
         if not isinstance(values[key], bool):
             problems.append(f"LEVERET[{key!r}] must be True or False, not {values[key]!r}")
             values[key] = False
@@ -175,6 +186,7 @@ def read(raw: object) -> LeveretSettings:
         fail_fast=values["FAIL_FAST"],
         test_broker_url=None if test_url is None else str(test_url),
         declare_on_migrate=values["DECLARE_ON_MIGRATE"],
+        dashboard_read_only=values["DASHBOARD_READ_ONLY"],
         consumer_timeout_s=float(values["CONSUMER_TIMEOUT_S"]),
         configured=configured,
         problems=tuple(problems),

@@ -291,9 +291,13 @@ class MemoryTransport(Transport):
             raise NotFound(f"no dead-letter queue {names[1]!r}")
         return names
 
-    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
+    def dead_letters(
+        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
+    ) -> list[Delivery]:
         with self.changed:
-            return list(self.queues[self._dlq(queue)[1]])[offset : offset + limit]
+            letters = self.queues[self._dlq(queue)[1]]
+            picked = [x for x in letters if where is None or where(x)]
+            return picked[offset : offset + limit]
 
     def dead_letter_count(self, queue: str) -> int:
         with self.changed:

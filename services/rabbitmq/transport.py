@@ -170,12 +170,16 @@ class RabbitTransport(Transport):
             count: int = channel.queue_declare(queue, passive=True).method.message_count
             return count
 
-    def dead_letters(self, queue: str, *, limit: int, offset: int) -> list[Delivery]:
+    def dead_letters(
+        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
+    ) -> list[Delivery]:
         found: list[Delivery] = []
         position = 0
 
         def keep(letter: Delivery) -> bool:
             nonlocal position
+            if where is not None and not where(letter):
+                return False
             if offset <= position < offset + limit:
                 found.append(letter)
             position += 1

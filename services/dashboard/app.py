@@ -1,0 +1,452 @@
+"""The dashboard's web application: an ASGI app (Starlette, Jinja2 templates).
+
+Pages: the overview (workers, actor queues, warnings; refreshed in place every few seconds
+from ``/api/overview``), a page per actor, and its dead letters: browsed a page at a time
+with filters, shown one by one, replayed (one, a selection, all) and purged. Every action
+is a POST with a CSRF field and asks for confirmation in the page first.
+
+Reading from the broker blocks, so it runs in worker threads, one operation at a time (a
+lock): a dashboard never puts more than one extra connection's load on the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from leveret.actors import Actor
+from leveret.schemas import wire
+from leveret.schemas.errors import ConfigurationError, NotFound, TopologyError
+from leveret.services.broker import Broker
+from leveret.services.dashboard import security
+from leveret.services.deadletters import DeadLetter, printable
+from leveret.services.operations.status import Snapshot, StatusReader
+from leveret.services.redaction import redact
+from leveret.services.runtime.execution import Delivery
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+"""Dead letters per page."""
+MAX_BODY_SHOWN = 64 * 1024
+"""A dead letter's body is shown up to this many bytes."""
+MAX_FORM_BYTES = 256 * 1024
+"""The largest POST body accepted (a selection of a page of ids fits many times over)."""
+SNAPSHOT_MAX_AGE_S = 1.0
+"""Requests within this long of the last overview share it."""
+
+T = TypeVar("T")
+
+
+@dataclass
+class Dashboard:
+    """What the pages read from: the broker, and the settings.
+
+    Args:
+        broker: The namespace's broker.
+        read_only: Hide and refuse every action (replay, purge).
+        actors: Actor classes (from the modules given on the command line): their handlers
+            and topics are shown, and their queues listed even when no worker runs.
+        refresh_s: How often the overview refreshes itself in the browser.
+        management_url: As for `StatusReader` (None: the broker host's default; "": AMQP
+            only).
+    """
+
+    broker: Broker
+    read_only: bool = False
+    actors: Sequence[type[Actor]] = ()
+    refresh_s: float = 3.0
+    management_url: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _reader: StatusReader | None = field(default=None, init=False)
+    _snapshot: Snapshot | None = field(default=None, init=False)
+    _taken: float = field(default=0.0, init=False)
+
+    async def call(self, function: Callable[[], T]) -> T:
+        """Run a blocking broker operation in a thread, one at a time."""
+
+        def locked() -> T:
+            with self._lock:
+                return function()
+
+        return await run_in_threadpool(locked)
+
+    def snapshot(self) -> Snapshot:
+        """The namespace now (shared by the requests of the same second); lock held."""
+        if self._snapshot is not None and time.monotonic() - self._taken < SNAPSHOT_MAX_AGE_S:
+            return self._snapshot
+        if self._reader is None:
+            self._reader = StatusReader(
+                self.broker,
+                actors=[actor.queue for actor in self.actors],
+                management_url=self.management_url,
+                sample_s=0,
+                amqp_figures=False,
+            )
+        self._snapshot = self._reader.take()
+        self._taken = time.monotonic()
+        return self._snapshot
+
+    def actor_class(self, queue: str) -> type[Actor] | None:
+        return next((a for a in self.actors if a.queue == queue), None)
+
+
+# Reading the data ---------------------------------------------------------------------------
+
+
+def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
+    data = snapshot.to_json()
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for worker in data["workers"]:
+        hosts.setdefault(worker["host"], []).append(worker)
+    data["hosts"] = [{"host": host, "workers": rows} for host, rows in sorted(hosts.items())]
+    data["broker"] = redact(dashboard.broker.url)
+    data["refresh_s"] = dashboard.refresh_s
+    return data
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the dead-letter list is narrowed to (each empty: no filter)."""
+
+    topic: str = ""
+    error_type: str = ""
+    text: str = ""
+
+    @classmethod
+    def of(cls, request: Request) -> Filters:
+        query = request.query_params
+        return cls(
+            topic=query.get("topic", "")[:255].strip(),
+            error_type=query.get("error_type", "")[:255].strip(),
+            text=query.get("text", "")[:255].strip(),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.topic or self.error_type or self.text)
+
+    def picks(self, letter: Delivery) -> bool:
+        if self.topic and (letter.topic or "") != self.topic:
+            return False
+        if self.error_type:
+            error_type = str(letter.headers.get(wire.ERROR_TYPE, ""))
+            if self.error_type.lower() not in error_type.lower():
+                return False
+        if self.text:
+            needle = self.text.lower()
+            haystack = [
+                str(letter.headers.get(wire.ERROR_MESSAGE, "")),
+                letter.message_id,
+                letter.body[:MAX_BODY_SHOWN].decode("utf-8", "replace"),
+            ]
+            if not any(needle in part.lower() for part in haystack):
+                return False
+        return True
+
+    def query(self, **extra: object) -> str:
+        pairs = {k: v for k, v in vars(self).items() if v} | {k: v for k, v in extra.items() if v}
+        return urlencode(pairs)
+
+
+def _letter_row(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "message_id": printable(letter.message_id),
+        "topic": printable(letter.topic),
+        "attempts": letter.attempts,
+        "reason": printable(letter.reason),
+        "error": printable(letter.error[:200]),
+        "failed_at": printable(letter.failed_at),
+    }
+
+
+def _body_text(body: bytes) -> tuple[str, str]:
+    """The body for reading (pretty JSON when it is JSON), and what it is."""
+    shown = body[:MAX_BODY_SHOWN]
+    cut = f" (first {MAX_BODY_SHOWN} of {len(body)} bytes)" if len(body) > len(shown) else ""
+    try:
+        parsed = json.loads(shown)
+    except (ValueError, UnicodeDecodeError):
+        text = shown.decode("utf-8", "replace")
+        return printable(text, keep_newlines=True), f"text{cut}"
+    return printable(json.dumps(parsed, indent=2, ensure_ascii=False), keep_newlines=True), (
+        f"JSON{cut}"
+    )
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        value = json.dumps(value, default=str, ensure_ascii=False)
+    return printable(redact(value), keep_newlines=True)
+
+
+# Pages ----------------------------------------------------------------------------------------
+
+
+class Pages:
+    def __init__(self, dashboard: Dashboard) -> None:
+        self.dashboard = dashboard
+        self.templates = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            auto_reload=False,
+        )
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        csrf, new = security.csrf_value(request)
+        html = self.templates.get_template(template).render(
+            request=request,
+            url=lambda name, **params: request.url_for(name, **params).path,
+            csrf=csrf,
+            csrf_field=security.CSRF_FIELD,
+            read_only=self.dashboard.read_only,
+            namespace=self.dashboard.broker.namespace,
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status_code)
+        if new:
+            response.set_cookie(
+                security.CSRF_COOKIE,
+                csrf,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+                path=request.scope.get("root_path") or "/",
+            )
+        return response
+
+    async def overview(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        snapshot = await dashboard.call(dashboard.snapshot)
+        return self.render(request, "overview.html", data=_overview(dashboard, snapshot))
+
+    async def overview_json(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        snapshot = await dashboard.call(dashboard.snapshot)
+        return JSONResponse(_overview(dashboard, snapshot))
+
+    async def actor(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        queue = request.path_params["queue"]
+        snapshot = await dashboard.call(dashboard.snapshot)
+        data = _overview(dashboard, snapshot)
+        row = next((q for q in data["queues"] if q["actor"] == queue), None)
+        if row is None:
+            raise HTTPException(404, f"no actor queue {queue!r} in this namespace")
+        workers = [w for w in data["workers"] if queue in w["queues"]]
+        cls = dashboard.actor_class(queue)
+        handlers = (
+            [
+                {"name": h.name, "message": h.message_type.__name__, "topic": h.topic}
+                for h in cls.handlers.values()
+            ]
+            if cls is not None
+            else None
+        )
+        return self.render(
+            request, "actor.html", data=data, row=row, workers=workers, handlers=handlers
+        )
+
+    async def dead_letters(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        queue = request.path_params["queue"]
+        filters = Filters.of(request)
+        try:
+            offset = max(0, int(request.query_params.get("offset", "0")))
+        except ValueError:
+            offset = 0
+
+        def read() -> tuple[list[Delivery], int]:
+            page = dashboard.broker.dead_letters(
+                queue, limit=PAGE_SIZE + 1, offset=offset, where=filters.picks if filters else None
+            )
+            return page, dashboard.broker.dead_letter_count(queue)
+
+        try:
+            page, total = await dashboard.call(read)
+        except (ConfigurationError, NotFound) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except TopologyError as exc:
+            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        letters = [_letter_row(DeadLetter.of(d)) for d in page[:PAGE_SIZE]]
+        return self.render(
+            request,
+            "dead_letters.html",
+            queue=queue,
+            letters=letters,
+            total=total,
+            offset=offset,
+            page_size=PAGE_SIZE,
+            more=len(page) > PAGE_SIZE,
+            filters=filters,
+            previous_query=filters.query(offset=max(0, offset - PAGE_SIZE)),
+            next_query=filters.query(offset=offset + PAGE_SIZE),
+            done=request.query_params.get("done", "")[:200],
+        )
+
+    async def dead_letter(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        queue = request.path_params["queue"]
+        message_id = request.path_params["message_id"]
+        try:
+            found = await dashboard.call(
+                lambda: dashboard.broker.find_dead_letter(queue, message_id)
+            )
+        except (ConfigurationError, NotFound) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except TopologyError as exc:
+            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        if found is None:
+            raise HTTPException(404, f"no dead letter {message_id!r} in {queue!r}")
+        letter = DeadLetter.of(found)
+        body, body_kind = _body_text(found.body)
+        headers = sorted(
+            (printable(str(k)), _header_value(v))
+            for k, v in found.headers.items()
+            if k != wire.ERROR_TRACEBACK
+        )
+        traceback = found.headers.get(wire.ERROR_TRACEBACK)
+        properties = {
+            "message_id": printable(found.message_id),
+            "topic": printable(found.topic or ""),
+            "correlation_id": printable(found.correlation_id or ""),
+            "timestamp": found.timestamp,
+            "exchange": printable(found.exchange),
+            "routing_key": printable(found.routing_key),
+        }
+        return self.render(
+            request,
+            "dead_letter.html",
+            queue=queue,
+            letter=_letter_row(letter),
+            properties=properties,
+            headers=headers,
+            traceback=_header_value(traceback) if traceback is not None else "",
+            body=body,
+            body_kind=body_kind,
+        )
+
+    async def _form(self, request: Request) -> dict[str, list[str]]:
+        if self.dashboard.read_only:
+            raise HTTPException(403, "this dashboard is read-only (--read-only)")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type != "application/x-www-form-urlencoded":
+            raise HTTPException(
+                415, "send the dashboard's form (application/x-www-form-urlencoded)"
+            )
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise HTTPException(413, "form too large")
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        submitted = (form.get(security.CSRF_FIELD) or [""])[0]
+        if not security.csrf_ok(request, submitted):
+            raise HTTPException(
+                403,
+                "CSRF check failed: reload the page and try again (a POST must come "
+                "from the dashboard's own form)",
+            )
+        return form
+
+    async def replay(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        queue = request.path_params["queue"]
+        form = await self._form(request)
+        everything = form.get("all") == ["1"]
+        ids = {one for one in form.get("id", []) if one}
+        if not everything and not ids:
+            return self._back(request, queue, "nothing selected: nothing replayed")
+        try:
+            count = await dashboard.call(
+                lambda: dashboard.broker.replay_dead_letters(
+                    queue, message_ids=None if everything else ids
+                )
+            )
+        except (ConfigurationError, NotFound) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except TopologyError as exc:
+            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        return self._back(request, queue, f"replayed {count} dead letter(s)")
+
+    async def purge(self, request: Request) -> Response:
+        dashboard = self.dashboard
+        queue = request.path_params["queue"]
+        await self._form(request)
+        try:
+            count = await dashboard.call(lambda: dashboard.broker.purge_dead_letters(queue))
+        except (ConfigurationError, NotFound) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return self._back(request, queue, f"purged {count} dead letter(s)")
+
+    def _back(self, request: Request, queue: str, done: str) -> Response:
+        target = request.url_for("dead_letters", queue=queue).path
+        return RedirectResponse(f"{target}?{urlencode({'done': done})}", status_code=303)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        if request.method == "POST" or request.url.path.startswith(
+            request.url_for("overview_json").path
+        ):
+            return JSONResponse({"error": detail}, status_code=status)
+        return self.render(request, "error.html", status_code=status, status=status, error=detail)
+
+
+def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
+    """The dashboard as an ASGI application (for uvicorn, or mounted in another app).
+
+    Args:
+        dashboard: The broker and settings.
+        token: Credentials every request must carry (see `security`); None for none (serve
+            it on loopback only, or behind another authentication such as Django's).
+    """
+    pages = Pages(dashboard)
+    routes = [
+        Route("/", pages.overview, name="overview"),
+        Route("/api/overview", pages.overview_json, name="overview_json"),
+        Route("/actors/{queue}", pages.actor, name="actor"),
+        Route("/actors/{queue}/dead-letters", pages.dead_letters, name="dead_letters"),
+        Route(
+            "/actors/{queue}/dead-letters/replay",
+            pages.replay,
+            methods=["POST"],
+            name="replay",
+        ),
+        Route("/actors/{queue}/dead-letters/purge", pages.purge, methods=["POST"], name="purge"),
+        Route(
+            "/actors/{queue}/dead-letters/{message_id:path}",
+            pages.dead_letter,
+            name="dead_letter",
+        ),
+        # follow_symlink: an editable install links the files from the checkout (the
+        # requested path is still confined to the folder).
+        Mount(
+            "/static",
+            app=StaticFiles(directory=HERE / "static", follow_symlink=True),
+            name="static",
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: pages.not_found, Exception: pages.not_found},
+    )
+    app.add_middleware(security.Guard, token=security.check_token(token))
+    return app

@@ -1,0 +1,148 @@
+"""The dashboard inside a Django project, behind Django's authentication (staff only).
+
+    # urls.py
+    from django.urls import include, path
+
+    urlpatterns = [
+        ...,
+        path("leveret/", include("leveret.django.dashboard")),
+    ]
+
+Needs the ``dashboard`` extra (``pip install 'leveret[django,dashboard]'``). Every request
+goes through Django first: a user who is not active staff is sent to the admin's login
+page. The dashboard reads the project's broker (``settings.LEVERET``) and shows the
+project's actors; ``LEVERET["DASHBOARD_READ_ONLY"] = True`` hides and refuses replay and
+purge. Its forms carry the dashboard's own CSRF field (Django's CSRF middleware is not
+asked: the dashboard checks its own cookie, field and origin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse
+from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
+from starlette.applications import Starlette
+from starlette.types import Message
+
+from leveret.django.project import project_broker
+from leveret.django.registry import project_actors
+from leveret.django.settings import load
+from leveret.services.dashboard import Dashboard, create_app
+
+_lock = threading.Lock()
+_apps: dict[tuple[int, bool], Starlette] = {}
+
+
+def _app() -> Starlette:
+    """The dashboard for the project's broker in force (built again if it changed)."""
+    broker = project_broker()
+    read_only = load().dashboard_read_only
+    key = (id(broker), read_only)
+    with _lock:
+        app = _apps.get(key)
+        if app is None:
+            _apps.clear()
+            app = create_app(Dashboard(broker, read_only=read_only, actors=project_actors()))
+            _apps[key] = app
+    return app
+
+
+async def _serve(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Hand the request to the dashboard's ASGI app, mounted where this view is."""
+    full = request.path
+    root = full[: len(full) - len(rest)].rstrip("/") if rest else full.rstrip("/")
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in request.headers.items()
+    ]
+    server_port = int(request.get_port() or 80)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method or "GET",
+        "scheme": request.scheme or "http",
+        "root_path": root,
+        "path": full,
+        "raw_path": full.encode(),
+        "query_string": request.META.get("QUERY_STRING", "").encode("latin-1"),
+        "headers": headers,
+        "client": (request.META.get("REMOTE_ADDR", ""), 0),
+        "server": (request.get_host().split(":")[0], server_port),
+    }
+    body = request.body
+    sent = False
+    finished = asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # The client is "connected" until the whole response is written: a streamed
+        # response (a static file) stops at the first http.disconnect.
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    status = 500
+    response_headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        nonlocal status, response_headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            response_headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                finished.set()
+
+    try:
+        await _app()(scope, receive, send)
+    finally:
+        finished.set()
+    response = HttpResponse(b"".join(chunks), status=status)
+    for name, value in response_headers:
+        key = name.decode("latin-1")
+        if key.lower() == "set-cookie":
+            continue  # set below, through Django, so that several cookies survive
+        if key.lower() == "content-length":
+            continue
+        response[key] = value.decode("latin-1")
+    for name, value in response_headers:
+        if name.lower() == b"set-cookie":
+            _set_cookie(response, value.decode("latin-1"))
+    return response
+
+
+def _set_cookie(response: HttpResponse, header: str) -> None:
+    first, *attributes = [part.strip() for part in header.split(";")]
+    name, _, value = first.partition("=")
+    options: dict[str, Any] = {}
+    for attribute in attributes:
+        key, _, setting = attribute.partition("=")
+        key = key.lower()
+        if key == "path":
+            options["path"] = setting
+        elif key == "httponly":
+            options["httponly"] = True
+        elif key == "secure":
+            options["secure"] = True
+        elif key == "samesite":
+            options["samesite"] = setting.capitalize()
+    response.set_cookie(name, value, **options)
+
+
+view = csrf_exempt(staff_member_required(_serve))
+
+app_name = "leveret_dashboard"
+urlpatterns = [
+    path("", view, name="index"),
+    re_path(r"^(?P<rest>.+)$", view, name="page"),
+]

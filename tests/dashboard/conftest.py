@@ -1,0 +1,159 @@
+"""Fixtures of the dashboard tests: `leveret dashboard` in a subprocess, and a real headless
+Chromium (Debian's, driven by Playwright through its path)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from leveret.services import RabbitBroker, naming
+from tests.dashboard_actors import Parcels
+from tests.support import RABBIT_URL, LoggedProcess, free_port, wait_until
+
+CHROMIUM = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
+# As this machine's probe starts it: no sandbox as root, and nothing that phones home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS_ENV = "LEVERET_SCREENSHOTS"
+"""A folder to write the pages' screenshots to (docs/dashboard when making the docs)."""
+
+
+@dataclass
+class Served:
+    """A running `leveret dashboard`."""
+
+    url: str
+    process: LoggedProcess
+
+
+StartDashboard = Callable[..., Served]
+"""`start_dashboard(*args, env=..., host=...)`: start one."""
+
+
+@pytest.fixture
+def start_dashboard(rabbit_broker: RabbitBroker, tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start `leveret dashboard` for the test's namespace (killed by pid at teardown)."""
+    started: list[Served] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Served:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "leveret",
+            "dashboard",
+            "tests.dashboard_actors",
+            "--broker-url",
+            RABBIT_URL,
+            "--namespace",
+            rabbit_broker.namespace,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--refresh",
+            "1",
+            *args,
+        ]
+        process = LoggedProcess(command, tmp_path / f"dashboard-{port}.log", env)
+        served = Served(f"http://127.0.0.1:{port}", process)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.process.stop_gracefully(10)
+
+
+def wait_serving(served: Served, headers: dict[str, str] | None = None) -> None:
+    """Wait until the dashboard answers (any HTTP status); fail if it exits first."""
+
+    def answers() -> bool:
+        if served.process.process.poll() is not None:
+            raise AssertionError(f"the dashboard exited:\n{served.process.log()}")
+        try:
+            request = urllib.request.Request(served.url + "/static/dashboard.css")
+            for name, value in (headers or {}).items():
+                request.add_header(name, value)
+            urllib.request.urlopen(request, timeout=2).close()
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    wait_until(answers, 20, "the dashboard to answer")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium (scripts/test does)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
+    """A PNG of the whole page: into $LEVERET_SCREENSHOTS (the docs' pictures) if set."""
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    time.sleep(0.1)  # let the last layout settle
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    return path
+
+
+def put_dead_letter(
+    broker: RabbitBroker,
+    message_id: str,
+    body: bytes,
+    headers: dict[str, Any],
+    topic: str = "tests.dashboard.parcel",
+) -> None:
+    """Put a dead letter straight into the parcels' `.dlq`, as any AMQP client could."""
+    connection = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            "",
+            naming.dlq_name(broker.namespace, Parcels.queue),
+            body,
+            pika.BasicProperties(message_id=message_id, type=topic, headers=headers),
+        )
+    finally:
+        connection.close()

@@ -1,0 +1,96 @@
+"""The dashboard mounted in a Django project: staff only, the project's broker and actors,
+and its own CSRF check on actions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from leveret.django.project import forget_project_broker
+from leveret.services import RabbitBroker
+from tests.dashboard.conftest import put_dead_letter
+from tests.dashboard_actors import Parcels
+from tests.support import RABBIT_URL
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+BASE = "/leveret/"
+
+
+@pytest.fixture
+def project(settings: Any, rabbit_broker: RabbitBroker) -> Iterator[RabbitBroker]:
+    """The project's LEVERET pointing at the test's namespace on the real RabbitMQ."""
+    settings.LEVERET = {
+        "BROKER_URL": RABBIT_URL,
+        "TEST_BROKER_URL": RABBIT_URL,
+        "NAMESPACE": rabbit_broker.namespace,
+        "ACTORS": ["tests.dashboard_actors"],
+    }
+    rabbit_broker.declare(Parcels)
+    yield rabbit_broker
+    forget_project_broker()
+
+
+def _client(*, staff: bool) -> Client:
+    client = Client()
+    user = User.objects.create_user("ops", "ops@example.com", "pw", is_staff=staff)
+    client.force_login(user)
+    return client
+
+
+def test_only_staff_see_the_dashboard(project: RabbitBroker) -> None:
+    anonymous = Client().get(BASE)
+    assert anonymous.status_code == 302
+    assert "/admin/login/" in anonymous["Location"]
+    assert _client(staff=False).get(BASE).status_code == 302
+
+
+def test_staff_see_the_projects_actors_and_act_with_the_dashboards_csrf(
+    project: RabbitBroker,
+) -> None:
+    client = _client(staff=True)
+    overview = client.get(BASE)
+    assert overview.status_code == 200
+    page = overview.content.decode()
+    assert project.namespace in page
+    assert 'href="/leveret/actors/parcels"' in page
+    assert 'src="/leveret/static/dashboard.js"' in page
+    script = client.get(BASE + "static/dashboard.js")
+    assert script.status_code == 200
+    assert b"textContent" in script.content
+
+    put_dead_letter(project, "letter-1", b'{"number": 1, "address": "Main St"}', {})
+    letters = client.get(BASE + "actors/parcels/dead-letters")
+    assert letters.status_code == 200
+    html = letters.content.decode()
+    assert "letter-1" in html
+    token = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert token is not None
+    replay = BASE + "actors/parcels/dead-letters/replay"
+    form = "application/x-www-form-urlencoded"
+    assert client.post(replay, "id=letter-1", content_type=form).status_code == 403  # no field
+    done = client.post(replay, f"id=letter-1&csrf={token.group(1)}", content_type=form)
+    assert done.status_code == 303
+    assert done["Location"].startswith("/leveret/actors/parcels/dead-letters?done=")
+    assert project.dead_letter_count(Parcels) == 0
+
+
+def test_read_only_in_the_settings_hides_and_refuses_the_actions(
+    settings: Any, project: RabbitBroker
+) -> None:
+    settings.LEVERET = {**settings.LEVERET, "DASHBOARD_READ_ONLY": True}
+    put_dead_letter(project, "letter-2", b"{}", {})
+    client = _client(staff=True)
+    html = client.get(BASE + "actors/parcels/dead-letters").content.decode()
+    assert "letter-2" in html
+    assert "read-only" in html
+    assert "Replay" not in html
+    form = "application/x-www-form-urlencoded"
+    refused = client.post(BASE + "actors/parcels/dead-letters/purge", "csrf=x", content_type=form)
+    assert refused.status_code == 403
+    assert project.dead_letter_count(Parcels) == 1
