@@ -234,7 +234,7 @@ class Soak:
             "workers": len(self.peaks),
             "peak_rss_mb": {
                 "max": max(peaks_mb, default=0.0),
-                "median": statistics.median(peaks_mb) if peaks_mb else 0.0,
+                "median": round(statistics.median(peaks_mb), 2) if peaks_mb else 0.0,
                 "each": peaks_mb,
             },
         }

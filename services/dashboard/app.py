@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -36,7 +36,7 @@ from leveret.services.broker import Broker
 from leveret.services.dashboard import security
 from leveret.services.deadletters import DeadLetter, printable
 from leveret.services.operations.status import Snapshot, StatusReader
-from leveret.services.redaction import redact
+from leveret.services.redaction import redact, redact_value
 from leveret.services.runtime.execution import Delivery
 
 HERE = Path(__file__).parent
@@ -109,7 +109,8 @@ class Dashboard:
 
 
 def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
-    data = snapshot.to_json()
+    # Errors and notes may quote a URL with its password: never shown.
+    data: dict[str, Any] = redact_value(snapshot.to_json())
     hosts: dict[str, list[dict[str, Any]]] = {}
     for worker in data["workers"]:
         hosts.setdefault(worker["host"], []).append(worker)
@@ -164,6 +165,7 @@ class Filters:
 
 def _letter_row(letter: DeadLetter) -> dict[str, Any]:
     return {
+        "id": letter.message_id,  # as it is: for links and selections (escaped by Jinja2)
         "message_id": printable(letter.message_id),
         "topic": printable(letter.topic),
         "attempts": letter.attempts,
@@ -214,6 +216,12 @@ class Pages:
         html = self.templates.get_template(template).render(
             request=request,
             url=lambda name, **params: request.url_for(name, **params).path,
+            # Any id from the wire: quoted whole ("/", "?" and "#" too), decoded by routing.
+            letter_url=lambda queue, message_id: (
+                request.url_for(
+                    "dead_letter", queue=queue, message_id=quote(message_id, safe="")
+                ).path
+            ),
             csrf=csrf,
             csrf_field=security.CSRF_FIELD,
             read_only=self.dashboard.read_only,

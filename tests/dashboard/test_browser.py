@@ -120,7 +120,7 @@ def test_a_hostile_dead_letter_renders_as_text_in_the_browser(
     rabbit_broker: RabbitBroker, start_dashboard: StartDashboard, page: Page, tmp_path: Path
 ) -> None:
     rabbit_broker.declare(Parcels)
-    message_id = f"id{IMG}"
+    message_id = f"id?x=1#y/{IMG}"
     put_dead_letter(
         rabbit_broker,
         message_id,
