@@ -103,8 +103,11 @@ def wait_serving(served: Served, headers: dict[str, str] | None = None) -> None:
     wait_until(answers, 20, "the dashboard to answer")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Not for the session: while Playwright's sync API is
+    started, an asyncio loop counts as running in the main thread, and later tests that
+    call ``asyncio.run`` would fail."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium (scripts/test does)")
     with sync_playwright() as playwright:
