@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from leveret.actors import NO_RETRY, Actor, handler
+from leveret.actors.schedules import cron, schedule
 from leveret.schemas import Message
 
 
@@ -36,3 +37,12 @@ class Parcels(Actor, queue="parcels"):
             raise AddressUnknown(f"no street called {msg.address!r}")
         with open(os.environ["LEVERET_TEST_DELIVERED"], "a") as out:
             out.write(f"{msg.number}\n")
+
+
+# A schedule the overview lists, with its next tick (no scheduler runs in the tests).
+depot_round = schedule(
+    "parcels.depot-round",
+    cron("0 6 * * *"),
+    message=Parcel(number=0, address="the depot"),
+    to=Parcels,
+)

@@ -54,9 +54,10 @@ def dashboard(
     """Serve the dashboard: workers, actor queues, warnings and dead letters (replay,
     purge), refreshed live.
 
-    MODULES: actor modules, for their handlers and topics and to list their queues even
-    when no worker runs. Credentials: set $LEVERET_DASHBOARD_TOKEN (16 characters or more)
-    and send it as a Bearer token or as the password of HTTP basic auth.
+    MODULES: actor and schedule modules: the actors' handlers and topics, their queues
+    even when no worker runs, and the schedules with their last and next ticks.
+    Credentials: set $LEVERET_DASHBOARD_TOKEN (16 characters or more) and send it as a
+    Bearer token or as the password of HTTP basic auth.
     """
     try:
         import uvicorn
@@ -68,6 +69,7 @@ def dashboard(
             f"the dashboard needs its extra: pip install 'leveret[dashboard]' ({exc})"
         ) from exc
     from leveret.actors import actors_in
+    from leveret.actors.schedules import schedules_in
     from leveret.services.broker import Broker
 
     configure_logging("warning")
@@ -82,12 +84,14 @@ def dashboard(
         )
     import_path()
     actors = actors_in(modules) if modules else []
+    schedules = schedules_in(modules) if modules else []
     with Broker(broker_url, namespace=namespace) as broker:
         app = create_app(
             Dashboard(
                 broker,
                 read_only=read_only,
                 actors=actors,
+                schedules=schedules,
                 refresh_s=refresh,
                 management_url=management_url,
             ),

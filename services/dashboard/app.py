@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
@@ -30,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from leveret.actors import Actor
+from leveret.actors.schedules import Schedule
 from leveret.schemas import wire
 from leveret.schemas.errors import ConfigurationError, NotFound, TopologyError
 from leveret.services.broker import Broker
@@ -48,6 +50,8 @@ MAX_FORM_BYTES = 256 * 1024
 """The largest POST body accepted (a selection of a page of ids fits many times over)."""
 SNAPSHOT_MAX_AGE_S = 1.0
 """Requests within this long of the last overview share it."""
+SCHEDULE_STATE_MAX_AGE_S = 10.0
+"""The scheduler's stored state (last ticks) is read at most this often."""
 
 T = TypeVar("T")
 
@@ -61,6 +65,8 @@ class Dashboard:
         read_only: Hide and refuse every action (replay, purge).
         actors: Actor classes (from the modules given on the command line): their handlers
             and topics are shown, and their queues listed even when no worker runs.
+        schedules: Schedule entries (from the same modules): each with its last tick sent
+            (the scheduler's stored state) and its next one.
         refresh_s: How often the overview refreshes itself in the browser.
         management_url: As for `StatusReader` (None: the broker host's default; "": AMQP
             only).
@@ -69,12 +75,32 @@ class Dashboard:
     broker: Broker
     read_only: bool = False
     actors: Sequence[type[Actor]] = ()
+    schedules: Sequence[Schedule] = ()
     refresh_s: float = 3.0
     management_url: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _reader: StatusReader | None = field(default=None, init=False)
     _snapshot: Snapshot | None = field(default=None, init=False)
     _taken: float = field(default=0.0, init=False)
+    _last_ticks: dict[str, datetime] | None = field(default=None, init=False)
+    _ticks_note: str = field(default="", init=False)
+    _ticks_read: float = field(default=-SCHEDULE_STATE_MAX_AGE_S, init=False)
+
+    def last_ticks(self) -> tuple[dict[str, datetime] | None, str]:
+        """The last tick each schedule sent (the scheduler's stored state), read at most
+        every `SCHEDULE_STATE_MAX_AGE_S`; lock held. None and why when it cannot be read."""
+        if time.monotonic() - self._ticks_read >= SCHEDULE_STATE_MAX_AGE_S:
+            self._ticks_read = time.monotonic()
+            try:
+                self._last_ticks, self._ticks_note = self.broker.schedule_state(), ""
+            except Exception as exc:  # noqa: BLE001  # shown on the page, the rest goes on
+                self._last_ticks = None
+                self._ticks_note = redact(f"{type(exc).__name__}: {exc}")
+        return self.ticks_known()
+
+    def ticks_known(self) -> tuple[dict[str, datetime] | None, str]:
+        """What `last_ticks` last read (nothing is read here)."""
+        return self._last_ticks, self._ticks_note
 
     async def call(self, function: Callable[[], T]) -> T:
         """Run a blocking broker operation in a thread, one at a time."""
@@ -99,6 +125,8 @@ class Dashboard:
             )
         self._snapshot = self._reader.take()
         self._taken = time.monotonic()
+        if self.schedules:
+            self.last_ticks()
         return self._snapshot
 
     def actor_class(self, queue: str) -> type[Actor] | None:
@@ -117,7 +145,31 @@ def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
     data["hosts"] = [{"host": host, "workers": rows} for host, rows in sorted(hosts.items())]
     data["broker"] = redact(dashboard.broker.url)
     data["refresh_s"] = dashboard.refresh_s
+    data["schedules"], data["schedules_note"] = _schedules(dashboard, snapshot.taken_at)
     return data
+
+
+def _schedules(dashboard: Dashboard, now_s: float) -> tuple[list[dict[str, Any]], str]:
+    """Each schedule with its last tick sent and its next one (only with schedule modules)."""
+    if not dashboard.schedules:
+        return [], ""
+    last, note = dashboard.ticks_known()
+    now = datetime.fromtimestamp(now_s, UTC)
+    rows = []
+    for entry in sorted(dashboard.schedules, key=lambda e: e.name):
+        sent = (last or {}).get(entry.name)
+        rows.append(
+            {
+                "name": entry.name,
+                "when": str(entry.when),
+                "to": entry.to.queue if entry.to is not None else "(by topic)",
+                "last": sent.isoformat(timespec="seconds") if sent is not None else "",
+                "next": entry.next_runs(now, 1)[0].isoformat(timespec="seconds"),
+            }
+        )
+    if last is None and not note:
+        note = "last ticks not read yet"
+    return rows, note
 
 
 @dataclass(frozen=True)

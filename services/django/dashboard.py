@@ -29,6 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from starlette.applications import Starlette
 from starlette.types import Message
 
+from leveret.actors.schedules import schedules_in
 from leveret.django.project import project_broker
 from leveret.django.registry import project_actors
 from leveret.django.settings import load
@@ -41,13 +42,22 @@ _apps: dict[tuple[int, bool], Starlette] = {}
 def _app() -> Starlette:
     """The dashboard for the project's broker in force (built again if it changed)."""
     broker = project_broker()
-    read_only = load().dashboard_read_only
-    key = (id(broker), read_only)
+    found = load()
+    key = (id(broker), found.dashboard_read_only)
     with _lock:
         app = _apps.get(key)
         if app is None:
             _apps.clear()
-            app = create_app(Dashboard(broker, read_only=read_only, actors=project_actors()))
+            # The schedules of the modules (the database's entries are not shown: this
+            # runs in an async view, where the ORM may not be called).
+            schedules = schedules_in([*found.actors, *found.schedules])
+            dashboard = Dashboard(
+                broker,
+                read_only=found.dashboard_read_only,
+                actors=project_actors(),
+                schedules=schedules,
+            )
+            app = create_app(dashboard)
             _apps[key] = app
     return app
 

@@ -49,6 +49,10 @@ def test_a_failed_message_is_found_opened_and_replayed_in_the_browser(
         # The overview: the worker appears (from its heartbeats).
         page.goto(served.url + "/")
         expect(page.locator("#workers tbody")).to_contain_text(str(worker.pid), timeout=20_000)
+        # The schedules of the modules given, each with its next tick.
+        schedule_row = page.locator("#schedules tbody tr", has_text="parcels.depot-round")
+        expect(schedule_row).to_contain_text("06:00:00")
+        expect(schedule_row).to_contain_text("none yet")
         parcels_row = page.locator("#queues tbody tr", has_text="parcels")
         expect(parcels_row.locator("td").nth(6)).to_have_text("0")
 

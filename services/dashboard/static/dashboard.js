@@ -63,6 +63,17 @@ function render(section, data) {
   }
   if (!data.workers.length) emptyRow(workers, 11, "no worker has sent a heartbeat");
 
+  const schedules = section.querySelector("#schedules tbody");
+  if (schedules) {
+    schedules.replaceChildren();
+    for (const s of data.schedules) {
+      const row = schedules.insertRow();
+      cell(row, s.name); cell(row, s.when); cell(row, s.to);
+      cell(row, s.last || "none yet"); cell(row, s.next);
+    }
+    section.querySelector("#schedules-note").textContent = data.schedules_note;
+  }
+
   const queues = section.querySelector("#queues tbody");
   queues.replaceChildren();
   for (const q of data.queues) {
