@@ -81,6 +81,7 @@ class Dashboard:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _reader: StatusReader | None = field(default=None, init=False)
     _snapshot: Snapshot | None = field(default=None, init=False)
+    _prior: Snapshot | None = field(default=None, init=False)  # the one before: rates
     _taken: float = field(default=0.0, init=False)
     _last_ticks: dict[str, datetime] | None = field(default=None, init=False)
     _ticks_note: str = field(default="", init=False)
@@ -97,6 +98,10 @@ class Dashboard:
                 self._last_ticks = None
                 self._ticks_note = redact(f"{type(exc).__name__}: {exc}")
         return self.ticks_known()
+
+    def prior(self, snapshot: Snapshot) -> Snapshot | None:
+        """The snapshot taken before `snapshot` (for rates), if any."""
+        return self._prior if snapshot is self._snapshot else None
 
     def ticks_known(self) -> tuple[dict[str, datetime] | None, str]:
         """What `last_ticks` last read (nothing is read here)."""
@@ -123,6 +128,7 @@ class Dashboard:
                 sample_s=0,
                 amqp_figures=False,
             )
+        self._prior = self._snapshot
         self._snapshot = self._reader.take()
         self._taken = time.monotonic()
         if self.schedules:
@@ -143,10 +149,26 @@ def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
     for worker in data["workers"]:
         hosts.setdefault(worker["host"], []).append(worker)
     data["hosts"] = [{"host": host, "workers": rows} for host, rows in sorted(hosts.items())]
+    _worker_rates(data["workers"], snapshot, dashboard.prior(snapshot))
     data["broker"] = redact(dashboard.broker.url)
     data["refresh_s"] = dashboard.refresh_s
     data["schedules"], data["schedules_note"] = _schedules(dashboard, snapshot.taken_at)
     return data
+
+
+def _worker_rates(
+    workers: list[dict[str, Any]], snapshot: Snapshot, prior: Snapshot | None
+) -> None:
+    """Add each worker's messages handled per second since the prior snapshot (None for a
+    worker that snapshot did not have, or restarted since)."""
+    before = {w.id: w.handled for w in prior.workers} if prior is not None else {}
+    elapsed = snapshot.taken_at - prior.taken_at if prior is not None else 0.0
+    for worker in workers:
+        handled_before = before.get(worker["id"])
+        rate = None
+        if elapsed > 0 and handled_before is not None and worker["handled"] >= handled_before:
+            rate = round((worker["handled"] - handled_before) / elapsed, 1)
+        worker["handled_per_s"] = rate
 
 
 def _schedules(dashboard: Dashboard, now_s: float) -> tuple[list[dict[str, Any]], str]:

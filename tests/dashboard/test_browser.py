@@ -5,6 +5,7 @@ The same tests take the docs' screenshots: ``LEVERET_SCREENSHOTS=docs/dashboard`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_a_failed_message_is_found_opened_and_replayed_in_the_browser(
         # The overview: the worker appears (from its heartbeats).
         page.goto(served.url + "/")
         expect(page.locator("#workers tbody")).to_contain_text(str(worker.pid), timeout=20_000)
+        # Its rate, from two snapshots, once the page has refreshed.
+        expect(page.locator("#workers thead th").nth(7)).to_have_text("handled/s")
+        worker_row = page.locator("#workers tbody tr", has_text=str(worker.pid))
+        expect(worker_row.locator("td").nth(7)).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
         # The schedules of the modules given, each with its next tick.
         schedule_row = page.locator("#schedules tbody tr", has_text="parcels.depot-round")
         expect(schedule_row).to_contain_text("06:00:00")
