@@ -145,10 +145,7 @@ class Dashboard:
 def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
     # Errors and notes may quote a URL with its password: never shown.
     data: dict[str, Any] = redact_value(snapshot.to_json())
-    hosts: dict[str, list[dict[str, Any]]] = {}
-    for worker in data["workers"]:
-        hosts.setdefault(worker["host"], []).append(worker)
-    data["hosts"] = [{"host": host, "workers": rows} for host, rows in sorted(hosts.items())]
+    data["workers"].sort(key=lambda w: (w["host"], w["pid"]))  # grouped by host
     _worker_rates(data["workers"], snapshot, dashboard.prior(snapshot))
     data["broker"] = redact(dashboard.broker.url)
     data["refresh_s"] = dashboard.refresh_s

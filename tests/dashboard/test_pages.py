@@ -55,3 +55,36 @@ def test_pages_and_filters(rabbit_broker: RabbitBroker, start_dashboard: StartDa
     # Reading took nothing away, and kept the order.
     assert rabbit_broker.dead_letter_count(Parcels) == 60
     assert _ids(base) == first
+
+
+def test_replay_a_selection_then_all_then_purge(
+    rabbit_broker: RabbitBroker, start_dashboard: StartDashboard
+) -> None:
+    """The page's three actions over HTTP, with the page's own CSRF value."""
+    rabbit_broker.declare(Parcels)
+    for n in range(6):
+        put_dead_letter(rabbit_broker, f"letter-{n}", f'{{"number": {n}}}'.encode(), {})
+    served = start_dashboard()
+    wait_serving(served)
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    base = served.url + "/actors/parcels/dead-letters"
+    with opener.open(base, timeout=30) as response:
+        token = re.findall(r'name="csrf" value="([^"]+)"', response.read().decode())[0]
+
+    def post(action: str, fields: list[tuple[str, str]]) -> str:
+        body = urllib.parse.urlencode([("csrf", token), *fields]).encode()
+        with opener.open(f"{base}/{action}", data=body, timeout=30) as response:
+            return response.read().decode()  # the list again, after the redirect
+
+    page = post("replay", [("id", "letter-1"), ("id", "letter-4")])
+    assert "replayed 2 dead letter(s)" in page
+    assert _ids(base) == ["letter-0", "letter-2", "letter-3", "letter-5"]
+    assert rabbit_broker.message_count(f"{rabbit_broker.namespace}.parcels") == 2
+    selected = [("id", "letter-0"), ("id", "letter-2"), ("id", "letter-3")]
+    assert "replayed 3 dead letter(s)" in post("replay", selected)
+    assert "replayed 1 dead letter(s)" in post("replay", [("all", "1")])
+    assert _ids(base) == []
+    assert rabbit_broker.message_count(f"{rabbit_broker.namespace}.parcels") == 6
+    put_dead_letter(rabbit_broker, "letter-9", b"{}", {})
+    assert "purged 1 dead letter(s)" in post("purge", [])
+    assert rabbit_broker.dead_letter_count(Parcels) == 0
