@@ -94,7 +94,18 @@ function render(section, data) {
   if (!data.queues.length) emptyRow(queues, 7, "no actor queue");
 }
 
-function refresh(section) {
+// An actor's page: its queue's figures, from the same JSON.
+function renderActor(table, data) {
+  const queue = data.queues.find((q) => q.actor === table.dataset.actor);
+  if (!queue || !queue.figures) return;
+  for (const el of table.querySelectorAll("[data-field]")) {
+    const name = el.dataset.field;
+    const value = name === "dead_letters" ? queue.dead_letters : queue.figures[name];
+    el.textContent = value === null || value === undefined ? "?" : String(value);
+  }
+}
+
+function refresh(section, draw) {
   const every = Math.max(1, Number(section.dataset.refreshS) || 3) * 1000;
   const tick = async () => {
     try {
@@ -102,7 +113,7 @@ function refresh(section) {
         headers: { Accept: "application/json" }, credentials: "same-origin",
       });
       if (response.ok) {
-        render(section, await response.json());
+        draw(section, await response.json());
         section.classList.remove("offline");
       } else {
         section.classList.add("offline");
@@ -117,5 +128,7 @@ function refresh(section) {
 
 document.addEventListener("DOMContentLoaded", () => {
   const section = document.getElementById("overview");
-  if (section) refresh(section);
+  if (section) refresh(section, render);
+  const figures = document.getElementById("actor-figures");
+  if (figures) refresh(figures, renderActor);
 });
