@@ -479,7 +479,8 @@ class Pages:
         target = request.url_for("dead_letters", queue=queue).path
         return RedirectResponse(f"{target}?{urlencode({'done': done})}", status_code=303)
 
-    async def not_found(self, request: Request, exc: Exception) -> Response:
+    async def error_page(self, request: Request, exc: Exception) -> Response:
+        """Any error as a page (JSON for the API and for actions), never a traceback."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
         if request.method == "POST" or request.url.path.startswith(
@@ -525,7 +526,7 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: pages.not_found, Exception: pages.not_found},
+        exception_handlers={HTTPException: pages.error_page, Exception: pages.error_page},
     )
     app.add_middleware(security.Guard, token=security.check_token(token))
     return app
