@@ -114,7 +114,8 @@ class QueueFigures:
 class PublishObserver(Protocol):
     """Sees the broker's answer to each message published (the worker's metrics).
 
-    Called on the transport's I/O thread: it must be quick and must not raise.
+    Called on the thread running the transport's I/O loop (its I/O thread, or a caller
+    publishing while nothing else is in flight): it must be quick and must not raise.
     """
 
     def confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:

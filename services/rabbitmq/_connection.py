@@ -1,7 +1,9 @@
 """Internal: one AMQP connection owned by one I/O thread, reconnecting with backoff.
 
-The publisher and the worker build on `IOThread`. Everything pika does happens on that
-thread; other threads hand it work with `call_soon`, which is the only thread-safe entry.
+The publisher and the worker build on `IOThread`. Everything pika does happens on the
+thread that runs the connection's I/O loop: the I/O thread (the publisher lends its loop to
+a caller while nothing else is in flight, see `_publisher`). Other threads hand it work
+with `call_soon`, which is the only thread-safe entry.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class IOThread:
         self._thread: threading.Thread | None = None
         self._connection: SelectConnection | None = None
         self._stopping = False
+        self._loop_ended = False
+        """Set when the I/O loop must end (stopped, or crashed on a thread it was lent to)."""
         self._stopped = threading.Event()
 
     # Lifecycle, called from any thread -------------------------------------------------
@@ -124,6 +128,7 @@ class IOThread:
         self._ioloop = IOLoop()
         self.last_error = None  # of an earlier run (or of the parent, after a fork)
         self._stopping = False
+        self._loop_ended = False
         self._stopped.clear()
         self._thread = threading.Thread(
             target=self._run, name=f"leveret-{self.role}-io", daemon=True
@@ -154,7 +159,7 @@ class IOThread:
             log.info("io_callback_dropped", role=self.role, reason=repr(exc))
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
-        """Run `callback` on the I/O thread after `delay_s` (from the I/O thread only)."""
+        """Run `callback` on the I/O loop after `delay_s` (from the loop's thread only)."""
         assert self._ioloop is not None
         self._ioloop.call_later(delay_s, callback)
 
@@ -194,12 +199,23 @@ class IOThread:
         assert self._ioloop is not None
         try:
             self._connect()
-            self._ioloop.start()
+            self._run_loop()
         except BaseException as exc:  # noqa: BLE001  # nothing ends this thread unseen
             self._crash(exc)
         finally:
             self._ioloop.close()
             self._stopped.set()
+
+    def _run_loop(self) -> None:
+        """Run the I/O loop until `_end_loop` (the publisher runs its own, lending it)."""
+        assert self._ioloop is not None
+        self._ioloop.start()
+
+    def _end_loop(self) -> None:
+        """End the I/O loop: the I/O thread then closes it and ends."""
+        self._loop_ended = True
+        assert self._ioloop is not None
+        self._ioloop.stop()
 
     def _crash(self, error: BaseException) -> None:
         self.crashed = error
@@ -252,8 +268,7 @@ class IOThread:
         self.connected.clear()
         self.on_disconnected(reason)
         if self._stopping:
-            assert self._ioloop is not None
-            self._ioloop.stop()
+            self._end_loop()
             return
         self.last_error = reason
         self.failed_attempts += 1
@@ -267,8 +282,7 @@ class IOThread:
 
     def _schedule_reconnect(self, reason: BaseException) -> None:
         if self._stopping:
-            assert self._ioloop is not None
-            self._ioloop.stop()
+            self._end_loop()
             return
         failed_url = self.safe_url
         nodes = len(self._all_params)
@@ -297,8 +311,7 @@ class IOThread:
         if connection is not None and connection.is_open:
             connection.close()
         elif connection is None or connection.is_closed:
-            assert self._ioloop is not None
-            self._ioloop.stop()
+            self._end_loop()
 
 
 def _abort_socket(connection: SelectConnection | None) -> None:

@@ -1,8 +1,15 @@
-"""Internal: confirmed publishing from any thread, through one I/O thread per process.
+"""Internal: confirmed publishing from any thread, through one I/O loop per process.
 
 Callers hand a batch of messages to the I/O thread and wait for the batch to settle. The
 I/O thread publishes with `mandatory` on a channel in confirm mode, so confirms of many
 callers (and of `publish_many`) pipeline on one connection and heartbeats never starve.
+
+A synchronous caller that finds nothing else in flight runs the I/O loop itself instead,
+as raw pika's `BlockingConnection` does: it writes its messages and reads their confirms
+on its own thread, which saves two thread hand-overs a call (`publish` one at a time). The
+I/O thread is parked meanwhile and for `LEND_S` after, so that a caller publishing in a loop
+keeps the loop; any other thread's work (`call_soon`) and any work left in flight when the
+caller is done hand the loop back to the I/O thread at once.
 
 After a lost connection, messages not yet confirmed are published again on the next
 connection (at-least-once: a message may then arrive twice, with the same `message_id`).
@@ -60,6 +67,10 @@ RENEW_AFTER_NACK_S = 1.0
 RENEW_DRAIN_MAX_S = 5.0
 """How long a channel being replaced waits for its outstanding confirms before it closes
 anyway (what it still had in flight is then sent again, as after a lost channel)."""
+LEND_S = 0.2
+"""How long the I/O thread stays parked after a caller ran the I/O loop and left nothing in
+flight (the next `publish` of a loop then runs it again at once); it is also how late, at
+most, a timer or an unsolicited frame (a heartbeat, a close) is seen while parked."""
 
 
 @dataclass(slots=True, eq=False)
@@ -197,6 +208,17 @@ class Publisher(IOThread):
         # in write order when one id is sent twice (a retry of a timed-out publish).
         self._mandatory: dict[str, Outgoing | deque[Outgoing]] = {}
         self._declares: deque[tuple[list[Step], Future[None]]] = deque()
+        # Who runs the I/O loop: the I/O thread, a caller it is lent to (its thread id), or
+        # nobody (None: the I/O thread is parked or between two turns). Guarded by
+        # `_loop_turn`, which also wakes the parked I/O thread.
+        self._loop_turn = threading.Condition(threading.Lock())
+        self._loop_owner: int | None = None
+        self._lend_to: int | None = None  # a caller waiting for the I/O thread's turn to end
+        self._io_ident: int | None = None  # the I/O thread's id
+        self._io_wanted = False  # work for the I/O thread came while it may be parked
+        self._parked_until = 0.0  # monotonic: the I/O thread does not take the loop before
+        self._declaring: set[Future[None]] = set()  # declarations on their way
+        self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
 
     # Callers, any thread -----------------------------------------------------------------
 
@@ -231,9 +253,22 @@ class Publisher(IOThread):
             InvalidArgument: A name or property is longer than AMQP allows (255 bytes; with
                 `raise_errors`, else that message's error).
         """
-        batch = self._submit(items, raise_errors=raise_errors)
+        me = threading.get_ident()
+        if self._loop_owner == me:
+            # A signal handler (or a finalizer) publishing while its thread, interrupted,
+            # runs the loop for its own publish: nothing else can run it meanwhile.
+            raise PublishError(
+                "publish() was called again on a thread interrupted in publish() (a signal "
+                "handler?): set a flag in the handler and publish after it returned",
+                message_id=items[0].message_id if items else None,
+            )
+        batch = self._submit(items, raise_errors=raise_errors, wake=False)
         wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
-        return self._conclude(batch, items, batch.done.wait(wait_s), wait_s, raise_errors)
+        settled = batch.done.is_set() or self._run_loop_for(batch, wait_s, me)
+        if settled is None:
+            self._wake()
+            settled = batch.done.wait(wait_s)
+        return self._conclude(batch, items, settled, wait_s, raise_errors)
 
     async def publish_async(
         self, items: Sequence[Outgoing], *, timeout_s: float | None = None
@@ -269,8 +304,10 @@ class Publisher(IOThread):
         *,
         raise_errors: bool,
         on_done: Callable[[], None] | None = None,
+        wake: bool = True,
     ) -> Batch:
-        """Check `items` and hand them to the I/O thread, as one batch."""
+        """Check `items` and hand them to the I/O thread, as one batch (`wake`: tell it
+        now; else the caller runs the loop or wakes it)."""
         batch = Batch(remaining=len(items), settled=[False] * len(items), on_done=on_done)
         if not items:
             batch.done.set()
@@ -290,7 +327,8 @@ class Publisher(IOThread):
         if sendable:
             self._ensure_started()
             self._inbox.extend(sendable)
-            self._wake()
+            if wake:
+                self._wake()
         return batch
 
     def _abandon(self, batch: Batch) -> None:
@@ -352,16 +390,180 @@ class Publisher(IOThread):
     def _ensure_started(self) -> None:
         if os.getpid() != self._pid:
             _reset_after_fork(self)
-        if self.running:
+        if self.running and not self._loop_ended:
             return
         with self._start_lock:
+            if self.running and self._loop_ended and self._thread is not None:
+                # Its loop ended (a crash on a caller's thread): the thread is on its way
+                # out; wait for it rather than hand it messages nobody would send.
+                self._thread.join(5.0)
             if not self.running:
+                crash = self._crash_unhandled
+                if crash is not None:
+                    # A crash on a caller's thread whose handling was itself interrupted (a
+                    # second signal): finish it, so nothing of the old channel carries over.
+                    self._crash(crash)
+                    self._crash_unhandled = None
                 self.start()
 
     def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
             self.call_soon(self._flush)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """`IOThread.call_soon`, which also wakes the I/O thread when it is parked."""
+        super().call_soon(callback)
+        with self._loop_turn:
+            self._io_wanted = True  # read when a caller gives the loop back
+            if self._loop_owner is None:
+                self._loop_turn.notify_all()
+
+    # The I/O loop, lent to a caller ----------------------------------------------------
+
+    def _run_loop(self) -> None:
+        """The I/O thread's loop: pika's I/O loop one turn at a time; between two turns it
+        may be lent to a caller (`_take_loop`), and the I/O thread is parked meanwhile."""
+        ioloop = self._ioloop
+        assert ioloop is not None
+        turn = self._loop_turn
+        self._io_ident = me = threading.get_ident()
+        self._parked_until = 0.0  # of an earlier I/O thread
+        ioloop.activate_poller()
+        try:
+            while True:
+                with turn:
+                    while not self._loop_ended:
+                        if self._loop_owner is None:
+                            park_s = self._parked_until - time.monotonic()
+                            if self._io_wanted or park_s <= 0:
+                                break
+                        else:
+                            park_s = LEND_S  # lent: look again now and then, in case
+                        turn.wait(park_s)
+                    if self._loop_ended:
+                        return
+                    self._io_wanted = False
+                    self._loop_owner = me
+                try:
+                    ioloop.poll()
+                    ioloop.process_timeouts()
+                except BaseException:
+                    with turn:  # the thread crashes (`_run`): lend the loop to nobody
+                        self._loop_ended = True
+                        self._loop_owner = self._lend_to = None
+                        turn.notify_all()
+                    raise
+                with turn:
+                    self._loop_owner = self._lend_to
+                    self._lend_to = None
+                    if self._loop_owner is not None:
+                        turn.notify_all()
+        finally:
+            ioloop.deactivate_poller()
+
+    def _quiet(self) -> bool:
+        """Whether nothing is in flight, so that a caller may run the loop for itself."""
+        return (
+            self._ready
+            and self._draining is None
+            and not self._unconfirmed
+            and not self._pausing
+            and not self._declares
+            and not self._declaring
+            and not self._stopping
+            and not self._loop_ended
+        )
+
+    def _take_loop(self, me: int) -> bool:
+        """Run the I/O loop on this thread from now, if nothing else is in flight.
+
+        Lent at once while the I/O thread is parked; else the I/O thread is asked to lend
+        it after its current turn. When another caller has it, or is being lent it, or
+        something is in flight, the caller hands its messages to the I/O thread instead.
+        """
+        if not self._quiet():
+            return False  # the common case under load: no lock taken
+        turn = self._loop_turn
+        with turn:
+            if not self._quiet():
+                return False
+            if self._loop_owner is None:
+                self._loop_owner = me
+                self._io_wanted = False  # what other threads asked so far, this caller runs
+                return True
+            if self._loop_owner != self._io_ident or self._lend_to is not None:
+                return False
+            self._lend_to = me
+        ioloop = self._ioloop
+        assert ioloop is not None
+        ioloop.add_callback_threadsafe(_nothing)  # ends the I/O thread's wait for I/O
+        with turn:
+            if not turn.wait_for(lambda: self._loop_owner != self._io_ident, LEND_S):
+                if self._lend_to == me:
+                    self._lend_to = None  # the I/O thread's turn goes on: not lent
+                return False
+            if self._loop_owner != me:
+                return False
+            self._io_wanted = False
+            return True
+
+    def _run_loop_for(self, batch: Batch, wait_s: float, me: int) -> bool | None:
+        """Publish the inbox and run the I/O loop on this thread until `batch` is settled
+        or `wait_s` has passed, if the loop can be taken (`_take_loop`); then give it back.
+
+        Returns:
+            Whether `batch` was settled; None when the loop could not be taken (then the
+            I/O thread must be woken to publish it).
+
+        An exception escaping pika or a callback here (a KeyboardInterrupt too) ends the
+        connection as it would on the I/O thread: every caller waiting gets `PublishError`,
+        the next publish starts a new connection, and a BaseException is raised again.
+        """
+        try:
+            if not self._take_loop(me):
+                return None
+            ioloop = self._ioloop
+            assert ioloop is not None
+            deadline = time.monotonic() + wait_s
+            done = batch.done
+            # A timer at the deadline bounds each wait for I/O (else up to 5 s, pika's cap).
+            timer = ioloop.call_later(wait_s, _nothing)
+            try:
+                self._flush()
+                while not done.is_set() and not self._loop_ended:
+                    if time.monotonic() >= deadline:
+                        break
+                    ioloop.poll()
+                    ioloop.process_timeouts()
+                ioloop.remove_timeout(timer)
+            except BaseException as exc:
+                self._loop_ended = True  # first: the I/O thread ends; see `_ensure_started`
+                self._crash_unhandled = exc
+                self._crash(exc)
+                self._crash_unhandled = None
+                if not isinstance(exc, Exception):
+                    raise
+            return done.is_set()
+        finally:
+            # Checked here, not by a flag: an interruption may come between taking the
+            # loop (or asking for it) and any statement that would record it.
+            if self._loop_owner == me or self._lend_to == me:
+                self._give_back_loop(me)
+
+    def _give_back_loop(self, me: int) -> None:
+        if self._loop_owner == me:
+            self._loop_owner = None  # first: should what follows be interrupted, it is free
+        with self._loop_turn:
+            if self._lend_to == me:
+                self._lend_to = None
+            if self._loop_owner == me:  # lent meanwhile (an interrupted `_take_loop`)
+                self._loop_owner = None
+            if self._loop_ended or self._io_wanted or self._inbox or not self._quiet():
+                self._io_wanted = True  # work in flight or asked for: the I/O thread, now
+                self._loop_turn.notify_all()
+            else:
+                self._parked_until = time.monotonic() + LEND_S
 
     def unavailable_reason(self, timeout_s: float) -> str | None:
         """Why the broker cannot take a message now, or None when it can.
@@ -775,6 +977,8 @@ class Publisher(IOThread):
             return
         while self._declares:
             todo, future = self._declares.popleft()
+            self._declaring.add(future)
+            future.add_done_callback(self._declaring.discard)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
 
 
@@ -789,6 +993,10 @@ _CHANNEL_GONE = (
 )
 
 _SHORT_STRING_BYTES = 255
+
+
+def _nothing() -> None:
+    """A timer's callback whose only work is to end the wait for I/O."""
 
 
 def _resolve(settled: asyncio.Future[None]) -> None:
