@@ -69,9 +69,9 @@ class RabbitOptions:
     Attributes:
         confirm_timeout_s: How long a publish waits for the broker's confirm.
         delay_queues: The queue type of the delay levels: ``classic`` (one node's, the
-            cheapest, the default) or ``quorum`` (replicated, at-least-once between levels;
-            see docs/failure-handling.md before using it). By default
-            ``$LEVERET_DELAY_QUEUES``, else ``classic``.
+            cheapest) or ``quorum`` (replicated, at-least-once between levels; see
+            docs/failure-handling.md). By default ``$LEVERET_DELAY_QUEUES``, else ``quorum``
+            when the broker URL names several nodes (a cluster) and ``classic`` for one.
     """
 
     confirm_timeout_s: float = 30.0

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import ConfigurationError, PublishError, PublishTimeout
-from leveret.services import delays, naming, topology
+from leveret.services import config, delays, naming, topology
 from leveret.services.delays import DelayQueues
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
@@ -274,12 +274,14 @@ def _delivered(batch: Batch, items: Sequence[Prepared]) -> Delivered:
 
 def delay_queues_for(url: str, explicit: DelayQueues | None) -> DelayQueues:
     """The delay levels' queue type: `explicit`, else ``$LEVERET_DELAY_QUEUES``, else
-    ``classic`` (see docs/failure-handling.md for why not ``quorum`` on a cluster yet).
+    ``quorum`` when `url` names several nodes (a cluster: replicated levels survive a node's
+    loss) and ``classic`` for one (cheaper; see docs/failure-handling.md).
 
     Raises:
         ConfigurationError: Another value than ``classic`` or ``quorum``.
     """
-    chosen = explicit or os.environ.get(delays.DELAY_QUEUES_ENV) or "classic"
+    by_nodes = "quorum" if len(config.broker_urls(url)) > 1 else "classic"
+    chosen = explicit or os.environ.get(delays.DELAY_QUEUES_ENV) or by_nodes
     if chosen not in ("classic", "quorum"):
         raise ConfigurationError(
             f"delay queues must be 'classic' or 'quorum', not {chosen!r} "

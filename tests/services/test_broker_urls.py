@@ -59,13 +59,18 @@ def test_passwords_with_commas_do_not_split_a_url(nodes: list[tuple[str, str]]) 
     assert config.broker_urls(",".join(urls)) == urls
 
 
-def test_delay_levels_are_classic_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delay_levels_are_quorum_on_several_nodes_and_classic_on_one_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("LEVERET_DELAY_QUEUES", raising=False)
     assert delay_queues_for("amqp://a", None) == "classic"
-    assert delay_queues_for("amqp://a,amqp://b", None) == "classic"
-    assert delay_queues_for("amqp://a,amqp://b", "quorum") == "quorum"
+    assert delay_queues_for("amqp://a,amqp://b", None) == "quorum"
+    assert delay_queues_for("amqp://a,amqp://b", "classic") == "classic"
+    assert delay_queues_for("amqp://a", "quorum") == "quorum"
     monkeypatch.setenv("LEVERET_DELAY_QUEUES", "quorum")
     assert delay_queues_for("amqp://a", None) == "quorum"
+    monkeypatch.setenv("LEVERET_DELAY_QUEUES", "classic")
+    assert delay_queues_for("amqp://a,amqp://b", None) == "classic"
     monkeypatch.setenv("LEVERET_DELAY_QUEUES", "mirrored")
     with pytest.raises(ConfigurationError, match="'classic' or 'quorum'"):
         delay_queues_for("amqp://a", None)
