@@ -127,17 +127,26 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster_broker(cluster: Cluster, namespace: str) -> Iterator[RabbitBroker]:
-    """A broker on all three nodes, in a fresh namespace; everything it declared deleted."""
+def cluster_broker(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RabbitBroker]:
+    """A broker on all three nodes, in a fresh namespace, with a cluster's default delay
+    levels (quorum: `LEVERET_DELAY_QUEUES` unset); everything it declared deleted."""
+    monkeypatch.delenv("LEVERET_DELAY_QUEUES", raising=False)
     broker = RabbitBroker(cluster.urls, namespace=namespace)
     try:
         yield broker
     finally:
-        broker.close()
-        for node in NODES:  # every node back first: a queue of a dead node cannot go
-            if not cluster.running(node):
-                cluster.start(node)
-        with broker.admin() as channel:
-            for name in cluster.queues(f"{namespace}."):
-                channel.queue_delete(name)
-        broker.delete_namespace_exchanges()
+        delete_namespace(cluster, broker, namespace)
+
+
+def delete_namespace(cluster: Cluster, broker: RabbitBroker, namespace: str) -> None:
+    """Close `broker` and delete every queue and exchange of `namespace`, every node up."""
+    broker.close()
+    for node in NODES:  # every node back first: a queue of a dead node cannot go
+        if not cluster.running(node):
+            cluster.start(node)
+    with broker.admin() as channel:
+        for name in cluster.queues(f"{namespace}."):
+            channel.queue_delete(name)
+    broker.delete_namespace_exchanges()

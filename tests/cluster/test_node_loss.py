@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pytest
 
 from leveret.schemas.errors import PublishError
 from leveret.services import RabbitBroker, naming
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, delete_namespace
 from tests.cluster_actors import ClusterJob, ClusterJobs
 from tests.support import WorkerProcess, wait_until
 
@@ -163,113 +163,110 @@ def test_classic_delay_levels_lose_what_is_delayed_while_their_node_is_down(
     level_2 = naming.delay_queue(namespace, 2)  # 4 s waits here; a retry of 2 s in level 1
     try:
         with _workers(cluster, namespace, record):
-            delayed = _Publisher(broker, 0, 300, delay_s=4)
-            retried = _Publisher(broker, 1000, 300, retry_in_s=2)
-            delayed.start()
-            retried.start()
-            wait_until(lambda: broker.message_count(level_2) >= 50, 60, "delayed messages waiting")
-            cluster.kill(victim)
-            time.sleep(5)
-            cluster.start(victim)
-            delayed.join(240)
-            retried.join(240)
-            confirmed = delayed.confirmed | retried.confirmed
-            wait_until(
-                lambda: confirmed <= set(_records(record, "done")),
-                120,
-                "every confirmed message, delayed or retried, to be handled",
+            _delays_through_a_node_loss(
+                cluster, broker, namespace, record, level_2, lambda: victim, handled_within_s=120
             )
     finally:
-        _delete_namespace(cluster, broker, namespace)
+        delete_namespace(cluster, broker, namespace)
 
 
 def test_quorum_delay_levels_deliver_on_a_cluster(
-    cluster: Cluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, cluster_broker: RabbitBroker, namespace: str, tmp_path: Path
 ) -> None:
     """Given the cluster's nodes, a broker chooses the replicated (quorum) delay levels by
     itself, and they deliver delayed messages and retries; nothing ends unrouted."""
-    monkeypatch.delenv("LEVERET_DELAY_QUEUES", raising=False)
-    broker = RabbitBroker(cluster.urls, namespace=namespace)
+    broker = cluster_broker
     record = tmp_path / "record"
-    try:
-        assert broker.transport.delay_queues == "quorum"
-        broker.declare(ClusterJobs)
-        with _workers(cluster, namespace, record):
-            delayed = _Publisher(broker, 0, 50, delay_s=2)
-            retried = _Publisher(broker, 1000, 50, retry_in_s=1)
-            delayed.run()
-            retried.run()
-            confirmed = delayed.confirmed | retried.confirmed
-            assert len(confirmed) == 100
-            wait_until(lambda: confirmed <= set(_records(record, "done")), 60, "all handled")
-        assert broker.message_count(naming.delay_unrouted(namespace)) == 0
-    finally:
-        _delete_namespace(cluster, broker, namespace)
+    assert broker.transport.delay_queues == "quorum"
+    broker.declare(ClusterJobs)
+    with _workers(cluster, namespace, record):
+        delayed = _Publisher(broker, 0, 50, delay_s=2)
+        retried = _Publisher(broker, 1000, 50, retry_in_s=1)
+        delayed.run()
+        retried.run()
+        confirmed = delayed.confirmed | retried.confirmed
+        assert len(confirmed) == 100
+        wait_until(lambda: confirmed <= set(_records(record, "done")), 60, "all handled")
+    assert broker.message_count(naming.delay_unrouted(namespace)) == 0
 
 
 def test_quorum_delay_levels_keep_delayed_and_retried_messages_when_a_levels_leader_dies(
-    cluster: Cluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, cluster_broker: RabbitBroker, namespace: str, tmp_path: Path
 ) -> None:
     """The replicated levels (the default on a cluster) while messages wait in them and
     retries pass through them: the node leading the level the delayed messages wait in (4 s,
     level 2) is killed and started again 5 s later; every confirmed message, delayed or
     retried, is handled, and none ends unrouted."""
-    monkeypatch.delenv("LEVERET_DELAY_QUEUES", raising=False)  # several URLs: quorum
-    broker = RabbitBroker(cluster.urls, namespace=namespace)
+    broker = cluster_broker
     record = tmp_path / "record"
     level_2 = naming.delay_queue(namespace, 2, "quorum")
+    assert broker.transport.delay_queues == "quorum"
+    broker.declare(ClusterJobs)
+    with _workers(cluster, namespace, record):
+        _delays_through_a_node_loss(
+            cluster,
+            broker,
+            namespace,
+            record,
+            level_2,
+            lambda: cluster.leader_of(level_2),
+            handled_within_s=150,
+        )
+    assert broker.message_count(naming.delay_unrouted(namespace)) == 0
+
+
+def _delays_through_a_node_loss(
+    cluster: Cluster,
+    broker: RabbitBroker,
+    namespace: str,
+    record: Path,
+    level: str,
+    victim_of: Callable[[], int],
+    handled_within_s: float,
+) -> None:
+    """300 jobs delayed 4 s (they wait in `level`) and 300 retried after 2 s; once 50 wait,
+    the node `victim_of` names is killed and started again 5 s later. Every confirmed job
+    must then be handled within `handled_within_s`; the handling gap is printed."""
+    delayed = _Publisher(broker, 0, 300, delay_s=4)
+    retried = _Publisher(broker, 1000, 300, retry_in_s=2)
+    delayed.start()
+    retried.start()
+    wait_until(lambda: broker.message_count(level) >= 50, 60, "delayed messages waiting")
+    victim = victim_of()
+    killed_at = time.time()
+    cluster.kill(victim)
+    time.sleep(5)
+    cluster.start(victim)
+    delayed.join(240)
+    retried.join(240)
+    confirmed = delayed.confirmed | retried.confirmed
+    _wait_all_handled(cluster, namespace, record, confirmed, handled_within_s)
+    print(
+        f"\nnode {victim} (holding {level}) killed, started 5 s later: "
+        f"{len(delayed.confirmed)} delayed and {len(retried.confirmed)} retried confirmed, "
+        f"all handled; {len(delayed.failed) + len(retried.failed)} not confirmed; handling "
+        f"gap {_handling_gap_s(record, killed_at):.2f} s"
+    )
+
+
+def _wait_all_handled(
+    cluster: Cluster, namespace: str, record: Path, confirmed: set[int], timeout_s: float
+) -> None:
+    """Wait until every confirmed job is handled; else say which not, and what waits where."""
     try:
-        assert broker.transport.delay_queues == "quorum"
-        broker.declare(ClusterJobs)
-        with _workers(cluster, namespace, record):
-            delayed = _Publisher(broker, 0, 300, delay_s=4)
-            retried = _Publisher(broker, 1000, 300, retry_in_s=2)
-            delayed.start()
-            retried.start()
-            wait_until(lambda: broker.message_count(level_2) >= 50, 60, "delayed messages waiting")
-            victim = cluster.leader_of(level_2)
-            killed_at = time.time()
-            cluster.kill(victim)
-            time.sleep(5)
-            cluster.start(victim)
-            delayed.join(240)
-            retried.join(240)
-            confirmed = delayed.confirmed | retried.confirmed
-            try:
-                wait_until(
-                    lambda: confirmed <= set(_records(record, "done")),
-                    150,
-                    "every confirmed message, delayed or retried, to be handled",
-                )
-            except AssertionError:
-                missing = sorted(confirmed - set(_records(record, "done")))
-                waiting = {
-                    name: row.get("messages")
-                    for name, row in cluster.queues(f"{namespace}.").items()
-                    if row.get("messages")
-                }
-                raise AssertionError(
-                    f"{len(missing)} confirmed messages not handled ({missing[:10]}…); "
-                    f"messages waiting: {waiting}"
-                ) from None
-            print(
-                f"\nnode {victim} (leading quorum level 2) killed, started 5 s later: "
-                f"{len(delayed.confirmed)} delayed and {len(retried.confirmed)} retried "
-                f"confirmed, all handled; {len(delayed.failed) + len(retried.failed)} not "
-                f"confirmed; handling gap {_handling_gap_s(record, killed_at):.2f} s"
-            )
-        assert broker.message_count(naming.delay_unrouted(namespace)) == 0
-    finally:
-        _delete_namespace(cluster, broker, namespace)
-
-
-def _delete_namespace(cluster: Cluster, broker: RabbitBroker, namespace: str) -> None:
-    """Close `broker` and delete every queue and exchange of `namespace`, every node up."""
-    broker.close()
-    for node in (1, 2, 3):  # a queue of a dead node cannot be deleted
-        if not cluster.running(node):
-            cluster.start(node)
-    with broker.admin() as channel:
-        for name in cluster.queues(f"{namespace}."):
-            channel.queue_delete(name)
-    broker.delete_namespace_exchanges()
+        wait_until(
+            lambda: confirmed <= set(_records(record, "done")),
+            timeout_s,
+            "every confirmed message, delayed or retried, to be handled",
+        )
+    except AssertionError:
+        missing = sorted(confirmed - set(_records(record, "done")))
+        waiting = {
+            name: row.get("messages")
+            for name, row in cluster.queues(f"{namespace}.").items()
+            if row.get("messages")
+        }
+        raise AssertionError(
+            f"{len(missing)} confirmed messages not handled ({missing[:10]}…); "
+            f"messages waiting: {waiting}"
+        ) from None

@@ -9,8 +9,10 @@ import os
 import random
 import signal
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 import pika
@@ -118,6 +120,33 @@ class Interrupted(BaseException):
     """What the test's signal handler raises (as KeyboardInterrupt would be)."""
 
 
+@contextmanager
+def _signalled(
+    handler: Callable[[int, FrameType | None], None], seed: int, max_gap_s: float
+) -> Iterator[None]:
+    """SIGUSR1 to this process every 5 ms to `max_gap_s` (at random) while inside, handled
+    by `handler` on the main thread; the previous handler is put back after."""
+    stop = threading.Event()
+
+    def signaller() -> None:
+        rng = random.Random(seed)
+        while not stop.wait(rng.uniform(0.005, max_gap_s)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sender = threading.Thread(target=signaller, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        # A signal already sent may still be handled: by a handler that does nothing.
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: None)
+        stop.set()
+        sender.join()
+        time.sleep(0.05)
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_an_interruption_while_a_caller_has_the_loop_loses_nothing_confirmed(
     rabbit_url: str, queue: str
 ) -> None:
@@ -129,20 +158,11 @@ def test_an_interruption_while_a_caller_has_the_loop_loses_nothing_confirmed(
     returned: list[str] = []
     raised: list[str] = []
     inside = 0
-    stop = threading.Event()
 
     def interrupt(_signum: int, _frame: FrameType | None) -> None:
         raise Interrupted
 
-    def signaller() -> None:
-        rng = random.Random(7)
-        while not stop.wait(rng.uniform(0.005, 0.04)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    previous = signal.signal(signal.SIGUSR1, interrupt)
-    sender = threading.Thread(target=signaller, daemon=True)
-    try:
-        sender.start()
+    with _signalled(interrupt, seed=7, max_gap_s=0.04):
         n = 0
         while n < 400:
             message_id = f"m-{n}"
@@ -156,11 +176,6 @@ def test_an_interruption_while_a_caller_has_the_loop_loses_nothing_confirmed(
                 n += 1
             except Interrupted:
                 continue  # landed in the test's own code: the same message again
-        stop.set()
-        sender.join()
-    finally:
-        stop.set()
-        signal.signal(signal.SIGUSR1, previous)
     try:
         assert inside >= 20, f"only {inside} interruptions landed inside publish"
         # They hit the loop itself, not only a wait: each of those ended the connection.
@@ -186,7 +201,6 @@ def test_a_signal_handler_that_publishes_gets_an_answer_at_once(
     otherwise it is stored. Nothing waits for its timeout."""
     publisher = Publisher(rabbit_url, confirm_timeout_s=5)
     outcomes: list[str] = []
-    stop = threading.Event()
 
     def publish_too(_signum: int, _frame: FrameType | None) -> None:
         message_id = f"handler-{len(outcomes)}"
@@ -196,21 +210,11 @@ def test_a_signal_handler_that_publishes_gets_an_answer_at_once(
         except PublishError as exc:
             outcomes.append(f"refused: {exc}")
 
-    def signaller() -> None:
-        rng = random.Random(11)
-        while not stop.wait(rng.uniform(0.005, 0.03)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    previous = signal.signal(signal.SIGUSR1, publish_too)
-    sender = threading.Thread(target=signaller, daemon=True)
     try:
-        sender.start()
-        for n in range(300):
-            publisher.publish([_message(queue, f"main-{n}")])
+        with _signalled(publish_too, seed=11, max_gap_s=0.03):
+            for n in range(300):
+                publisher.publish([_message(queue, f"main-{n}")])
     finally:
-        stop.set()
-        sender.join()
-        signal.signal(signal.SIGUSR1, previous)
         publisher.close()
     refused = [one for one in outcomes if one.startswith("refused: ")]
     stored_by_handler = [one for one in outcomes if not one.startswith("refused: ")]
