@@ -21,7 +21,8 @@ import pytest
 from leveret.schemas.errors import PublishError
 from leveret.services import RabbitBroker
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
-from tests.support import take_all
+from leveret.services.testing import captured_logs
+from tests.support import take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -223,3 +224,55 @@ def test_a_signal_handler_that_publishes_gets_an_answer_at_once(
     stored = _stored(rabbit_url, queue)
     assert {f"main-{n}" for n in range(300)} <= set(stored)
     assert set(stored_by_handler) <= set(stored)
+
+
+class Boom(Exception):
+    """A fault injected into the publisher's I/O loop."""
+
+
+def _boom() -> None:
+    raise Boom("fault injected into the publisher's loop")
+
+
+def test_a_fault_in_the_loop_on_either_thread_fails_only_what_was_in_flight(
+    rabbit_url: str, queue: str
+) -> None:
+    """A callback that raises on the publisher's loop: once while nothing is in flight (the
+    I/O thread runs it), then while a caller publishes in a loop (the caller, which has the
+    loop, runs it on its own thread in every run seen; either way the outcome must be the
+    same). Each fault is logged and ends that connection;
+    a publish in flight fails with PublishError (never a hang), every publish that returned
+    is stored once, and publishing goes on, on a new connection."""
+    publisher = Publisher(rabbit_url, confirm_timeout_s=10)
+    returned: list[str] = []
+    failed: list[str] = []
+    reasons: list[str] = []
+    try:
+        with captured_logs() as logs:
+            publisher.publish([_message(queue, "first")])
+            returned.append("first")
+            opened = publisher.connections_opened
+            publisher.call_soon(_boom)  # nothing in flight: the I/O thread runs it
+            wait_until(lambda: publisher.crashed is not None, 10, "the I/O thread's crash")
+            for n in range(300):
+                message_id = f"m-{n}"
+                if n == 100:
+                    publisher.call_soon(_boom)  # run by this thread, which has the loop
+                try:
+                    publisher.publish([_message(queue, message_id)])
+                    returned.append(message_id)
+                except PublishError as exc:
+                    failed.append(message_id)
+                    reasons.append(str(exc))
+        crashes = [event for event in logs if event["event"] == "io_thread_crashed"]
+        assert len(crashes) == 2, crashes
+        assert all("fault injected" in event["error"] for event in crashes), crashes
+        assert publisher.connections_opened >= opened + 2
+        assert len(failed) <= 1, failed  # one caller's publish at most was in flight
+        assert all("Boom" in reason for reason in reasons), reasons
+    finally:
+        publisher.close()
+    stored = _stored(rabbit_url, queue)
+    assert [one for one, count in stored.items() if count > 1] == []
+    assert set(returned) <= set(stored)
+    assert set(stored) <= set(returned) | set(failed)
