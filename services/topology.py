@@ -30,6 +30,9 @@ class Step:
             (``alternate-exchange``).
         exchange: For bindings: the exchange bound from.
         routing_key: For bindings: the binding key.
+        legacy_arguments: For queues: the arguments an earlier Leveret declared the queue
+            with. A queue that already exists with these is used as it is (RabbitMQ cannot
+            change a queue's arguments), and a warning says what it lacks and how to fix it.
     """
 
     kind: StepKind
@@ -38,6 +41,7 @@ class Step:
     arguments: dict[str, Any] = field(default_factory=dict)
     exchange: str = ""
     routing_key: str = ""
+    legacy_arguments: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """A one-line description for errors and logs."""
@@ -56,9 +60,23 @@ def namespace_steps(namespace: str) -> list[Step]:
     ]
 
 
+AT_LEAST_ONCE_DEAD_LETTERING = {
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+"""What a quorum queue needs to dead-letter at least once (RabbitMQ 3.10+): it keeps each
+dead letter until the target queue has confirmed it, instead of sending it once and
+forgetting it (lost if the target has no leader at that moment). ``reject-publish`` is
+required by that strategy; actor queues have no length limit, so it changes nothing else."""
+
+
 def actor_steps(namespace: str, actor: type[Actor]) -> list[Step]:
     """The queues and bindings of one actor: its queue, its `.dlq`, a binding per topic, and
-    the bindings that bring its delayed messages home (the delay levels must exist)."""
+    the bindings that bring its delayed messages home (the delay levels must exist).
+
+    A quorum actor queue dead-letters into its `.dlq` at least once (a message past its
+    delivery limit, or rejected by a worker that cannot read it). Queues that Leveret 0.1
+    declared without that are still accepted (see `Step.legacy_arguments`)."""
     queue = naming.queue_name(namespace, actor.queue)
     dlq = naming.dlq_name(namespace, actor.queue)
     dead = naming.dead_exchange(namespace)
@@ -67,12 +85,15 @@ def actor_steps(namespace: str, actor: type[Actor]) -> list[Step]:
         "x-dead-letter-exchange": dead,
         "x-dead-letter-routing-key": dlq,
     }
+    legacy_args = None
     if actor.queue_type == "quorum":
         queue_args["x-delivery-limit"] = actor.delivery_limit
+        legacy_args = dict(queue_args)
+        queue_args.update(AT_LEAST_ONCE_DEAD_LETTERING)
     steps = [
         Step("queue", dlq, arguments={"x-queue-type": actor.queue_type}),
         Step("bind", dlq, exchange=dead, routing_key=dlq),
-        Step("queue", queue, arguments=queue_args),
+        Step("queue", queue, arguments=queue_args, legacy_arguments=legacy_args),
     ]
     events = naming.events_exchange(namespace)
     steps += [Step("bind", queue, exchange=events, routing_key=topic) for topic in actor.topics()]
@@ -132,11 +153,7 @@ def level_steps(namespace: str, queues: DelayQueues = "classic") -> list[Step]:
             ),
             Step("bind", unrouted, exchange=unrouted, routing_key=""),
         ]
-        level_arguments = {
-            "x-queue-type": "quorum",
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        }
+        level_arguments = {"x-queue-type": "quorum", **AT_LEAST_ONCE_DEAD_LETTERING}
     for level in range(delays.LEVELS):
         steps.append(
             Step("exchange", _level_exchange(namespace, level, queues), exchange_type="topic")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -11,22 +14,34 @@ import pika.frame
 from pika.channel import Channel
 
 from leveret.schemas.errors import TopologyError
+from leveret.services.logs import get_logger
 from leveret.services.rabbitmq._connection import describe
 from leveret.services.topology import Step
+
+log = get_logger("leveret.topology")
+
+_PRECONDITION_FAILED = 406
+_warned: set[str] = set()  # queues whose legacy arguments were logged (once per process)
 
 
 def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None]) -> None:
     """Declare `todo` one step after another on `channel`, then call `on_done`.
 
     A declaration the broker refuses (a queue that exists with other arguments) closes the
-    channel: the channel's close callback receives the reason.
+    channel: the channel's close callback receives the reason. A queue step with legacy
+    arguments is first tried on channels of its own (see `_declare_either`).
     """
     remaining = iter(todo)
 
     def next_step(_frame: pika.frame.Method[Any] | None = None) -> None:
+        if not channel.is_open:
+            return  # closed while a queue was tried on a channel of its own: its close
+            # callback has the reason
         step = next(remaining, None)
         if step is None:
             on_done()
+        elif step.kind == "queue" and step.legacy_arguments is not None:
+            _declare_either(channel, step, next_step)
         elif step.kind == "exchange":
             channel.exchange_declare(
                 step.name,
@@ -49,6 +64,92 @@ def declare_async(channel: Channel, todo: list[Step], on_done: Callable[[], None
             )
 
     next_step()
+
+
+def _declare_either(channel: Channel, step: Step, then: Callable[[], None]) -> None:
+    """Declare `step`'s queue with its arguments or, if it already exists with its legacy
+    arguments, accept it as it is (logged once); then call `then`.
+
+    Each try runs on a new channel of `channel`'s connection, since a refused declaration
+    closes its channel and `channel` may hold deliveries. A queue that has neither set of
+    arguments is declared on `channel` itself, which the broker then closes with the reason.
+    """
+    legacy = step.legacy_arguments or {}
+    refusals: list[str] = []
+
+    def attempt(arguments: dict[str, Any], on_refused: Callable[[], None]) -> None:
+        finished = False
+
+        def on_open(side: Channel) -> None:
+            def on_declared(_frame: pika.frame.Method[Any]) -> None:
+                nonlocal finished
+                finished = True
+                side.close()
+                if arguments is legacy:
+                    _warn_legacy(step.name, step.arguments, legacy)
+                then()
+
+            def on_closed(_side: Channel, reason: BaseException) -> None:
+                if finished:
+                    return
+                if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                    return  # the connection is gone: `channel`'s close callback handles it
+                refusals.append(describe(reason))
+                if reason.reply_code == _PRECONDITION_FAILED:
+                    on_refused()
+                else:
+                    declare_here()
+
+            side.add_on_close_callback(on_closed)
+            side.queue_declare(step.name, durable=True, arguments=arguments, callback=on_declared)
+
+        if channel.is_open:
+            channel.connection.channel(on_open_callback=on_open)
+
+    def declare_here() -> None:
+        """Declare on `channel`: the broker closes it with the reason of its refusal."""
+        if channel.is_open:
+            channel.queue_declare(
+                step.name, durable=True, arguments=step.arguments, callback=lambda _f: then()
+            )
+
+    def neither() -> None:
+        log.warning("queue_arguments_differ", queue=step.name, refusals=refusals)
+        declare_here()
+
+    attempt(step.arguments, lambda: attempt(legacy, neither))
+
+
+def _warn_legacy(queue: str, arguments: dict[str, Any], legacy: dict[str, Any]) -> None:
+    if queue in _warned:
+        return
+    _warned.add(queue)
+    log.warning(
+        "queue_declared_by_older_leveret",
+        queue=queue,
+        lacks={key: value for key, value in arguments.items() if legacy.get(key) != value},
+        effect="used as it is: unless a policy gives it these, it dead-letters at most once "
+        "(a message past its delivery limit can be lost while its .dlq has no leader)",
+        remedy="give it the missing arguments as a policy, or add them to the policy that "
+        "already applies to it (rabbitmqctl list_queues name effective_policy_definition "
+        "shows it; docs/deployment.md, 'Queues declared by Leveret 0.1')",
+        command=policy_command(queue, arguments, legacy),
+    )
+
+
+def policy_command(queue: str, arguments: dict[str, Any], legacy: dict[str, Any]) -> str:
+    """The ``rabbitmqctl`` command that gives `queue` (declared with `legacy`) what
+    `arguments` add, as a policy of its own."""
+    definition = {
+        key.removeprefix("x-"): value
+        for key, value in arguments.items()
+        if legacy.get(key) != value
+    }
+    return (
+        f"rabbitmqctl set_policy {shlex.quote('leveret-' + queue)} "
+        f"{shlex.quote('^' + re.escape(queue) + '$')} "
+        f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
+    )
 
 
 def declarer(

@@ -60,6 +60,10 @@ class Cluster:
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not _alive(pid), 10, f"node {node} to die")
 
+    def ctl(self, node: int, *args: str) -> str:
+        """Run ``rabbitmqctl ARGS`` against node `node`; its output."""
+        return _run("ctl", str(node), *args)
+
     def start(self, node: int) -> None:
         """Start a node again (it rejoins the cluster with its data)."""
         _run("start-node", str(node))
@@ -79,6 +83,7 @@ class Cluster:
             "members",
             "online",
             "messages",
+            "policy",
             "--formatter",
             "json",
         )

@@ -8,16 +8,22 @@ around the kill is measured and printed.
 from __future__ import annotations
 
 import itertools
+import json
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
 
 from leveret.schemas.errors import PublishError
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker, naming, topology
+from leveret.services.rabbitmq._declare import policy_command
+from tests import raw_amqp
 from tests.cluster.conftest import Cluster, delete_namespace
 from tests.cluster_actors import ClusterJob, ClusterJobs
 from tests.support import WorkerProcess, wait_until
@@ -67,12 +73,12 @@ def _workers(cluster: Cluster, namespace: str, record: Path) -> Iterator[list[Wo
 class _Publisher(threading.Thread):
     """Sends jobs one at a time (each confirmed), remembering which were confirmed."""
 
-    def __init__(self, broker: RabbitBroker, start: int, count: int, **job: int) -> None:
+    def __init__(self, broker: RabbitBroker, start: int, count: int, **job: int | bool) -> None:
         super().__init__(daemon=True)
         self.broker = broker
         self.numbers = range(start, start + count)
         self.job = job
-        self.delay_s = job.pop("delay_s", 0)
+        self.delay_s = int(job.pop("delay_s", 0))
         self.confirmed: set[int] = set()
         self.failed: dict[int, str] = {}
         self.publish_gap_s = 0.0
@@ -82,7 +88,10 @@ class _Publisher(threading.Thread):
         for n in self.numbers:
             try:
                 self.broker.send(
-                    ClusterJobs, ClusterJob(n=n, **self.job), delay=self.delay_s, timeout=20
+                    ClusterJobs,
+                    ClusterJob.model_validate({"n": n, **self.job}),
+                    delay=self.delay_s,
+                    timeout=20,
                 )
                 self.confirmed.add(n)
             except PublishError as exc:  # not confirmed: it may or may not be stored
@@ -270,3 +279,111 @@ def _wait_all_handled(
             f"{len(missing)} confirmed messages not handled ({missing[:10]}…); "
             f"messages waiting: {waiting}"
         ) from None
+
+
+class _Rejecter(threading.Thread):
+    """A plain AMQP consumer on one node that rejects every delivery of a queue without
+    requeueing it, so that the broker dead-letters it, as it does with a message past its
+    delivery limit or one a worker cannot read."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.queue = queue
+        self.rejected = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.url))
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=20)
+
+            def reject(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
+                ch.basic_reject(method.delivery_tag, requeue=False)
+                self.rejected += 1
+
+            channel.basic_consume(self.queue, reject)
+            while not self.stop.is_set():
+                connection.process_data_events(time_limit=0.2)
+            connection.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+@pytest.mark.parametrize("declared_by", ["this_leveret", "leveret_0_1_with_the_policy"])
+def test_dead_letters_reach_the_dlq_when_its_leader_dies(
+    cluster: Cluster,
+    cluster_broker: RabbitBroker,
+    namespace: str,
+    tmp_path: Path,
+    declared_by: str,
+) -> None:
+    """Messages go to the actor's ``.dlq`` both ways while the node leading the ``.dlq`` is
+    killed (and started again 5 s later): published there by the workers (a handler's
+    `Reject`) and dead-lettered by the broker (a plain consumer rejects them, as the broker
+    does past a delivery limit). The actor's queue leads on another node, which goes on
+    dead-lettering meanwhile. Every confirmed message must end in the ``.dlq``.
+
+    The actor's queue is declared by this Leveret (at-least-once dead-lettering), or by
+    Leveret 0.1 (without it) and given the policy that the worker's warning prints."""
+    queue = naming.queue_name(namespace, ClusterJobs.queue)
+    dlq = naming.dlq_name(namespace, ClusterJobs.queue)
+    victim, source = 2, 3
+    # A quorum queue's leader starts on the node its declaring client is connected to: the
+    # .dlq on the victim, then the actor's queue (and the rest) on another node.
+    steps = {s.name: s for s in topology.actor_steps(namespace, ClusterJobs) if s.kind == "queue"}
+    with raw_amqp.client(cluster.url_of(victim)) as raw:
+        raw.channel.queue_declare(dlq, durable=True, arguments=steps[dlq].arguments)
+    if declared_by == "leveret_0_1_with_the_policy":
+        legacy = steps[queue].legacy_arguments
+        assert legacy is not None
+        with raw_amqp.client(cluster.url_of(source)) as raw:
+            raw.channel.queue_declare(queue, durable=True, arguments=legacy)
+        command = shlex.split(policy_command(queue, steps[queue].arguments, legacy))
+        cluster.ctl(1, *command[1:])  # what follows "rabbitmqctl"
+    on_source = RabbitBroker(cluster.url_of(source), namespace=namespace)
+    on_source.declare(ClusterJobs)
+    on_source.close()
+    cluster.wait_members_online(dlq, 3)
+    cluster.wait_members_online(queue, 3)
+    assert (cluster.leader_of(dlq), cluster.leader_of(queue)) == (victim, source)
+    if declared_by == "leveret_0_1_with_the_policy":
+        assert cluster.queues(queue)[queue]["policy"] == f"leveret-{queue}"
+    record = tmp_path / "record"
+    rejecter = _Rejecter(cluster.url_of(source), queue)
+    rejecter.start()
+    try:
+        with _workers(cluster, namespace, record):
+            publisher = _Publisher(cluster_broker, 0, 1500, reject=True)
+            publisher.start()
+            wait_until(lambda: cluster_broker.message_count(dlq) >= 200, 60, "dead letters")
+            cluster.kill(victim)
+            time.sleep(5)
+            cluster.start(victim)
+            publisher.join(240)
+            assert not publisher.is_alive()
+            wait_until(
+                lambda: cluster_broker.message_count(queue) == 0,
+                120,
+                "the actor's queue to be empty",
+            )
+    finally:
+        rejecter.stop.set()
+        rejecter.join(30)
+        if declared_by == "leveret_0_1_with_the_policy":
+            cluster.ctl(1, "clear_policy", f"leveret-{queue}")
+    assert rejecter.error is None, rejecter.error
+    letters = cluster_broker.dead_letters(ClusterJobs, limit=100_000)
+    by_broker = [d for d in letters if "x-death" in d.headers]
+    numbers = [json.loads(d.body)["n"] for d in letters]
+    lost = publisher.confirmed - set(numbers)
+    print(
+        f"\n.dlq leader node {victim} killed, started 5 s later: {len(publisher.confirmed)} "
+        f"confirmed, {len(publisher.failed)} not confirmed; {len(letters)} dead letters "
+        f"({len(by_broker)} dead-lettered by the broker, {rejecter.rejected} rejected; "
+        f"{len(numbers) - len(set(numbers))} twice)"
+    )
+    assert 0 < len(by_broker) < len(letters)  # both ways were taken
+    assert not lost, f"{len(lost)} confirmed but not in the .dlq: {sorted(lost)[:20]}"

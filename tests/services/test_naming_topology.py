@@ -49,7 +49,8 @@ def test_actor_steps_declare_dlq_queue_bindings_per_topic_and_for_delays() -> No
         "queue shop.ledger.dlq {'x-queue-type': 'quorum'}",
         "binding shop.dead -[shop.ledger.dlq]-> shop.ledger.dlq",
         "queue shop.ledger {'x-queue-type': 'quorum', 'x-dead-letter-exchange': 'shop.dead', "
-        "'x-dead-letter-routing-key': 'shop.ledger.dlq', 'x-delivery-limit': 7}",
+        "'x-dead-letter-routing-key': 'shop.ledger.dlq', 'x-delivery-limit': 7, "
+        "'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish'}",
         "binding shop.events -[tests.topo.paid]-> shop.ledger",
         "binding shop.events -[tests.topo.refunded]-> shop.ledger",
         "binding shop.delay.deliver -[" + "*." * 28 + "q.ledger]-> shop.ledger",
@@ -65,6 +66,23 @@ def test_classic_queues_have_no_delivery_limit() -> None:
     queue_step = topology.actor_steps("shop", Classic)[2]
     assert queue_step.arguments["x-queue-type"] == "classic"
     assert "x-delivery-limit" not in queue_step.arguments
+    assert "x-dead-letter-strategy" not in queue_step.arguments  # quorum queues only
+    assert queue_step.legacy_arguments is None
+
+
+def test_a_quorum_actor_queue_of_leveret_0_1_is_its_arguments_without_at_least_once() -> None:
+    queue_step = topology.actor_steps("shop", Ledger)[2]
+    assert queue_step.legacy_arguments == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "shop.dead",
+        "x-dead-letter-routing-key": "shop.ledger.dlq",
+        "x-delivery-limit": 7,
+    }
+    assert queue_step.arguments == {
+        **queue_step.legacy_arguments,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
 
 
 def test_namespace_exchanges_come_first() -> None:

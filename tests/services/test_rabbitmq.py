@@ -11,8 +11,9 @@ import pytest
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message, PublishError, TopologyError
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker, naming, topology
 from leveret.services.runtime.worker import EXIT_FATAL
+from leveret.services.testing import captured_logs
 from tests.support import Recorder, running, take_all, wait_until
 
 
@@ -82,6 +83,58 @@ def test_actor_queue_is_quorum_with_delivery_limit_and_dead_lettering(
     assert "quorum" in line
     assert '{"x-delivery-limit",5}' in line
     assert f"{rabbit_broker.namespace}.dead" in line
+    assert '{"x-dead-letter-strategy","at-least-once"}' in line
+    assert '{"x-overflow","reject-publish"}' in line
+
+
+def _declare_as_leveret_0_1(broker: RabbitBroker, **changed: object) -> str:
+    """Declare Depot's queue as Leveret 0.1 did (its arguments without at-least-once
+    dead-lettering), with `changed` arguments; its name."""
+    queue = naming.queue_name(broker.namespace, "depot")
+    steps = topology.actor_steps(broker.namespace, Depot)
+    (step,) = [s for s in steps if s.kind == "queue" and s.name == queue]
+    assert step.legacy_arguments is not None
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    connection.channel().queue_declare(
+        queue, durable=True, arguments={**step.legacy_arguments, **changed}
+    )
+    connection.close()
+    broker._declared.add(Depot)  # so the fixture deletes it
+    return queue
+
+
+def test_a_queue_declared_by_leveret_0_1_is_used_as_it_is_with_one_warning(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """RabbitMQ cannot change a queue's arguments: an actor queue declared before
+    at-least-once dead-lettering is accepted by the publisher's and the worker's
+    declarations (the worker's on the channel its deliveries come on), and one warning
+    says what it lacks."""
+    queue = _declare_as_leveret_0_1(rabbit_broker)
+    got.items.clear()
+    with captured_logs("warning") as logs:
+        rabbit_broker.declare(Depot)
+        with running(rabbit_broker, Depot, threads=1):
+            rabbit_broker.send(Depot, Parcel(weight_g=3))
+            ((weight, _envelope),) = got.wait_for(1)
+    assert weight == 3
+    warned = [event for event in logs if event["event"] == "queue_declared_by_older_leveret"]
+    assert len(warned) == 1, warned
+    assert warned[0]["queue"] == queue
+    assert warned[0]["lacks"] == topology.AT_LEAST_ONCE_DEAD_LETTERING
+    assert not [event for event in logs if event["event"] == "queue_arguments_differ"]
+
+
+def test_a_leveret_0_1_queue_with_another_delivery_limit_is_a_clear_topology_error(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    _declare_as_leveret_0_1(rabbit_broker, **{"x-delivery-limit": 9})
+    with captured_logs("warning") as logs, pytest.raises(TopologyError, match="PRECONDITION"):
+        rabbit_broker.declare(Depot)
+    (differ,) = [event for event in logs if event["event"] == "queue_arguments_differ"]
+    assert len(differ["refusals"]) == 2  # neither the current nor the legacy arguments
+    assert any("x-delivery-limit" in refusal for refusal in differ["refusals"])
+    rabbit_broker.publish(Parcel(weight_g=1))  # the publisher goes on
 
 
 def test_declare_is_idempotent(rabbit_broker: RabbitBroker) -> None:
