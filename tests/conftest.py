@@ -18,7 +18,7 @@ import pytest
 
 from leveret.actors import configure
 from leveret.services import MemoryBroker, RabbitBroker
-from tests.support import RABBIT_URL
+from tests.support import RABBIT_URL, RABBITMQCTL
 
 RUN_PREFIX = f"lt{os.getpid()}"
 _counter = itertools.count(1)
@@ -75,7 +75,7 @@ def _delete_namespace(url: str, namespace: str) -> list[str]:
 def _list(what: str, prefix: str) -> list[str]:
     try:
         out = subprocess.run(
-            ["rabbitmqctl", "-q", what, "name"],
+            [*RABBITMQCTL, "-q", what, "name"],
             capture_output=True,
             text=True,
             timeout=60,

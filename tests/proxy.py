@@ -1,7 +1,7 @@
 """A TCP proxy on loopback whose connections a test can cut, to fake a network failure.
 
 ```python
-proxy = TcpProxy()                       # 127.0.0.1:<free port> -> 127.0.0.1:5672
+proxy = TcpProxy()                       # 127.0.0.1:<free port> -> the test broker
 url = proxy.url(RABBIT_URL)              # the same URL, through the proxy
 proxy.cut()                              # drop every connection, refuse new ones
 proxy.restore()                          # accept (and forward) again
@@ -20,6 +20,8 @@ import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.support import RABBIT_ADDRESS
+
 _CHUNK = 65536
 
 
@@ -33,7 +35,7 @@ class TcpProxy:
     """
 
     def __init__(
-        self, target: tuple[str, int] = ("127.0.0.1", 5672), *, listen_host: str = "127.0.0.1"
+        self, target: tuple[str, int] = RABBIT_ADDRESS, *, listen_host: str = "127.0.0.1"
     ) -> None:
         self.target = target
         self.listen_host = listen_host

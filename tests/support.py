@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 
@@ -21,6 +23,14 @@ from leveret.services.runtime.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBIT_URL = os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBIT_ADDRESS = (
+    urlsplit(RABBIT_URL).hostname or "127.0.0.1",
+    urlsplit(RABBIT_URL).port or 5672,
+)
+"""Host and port of the broker at `RABBIT_URL` (what the tests' TCP proxies forward to)."""
+RABBITMQCTL = shlex.split(os.environ.get("LEVERET_TEST_RABBITMQCTL", "rabbitmqctl"))
+"""The command that is ``rabbitmqctl`` for the broker at `RABBIT_URL` (for another release:
+``scripts/rabbitmq-release ctl 4.3``, which `scripts/test-release` sets)."""
 
 
 def take_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
@@ -193,7 +203,7 @@ class WorkerProcess(LoggedProcess):
 def rabbitmqctl_list(what: str, *fields: str) -> list[list[str]]:
     """The rows `rabbitmqctl list_<what>` prints for `fields` (each row split on spaces)."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", f"list_{what}", *fields],
+        [*RABBITMQCTL, "-q", f"list_{what}", *fields],
         capture_output=True,
         text=True,
         timeout=30,

@@ -16,7 +16,7 @@ from leveret.services import RabbitBroker
 from tests.faults.helpers import Spawn
 from tests.faults.netns import network  # noqa: F401  # the fixture, for every fault test
 from tests.proxy import TcpProxy
-from tests.support import WorkerProcess, wait_until
+from tests.support import RABBITMQCTL, WorkerProcess, wait_until
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def proxy(rabbit_url: str) -> Iterator[TcpProxy]:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([*RABBITMQCTL, *args], check=True, capture_output=True, timeout=60)
 
 
 def _accepts_connections(url: str) -> bool:

@@ -1,6 +1,7 @@
 """The broker interrupts a consumer: its queue is deleted (consumer cancel), or a delivery
-stays unacked past `consumer_timeout` (the broker closes the channel with 406). The worker
-comes back by itself, nothing is lost, and health says so meanwhile."""
+stays unacked past `consumer_timeout` (the broker closes the channel with 406; RabbitMQ 4.3+
+cancels the consumer instead). The worker comes back by itself, nothing is lost, and health
+says so meanwhile."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from leveret.schemas import Message
 from leveret.services import RabbitBroker, naming
 from leveret.services.operations.health import WorkerProbe
 from leveret.services.testing import captured_logs
-from tests.support import Recorder, running, wait_until
+from tests.support import RABBITMQCTL, Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -75,16 +76,20 @@ def _set_env(**values: int) -> None:
         f"application:set_env(rabbit, {key}, {value})" for key, value in values.items()
     )
     subprocess.run(
-        ["rabbitmqctl", "eval", f"{expression}."], check=True, capture_output=True, timeout=60
+        [*RABBITMQCTL, "eval", f"{expression}."], check=True, capture_output=True, timeout=60
     )
+
+
+_TIMED_OUT = ("worker_channel_lost", "worker_consumer_cancelled")
 
 
 def test_consumer_timeout_closing_the_channel_loses_nothing(
     rabbit_broker: RabbitBroker, consumer_timeout_2s: None
 ) -> None:
     """A handler runs 4 s under a 2 s consumer_timeout: the broker closes the channel (406)
-    with work in flight; the worker opens a new one and consumes, and every message is
-    handled (those in flight at the close again: at-least-once)."""
+    with work in flight, or (RabbitMQ 4.3+, quorum queues) cancels the consumer and takes
+    its deliveries back; the worker opens a new channel or consumes again, and every message
+    is handled (those in flight at the timeout again: at-least-once)."""
     Napper.runs = Recorder()
     with (
         captured_logs() as logs,
@@ -94,14 +99,19 @@ def test_consumer_timeout_closing_the_channel_loses_nothing(
         for n in range(2, 6):
             Napper.send(Nap(n=n))
         wait_until(
-            lambda: any(e["event"] == "worker_channel_lost" for e in logs), 15, "the 406 close"
+            lambda: any(e["event"] in _TIMED_OUT for e in logs),
+            15,
+            "the broker to end the timed-out consumer",
         )
         _set_env(consumer_timeout=1_800_000, channel_tick_interval=60_000)
         wait_until(lambda: {item[0] for item in Napper.runs.items} == {1, 2, 3, 4, 5}, 20, "all")
         wait_until(lambda: worker.consuming.is_set(), 10, "consuming again")
         queue = naming.queue_name(rabbit_broker.namespace, Napper.queue)
         wait_until(lambda: rabbit_broker.message_count(queue) == 0, 10, "an empty queue")
-    lost = next(e for e in logs if e["event"] == "worker_channel_lost")
-    assert "406" in lost["error"], lost
-    assert "timed out" in lost["error"], lost
+    ended = next(e for e in logs if e["event"] in _TIMED_OUT)
+    if ended["event"] == "worker_channel_lost":  # RabbitMQ before 4.3
+        assert "406" in ended["error"], ended
+        assert "timed out" in ended["error"], ended
+    else:
+        assert any(e["event"] == "worker_consumer_resumed" for e in logs)
     assert (1, True) in Napper.runs.items  # the timed-out message came back

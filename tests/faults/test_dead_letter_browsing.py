@@ -15,7 +15,7 @@ from leveret.services import RabbitBroker, naming
 from leveret.services.rabbitmq._dlq_pass import dlq_lock
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, running, wait_until
+from tests.support import RABBITMQCTL, ROOT, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -58,7 +58,7 @@ def delivery_limit_2(rabbit_broker: RabbitBroker) -> Iterator[None]:
     name = f"{rabbit_broker.namespace}-dlq-limit"
     subprocess.run(
         [
-            "rabbitmqctl",
+            *RABBITMQCTL,
             "set_policy",
             "--apply-to",
             "queues",
@@ -75,7 +75,7 @@ def delivery_limit_2(rabbit_broker: RabbitBroker) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["rabbitmqctl", "clear_policy", name], capture_output=True, timeout=60)
+        subprocess.run([*RABBITMQCTL, "clear_policy", name], capture_output=True, timeout=60)
 
 
 def test_browsing_ten_times_under_a_delivery_limit_changes_nothing(

@@ -10,7 +10,7 @@ import pytest
 from leveret.services import RabbitBroker, naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import Job, Jobs
-from tests.support import rabbitmqctl_list, wait_until
+from tests.support import RABBITMQCTL, rabbitmqctl_list, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -35,7 +35,7 @@ def test_handler_longer_than_heartbeat_keeps_the_connection(
     queue = naming.queue_name(rabbit_broker.namespace, Jobs.queue)
     worker = spawn(url=f"{rabbit_url}?heartbeat={HEARTBEAT_S}", args=["--threads", "2"])
     worker.wait_consuming()
-    if shutil.which("rabbitmqctl"):  # the negotiated value, as the broker sees it
+    if shutil.which(RABBITMQCTL[0]):  # the negotiated value, as the broker sees it
         assert _heartbeat_of(worker.pid) == HEARTBEAT_S
 
     rabbit_broker.send(Jobs, Job(n=1, sleep_s=HANDLER_S))

@@ -56,7 +56,7 @@ def test_two_hosts_share_the_work_and_losing_one_loses_nothing(
     rabbit_broker.declare(*actors_in(["tests.sample_actors"]))
     namespace = rabbit_broker.namespace
     started: list[LoggedProcess] = []
-    with TcpProxy(("127.0.0.1", 5672), listen_host=network.gateway) as proxy:
+    with TcpProxy(listen_host=network.gateway) as proxy:
         url = proxy.url(rabbit_url)
         try:
             by_host: dict[str, list[LoggedProcess]] = {"a": [], "b": []}

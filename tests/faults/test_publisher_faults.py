@@ -20,7 +20,7 @@ from leveret.services import RabbitBroker, naming
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from leveret.services.testing import captured_logs
 from tests.proxy import TcpProxy
-from tests.support import Recorder, running, wait_until
+from tests.support import RABBITMQCTL, Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -227,4 +227,4 @@ def test_a_memory_alarm_blocks_publishing_and_says_so(
 
 def _eval(expression: str) -> None:
     """Evaluate an Erlang expression on the test broker's node."""
-    subprocess.run(["rabbitmqctl", "eval", expression], check=True, capture_output=True, timeout=60)
+    subprocess.run([*RABBITMQCTL, "eval", expression], check=True, capture_output=True, timeout=60)

@@ -44,7 +44,7 @@ def test_status_shows_both_hosts_and_a_killed_worker_as_stale(
     rabbit_broker.declare(*actors_in([MODULE]))
     namespace = rabbit_broker.namespace
     started: list[LoggedProcess] = []
-    with TcpProxy(("127.0.0.1", 5672), listen_host=network.gateway) as proxy:
+    with TcpProxy(listen_host=network.gateway) as proxy:
         url = proxy.url(rabbit_url)
         try:
             by_host = {}

@@ -14,7 +14,7 @@ from leveret.schemas import Message, PublishError, TopologyError
 from leveret.services import RabbitBroker, naming, topology
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.testing import captured_logs
-from tests.support import Recorder, running, take_all, wait_until
+from tests.support import RABBITMQCTL, Recorder, running, take_all, wait_until
 
 
 class Parcel(Message, topic="tests.rabbit.parcel"):
@@ -71,7 +71,7 @@ def test_actor_queue_is_quorum_with_delivery_limit_and_dead_lettering(
 ) -> None:
     rabbit_broker.declare(Depot)
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "type", "arguments"],
+        [*RABBITMQCTL, "-q", "list_queues", "name", "type", "arguments"],
         capture_output=True,
         text=True,
         check=True,
