@@ -6,6 +6,9 @@ a channel.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -68,6 +71,19 @@ AT_LEAST_ONCE_DEAD_LETTERING = {
 dead letter until the target queue has confirmed it, instead of sending it once and
 forgetting it (lost if the target has no leader at that moment). ``reject-publish`` is
 required by that strategy; actor queues have no length limit, so it changes nothing else."""
+
+
+def at_least_once_policy_command(queue: str) -> str:
+    """The ``rabbitmqctl`` command that gives `queue` (a quorum actor queue declared by
+    Leveret 0.1) `AT_LEAST_ONCE_DEAD_LETTERING` by a policy of its own."""
+    definition = {
+        key.removeprefix("x-"): value for key, value in AT_LEAST_ONCE_DEAD_LETTERING.items()
+    }
+    return (
+        f"rabbitmqctl set_policy {shlex.quote('leveret-' + queue)} "
+        f"{shlex.quote('^' + re.escape(queue) + '$')} "
+        f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
+    )
 
 
 def actor_steps(namespace: str, actor: type[Actor]) -> list[Step]:

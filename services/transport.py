@@ -102,6 +102,9 @@ class QueueFigures:
         unacked: Messages delivered and not acknowledged yet (None: not known over AMQP).
         incoming_per_s: Messages published to it per second (None: not known).
         delivered_per_s: Messages delivered from it per second (None: not known).
+        dead_letters_at_most_once: True for a quorum queue with a dead-letter exchange
+            whose arguments and policy leave it at RabbitMQ's at-most-once dead-lettering
+            (None: not known over AMQP, or not such a queue).
     """
 
     ready: int
@@ -109,6 +112,7 @@ class QueueFigures:
     unacked: int | None = None
     incoming_per_s: float | None = None
     delivered_per_s: float | None = None
+    dead_letters_at_most_once: bool | None = None
 
 
 class PublishObserver(Protocol):

@@ -38,6 +38,7 @@ from leveret.services.rabbitmq.management import (
     default_management_url,
 )
 from leveret.services.redaction import redact
+from leveret.services.topology import at_least_once_policy_command
 from leveret.services.transport import QueueFigures
 
 MAX_WORKERS = 10_000
@@ -135,14 +136,18 @@ class Warning:
     """Something an operator should look at.
 
     Attributes:
-        kind: ``queue_without_consumer``, ``dead_letters_growing``, ``worker_stale`` or
-            ``worker_not_consuming``.
+        kind: ``queue_without_consumer``, ``dead_letters_growing``,
+            ``dead_letters_at_most_once``, ``worker_stale`` or ``worker_not_consuming``.
         subject: The queue or worker it is about.
         message: One line for people.
     """
 
     kind: Literal[
-        "queue_without_consumer", "dead_letters_growing", "worker_stale", "worker_not_consuming"
+        "queue_without_consumer",
+        "dead_letters_growing",
+        "dead_letters_at_most_once",
+        "worker_stale",
+        "worker_not_consuming",
     ]
     subject: str
     message: str
@@ -398,6 +403,16 @@ def warnings_of(
                     f"queue {row.name} holds {figures.ready} messages and has no consumer: "
                     "start a worker for it (leveret worker … --queues "
                     f"{row.actor}) or check the deploy",
+                )
+            )
+        if figures is not None and figures.dead_letters_at_most_once:
+            found.append(
+                Warning(
+                    "dead_letters_at_most_once",
+                    row.name,
+                    f"queue {row.name} passes dead letters to its .dlq at most once (declared "
+                    "by Leveret 0.1): a message past its delivery limit can be lost while "
+                    f"the .dlq has no leader. Fix: {at_least_once_policy_command(row.name)}",
                 )
             )
         dlq = dlq_of(row.actor)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -16,7 +13,7 @@ from pika.channel import Channel
 from leveret.schemas.errors import TopologyError
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq._connection import describe
-from leveret.services.topology import Step
+from leveret.services.topology import Step, at_least_once_policy_command
 
 log = get_logger("leveret.topology")
 
@@ -133,22 +130,7 @@ def _warn_legacy(queue: str, arguments: dict[str, Any], legacy: dict[str, Any]) 
         remedy="give it the missing arguments as a policy, or add them to the policy that "
         "already applies to it (rabbitmqctl list_queues name effective_policy_definition "
         "shows it; docs/deployment.md, 'Queues declared by Leveret 0.1')",
-        command=policy_command(queue, arguments, legacy),
-    )
-
-
-def policy_command(queue: str, arguments: dict[str, Any], legacy: dict[str, Any]) -> str:
-    """The ``rabbitmqctl`` command that gives `queue` (declared with `legacy`) what
-    `arguments` add, as a policy of its own."""
-    definition = {
-        key.removeprefix("x-"): value
-        for key, value in arguments.items()
-        if legacy.get(key) != value
-    }
-    return (
-        f"rabbitmqctl set_policy {shlex.quote('leveret-' + queue)} "
-        f"{shlex.quote('^' + re.escape(queue) + '$')} "
-        f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
+        command=at_least_once_policy_command(queue),
     )
 
 

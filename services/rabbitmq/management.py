@@ -120,6 +120,30 @@ def _figures(item: dict[str, Any]) -> QueueFigures:
         unacked=_int(item.get("messages_unacknowledged")),
         incoming_per_s=_rate(stats.get("publish_details")),
         delivered_per_s=_rate(stats.get("deliver_get_details")),
+        dead_letters_at_most_once=_dead_letters_at_most_once(item),
+    )
+
+
+def _dead_letters_at_most_once(item: dict[str, Any]) -> bool | None:
+    """Whether a quorum queue passes its dead letters on at most once: its arguments, else
+    its effective policy, do not ask for at-least-once with ``reject-publish`` (which
+    at-least-once needs); None for other queues and for queues without dead-lettering."""
+    if item.get("type") != "quorum":
+        return None
+    arguments = item.get("arguments")
+    policy = item.get("effective_policy_definition")
+    arguments = arguments if isinstance(arguments, dict) else {}
+    policy = policy if isinstance(policy, dict) else {}  # [] when none (older APIs)
+
+    def setting(key: str) -> object:
+        value = arguments.get("x-" + key)
+        return value if value is not None else policy.get(key)
+
+    if setting("dead-letter-exchange") is None:
+        return None
+    return not (
+        setting("dead-letter-strategy") == "at-least-once"
+        and setting("overflow") == "reject-publish"
     )
 
 

@@ -22,7 +22,6 @@ import pytest
 
 from leveret.schemas.errors import PublishError
 from leveret.services import RabbitBroker, naming, topology
-from leveret.services.rabbitmq._declare import policy_command
 from tests import raw_amqp
 from tests.cluster.conftest import Cluster, delete_namespace
 from tests.cluster_actors import ClusterJob, ClusterJobs
@@ -341,7 +340,7 @@ def test_dead_letters_reach_the_dlq_when_its_leader_dies(
         assert legacy is not None
         with raw_amqp.client(cluster.url_of(source)) as raw:
             raw.channel.queue_declare(queue, durable=True, arguments=legacy)
-        command = shlex.split(policy_command(queue, steps[queue].arguments, legacy))
+        command = shlex.split(topology.at_least_once_policy_command(queue))
         cluster.ctl(1, *command[1:])  # what follows "rabbitmqctl"
     on_source = RabbitBroker(cluster.url_of(source), namespace=namespace)
     on_source.declare(ClusterJobs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,13 +23,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker, naming, topology
 from leveret.services.cli import main
 from leveret.services.operations.status import StatusReader, parse_workers
 from leveret.services.operations.status_table import render
 from tests.observability.helpers import status_json
-from tests.observed_actors import Relayed, Work
-from tests.support import WorkerProcess, wait_until
+from tests.observed_actors import Counted, Relayed, Work
+from tests.support import RABBITMQCTL, WorkerProcess, wait_until
 
 MODULE = "tests.observed_actors"
 
@@ -86,6 +88,7 @@ def test_status_shows_workers_queues_and_warnings(
         "unacked": None,
         "incoming_per_s": None,
         "delivered_per_s": None,
+        "dead_letters_at_most_once": None,
     }
     assert [w["pid"] for w in amqp["workers"]] == [worker.pid]
     assert "queue_without_consumer" in {w["kind"] for w in amqp["warnings"]}
@@ -103,6 +106,42 @@ def test_status_shows_workers_queues_and_warnings(
     text = render(second)
     assert "dead letters of counted are growing" in text
     assert f"queue {naming.queue_name(namespace, 'ends')} holds 1 messages" in text
+
+
+@pytest.mark.rabbitmq
+def test_status_warns_of_a_leveret_0_1_queue_until_the_policy_it_prints_is_set(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str
+) -> None:
+    """An actor queue declared by Leveret 0.1 (no at-least-once dead-lettering) is pointed
+    out, with the command that fixes it; once that command has run, it no longer is. The
+    queues this Leveret declares are never pointed out."""
+    counted = naming.queue_name(namespace, "counted")
+    steps = topology.actor_steps(namespace, Counted)
+    (step,) = [s for s in steps if s.kind == "queue" and s.name == counted]
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+    connection.channel().queue_declare(counted, durable=True, arguments=step.legacy_arguments)
+    connection.close()
+    rabbit_broker.declare(*actors_in([MODULE]))
+
+    def at_most_once() -> dict[str, str]:
+        report = status(rabbit_url, namespace)
+        assert report["source"] == "management", report["source_note"]
+        return {
+            w["subject"]: w["message"]
+            for w in report["warnings"]
+            if w["kind"] == "dead_letters_at_most_once"
+        }
+
+    assert set(at_most_once()) == {counted}
+    command = shlex.split(at_most_once()[counted].split("Fix: ", 1)[1])
+    assert command[0] == "rabbitmqctl"
+    subprocess.run([*RABBITMQCTL, *command[1:]], check=True, capture_output=True, timeout=60)
+    try:
+        wait_until(lambda: not at_most_once(), 30, "the warning to go once the policy is set")
+    finally:
+        subprocess.run(
+            [*RABBITMQCTL, "clear_policy", f"leveret-{counted}"], capture_output=True, timeout=60
+        )
 
 
 @pytest.mark.rabbitmq
