@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import pika
 
-from leveret.actors.actor import ActorRef
+from leveret.actors.actor import Actor, ActorRef
+from leveret.services import naming, topology
 from leveret.services.broker import Broker
 from leveret.services.runtime.worker import Worker
 
@@ -247,3 +248,20 @@ def wait_health(port: int, status: int, timeout_s: float = 20.0) -> dict[str, An
 
     wait_until(answers, timeout_s, f"health on port {port} to answer {status}")
     return seen[0]
+
+
+def declare_as_leveret_0_1(url: str, namespace: str, actor: type[Actor], **changed: Any) -> str:
+    """Declare `actor`'s quorum queue over `url` as Leveret 0.1 did (without at-least-once
+    dead-lettering), with `changed` arguments on top; its name."""
+    queue = naming.queue_name(namespace, actor.queue)
+    steps = topology.actor_steps(namespace, actor)
+    (step,) = [s for s in steps if s.kind == "queue" and s.name == queue]
+    assert step.legacy_arguments is not None
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(
+            queue, durable=True, arguments={**step.legacy_arguments, **changed}
+        )
+    finally:
+        connection.close()
+    return queue

@@ -25,7 +25,7 @@ from leveret.services import RabbitBroker, naming, topology
 from tests import raw_amqp
 from tests.cluster.conftest import Cluster, delete_namespace
 from tests.cluster_actors import ClusterJob, ClusterJobs
-from tests.support import WorkerProcess, wait_until
+from tests.support import WorkerProcess, declare_as_leveret_0_1, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.fault, pytest.mark.timeout(300)]
 
@@ -336,10 +336,7 @@ def test_dead_letters_reach_the_dlq_when_its_leader_dies(
     with raw_amqp.client(cluster.url_of(victim)) as raw:
         raw.channel.queue_declare(dlq, durable=True, arguments=steps[dlq].arguments)
     if declared_by == "leveret_0_1_with_the_policy":
-        legacy = steps[queue].legacy_arguments
-        assert legacy is not None
-        with raw_amqp.client(cluster.url_of(source)) as raw:
-            raw.channel.queue_declare(queue, durable=True, arguments=legacy)
+        declare_as_leveret_0_1(cluster.url_of(source), namespace, ClusterJobs)
         command = shlex.split(topology.at_least_once_policy_command(queue))
         cluster.ctl(1, *command[1:])  # what follows "rabbitmqctl"
     on_source = RabbitBroker(cluster.url_of(source), namespace=namespace)

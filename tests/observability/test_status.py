@@ -23,13 +23,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming, topology
+from leveret.services import RabbitBroker, naming
 from leveret.services.cli import main
 from leveret.services.operations.status import StatusReader, parse_workers
 from leveret.services.operations.status_table import render
 from tests.observability.helpers import status_json
 from tests.observed_actors import Counted, Relayed, Work
-from tests.support import RABBITMQCTL, WorkerProcess, wait_until
+from tests.support import RABBITMQCTL, WorkerProcess, declare_as_leveret_0_1, wait_until
 
 MODULE = "tests.observed_actors"
 
@@ -115,12 +115,7 @@ def test_status_warns_of_a_leveret_0_1_queue_until_the_policy_it_prints_is_set(
     """An actor queue declared by Leveret 0.1 (no at-least-once dead-lettering) is pointed
     out, with the command that fixes it; once that command has run, it no longer is. The
     queues this Leveret declares are never pointed out."""
-    counted = naming.queue_name(namespace, "counted")
-    steps = topology.actor_steps(namespace, Counted)
-    (step,) = [s for s in steps if s.kind == "queue" and s.name == counted]
-    connection = pika.BlockingConnection(pika.URLParameters(rabbit_url))
-    connection.channel().queue_declare(counted, durable=True, arguments=step.legacy_arguments)
-    connection.close()
+    counted = declare_as_leveret_0_1(rabbit_url, namespace, Counted)
     rabbit_broker.declare(*actors_in([MODULE]))
 
     def at_most_once() -> dict[str, str]:

@@ -14,7 +14,14 @@ from leveret.schemas import Message, PublishError, TopologyError
 from leveret.services import RabbitBroker, naming, topology
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.testing import captured_logs
-from tests.support import RABBITMQCTL, Recorder, running, take_all, wait_until
+from tests.support import (
+    RABBITMQCTL,
+    Recorder,
+    declare_as_leveret_0_1,
+    running,
+    take_all,
+    wait_until,
+)
 
 
 class Parcel(Message, topic="tests.rabbit.parcel"):
@@ -88,17 +95,8 @@ def test_actor_queue_is_quorum_with_delivery_limit_and_dead_lettering(
 
 
 def _declare_as_leveret_0_1(broker: RabbitBroker, **changed: object) -> str:
-    """Declare Depot's queue as Leveret 0.1 did (its arguments without at-least-once
-    dead-lettering), with `changed` arguments; its name."""
-    queue = naming.queue_name(broker.namespace, "depot")
-    steps = topology.actor_steps(broker.namespace, Depot)
-    (step,) = [s for s in steps if s.kind == "queue" and s.name == queue]
-    assert step.legacy_arguments is not None
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    connection.channel().queue_declare(
-        queue, durable=True, arguments={**step.legacy_arguments, **changed}
-    )
-    connection.close()
+    """Declare Depot's queue as Leveret 0.1 did, with `changed` arguments; its name."""
+    queue = declare_as_leveret_0_1(broker.url, broker.namespace, Depot, **changed)
     broker._declared.add(Depot)  # so the fixture deletes it
     return queue
 
