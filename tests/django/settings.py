@@ -1,9 +1,12 @@
 """Django settings of the Django tests: the example shop on PostgreSQL and SQLite.
 
-``default`` is PostgreSQL (127.0.0.1:5432, database ``test``; pytest-django creates and
-drops ``test_test``); ``sqlite`` is a SQLite file. The database-dependent tests run on both.
+``default`` is PostgreSQL (127.0.0.1:5432, database ``test``); pytest-django creates and
+drops a test database named after the checkout (``test_leveret_<hash of its path>``), so two
+checkouts' test runs never share one. ``sqlite`` is a SQLite file. The database-dependent
+tests run on both.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -11,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
 sys.path.insert(0, str(ROOT / "examples" / "shop"))
 
 SECRET_KEY = "tests-only"
@@ -60,6 +64,7 @@ DATABASES = {
         "HOST": os.environ.get("LEVERET_TEST_PG_HOST", "127.0.0.1"),
         "PORT": os.environ.get("LEVERET_TEST_PG_PORT", "5432"),
         "USER": os.environ.get("LEVERET_TEST_PG_USER", "postgres"),
+        "TEST": {"NAME": os.environ.get("LEVERET_TEST_PG_TEST_NAME", f"test_leveret_{_CHECKOUT}")},
     },
     "sqlite": {
         "ENGINE": "django.db.backends.sqlite3",
