@@ -2,7 +2,8 @@
 
 Run by the ``publisher`` service of ``docker/compose.yaml`` (``python /app/publish.py``);
 the broker comes from ``$LEVERET_BROKER_URL`` and ``$LEVERET_NAMESPACE``, the pace from
-``$PUBLISH_INTERVAL_S`` (default 1). Stops at once on SIGTERM.
+``$PUBLISH_INTERVAL_S`` (default 1). Stops at once on SIGTERM. While the broker is down
+(a restart) each failed publish is logged and the next order is tried an interval later.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import threading
 from decimal import Decimal
 
-from leveret import Broker, configure, publish
+from leveret import Broker, PublishError, configure, publish
 from leveret.services.demo import DEMO_ACTORS, OrderPlaced, UserSignedUp, send_welcome
 from leveret.services.logs import configure_logging, get_logger
 
@@ -34,9 +35,13 @@ def main() -> None:
                 break
             # Every tenth order has a negative total: Billing rejects it into its DLQ.
             total = Decimal("-1") if n % 10 == 0 else Decimal(n % 97) + Decimal("0.50")
-            publish(OrderPlaced(order_id=n, email=f"user{n}@example.com", total=total))
-            send_welcome.send(UserSignedUp(email=f"user{n}@example.com"))
-            log.info("demo_published", order_id=n)
+            try:
+                publish(OrderPlaced(order_id=n, email=f"user{n}@example.com", total=total))
+                send_welcome.send(UserSignedUp(email=f"user{n}@example.com"))
+            except PublishError as exc:  # the broker is down (a restart): go on once back
+                log.warning("demo_publish_failed", order_id=n, error=str(exc))
+            else:
+                log.info("demo_published", order_id=n)
             stop.wait(interval_s)
 
 

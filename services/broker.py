@@ -30,6 +30,7 @@ from leveret.actors.schedules import Schedule
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import (
+    BrokerConnectionError,
     BrokerUnavailable,
     ConfigurationError,
     InvalidArgument,
@@ -37,6 +38,7 @@ from leveret.schemas.errors import (
 )
 from leveret.schemas.message import Message
 from leveret.services import config, naming
+from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delays import DelayQueues, delay_seconds
 from leveret.services.logs import get_logger
 from leveret.services.memory.transport import MemoryTransport
@@ -148,9 +150,13 @@ class Broker:
 
         Raises:
             TopologyError: The broker refused a declaration.
+            BrokerUnavailable: The broker cannot be reached (for the `send` that declares).
         """
         if self.auto_declare and as_actor_class(actor) not in self._declared:
-            self.declare(actor)
+            try:
+                self.declare(actor)
+            except BrokerConnectionError as exc:
+                raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
 
     def delete(self, *actors: ActorRef) -> None:
         """Delete the actors' queues and dead-letter queues, with the messages in them."""
@@ -749,6 +755,8 @@ class RabbitBroker(Broker):
 
     Extra Args:
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        connect_timeout_s: How long a connection attempt may take, and a publish waits for a
+            broker that cannot be reached (see `RabbitOptions`).
         delay_queues: ``classic`` or ``quorum`` delay levels (see `RabbitOptions`).
     """
 
@@ -761,13 +769,18 @@ class RabbitBroker(Broker):
         namespace: str | None = None,
         auto_declare: bool = True,
         confirm_timeout_s: float = 30.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         delay_queues: DelayQueues | None = None,
     ) -> None:
         super().__init__(
             url,
             namespace=namespace,
             auto_declare=auto_declare,
-            options=RabbitOptions(confirm_timeout_s=confirm_timeout_s, delay_queues=delay_queues),
+            options=RabbitOptions(
+                confirm_timeout_s=confirm_timeout_s,
+                connect_timeout_s=connect_timeout_s,
+                delay_queues=delay_queues,
+            ),
         )
         if not isinstance(self.transport, RabbitTransport):
             raise ConfigurationError("RabbitBroker needs an amqp:// or amqps:// URL")

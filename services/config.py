@@ -14,6 +14,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 BROKER_URL_ENV = "LEVERET_BROKER_URL"
 NAMESPACE_ENV = "LEVERET_NAMESPACE"
 DASHBOARD_TOKEN_ENV = "LEVERET_DASHBOARD_TOKEN"  # noqa: S105  # the name of a variable
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+"""How long one connection attempt to one node may take (TCP connect, TLS and the AMQP
+handshake), unless the URL says otherwise (``socket_timeout``, ``stack_timeout``); for a
+publisher, also how long a publish waits for a broker that cannot be reached."""
 
 
 def broker_url(explicit: str | Sequence[str] | None = None) -> str:

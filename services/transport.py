@@ -12,6 +12,7 @@ Options that only make sense for one transport are typed per transport (`RabbitO
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from leveret.schemas.envelope import Envelope
-from leveret.schemas.errors import PublishError
+from leveret.schemas.errors import ConfigurationError, PublishError
+from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delays import DelayQueues
 
 if TYPE_CHECKING:
@@ -68,14 +70,35 @@ class RabbitOptions:
 
     Attributes:
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        connect_timeout_s: How long one connection attempt to a node may take, and how long
+            a publish waits for a broker that cannot be reached before it fails with
+            `BrokerUnavailable` (nothing sent); while the broker is known to be unreachable
+            a publish fails within about a second (see docs/failure-handling.md).
         delay_queues: The queue type of the delay levels: ``classic`` (one node's, the
             cheapest) or ``quorum`` (replicated, at-least-once between levels; see
             docs/failure-handling.md). By default ``$LEVERET_DELAY_QUEUES``, else ``quorum``
             when the broker URL names several nodes (a cluster) and ``classic`` for one.
+
+    Raises:
+        ConfigurationError: A timeout that is not a positive, finite number of seconds.
     """
 
     confirm_timeout_s: float = 30.0
     delay_queues: DelayQueues | None = None
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        for name in ("confirm_timeout_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True)

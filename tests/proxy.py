@@ -4,6 +4,7 @@
 proxy = TcpProxy()                       # 127.0.0.1:<free port> -> the test broker
 url = proxy.url(RABBIT_URL)              # the same URL, through the proxy
 proxy.cut()                              # drop every connection, refuse new ones
+proxy.blackhole()                        # or: forward nothing, answer nothing
 proxy.restore()                          # accept (and forward) again
 proxy.close()
 ```
@@ -11,6 +12,9 @@ proxy.close()
 Each accepted connection is forwarded by two threads (one per direction). `cut` closes both
 sockets of every connection at once, which is what a client sees when a broker or a load
 balancer goes away; while cut, new connections are accepted and closed at once.
+`blackhole` is a network that drops every packet: connections stay open and nothing goes
+through either way (what was sent waits, as TCP retransmits it, and goes through after
+`restore`); new connections are accepted and never answered.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._cut = False
+        self._flowing = threading.Event()  # cleared while blackholed
+        self._flowing.set()
+        self._held: list[socket.socket] = []  # accepted while blackholed, never answered
         self._closed = threading.Event()
         self.accepted = 0
         self.dropped = 0
@@ -74,15 +81,29 @@ class TcpProxy:
         for pair in pairs:
             _close_pair(pair)
 
+    def blackhole(self) -> None:
+        """Forward nothing either way and answer no new connection, until `restore`."""
+        with self._lock:
+            self._flowing.clear()
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward again (new connections, and what a blackhole held)."""
         with self._lock:
             self._cut = False
+            held, self._held = self._held, []
+            self._flowing.set()
+        for sock in held:  # their clients gave up long ago, or will see them close
+            _close(sock)
 
     def close(self) -> None:
         """Stop listening and close every connection."""
         self._closed.set()
+        self._flowing.set()
         self.cut()
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            _close(sock)
         self._acceptor.join(5)
         self._listener.close()
 
@@ -105,6 +126,12 @@ class TcpProxy:
             if refuse:
                 self.dropped += 1
                 _close(client)
+                continue
+            with self._lock:
+                hold = not self._flowing.is_set()
+                if hold:
+                    self._held.append(client)
+            if hold:
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -136,6 +163,9 @@ class TcpProxy:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
+                while not self._flowing.wait(0.1):  # blackholed: hold it, as TCP would
+                    if self._closed.is_set() or pair not in self._pairs:
+                        return
                 sink.sendall(data)
         except OSError:
             pass

@@ -13,11 +13,16 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
+
+if TYPE_CHECKING:
+    from pika.adapters.select_connection import _Timeout
 
 from leveret.services import config
 from leveret.services.logs import get_logger
@@ -25,6 +30,8 @@ from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact as redact_url
 
 log = get_logger("leveret.connection")
+
+DEFAULT_CONNECT_TIMEOUT_S = config.DEFAULT_CONNECT_TIMEOUT_S
 
 
 class ReconnectBackoff:
@@ -46,24 +53,37 @@ class ReconnectBackoff:
         self.failures = 0
 
 
-def connection_parameters_all(url: str, *, role: str) -> list[pika.URLParameters]:
+def connection_parameters_all(
+    url: str, *, role: str, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+) -> list[pika.URLParameters]:
     """`connection_parameters` of each URL of a broker URL setting (a cluster's nodes),
     in the order given."""
-    return [connection_parameters(one, role=role) for one in config.broker_urls(url)]
+    return [
+        connection_parameters(one, role=role, connect_timeout_s=connect_timeout_s)
+        for one in config.broker_urls(url)
+    ]
 
 
-def connection_parameters(url: str, *, role: str) -> pika.URLParameters:
+def connection_parameters(
+    url: str, *, role: str, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+) -> pika.URLParameters:
     """Pika parameters from one URL, named after this process for the management UI.
 
     The URL's own query options (``heartbeat``, ``ssl_options``…) are kept; Leveret only
-    sets a heartbeat of 30 s and a single connection attempt (it retries by itself) where the
-    URL does not say.
+    sets, where the URL does not say, a heartbeat of 30 s, a single connection attempt (it
+    retries by itself) and `connect_timeout_s` for the attempt: for the TCP connection
+    (``socket_timeout``) and for the whole handshake (``stack_timeout``; pika's defaults,
+    10 s and 15 s, would keep a node that drops packets for that long).
     """
     params = pika.URLParameters(url)
     if "heartbeat=" not in url:
         params.heartbeat = 30
     if "connection_attempts=" not in url:
         params.connection_attempts = 1
+    if "socket_timeout=" not in url:
+        params.socket_timeout = connect_timeout_s
+    if "stack_timeout=" not in url:
+        params.stack_timeout = connect_timeout_s
     if "blocked_connection_timeout=" not in url:
         params.blocked_connection_timeout = 300
     params.client_properties = {
@@ -88,14 +108,25 @@ class IOThread:
     cluster), a lost one fails over to the next node at once, and only when every node
     failed in a row does the backoff wait grow.
 
+    It also keeps what a caller needs to tell a broker that is down from one that is slow:
+    since when no connection is open (`outage_since`), which nodes failed since the last
+    one opened (`failed_nodes`), and whether an attempt is under way; `reconnect_now` skips
+    the backoff's wait.
+
     Args:
         url: AMQP URL, with credentials; or several, commas between them.
         role: ``publisher`` or ``worker``; names the connection and the thread.
+        connect_timeout_s: How long one connection attempt to one node may take.
     """
 
-    def __init__(self, url: str, *, role: str) -> None:
+    def __init__(
+        self, url: str, *, role: str, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    ) -> None:
         self.url = url
-        self._all_params = connection_parameters_all(url, role=role)
+        self.connect_timeout_s = connect_timeout_s
+        self._all_params = connection_parameters_all(
+            url, role=role, connect_timeout_s=connect_timeout_s
+        )
         self._safe_urls = [redact_url(one) for one in config.broker_urls(url)]
         self._node = random.randrange(len(self._all_params))
         self._failed_in_turn = 0  # nodes that failed one after the other since the last open
@@ -112,6 +143,17 @@ class IOThread:
         """Connections that failed to open or were lost: a waiter sees one more at once."""
         self.connections_opened = 0
         """Connections opened so far (the first one and every reconnect)."""
+        self.outage_since: float | None = None
+        """Monotonic time since which no connection is open (None while one is, and before
+        the first attempt); for a connection that died silently, since it went silent."""
+        self.failed_nodes: set[int] = set()
+        """Nodes (indices of the URLs) whose connection failed or was lost since one last
+        opened: when it holds every node, the broker is known to be unreachable."""
+        self.attempting = False
+        """Whether a connection attempt is under way."""
+        self.attempt_started_at = 0.0
+        """Monotonic time the last attempt started."""
+        self._reconnect_timer: _Timeout | None = None
         self._backoff = ReconnectBackoff()
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
@@ -127,6 +169,10 @@ class IOThread:
         """Start the I/O thread, which connects (and reconnects) on its own."""
         self._ioloop = IOLoop()
         self.last_error = None  # of an earlier run (or of the parent, after a fork)
+        self.outage_since = None
+        self.failed_nodes = set()
+        self.attempting = False
+        self._reconnect_timer = None
         self._stopping = False
         self._loop_ended = False
         self._stopped.clear()
@@ -184,6 +230,9 @@ class IOThread:
     def on_disconnected(self, reason: BaseException) -> None:
         """The connection is gone; every channel on it is gone too."""
 
+    def on_connect_failed(self, error: BaseException) -> None:
+        """A connection attempt failed (the next one is scheduled already)."""
+
     def on_stopping(self) -> None:
         """`stop` was called; the connection is about to close."""
 
@@ -235,9 +284,31 @@ class IOThread:
             with contextlib.suppress(Exception):
                 log.exception("io_thread_crash_handling_failed", role=self.role)
 
+    @property
+    def nodes(self) -> int:
+        """How many nodes (URLs) this connection may use."""
+        return len(self._all_params)
+
+    def reconnect_now(self) -> None:
+        """Make the next connection attempt now instead of after the backoff's wait (I/O
+        thread only; nothing happens while connected or while an attempt is under way)."""
+        timer, self._reconnect_timer = self._reconnect_timer, None
+        if timer is None or self.attempting or self._connection is not None or self._stopping:
+            self._reconnect_timer = timer
+            return
+        assert self._ioloop is not None
+        self._ioloop.remove_timeout(timer)
+        self._connect()
+
     def _connect(self) -> None:
+        self._reconnect_timer = None
         if self._stopping:
             return
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        self.attempting = True
+        self.attempt_started_at = now
         TolerantSelectConnection(
             self._all_params[self._node],
             on_open_callback=self._on_open,
@@ -250,6 +321,9 @@ class IOThread:
         self._connection = connection
         self._backoff.reset()
         self._failed_in_turn = 0
+        self.attempting = False
+        self.outage_since = None
+        self.failed_nodes.clear()
         self.last_error = None
         self.connections_opened += 1
         self.connected.set()
@@ -258,14 +332,20 @@ class IOThread:
         self.notify_state()
 
     def _on_open_error(self, _connection: SelectConnection, error: BaseException) -> None:
+        self.attempting = False
+        self.failed_nodes.add(self._node)
         self.last_error = error
         self.failed_attempts += 1
         self.notify_state()
         self._schedule_reconnect(error)
+        self.on_connect_failed(error)
 
     def _on_closed(self, _connection: SelectConnection, reason: BaseException) -> None:
         self._connection = None
         self.connected.clear()
+        if self.outage_since is None:  # a silent death (`lost_since`) may have set it
+            self.outage_since = time.monotonic()
+        self.failed_nodes.add(self._node)
         self.on_disconnected(reason)
         if self._stopping:
             self._end_loop()
@@ -302,7 +382,21 @@ class IOThread:
             retry_in_s=round(delay_s, 2),
             **({"next_url": self.safe_url} if nodes > 1 else {}),
         )
-        self.call_later(delay_s, self._connect)
+        assert self._ioloop is not None
+        self._reconnect_timer = self._ioloop.call_later(delay_s, self._connect)
+
+    def end_silent_connection(self, since: float, why: str) -> None:
+        """End the open connection, which has not answered since `since` (monotonic): its
+        socket is dropped at once (a close would wait for the broker's answer), and the
+        connection is handled as lost, `outage_since` being `since` (I/O thread only)."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        self.outage_since = since
+        # What pika's own heartbeat checker does with a connection that went silent.
+        connection._terminate_stream(  # type: ignore[attr-defined]
+            pika.exceptions.StreamLostError(why)
+        )
 
     def _begin_stop(self) -> None:
         self._stopping = True
@@ -330,10 +424,41 @@ def _abort_socket(connection: SelectConnection | None) -> None:
 
 
 def describe(error: BaseException) -> str:
-    """A short, credential-free description of a pika error."""
-    text = str(error) or type(error).__name__
+    """A short, credential-free description of a pika error.
+
+    pika wraps what went wrong (a refused connection, a timeout) in errors whose own text
+    is empty: the innermost cause is named too, e.g. ``AMQPConnectionError:
+    ConnectionRefusedError: [Errno 111] Connection refused``.
+    """
     if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
         text = f"closed by broker: {error.reply_code} {error.reply_text}"
     elif isinstance(error, pika.exceptions.ChannelClosedByBroker):
         text = f"channel closed by broker: {error.reply_code} {error.reply_text}"
+    else:
+        cause = _innermost(error)
+        if cause is error:
+            text = str(error) or "no details"
+        else:
+            text = f"{type(cause).__name__}: {str(cause) or 'no details'}"
     return f"{type(error).__name__}: {text}"
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception pika wrapped in `error` (as its argument, or cause), innermost first;
+    `error` itself when it wraps none."""
+    seen = {id(error)}
+    while True:
+        # The last of a connection workflow's attempts, a phase's error, an argument, or
+        # the cause (pika's wrappers keep them in these places).
+        attempts = getattr(error, "exceptions", None)
+        inner = attempts[-1] if isinstance(attempts, tuple | list) and attempts else None
+        if not isinstance(inner, BaseException):
+            inner = getattr(error, "exception", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in error.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            inner = error.__cause__
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner

@@ -19,6 +19,16 @@ One message never holds up the others: one that pika cannot encode fails its own
 once, and a declaration the broker refuses fails the callers with the broker's reason
 while the channel is reopened with backoff. Should the I/O thread itself fail, every caller
 waiting gets `PublishError`, and the next publish starts a new connection.
+
+A broker that cannot be reached fails callers fast, apart from the confirm timeout: once no
+connection has been open for `connect_timeout_s` and every node failed since the last one
+(a cluster fails over first), what waits for a connection fails, with `BrokerUnavailable`
+when it was never written (nothing was sent) or `PublishTimeout` when it was written on a
+connection since lost (it may be stored). While the broker is known to be unreachable, a
+publish makes a connection attempt at once and waits at most `WAIT_WHILE_DOWN_S` for it. A
+connection that goes silent (confirms outstanding, nothing received for `PROBE_AFTER_S`)
+is probed by opening a channel; with no answer for `connect_timeout_s` more it is ended as
+lost, since it went silent.
 """
 
 from __future__ import annotations
@@ -33,20 +43,35 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
 import pika.frame
 from pika.adapters.select_connection import SelectConnection
+
+if TYPE_CHECKING:
+    from pika.adapters.select_connection import _Timeout
 from pika.channel import Channel
 from pika.spec import Basic, Connection
 
 from leveret.schemas.envelope import Envelope
-from leveret.schemas.errors import InvalidArgument, PublishError, PublishTimeout, TopologyError
+from leveret.schemas.errors import (
+    BrokerConnectionError,
+    BrokerUnavailable,
+    InvalidArgument,
+    PublishError,
+    PublishTimeout,
+    TopologyError,
+)
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import IOThread, ReconnectBackoff, describe
+from leveret.services.rabbitmq._connection import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    IOThread,
+    ReconnectBackoff,
+    describe,
+)
 from leveret.services.rabbitmq._declare import declare_async, declarer
 from leveret.services.topology import Step
 from leveret.services.transport import PublishObserver
@@ -71,6 +96,19 @@ LEND_S = 0.2
 """How long the I/O thread stays parked after a caller ran the I/O loop and left nothing in
 flight (the next `publish` of a loop then runs it again at once); it is also how late, at
 most, a timer or an unsolicited frame (a heartbeat, a close) is seen while parked."""
+WAIT_WHILE_DOWN_S = 1.0
+"""How long a publish (or declaration) waits for a connection while the broker is known to
+be unreachable: no connection for `connect_timeout_s`, every node failed since the last one.
+A connection attempt is made at once meanwhile (`RECONNECT_NOW_EVERY_S`)."""
+RECONNECT_NOW_EVERY_S = 1.0
+"""A publish while the broker is known to be unreachable makes a connection attempt at once,
+instead of waiting for the backoff: at most once in this many seconds."""
+PROBE_AFTER_S = 1.0
+"""Confirms outstanding and nothing received for this long: a channel is opened, which a
+broker that is there answers at once; with nothing received for `connect_timeout_s` more,
+the connection is ended as lost (a network that drops packets would leave it open until
+two heartbeats, a minute, had been missed)."""
+_WATCH_EVERY_S = 0.25
 
 
 @dataclass(slots=True, eq=False)
@@ -99,6 +137,7 @@ class Outgoing:
     returned: str | None = None
     sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
     nacks: int = 0  # times the broker refused it; it is sent again after a pause
+    written: bool = False  # written on a connection since lost: the broker may have it
 
     @property
     def message_id(self) -> str:
@@ -132,6 +171,10 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)
     timed_out: list[int] = field(default_factory=list)
     unroutable: list[int] = field(default_factory=list)
+    unavailable: list[int] = field(default_factory=list)
+    """Indices of messages never written: the broker could not be reached in time."""
+    submitted_at: float = 0.0
+    """Monotonic time the batch was handed over (its wait for a connection counts from it)."""
     # Set when the caller gave up waiting (PublishError): its messages are not sent again.
     abandoned: bool = False
     settled: list[bool] = field(default_factory=list)
@@ -165,6 +208,8 @@ class Publisher(IOThread):
         declare_on_connect: Declarations made on every (re)connection before publishing,
             e.g. the namespace's exchanges.
         confirm_timeout_s: How long a caller waits for confirms before `PublishError`.
+        connect_timeout_s: How long one connection attempt may take, and how long a caller
+            waits for a broker that cannot be reached (see the module).
     """
 
     def __init__(
@@ -173,8 +218,9 @@ class Publisher(IOThread):
         *,
         declare_on_connect: Sequence[Step] = (),
         confirm_timeout_s: float = 30.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
-        super().__init__(url, role="publisher")
+        super().__init__(url, role="publisher", connect_timeout_s=connect_timeout_s)
         self.confirm_timeout_s = confirm_timeout_s
         self.observer: PublishObserver | None = None
         """Sees each confirm (metrics); called on the I/O thread."""
@@ -219,6 +265,16 @@ class Publisher(IOThread):
         self._parked_until = 0.0  # monotonic: the I/O thread does not take the loop before
         self._declaring: set[Future[None]] = set()  # declarations on their way
         self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
+        # Declarations asked for and not done, with when (monotonic): see `_check_unreachable`.
+        self._declare_since: dict[Future[None], float] = {}
+        self._expiry_timer: _Timeout | None = None  # the next `_check_unreachable`
+        # A silent connection (see `_watch`): bytes received when last looked, since when
+        # nothing came, and when a probe was sent (None: none in flight).
+        self._watching = False
+        self._watch_round = 0  # a timer of an earlier connection's watch stops at once
+        self._seen_bytes = 0
+        self._silent_since = 0.0
+        self._probe_sent_at: float | None = None
 
     # Callers, any thread -----------------------------------------------------------------
 
@@ -247,6 +303,8 @@ class Publisher(IOThread):
                 The publisher then drops the messages it has not sent yet (or must send
                 again after a lost connection): only the caller retries, so no copy turns up
                 later under another id.
+            BrokerUnavailable: The broker could not be reached in time: nothing was sent (see
+                the module; with `raise_errors`).
             PublishError: A message was nacked, a `send` found no queue, the broker refused
                 the namespace's declarations, or a message cannot be encoded (with
                 `raise_errors`).
@@ -308,7 +366,12 @@ class Publisher(IOThread):
     ) -> Batch:
         """Check `items` and hand them to the I/O thread, as one batch (`wake`: tell it
         now; else the caller runs the loop or wakes it)."""
-        batch = Batch(remaining=len(items), settled=[False] * len(items), on_done=on_done)
+        batch = Batch(
+            remaining=len(items),
+            settled=[False] * len(items),
+            on_done=on_done,
+            submitted_at=time.monotonic(),
+        )
         if not items:
             batch.done.set()
             return batch
@@ -356,13 +419,14 @@ class Publisher(IOThread):
             reason = f"no confirm within {wait_s}s: {why}"
             if raise_errors:
                 raise PublishTimeout(reason, message_id=items[0].message_id)
-            batch.timed_out = [index for index, done in enumerate(batch.settled) if not done]
-            for index in batch.timed_out:
+            late = [index for index, done in enumerate(batch.settled) if not done]
+            batch.timed_out.extend(late)
+            for index in late:
                 batch.errors.setdefault(index, reason)
         if batch.errors and raise_errors:
-            index, reason = next(iter(batch.errors.items()))
+            index = next(iter(batch.errors))
             more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
-            raise PublishError(reason + more, message_id=items[index].message_id)
+            raise batch_error(batch, index, items[index].message_id, more)
         return batch
 
     def declare(self, todo: list[Step], timeout_s: float = 30.0) -> None:
@@ -370,9 +434,13 @@ class Publisher(IOThread):
 
         Raises:
             TopologyError: The broker refused a declaration, or it did not finish in time.
+            BrokerConnectionError: The broker could not be reached in time (as a publish
+                waits for it, see the module).
         """
         future: Future[None] = Future()
         self._ensure_started()
+        self._declare_since[future] = time.monotonic()
+        future.add_done_callback(self._declare_since.pop)
         self._declares.append((todo, future))
         self.call_soon(self._run_declares)
         try:
@@ -569,18 +637,25 @@ class Publisher(IOThread):
         """Why the broker cannot take a message now, or None when it can.
 
         Connects first if need be, waiting at most `timeout_s` for the connection. While
-        the connection is lost (the last attempt failed, the next one waits for its
-        backoff) it answers at once, as it does when an attempt fails meanwhile.
+        the connection is lost it answers at once (the last attempt failed, the next one
+        waits for its backoff), as it does when an attempt fails meanwhile; when the broker
+        is known to be unreachable, an attempt is made now (unless one was made within
+        `RECONNECT_NOW_EVERY_S`) and waited for, at most `WAIT_WHILE_DOWN_S`, so that a
+        broker that came back is seen at once.
         """
         self._ensure_started()
         failed_before = self.failed_attempts
+        known_down = self._known_down()
+        if known_down:
+            if time.monotonic() - self.attempt_started_at < RECONNECT_NOW_EVERY_S:
+                return self._waiting_reason()  # an attempt just failed: that is fresh
+            timeout_s = min(timeout_s, WAIT_WHILE_DOWN_S)
+            self.call_soon(self._reconnect_if_down)
         deadline = time.monotonic() + timeout_s
         with self.state_changed:
-            while (
-                not self._ready
-                and self.failed_attempts == failed_before
-                and not (self.last_error is not None and not self.connected.is_set())
-            ):
+            while not self._ready and self.failed_attempts == failed_before:
+                if not known_down and self.last_error is not None and not self.connected.is_set():
+                    break  # lost, the next attempt waits for its backoff: answer now
                 left = deadline - time.monotonic()
                 if left <= 0 or self._refused is not None:
                     break
@@ -653,6 +728,8 @@ class Publisher(IOThread):
             return
         channel = self._channel
         if not self._ready or channel is None or channel is self._draining:
+            if self.connection is None:
+                self._check_unreachable()
             return
         inbox = self._inbox
         # Publish a slice, then let the I/O loop run: pika writes to the socket and reads
@@ -712,6 +789,8 @@ class Publisher(IOThread):
                 dropped=dropped,
                 reason="the caller got PublishError (no confirm in time); not sent",
             )
+        if not self._watching and unconfirmed:
+            self._start_watch()
         if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
             self._wake()
 
@@ -896,6 +975,7 @@ class Publisher(IOThread):
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
                 item.returned = None
+                item.written = True
             connection = self.connection
             if connection is not None and connection.is_open and not self._stopping:
                 # Closed by us (renewed after a nack): a new channel at once. (A lost
@@ -947,6 +1027,153 @@ class Publisher(IOThread):
     def on_disconnected(self, reason: BaseException) -> None:
         if self._channel is not None:
             self._on_channel_closed(self._channel, reason)
+        self._watching = False
+        self._check_unreachable()
+
+    def on_connect_failed(self, error: BaseException) -> None:
+        self._check_unreachable()
+
+    # A broker that cannot be reached (I/O thread) -------------------------------------
+
+    def _deadline(self, since: float) -> float | None:
+        """When a caller that began waiting at `since` gives up waiting for a connection;
+        None while no outage is known to be under way (connected, or a node not yet tried
+        since the connection was lost: a cluster fails over first)."""
+        outage = self.outage_since
+        if outage is None or self.connection is not None or not self._known_down():
+            return None
+        return max(since + WAIT_WHILE_DOWN_S, outage + self.connect_timeout_s)
+
+    def _check_unreachable(self) -> None:
+        """Fail what waits for a connection past its deadline (`_deadline`); look again at
+        the next deadline. A connection attempt is made now when the broker is known to be
+        unreachable and callers wait (`_reconnect_if_down`)."""
+        timer, self._expiry_timer = self._expiry_timer, None
+        if timer is not None and self._ioloop is not None:
+            self._ioloop.remove_timeout(timer)
+        if self.connection is not None or self._loop_ended:
+            return
+        now = time.monotonic()
+        upcoming: list[float] = []
+        inbox = self._inbox
+        reason: str | None = None
+        if inbox or self._declare_since:
+            # Callers wait: an attempt at least every RECONNECT_NOW_EVERY_S, not after the
+            # backoff's growing wait, so that a broker back before their deadline is used.
+            self._reconnect_if_down()
+            if self._known_down() and not self.attempting:
+                upcoming.append(self.attempt_started_at + RECONNECT_NOW_EVERY_S)
+        for _ in range(len(inbox)):  # one turn: what callers append meanwhile keeps its order
+            item = inbox.popleft()
+            assert item.batch is not None
+            deadline = self._deadline(item.batch.submitted_at)
+            if deadline is None or now < deadline:
+                inbox.append(item)
+                if deadline is not None:
+                    upcoming.append(deadline)
+                continue
+            if _abandoned(item):
+                continue  # its caller already gave up
+            reason = reason or self._unreachable_reason(now)
+            self._settle_unreachable(item, reason)
+        for future, since in list(self._declare_since.items()):
+            deadline = self._deadline(since)
+            if deadline is not None and now >= deadline:
+                if not future.done():
+                    future.set_exception(BrokerConnectionError(self._unreachable_reason(now)))
+            elif deadline is not None:
+                upcoming.append(deadline)
+        if upcoming and self._ioloop is not None:
+            self._expiry_timer = self._ioloop.call_later(
+                max(0.0, min(upcoming) - now), self._check_unreachable
+            )
+
+    def _unreachable_reason(self, now: float) -> str:
+        outage = self.outage_since if self.outage_since is not None else now
+        cause = describe(self.last_error) if self.last_error else "no connection"
+        nodes = f" (all {self.nodes} nodes)" if self.nodes > 1 else ""
+        return f"broker at {self.safe_url}{nodes} unreachable for {now - outage:.1f}s ({cause})"
+
+    def _settle_unreachable(self, item: Outgoing, reason: str) -> None:
+        """Fail `item` for want of a connection: never written, nothing was sent
+        (`BrokerUnavailable`); written on a connection since lost, it may be stored
+        (`PublishTimeout`)."""
+        batch = item.batch
+        assert batch is not None
+        if item.written:
+            batch.timed_out.append(item.index)
+            reason = f"no confirm: the connection was lost and the {reason}; it may be stored"
+        else:
+            batch.unavailable.append(item.index)
+            reason = f"{reason}; nothing was sent"
+        batch.settle(item.index, reason, unroutable=False)
+
+    def _reconnect_if_down(self) -> None:
+        """A connection attempt now, if the broker is known to be unreachable and none was
+        made within `RECONNECT_NOW_EVERY_S` (so that a broker that is back is seen at once,
+        not after the backoff's wait, up to 30 s)."""
+        if (
+            self._known_down()
+            and not self.attempting
+            and time.monotonic() - self.attempt_started_at >= RECONNECT_NOW_EVERY_S
+        ):
+            self.reconnect_now()
+
+    def _known_down(self) -> bool:
+        """Whether no connection is open and every node failed since one last was."""
+        return self.outage_since is not None and len(self.failed_nodes) >= self.nodes
+
+    # A connection that went silent (I/O thread) ----------------------------------------
+
+    def _start_watch(self) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        self._watching = True
+        self._watch_round += 1
+        self._seen_bytes = connection.bytes_received  # type: ignore[attr-defined]
+        self._silent_since = time.monotonic()
+        self._probe_sent_at = None
+        round_ = self._watch_round
+        self.call_later(PROBE_AFTER_S, lambda: self._watch(round_))
+
+    def _watch(self, round_: int) -> None:
+        """While confirms are outstanding: has the broker sent anything lately? If not for
+        `PROBE_AFTER_S`, open a channel (a broker that is there answers at once); no answer
+        for `connect_timeout_s` more ends the connection as lost (see the module)."""
+        if round_ != self._watch_round or not self._watching:
+            return  # a watch of an earlier connection
+        connection = self.connection
+        if connection is None or not connection.is_open or not self._unconfirmed:
+            self._watching = False
+            return
+        now = time.monotonic()
+        received: int = connection.bytes_received  # type: ignore[attr-defined]
+        if received != self._seen_bytes or self._blocked is not None:
+            # Something came (or the broker blocks us on purpose: an alarm, not silence).
+            self._seen_bytes = received
+            self._silent_since = now
+            self._probe_sent_at = None
+        elif self._probe_sent_at is None:
+            if now - self._silent_since >= PROBE_AFTER_S:
+                self._probe_sent_at = now
+                connection.channel(on_open_callback=_close_probe)
+        elif now - self._probe_sent_at >= self.connect_timeout_s:
+            silent_s = round(now - self._silent_since, 1)
+            log.warning(
+                "broker_not_answering",
+                url=self.safe_url,
+                silent_s=silent_s,
+                unconfirmed=len(self._unconfirmed),
+                hint="the connection is ended as lost; what it had unconfirmed is sent again",
+            )
+            self._watching = False
+            self.end_silent_connection(
+                self._silent_since,
+                f"no answer from {self.safe_url} for {silent_s}s, not even to opening a channel",
+            )
+            return
+        self.call_later(_WATCH_EVERY_S, lambda: self._watch(round_))
 
     def on_stopping(self) -> None:
         self._fail_everything("publisher closed before the broker confirmed")
@@ -974,9 +1201,13 @@ class Publisher(IOThread):
     def _run_declares(self) -> None:
         connection = self.connection
         if not self._ready or connection is None:
+            if connection is None:
+                self._check_unreachable()
             return
         while self._declares:
             todo, future = self._declares.popleft()
+            if future.done():
+                continue  # failed meanwhile (the broker was unreachable): its caller knows
             self._declaring.add(future)
             future.add_done_callback(self._declaring.discard)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
@@ -997,6 +1228,23 @@ _SHORT_STRING_BYTES = 255
 
 def _nothing() -> None:
     """A timer's callback whose only work is to end the wait for I/O."""
+
+
+def _close_probe(channel: Channel) -> None:
+    """A probe channel was opened: the broker answers; close it again."""
+    channel.close()
+
+
+def batch_error(batch: Batch, index: int, message_id: str | None, more: str = "") -> PublishError:
+    """The error of message `index` of a settled `batch`, of the kind its fate calls for:
+    `BrokerUnavailable` (never sent), `PublishTimeout` (no confirm: it may be stored), else
+    `PublishError` (refused, no queue, not encodable); `more` is added to its text."""
+    reason = batch.errors[index] + more
+    if index in batch.unavailable:
+        return BrokerUnavailable(reason, message_id=message_id)
+    if index in batch.timed_out:
+        return PublishTimeout(reason, message_id=message_id)
+    return PublishError(reason, message_id=message_id)
 
 
 def _resolve(settled: asyncio.Future[None]) -> None:

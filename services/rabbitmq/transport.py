@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from leveret.actors.actor import Actor
-from leveret.schemas.errors import ConfigurationError, PublishError, PublishTimeout
+from leveret.schemas.errors import BrokerConnectionError, BrokerUnavailable, ConfigurationError
 from leveret.services import config, delays, naming, topology
 from leveret.services.delays import DelayQueues
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
-from leveret.services.rabbitmq._publisher import Batch, Outgoing, Publisher
+from leveret.services.rabbitmq._publisher import Batch, Outgoing, Publisher, batch_error
 from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
 from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
 from leveret.services.runtime.execution import Delivery
@@ -50,6 +50,7 @@ class RabbitTransport(Transport):
             url,
             declare_on_connect=topology.namespace_steps(namespace),
             confirm_timeout_s=self.options.confirm_timeout_s,
+            connect_timeout_s=self.options.connect_timeout_s,
         )
 
     def declare(self, actors: Sequence[type[Actor]]) -> None:
@@ -87,7 +88,7 @@ class RabbitTransport(Transport):
         timeout_s: float | None = None,
     ) -> Delivered:
         if not self._levels_declared and any(item.delay_s > 0 for item in items):
-            self._declare_levels()
+            self._declare_levels_before_publishing()
         batch = self.publisher.publish(
             self._outgoing(items), raise_errors=raise_errors, timeout_s=timeout_s
         )
@@ -97,13 +98,21 @@ class RabbitTransport(Transport):
         self, items: Sequence[Prepared], *, timeout_s: float | None = None
     ) -> Delivered:
         if not self._levels_declared and any(item.delay_s > 0 for item in items):
-            await asyncio.to_thread(self._declare_levels)  # once per process
+            await asyncio.to_thread(self._declare_levels_before_publishing)  # once per process
         batch = await self.publisher.publish_async(self._outgoing(items), timeout_s=timeout_s)
         return _delivered(batch, items)
 
     def _declare_levels(self) -> None:
         self.publisher.declare(topology.level_steps(self.namespace, self.delay_queues))
         self._levels_declared = True
+
+    def _declare_levels_before_publishing(self) -> None:
+        """`_declare_levels` for a delayed publish: a broker that cannot be reached is the
+        publish's `BrokerUnavailable` (nothing was sent)."""
+        try:
+            self._declare_levels()
+        except BrokerConnectionError as exc:
+            raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
 
     def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
         events = naming.events_exchange(self.namespace)
@@ -265,10 +274,9 @@ class RabbitTransport(Transport):
 
 
 def _delivered(batch: Batch, items: Sequence[Prepared]) -> Delivered:
-    errors: dict[int, PublishError] = {}
-    for index, reason in batch.errors.items():
-        kind = PublishTimeout if index in batch.timed_out else PublishError
-        errors[index] = kind(reason, message_id=items[index].envelope.message_id)
+    errors = {
+        index: batch_error(batch, index, items[index].envelope.message_id) for index in batch.errors
+    }
     return Delivered(batch.unroutable, errors)
 
 

@@ -15,7 +15,12 @@ import pytest
 
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
-from leveret.schemas.errors import DefinitionError, PublishError, PublishTimeout
+from leveret.schemas.errors import (
+    BrokerUnavailable,
+    DefinitionError,
+    PublishError,
+    PublishTimeout,
+)
 from leveret.services import RabbitBroker, naming
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from leveret.services.testing import captured_logs
@@ -45,8 +50,9 @@ def test_sixteen_threads_timing_out_while_the_broker_is_away(
     rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
 ) -> None:
     """16 threads publish with 1 s timeouts while the connection is cut: each call fails
-    with PublishTimeout, the I/O thread survives, no socket is left behind, and once the
-    broker is back every later publish is stored."""
+    with PublishTimeout (no confirm in time) or, once the broker is known to be unreachable,
+    BrokerUnavailable (nothing sent), the I/O thread survives, no socket is left behind, and
+    once the broker is back every later publish is stored."""
     rabbit_broker.declare(Pings)
     broker = RabbitBroker(
         proxy.url(rabbit_url), namespace=rabbit_broker.namespace, confirm_timeout_s=1
@@ -70,7 +76,7 @@ def test_sixteen_threads_timing_out_while_the_broker_is_away(
             for thread in threads:
                 thread.join(60)
         assert len(errors) == 80
-        assert all(isinstance(error, PublishTimeout) for error in errors)
+        assert all(isinstance(error, PublishTimeout | BrokerUnavailable) for error in errors)
         assert not [event for event in logs if event["event"] == "io_thread_crashed"]
         assert broker.publisher.running
         proxy.restore()
