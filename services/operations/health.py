@@ -6,8 +6,9 @@ after an internal fault, it is not. Two ways to show it:
 
 - `HealthServer`: HTTP on ``host:port`` (a daemon thread; 127.0.0.1 unless told
   otherwise), ``200`` with a small JSON body while healthy, ``503`` with the same body
-  otherwise. Each connection has a socket timeout and at most `MAX_CONNECTIONS` are served
-  at once, so slow or many clients cannot pile up threads in the worker;
+  otherwise. Each connection must be done within `REQUEST_TIMEOUT_S` and at most
+  `MAX_CONNECTIONS` are open (a new one closes the oldest), so slow or many clients can
+  neither pile up in the worker nor keep a probe from its answer;
 - `HealthFile`: a file rewritten every few seconds while healthy and removed when not
   (for probes that can only look at files).
 
@@ -20,16 +21,19 @@ children cannot share one port), healthy while every child is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import http.server
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -41,10 +45,13 @@ log = get_logger("leveret.health")
 
 DEFAULT_FILE_INTERVAL_S = 5.0
 DEFAULT_HOST = "127.0.0.1"
-MAX_CONNECTIONS = 16
-"""HTTP health connections served at once; more are closed at once."""
-SOCKET_TIMEOUT_S = 5.0
-"""A health client silent for this long is disconnected."""
+MAX_CONNECTIONS = 64
+"""HTTP health connections open at once; a new one closes the oldest."""
+REQUEST_TIMEOUT_S = 3.0
+"""A health client that has not sent its whole request and read its answer within this is
+disconnected, however it dribbles its bytes."""
+MAX_REQUEST_BYTES = 8192
+"""A request head longer than this is not read: the client is disconnected."""
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus's text exposition format."""
 
@@ -80,11 +87,14 @@ class Probe(Protocol):
 
 
 class WorkerProbe:
-    """Healthy while the worker consumes and every one of its threads is alive.
+    """Healthy while the worker consumes, every one of its threads is alive and its event
+    loop (if it has async handlers) turns.
 
     The worker clears `consuming` when its connection or channel is lost and when it
     begins shutting down, and sets it again once it consumes after reconnecting. A thread
-    that died (a fault of Leveret's own) makes it unhealthy at once.
+    that died (a fault of Leveret's own) makes it unhealthy at once; an event loop that has
+    not turned for `EventLoop.unhealthy_after_s` (an async handler blocking it) makes it
+    unhealthy until it turns again.
 
     Args:
         worker: The worker.
@@ -112,11 +122,19 @@ class WorkerProbe:
             **counts,
         }
         alive = self.worker.threads_alive()
+        loop = self.worker.event_loop
+        stalled_s = loop.stalled_s() if loop is not None else 0.0
+        stuck = loop is not None and stalled_s > loop.unhealthy_after_s
         if self.worker.fatal_error:
             details["error"] = self.worker.fatal_error
         elif not alive:
             details["error"] = "a worker thread has stopped"
-        return Health(self.worker.consuming.is_set() and alive, details)
+        elif stuck:
+            details["error"] = (
+                f"the event loop has not turned for {stalled_s:.1f}s: an async handler blocks "
+                "it (time.sleep, a synchronous client), so every async handler waits"
+            )
+        return Health(self.worker.consuming.is_set() and alive and not stuck, details)
 
 
 class ChildrenProbe:
@@ -162,93 +180,18 @@ class ChildrenProbe:
         )
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    timeout = SOCKET_TIMEOUT_S
-
-    def do_GET(self) -> None:
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(with_body=False)
-
-    def _answer(self, *, with_body: bool) -> None:
-        if self.path.split("?", 1)[0] == "/metrics":
-            self._metrics(with_body=with_body)
-            return
-        try:
-            health = self.server.probe.check()
-        except Exception as exc:  # a probe that fails says "unhealthy"
-            log.exception("health_check_failed")
-            health = Health(False, {"error": f"health check failed: {type(exc).__name__}"})
-        body = health.body()
-        self.send_response(200 if health.healthy else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def _metrics(self, *, with_body: bool) -> None:
-        exposition = self.server.metrics
-        if exposition is None:
-            status, body, kind = 404, b"metrics are off (leveret worker --metrics)\n", "text/plain"
-        else:
-            try:
-                status, body, kind = 200, exposition(), METRICS_CONTENT_TYPE
-            except Exception as exc:  # a scrape never kills the worker
-                log.exception("metrics_failed")
-                status, body = 500, f"metrics failed: {type(exc).__name__}\n".encode()
-                kind = "text/plain"
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Probes ask every few seconds: keep them out of the worker's log.
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self, address: tuple[str, int], probe: Probe, metrics: Exposition | None = None
-    ) -> None:
-        self.probe = probe
-        self.metrics = metrics
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # MAX_CONNECTIONS busy: no thread for this one
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class HealthServer:
     """Answers HTTP health checks on ``host:port`` from a daemon thread.
 
     ``/metrics``: the Prometheus metrics `metrics` gives (404 without). Any other path:
     ``GET`` answers ``200`` and the JSON of `Health.body` while `probe` is healthy, ``503``
     and the same JSON otherwise; ``HEAD`` the same without the body.
+
+    One asyncio loop serves every connection, so slow or many clients cost no thread.
+    Each connection must send its whole request head (at most `MAX_REQUEST_BYTES`) and
+    read its answer within `REQUEST_TIMEOUT_S`, however it dribbles it (a slowloris client
+    is cut then); at most `MAX_CONNECTIONS` are open at once, and a new one closes the
+    oldest, so a probe is answered at once however many clients hold connections open.
 
     Args:
         probe: What decides the answer.
@@ -268,28 +211,110 @@ class HealthServer:
         host: str = DEFAULT_HOST,
         metrics: Exposition | None = None,
     ) -> None:
-        self._server = _Server((host, port), probe, metrics)
+        self.probe = probe
+        self.metrics = metrics
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family)
         self.host = host
-        self.port: int = self._server.server_address[1]
+        self.port: int = self._socket.getsockname()[1]
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        # Open connections, oldest first (the one a new connection closes when full).
+        self._open: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+        self._started = threading.Event()
 
     def start(self) -> None:
-        """Serve in a daemon thread; returns at once."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.25},
-            name="leveret-health-http",
-            daemon=True,
-        )
+        """Serve in a daemon thread; returns once it listens."""
+        self._thread = threading.Thread(target=self._main, name="leveret-health-http", daemon=True)
         self._thread.start()
+        self._started.wait(5)
         log.info("health_listening", host=self.host, port=self.port)
 
     def close(self) -> None:
-        """Stop serving and close the socket."""
-        if self._thread is not None:
-            self._server.shutdown()
+        """Stop serving and close the socket (and every connection)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                loop.call_soon_threadsafe(stop.set)
             self._thread.join(5)
-        self._server.server_close()
+        self._socket.close()
+
+    # The server's thread ----------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException:  # probes now fail to connect: say why, loudly
+            log.exception("health_server_failed", port=self.port)
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(
+            self._connection, sock=self._socket, limit=MAX_REQUEST_BYTES
+        )
+        self._started.set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            for writer in list(self._open):
+                writer.transport.abort()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open[writer] = None
+        while len(self._open) > MAX_CONNECTIONS:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.transport.abort()  # full: the oldest (a slow client) makes room
+        try:
+            await asyncio.wait_for(self._exchange(reader, writer), REQUEST_TIMEOUT_S)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a slow, silent, gone or oversized client: hang up
+        except Exception:  # one connection's fault never ends the server
+            log.exception("health_request_failed")
+        finally:
+            self._open.pop(writer, None)
+            writer.transport.abort()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].decode("latin-1")
+        if method not in (b"GET", b"HEAD"):
+            status, body, kind = 405, b"GET or HEAD\n", "text/plain"
+        elif path.split("?", 1)[0] == "/metrics":
+            status, body, kind = self._metrics()
+        else:
+            health = self._check()
+            status, body, kind = 200 if health.healthy else 503, health.body(), "application/json"
+        reason = HTTPStatus(status).phrase
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + (body if method == b"GET" else b"")
+        )
+        await writer.drain()
+
+    def _check(self) -> Health:
+        try:
+            return self.probe.check()
+        except Exception as exc:  # a probe that fails says "unhealthy"
+            log.exception("health_check_failed")
+            return Health(False, {"error": f"health check failed: {type(exc).__name__}"})
+
+    def _metrics(self) -> tuple[int, bytes, str]:
+        exposition = self.metrics
+        if exposition is None:
+            return 404, b"metrics are off (leveret worker --metrics)\n", "text/plain"
+        try:
+            return 200, exposition(), METRICS_CONTENT_TYPE
+        except Exception as exc:  # a scrape never kills the worker
+            log.exception("metrics_failed")
+            return 500, f"metrics failed: {type(exc).__name__}\n".encode(), "text/plain"
 
 
 class HealthFile:

@@ -10,7 +10,9 @@ threads): what it runs is the handlers, so an async handler that blocks (``time.
 a synchronous HTTP call) stalls every other async handler, and its time limit can only
 cancel it once it awaits again. Blocking work belongs in ``await asyncio.to_thread(...)``.
 A watcher thread says so: when the loop has not turned for `BLOCKED_AFTER_S`, it logs
-``event_loop_blocked`` once, with the stack of the code holding the loop.
+``event_loop_blocked`` once, with the stack of the code holding the loop; past
+`UNHEALTHY_AFTER_S` it logs ``event_loop_stuck`` and the worker's health turns red until
+the loop turns again (`stalled_s`), so that an orchestrator restarts a worker stuck for good.
 
 No fault ends the loop unseen: an exception escaping a task (a bug of Leveret's, never a
 handler's own exception: those are outcomes) or the loop itself is logged and reported
@@ -43,6 +45,9 @@ CANCEL_GRACE_S = 2.0
 
 BLOCKED_AFTER_S = 1.0
 """How long the loop may go without turning before ``event_loop_blocked`` is logged."""
+UNHEALTHY_AFTER_S = 10.0
+"""How long the loop may go without turning before the worker's health turns red (and
+``event_loop_stuck`` is logged): every async handler has waited that long."""
 _TURN_S = 0.25
 """How often the loop marks that it turns, and the watcher looks."""
 
@@ -72,6 +77,8 @@ class EventLoop:
         self._started = threading.Event()
         self.blocked_after_s = BLOCKED_AFTER_S
         """Read at each look: how long the loop may stall before it is reported."""
+        self.unhealthy_after_s = UNHEALTHY_AFTER_S
+        """How long the loop may stall before the worker is unhealthy (`stalled_s`)."""
         self._turned = 0.0  # time.monotonic() of the loop's last mark
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -91,6 +98,13 @@ class EventLoop:
     def alive(self) -> bool:
         """Whether the loop's thread runs (health)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def stalled_s(self) -> float:
+        """Seconds since the loop last marked a turn (it marks one every 0.25 s while it
+        turns); 0 once it stopped or before it started."""
+        if not self.alive() or self._stopping.is_set():
+            return 0.0
+        return time.monotonic() - self._turned
 
     @property
     def running(self) -> int:
@@ -185,13 +199,23 @@ class EventLoop:
 
     def _watch(self) -> None:
         """Log ``event_loop_blocked`` once per stall: a handler holds the loop."""
-        reported = False
+        reported = stuck = False
         try:
             while not self._stopping.wait(_TURN_S):
-                stalled_s = time.monotonic() - self._turned
+                stalled_s = self.stalled_s()
                 if stalled_s <= self.blocked_after_s:
-                    reported = False
-                elif not reported:
+                    reported = stuck = False
+                    continue
+                if stalled_s > self.unhealthy_after_s and not stuck:
+                    stuck = True
+                    log.error(
+                        "event_loop_stuck",
+                        stalled_s=round(stalled_s, 2),
+                        running=len(self._tasks),
+                        where=self._where(),
+                        hint="the worker reports itself unhealthy until the loop turns again",
+                    )
+                if not reported:
                     reported = True
                     log.warning(
                         "event_loop_blocked",

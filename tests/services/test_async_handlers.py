@@ -30,8 +30,9 @@ from leveret.actors import (
 from leveret.schemas import DefinitionError, InvalidArgument, Message, PublishError, wire
 from leveret.services import MemoryBroker
 from leveret.services.broker import Broker
+from leveret.services.operations.health import HealthServer, WorkerProbe
 from leveret.services.testing import captured_logs
-from tests.support import Recorder, running, wait_until
+from tests.support import Recorder, get_health, running, wait_health, wait_until
 
 
 class Fetch(Message, topic="tests.async.fetch"):
@@ -286,3 +287,27 @@ def test_a_handler_blocking_the_event_loop_is_reported_with_its_stack(broker: Br
     assert len(blocked) == 1, blocked  # once per stall
     assert "time.sleep(msg.wait_s)" in blocked[0]["where"]
     assert blocked[0]["stalled_s"] > 0.3
+
+
+def test_a_handler_blocking_the_event_loop_past_the_bound_turns_health_red(broker: Broker) -> None:
+    """An async handler that blocks the loop (time.sleep) longer than `unhealthy_after_s`
+    makes the worker's health 503, saying why, until the loop turns again (200)."""
+    with running(broker, Blocker, concurrency=5) as worker:
+        loop = worker.event_loop
+        assert loop is not None
+        loop.unhealthy_after_s = 0.5
+        server = HealthServer(WorkerProbe(worker, ["blocker"]), port=0)
+        server.start()
+        try:
+            assert get_health(server.port)[0] == 200
+            with captured_logs("error") as logs:
+                Blocker.send(Fetch(key="b", wait_s=3.0))
+                body = wait_health(server.port, 503, timeout_s=10)
+                assert "event loop has not turned" in body["error"], body
+                wait_until(lambda: worker.stats.handled == 1, 15, "the blocking handler")
+                wait_health(server.port, 200, timeout_s=10)
+            stuck = [event for event in logs if event["event"] == "event_loop_stuck"]
+            assert len(stuck) == 1, logs
+            assert "time.sleep(msg.wait_s)" in stuck[0]["where"]
+        finally:
+            server.close()

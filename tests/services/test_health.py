@@ -213,12 +213,12 @@ def test_children_probe_is_healthy_only_while_every_childs_health_file_is(
 def test_health_server_listens_on_loopback_and_bounds_its_connections(
     memory_broker: MemoryBroker,
 ) -> None:
-    """By default 127.0.0.1 only. Forty idle clients get at most 16 threads between them
-    and are disconnected after the socket timeout; a real probe is answered meanwhile."""
+    """By default 127.0.0.1 only. A hundred idle clients cost the worker no thread, a probe
+    is answered meanwhile, and a silent client is disconnected after the request timeout."""
     import socket
     import threading
 
-    from leveret.services.operations.health import MAX_CONNECTIONS, SOCKET_TIMEOUT_S
+    from leveret.services.operations.health import REQUEST_TIMEOUT_S
 
     memory_broker.declare(Jobs)
     worker = memory_broker.worker([Jobs], threads=1)
@@ -229,15 +229,60 @@ def test_health_server_listens_on_loopback_and_bounds_its_connections(
     idle: list[socket.socket] = []
     try:
         threads_before = threading.active_count()
-        for _ in range(40):
+        for _ in range(100):
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
-        wait_until(lambda: threading.active_count() >= threads_before + 1, 5, "a connection thread")
-        assert threading.active_count() <= threads_before + MAX_CONNECTIONS
-        # Once the idle clients time out, a probe gets its answer.
-        wait_health(server.port, 200, timeout_s=SOCKET_TIMEOUT_S + 10)
-        assert idle[0].recv(1) == b""  # the server hung up on a silent client
+        assert get_health(server.port)[0] == 200  # at once, with a hundred clients idle
+        assert threading.active_count() <= threads_before
+        idle[-1].settimeout(REQUEST_TIMEOUT_S + 5)
+        assert idle[-1].recv(1) == b""  # the server hung up on a silent client
     finally:
         for sock in idle:
             sock.close()
+        worker.shutdown(5)
+        server.close()
+
+
+def test_slowloris_clients_never_keep_a_probe_from_its_answer(memory_broker: MemoryBroker) -> None:
+    """Two hundred clients each dribble a request one byte at a time, forever (opening new
+    connections as theirs are cut): every probe meanwhile is answered 200 within a second."""
+    import socket
+    import threading
+    import time
+
+    memory_broker.declare(Jobs)
+    worker = memory_broker.worker([Jobs], threads=1)
+    worker.start()
+    server = HealthServer(WorkerProbe(worker, ["q"]), port=0, host="127.0.0.1")
+    server.start()
+    stop = threading.Event()
+
+    def dribble() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                    for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 10_000:
+                        if stop.wait(0.2):
+                            return
+                        sock.sendall(bytes([byte]))
+            except OSError:
+                continue  # cut by the server: come back at once, as an attacker would
+
+    attackers = [threading.Thread(target=dribble, daemon=True) for _ in range(200)]
+    try:
+        for thread in attackers:
+            thread.start()
+        time.sleep(1)  # let them all connect and start dribbling
+        answers = []
+        for _ in range(10):
+            started = time.monotonic()
+            status, _body = get_health(server.port, timeout_s=5)
+            answers.append((status, round(time.monotonic() - started, 3)))
+            time.sleep(0.3)
+        assert all(status == 200 for status, _took in answers), answers
+        assert max(took for _status, took in answers) < 1.0, answers
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(5)
         worker.shutdown(5)
         server.close()
