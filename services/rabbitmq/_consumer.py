@@ -6,7 +6,9 @@ runtime. Outcomes come back from the handler threads (`settle`, `give_back`) and
 to the I/O thread, which acks, or first publishes the retry or dead letter with a confirm
 and then acks. Everything delivered on a channel belongs to that channel's generation: an
 outcome for a delivery whose channel has since died is dropped with a log line (the broker
-redelivers it).
+redelivers it). Retries and dead letters go out on a channel of their own
+(`leveret.services.rabbitmq._republish`), so that a copy the broker refuses never disturbs
+the deliveries in flight.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
@@ -32,9 +34,11 @@ from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import IOThread, describe
 from leveret.services.rabbitmq._declare import declare_async
+from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
 from leveret.services.runtime.execution import Outcome
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
+from leveret.services.topology import Step
 
 log = get_logger("leveret.worker")
 
@@ -94,16 +98,19 @@ class RabbitConsumer(IOThread, Consumer):
         self._outstanding = 0
         self._settled = threading.Event()
         self._settled.set()
-        self._publish_tag = 0
-        self._republishing: dict[int, Job] = {}
-        self._returned: set[int] = set()
+        self._republisher = Republisher(
+            self,
+            stored=self._ack_original,
+            refused=self._keep_original,
+            unencodable=self._dead_letter_original,
+            steps=self._current_steps,
+        )
         self._heartbeats_exchange = naming.heartbeats_exchange(namespace)
         self._heartbeat_channel: Channel | None = None
         self._heartbeat_pending: bytes | None = None  # the latest, while the channel opens
         self._local_address: str | None = None
         self._heartbeats_paused_until = 0.0
         self._heartbeats_refused = False
-        self._renewed_at = -RENEW_AFTER_NACK_S  # when a nack last replaced the channel
 
     # Consumer, any thread ---------------------------------------------------------------
 
@@ -175,17 +182,14 @@ class RabbitConsumer(IOThread, Consumer):
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
-        channel.add_on_return_callback(self._on_return)
         channel.add_on_cancel_callback(self._on_cancelled)
         self._declaring = True
-        channel.confirm_delivery(
-            self._on_confirm,
-            callback=lambda _frame: declare_async(
-                channel,
-                self._steps_without_levels if self._levels_node_down else self._steps,
-                self._on_declared,
-            ),
-        )
+        declare_async(channel, self._current_steps(), self._on_declared)
+
+    def _current_steps(self) -> list[Step]:
+        """The topology to declare: without the delay levels while a node holding one is
+        down (see `_on_channel_closed`)."""
+        return self._steps_without_levels if self._levels_node_down else self._steps
 
     def _on_declared(self) -> None:
         self._declaring = False
@@ -341,6 +345,7 @@ class RabbitConsumer(IOThread, Consumer):
     def on_disconnected(self, reason: BaseException) -> None:
         self._heartbeat_channel = None
         self._heartbeat_pending = None
+        self._republisher.reset()
         self._forget_channel()
 
     # I/O thread: heartbeats -------------------------------------------------------------
@@ -420,9 +425,6 @@ class RabbitConsumer(IOThread, Consumer):
         self._declaring = False
         self.consuming.clear()
         self._outstanding = 0
-        self._republishing.clear()
-        self._returned.clear()
-        self._publish_tag = 0
         self._active = set()
         self._check_settled()
 
@@ -495,10 +497,10 @@ class RabbitConsumer(IOThread, Consumer):
                 channel.basic_ack(job.tag)
                 self._outstanding -= 1
             elif isinstance(result, Outcome):
-                self._publish_then_ack(channel, job, result)
+                self._publish_then_ack(job, result)
         self._check_settled()
 
-    def _publish_then_ack(self, channel: Channel, job: Job, outcome: Outcome) -> None:
+    def _publish_then_ack(self, job: Job, outcome: Outcome) -> None:
         """Publish the retry or dead letter of `job`; its confirm acks the original."""
         actor_queue = self._actors[job.queue].queue
         if outcome.fate == "dead_letter":
@@ -508,120 +510,72 @@ class RabbitConsumer(IOThread, Consumer):
             routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
         else:
             exchange, routing_key = "", job.queue
-        try:
-            self._republish(channel, exchange, routing_key, job, outcome.headers)
-            return
-        except Exception as exc:  # noqa: BLE001  # a copied header pika cannot encode
-            log.warning(
-                "republish_headers_replaced",
-                message_id=job.delivery.message_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        try:
-            self._republish(
-                channel,
-                exchange,
-                routing_key,
-                job,
-                wire_properties.encodable_headers(outcome.headers),
-            )
-        except Exception:  # still not publishable: let the broker dead-letter it
-            log.exception("republish_failed", message_id=job.delivery.message_id)
+        self._republisher.publish(Copy(job, exchange, routing_key, outcome.headers))
+
+    def _ack_original(self, job: Job) -> None:
+        """Its retry or dead letter is stored: ack the original (if its channel lives)."""
+        channel = self._open_channel_of(job)
+        if channel is not None:
+            channel.basic_ack(job.tag)
+            self._outstanding -= 1
+            self._check_settled()
+
+    def _keep_original(self, job: Job, why: str) -> None:
+        """Its retry or dead letter was not stored (or may not be): the original goes back
+        to its queue and is handled again, once the topology its copy goes to is declared
+        again (a `.dlq` or delay level deleted meanwhile exists again by then)."""
+        log.error("republish_not_stored", message_id=job.delivery.message_id, reason=why)
+        steps = topology.steps(
+            self.namespace,
+            [self._actors[job.queue]],
+            with_delay_levels=not self._levels_node_down,
+            delay_queues=self.delay_queues,
+        )
+        self._declare_then(steps, functools.partial(self._requeue, job))
+
+    def _dead_letter_original(self, job: Job) -> None:
+        """No copy of it can be written: the broker dead-letters the original instead."""
+        channel = self._open_channel_of(job)
+        if channel is not None:
             channel.basic_reject(job.tag, requeue=False)
             self._outstanding -= 1
+            self._check_settled()
 
-    def _republish(
-        self,
-        channel: Channel,
-        exchange: str,
-        routing_key: str,
-        job: Job,
-        headers: dict[str, Any],
-    ) -> None:
-        channel.basic_publish(
-            exchange,
-            routing_key,
-            job.delivery.body,
-            wire_properties.republish_properties(job.delivery, headers),
-            mandatory=True,
-        )
-        self._publish_tag += 1
-        self._republishing[self._publish_tag] = job
-
-    def _on_return(
-        self, _channel: Channel, _method: Basic.Return, props: pika.BasicProperties, _body: bytes
-    ) -> None:
-        for tag, job in self._republishing.items():
-            if job.delivery.message_id == props.message_id and tag not in self._returned:
-                self._returned.add(tag)
-                return
-
-    def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
-        method = frame.method
-        acked = isinstance(method, Basic.Ack)
-        tags = (
-            [tag for tag in self._republishing if tag <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
-        channel = self._channel
-        for tag in tags:
-            job = self._republishing.pop(tag, None)
-            if job is None or channel is None or not channel.is_open:
-                continue
-            returned = tag in self._returned
-            self._returned.discard(tag)
-            if acked and not returned:
-                channel.basic_ack(job.tag)
-                self._outstanding -= 1
-                continue
-            # Keep the original: it comes back to its queue and is handled again once the
-            # queue its retry or dead letter goes to exists again (declared below).
-            log.error(
-                "republish_not_stored",
-                message_id=job.delivery.message_id,
-                reason="no queue took it" if returned else "broker nacked",
-            )
-            if not acked and self._renew_channel_after_nack(channel):
-                return  # every delivery of the channel goes back to its queue
-            declare_async(
-                channel,
-                topology.steps(self.namespace, [self._actors[job.queue]]),
-                functools.partial(self._requeue_later, channel, job),
-            )
-        self._check_settled()
-
-    def _renew_channel_after_nack(self, channel: Channel) -> bool:
-        """Close the channel after a nacked retry or dead letter, at most once in
-        `RENEW_AFTER_NACK_S` (a new one consumes again a second later).
-
-        RabbitMQ (seen on 3.10) keeps nacking, on one channel, every publish to a quorum
-        queue with ``reject-publish`` overflow (the quorum delay levels) when that channel
-        first published to it while the queue's leader was dead: requeueing the original
-        on the same channel would loop until its delivery limit dead-letters it. Its
-        deliveries, the nacked one's original included, go back to their queues.
-        """
-        now = time.monotonic()
-        if now - self._renewed_at < RENEW_AFTER_NACK_S:
-            return False
-        self._renewed_at = now
-        log.warning("worker_channel_renewed", reason="the broker nacked a retry or dead letter")
-        channel.close()
-        return True
-
-    def _requeue_later(self, channel: Channel, job: Job) -> None:
-        if job.generation == self._generation and channel.is_open:
+    def _requeue(self, job: Job) -> None:
+        channel = self._open_channel_of(job)
+        if channel is not None:
             channel.basic_nack(job.tag, requeue=True)
             self._outstanding -= 1
             self._check_settled()
 
+    def _declare_then(self, steps: list[Step], then: Callable[[], None]) -> None:
+        """Declare `steps` on a channel of its own (a refusal closes only that one), then
+        call `then` once, whatever the declaration's fate."""
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            then()
+            return
+        called = False
+
+        def on_closed(_channel: Channel, reason: BaseException) -> None:
+            nonlocal called
+            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                log.warning("redeclare_refused", error=describe(reason))
+            if not called:
+                called = True
+                then()
+
+        def on_open(channel: Channel) -> None:
+            channel.add_on_close_callback(on_closed)
+            declare_async(channel, steps, channel.close)
+
+        connection.channel(on_open_callback=on_open)
+
     def _check_settled(self) -> None:
-        if self._outstanding <= 0 and not self._republishing:
+        if self._outstanding <= 0:
             self._settled.set()
 
 
-RENEW_AFTER_NACK_S = 5.0
-"""A nacked retry or dead letter replaces the worker's channel at most once in this long."""
 HEARTBEAT_RETRY_S = 60.0
 """After the broker refused the heartbeats exchange, how long until the next try."""
 ADAPT_EVERY_S = 0.2

@@ -1,0 +1,292 @@
+"""Internal: a worker's retries and dead letters, published on a confirm channel of their own.
+
+A worker settles a delivery that fails by publishing its retry (or dead letter) and acking
+the original once the broker confirmed the copy. The copies go out on a channel apart from
+the one that consumes, so that whatever befalls publishing leaves the deliveries in flight
+alone: when the broker refuses a copy (a nack) the channel is replaced, as RabbitMQ (seen on
+3.10) may keep refusing, on one channel, every publish to a quorum queue with
+``reject-publish`` overflow once that channel met the queue without a leader. Closing the
+consuming channel instead would give every delivery it holds back to its queue while other
+handlers still run them: each would be handled twice.
+
+The replaced channel publishes nothing more; it closes once every copy it sent is confirmed
+or refused, or after `DRAIN_MAX_S` (a copy still unconfirmed then may be stored: its original
+goes back to its queue all the same, and may be handled again). Copies wait meanwhile for
+the next channel, which opens at once.
+
+Every copy's fate goes back to the consumer through its callbacks, on the I/O thread:
+`stored` (ack the original), `refused` (not stored, or not known to be: keep the original),
+`unencodable` (no copy can be written: let the broker dead-letter the original).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pika
+import pika.exceptions
+import pika.frame
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
+from pika.spec import Basic
+
+from leveret.services.logs import get_logger
+from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._connection import describe
+from leveret.services.rabbitmq._declare import declare_async
+from leveret.services.runtime.consumer import Job
+from leveret.services.topology import Step
+
+log = get_logger("leveret.worker")
+
+RENEW_AFTER_NACK_S = 5.0
+"""A refused copy replaces the channel at most once in this long."""
+DRAIN_MAX_S = 5.0
+"""How long a replaced channel waits for the confirms of what it sent before it closes."""
+REOPEN_AFTER_S = 1.0
+"""After the broker closed the channel, how long until the next one opens."""
+
+# What basic_publish raises when the channel or connection went: nothing was written.
+_CHANNEL_GONE = (
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.ConnectionClosed,
+)
+
+
+class IO(Protocol):
+    """What the republisher needs of the consumer's I/O thread."""
+
+    @property
+    def connection(self) -> SelectConnection | None:
+        """The open connection, or None."""
+        ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Run `callback` on the I/O loop after `delay_s`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A retry or dead letter of `job`, to publish to `exchange` with `routing_key`."""
+
+    job: Job
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+
+
+@dataclass(eq=False, slots=True)
+class _Channel:
+    channel: Channel
+    tag: int = 0
+    waiting: dict[int, Job] = field(default_factory=dict)  # publish tag -> its original
+    returned: set[int] = field(default_factory=set)
+    ready: bool = False  # publishing (it was opening before)
+    draining: bool = False
+
+
+class Republisher:
+    """Publishes copies with confirms on a channel of the worker's connection (I/O thread).
+
+    Args:
+        io: The consumer's I/O thread (its connection and timers).
+        stored: Called with a job once its copy is confirmed.
+        refused: Called with a job and why, when its copy was not stored or may not be (a
+            nack, no queue took it, the channel closed before the confirm).
+        unencodable: Called with a job whose copy cannot be written at all.
+        steps: The topology to declare again before publishing on a new channel, after the
+            broker closed the previous one (a target exchange was missing).
+    """
+
+    def __init__(
+        self,
+        io: IO,
+        *,
+        stored: Callable[[Job], None],
+        refused: Callable[[Job, str], None],
+        unencodable: Callable[[Job], None],
+        steps: Callable[[], list[Step]],
+    ) -> None:
+        self._io = io
+        self._stored = stored
+        self._refused = refused
+        self._unencodable = unencodable
+        self._steps = steps
+        self._current: _Channel | None = None
+        self._opening = False
+        self._queued: deque[Copy] = deque()  # waiting for a channel
+        self._draining: set[_Channel] = set()
+        self._redeclare = False
+        self._renewed_at = -RENEW_AFTER_NACK_S
+
+    def publish(self, copy: Copy) -> None:
+        """Publish `copy` now, or as soon as a channel is open."""
+        current = self._current
+        if current is None or not current.channel.is_open:
+            self._queued.append(copy)
+            self._open()
+            return
+        props = wire_properties.republish_properties(copy.job.delivery, copy.headers)
+        try:
+            self._write(current, copy, props)
+            return
+        except _CHANNEL_GONE:
+            self._queued.append(copy)  # nothing written: on the next channel
+            self._current = None
+            self._open()
+            return
+        except Exception as exc:  # noqa: BLE001  # a copied header pika cannot encode
+            log.warning(
+                "republish_headers_replaced",
+                message_id=copy.job.delivery.message_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        try:
+            headers = wire_properties.encodable_headers(copy.headers)
+            self._write(
+                current, copy, wire_properties.republish_properties(copy.job.delivery, headers)
+            )
+        except Exception:  # still not publishable: let the broker dead-letter the original
+            log.exception("republish_failed", message_id=copy.job.delivery.message_id)
+            self._unencodable(copy.job)
+
+    def reset(self) -> None:
+        """The connection is gone, and every channel with it: forget everything (what was
+        delivered on it is the broker's again)."""
+        self._current = None
+        self._opening = False
+        self._queued.clear()
+        self._draining.clear()
+
+    def _write(self, target: _Channel, copy: Copy, props: pika.BasicProperties) -> None:
+        target.channel.basic_publish(
+            copy.exchange, copy.routing_key, copy.job.delivery.body, props, mandatory=True
+        )
+        target.tag += 1
+        target.waiting[target.tag] = copy.job
+
+    # Channels ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        connection = self._io.connection
+        if self._opening or connection is None or not connection.is_open:
+            return  # a new connection opens a new channel when the next copy comes
+        self._opening = True
+        connection.channel(on_open_callback=self._on_open)
+
+    def _on_open(self, channel: Channel) -> None:
+        target = _Channel(channel)
+        channel.add_on_close_callback(functools.partial(self._on_closed, target))
+        channel.add_on_return_callback(functools.partial(self._on_return, target))
+
+        def ready() -> None:
+            if not channel.is_open:
+                return  # refused while declaring: its close callback has the reason
+            self._opening = False
+            target.ready = True
+            self._current = target
+            queued, self._queued = self._queued, deque()
+            for copy in queued:
+                self.publish(copy)
+
+        def confirming(_frame: pika.frame.Method[Any]) -> None:
+            if self._redeclare:
+                self._redeclare = False
+                declare_async(channel, self._steps(), ready)
+            else:
+                ready()
+
+        channel.confirm_delivery(functools.partial(self._on_confirm, target), callback=confirming)
+
+    def _on_closed(self, target: _Channel, _channel: Channel, reason: BaseException) -> None:
+        self._draining.discard(target)
+        if self._current is target:
+            self._current = None
+        if not target.ready:
+            self._opening = False  # closed while it was opening
+        waiting = [target.waiting[tag] for tag in sorted(target.waiting)]
+        target.waiting.clear()
+        connection = self._io.connection
+        if connection is None or not connection.is_open:
+            return  # the connection went: its deliveries are the broker's again
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            # A target that does not exist (an exchange deleted): declare it all again.
+            self._redeclare = True
+            log.warning("republish_channel_closed", error=describe(reason))
+        for job in waiting:
+            self._refused(job, f"its channel closed before the confirm ({describe(reason)})")
+        if self._queued:
+            self._io.call_later(REOPEN_AFTER_S, self._open)
+
+    def _on_return(
+        self,
+        target: _Channel,
+        _channel: Channel,
+        _method: Basic.Return,
+        props: pika.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        for tag, job in target.waiting.items():
+            if job.delivery.message_id == props.message_id and tag not in target.returned:
+                target.returned.add(tag)
+                return
+
+    def _on_confirm(
+        self, target: _Channel, frame: pika.frame.Method[Basic.Ack | Basic.Nack]
+    ) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        tags = (
+            [tag for tag in target.waiting if tag <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for tag in tags:
+            job = target.waiting.pop(tag, None)
+            if job is None:
+                continue
+            returned = tag in target.returned
+            target.returned.discard(tag)
+            if acked and not returned:
+                self._stored(job)
+                continue
+            if not acked:
+                self._renew(target)
+            self._refused(job, "no queue took it" if returned else "broker nacked")
+        if target.draining and not target.waiting and target.channel.is_open:
+            target.channel.close()
+
+    def _renew(self, target: _Channel) -> None:
+        """Replace `target` after a nack, at most once in `RENEW_AFTER_NACK_S`: nothing more
+        is published on it, and it closes once what it sent is confirmed (see the module)."""
+        now = time.monotonic()
+        if target is not self._current or now - self._renewed_at < RENEW_AFTER_NACK_S:
+            return
+        self._renewed_at = now
+        self._current = None
+        target.draining = True
+        self._draining.add(target)
+        log.warning(
+            "worker_channel_renewed",
+            reason="the broker nacked a retry or dead letter",
+            outstanding=len(target.waiting),
+        )
+
+        def give_up_waiting() -> None:
+            if target in self._draining and target.channel.is_open:
+                log.warning(
+                    "worker_channel_renewed",
+                    outstanding=len(target.waiting),
+                    reason=f"confirms still outstanding after {DRAIN_MAX_S} s",
+                )
+                target.channel.close()
+
+        self._io.call_later(DRAIN_MAX_S, give_up_waiting)
