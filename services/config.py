@@ -14,6 +14,9 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 BROKER_URL_ENV = "LEVERET_BROKER_URL"
 NAMESPACE_ENV = "LEVERET_NAMESPACE"
 DASHBOARD_TOKEN_ENV = "LEVERET_DASHBOARD_TOKEN"  # noqa: S105  # the name of a variable
+WORKER_SLOT_ENV = "LEVERET_WORKER_SLOT"
+"""A child of ``leveret worker --processes N``: its slot number (0 … N-1), set by the
+supervisor; its log lines and metrics carry it."""
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 """How long one connection attempt to one node may take (TCP connect, TLS and the AMQP
 handshake), unless the URL says otherwise (``socket_timeout``, ``stack_timeout``); for a

@@ -36,6 +36,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from leveret.schemas.errors import ConfigurationError
+from leveret.services.config import WORKER_SLOT_ENV
 from leveret.services.redaction import redact, redact_value
 
 ROOT_LOGGER = "leveret"
@@ -256,8 +257,10 @@ class StructuredFormatter(logging.Formatter):
     """Renders every record, Leveret's and any library's, as one JSON line or console line.
 
     The line holds the message as ``event``, every field given as ``extra`` (Leveret's
-    events carry theirs so), ``level``, ``timestamp`` (UTC), ``logger`` and, if any, the
-    formatted ``exception``; URL passwords are redacted. Usable in Django's ``LOGGING``::
+    events carry theirs so), ``process`` (the pid of the process that wrote it) and, in a
+    child of ``leveret worker --processes N``, its ``slot``, ``level``, ``timestamp`` (UTC),
+    ``logger`` and, if any, the formatted ``exception``; URL passwords are redacted.
+    Usable in Django's ``LOGGING``::
 
         "formatters": {"structured": {"()": "leveret.services.logs.StructuredFormatter"}}
 
@@ -280,7 +283,11 @@ class StructuredFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as one rendered line."""
         event = event_of(record)
-        level = event["level"]
+        level, logger = event.pop("level"), event.pop("logger")
+        event.setdefault("process", record.process)  # the fields first, as `_DirectJSON`
+        for key, value in _process_fields.items():
+            event.setdefault(key, value)
+        event["level"], event["logger"] = level, logger
         event["timestamp"] = datetime.fromtimestamp(record.created, UTC).strftime(
             "%Y-%m-%dT%H:%M:%S.%fZ"
         )
@@ -449,6 +456,8 @@ class _DirectJSON:
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
+        for key, value in _process_fields.items():
+            data.setdefault(key, value)
         data["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
         data["logger"] = name
         data["timestamp"] = f"{self._prefix}.{nanoseconds // 1000:06d}Z"
@@ -477,6 +486,19 @@ _LEVEL_NAMES = {
     logging.CRITICAL: "critical",
 }
 _direct: _DirectJSON | None = None
+
+
+def _own_process_fields() -> dict[str, Any]:
+    """What every line says of the process that wrote it: its pid, and its slot when it is
+    a child of ``leveret worker --processes N`` (the children share one standard error)."""
+    fields: dict[str, Any] = {"process": os.getpid()}
+    slot = os.environ.get(WORKER_SLOT_ENV, "")
+    if slot.isdigit():
+        fields["slot"] = int(slot)
+    return fields
+
+
+_process_fields = _own_process_fields()
 
 
 def _fallback(value: Any) -> Any:
@@ -510,6 +532,8 @@ def flush_logs() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _process_fields
+    _process_fields = _own_process_fields()
     for handler in list(logging.getLogger().handlers):
         if isinstance(handler, StderrHandler):
             handler._reset_after_fork()

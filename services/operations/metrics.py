@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 
 from leveret.schemas import wire
+from leveret.services import config
 from leveret.services.logs import get_logger
 from leveret.services.runtime.execution import Outcome
 from leveret.services.runtime.worker import Worker
@@ -42,7 +43,7 @@ log = get_logger("leveret.metrics")
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's own variable: where children of a supervisor write their values."""
-SLOT_ENV = "LEVERET_WORKER_SLOT"
+SLOT_ENV = config.WORKER_SLOT_ENV
 """The child's slot under a supervisor (its ``slot`` label)."""
 
 SAMPLE_INTERVAL_S = 1.0

@@ -217,8 +217,9 @@ class Supervisor:
             os.path.join(self.health_dir, f"child-{self._spawned}") if self.health_dir else None
         )
         health_env = {HEALTH_FILE_ENV: health_file} if health_file else {}
+        health_env[SLOT_ENV] = str(slot)  # its log lines say which child wrote them
         if self.metrics_dir is not None:
-            health_env.update({MULTIPROC_DIR_ENV: self.metrics_dir, SLOT_ENV: str(slot)})
+            health_env[MULTIPROC_DIR_ENV] = self.metrics_dir
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(

@@ -136,6 +136,30 @@ def test_a_sigkilled_child_is_replaced_and_its_message_redelivered(
     assert supervisor.wait(30) == 0, supervisor.log()
 
 
+def test_every_line_says_which_process_wrote_it(
+    rabbit_broker: RabbitBroker, supervise: Supervise, record: str
+) -> None:
+    """The children share the supervisor's standard error: each line carries the pid of the
+    process that wrote it (``process``), and a child's its slot (``slot``)."""
+    supervisor = supervise(2, "--threads", "2")
+    wait_ready(supervisor, 2)
+    children = {r["pid"]: r["slot"] for r in log_events(supervisor, "worker_child_started")}
+    # A child's lines are buffered (written every 0.2 s): its ready signal may come first.
+    wait_until(lambda: len(log_events(supervisor, "worker_consuming")) == 2, 10, "2 lines")
+    consuming = log_events(supervisor, "worker_consuming")
+    assert {(r["process"], r["slot"]) for r in consuming} == set(children.items()), consuming
+    for n in range(4):
+        rabbit_broker.send(Jobs, Job(n=n))
+    wait_until(lambda: done_numbers(record) == set(range(4)), 15, "every job to be done")
+    wait_until(lambda: len(log_events(supervisor, "message_handled")) >= 4, 10, "4 lines")
+    handled = log_events(supervisor, "message_handled")
+    assert {r["process"] for r in handled} <= set(children), handled
+    assert all(children[r["process"]] == r["slot"] for r in handled), handled
+    own = log_events(supervisor, "worker_child_started")
+    assert {r["process"] for r in own} == {supervisor.process.pid}, own
+    assert all("slot" not in r or r["slot"] in children.values() for r in own)
+
+
 def test_sigterm_to_the_supervisor_finishes_work_in_flight_and_exits_0(
     rabbit_broker: RabbitBroker, supervise: Supervise, record: str
 ) -> None:
