@@ -59,7 +59,8 @@ MessageSource: TypeAlias = "Message | Callable[[datetime], Message]"
 ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
 """Where intervals are counted from unless an entry says otherwise."""
 
-_MAX_NAME_BYTES = 200
+MAX_NAME_BYTES = 200
+"""The longest name of a schedule entry, in bytes (UTF-8)."""
 
 
 class Tick(Message, topic="leveret.tick"):
@@ -175,14 +176,23 @@ def every(
     interval never drifts, whenever a scheduler starts.
 
     Raises:
-        DefinitionError: Not at least one second, or a naive anchor.
+        DefinitionError: Not at least one second, a naive anchor, or a next tick past the
+            year 9999 (what `datetime` holds).
     """
     interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     if interval < timedelta(seconds=1) or interval.microseconds:
         raise DefinitionError(f"an interval must be whole seconds, at least 1, not {interval}")
     if anchor is not None and anchor.tzinfo is None:
         raise DefinitionError("every(anchor=...) must be timezone-aware")
-    return Every(interval, (anchor or ANCHOR).astimezone(UTC))
+    try:
+        when = Every(interval, (anchor or ANCHOR).astimezone(UTC))
+        next(when.after(datetime.now(UTC)))
+    except OverflowError as exc:
+        raise DefinitionError(
+            f"every {interval} from {anchor or ANCHOR}: its next tick is past the year 9999; "
+            "use a shorter interval or an earlier anchor"
+        ) from exc
+    return when
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,9 +357,9 @@ def _define(
     *,
     register: bool = True,
 ) -> Schedule:
-    if not isinstance(name, str) or not name or len(name.encode()) > _MAX_NAME_BYTES:
-        raise DefinitionError(f"a schedule needs a name of 1 to {_MAX_NAME_BYTES} bytes")
-    if not all(char.isalnum() or char in "._-" for char in name):
+    if not isinstance(name, str) or not name or len(name.encode(errors="replace")) > MAX_NAME_BYTES:
+        raise DefinitionError(f"a schedule needs a name of 1 to {MAX_NAME_BYTES} bytes")
+    if not valid_schedule_name(name):
         raise DefinitionError(f"schedule {name!r}: use letters, digits and ._- in its name")
     where = f"schedule {name!r}"
     if not isinstance(when, Cron | Every):
@@ -387,6 +397,16 @@ def _define(
             )
         _registry[name] = entry
     return entry
+
+
+def valid_schedule_name(name: object) -> bool:
+    """Whether `name` can name a schedule entry: text of 1 to `MAX_NAME_BYTES` bytes, of
+    letters, digits and ``._-`` (what the stored state may hold, too)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name.encode(errors="replace")) <= MAX_NAME_BYTES
+        and all(char.isalnum() or char in "._-" for char in name)
+    )
 
 
 def _forget(entry: Schedule) -> None:

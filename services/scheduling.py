@@ -5,7 +5,9 @@ the broker provides (`SchedulerBackend.acquire`; on RabbitMQ an exclusive queue,
 `leveret.services.rabbitmq._schedule`); the others try again every `poll_s` seconds. The
 leader:
 
-1. loads the last tick sent of each entry (stored in the broker, `load_state`);
+1. loads the last tick sent of each entry (stored in the broker, `load_state`), trusting
+   no stored tick more than `FUTURE_TOLERANCE_S` ahead of its own clock (a clock that ran
+   ahead stored it, or another client did): that entry resumes from now;
 2. plans what the downtime missed, by each entry's catch-up policy: ticks older than
    `grace_s` are "missed" (``skip``: none, ``latest``: the last one, ``all``: up to
    ``max_catch_up`` of them); ticks within `grace_s` (a failover, a broker restart) are
@@ -13,6 +15,10 @@ leader:
 3. then sends every tick as it falls due, oldest first, each with the deterministic id of
    its entry and time (`Schedule.message_id`), with publisher confirms, and stores the
    last tick sent of each entry after every batch (`save_state`).
+
+Each entry's work is its own: an entry whose times cannot be computed (an overflow near
+the limits of `datetime`) or whose message cannot be built is logged and skipped, and the
+other entries go on.
 
 A tick published but not yet stored when a leader dies is sent again by the next one, with
 the same message id: the overlap of a failover can only duplicate a tick under one id.
@@ -42,6 +48,13 @@ log = get_logger("leveret.scheduler")
 DEFAULT_GRACE_S = 60.0
 DEFAULT_POLL_S = 1.0
 MAX_BATCH = 500
+MAX_STATE_ENTRIES = 10_000
+"""The most entries a stored state holds (the reader keeps no more, the leader saves no
+more: its own entries first)."""
+FUTURE_TOLERANCE_S = 5.0
+"""How far ahead of the leader's clock a stored tick (or an entry's last tick, after the
+clock stepped back) is still trusted: clocks a few seconds apart change nothing; beyond,
+the entry resumes from now, so that a bad clock on one host cannot silence the others."""
 
 
 class SchedulerBackend(ABC):
@@ -140,10 +153,12 @@ class Scheduler:
         self.on_tick = on_tick
         self.leading = False
         self.sent = 0
+        self.tolerance = timedelta(seconds=FUTURE_TOLERANCE_S)
         self._entries: dict[str, Schedule] = {}
         self._cursor: dict[str, datetime] = {}  # the last tick handled, per entry
         self._backlog: list[tuple[datetime, Schedule]] = []
         self._state: dict[str, datetime] = {}  # the last tick sent, per entry (stored)
+        self._failing: dict[str, str] = {}  # entries whose times cannot be computed: why
         self._loaded_at = 0.0
 
     # Following and leading ----------------------------------------------------------------
@@ -186,15 +201,19 @@ class Scheduler:
             return False
         self.leading = True
         self.reload(force=True)
-        state = self.backend.load_state()
+        stored = self.backend.load_state()
         now = self.clock()
+        self._state = self._trusted(stored, now)
         self._cursor = {}
         self._backlog = []
         for entry in self._entries.values():
-            missed, cursor = self._plan(entry, state.get(entry.name), now)
+            try:
+                missed, cursor = self._plan(entry, self._state.get(entry.name), now)
+            except Exception as exc:  # noqa: BLE001  # one entry's arithmetic stops no other
+                self._failed(entry, exc, now)
+                continue
             self._backlog.extend((tick, entry) for tick in missed)
             self._cursor[entry.name] = cursor
-        self._state = dict(state)
         targets = [entry.to for entry in self._entries.values() if entry.to is not None]
         if targets:
             self.backend.declare(list(dict.fromkeys(targets)))
@@ -229,12 +248,15 @@ class Scheduler:
         now = self.clock()
         due = self._backlog
         self._backlog = []
-        for entry in self._entries.values():
-            cursor = self._cursor.setdefault(entry.name, now)
-            for tick in entry.when.after(cursor):
-                if tick > now or len(due) >= MAX_BATCH:
-                    break
-                due.append((tick, entry))
+        for entry in list(self._entries.values()):
+            try:
+                ticks = self._due(entry, now, room=MAX_BATCH - len(due))
+            except Exception as exc:  # noqa: BLE001  # one entry's arithmetic stops no other
+                self._failed(entry, exc, now)
+                continue
+            if ticks and self._failing.pop(entry.name, None) is not None:
+                log.info("schedule_resumed", schedule=entry.name)
+            due.extend((tick, entry) for tick in ticks)
         if not due:
             return 0
         due.sort(key=lambda item: item[0])
@@ -279,9 +301,101 @@ class Scheduler:
             )
             if self.on_tick is not None:
                 self.on_tick(SentTick(entry.name, tick, item.envelope.message_id))
-        self.backend.save_state(self._state)
+        self.backend.save_state(self._bounded_state())
         self.sent += sent
         return sent
+
+    def _due(self, entry: Schedule, now: datetime, *, room: int) -> list[datetime]:
+        """The ticks of `entry` to send now, oldest first (at most `room`; the others wait
+        for the next step).
+
+        Raises:
+            Exception: The entry's times cannot be computed (an overflow).
+        """
+        cursor = self._cursor.setdefault(entry.name, now)  # a new entry: from now on
+        ticks: list[datetime] = []
+        for tick in entry.when.after(cursor):
+            if tick > now or len(ticks) >= room:
+                break
+            ticks.append(tick)
+        return ticks
+
+    def _failed(self, entry: Schedule, exc: Exception, now: datetime) -> None:
+        """An entry's times could not be computed: log it (once per distinct error), and
+        let it try again from now at the next step; the other entries go on."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self._failing.get(entry.name) != error:
+            log.error(
+                "schedule_failed",
+                schedule=entry.name,
+                when=str(entry.when),
+                now=now.isoformat(),
+                error=error,
+                hint="this entry's next tick cannot be computed (near the limits of "
+                "datetime?); it is skipped and tried again from now, the others go on",
+            )
+        self._failing[entry.name] = error
+        self._cursor[entry.name] = now
+
+    def _trusted(self, stored: dict[str, datetime], now: datetime) -> dict[str, datetime]:
+        """The stored state as this leader continues from it: in UTC, and no tick more
+        than `FUTURE_TOLERANCE_S` ahead of its clock (such an entry resumes from now; one
+        that is not an entry of this leader is forgotten)."""
+        trusted: dict[str, datetime] = {}
+        unreadable = forgotten = 0
+        for name, tick in stored.items():
+            try:
+                if tick.utcoffset() is None:
+                    raise ValueError("a naive time")
+                tick = tick.astimezone(UTC)
+            except (OverflowError, ValueError):  # out of datetime's range in UTC
+                unreadable += 1
+                continue
+            if tick > now + self.tolerance:
+                if name not in self._entries:
+                    forgotten += 1
+                    continue
+                log.warning(
+                    "schedule_state_in_future",
+                    schedule=name,
+                    stored=tick.isoformat(),
+                    now=now.isoformat(),
+                    ahead_s=round((tick - now).total_seconds(), 3),
+                    tolerance_s=FUTURE_TOLERANCE_S,
+                    hint="stored by a leader whose clock ran ahead (or by another client): "
+                    "not trusted, the entry resumes from now",
+                )
+                tick = now
+            trusted[name] = tick
+        if unreadable or forgotten:
+            log.warning(
+                "scheduler_state_ignored",
+                unreadable=unreadable,
+                in_future=forgotten,
+                hint="ticks of no entry of this scheduler, unreadable or in the future: forgotten",
+            )
+        return trusted
+
+    def _bounded_state(self) -> dict[str, datetime]:
+        """The state to store: at most `MAX_STATE_ENTRIES` entries, this leader's own
+        entries first, then the most recent ticks of the others (entries removed, or run
+        by schedulers with other modules)."""
+        if len(self._state) <= MAX_STATE_ENTRIES:
+            return self._state
+        own = {name: tick for name, tick in self._state.items() if name in self._entries}
+        others = sorted(
+            ((tick, name) for name, tick in self._state.items() if name not in own),
+            reverse=True,
+        )
+        kept = others[: max(0, MAX_STATE_ENTRIES - len(own))]
+        log.warning(
+            "scheduler_state_pruned",
+            dropped=len(others) - len(kept),
+            hint=f"at most {MAX_STATE_ENTRIES} entries are stored: the oldest ticks of "
+            "entries this scheduler does not run are forgotten",
+        )
+        self._state = {**own, **{name: tick for tick, name in kept}}
+        return self._state
 
     def _advance(self, entry: Schedule, tick: datetime) -> None:
         if tick > self._cursor.get(entry.name, tick - timedelta(seconds=1)):
@@ -324,10 +438,19 @@ class Scheduler:
             return self.clock()
         now = self.clock()
         upcoming = [
-            next(entry.when.after(self._cursor.get(entry.name, now)), None)
-            for entry in self._entries.values()
+            self._next_after(entry, self._cursor.get(entry.name, now), now)
+            for entry in list(self._entries.values())
         ]
         return min((tick for tick in upcoming if tick is not None), default=None)
+
+    def _next_after(self, entry: Schedule, moment: datetime, now: datetime) -> datetime | None:
+        """The entry's first tick after `moment`; None if it has none or it cannot be
+        computed (logged)."""
+        try:
+            return next(entry.when.after(moment), None)
+        except Exception as exc:  # noqa: BLE001  # one entry's arithmetic stops no other
+            self._failed(entry, exc, now)
+            return None
 
     def _pause_s(self) -> float:
         """Until the next tick (or `poll_s`, to notice a lost lock and reloaded entries)."""
@@ -335,9 +458,9 @@ class Scheduler:
             return 0.0
         now = self.clock()
         pause = self.poll_s
-        for entry in self._entries.values():
+        for entry in list(self._entries.values()):
             cursor = self._cursor.get(entry.name, now)
-            upcoming = next(entry.when.after(max(cursor, now)), None)
+            upcoming = self._next_after(entry, max(cursor, now), now)
             if upcoming is not None:
                 pause = min(pause, (upcoming - now).total_seconds())
         return max(0.0, pause)
@@ -394,6 +517,7 @@ class Scheduler:
         self._entries = fresh
         for name in removed:
             self._cursor.pop(name, None)
+            self._failing.pop(name, None)
         self._backlog = [(tick, entry) for tick, entry in self._backlog if entry.name in fresh]
 
     def close(self) -> None:

@@ -8,7 +8,9 @@
 - **State**: a stream, ``{ns}._scheduler.state``: each save appends the last tick sent of
   every entry (JSON); a new leader (or ``--list``) reads the last chunk, without consuming
   anything. Streams are replicated like quorum queues and survive a broker restart; old
-  segments are removed past 10 MB.
+  segments are removed past 10 MB. Any client on the vhost can append to the stream, so
+  what is read is untrusted (`merge_states`): bounded in size and number of entries, each
+  entry a schedule's name and a time in range, the rest skipped and logged.
 - **Publishing**: on the lock's own connection, with confirms, so a leader that lost its
   lock (its connection) cannot publish any more either.
 """
@@ -18,14 +20,16 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.actors.actor import Actor
+from leveret.actors.schedules import valid_schedule_name
 from leveret.schemas.errors import BrokerConnectionError, OperationError, PublishError
 from leveret.services import config, naming
 from leveret.services.logs import get_logger
@@ -33,7 +37,7 @@ from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import connection_parameters_all, describe
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
-from leveret.services.scheduling import SchedulerBackend
+from leveret.services.scheduling import MAX_STATE_ENTRIES, SchedulerBackend
 from leveret.services.transport import Prepared, Transport
 
 log = get_logger("leveret.scheduler")
@@ -47,6 +51,14 @@ _STATE_ARGUMENTS = {
 }
 _READ_IDLE_S = 0.3
 _READ_MAX_S = 5.0
+MAX_STATE_BYTES = 4_000_000
+"""A stored state's largest body: `MAX_STATE_ENTRIES` names of 200 bytes and their ticks
+fit in 2.5 MB; a larger body is not read."""
+EARLIEST_TICK = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TICK = datetime(9000, 1, 1, tzinfo=UTC)
+"""A stored tick outside [`EARLIEST_TICK`, `LATEST_TICK`) is not read: no leader's clock
+gave it, and arithmetic on it could reach the limits of `datetime`."""
+_MAX_TICK_CHARS = 64
 
 
 class RabbitSchedulerBackend(SchedulerBackend):
@@ -142,9 +154,11 @@ class RabbitSchedulerBackend(SchedulerBackend):
     # State --------------------------------------------------------------------------------
 
     def load_state(self) -> dict[str, datetime]:
+        """The state stored last (merged over the last chunk)."""
         self._connected()
         assert self._connection is not None
-        bodies: list[bytes] = []
+        merged: dict[str, datetime] = {}
+        read = 0
         try:
             reader = self._connection.channel()
             reader.basic_qos(prefetch_count=100)
@@ -155,27 +169,30 @@ class RabbitSchedulerBackend(SchedulerBackend):
                 _props: pika.BasicProperties,
                 body: bytes,
             ) -> None:
-                bodies.append(body)
+                nonlocal read
+                read += 1
+                merge_into(merged, body)
                 if method.delivery_tag is not None:
                     channel.basic_ack(method.delivery_tag)
 
             tag = reader.basic_consume(self._state, take, arguments={"x-stream-offset": "last"})
             waited = 0.0
             seen = -1
-            while waited < _READ_MAX_S and len(bodies) != seen:
-                seen = len(bodies)
+            while waited < _READ_MAX_S and read != seen:
+                seen = read
                 self._connection.process_data_events(time_limit=_READ_IDLE_S)
                 waited += _READ_IDLE_S
             reader.basic_cancel(tag)
             reader.close()
         except pika.exceptions.AMQPError as exc:
             raise self._lost(exc) from exc
-        return merge_states(bodies)
+        return merged
 
     def save_state(self, state: dict[str, datetime]) -> None:
         channel = self._connected()
         body = json.dumps(
-            {"v": 1, "ticks": {name: tick.isoformat() for name, tick in sorted(state.items())}}
+            {"v": 1, "ticks": {name: tick.isoformat() for name, tick in sorted(state.items())}},
+            ensure_ascii=False,  # names of letters and digits: at most 200 bytes each
         ).encode()
         try:
             channel.basic_publish(
@@ -256,18 +273,92 @@ class RabbitSchedulerBackend(SchedulerBackend):
         self._drop()
 
 
-def merge_states(bodies: Sequence[bytes]) -> dict[str, datetime]:
-    """The latest tick of each entry over stored states; a malformed one is skipped."""
+def merge_states(bodies: Iterable[bytes]) -> dict[str, datetime]:
+    """The latest tick of each entry over stored states, each read as untrusted input
+    (`merge_into`)."""
     merged: dict[str, datetime] = {}
     for body in bodies:
-        try:
-            ticks = json.loads(body)["ticks"]
-            for name, text in ticks.items():
-                tick = datetime.fromisoformat(text)
-                if tick.tzinfo is None:
-                    continue
-                if name not in merged or tick > merged[name]:
-                    merged[name] = tick
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("scheduler_state_unreadable", size=len(body))
+        merge_into(merged, body)
     return merged
+
+
+def merge_into(merged: dict[str, datetime], body: bytes) -> None:
+    """Merge one stored state into `merged` (the latest tick of each entry wins).
+
+    Any client on the vhost can append to the stream, so nothing is trusted: a body larger
+    than `MAX_STATE_BYTES`, not JSON (or nested too deep), of another version or without a
+    ``ticks`` object is skipped; so is each entry whose name is not a schedule's or whose
+    tick is not an aware ISO 8601 time in [`EARLIEST_TICK`, `LATEST_TICK`), and each new
+    entry past `MAX_STATE_ENTRIES`. Both are logged. Ticks come out in UTC.
+    """
+    ticks = _ticks_table(body)
+    if ticks is None:
+        return
+    skipped: Counter[str] = Counter()
+    for name, text in ticks.items():
+        if not valid_schedule_name(name):
+            skipped["not a schedule's name"] += 1
+            continue
+        tick = _tick(text)
+        if tick is None:
+            skipped["not an aware time in range"] += 1
+        elif name in merged:
+            merged[name] = max(merged[name], tick)
+        elif len(merged) >= MAX_STATE_ENTRIES:
+            skipped[f"more than {MAX_STATE_ENTRIES} entries"] += 1
+        else:
+            merged[name] = tick
+    if skipped:
+        log.warning(
+            "scheduler_state_entries_skipped",
+            skipped=sum(skipped.values()),
+            reasons=dict(skipped),
+            size=len(body),
+            hint="the scheduler's state stream holds entries no scheduler wrote: skipped",
+        )
+
+
+def _ticks_table(body: bytes) -> dict[str, object] | None:
+    """The ``ticks`` object of a stored state; None (logged) when it is not one."""
+    if len(body) > MAX_STATE_BYTES:
+        _unreadable(body, f"larger than {MAX_STATE_BYTES} bytes")
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8 either; nested too deep
+        _unreadable(body, "not JSON")
+        return None
+    if not isinstance(document, dict):
+        _unreadable(body, "not a JSON object")
+        return None
+    if type(document.get("v")) is not int or document["v"] != 1:
+        _unreadable(body, "unknown version (v is not 1)")
+        return None
+    ticks = document.get("ticks")
+    if not isinstance(ticks, dict):
+        _unreadable(body, "no ticks object")
+        return None
+    return ticks
+
+
+def _unreadable(body: bytes, reason: str) -> None:
+    log.warning(
+        "scheduler_state_unreadable",
+        reason=reason,
+        size=len(body),
+        hint="a state in the scheduler's stream that no scheduler wrote: skipped",
+    )
+
+
+def _tick(text: object) -> datetime | None:
+    """A stored tick in UTC; None unless an aware ISO 8601 time in range."""
+    if not isinstance(text, str) or len(text) > _MAX_TICK_CHARS:
+        return None
+    try:
+        tick = datetime.fromisoformat(text)
+        if tick.utcoffset() is None:
+            return None
+        tick = tick.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time; out of datetime's range in UTC
+        return None
+    return tick if EARLIEST_TICK <= tick < LATEST_TICK else None

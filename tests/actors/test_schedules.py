@@ -68,6 +68,13 @@ def test_schedules_are_found_in_their_module() -> None:
         (lambda: every(seconds=0), "at least 1"),
         (lambda: every(seconds=1.5), "whole seconds"),
         (lambda: every(minutes=1, anchor=datetime(2026, 1, 1)), "timezone-aware"),
+        (lambda: every(days=3_000_000), "past the year 9999"),
+        (
+            lambda: every(
+                minutes=1, anchor=datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("Etc/GMT+5"))
+            ),
+            "past the year 9999",
+        ),
         (
             lambda: schedule("bad name!", every(seconds=1), message=Other(n=1)),
             "letters, digits",

@@ -260,3 +260,25 @@ def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, cl
         beats().message_id(T0 + timedelta(seconds=20)),  # then it was removed
         live.message_id(T0 + timedelta(seconds=30)),  # added at 20: from then on
     ]
+
+
+def test_one_entrys_overflow_near_the_end_of_time_stops_no_other(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    """An entry whose next tick is past datetime's limit (its arithmetic overflows) is
+    logged; the other entries tick, and the scheduler goes on."""
+    clock.now = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
+    yearly = schedule("tests-beats-yearly", every(days=365), message=lambda at: Beat(n=1), to=Beats)
+    scheduler = start(beats(), yearly)
+    with captured_logs() as logs:
+        assert scheduler.take_lead()
+        clock.advance(20)
+        assert scheduler.step() == 2
+        clock.advance(10)
+        assert scheduler.step() == 1
+        scheduler.next_due()
+    failed = [e for e in logs if e["event"] == "schedule_failed"]
+    assert failed
+    assert {e["schedule"] for e in failed} == {"tests-beats-yearly"}
+    assert "OverflowError" in failed[0]["error"]
+    assert len(sent(broker)) == 3
