@@ -16,6 +16,12 @@ leader:
    its entry and time (`Schedule.message_id`), with publisher confirms, and stores the
    last tick sent of each entry after every batch (`save_state`).
 
+Its clock may jump while it leads. Ticks found older than `grace_s` at a step (the clock
+stepped forward, or the leader stalled) are missed ticks, as after a downtime: the entry's
+catch-up policy applies, never a burst of every tick in between. An entry whose last tick
+is more than `FUTURE_TOLERANCE_S` ahead of the clock (the clock stepped back) resumes from
+now instead of waiting for the clock to catch up.
+
 Each entry's work is its own: an entry whose times cannot be computed (an overflow near
 the limits of `datetime`) or whose message cannot be built is logged and skipped, and the
 other entries go on.
@@ -39,7 +45,7 @@ from leveret.actors.schedules import Schedule
 from leveret.schemas import wire
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
-from leveret.schemas.errors import LeveretError, PublishError
+from leveret.schemas.errors import InvalidArgument, LeveretError, PublishError
 from leveret.services.logs import get_logger
 from leveret.services.transport import Prepared, Route
 
@@ -123,12 +129,16 @@ class Scheduler:
             change without a restart).
         backend: The broker's lock, state and publishing.
         namespace: For log lines.
-        grace_s: Ticks this late are still sent when a leader takes over; older ones are
-            "missed", and each entry's catch-up policy decides.
+        grace_s: Ticks this late are still sent (when a leader takes over, or when the
+            clock jumped or the leader stalled); older ones are "missed", and each entry's
+            catch-up policy decides. At least 1.
         poll_s: How often a follower tries to take the lead.
         reload_s: How often a leader asks `schedules` again (when it is a callable).
         clock: The current time (aware); the real UTC clock by default.
         on_tick: Called with each tick sent (tests, the in-memory broker).
+
+    Raises:
+        InvalidArgument: `grace_s` below 1 or `poll_s` not positive.
     """
 
     def __init__(
@@ -143,6 +153,13 @@ class Scheduler:
         clock: Callable[[], datetime] | None = None,
         on_tick: Callable[[SentTick], None] | None = None,
     ) -> None:
+        if not grace_s >= 1:
+            raise InvalidArgument(
+                f"grace_s must be at least 1 second, not {grace_s!r}: ticks found later than "
+                "the grace are missed ticks"
+            )
+        if not poll_s > 0:
+            raise InvalidArgument(f"poll_s must be a positive number of seconds, not {poll_s!r}")
         self._source = schedules
         self.backend = backend
         self.namespace = namespace
@@ -306,19 +323,48 @@ class Scheduler:
         return sent
 
     def _due(self, entry: Schedule, now: datetime, *, room: int) -> list[datetime]:
-        """The ticks of `entry` to send now, oldest first (at most `room`; the others wait
-        for the next step).
+        """The ticks of `entry` to send now, oldest first: the missed ones its catch-up
+        policy keeps when its ticks fell behind by more than the grace (the clock stepped
+        forward, the leader stalled), then the regular ones (at most `room` of those; the
+        others wait for the next step).
 
         Raises:
             Exception: The entry's times cannot be computed (an overflow).
         """
-        cursor = self._cursor.setdefault(entry.name, now)  # a new entry: from now on
-        ticks: list[datetime] = []
-        for tick in entry.when.after(cursor):
-            if tick > now or len(ticks) >= room:
-                break
-            ticks.append(tick)
-        return ticks
+        cursor = self._cursor.get(entry.name)
+        if cursor is None:
+            cursor = self._cursor[entry.name] = now  # a new entry: from now on
+        elif cursor > now + self.tolerance:
+            log.warning(
+                "schedule_clock_behind",
+                schedule=entry.name,
+                last_tick=cursor.isoformat(),
+                now=now.isoformat(),
+                behind_s=round((cursor - now).total_seconds(), 3),
+                hint="this host's clock stepped back (or had run ahead): the entry resumes "
+                "from now; ticks sent early are sent again at their time, under the same ids",
+            )
+            cursor = self._resume(entry, now)
+        upcoming = entry.when.after(cursor)
+        first = next(upcoming, None)
+        missed: list[datetime] = []
+        if first is not None and first <= now - self.grace:
+            missed, cursor = self._catch_up(entry, cursor, now, reason="late")
+            self._cursor[entry.name] = cursor
+            upcoming = entry.when.after(cursor)
+            first = next(upcoming, None)
+        regular: list[datetime] = []
+        tick = first
+        while tick is not None and tick <= now and len(regular) < room:
+            regular.append(tick)
+            tick = next(upcoming, None)
+        return missed + regular
+
+    def _resume(self, entry: Schedule, now: datetime) -> datetime:
+        """Let `entry` go on from `now` (its last tick is not to be trusted)."""
+        self._cursor[entry.name] = now
+        self._state[entry.name] = now
+        return now
 
     def _failed(self, entry: Schedule, exc: Exception, now: datetime) -> None:
         """An entry's times could not be computed: log it (once per distinct error), and
@@ -407,18 +453,33 @@ class Scheduler:
     def _plan(
         self, entry: Schedule, last: datetime | None, now: datetime
     ) -> tuple[list[datetime], datetime]:
-        """What a new leader sends for `entry` before its regular ticks, and from when it
-        continues.
+        """What a new leader sends for `entry` at once, and from when it continues.
 
         Returns:
-            The missed ticks the catch-up policy keeps (oldest first), and the cursor: the
-            regular ticks are those after it (the ones within the grace period included).
+            The ticks to send at once, oldest first: the missed ones the catch-up policy
+            keeps, then those within the grace period (sent late, never dropped); and the
+            cursor: the regular ticks are those after it.
         """
         if last is None:
             return [], now  # a new entry (or no state): from now on
+        missed: list[datetime] = []
+        start = last
+        if last < now - self.grace:
+            missed, start = self._catch_up(entry, last, now, reason="downtime")
+        late: list[datetime] = []
+        for tick in entry.when.after(start):
+            if tick > now:
+                break
+            late.append(tick)
+        return missed + late, max(last, now)
+
+    def _catch_up(
+        self, entry: Schedule, last: datetime, now: datetime, *, reason: str
+    ) -> tuple[list[datetime], datetime]:
+        """The missed ticks after `last` that `entry`'s catch-up policy keeps (those older
+        than the grace), and the cursor the regular ticks continue from (the grace's start).
+        """
         horizon = now - self.grace
-        if last >= horizon:
-            return [], last  # nothing missed: every tick since `last` is within grace
         missed: list[datetime] = []
         if entry.catch_up != "skip":
             limit = 1 if entry.catch_up == "latest" else entry.max_catch_up
@@ -429,6 +490,7 @@ class Scheduler:
             last_sent=last.isoformat(),
             policy=entry.catch_up,
             missed_sent=len(missed),
+            reason=reason,
         )
         return missed, horizon
 

@@ -38,8 +38,8 @@ grace_option = click.option(
     type=click.FloatRange(min=1),
     default=DEFAULT_GRACE_S,
     show_default=True,
-    help="Seconds: ticks this late are still sent by a new leader; older ones follow each "
-    "entry's catch-up policy.",
+    help="Seconds: ticks this late are still sent (by a new leader, or after the leader's "
+    "clock jumped ahead or it stalled); older ones follow each entry's catch-up policy.",
 )
 poll_option = click.option(
     "--lock-poll",

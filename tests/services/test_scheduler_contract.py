@@ -262,6 +262,124 @@ def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, cl
     ]
 
 
+# Clock steps (issue 24.2) ----------------------------------------------------------------
+
+DAY = 86_400
+
+
+def fives(*, catch_up: CatchUp = "skip", limit: int = 100) -> Schedule:
+    """Every five minutes (T0 is on one of its ticks)."""
+    return schedule(
+        "tests-fives",
+        every(minutes=5),
+        message=lambda at: Beat(n=int(at.timestamp())),
+        to=Beats,
+        catch_up=catch_up,
+        max_catch_up=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "during_the_step"),
+    [
+        ("skip", []),
+        ("latest", [DAY + 300]),
+        ("all", [DAY - 300, DAY, DAY + 300]),  # max_catch_up=3: the last three
+    ],
+)
+def test_a_forward_clock_step_is_a_downtime_not_a_burst_and_the_entry_stays_on_time(
+    broker: Broker, start: Start, clock: Clock, policy: CatchUp, during_the_step: list[int]
+) -> None:
+    """The leader's clock jumps a day ahead for a few seconds, then comes back: the day's
+    ticks follow the catch-up policy (never 288 at once), and once the clock is right the
+    entry ticks on time again, its stored tick on time too."""
+    leader = start(fives(catch_up=policy, limit=3))
+    assert leader.take_lead()
+    clock.advance(300)
+    assert leader.step() == 1
+    assert [scheduled for _id, scheduled in sent(broker)] == at(300)
+    clock.now = T0 + timedelta(seconds=DAY + 450)  # stepped: a day (and a bit) ahead
+    with captured_logs() as logs:
+        leader.step()
+    assert [scheduled for _id, scheduled in sent(broker)] == at(*during_the_step)
+    (caught_up,) = [e for e in logs if e["event"] == "schedule_caught_up"]
+    assert caught_up["policy"] == policy
+    clock.now = T0 + timedelta(seconds=304)  # 4 s later, the clock is right again
+    with captured_logs() as logs:
+        assert leader.step() == 0
+    assert [e["event"] for e in logs].count("schedule_clock_behind") == 1
+    clock.now = T0 + timedelta(seconds=600)
+    assert leader.step() == 1
+    assert [scheduled for _id, scheduled in sent(broker)] == at(600)
+    assert broker.schedule_state()["tests-fives"] == T0 + timedelta(seconds=600)
+
+
+def test_a_clock_stepped_back_does_not_silence_an_entry_until_it_catches_up(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    leader = start()
+    assert leader.take_lead()
+    clock.advance(20)
+    assert leader.step() == 2
+    sent(broker)
+    clock.now = T0 - timedelta(hours=1)  # corrected an hour back
+    assert leader.step() == 0
+    clock.advance(10)
+    assert leader.step() == 1
+    assert [scheduled for _id, scheduled in sent(broker)] == at(-3600 + 10)
+
+
+def test_a_leader_whose_clock_ran_a_day_ahead_does_not_silence_the_next_one(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    """Failover: a leader with a clock a day ahead stored ticks in the future; the next
+    leader, with a right clock, does not trust them (logged once) and ticks on time."""
+    clock.now = T0 + timedelta(seconds=DAY)
+    ahead = start(fives())
+    assert ahead.take_lead()
+    clock.advance(300)
+    assert ahead.step() == 1
+    ahead.close()
+    assert broker.schedule_state()["tests-fives"] == T0 + timedelta(seconds=DAY + 300)
+    sent(broker)
+    clock.now = T0 + timedelta(seconds=5)
+    right = start(fives())
+    with captured_logs() as logs:
+        assert right.take_lead()
+        right.step()
+        clock.now = T0 + timedelta(seconds=300)
+        assert right.step() == 1
+        clock.now = T0 + timedelta(seconds=600)
+        assert right.step() == 1
+    assert [scheduled for _id, scheduled in sent(broker)] == at(300, 600)
+    untrusted = [e for e in logs if e["event"] == "schedule_state_in_future"]
+    assert len(untrusted) == 1
+    assert untrusted[0]["schedule"] == "tests-fives"
+    assert broker.schedule_state()["tests-fives"] == T0 + timedelta(seconds=600)
+
+
+def test_a_stored_tick_a_little_ahead_is_trusted_within_the_tolerance(
+    broker: Broker, start: Start, clock: Clock
+) -> None:
+    """Clocks a second or two apart (within FUTURE_TOLERANCE_S) change nothing: the next
+    leader continues after the stored tick, without sending it again."""
+    first = start()
+    assert first.take_lead()
+    clock.advance(20)
+    assert first.step() == 2
+    first.close()
+    sent(broker)
+    clock.now = T0 + timedelta(seconds=18)  # the next leader's clock is 2 s behind
+    second = start()
+    with captured_logs() as logs:
+        assert second.take_lead()
+        assert second.step() == 0
+    clock.advance(12)
+    assert second.step() == 1
+    assert [scheduled for _id, scheduled in sent(broker)] == at(30)
+    assert not [e for e in logs if e["event"] == "schedule_state_in_future"]
+
+
 def test_one_entrys_overflow_near_the_end_of_time_stops_no_other(
     broker: Broker, start: Start, clock: Clock
 ) -> None:

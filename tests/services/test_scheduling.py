@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
+
 from leveret import Actor, Message, cron, handler, schedule
+from leveret.schemas.errors import InvalidArgument
 from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker, VirtualClock
 from tests.schedule_samples import Seconds, every_second
@@ -106,3 +109,11 @@ def test_worker_with_scheduler_sends_and_handles_the_ticks(
     assert '"scheduler_leading"' in log
     assert '"scheduler_stopped"' in log
     assert '"actor":"schedules.seconds"' in log  # the worker handled its own ticks
+
+
+def test_a_grace_below_a_second_is_refused_where_it_is_passed() -> None:
+    """Ticks found later than the grace at a step are missed ticks: a grace under a
+    second would take every tick sent a few milliseconds late for one."""
+    broker = MemoryBroker(namespace="scheduling-grace")
+    with pytest.raises(InvalidArgument, match="grace_s must be at least 1 second"):
+        broker.scheduler([nightly], grace_s=0.5)
