@@ -3,11 +3,12 @@
 - **Lock**: an exclusive queue, ``{ns}._scheduler.lock``. Declaring it succeeds for one
   connection at a time (the others get ``405 RESOURCE_LOCKED``), and RabbitMQ deletes it the
   moment that connection closes: at once when the leader's process dies (its socket
-  closes), after two missed heartbeats (``SCHEDULER_HEARTBEAT_S``, 5 s) when its network
-  goes. A follower tries again every ``poll_s``.
+  closes), two to three heartbeat intervals (``SCHEDULER_HEARTBEAT_S``, 5 s) after its
+  last bytes when its network goes. A follower tries again every ``poll_s``.
 - **State**: a stream, ``{ns}._scheduler.state``: each save appends the last tick sent of
   every entry (JSON); a new leader (or ``--list``) reads the last chunk, without consuming
-  anything. Streams are replicated like quorum queues and survive a broker restart; old
+  anything and without declaring anything (the leader declares the stream before its first
+  save). Streams are replicated like quorum queues and survive a broker restart; old
   segments are removed past 10 MB. Any client on the vhost can append to the stream, so
   what is read is untrusted (`merge_states`): bounded in size and number of entries, each
   entry a schedule's name and a time in range, the rest skipped and logged.
@@ -44,6 +45,7 @@ log = get_logger("leveret.scheduler")
 
 SCHEDULER_HEARTBEAT_S = 5
 _RESOURCE_LOCKED = 405
+_NOT_FOUND = 404
 _STATE_ARGUMENTS = {
     "x-queue-type": "stream",
     "x-max-length-bytes": 10_000_000,
@@ -80,6 +82,7 @@ class RabbitSchedulerBackend(SchedulerBackend):
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._holding = False
+        self._state_declared = False  # on this connection
 
     # Connection ---------------------------------------------------------------------------
 
@@ -98,7 +101,6 @@ class RabbitSchedulerBackend(SchedulerBackend):
             )
             channel = self._connection.channel()
             channel.confirm_delivery()
-            channel.queue_declare(self._state, durable=True, arguments=_STATE_ARGUMENTS)
         except pika.exceptions.AMQPError as exc:
             self._drop()
             raise BrokerConnectionError(
@@ -109,6 +111,7 @@ class RabbitSchedulerBackend(SchedulerBackend):
 
     def _drop(self) -> None:
         self._holding = False
+        self._state_declared = False
         self._channel = None
         connection, self._connection = self._connection, None
         if connection is not None and connection.is_open:
@@ -154,13 +157,20 @@ class RabbitSchedulerBackend(SchedulerBackend):
     # State --------------------------------------------------------------------------------
 
     def load_state(self) -> dict[str, datetime]:
-        """The state stored last (merged over the last chunk)."""
+        """The state stored last (merged over the last chunk), read without declaring
+        anything: empty when no scheduler stored one yet (there is no stream)."""
         self._connected()
         assert self._connection is not None
         merged: dict[str, datetime] = {}
         read = 0
         try:
             reader = self._connection.channel()
+            try:
+                reader.queue_declare(self._state, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == _NOT_FOUND:
+                    return {}  # no scheduler stored a state yet
+                raise
             reader.basic_qos(prefetch_count=100)
 
             def take(
@@ -194,13 +204,19 @@ class RabbitSchedulerBackend(SchedulerBackend):
             {"v": 1, "ticks": {name: tick.isoformat() for name, tick in sorted(state.items())}},
             ensure_ascii=False,  # names of letters and digits: at most 200 bytes each
         ).encode()
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         try:
-            channel.basic_publish(
-                "",
-                self._state,
-                body,
-                pika.BasicProperties(content_type="application/json", delivery_mode=2),
-            )
+            if not self._state_declared:
+                channel.queue_declare(self._state, durable=True, arguments=_STATE_ARGUMENTS)
+                self._state_declared = True
+            try:
+                channel.basic_publish("", self._state, body, properties, mandatory=True)
+            except pika.exceptions.UnroutableError:
+                # The stream was deleted while this leader ran: declare it again.
+                channel.queue_declare(self._state, durable=True, arguments=_STATE_ARGUMENTS)
+                channel.basic_publish("", self._state, body, properties, mandatory=True)
+        except pika.exceptions.UnroutableError as exc:
+            raise PublishError(f"the scheduler's state reached no stream: {exc}") from exc
         except pika.exceptions.NackError as exc:
             raise PublishError(f"the broker refused the scheduler's state: {exc}") from exc
         except pika.exceptions.AMQPError as exc:

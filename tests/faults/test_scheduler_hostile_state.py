@@ -232,3 +232,21 @@ def test_a_poisoned_stream_does_not_stop_the_leader_and_its_entries_tick_on_time
     assert "scheduler_crashed" not in (tmp_path / "leader.log").read_text()
     stored = rabbit_broker.schedule_state()["tests-every-second"]
     assert abs((stored - datetime.now(UTC)).total_seconds()) < 30
+
+
+def test_a_state_stream_deleted_under_a_running_leader_is_declared_again(
+    rabbit_broker: RabbitBroker, lead: Lead
+) -> None:
+    """A client deletes the stream while a leader runs: its next save declares it again,
+    so the state is not lost for the next leader."""
+    clock = Clock()
+    clock.now = T0 + timedelta(seconds=20)
+    leader = lead(clock)
+    assert leader.take_lead()
+    assert leader.step() == 1  # saved once: the stream is declared on its connection
+    with client(rabbit_broker.url) as foreign:
+        foreign.channel.queue_delete(naming.scheduler_state(rabbit_broker.namespace))
+    assert rabbit_broker.schedule_state() == {}
+    clock.now = T0 + timedelta(seconds=30)
+    assert leader.step() == 1
+    assert rabbit_broker.schedule_state() == {ENTRY: T0 + timedelta(seconds=30)}

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+import pika
+import pika.exceptions
 import pytest
 
 from leveret import Actor, Message, cron, handler, schedule
 from leveret.schemas.errors import InvalidArgument
-from leveret.services import RabbitBroker
+from leveret.services import RabbitBroker, naming
 from leveret.services.testing import MemoryBroker, VirtualClock
 from tests.schedule_samples import Seconds, every_second
 from tests.support import ROOT, LoggedProcess, wait_until
@@ -109,6 +111,42 @@ def test_worker_with_scheduler_sends_and_handles_the_ticks(
     assert '"scheduler_leading"' in log
     assert '"scheduler_stopped"' in log
     assert '"actor":"schedules.seconds"' in log  # the worker handled its own ticks
+
+
+def _stream_reply(url: str, namespace: str) -> int:
+    """The reply code of a passive declare of the scheduler's state stream (200: it exists)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(naming.scheduler_state(namespace), passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        if connection.is_open:
+            connection.close()
+    return 200
+
+
+def test_list_declares_nothing_and_says_no_state_is_stored_yet(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """A read-only command: on a namespace where no scheduler ran, `--list` creates no
+    state stream, and says that no state is stored yet."""
+    args = ("--broker-url", rabbit_broker.url, "--namespace", rabbit_broker.namespace)
+    listed = leveret("scheduler", "tests.schedule_samples", "--list", *args)
+    assert listed.returncode == 0, listed.stderr
+    assert "no state stored yet" in listed.stdout
+    assert "last sent: -" in listed.stdout
+    assert _stream_reply(rabbit_broker.url, rabbit_broker.namespace) == 404  # not found
+
+
+def test_help_bounds_the_takeover_as_the_docs_do() -> None:
+    helped = leveret("scheduler", "--help")
+    text = " ".join(helped.stdout.split())
+    docs = " ".join((ROOT / "docs" / "scheduling.md").read_text().split())
+    assert "within seconds" not in text
+    for bound in ("about a second", "16 s"):
+        assert bound in text
+        assert bound in docs
 
 
 def test_a_grace_below_a_second_is_refused_where_it_is_passed() -> None:
