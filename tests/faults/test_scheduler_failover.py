@@ -181,7 +181,7 @@ def test_a_leader_whose_network_goes_silent_is_replaced_within_the_documented_bo
             f"\nnetwork lost: old leader stopped after {noticed_s:.1f} s, "
             f"the follower led after {takeover_s:.1f} s"
         )
-        assert 9 < takeover_s < 16
+        assert 9 < takeover_s < 17  # 10-15 s, the 1 s lock poll, a round trip or two
         follower.signal(signal.SIGTERM)
         assert follower.wait(20) == 0, follower.log()
     finally:

@@ -64,7 +64,7 @@ def test_whatever_the_stream_holds_the_state_read_is_bounded_and_valid(
     _valid(merge_states(bodies))
 
 
-def test_the_poison_of_issue_24_is_read_and_bounded() -> None:
+def test_the_poison_of_issue_24_is_dropped_and_times_come_out_in_utc() -> None:
     """The body that stopped every scheduler is dropped (past the year 9000), as is a tick
     past the year 9999 in UTC; a tick in range but far ahead is kept, in UTC, for the
     leader to judge against its clock."""
