@@ -2,9 +2,15 @@
 
 URLs are found in free text (a log line, an exception's message, a traceback), whatever
 their scheme and its case (``amqp://``, ``AMQPS://``, ``postgresql+psycopg://``…), and
-whatever the password holds: ``@``, ``/``, ``#``, ``:`` or ``%`` as users really write them.
-When a password is ambiguous (an ``@`` after the host, too), more is hidden rather than
-less: the redaction never lets a password through.
+whatever the password holds: spaces, ``@``, ``/``, ``#``, ``:``, quotes, ``%``-escapes,
+any character but a line break (Python's URL parsing, and so pika's, drops line breaks).
+A password with spaces has no visible end but its last ``@``: from ``scheme://user:`` the
+password runs to the last ``@`` of its line, or, in a list of URLs with commas between
+them (``…@h1,amqp://…``, the form `Broker` takes), to the last ``@`` before the next URL
+(a password cannot hold a comma followed by a URL: `Broker` would split it there). So
+when a password is ambiguous (an ``@`` later on the line, a URL without a password
+followed by one with), more is hidden rather than less: the redaction never lets a
+password through.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# scheme://user:password@host — the password runs to the last "@" before the end of the
-# URL (whitespace, a comma between URLs, or the end of the text).
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:/@,]*):(?P<password>\S*?)@"
-    r"(?=[^@\s,]*(?:[\s,]|$))"
-)
+# Where a password starts: "://", a user name (which holds no ":", "/", "@" or line break),
+# ":". No scheme is needed to find one, and without it the search is linear whatever the
+# text (a scheme pattern tried at every letter of a long word is not).
+_PASSWORD_START = re.compile(r"://[^:/@\r\n]*:")
+# Where the next URL of a list starts: a comma, spaces, a scheme (config.broker_urls splits
+# a broker URL setting at exactly these).
+_NEXT_URL = re.compile(r",\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+_LINE_BREAK = re.compile(r"[\r\n]")
 _MAX_DEPTH = 8
 
 
@@ -25,7 +33,47 @@ def redact(text: str) -> str:
     """`text` with the password of every URL in it replaced by ``***``."""
     if "://" not in text:
         return text
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    spans = _password_spans(text)
+    if not spans:
+        return text
+    parts = []
+    kept = 0
+    for start, end in spans:
+        parts.append(text[kept:start])
+        parts.append("***")
+        kept = end
+    parts.append(text[kept:])
+    return "".join(parts)
+
+
+def _password_spans(text: str) -> list[tuple[int, int]]:
+    """Where the passwords of `text` are: (start, end) of each, in order."""
+    spans = []
+    position = 0
+    line_end = -1
+    while (found := _PASSWORD_START.search(text, position)) is not None:
+        start = found.end()
+        if start > line_end:  # on a line further on (found once a line: linear time)
+            line_end = _line_end(text, start)
+        first_at = text.find("@", start, line_end)
+        if first_at < 0:  # no "@" left on this line: no password on it either
+            position = line_end
+            continue
+        end = -1
+        for following in _NEXT_URL.finditer(text, start, line_end):
+            if following.start() > first_at:  # the password ends before this next URL
+                end = text.rfind("@", start, following.start())
+                break
+        if end < 0:
+            end = text.rfind("@", start, line_end)
+        spans.append((start, end))
+        position = end + 1
+    return spans
+
+
+def _line_end(text: str, start: int) -> int:
+    found = _LINE_BREAK.search(text, start)
+    return found.start() if found is not None else len(text)
 
 
 def redact_value(value: Any, _depth: int = 0) -> Any:

@@ -32,19 +32,45 @@ def ping_broker(url: str, timeout_s: float = 5.0) -> float:
             message holds no password and says why for each node.
     """
     errors = []
-    for one in config.broker_urls(url):
+    nodes = config.broker_urls(url)
+    for one in nodes:
         try:
             return _ping_one(one, timeout_s)
-        except BrokerConnectionError as exc:
-            errors.append(str(exc))
-    raise BrokerConnectionError("; ".join(errors))
+        except _NodeFailed as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise BrokerConnectionError(f"{errors[0].what} {errors[0].url}: {errors[0].reason}")
+    # One URL after another with a comma between them, as in a broker URL setting: redacted
+    # again (when logged), each node keeps its own reason.
+    raise BrokerConnectionError(
+        "cannot connect to any node: "
+        + ", ".join(f"{error.url} ({error.what}: {error.reason})" for error in errors)
+    )
+
+
+class _NodeFailed(Exception):
+    """One node could not be pinged: the URL (redacted), what failed, why."""
+
+    def __init__(self, url: str, what: str, reason: str) -> None:
+        super().__init__(url, what, reason)
+        self.url = redact_url(url)
+        self.what = what
+        self.reason = reason
 
 
 def _ping_one(url: str, timeout_s: float) -> float:
     try:
         params = pika.URLParameters(url)
     except ValueError as exc:
-        raise BrokerConnectionError(f"invalid broker URL {redact_url(url)}: {exc}") from None
+        # The parser's message may quote a piece of the password ("Port could not be cast
+        # to integer value as 'pass'"): said only when the URL has none.
+        reason = (
+            "its host, port or vhost cannot be read (percent-encode a '/', '#' or '?' in "
+            "the user name or password)"
+            if _has_password(url)
+            else _one_line(exc, url)
+        )
+        raise _NodeFailed(url, "invalid broker URL", reason) from None
     params.connection_attempts = 1
     params.retry_delay = 0
     params.socket_timeout = timeout_s
@@ -55,11 +81,9 @@ def _ping_one(url: str, timeout_s: float) -> float:
     try:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
-        reason = _one_line(_root_cause(exc), url)
-        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
+        raise _NodeFailed(url, "cannot connect to", _one_line(_root_cause(exc), url)) from exc
     except OSError as exc:  # e.g. the host name does not resolve
-        reason = _one_line(exc, url)
-        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {reason}") from exc
+        raise _NodeFailed(url, "cannot connect to", _one_line(exc, url)) from exc
     elapsed = time.monotonic() - started
     with contextlib.suppress(pika.exceptions.AMQPError, OSError):
         connection.close()
@@ -81,16 +105,20 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def _one_line(error: BaseException, url: str) -> str:
-    text = " ".join((str(error) or type(error).__name__).split())
-    password = _password(url)
-    if password:
+    text = str(error) or type(error).__name__
+    for password in _passwords(url):  # before spaces are squeezed: the password may hold some
         text = text.replace(password, "***")
-    return f"{type(error).__name__}: {text}"
+    return f"{type(error).__name__}: {redact_url(' '.join(text.split()))}"
 
 
-def _password(url: str) -> str | None:
+def _passwords(url: str) -> list[str]:
+    """The password of `url` as written and as decoded (longest first), if it has one."""
     try:
         password = urlsplit(url).password
     except ValueError:
-        return None
-    return unquote(password) if password else None
+        return []
+    return sorted({password, unquote(password)} - {""}, key=len, reverse=True) if password else []
+
+
+def _has_password(url: str) -> bool:
+    return redact_url(url) != url
