@@ -43,6 +43,7 @@ from leveret.services.logs import (
     leveret_owns_structlog,
     unbind_message_fields,
 )
+from leveret.services.redaction import redact
 from leveret.services.runtime.timelimits import LIMITS
 from leveret.services.tracing import tracing
 
@@ -50,6 +51,7 @@ log = get_logger("leveret.worker")
 
 TRACEBACK_LIMIT = 8000
 ERROR_MESSAGE_LIMIT = 2000
+LAST_ERROR_LIMIT = 300
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 """Bodies above this (16 MiB, RabbitMQ 4's own default maximum) are dead-lettered unread."""
 
@@ -161,7 +163,9 @@ class Stats:
             message = outcome.headers.get(wire.ERROR_MESSAGE)
             kind = outcome.headers.get(wire.ERROR_TYPE) or outcome.headers.get(wire.ERROR_REASON)
             if message or kind:
-                self.last_error = f"{kind}: {message}"[:300] if message else str(kind)
+                # Published in heartbeats, which any client of the vhost may read.
+                error = redact(f"{kind}: {message}" if message else str(kind))
+                self.last_error = error[:LAST_ERROR_LIMIT]
 
 
 class WorkerObserver(Protocol):
@@ -507,7 +511,9 @@ class Executor:
             {
                 wire.ATTEMPT: envelope.attempt,
                 wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
-                wire.ERROR_MESSAGE: _text(exc)[:ERROR_MESSAGE_LIMIT],
+                # Redacted before it is cut: a cut through a URL would hide its password
+                # from `redact` and leave a piece of it in headers any reader of the .dlq sees.
+                wire.ERROR_MESSAGE: redact(_text(exc))[:ERROR_MESSAGE_LIMIT],
                 wire.FAILED_AT: now,
                 wire.FAILED_ACTOR: self.name,
                 wire.FAILED_HOST: HOSTNAME,
@@ -543,7 +549,7 @@ class Executor:
         )
         headers.pop(wire.ERROR_TRACEBACK, None)
         if with_traceback:
-            headers[wire.ERROR_TRACEBACK] = _traceback(exc)[-TRACEBACK_LIMIT:]
+            headers[wire.ERROR_TRACEBACK] = redact(_traceback(exc))[-TRACEBACK_LIMIT:]
         return Outcome("dead_letter", envelope, headers, exc)
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,6 +189,50 @@ def test_hostile_heartbeats_are_ignored(
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output  # control characters from the wire never reach a terminal
     assert "evil?[2J<script>" in result.output
+
+
+def _publish_heartbeats(url: str, namespace: str, *beats: dict[str, Any] | bytes) -> None:
+    """Publish `beats` to the namespace's heartbeats exchange as any client can."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for beat in beats:
+            body = beat if isinstance(beat, bytes) else json.dumps(beat).encode()
+            channel.basic_publish(naming.heartbeats_exchange(namespace), "", body)
+    finally:
+        connection.close()
+
+
+def _forged(id: str, **fields: Any) -> dict[str, Any]:
+    """A heartbeat that validates, sent now."""
+    return {"id": id, "host": "forged", "pid": 4242, "sent_at": time.time(), **fields}
+
+
+def _table(url: str, namespace: str, *extra: str) -> str:
+    result = CliRunner().invoke(
+        main, ["status", "--broker-url", url, "--namespace", namespace, "--wait", "0", *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.rabbitmq
+def test_a_password_in_a_heartbeats_last_error_is_never_shown(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str
+) -> None:
+    """A heartbeat's last error is redacted where status shows it (the table, --json), even
+    when whoever published it did not redact it."""
+    status(rabbit_url, namespace, "--no-management")  # the listener exists from now on
+    error = "OperationalError: cannot reach postgresql://app:S3cret word@db/shop"
+    _publish_heartbeats(rabbit_url, namespace, _forged("leaky", last_error=error))
+    wait_until(
+        lambda: status(rabbit_url, namespace, "--no-management")["workers"], 15, "the heartbeat"
+    )
+    [row] = status(rabbit_url, namespace, "--no-management")["workers"]
+    assert row["last_error"] == "OperationalError: cannot reach postgresql://app:***@db/shop"
+    text = _table(rabbit_url, namespace, "--no-management")
+    assert "postgresql://app:***@db/shop" in text
+    assert "S3cret" not in text
 
 
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)

@@ -21,10 +21,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from leveret.actors import Actor, RetryPolicy, handler
+from leveret.schemas import Message, wire
 from leveret.services import config
 from leveret.services.logs import StructuredFormatter, get_logger
+from leveret.services.operations.heartbeats import Heartbeats
 from leveret.services.redaction import redact, redact_value
-from tests.support import ROOT, free_port
+from leveret.services.runtime.execution import ERROR_MESSAGE_LIMIT, TRACEBACK_LIMIT
+from leveret.services.testing import MemoryBroker
+from tests.support import ROOT, free_port, running, wait_until
 
 # Every character but line breaks (and lone surrogates, which no UTF-8 text holds).
 passwords = st.text(
@@ -236,3 +241,62 @@ def test_a_workers_log_lines_never_show_a_password_holding_spaces() -> None:
     assert first["url"] == redacted
     assert first["error"] == f"to {redacted}"
     assert second["event"] == f"connecting to {redacted} failed"
+
+
+# At the source: what a worker writes where other clients of the vhost can read it ---------
+
+SECRET = "S3cret-part-one S3cret-part-two"
+
+
+class Failure(Message, topic="tests.redaction.failure"):
+    """Raised as it is by `Failing`'s handler."""
+
+    text: str
+
+
+class Failing(Actor, queue="failing"):
+    retry = RetryPolicy(attempts=1)
+
+    @handler
+    def on(self, msg: Failure) -> None:
+        raise ConnectionError(msg.text)
+
+
+def _no_secret(text: str) -> bool:
+    return "part-one" not in text and "part-two" not in text
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["none", "message", "traceback"],
+    ids=["whole", "message-cut-in-the-password", "traceback-cut-in-the-password"],
+)
+def test_a_dead_letters_error_headers_and_a_heartbeats_last_error_hold_no_password(
+    memory_broker: MemoryBroker, cut: str
+) -> None:
+    """The error message and traceback a worker writes into a dead letter's headers (read by
+    anyone who may read the ``.dlq``) and the last error of its heartbeats (published to a
+    fanout anyone may bind) are redacted before they are cut to their limits, so no cut
+    leaves a piece of a password behind."""
+    url = f"postgresql://app:{SECRET}@db/shop"
+    text = f"cannot reach {url}"
+    if cut == "message":  # the limit falls between the password's two words
+        text = "x" * (ERROR_MESSAGE_LIMIT - len("cannot reach postgresql://app:S3cret-part-one"))
+        text += f"cannot reach {url}"
+    elif cut == "traceback":  # the last TRACEBACK_LIMIT characters start inside the password
+        text = f"cannot reach {url}" + "x" * (TRACEBACK_LIMIT - len(" S3cret-part-two@db/shop"))
+    with running(memory_broker, Failing, threads=1) as worker:
+        Failing.send(Failure(text=text))
+        wait_until(lambda: worker.stats.dead_lettered == 1, 10, "the dead letter")
+        beat = Heartbeats(worker, namespace=memory_broker.namespace, queues=[], actors=[])
+        last_error = beat.payload()["last_error"]
+    [letter] = memory_broker.dead_letters(Failing)
+    message = letter.headers[wire.ERROR_MESSAGE]
+    traceback = letter.headers[wire.ERROR_TRACEBACK]
+    assert _no_secret(message), message[-200:]
+    assert _no_secret(traceback), traceback[:200]
+    assert _no_secret(last_error), last_error
+    if cut == "none":
+        assert message == "cannot reach postgresql://app:***@db/shop"
+        assert traceback.endswith("ConnectionError: cannot reach postgresql://app:***@db/shop\n")
+        assert last_error == "builtins.ConnectionError: cannot reach postgresql://app:***@db/shop"
