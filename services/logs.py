@@ -37,7 +37,7 @@ from structlog.typing import FilteringBoundLogger
 
 from leveret.schemas.errors import ConfigurationError
 from leveret.services.config import WORKER_SLOT_ENV
-from leveret.services.redaction import redact, redact_value
+from leveret.services.redaction import printable, redact, redact_value
 
 ROOT_LOGGER = "leveret"
 """Every logger of Leveret is below this one."""
@@ -298,10 +298,25 @@ class StructuredFormatter(logging.Formatter):
         if record.stack_info:
             event["stack"] = self.formatStack(record.stack_info)
         redacted = _REDACT(None, level, event)
-        if self.json:
+        if self.json:  # JSON escapes every control character itself
             return _dumps(dict(redacted))
-        line: str = self._render(None, level, redacted)
+        line: str = self._render(None, level, _printable(redacted))
         return line
+
+
+def _printable(event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """The event's text with control and invisible characters escaped, for a console line:
+    a value from the wire (a topic, an error) can then neither send escape sequences to the
+    terminal nor start a line of its own. Tracebacks keep their lines."""
+    return {
+        key: (
+            printable(value, keep_newlines=key in _MULTILINE) if isinstance(value, str) else value
+        )
+        for key, value in event.items()
+    }
+
+
+_MULTILINE = frozenset(("exception", "stack"))
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -1,21 +1,27 @@
-"""Passwords kept out of logs and errors: in any text, every URL's password becomes ``***``.
+"""What text may show: passwords kept out of logs and errors, and no terminal controls.
 
-URLs are found in free text (a log line, an exception's message, a traceback), whatever
-their scheme and its case (``amqp://``, ``AMQPS://``, ``postgresql+psycopg://``…), and
-whatever the password holds: spaces, ``@``, ``/``, ``#``, ``:``, quotes, ``%``-escapes,
-any character but a line break (Python's URL parsing, and so pika's, drops line breaks).
-A password with spaces has no visible end but its last ``@``: from ``scheme://user:`` the
-password runs to the last ``@`` of its line, or, in a list of URLs with commas between
-them (``…@h1,amqp://…``, the form `Broker` takes), to the last ``@`` before the next URL
-(a password cannot hold a comma followed by a URL: `Broker` would split it there). So
-when a password is ambiguous (an ``@`` later on the line, a URL without a password
-followed by one with), more is hidden rather than less: the redaction never lets a
-password through.
+`redact`: in any text, every URL's password becomes ``***``. URLs are found in free text
+(a log line, an exception's message, a traceback), whatever their scheme and its case
+(``amqp://``, ``AMQPS://``, ``postgresql+psycopg://``…), and whatever the password holds:
+spaces, ``@``, ``/``, ``#``, ``:``, quotes, ``%``-escapes, any character but a line break
+(Python's URL parsing, and so pika's, drops line breaks). A password with spaces has no
+visible end but its last ``@``: from ``scheme://user:`` the password runs to the last ``@``
+of its line, or, in a list of URLs with commas between them (``…@h1,amqp://…``, the form
+`Broker` takes), to the last ``@`` before the next URL (a password cannot hold a comma
+followed by a URL: `Broker` would split it there). So when a password is ambiguous (an
+``@`` later on the line, a URL without a password followed by one with), more is hidden
+rather than less: the redaction never lets a password through.
+
+`printable`: text from the wire (heartbeats, the management API, dead letters) made safe
+for a terminal or a text file: control characters (C0 and C1: ``ESC``, ``BEL``, an OSC
+title sequence), bidirectional overrides and isolates, and other invisible formatting
+characters are shown escaped (``\\x1b``, ``\\u202e``).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 # Where a password starts: "://", a user name (which holds no ":", "/", "@" or line break),
@@ -87,3 +93,44 @@ def redact_value(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return type(value)(redact_value(item, _depth + 1) for item in value)
     return value
+
+
+# Control characters (C0, C1), invisible format characters (bidirectional overrides and
+# isolates, zero-width characters), surrogates, private-use and unassigned code points, and
+# line or paragraph separators: anything a publisher could use to rewrite what an operator's
+# terminal shows.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Letters and marks that show nothing (Hangul fillers, the combining grapheme joiner, Khmer
+# inherent vowels): Python counts them printable.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` safe for a terminal or a text file: every control or invisible character
+    escaped (``\\x1b``, ``\\u202e``).
+
+    Args:
+        text: Any text from the wire.
+        keep_newlines: Leave ``\\n`` and ``\\t`` as they are (a traceback's lines).
+    """
+    if text.isprintable() and _INVISIBLE.isdisjoint(text):
+        return text
+    out = []
+    for char in text:
+        if keep_newlines and char in "\n\t":
+            out.append(char)
+        elif char in _INVISIBLE or unicodedata.category(char) in _UNPRINTABLE:
+            code = ord(char)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def shown(text: str) -> str:
+    """`text` from the wire as it may be shown on one line: passwords redacted, every
+    control or invisible character escaped."""
+    return printable(redact(text))

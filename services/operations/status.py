@@ -37,7 +37,7 @@ from leveret.services.rabbitmq.management import (
     ManagementUnavailable,
     default_management_url,
 )
-from leveret.services.redaction import redact
+from leveret.services.redaction import printable, redact, shown
 from leveret.services.topology import at_least_once_policy_command
 from leveret.services.transport import QueueFigures
 
@@ -357,14 +357,16 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
         age_s = max(0.0, now - beat.sent_at)
         rows.append(
             WorkerRow(
-                id=beat.id,
-                host=beat.host,
-                address=beat.address,
+                # Every string is the publisher's: shown with control and invisible
+                # characters escaped (a terminal, a file, a page), and passwords hidden.
+                id=shown(beat.id),
+                host=shown(beat.host),
+                address=shown(beat.address) if beat.address is not None else None,
                 pid=beat.pid,
-                version=beat.version,
-                state=beat.state,
-                actors=list(beat.actors),
-                queues=list(beat.queues),
+                version=shown(beat.version),
+                state=shown(beat.state),
+                actors=[shown(actor) for actor in beat.actors],
+                queues=[shown(queue) for queue in beat.queues],
                 threads=beat.threads,
                 prefetch=beat.prefetch,
                 in_flight=beat.in_flight,
@@ -372,7 +374,11 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
                 retried=beat.retried,
                 dead_lettered=beat.dead_lettered,
                 # Redacted again: a worker of another version, or anyone, may have sent it so.
-                last_error=redact(beat.last_error) if beat.last_error else beat.last_error,
+                last_error=(
+                    printable(redact(beat.last_error), keep_newlines=True)
+                    if beat.last_error
+                    else beat.last_error
+                ),
                 memory_bytes=beat.memory_bytes,
                 uptime_s=beat.uptime_s,
                 connected=beat.connected,

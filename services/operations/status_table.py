@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from leveret.services.operations.status import Snapshot
+from leveret.services.redaction import printable
 
 
 def render(snapshot: Snapshot) -> str:
@@ -63,7 +64,8 @@ def render(snapshot: Snapshot) -> str:
     ) or ["  (no heartbeats: no worker runs, or they run with --heartbeat-interval 0)"]
     errors = [w for w in snapshot.workers if w.last_error]
     for w in errors[:10]:
-        lines.append(f"  last error of {w.host} pid {w.pid}: {w.last_error}")
+        error = " ".join((w.last_error or "").split())  # one line: a traceback's lines joined
+        lines.append(f"  last error of {w.host} pid {w.pid}: {error}")
     lines += ["", f"QUEUES: {len(snapshot.queues)}"]
     queue_rows = []
     for q in snapshot.queues:
@@ -89,7 +91,8 @@ def render(snapshot: Snapshot) -> str:
             f"  ({snapshot.ignored_heartbeats} messages on the heartbeats route were not "
             "heartbeats and were ignored)"
         )
-    return "\n".join(lines) + "\n"
+    # The reader escaped what came from the wire; this holds for whatever a snapshot holds.
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -106,8 +109,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _cell(value: str) -> str:
-    """One table cell: no control characters (heartbeats are untrusted), at most 60 wide."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in value)
+    """One table cell: control and invisible characters escaped (heartbeats are
+    untrusted), at most 60 wide."""
+    text = printable(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

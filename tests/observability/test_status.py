@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pty
+import select
 import shlex
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -26,11 +32,13 @@ from hypothesis import strategies as st
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker, naming
 from leveret.services.cli import main
+from leveret.services.cli.status import _CLEAR
 from leveret.services.operations.status import StatusReader, parse_workers
 from leveret.services.operations.status_table import render
+from leveret.services.redaction import printable
 from tests.observability.helpers import status_json
 from tests.observed_actors import Counted, Relayed, Work
-from tests.support import RABBITMQCTL, WorkerProcess, declare_as_leveret_0_1, wait_until
+from tests.support import RABBITMQCTL, ROOT, WorkerProcess, declare_as_leveret_0_1, wait_until
 
 MODULE = "tests.observed_actors"
 
@@ -179,7 +187,7 @@ def test_hostile_heartbeats_are_ignored(
     )
     report = status(rabbit_url, namespace)
     hosts = {w["host"] for w in report["workers"]}
-    assert good["host"] in hosts
+    assert "evil\\x1b[2J<script>" in hosts
     assert len(report["workers"]) == 2
     runner = CliRunner()
     result = runner.invoke(
@@ -188,7 +196,7 @@ def test_hostile_heartbeats_are_ignored(
     )
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output  # control characters from the wire never reach a terminal
-    assert "evil?[2J<script>" in result.output
+    assert "evil\\x1b[2J<script>" in result.output
 
 
 def _publish_heartbeats(url: str, namespace: str, *beats: dict[str, Any] | bytes) -> None:
@@ -233,6 +241,82 @@ def test_a_password_in_a_heartbeats_last_error_is_never_shown(
     text = _table(rabbit_url, namespace, "--no-management")
     assert "postgresql://app:***@db/shop" in text
     assert "S3cret" not in text
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\u202e\u2066\x9b31m\u200b\x85\u3164"
+"""An OSC title sequence, a screen clear, a right-to-left override and isolate, a C1 CSI,
+invisible characters."""
+
+
+def _clean(text: str) -> bool:
+    """Nothing in `text` acts on a terminal: no control or invisible character but \\n."""
+    return printable(text, keep_newlines=True).replace("\t", "") == text.replace("\t", "")
+
+
+@pytest.mark.rabbitmq
+def test_text_from_heartbeats_reaches_no_terminal_and_no_file_raw(
+    rabbit_broker: RabbitBroker, rabbit_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """Host, address, version, actors, id and last error of a heartbeat, and the warnings
+    quoting them, are shown with every control or invisible character escaped: in the
+    table (to a file too), in --json, and in --watch."""
+    status(rabbit_url, namespace, "--no-management")  # the listener exists from now on
+    beat = _forged(
+        "id" + HOSTILE,
+        host="host" + HOSTILE,
+        address="10.0.0.1:1" + HOSTILE,
+        version="1" + HOSTILE,
+        actors=["a" + HOSTILE],
+        last_error="boom" + HOSTILE,
+        connected=False,  # a warning quoting host and address
+    )
+    _publish_heartbeats(rabbit_url, namespace, beat)
+    wait_until(
+        lambda: status(rabbit_url, namespace, "--no-management")["workers"], 15, "the heartbeat"
+    )
+    report = status(rabbit_url, namespace, "--no-management")
+    [row] = report["workers"]
+    assert row["host"] == "host" + printable(HOSTILE)
+    assert row["last_error"] == "boom" + printable(HOSTILE)
+    assert all(_clean(w["message"]) for w in report["warnings"])
+
+    command = [sys.executable, "-m", "leveret", "status", "--broker-url", rabbit_url]
+    command += ["--namespace", namespace, "--no-management", "--wait", "0"]
+    path = tmp_path / "status.txt"
+    with path.open("wb") as file:
+        subprocess.run(command, stdout=file, check=True, timeout=60, cwd=ROOT)
+    text = path.read_bytes().decode()
+    assert "host" + printable(HOSTILE)[:20] in text
+    assert "last error of host" in text
+    assert "not connected" in text
+    assert _clean(text), [line for line in text.splitlines() if not _clean(line)]
+
+    watched = _watch(command, until="WARNINGS")
+    assert watched.startswith(_CLEAR)
+    assert _clean(watched.replace(_CLEAR, "")), watched
+
+
+def _watch(command: list[str], *, until: str) -> str:
+    """What `command --watch` writes to a terminal until `until` shows (then Ctrl-C)."""
+    main_end, child_end = pty.openpty()
+    process = subprocess.Popen(
+        [*command, "--watch"], stdout=child_end, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    os.close(child_end)
+    output = b""
+    try:
+        deadline = time.monotonic() + 30
+        while until.encode() not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([main_end], [], [], 1)
+            if ready:
+                output += os.read(main_end, 65536)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(main_end)
+    return output.decode().replace("\r\n", "\n")
 
 
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import MutableMapping
@@ -16,7 +18,9 @@ from leveret.actors import Actor, AsyncContext, Context, handler
 from leveret.schemas import Message
 from leveret.services.logs import (
     RedactSecrets,
+    StructuredFormatter,
     bind_message_fields,
+    get_logger,
     merge_message_fields,
     unbind_message_fields,
 )
@@ -240,3 +244,33 @@ def test_logs_are_json_lines_off_a_terminal_and_never_show_the_password(
     password = RABBIT_URL.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert f":{password}@" not in result.stdout + result.stderr
     assert "3 messages handled" in result.stdout
+
+
+def test_console_log_lines_escape_control_characters_from_the_wire() -> None:
+    """On a terminal (console lines), a field from the wire (a topic, an error) can neither
+    send escape sequences nor start a line of its own; a traceback keeps its lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(StructuredFormatter(json=False))
+    logger = logging.getLogger("leveret.tests.console")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        get_logger("leveret.tests.console").warning(
+            "message_dead_lettered\x1b[2J",
+            topic="t\x1b]0;title\x07\u202e",
+            error="bad\n2026-01-01 [info     ] forged_line",
+        )
+        try:
+            raise ValueError("x\x1b[31m")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    first, *traceback = stream.getvalue().rstrip("\n").split("\n")
+    assert "\x1b" not in stream.getvalue()
+    assert "\u202e" not in stream.getvalue()
+    assert "forged_line" in first
+    assert "t\\x1b]0;title\\x07\\u202e" in first
+    assert any("Traceback" in line for line in traceback)
