@@ -43,6 +43,8 @@ from leveret.services.transport import QueueFigures
 
 MAX_WORKERS = 10_000
 """Distinct worker ids kept from one read; more are ignored (and counted)."""
+CLOCK_TOLERANCE_S = 5.0
+"""How far ahead of the reader's clock a heartbeat's ``sent_at`` is believed."""
 MAX_HEARTBEAT_BYTES = 64 * 1024
 """A real heartbeat is under 1 KiB (plus its queue names); larger ones are not parsed."""
 
@@ -72,7 +74,7 @@ class _Heartbeat(BaseModel):
     last_error: str | None = Field(default=None, max_length=2000)
     memory_bytes: _Count = 0
     uptime_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    sent_at: float = Field(allow_inf_nan=False)
+    sent_at: float = Field(ge=0, allow_inf_nan=False)  # before 1970: not a heartbeat
     interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0, le=3600)
     connected: bool = True
     consuming: bool = True
@@ -328,7 +330,12 @@ def _is_actor_queue(short: str) -> bool:
 def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow], int]:
     """The latest heartbeat of each worker, as rows; and how many messages were ignored.
 
-    A worker whose latest heartbeat says ``stopped`` left cleanly and is not shown.
+    `bodies` come in the order they arrived. Of a worker id's heartbeats the one that
+    arrived last counts, whatever its ``sent_at`` says: anyone can write a far-future
+    ``sent_at`` (or a worker's id and ``state: stopped``), nobody can make a heartbeat
+    arrive after the worker's next one. A worker whose latest heartbeat says ``stopped``
+    left cleanly and is not shown. A ``sent_at`` ahead of `now` counts as at most
+    `CLOCK_TOLERANCE_S` ahead.
     """
     latest: dict[str, _Heartbeat] = {}
     ignored = 0
@@ -344,17 +351,16 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
         if not math.isfinite(beat.sent_at):
             ignored += 1
             continue
-        known = latest.get(beat.id)
-        if known is None and len(latest) >= MAX_WORKERS:
+        if beat.id not in latest and len(latest) >= MAX_WORKERS:
             ignored += 1
             continue
-        if known is None or beat.sent_at >= known.sent_at:
-            latest[beat.id] = beat
+        latest[beat.id] = beat
     rows = []
     for beat in latest.values():
         if beat.state == "stopped":
             continue
-        age_s = max(0.0, now - beat.sent_at)
+        sent_at = min(beat.sent_at, now + CLOCK_TOLERANCE_S)
+        age_s = max(0.0, now - sent_at)
         rows.append(
             WorkerRow(
                 # Every string is the publisher's: shown with control and invisible
@@ -383,7 +389,7 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
                 uptime_s=beat.uptime_s,
                 connected=beat.connected,
                 consuming=beat.consuming,
-                last_seen=beat.sent_at,
+                last_seen=sent_at,
                 age_s=round(age_s, 1),
                 stale=age_s > STALE_AFTER_INTERVALS * beat.interval_s,
             )

@@ -26,14 +26,19 @@ from typing import Any
 import pika
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker, naming
 from leveret.services.cli import main
 from leveret.services.cli.status import _CLEAR
-from leveret.services.operations.status import StatusReader, parse_workers
+from leveret.services.operations.status import (
+    CLOCK_TOLERANCE_S,
+    Snapshot,
+    StatusReader,
+    parse_workers,
+)
 from leveret.services.operations.status_table import render
 from leveret.services.redaction import printable
 from tests.observability.helpers import status_json
@@ -319,6 +324,47 @@ def _watch(command: list[str], *, until: str) -> str:
     return output.decode().replace("\r\n", "\n")
 
 
+def test_the_latest_heartbeat_to_arrive_wins_whatever_its_clock_says() -> None:
+    """Which heartbeat of a worker id counts is decided by arrival, which a forger cannot
+    push ahead, not by `sent_at`, which anyone can set; and `sent_at` is trusted no further
+    than a small tolerance ahead of the reader's clock."""
+    now = 1_800_000_000.0
+    real = {"id": "w1", "host": "web-1", "pid": 10, "sent_at": now - 1}
+    stop = {"id": "w1", "state": "stopped", "sent_at": now + 10**9}
+    forged = {"id": "w1", "host": "forged", "pid": 66, "sent_at": now + 10**9}
+
+    def shown(*beats: dict[str, Any]) -> list[tuple[str, int]]:
+        rows, ignored = parse_workers([json.dumps(beat).encode() for beat in beats], now)
+        assert ignored == 0
+        return [(row.host, row.pid) for row in rows]
+
+    assert shown(stop, real) == [("web-1", 10)]  # the worker's next heartbeat shows it again
+    assert shown(forged, real) == [("web-1", 10)]
+    assert shown(real, stop) == []  # a stop arriving last: gone until its next heartbeat
+    [row], _ = parse_workers([json.dumps(forged).encode()], now)
+    assert row.last_seen == now + CLOCK_TOLERANCE_S
+    assert row.age_s == 0
+
+
+@pytest.mark.rabbitmq
+def test_a_forged_heartbeat_neither_hides_nor_replaces_a_running_worker(
+    rabbit_url: str, namespace: str, worker: WorkerProcess
+) -> None:
+    """A heartbeat with a live worker's id, ``state: stopped`` (or another host and pid) and
+    a far-future ``sent_at`` hides (or replaces) it at most until its next heartbeat."""
+    wait_until(lambda: status(rabbit_url, namespace)["workers"], 15, "the worker's heartbeat")
+    [real] = status(rabbit_url, namespace)["workers"]
+    far = time.time() + 10 * 365 * 86400
+
+    def seen() -> list[tuple[str, int]]:
+        return [(w["host"], w["pid"]) for w in status(rabbit_url, namespace)["workers"]]
+
+    _publish_heartbeats(rabbit_url, namespace, _forged(real["id"], state="stopped", sent_at=far))
+    wait_until(lambda: seen() == [(real["host"], worker.pid)], 10, "the worker shown again")
+    _publish_heartbeats(rabbit_url, namespace, _forged(real["id"], sent_at=far))
+    wait_until(lambda: seen() == [(real["host"], worker.pid)], 10, "the worker shown as itself")
+
+
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 _FIELDS = st.sampled_from(["id", "sent_at", "pid", "interval_s", "queues", "host", "x"])
 
@@ -340,13 +386,18 @@ _FIELDS = st.sampled_from(["id", "sent_at", "pid", "interval_s", "queues", "host
         max_size=20,
     )
 )
+@example([b'{"id": "past", "sent_at": -1e18}', b'{"id": "future", "sent_at": 1e300}'])
 @settings(max_examples=300, deadline=None)
 def test_parse_workers_never_raises(bodies: list[bytes]) -> None:
+    """Whatever the bodies, the rows parse, and render as a table and as JSON."""
     rows, ignored = parse_workers(bodies, now=1_800_000_000.0)
     assert len(rows) + ignored <= len(bodies)
     for row in rows:
         assert row.id
         assert math.isfinite(row.age_s)
+    snapshot = Snapshot("ns", 1_800_000_000.0, rows, [], [], "amqp")
+    json.dumps(snapshot.to_json())
+    render(snapshot)
 
 
 @pytest.mark.rabbitmq
