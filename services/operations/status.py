@@ -9,12 +9,16 @@ marked), the actor queues with their figures and dead letters, and `Warning`s:
 - ``worker_stale``: a worker's heartbeats stopped (it was killed, hangs, or lost the broker)
   for `STALE_AFTER_INTERVALS` of its intervals;
 - ``worker_not_consuming``: a worker says it is connected but not consuming (or not
-  connected): the "silently stopped consuming" failure.
+  connected): the "silently stopped consuming" failure;
+- ``queues_left_out``: heartbeats listed queue names status does not show (not actor
+  queues of the namespace, past its bounds, or not on the broker).
 
 Queue figures come from RabbitMQ's management API when it answers (unacked, rates), else
 from AMQP alone (ready and consumers); the snapshot says which. Heartbeats are untrusted
 (any client can publish to the exchange): each is validated, and what does not validate is
-counted and skipped.
+counted and skipped; the queue names they list are bounded before the broker is asked
+about them (`status_queues`), and what is left out is counted and warned about
+(``queues_left_out``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from leveret.services import naming
 from leveret.services.broker import Broker
 from leveret.services.operations.heartbeats import DEFAULT_INTERVAL_S, STALE_AFTER_INTERVALS
+from leveret.services.operations.status_queues import (
+    MAX_PROBED_QUEUES,
+    MAX_QUEUES_PER_HEARTBEAT,
+    actor_queue,
+    claimed_queues,
+    plan,
+)
 from leveret.services.rabbitmq.management import (
     ManagementAPI,
     ManagementUnavailable,
@@ -139,7 +150,8 @@ class Warning:
 
     Attributes:
         kind: ``queue_without_consumer``, ``dead_letters_growing``,
-            ``dead_letters_at_most_once``, ``worker_stale`` or ``worker_not_consuming``.
+            ``dead_letters_at_most_once``, ``worker_stale``, ``worker_not_consuming`` or
+            ``queues_left_out``.
         subject: The queue or worker it is about.
         message: One line for people.
     """
@@ -150,6 +162,7 @@ class Warning:
         "dead_letters_at_most_once",
         "worker_stale",
         "worker_not_consuming",
+        "queues_left_out",
     ]
     subject: str
     message: str
@@ -163,6 +176,9 @@ class Snapshot:
         source: Where queue figures came from: ``management`` or ``amqp``.
         source_note: Why AMQP was used when the management API was tried, or the API's URL.
         ignored_heartbeats: Messages on the heartbeats route that were not valid heartbeats.
+        queues_left_out: Queue names heartbeats listed that are not shown, by reason
+            (`leveret.services.operations.status_queues.LeftOut`): ``not_actor_queues``,
+            ``past_limits``, ``not_on_broker``.
     """
 
     namespace: str
@@ -173,6 +189,7 @@ class Snapshot:
     source: Literal["management", "amqp", "memory"]
     source_note: str = ""
     ignored_heartbeats: int = 0
+    queues_left_out: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form (``leveret status --json``)."""
@@ -190,16 +207,19 @@ class StatusReader:
     Args:
         broker: The namespace's broker.
         actors: Queue names (without namespace) to show besides those live workers consume
-            (and, with the management API, every actor queue of the namespace).
+            (and, with the management API, every actor queue of the namespace): always
+            shown and asked first, whatever heartbeats list (`status_queues`).
         management_url: The management API's URL; None for the default one of the broker's
             host; ``""`` for AMQP only.
         first_wait_s: How long the first look at a namespace waits for heartbeats.
         sample_s: Without rates from the management API, a single look samples the
             ``.dlq``s twice this far apart to see whether they grow (0: once only).
-        amqp_figures: Ask every queue over AMQP too (exact and current, one round trip
-            per queue). False: trust the management API's figures (up to 5 s old) and ask
-            over AMQP only for the queues it does not list; the dashboard's choice, where a
-            namespace of hundreds of queues must render in well under a second.
+        amqp_figures: Ask the queues over AMQP too (exact and current, one round trip
+            per queue, at most `status_queues.MAX_PROBED_QUEUES` besides the given
+            actors'; the management API's figures for the others). False: trust the
+            management API's figures (up to 5 s old) and ask over AMQP only for the given
+            actors it does not list; the dashboard's choice, where a namespace of hundreds
+            of queues must render in well under a second.
     """
 
     broker: Broker
@@ -214,21 +234,31 @@ class StatusReader:
     def take(self) -> Snapshot:
         """A new snapshot (the first may wait `first_wait_s` for heartbeats)."""
         started = time.monotonic()
-        source, note, figures = self._figures()
+        namespace = self.broker.namespace
+        source, note, figures, complete = self._figures_listed()
         bodies = self.broker.transport.recent_heartbeats(self.first_wait_s)
         now = time.time()
-        workers, ignored = parse_workers(bodies, now)
-        queue_names = self._queue_names(workers, figures)
-        # Ready and consumers from AMQP, always: the broker's own answer now, where the
-        # management API's figures lag by up to its collection interval (5 s). The API adds
-        # what AMQP cannot tell: unacked messages and rates.
-        names = [name for queue in queue_names for name in (self._full(queue), self._dlq(queue))]
-        if not self.amqp_figures and source == "management":
-            missing = [name for name in names if name not in figures]
-            known = {name: figures[name] for name in names if name in figures}
-            figures = {**known, **self.broker.transport.queue_figures(missing)}
-        else:
-            figures = _merged(self.broker.transport.queue_figures(names), figures)
+        arrived, ignored = _parse(bodies, now)
+        # What heartbeats list is bounded before the broker is asked anything about it.
+        claims = claimed_queues(namespace, [(row.id, row.queues) for row in arrived])
+        workers = _sorted([replace(row, queues=claims.by_worker[row.id]) for row in arrived])
+        listed = [short for full in figures if (short := actor_queue(namespace, full))]
+        looked = plan(
+            given=self.actors,
+            listed=listed,
+            claims=claims,
+            listing_complete=source == "management" and complete,
+            probe_listed=self.amqp_figures or source != "management",
+        )
+        # Ready and consumers from AMQP: the broker's own answer now, where the management
+        # API's figures lag by up to its collection interval (5 s). The API adds what AMQP
+        # cannot tell: unacked messages and rates (and the figures of queues past the bound
+        # of those asked over AMQP).
+        asked = self._probe(looked.probed, looked.unverified)
+        figures = {**figures, **_merged(asked, figures)}
+        found = {queue for queue in looked.unverified if self._full(queue) in figures}
+        looked.left_out.not_on_broker += len(looked.unverified - found)
+        queue_names = sorted({*looked.known, *found})
         growing: set[str] = set()
         if self.previous is not None:
             growing = _grown(self.previous, figures, self._dlq)
@@ -254,8 +284,9 @@ class StatusReader:
                     dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
                 )
             )
+        left_out = looked.left_out
         snapshot = Snapshot(
-            namespace=self.broker.namespace,
+            namespace=namespace,
             taken_at=now,
             workers=workers,
             queues=rows,
@@ -263,44 +294,48 @@ class StatusReader:
             source=source,
             source_note=note,
             ignored_heartbeats=ignored,
+            queues_left_out={
+                "not_actor_queues": left_out.not_actor_queues,
+                "past_limits": left_out.past_limits,
+                "not_on_broker": left_out.not_on_broker,
+            },
         )
         snapshot.warnings = warnings_of(snapshot, growing_dlqs=growing, dlq_of=self._dlq)
         self.previous = snapshot
         return snapshot
 
-    def _figures(
+    def _probe(self, queues: Sequence[str], unverified: set[str]) -> dict[str, QueueFigures]:
+        """Figures over AMQP of `queues` and their ``.dlq``s; the ``.dlq`` of a queue only
+        heartbeats name is asked only once the queue is found (a missing queue costs the
+        most: the broker closes the channel)."""
+        transport = self.broker.transport
+        first = [self._full(q) for q in queues]
+        first += [self._dlq(q) for q in queues if q not in unverified]
+        found = transport.queue_figures(first)
+        later = [self._dlq(q) for q in queues if q in unverified and self._full(q) in found]
+        if later:
+            found.update(transport.queue_figures(later))
+        return found
+
+    def _figures_listed(
         self,
-    ) -> tuple[Literal["management", "amqp", "memory"], str, dict[str, QueueFigures]]:
+    ) -> tuple[Literal["management", "amqp", "memory"], str, dict[str, QueueFigures], bool]:
+        """Where figures come from, a note, the management API's figures of the namespace's
+        queues (one listing, no round trip per queue), and whether it listed them all."""
         url = self.broker.url
         if url.startswith("memory:"):
-            return "memory", "", {}
+            return "memory", "", {}, False
         if self.management_url == "":
-            return "amqp", "management API not used (--no-management)", {}
+            return "amqp", "management API not used (--no-management)", {}, False
         api_url = self.management_url or default_management_url(url)
         try:
             if self._management is None:
                 self._management = ManagementAPI(api_url, url)
-            figures = self._management.queues(self.broker.namespace + ".")
+            figures, complete = self._management.queue_listing(self.broker.namespace + ".")
         except (ManagementUnavailable, ValueError) as exc:
-            return "amqp", f"management API not used: {redact(str(exc))}", {}
-        return "management", f"management API at {self._management.safe_url}", figures
-
-    def _queue_names(
-        self, workers: Iterable[WorkerRow], figures: dict[str, QueueFigures]
-    ) -> list[str]:
-        """Actor queues (without namespace) to show: given, consumed by live workers, and
-        every actor queue the management API lists."""
-        names = set(self.actors)
-        prefix = self.broker.namespace + "."
-        for worker in workers:
-            for queue in worker.queues:
-                if queue.startswith(prefix):
-                    names.add(queue[len(prefix) :])
-        for full in figures:
-            short = full[len(prefix) :] if full.startswith(prefix) else None
-            if short and _is_actor_queue(short):
-                names.add(short)
-        return sorted(names)
+            return "amqp", f"management API not used: {redact(str(exc))}", {}, False
+        note = f"management API at {self._management.safe_url}"
+        return "management", note, figures, complete
 
     def _full(self, queue: str) -> str:
         return naming.queue_name(self.broker.namespace, queue)
@@ -322,13 +357,20 @@ def _merged(
     return merged
 
 
-def _is_actor_queue(short: str) -> bool:
-    """An actor's queue (not a `.dlq`, a delay level, or one of Leveret's own)."""
-    return not (short.startswith(("_", "delay.")) or short.endswith(".dlq"))
-
-
 def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow], int]:
-    """The latest heartbeat of each worker, as rows; and how many messages were ignored.
+    """The latest heartbeat of each worker, as rows sorted by host, address, pid and id;
+    and how many messages were ignored. See `_parse`."""
+    rows, ignored = _parse(bodies, now)
+    return _sorted(rows), ignored
+
+
+def _sorted(rows: list[WorkerRow]) -> list[WorkerRow]:
+    return sorted(rows, key=lambda row: (row.host, row.address or "", row.pid, row.id))
+
+
+def _parse(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow], int]:
+    """The latest heartbeat of each worker, as rows in the order those heartbeats arrived;
+    and how many messages were ignored.
 
     `bodies` come in the order they arrived. Of a worker id's heartbeats the one that
     arrived last counts, whatever its ``sent_at`` says: anyone can write a far-future
@@ -351,10 +393,10 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
         if not math.isfinite(beat.sent_at):
             ignored += 1
             continue
-        if beat.id not in latest and len(latest) >= MAX_WORKERS:
+        if latest.pop(beat.id, None) is None and len(latest) >= MAX_WORKERS:
             ignored += 1
             continue
-        latest[beat.id] = beat
+        latest[beat.id] = beat  # last: the order of arrival
     rows = []
     for beat in latest.values():
         if beat.state == "stopped":
@@ -394,7 +436,6 @@ def parse_workers(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow],
                 stale=age_s > STALE_AFTER_INTERVALS * beat.interval_s,
             )
         )
-    rows.sort(key=lambda row: (row.host, row.address or "", row.pid, row.id))
     return rows, ignored
 
 
@@ -455,6 +496,31 @@ def warnings_of(
         elif not (worker.connected and worker.consuming):
             state = "not connected" if not worker.connected else "connected but not consuming"
             found.append(Warning("worker_not_consuming", worker.id, f"{who}: {state}"))
+    left_out = snapshot.queues_left_out
+    if any(left_out.values()):
+        exchange = naming.heartbeats_exchange(snapshot.namespace)
+        why = [
+            f"{count} {reason}"
+            for reason, count in (
+                ("not actor queues of this namespace", left_out.get("not_actor_queues", 0)),
+                (
+                    f"past the limits ({MAX_QUEUES_PER_HEARTBEAT} a heartbeat, "
+                    f"{MAX_PROBED_QUEUES} asked in one look)",
+                    left_out.get("past_limits", 0),
+                ),
+                ("not on the broker", left_out.get("not_on_broker", 0)),
+            )
+            if count
+        ]
+        found.append(
+            Warning(
+                "queues_left_out",
+                exchange,
+                f"{sum(left_out.values())} queue names from heartbeats not shown: "
+                f"{', '.join(why)}. Anyone who may publish to {exchange} can list names "
+                "there; pass the actor MODULES to always show their queues",
+            )
+        )
     return found
 
 

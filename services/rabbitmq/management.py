@@ -73,7 +73,13 @@ class ManagementAPI:
 
     def queues(self, prefix: str) -> dict[str, QueueFigures]:
         """Figures of the vhost's queues whose name starts with `prefix`."""
+        return self.queue_listing(prefix)[0]
+
+    def queue_listing(self, prefix: str) -> tuple[dict[str, QueueFigures], bool]:
+        """Figures of the vhost's queues whose name starts with `prefix` (in pages of
+        `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them."""
         figures: dict[str, QueueFigures] = {}
+        complete = False
         for page in range(1, MAX_PAGES + 1):
             query = urlencode(
                 {
@@ -91,8 +97,9 @@ class ManagementAPI:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     figures[item["name"]] = _figures(item)
             if page >= _int(answer.get("page_count")):
+                complete = True
                 break
-        return figures
+        return figures, complete
 
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(  # noqa: S310  # http(s) only, checked above
