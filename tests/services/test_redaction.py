@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from leveret.actors import Actor, RetryPolicy, handler
 from leveret.schemas import Message, wire
-from leveret.services import config
+from leveret.schemas.errors import BrokerConnectionError
+from leveret.services import RabbitBroker, config
 from leveret.services.logs import StructuredFormatter, get_logger
 from leveret.services.operations.heartbeats import Heartbeats
 from leveret.services.redaction import redact, redact_value
@@ -300,3 +301,16 @@ def test_a_dead_letters_error_headers_and_a_heartbeats_last_error_hold_no_passwo
         assert message == "cannot reach postgresql://app:***@db/shop"
         assert traceback.endswith("ConnectionError: cannot reach postgresql://app:***@db/shop\n")
         assert last_error == "builtins.ConnectionError: cannot reach postgresql://app:***@db/shop"
+
+
+def test_connection_errors_never_show_a_password_holding_spaces() -> None:
+    """An operation that cannot reach the broker says so with the URL redacted."""
+    url = f"amqp://someone:{SPACED}@127.0.0.1:{free_port()}/"
+    broker = RabbitBroker(url, namespace="redaction")
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.message_count("redaction.queue")
+    finally:
+        broker.close()
+    assert str(caught.value).startswith("cannot connect to amqp://someone:***@127.0.0.1:")
+    assert _shows_none_of(SPACED, str(caught.value)), str(caught.value)
