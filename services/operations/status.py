@@ -333,7 +333,7 @@ class StatusReader:
                 self._management = ManagementAPI(api_url, url)
             figures, complete = self._management.queue_listing(self.broker.namespace + ".")
         except (ManagementUnavailable, ValueError) as exc:
-            return "amqp", f"management API not used: {redact(str(exc))}", {}, False
+            return "amqp", f"management API not used: {shown(str(exc))}", {}, False
         note = f"management API at {self._management.safe_url}"
         return "management", note, figures, complete
 
