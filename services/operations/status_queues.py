@@ -93,30 +93,31 @@ def claimed_queues(namespace: str, heartbeats: Sequence[tuple[str, Sequence[str]
     arrived (the latest of each worker)."""
     claims = Claims()
     invalid: set[str] = set()
-    dropped: set[str] = set()
-    kept: set[str] = set()
+    dropped: set[str] = set()  # names as listed, past a heartbeat's limit
+    kept: set[str] = set()  # full names
     turns: list[list[str]] = []
     for worker_id, names in reversed(heartbeats):  # the worker heard from last first
-        mine: list[str] = []
-        for name in names:
+        mine: dict[str, None] = {}  # in the heartbeat's order, each once
+        for position, name in enumerate(names):
+            if len(mine) >= MAX_QUEUES_PER_HEARTBEAT:  # the rest, unread: past the limit
+                dropped.update(names[position:])
+                break
             short = actor_queue(namespace, name)
             if short is None:
                 invalid.add(name)
-            elif len(mine) >= MAX_QUEUES_PER_HEARTBEAT:
-                dropped.add(short)
-            elif short not in mine:
-                mine.append(short)
+            else:
+                mine[short] = None
         claims.by_worker[worker_id] = [f"{namespace}.{short}" for short in mine]
-        kept.update(mine)
-        turns.append(mine)
+        kept.update(claims.by_worker[worker_id])
+        turns.append(list(mine))
     claims.left_out.not_actor_queues = len(invalid)
-    claims.left_out.past_limits = len(dropped - kept)
+    claims.left_out.past_limits = len(dropped - kept - invalid)
     seen: set[str] = set()
-    for turn in range(max((len(mine) for mine in turns), default=0)):
-        for mine in turns:
-            if turn < len(mine) and mine[turn] not in seen:
-                seen.add(mine[turn])
-                claims.order.append(mine[turn])
+    for turn in range(max((len(queues) for queues in turns), default=0)):
+        for queues in turns:
+            if turn < len(queues) and queues[turn] not in seen:
+                seen.add(queues[turn])
+                claims.order.append(queues[turn])
     return claims
 
 

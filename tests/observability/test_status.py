@@ -263,7 +263,7 @@ def test_forged_heartbeats_listing_thousands_of_queues_cannot_stall_status(
     _publish_heartbeats(
         rabbit_url,
         namespace,
-        *(_forged(f"forger{i}", queues=[*fake[i * 1500 : (i + 1) * 1500], *odd]) for i in (0, 1)),
+        *(_forged(f"forger{i}", queues=[*odd, *fake[i * 1500 : (i + 1) * 1500]]) for i in (0, 1)),
     )
     for extra, left_out in (
         # 500 names of each heartbeat taken (the rest past the limit), none on the broker
