@@ -11,6 +11,25 @@ from leveret.services.cli._common import import_path, namespace_option, url_opti
 from leveret.services.logs import configure_logging
 
 TOKEN_ENV = config.DASHBOARD_TOKEN_ENV
+ALLOWED_HOSTS_ENV = "LEVERET_DASHBOARD_ALLOWED_HOSTS"
+
+
+def _allowed_hosts(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, ...]:
+    """--allowed-hosts, checked where it is given."""
+    from leveret.schemas.errors import InvalidArgument
+
+    try:
+        from leveret.services.dashboard.origins import check_allowed_hosts
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs its extra: pip install 'leveret[dashboard]' ({exc})"
+        ) from exc
+    try:
+        return check_allowed_hosts(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command()
@@ -28,6 +47,16 @@ TOKEN_ENV = config.DASHBOARD_TOKEN_ENV
     "--port", default=8700, show_default=True, type=click.IntRange(0, 65535),
     envvar="LEVERET_DASHBOARD_PORT",
 )  # fmt: skip
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    envvar=ALLOWED_HOSTS_ENV,
+    callback=_allowed_hosts,
+    metavar="HOST[:PORT],…",
+    help="Host names a reverse proxy passes in the Host header (compared exactly, commas "
+    "between them), answered besides localhost, 127.0.0.1 and [::1] on --port. Every "
+    f"other Host is refused (DNS rebinding). With ${TOKEN_ENV} and no list: any Host.",
+)
 @click.option("--read-only", is_flag=True, help="Hide and refuse replay and purge.")
 @click.option(
     "--refresh",
@@ -47,6 +76,7 @@ def dashboard(
     namespace: str | None,
     host: str,
     port: int,
+    allowed_hosts: tuple[str, ...],
     read_only: bool,
     refresh: float,
     management_url: str | None,
@@ -57,7 +87,8 @@ def dashboard(
     MODULES: actor and schedule modules: the actors' handlers and topics, their queues
     even when no worker runs, and the schedules with their last and next ticks.
     Credentials: set $LEVERET_DASHBOARD_TOKEN (16 characters or more) and send it as a
-    Bearer token or as the password of HTTP basic auth.
+    Bearer token or as the password of HTTP basic auth. Without it, only localhost,
+    127.0.0.1 and [::1] (and --allowed-hosts) are answered.
     """
     try:
         import uvicorn
@@ -75,7 +106,7 @@ def dashboard(
     configure_logging("warning")
     try:
         token = check_token(os.environ.get(TOKEN_ENV))
-    except ValueError as exc:
+    except ValueError as exc:  # InvalidArgument
         raise click.UsageError(str(exc)) from exc
     if token is None and not is_loopback(host):
         raise click.UsageError(
@@ -96,6 +127,7 @@ def dashboard(
                 management_url=management_url,
             ),
             token=token,
+            allowed_hosts=allowed_hosts,
         )
         click.echo(
             f"leveret dashboard for namespace {broker.namespace} on http://{host}:{port}/"

@@ -36,6 +36,7 @@ from leveret.schemas import wire
 from leveret.schemas.errors import ConfigurationError, NotFound, TopologyError
 from leveret.services.broker import Broker
 from leveret.services.dashboard import security
+from leveret.services.dashboard.origins import CROSS_SITE_NAVIGATION, Hosts, check_allowed_hosts
 from leveret.services.deadletters import DeadLetter, printable
 from leveret.services.operations.status import Snapshot, StatusReader
 from leveret.services.redaction import redact, redact_value
@@ -52,6 +53,9 @@ SNAPSHOT_MAX_AGE_S = 1.0
 """Requests within this long of the last overview share it."""
 SCHEDULE_STATE_MAX_AGE_S = 10.0
 """The scheduler's stored state (last ticks) is read at most this often."""
+FORM_FIELDS = "leveret.form_fields"
+"""Scope key: hidden fields every form carries besides the dashboard's CSRF field (a list of
+name and value pairs; Django's CSRF token when mounted in Django)."""
 
 T = TypeVar("T")
 
@@ -272,8 +276,9 @@ def _header_value(value: object) -> str:
 
 
 class Pages:
-    def __init__(self, dashboard: Dashboard) -> None:
+    def __init__(self, dashboard: Dashboard, hosts: Hosts) -> None:
         self.dashboard = dashboard
+        self.hosts = hosts
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -295,6 +300,7 @@ class Pages:
             ),
             csrf=csrf,
             csrf_field=security.CSRF_FIELD,
+            form_fields=request.scope.get(FORM_FIELDS, ()),
             read_only=self.dashboard.read_only,
             namespace=self.dashboard.broker.namespace,
             **context,
@@ -343,9 +349,21 @@ class Pages:
             request, "actor.html", data=data, row=row, workers=workers, handlers=handlers
         )
 
+    def _from_another_site(self, request: Request, queue: str) -> Response | None:
+        """A dead-letter page opened by a link on another site: a page with the same link,
+        to follow on the dashboard, instead of the pass (see `origins`): another site's page
+        may open it, but cannot make it read the queue, let alone over and over."""
+        if not request.scope.get(CROSS_SITE_NAVIGATION):
+            return None
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return self.render(request, "cross_site.html", queue=queue, target=target)
+
     async def dead_letters(self, request: Request) -> Response:
         dashboard = self.dashboard
         queue = request.path_params["queue"]
+        asked = self._from_another_site(request, queue)
+        if asked is not None:
+            return asked
         filters = Filters.of(request)
         try:
             offset = max(0, int(request.query_params.get("offset", "0")))
@@ -384,6 +402,9 @@ class Pages:
         dashboard = self.dashboard
         queue = request.path_params["queue"]
         message_id = request.path_params["message_id"]
+        asked = self._from_another_site(request, queue)
+        if asked is not None:
+            return asked
         try:
             found = await dashboard.call(
                 lambda: dashboard.broker.find_dead_letter(queue, message_id)
@@ -437,7 +458,7 @@ class Pages:
                 raise HTTPException(413, "form too large")
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         submitted = (form.get(security.CSRF_FIELD) or [""])[0]
-        if not security.csrf_ok(request, submitted):
+        if not security.csrf_ok(request, submitted, self.hosts):
             raise HTTPException(
                 403,
                 "CSRF check failed: reload the page and try again (a POST must come "
@@ -490,15 +511,34 @@ class Pages:
         return self.render(request, "error.html", status_code=status, status=status, error=detail)
 
 
-def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
+def create_app(
+    dashboard: Dashboard,
+    *,
+    token: str | None = None,
+    allowed_hosts: str | Sequence[str] = (),
+    host_validated: bool = False,
+) -> Starlette:
     """The dashboard as an ASGI application (for uvicorn, or mounted in another app).
 
     Args:
         dashboard: The broker and settings.
         token: Credentials every request must carry (see `security`); None for none (serve
             it on loopback only, or behind another authentication such as Django's).
+        allowed_hosts: Host header values answered besides the loopback names (``localhost``,
+            ``127.0.0.1``, ``[::1]``, with the port the request came in on): those a reverse
+            proxy passes, each ``name`` or ``name:port``, compared exactly (a string: commas
+            between them). With a token and none given, any Host is answered.
+        host_validated: The server in front validated the Host header already (Django with
+            its ``ALLOWED_HOSTS``): any Host is answered, and is the dashboard's own origin.
+
+    Raises:
+        InvalidArgument: An allowed host that is not a host name, or a token shorter than
+            16 characters.
     """
-    pages = Pages(dashboard)
+    checked_token = security.check_token(token)
+    extra = check_allowed_hosts(allowed_hosts)
+    hosts = Hosts(extra, any_host=host_validated or (checked_token is not None and not extra))
+    pages = Pages(dashboard, hosts)
     routes = [
         Route("/", pages.overview, name="overview"),
         Route("/api/overview", pages.overview_json, name="overview_json"),
@@ -528,5 +568,5 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
         routes=routes,
         exception_handlers={HTTPException: pages.error_page, Exception: pages.error_page},
     )
-    app.add_middleware(security.Guard, token=security.check_token(token))
+    app.add_middleware(security.Guard, token=checked_token, hosts=hosts)
     return app

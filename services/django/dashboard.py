@@ -9,11 +9,13 @@
     ]
 
 Needs the ``dashboard`` extra (``pip install 'leveret[django,dashboard]'``). Every request
-goes through Django first: a user who is not active staff is sent to the admin's login
-page. The dashboard reads the project's broker (``settings.LEVERET``) and shows the
-project's actors; ``LEVERET["DASHBOARD_READ_ONLY"] = True`` hides and refuses replay and
-purge. Its forms carry the dashboard's own CSRF field (Django's CSRF middleware is not
-asked: the dashboard checks its own cookie, field and origin).
+goes through Django first: its ``ALLOWED_HOSTS`` (``request.get_host()``), then a user who
+is not active staff is sent to the admin's login page, then Django's CSRF middleware (the
+dashboard's forms carry Django's token too). The dashboard then applies its own checks
+(its CSRF cookie and field, the ``Origin`` against the host Django validated, the Fetch
+Metadata of other sites' requests). It reads the project's broker (``settings.LEVERET``)
+and shows the project's actors; ``LEVERET["DASHBOARD_READ_ONLY"] = True`` hides and
+refuses replay and purge.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
 from django.urls import path, re_path
-from django.views.decorators.csrf import csrf_exempt
 from starlette.applications import Starlette
 from starlette.types import Message
 
@@ -34,6 +36,7 @@ from leveret.django.project import project_broker
 from leveret.django.registry import project_actors
 from leveret.django.settings import load
 from leveret.services.dashboard import Dashboard, create_app
+from leveret.services.dashboard.app import FORM_FIELDS
 
 _lock = threading.Lock()
 _apps: dict[tuple[int, bool], Starlette] = {}
@@ -57,7 +60,8 @@ def _app() -> Starlette:
                 actors=project_actors(),
                 schedules=schedules,
             )
-            app = create_app(dashboard)
+            # Django validated the Host (ALLOWED_HOSTS) before the view runs.
+            app = create_app(dashboard, host_validated=True)
             _apps[key] = app
     return app
 
@@ -66,10 +70,15 @@ async def _serve(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Hand the request to the dashboard's ASGI app, mounted where this view is."""
     full = request.path
     root = full[: len(full) - len(rest)].rstrip("/") if rest else full.rstrip("/")
+    # The host as Django validated it against ALLOWED_HOSTS (X-Forwarded-Host with
+    # USE_X_FORWARDED_HOST): the dashboard takes it as its own origin.
+    host = request.get_host()
     headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in request.headers.items()
+        if name.lower() != "host"
     ]
+    headers.append((b"host", host.encode("latin-1")))
     server_port = int(request.get_port() or 80)
     scope: dict[str, Any] = {
         "type": "http",
@@ -83,7 +92,9 @@ async def _serve(request: HttpRequest, rest: str = "") -> HttpResponse:
         "query_string": request.META.get("QUERY_STRING", "").encode("latin-1"),
         "headers": headers,
         "client": (request.META.get("REMOTE_ADDR", ""), 0),
-        "server": (request.get_host().split(":")[0], server_port),
+        "server": (_host_name(host), server_port),
+        # Django's CSRF token, in every form of the dashboard (for CsrfViewMiddleware).
+        FORM_FIELDS: [("csrfmiddlewaretoken", get_token(request))],
     }
     body = request.body
     sent = False
@@ -131,6 +142,11 @@ async def _serve(request: HttpRequest, rest: str = "") -> HttpResponse:
     return response
 
 
+def _host_name(host: str) -> str:
+    """``name`` of ``name[:port]`` (``[::1]`` of ``[::1]:8000``)."""
+    return host.rsplit(":", 1)[0] if ":" in host.rsplit("]", 1)[-1] else host
+
+
 def _set_cookie(response: HttpResponse, header: str) -> None:
     first, *attributes = [part.strip() for part in header.split(";")]
     name, _, value = first.partition("=")
@@ -149,7 +165,7 @@ def _set_cookie(response: HttpResponse, header: str) -> None:
     response.set_cookie(name, value, **options)
 
 
-view = csrf_exempt(staff_member_required(_serve))
+view = staff_member_required(_serve)
 
 app_name = "leveret_dashboard"
 urlpatterns = [

@@ -160,3 +160,37 @@ def put_dead_letter(
         )
     finally:
         connection.close()
+
+
+def give_back_once(broker: RabbitBroker) -> None:
+    """Take every dead letter of the parcels' `.dlq` and give it back unacknowledged: each is
+    then marked redelivered, until a dead-letter pass (which publishes every letter it visits
+    again, fresh) runs. With `redelivered`, a test sees whether a pass ran."""
+    _take_and_give_back(broker)
+
+
+def redelivered(broker: RabbitBroker) -> dict[str, bool]:
+    """Each dead letter of the parcels' `.dlq` (by message id): whether it is still marked
+    redelivered (no pass ran since `give_back_once`). Marks them all again."""
+    return _take_and_give_back(broker)
+
+
+def _take_and_give_back(broker: RabbitBroker) -> dict[str, bool]:
+    connection = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+    try:
+        channel = connection.channel()
+        found: dict[str, bool] = {}
+        last_tag = 0
+        while True:
+            method, props, _body = channel.basic_get(
+                naming.dlq_name(broker.namespace, Parcels.queue), auto_ack=False
+            )
+            if method is None or props is None:
+                break
+            found[props.message_id or ""] = bool(method.redelivered)
+            last_tag = method.delivery_tag or last_tag
+        if last_tag:
+            channel.basic_nack(last_tag, multiple=True, requeue=True)
+        return found
+    finally:
+        connection.close()

@@ -13,7 +13,7 @@ from django.test import Client
 
 from leveret.django.project import forget_project_broker
 from leveret.services import RabbitBroker
-from tests.dashboard.conftest import put_dead_letter
+from tests.dashboard.conftest import give_back_once, put_dead_letter, redelivered
 from tests.dashboard_actors import Parcels
 from tests.support import RABBIT_URL
 
@@ -94,3 +94,94 @@ def test_read_only_in_the_settings_hides_and_refuses_the_actions(
     refused = client.post(BASE + "actors/parcels/dead-letters/purge", "csrf=x", content_type=form)
     assert refused.status_code == 403
     assert project.dead_letter_count(Parcels) == 1
+
+
+IMAGE = {
+    "HTTP_SEC_FETCH_SITE": "cross-site",
+    "HTTP_SEC_FETCH_MODE": "no-cors",
+    "HTTP_SEC_FETCH_DEST": "image",
+}
+
+
+def test_django_allowed_hosts_still_decide_which_hosts_are_served(
+    settings: Any, project: RabbitBroker
+) -> None:
+    """DNS rebinding against the mount: Django's ALLOWED_HOSTS refuses the foreign Host."""
+    settings.ALLOWED_HOSTS = ["ops.example.com"]
+    put_dead_letter(project, "letter-3", b"{}", {})
+    client = _client(staff=True)
+    refused = client.get(BASE + "actors/parcels/dead-letters", HTTP_HOST="rebind.attacker.example")
+    assert refused.status_code == 400
+    assert b"letter-3" not in refused.content
+    served = client.get(BASE + "actors/parcels/dead-letters", HTTP_HOST="ops.example.com")
+    assert served.status_code == 200
+    assert b"letter-3" in served.content
+
+
+def test_mounted_another_sites_requests_are_refused_before_any_work(
+    project: RabbitBroker,
+) -> None:
+    """Fetch Metadata and Origin apply in the mount too: an <img> of a dead-letters page
+    runs no pass; a POST from another origin purges nothing."""
+    put_dead_letter(project, "letter-4", b"{}", {})
+    give_back_once(project)
+    client = _client(staff=True)
+    assert client.get(BASE + "actors/parcels/dead-letters", **IMAGE).status_code == 403
+    assert redelivered(project) == {"letter-4": True}
+    page = client.get(BASE + "actors/parcels/dead-letters").content.decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    form = "application/x-www-form-urlencoded"
+    purge = BASE + "actors/parcels/dead-letters/purge"
+    evil = client.post(
+        purge, f"csrf={token.group(1)}", content_type=form, HTTP_ORIGIN="http://evil.example"
+    )
+    assert evil.status_code == 403
+    assert project.dead_letter_count(Parcels) == 1
+
+
+def test_mounted_django_csrf_protection_applies_to_the_dashboards_forms(
+    settings: Any, project: RabbitBroker
+) -> None:
+    """With Django's CsrfViewMiddleware, a POST needs Django's token too: the dashboard's
+    forms carry it."""
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]
+    put_dead_letter(project, "letter-5", b"{}", {})
+    client = _client(staff=True)
+    client.handler.enforce_csrf_checks = True
+    html = client.get(BASE + "actors/parcels/dead-letters").content.decode()
+    ours = re.search(r'name="csrf" value="([^"]+)"', html)
+    django = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert ours is not None
+    assert django is not None
+    form = "application/x-www-form-urlencoded"
+    purge = BASE + "actors/parcels/dead-letters/purge"
+    assert client.post(purge, f"csrf={ours.group(1)}", content_type=form).status_code == 403
+    assert project.dead_letter_count(Parcels) == 1
+    both = f"csrf={ours.group(1)}&csrfmiddlewaretoken={django.group(1)}"
+    assert client.post(purge, both, content_type=form).status_code == 303
+    assert project.dead_letter_count(Parcels) == 0
+
+
+def test_mounted_behind_a_proxy_the_origin_is_compared_with_djangos_host(
+    settings: Any, project: RabbitBroker
+) -> None:
+    """USE_X_FORWARDED_HOST: the browser's Origin is the public host Django sees, not the
+    Host the proxy connected with."""
+    settings.USE_X_FORWARDED_HOST = True
+    settings.ALLOWED_HOSTS = ["ops.example.com"]
+    put_dead_letter(project, "letter-6", b"{}", {})
+    client = _client(staff=True)
+    proxied = {"HTTP_HOST": "app:8000", "HTTP_X_FORWARDED_HOST": "ops.example.com"}
+    html = client.get(BASE + "actors/parcels/dead-letters", **proxied).content.decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert token is not None
+    done = client.post(
+        BASE + "actors/parcels/dead-letters/purge",
+        f"csrf={token.group(1)}",
+        content_type="application/x-www-form-urlencoded",
+        HTTP_ORIGIN="https://ops.example.com",
+        **proxied,
+    )
+    assert done.status_code == 303
+    assert project.dead_letter_count(Parcels) == 0
