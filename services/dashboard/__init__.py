@@ -7,6 +7,7 @@ application is `create_app` (an ASGI app); `leveret dashboard` serves it with uv
 
 from __future__ import annotations
 
-from leveret.services.dashboard.app import Dashboard, create_app
+from leveret.services.dashboard.app import create_app
+from leveret.services.dashboard.state import Dashboard
 
 __all__ = ["Dashboard", "create_app"]

@@ -5,42 +5,40 @@ from ``/api/overview``), a page per actor, and its dead letters: browsed a page 
 with filters, shown one by one, replayed (one, a selection, all) and purged. Every action
 is a POST with a CSRF field and asks for confirmation in the page first.
 
-Reading from the broker blocks, so it runs in worker threads, one operation at a time (a
-lock): a dashboard never puts more than one extra connection's load on the broker.
+What the pages read, and how long they wait for the broker, is `state.Dashboard`: no page
+waits for the broker for more than a few seconds, and with the broker unreachable every
+page says so in a banner (the URL tried, the error) and shows what is known.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from leveret.actors import Actor
-from leveret.actors.schedules import Schedule
 from leveret.schemas import wire
-from leveret.schemas.errors import ConfigurationError, NotFound, TopologyError
-from leveret.services.broker import Broker
+from leveret.schemas.errors import BrokerError, ConfigurationError, NotFound, TopologyError
 from leveret.services.dashboard import security
 from leveret.services.dashboard.origins import CROSS_SITE_NAVIGATION, Hosts, check_allowed_hosts
+from leveret.services.dashboard.state import Busy, Dashboard, Known
 from leveret.services.deadletters import DeadLetter, printable
-from leveret.services.operations.status import Snapshot, StatusReader
+from leveret.services.operations.status import Snapshot
 from leveret.services.redaction import redact, redact_value
 from leveret.services.runtime.execution import Delivery
+
+__all__ = ["Dashboard", "create_app"]
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -49,111 +47,39 @@ MAX_BODY_SHOWN = 64 * 1024
 """A dead letter's body is shown up to this many bytes."""
 MAX_FORM_BYTES = 256 * 1024
 """The largest POST body accepted (a selection of a page of ids fits many times over)."""
-SNAPSHOT_MAX_AGE_S = 1.0
-"""Requests within this long of the last overview share it."""
-SCHEDULE_STATE_MAX_AGE_S = 10.0
-"""The scheduler's stored state (last ticks) is read at most this often."""
 FORM_FIELDS = "leveret.form_fields"
 """Scope key: hidden fields every form carries besides the dashboard's CSRF field (a list of
 name and value pairs; Django's CSRF token when mounted in Django)."""
-
-T = TypeVar("T")
-
-
-@dataclass
-class Dashboard:
-    """What the pages read from: the broker, and the settings.
-
-    Args:
-        broker: The namespace's broker.
-        read_only: Hide and refuse every action (replay, purge).
-        actors: Actor classes (from the modules given on the command line): their handlers
-            and topics are shown, and their queues listed even when no worker runs.
-        schedules: Schedule entries (from the same modules): each with its last tick sent
-            (the scheduler's stored state) and its next one.
-        refresh_s: How often the overview refreshes itself in the browser.
-        management_url: As for `StatusReader` (None: the broker host's default; "": AMQP
-            only).
-    """
-
-    broker: Broker
-    read_only: bool = False
-    actors: Sequence[type[Actor]] = ()
-    schedules: Sequence[Schedule] = ()
-    refresh_s: float = 3.0
-    management_url: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-    _reader: StatusReader | None = field(default=None, init=False)
-    _snapshot: Snapshot | None = field(default=None, init=False)
-    _prior: Snapshot | None = field(default=None, init=False)  # the one before: rates
-    _taken: float = field(default=0.0, init=False)
-    _last_ticks: dict[str, datetime] | None = field(default=None, init=False)
-    _ticks_note: str = field(default="", init=False)
-    _ticks_read: float = field(default=-SCHEDULE_STATE_MAX_AGE_S, init=False)
-
-    def last_ticks(self) -> tuple[dict[str, datetime] | None, str]:
-        """The last tick each schedule sent (the scheduler's stored state), read at most
-        every `SCHEDULE_STATE_MAX_AGE_S`; lock held. None and why when it cannot be read."""
-        if time.monotonic() - self._ticks_read >= SCHEDULE_STATE_MAX_AGE_S:
-            self._ticks_read = time.monotonic()
-            try:
-                self._last_ticks, self._ticks_note = self.broker.schedule_state(), ""
-            except Exception as exc:  # noqa: BLE001  # shown on the page, the rest goes on
-                self._last_ticks = None
-                self._ticks_note = redact(f"{type(exc).__name__}: {exc}")
-        return self.ticks_known()
-
-    def prior(self, snapshot: Snapshot) -> Snapshot | None:
-        """The snapshot taken before `snapshot` (for rates), if any."""
-        return self._prior if snapshot is self._snapshot else None
-
-    def ticks_known(self) -> tuple[dict[str, datetime] | None, str]:
-        """What `last_ticks` last read (nothing is read here)."""
-        return self._last_ticks, self._ticks_note
-
-    async def call(self, function: Callable[[], T]) -> T:
-        """Run a blocking broker operation in a thread, one at a time."""
-
-        def locked() -> T:
-            with self._lock:
-                return function()
-
-        return await run_in_threadpool(locked)
-
-    def snapshot(self) -> Snapshot:
-        """The namespace now (shared by the requests of the same second); lock held."""
-        if self._snapshot is not None and time.monotonic() - self._taken < SNAPSHOT_MAX_AGE_S:
-            return self._snapshot
-        if self._reader is None:
-            self._reader = StatusReader(
-                self.broker,
-                actors=[actor.queue for actor in self.actors],
-                management_url=self.management_url,
-                sample_s=0,
-                amqp_figures=False,
-            )
-        self._prior = self._snapshot
-        self._snapshot = self._reader.take()
-        self._taken = time.monotonic()
-        if self.schedules:
-            self.last_ticks()
-        return self._snapshot
-
-    def actor_class(self, queue: str) -> type[Actor] | None:
-        return next((a for a in self.actors if a.queue == queue), None)
 
 
 # Reading the data ---------------------------------------------------------------------------
 
 
-def _overview(dashboard: Dashboard, snapshot: Snapshot) -> dict[str, Any]:
+def _overview(dashboard: Dashboard, known: Known) -> dict[str, Any]:
+    """The overview's data (the JSON API's answer): what is known, and the outage if any."""
+    snapshot = known.snapshot
     # Errors and notes may quote a URL with its password: never shown.
-    data: dict[str, Any] = redact_value(snapshot.to_json())
-    data["workers"].sort(key=lambda w: (w["host"], w["pid"]))  # grouped by host
-    _worker_rates(data["workers"], snapshot, dashboard.prior(snapshot))
+    if snapshot is not None:
+        data: dict[str, Any] = redact_value(snapshot.to_json())
+        data["workers"].sort(key=lambda w: (w["host"], w["pid"]))  # grouped by host
+        _worker_rates(data["workers"], snapshot, known.prior)
+        now_s = snapshot.taken_at
+    else:  # nothing known yet: the broker could not be read since the dashboard started
+        data = {
+            "namespace": dashboard.broker.namespace,
+            "taken_at": None,
+            "workers": [],
+            "queues": [],
+            "warnings": [],
+            "source": "none",
+            "source_note": "",
+            "ignored_heartbeats": 0,
+        }
+        now_s = datetime.now(UTC).timestamp()
     data["broker"] = redact(dashboard.broker.url)
     data["refresh_s"] = dashboard.refresh_s
-    data["schedules"], data["schedules_note"] = _schedules(dashboard, snapshot.taken_at)
+    data["schedules"], data["schedules_note"] = _schedules(dashboard, now_s)
+    data["unreachable"] = known.outage_json()
     return data
 
 
@@ -286,9 +212,15 @@ class Pages:
         )
 
     def render(
-        self, request: Request, template: str, status_code: int = 200, **context: Any
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        known: Known | None = None,
+        **context: Any,
     ) -> HTMLResponse:
         csrf, new = security.csrf_value(request)
+        banner = (known if known is not None else self.dashboard.known()).banner()
         html = self.templates.get_template(template).render(
             request=request,
             url=lambda name, **params: request.url_for(name, **params).path,
@@ -303,6 +235,7 @@ class Pages:
             form_fields=request.scope.get(FORM_FIELDS, ()),
             read_only=self.dashboard.read_only,
             namespace=self.dashboard.broker.namespace,
+            banner=banner,
             **context,
         )
         response = HTMLResponse(html, status_code=status_code)
@@ -318,21 +251,25 @@ class Pages:
         return response
 
     async def overview(self, request: Request) -> Response:
-        dashboard = self.dashboard
-        snapshot = await dashboard.call(dashboard.snapshot)
-        return self.render(request, "overview.html", data=_overview(dashboard, snapshot))
+        known = await self.dashboard.current()
+        return self.render(
+            request, "overview.html", known=known, data=_overview(self.dashboard, known)
+        )
 
     async def overview_json(self, request: Request) -> Response:
-        dashboard = self.dashboard
-        snapshot = await dashboard.call(dashboard.snapshot)
-        return JSONResponse(_overview(dashboard, snapshot))
+        known = await self.dashboard.current()
+        return JSONResponse(_overview(self.dashboard, known))
 
     async def actor(self, request: Request) -> Response:
         dashboard = self.dashboard
         queue = request.path_params["queue"]
-        snapshot = await dashboard.call(dashboard.snapshot)
-        data = _overview(dashboard, snapshot)
+        known = await dashboard.current()
+        data = _overview(dashboard, known)
         row = next((q for q in data["queues"] if q["actor"] == queue), None)
+        if row is None and known.outage is not None:
+            return self._unavailable(
+                request, known, f"Nothing is known of the actor {queue!r} yet."
+            )
         if row is None:
             raise HTTPException(404, f"no actor queue {queue!r} in this namespace")
         workers = [w for w in data["workers"] if queue in w["queues"]]
@@ -346,8 +283,34 @@ class Pages:
             else None
         )
         return self.render(
-            request, "actor.html", data=data, row=row, workers=workers, handlers=handlers
+            request,
+            "actor.html",
+            known=known,
+            data=data,
+            row=row,
+            workers=workers,
+            handlers=handlers,
         )
+
+    def _unavailable(
+        self, request: Request, known: Known | None, what: str, error: str = ""
+    ) -> Response:
+        """503: the broker cannot be reached (or is busy): what could not be done, and the
+        banner."""
+        return self.render(
+            request,
+            "unavailable.html",
+            status_code=503,
+            known=known,
+            what=what,
+            error=redact(error),
+        )
+
+    def _broker_failed(self, request: Request, exc: Exception, what: str) -> Response:
+        """The answer to a dead-letter operation the broker did not let finish."""
+        if isinstance(exc, Busy):
+            return self._unavailable(request, None, what, f"{exc}: try again in a moment.")
+        return self._unavailable(request, None, what, f"{type(exc).__name__}: {exc}")
 
     def _from_another_site(self, request: Request, queue: str) -> Response | None:
         """A dead-letter page opened by a link on another site: a page with the same link,
@@ -382,6 +345,10 @@ class Pages:
             raise HTTPException(404, str(exc)) from exc
         except TopologyError as exc:
             return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        except (BrokerError, Busy) as exc:
+            return self._broker_failed(
+                request, exc, f"The dead letters of {queue!r} cannot be read now."
+            )
         letters = [_letter_row(DeadLetter.of(d)) for d in page[:PAGE_SIZE]]
         return self.render(
             request,
@@ -413,6 +380,10 @@ class Pages:
             raise HTTPException(404, str(exc)) from exc
         except TopologyError as exc:
             return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        except (BrokerError, Busy) as exc:
+            return self._broker_failed(
+                request, exc, f"The dead letters of {queue!r} cannot be read now."
+            )
         if found is None:
             raise HTTPException(404, f"no dead letter {message_id!r} in {queue!r}")
         letter = DeadLetter.of(found)
@@ -484,6 +455,15 @@ class Pages:
             raise HTTPException(404, str(exc)) from exc
         except TopologyError as exc:
             return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        except (BrokerError, Busy) as exc:
+            return self._broker_failed(
+                request,
+                exc,
+                f"The replay of dead letters of {queue!r} did not run, or did not finish. "
+                "Each letter is replayed in the same transaction that takes it off the "
+                "dead-letter queue, so none was lost or doubled: run it again once the "
+                "broker answers.",
+            )
         return self._back(request, queue, f"replayed {count} dead letter(s)")
 
     async def purge(self, request: Request) -> Response:
@@ -494,6 +474,13 @@ class Pages:
             count = await dashboard.call(lambda: dashboard.broker.purge_dead_letters(queue))
         except (ConfigurationError, NotFound) as exc:
             raise HTTPException(404, str(exc)) from exc
+        except (BrokerError, Busy) as exc:
+            return self._broker_failed(
+                request,
+                exc,
+                f"The purge of the dead letters of {queue!r} did not run (or its answer was "
+                "lost): open the dead letters once the broker answers to see what is left.",
+            )
         return self._back(request, queue, f"purged {count} dead letter(s)")
 
     def _back(self, request: Request, queue: str, done: str) -> Response:

@@ -317,6 +317,43 @@ class StatusReader:
             found.update(transport.queue_figures(later))
         return found
 
+    def take_from_management(self) -> Snapshot:
+        """A snapshot from the management API alone, for when AMQP cannot be reached: the
+        actor queues it lists (and those given) with its figures, and no workers (their
+        heartbeats are read over AMQP). Nothing is remembered for the next `take`.
+
+        Raises:
+            ManagementUnavailable: The API is not used (AMQP only) or does not answer.
+        """
+        source, note, figures, _complete = self._figures_listed()
+        if source != "management":
+            raise ManagementUnavailable(note or "no management API for this broker")
+        namespace = self.broker.namespace
+        listed = {short for full in figures if (short := actor_queue(namespace, full))}
+        rows = []
+        for queue in sorted({*self.actors, *listed}):
+            dlq = figures.get(self._dlq(queue))
+            rows.append(
+                QueueRow(
+                    actor=queue,
+                    name=self._full(queue),
+                    figures=figures.get(self._full(queue)),
+                    dead_letters=dlq.ready if dlq is not None else None,
+                    dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
+                )
+            )
+        snapshot = Snapshot(
+            namespace=self.broker.namespace,
+            taken_at=time.time(),
+            workers=[],
+            queues=rows,
+            warnings=[],
+            source=source,
+            source_note=note,
+        )
+        snapshot.warnings = warnings_of(snapshot, growing_dlqs=set(), dlq_of=self._dlq)
+        return snapshot
+
     def _figures_listed(
         self,
     ) -> tuple[Literal["management", "amqp", "memory"], str, dict[str, QueueFigures], bool]:

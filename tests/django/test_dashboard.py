@@ -4,6 +4,7 @@ and its own CSRF check on actions."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,8 @@ from leveret.django.project import forget_project_broker
 from leveret.services import RabbitBroker
 from tests.dashboard.conftest import give_back_once, put_dead_letter, redelivered
 from tests.dashboard_actors import Parcels
-from tests.support import RABBIT_URL
+from tests.proxy import TcpProxy
+from tests.support import RABBIT_ADDRESS, RABBIT_URL, free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -185,3 +187,74 @@ def test_mounted_behind_a_proxy_the_origin_is_compared_with_djangos_host(
     )
     assert done.status_code == 303
     assert project.dead_letter_count(Parcels) == 0
+
+
+def _through(settings: Any, url: str) -> None:
+    settings.LEVERET = {**settings.LEVERET, "BROKER_URL": url, "TEST_BROKER_URL": url}
+
+
+def _timed_get(client: Client, path: str) -> tuple[Any, float]:
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+def test_mounted_with_the_broker_port_refused_pages_show_a_banner_not_an_error(
+    settings: Any, project: RabbitBroker
+) -> None:
+    """No 500 and no debug page when the broker is down: what is known, and a banner."""
+    dead = f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}/"
+    _through(settings, dead)
+    client = _client(staff=True)
+    overview, took = _timed_get(client, BASE)
+    assert overview.status_code == 200
+    assert took < 6
+    html = overview.content.decode()
+    assert 'id="broker-down"' in html
+    assert "cannot be reached" in html
+    assert "amqp://guest:***@127.0.0.1" in html
+    assert "s3cret-pw" not in html
+    api = client.get(BASE + "api/overview")
+    assert api.status_code == 200
+    assert api.json()["unreachable"]["url"] == dead.replace("s3cret-pw", "***")
+    letters, took = _timed_get(client, BASE + "actors/parcels/dead-letters")
+    assert letters.status_code == 503
+    assert took < 6
+    assert "cannot be reached" in letters.content.decode()
+    token = client.cookies["leveret_csrf"].value
+    refused = client.post(
+        BASE + "actors/parcels/dead-letters/purge",
+        f"csrf={token}",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert refused.status_code == 503
+    assert "cannot be reached" in refused.content.decode()
+
+
+def test_mounted_with_packets_dropped_pages_answer_within_seconds_and_recover(
+    settings: Any, project: RabbitBroker
+) -> None:
+    put_dead_letter(project, "letter-7", b"{}", {})
+    with TcpProxy(RABBIT_ADDRESS) as proxy:
+        _through(settings, proxy.url(RABBIT_URL))
+        client = _client(staff=True)
+        assert client.get(BASE).status_code == 200
+        before = client.get(BASE + "api/overview").json()
+        assert before["unreachable"] is None
+        proxy.blackhole()
+        time.sleep(1.1)  # past the second in which requests share a snapshot
+        for path in ("", "api/overview", "actors/parcels", "actors/parcels/dead-letters"):
+            response, took = _timed_get(client, BASE + path)
+            print(f"mounted, packets dropped: {path or '/'} {response.status_code} {took:.2f} s")
+            assert took < 6, path
+            assert response.status_code == (503 if "dead-letters" in path else 200), path
+        data = client.get(BASE + "api/overview").json()
+        assert data["unreachable"] is not None
+        assert [q["dead_letters"] for q in data["queues"] if q["actor"] == "parcels"] == [1]
+        proxy.restore()
+        wait_until(
+            lambda: client.get(BASE + "api/overview").json()["unreachable"] is None,
+            30,
+            "the mounted dashboard to read the broker again",
+        )
+        assert b"letter-7" in client.get(BASE + "actors/parcels/dead-letters").content

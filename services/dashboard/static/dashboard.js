@@ -31,10 +31,20 @@ function emptyRow(tbody, columns, text) {
   td.colSpan = columns;
 }
 
+// The banner every page has: shown while the broker cannot be reached (what the server
+// says, as text), hidden once it answers again.
+function banner(data) {
+  const el = document.getElementById("broker-down");
+  if (!el) return;
+  const message = data.unreachable ? data.unreachable.message : "";
+  el.textContent = message;
+  el.hidden = !message;
+}
+
 function render(section, data) {
   const base = section.dataset.actorBase;
   section.querySelector('[data-field="source"]').textContent = data.source;
-  section.querySelector('[data-field="taken_at"]').textContent = data.taken_at;
+  section.querySelector('[data-field="taken_at"]').textContent = data.taken_at || "never";
 
   const warnings = section.querySelector("#warnings");
   warnings.replaceChildren();
@@ -113,7 +123,9 @@ function refresh(section, draw) {
         headers: { Accept: "application/json" }, credentials: "same-origin",
       });
       if (response.ok) {
-        draw(section, await response.json());
+        const data = await response.json();
+        banner(data);
+        draw(section, data);
         section.classList.remove("offline");
       } else {
         section.classList.add("offline");
