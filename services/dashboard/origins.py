@@ -156,7 +156,10 @@ class Hosts:
     def own_origin(self, origin: str, host: str, server_port: int | None, scheme: str) -> bool:
         """Whether `origin` (an ``Origin`` header, or a ``Referer``'s origin) is one of the
         dashboard's: that of an allowed host (any scheme: TLS may end at a proxy)."""
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # "http://]": not an origin a browser sends
+            return False
         netloc = parts.netloc.lower()
         if parts.scheme not in DEFAULT_PORTS or not netloc or "@" in netloc:
             return False

@@ -199,7 +199,10 @@ def csrf_ok(request: Request, submitted: str, hosts: Hosts) -> bool:
         referer = request.headers.get("referer")
         if referer is None:
             return True
-        parts = urlsplit(referer)
+        try:
+            parts = urlsplit(referer)
+        except ValueError:  # not a URL a browser sends
+            return False
         origin = f"{parts.scheme}://{parts.netloc}"
     host = request.headers.get("host", "").lower()
     return hosts.own_origin(origin, host, server_port(request), request.url.scheme)

@@ -146,6 +146,9 @@ def test_a_rebinding_style_origin_is_refused(
     assert client.post(PURGE, f"csrf={token}", {"Origin": evil})[0] == 403
     assert client.post(PURGE, f"csrf={token}", {"Origin": "null"})[0] == 403
     assert client.post(PURGE, f"csrf={token}", {"Referer": evil + LETTERS})[0] == 403
+    # Headers no browser sends: refused, not a 500.
+    assert client.get(LETTERS, {"Origin": "http://]"})[0] == 403
+    assert client.post(PURGE, f"csrf={token}", {"Referer": "http://[x/"})[0] == 403
     assert rabbit_broker.dead_letter_count(Parcels) == 3
     # The dashboard's own origins, by any loopback name, are fine.
     for origin in (served.url, f"http://localhost:{port}"):
