@@ -3,7 +3,8 @@
 Dead letters are kept until replayed or purged. Replaying publishes the message back to its
 actor's queue with the attempt count reset; on RabbitMQ the publish and the removal of the
 dead letter happen in one AMQP transaction, so a replay killed half way and run again puts
-each message back exactly once.
+each message back exactly once (as far as RabbitMQ applies a transaction whole: see
+`leveret.services.rabbitmq._dlq_pass`).
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ def dlq_name(namespace: str, queue: str) -> str:
     return f"{namespace}.{queue}.dlq"
 
 
+def dlq_lock(namespace: str, queue: str) -> str:
+    """The exclusive queue held by whoever operates an actor's dead-letter queue (list,
+    show, replay, purge): one operation at a time."""
+    return f"{namespace}.{queue}.dlq.lock"
+
+
 def delay_exchange(namespace: str, level: int, queues: str = "classic") -> str:
     """The topic exchange of delay level `level` (messages wait 2^level s there), of the
     ``classic`` levels or of the ``quorum`` ones (replicated, for a cluster)."""

@@ -229,7 +229,7 @@ class RabbitTransport(Transport):
             if replay:
                 require_queue(channel, actor_queue)
             require_queue(channel, dlq)
-            dlq_lock(channel.connection, dlq)
+            dlq_lock(channel.connection, naming.dlq_lock(self.namespace, queue), dlq)
             return run_pass(
                 channel, dlq, visit, queue=actor_queue if replay else None, on_moved=on_moved
             )

@@ -545,8 +545,12 @@ class Executor:
                 wire.ERROR_REASON: reason,
                 wire.ORIGINAL_EXCHANGE: delivery.exchange,
                 wire.ORIGINAL_ROUTING_KEY: delivery.routing_key,
+                # Its own identity, by which a dead-letter pass tells a double of it (left
+                # by an interrupted pass) from a twin; whatever the delivery carried is not.
+                wire.DEAD_LETTER_ID: new_message_id(),
             }
         )
+        headers.pop(wire.DLQ_PUT_BACK_BY, None)
         headers.pop(wire.ERROR_TRACEBACK, None)
         if with_traceback:
             headers[wire.ERROR_TRACEBACK] = redact(_traceback(exc))[-TRACEBACK_LIMIT:]
