@@ -615,10 +615,12 @@ class Broker:
         return self.transport.replay_dead_letters(_queue_of(actor), chosen, replayed)
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
-        """Delete every dead letter of the actor; returns how many there were.
+        """Delete every dead letter of the actor; returns how many the broker removed.
 
         Raises:
             ConfigurationError: The actor has no dead-letter queue.
+            TopologyError: Another dead-letter operation on that queue is running (they
+                take turns: a purge would miss the letters a pass holds).
         """
         return self.transport.purge_dead_letters(_queue_of(actor))
 

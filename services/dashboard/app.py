@@ -474,6 +474,8 @@ class Pages:
             count = await dashboard.call(lambda: dashboard.broker.purge_dead_letters(queue))
         except (ConfigurationError, NotFound) as exc:
             raise HTTPException(404, str(exc)) from exc
+        except TopologyError as exc:
+            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
         except (BrokerError, Busy) as exc:
             return self._broker_failed(
                 request,

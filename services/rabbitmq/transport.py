@@ -238,6 +238,9 @@ class RabbitTransport(Transport):
         dlq = naming.dlq_name(self.namespace, queue)
         with self.admin() as channel:
             require_queue(channel, dlq)
+            # Under the lock of the other dead-letter operations: a pass holds letters
+            # unacked, which a purge would miss and the pass would then put back.
+            dlq_lock(channel.connection, naming.dlq_lock(self.namespace, queue), dlq)
             purged = channel.queue_purge(dlq).method.message_count
         return purged or 0
 

@@ -8,11 +8,15 @@ import re
 import subprocess
 import sys
 
+import pika
+import pika.exceptions
 import pytest
 
 from leveret.schemas import wire
 from leveret.schemas.errors import NotFound
 from leveret.services import MemoryBroker, RabbitBroker, naming
+from leveret.services.rabbitmq._dlq_pass import dlq_lock
+from tests import raw_amqp
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, running, take_all, wait_until
 
@@ -268,3 +272,86 @@ def test_show_and_list_escape_what_a_publisher_put_in_the_message(
         assert "\\x1b" in result.stdout
     assert "\\u202e" in shown.stdout
     assert "    line \\x1b[1A" in shown.stdout  # the traceback keeps its lines
+
+
+def test_purge_while_another_operation_runs_fails_fast_and_removes_nothing(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """While a `dlq list` holds the .dlq (its lock), `purge --yes` exits 1 saying so, and
+    every letter is still there; once it is free, purge removes them and says how many."""
+    dlq_name = naming.dlq_name(rabbit_broker.namespace, Jobs.queue)
+    lock = naming.dlq_lock(rabbit_broker.namespace, Jobs.queue)
+    with rabbit_broker.admin() as channel:
+        dlq_lock(channel.connection, lock, dlq_name)
+        refused = dlq(rabbit_broker, "purge", "jobs", "--yes")
+        assert refused.returncode == 1
+        assert f"another dead-letter operation on {dlq_name} is running" in refused.stderr
+        assert _dead_count(rabbit_broker) == 3
+    purged = dlq(rabbit_broker, "purge", "jobs", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.strip() == "3 dead letter(s) purged from jobs"
+    assert _dead_count(rabbit_broker) == 0
+
+
+def test_purge_during_a_running_list_is_refused_and_the_list_keeps_every_letter(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """`dlq purge --yes` run while a `dlq list` passes over 3,000 letters: refused; the list
+    ends with the 3,000 letters there, and a purge afterwards removes exactly 3,000."""
+    rabbit_broker.declare(Jobs)
+    dlq_name = naming.dlq_name(rabbit_broker.namespace, Jobs.queue)
+    with raw_amqp.client(rabbit_broker.url) as client:
+        for n in range(3000):
+            client.publish(
+                dlq_name,
+                json.dumps({"n": n}).encode(),
+                pika.BasicProperties(message_id=f"letter-{n}", type="tests.job"),
+            )
+    wait_until(lambda: _dead_count(rabbit_broker) == 3000, 20, "3,000 letters")
+    listing = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "leveret.services.cli",
+            "dlq",
+            "list",
+            "jobs",
+            "--limit",
+            "1",
+            "--broker-url",
+            rabbit_broker.url,
+            "--namespace",
+            rabbit_broker.namespace,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _lock_held(rabbit_broker), 20, "the list to hold the .dlq")
+        refused = dlq(rabbit_broker, "purge", "jobs", "--yes")
+        _out, err = listing.communicate(timeout=60)
+    finally:
+        if listing.poll() is None:
+            listing.kill()
+    assert refused.returncode == 1
+    assert "another dead-letter operation" in refused.stderr
+    assert listing.returncode == 0, err
+    assert _dead_count(rabbit_broker) == 3000
+    purged = dlq(rabbit_broker, "purge", "jobs", "--yes")
+    assert purged.stdout.strip() == "3000 dead letter(s) purged from jobs"
+    assert _dead_count(rabbit_broker) == 0
+
+
+def _lock_held(broker: RabbitBroker) -> bool:
+    lock = naming.dlq_lock(broker.namespace, Jobs.queue)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        connection.channel().queue_declare(lock, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_code == 405  # RESOURCE_LOCKED: exclusive to another connection
+    finally:
+        if connection.is_open:
+            connection.close()
+    return True
