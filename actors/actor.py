@@ -29,10 +29,16 @@ ActorRef: TypeAlias = "type[Actor] | FunctionActor[Any]"
 F = TypeVar("F", bound=Callable[..., Any])
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-MAX_QUEUE_BYTES = 170
-"""The longest queue name (without namespace): ``{namespace}.{queue}.dlq`` must fit in
-AMQP's 255 bytes with the longest namespace (80), and a delayed message's routing key
-(58 bytes of delay bits and ``q.`` before the queue) too."""
+SHORT_STRING_BYTES = 255
+"""AMQP's limit on names, routing and binding keys (short strings), in bytes."""
+DELAY_KEY_PREFIX_BYTES = 58
+"""What precedes the queue name in a delayed message's routing key and in the queue's
+delay binding key: 28 delay bits or stars and ``q.`` (see `leveret.services.delays`)."""
+MAX_QUEUE_BYTES = SHORT_STRING_BYTES - DELAY_KEY_PREFIX_BYTES
+"""The longest queue name (without namespace) on its own: its delay binding key must fit
+AMQP's 255 bytes. The names that also hold the namespace (the queue, its ``.dlq`` and that
+one's lock) are checked where the namespace is known
+(`leveret.services.naming.check_queue`)."""
 _MARK = "__leveret_handler__"
 
 
@@ -210,11 +216,7 @@ class Actor:
             cls.queue = ""
             return
         cls.queue = queue if queue is not None else snake_case(cls.__name__)
-        if not _QUEUE.match(cls.queue) or len(cls.queue.encode()) > MAX_QUEUE_BYTES:
-            raise DefinitionError(
-                f"{cls.__qualname__}: invalid queue name {cls.queue!r}; use dot-separated "
-                f"words of letters, digits, '_' or '-' (at most {MAX_QUEUE_BYTES} bytes)"
-            )
+        _check_queue_name(cls)
         if not cls.handlers:
             raise DefinitionError(
                 f"{cls.__qualname__} has no @handler method; declare one, or pass "
@@ -309,6 +311,24 @@ class Actor:
                 f"(topic {message.topic()!r}); it handles {cls.topics()}"
             )
         return found
+
+
+def _check_queue_name(cls: type[Actor]) -> None:
+    queue = cls.queue
+    if not isinstance(queue, str) or not _QUEUE.match(queue):
+        raise DefinitionError(
+            f"{cls.__qualname__}: invalid queue name {queue!r}; use dot-separated words of "
+            "letters, digits, '_' or '-'"
+        )
+    key_bytes = DELAY_KEY_PREFIX_BYTES + len(queue.encode())
+    over = key_bytes - SHORT_STRING_BYTES
+    if over > 0:
+        raise DefinitionError(
+            f"{cls.__qualname__}: queue name {queue[:40]!r}… is {len(queue.encode())} bytes: "
+            f"its delay binding key ('*.' x 28, 'q.', the queue) would be {key_bytes} "
+            f"bytes, {over} bytes over AMQP's limit of {SHORT_STRING_BYTES}; shorten the "
+            f"queue name by {over} bytes (to at most {MAX_QUEUE_BYTES})"
+        )
 
 
 def _positive(seconds: object) -> bool:

@@ -138,10 +138,11 @@ class Broker:
 
         Raises:
             DefinitionError: Two of the actors share a queue.
+            ConfigurationError: A queue's names in this namespace are too long for AMQP.
             TopologyError: The broker refused a declaration (e.g. a queue exists with other
                 arguments).
         """
-        classes = unique_queues(actors)
+        classes = self._named(unique_queues(actors))
         self.transport.declare(classes)
         self._declared.update(classes)
 
@@ -160,7 +161,7 @@ class Broker:
 
     def delete(self, *actors: ActorRef) -> None:
         """Delete the actors' queues and dead-letter queues, with the messages in them."""
-        classes = unique_queues(actors)
+        classes = self._named(unique_queues(actors))
         self.transport.delete(classes)
         self._declared.difference_update(classes)
 
@@ -317,7 +318,7 @@ class Broker:
             InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
                 255 bytes.
         """
-        cls = as_actor_class(actor)
+        (cls,) = self._named([as_actor_class(actor)])
         cls.handler_for(message)
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
@@ -365,7 +366,7 @@ class Broker:
         Arguments, result and errors are `send`'s. The first send to an actor declares
         its queue (with `auto_declare`) in a thread.
         """
-        cls = as_actor_class(actor)
+        (cls,) = self._named([as_actor_class(actor)])
         cls.handler_for(message)
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
@@ -428,7 +429,7 @@ class Broker:
         """
         queue = None
         if actor is not None:
-            cls = as_actor_class(actor)
+            (cls,) = self._named([as_actor_class(actor)])
             cls.handler_for(message)
             queue = cls.queue
         route = Route(message.topic(), queue=queue)
@@ -558,7 +559,7 @@ class Broker:
         if limit < 0 or offset < 0:
             raise InvalidArgument(f"limit and offset must be 0 or more, not {limit}, {offset}")
         return self.transport.dead_letters(
-            _queue_of(actor), limit=limit, offset=offset, where=where
+            self._queue_of(actor), limit=limit, offset=offset, where=where
         )
 
     def dead_letter_count(self, actor: ActorRef | str) -> int:
@@ -567,7 +568,7 @@ class Broker:
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
         """
-        return self.transport.dead_letter_count(_queue_of(actor))
+        return self.transport.dead_letter_count(self._queue_of(actor))
 
     def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
         """The dead letter with this message id, if there is one (nothing is changed).
@@ -576,7 +577,7 @@ class Broker:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
         """
-        return self.transport.find_dead_letter(_queue_of(actor), message_id)
+        return self.transport.find_dead_letter(self._queue_of(actor), message_id)
 
     def replay_dead_letters(
         self,
@@ -612,7 +613,7 @@ class Broker:
             if on_replayed is not None:
                 on_replayed(letter.message_id)
 
-        return self.transport.replay_dead_letters(_queue_of(actor), chosen, replayed)
+        return self.transport.replay_dead_letters(self._queue_of(actor), chosen, replayed)
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         """Delete every dead letter of the actor; returns how many the broker removed.
@@ -622,7 +623,19 @@ class Broker:
             TopologyError: Another dead-letter operation on that queue is running (they
                 take turns: a purge would miss the letters a pass holds).
         """
-        return self.transport.purge_dead_letters(_queue_of(actor))
+        return self.transport.purge_dead_letters(self._queue_of(actor))
+
+    def _queue_of(self, actor: ActorRef | str) -> str:
+        """The queue name (without namespace) of an actor, or the name itself, checked."""
+        queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
+        return naming.check_queue(self.namespace, queue)
+
+    def _named(self, classes: list[type[Actor]]) -> list[type[Actor]]:
+        """`classes`, once the names of their queues in this namespace are known to fit
+        AMQP's short strings (`naming.check_queue`): nothing too long is ever declared."""
+        for cls in classes:
+            naming.check_queue(self.namespace, cls.queue)
+        return classes
 
     # Running ----------------------------------------------------------------------------
 
@@ -665,7 +678,7 @@ class Broker:
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
         """
-        selected = select_actors(actors, queues)
+        selected = self._named(select_actors(actors, queues))
         check_concurrency(concurrency)
         kinds = {handler.is_async for actor in selected for handler in actor.handlers.values()}
         sync_slots = threads if False in kinds else 0
@@ -745,11 +758,6 @@ def transport_for(url: str, namespace: str, options: TransportOptions | None = N
     if isinstance(options, MemoryOptions):
         raise ConfigurationError(f"MemoryOptions given for an {kind}:// broker")
     return RabbitTransport(url, namespace, options)
-
-
-def _queue_of(actor: ActorRef | str) -> str:
-    """The queue name (without namespace) of an actor, or the name itself."""
-    return actor if isinstance(actor, str) else unique_queues([actor])[0].queue
 
 
 class RabbitBroker(Broker):
