@@ -63,12 +63,18 @@ class DeadLetter:
         )
 
 
+_KEPT_ON_REPLAY = frozenset({wire.ORIGINAL_EXCHANGE, wire.ORIGINAL_ROUTING_KEY})
+"""Where the message was first published: still true of the replayed message."""
+
+
 def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers of a replayed dead letter: failure details dropped, attempt reset to 1."""
+    """The headers of a replayed dead letter: failure details dropped, attempt reset to 1,
+    where it was first published kept."""
     kept = {
         key: value
         for key, value in headers.items()
-        if not key.startswith("x-leveret-") and key not in wire.BROKER_HEADERS
+        if (not key.startswith("x-leveret-") or key in _KEPT_ON_REPLAY)
+        and key not in wire.BROKER_HEADERS
     }
     kept[wire.ATTEMPT] = 1
     kept[wire.REPLAYED_AT] = datetime.now(UTC).isoformat(timespec="milliseconds")

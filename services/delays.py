@@ -83,6 +83,19 @@ def routing_key(delay_s: int, *, queue: str | None = None, topic: str | None = N
     return f"{bits}.q.{queue}" if queue is not None else f"{bits}.t.{topic}"
 
 
+def destination(key: str) -> tuple[Literal["queue", "topic"], str] | None:
+    """Where a delayed message's routing key sends it when its delay is over: ``("queue",
+    name)`` (an actor's queue, without namespace) or ``("topic", topic)``; None for a key
+    that is not a delay key."""
+    parts = key.split(".", LEVELS)
+    if len(parts) != LEVELS + 1 or any(bit not in ("0", "1") for bit in parts[:LEVELS]):
+        return None
+    kind, _, name = parts[LEVELS].partition(".")
+    if not name or kind not in ("q", "t"):
+        return None
+    return ("queue" if kind == "q" else "topic"), name
+
+
 def levels_waited(key: str) -> list[int]:
     """The levels whose queue a message with this routing key waits in, highest first."""
     bits = key.split(".")[:LEVELS]

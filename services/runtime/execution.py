@@ -36,6 +36,7 @@ from leveret.schemas.errors import (
     TooLarge,
     UnknownTopic,
 )
+from leveret.services import delays, naming
 from leveret.services.delays import MAX_DELAY_S
 from leveret.services.logs import (
     bind_message_fields,
@@ -204,6 +205,8 @@ class Executor:
         hooks: Run around each delivery (see `MessageHooks`).
         max_body_bytes: Bodies larger than this are dead-lettered unread (reason
             ``too_large``).
+        namespace: The actor's namespace: a delivery that comes out of its delay levels
+            is known by where its routing key sends it (see `origin`).
     """
 
     def __init__(
@@ -213,8 +216,15 @@ class Executor:
         *,
         hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        namespace: str | None = None,
     ) -> None:
         self.actor = actor
+        self.namespace = namespace
+        self._delay_exchanges = frozenset(
+            name
+            for name in (naming.namespace_exchanges(namespace) if namespace else ())
+            if name.startswith(f"{namespace}.delay.")
+        )
         self.instance = instance if instance is not None else actor()
         self.name = actor.queue
         self.hooks = tuple(hooks)
@@ -521,10 +531,32 @@ class Executor:
         )
         return headers
 
+    def origin(self, delivery: Delivery) -> tuple[str, str]:
+        """Where the message of `delivery` was first published: (exchange, routing key).
+
+        A retry, or a message sent or published with a delay, reaches its queue through the
+        delay levels, whose exchange and routing key say nothing of its first publish: a
+        retry keeps it in ``x-leveret-original-exchange`` and ``-routing-key`` (a replay
+        keeps those too), and a delayed message's routing key names the actor's queue or
+        the topic it goes to when its delay is over.
+        """
+        headers = delivery.headers
+        exchange, key = headers.get(wire.ORIGINAL_EXCHANGE), headers.get(wire.ORIGINAL_ROUTING_KEY)
+        if isinstance(exchange, str) and isinstance(key, str):
+            return exchange, key
+        if self.namespace and delivery.exchange in self._delay_exchanges:
+            target = delays.destination(delivery.routing_key)
+            if target is not None and target[0] == "queue":
+                return "", naming.queue_name(self.namespace, target[1])
+            if target is not None:
+                return naming.events_exchange(self.namespace), target[1]
+        return delivery.exchange, delivery.routing_key
+
     def _retry(
         self, delivery: Delivery, envelope: Envelope, exc: BaseException, delay_s: int
     ) -> Outcome:
         headers = self._failure_headers(delivery, envelope, exc)
+        headers[wire.ORIGINAL_EXCHANGE], headers[wire.ORIGINAL_ROUTING_KEY] = self.origin(delivery)
         headers[wire.ATTEMPT] = envelope.attempt + 1
         headers.pop(wire.ERROR_TRACEBACK, None)
         headers.pop(wire.ERROR_REASON, None)
@@ -540,11 +572,12 @@ class Executor:
         with_traceback: bool,
     ) -> Outcome:
         headers = self._failure_headers(delivery, envelope, exc)
+        exchange, routing_key = self.origin(delivery)
         headers.update(
             {
                 wire.ERROR_REASON: reason,
-                wire.ORIGINAL_EXCHANGE: delivery.exchange,
-                wire.ORIGINAL_ROUTING_KEY: delivery.routing_key,
+                wire.ORIGINAL_EXCHANGE: exchange,
+                wire.ORIGINAL_ROUTING_KEY: routing_key,
                 # Its own identity, by which a dead-letter pass tells a double of it (left
                 # by an interrupted pass) from a twin; whatever the delivery carried is not.
                 wire.DEAD_LETTER_ID: new_message_id(),

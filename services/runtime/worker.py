@@ -102,7 +102,7 @@ class Worker:
         self.fatal_error: str | None = None
         self.executors = {
             naming.queue_name(namespace, actor.queue): Executor(
-                actor, hooks=hooks, max_body_bytes=max_body_bytes
+                actor, hooks=hooks, max_body_bytes=max_body_bytes, namespace=namespace
             )
             for actor in actors
         }

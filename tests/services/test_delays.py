@@ -25,6 +25,22 @@ def test_routing_key_length_does_not_grow_with_the_delay(a: int, b: int) -> None
     assert len(delays.routing_key(a, topic="x.y")) == len(delays.routing_key(b, topic="x.y"))
 
 
+@given(
+    st.integers(min_value=0, max_value=delays.MAX_DELAY_S),
+    st.sampled_from(["queue", "topic"]),
+    st.from_regex(r"[A-Za-z0-9_-]{1,20}(\.[A-Za-z0-9_-]{1,20}){0,3}", fullmatch=True),
+)
+def test_the_destination_is_read_back_from_a_routing_key(
+    delay_s: int, kind: str, name: str
+) -> None:
+    """What a delayed message's routing key sends it to is read back from the key (where a
+    dead letter says it was first published); other keys name nothing."""
+    key = delays.routing_key(delay_s, **{kind: name})
+    assert delays.destination(key) == (kind, name)
+    assert delays.destination(name) is None
+    assert delays.destination(key.replace(".q.", ".x.").replace(".t.", ".x.")) is None
+
+
 def test_routing_key_names_the_destination() -> None:
     assert delays.routing_key(5, queue="billing").endswith(".0.1.0.1.q.billing")
     assert delays.routing_key(3, topic="orders.placed").endswith(".1.1.t.orders.placed")

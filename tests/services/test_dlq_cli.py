@@ -12,10 +12,13 @@ import pika
 import pika.exceptions
 import pytest
 
-from leveret.schemas import wire
+from leveret.actors import Actor, Reject, RetryPolicy, fixed, handler
+from leveret.schemas import Message, wire
 from leveret.schemas.errors import NotFound
 from leveret.services import MemoryBroker, RabbitBroker, naming
+from leveret.services.broker import Broker
 from leveret.services.rabbitmq._dlq_pass import dlq_lock
+from leveret.services.testing import memory_broker
 from tests import raw_amqp
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, running, take_all, wait_until
@@ -355,3 +358,80 @@ def _lock_held(broker: RabbitBroker) -> bool:
         if connection.is_open:
             connection.close()
     return True
+
+
+# Where a dead letter was first published (issue 24.22) ---------------------------------
+
+
+class Traced(Message, topic="tests.dlq.traced"):
+    key: str
+    reject: bool = False
+
+
+class Origins(Actor, queue="origins"):
+    """Fails every time: one retry a second later through the delay levels, then the .dlq
+    (at once for `reject`)."""
+
+    retry = RetryPolicy(attempts=2, backoff=fixed(1))
+
+    @handler
+    def on(self, msg: Traced) -> None:
+        if msg.reject:
+            raise Reject("no retry")
+        raise RuntimeError(f"{msg.key} fails")
+
+
+def _send_each_way(broker: Broker) -> None:
+    """One message published, one sent, one sent with a delay and one published with a
+    delay (these two dead-lettered at their first delivery)."""
+    broker.publish(Traced(key="published"))
+    broker.send(Origins, Traced(key="sent"))
+    broker.send(Origins, Traced(key="sent-later", reject=True), delay=1)
+    broker.publish(Traced(key="published-later", reject=True), delay=1)
+
+
+def _origins(broker: Broker) -> dict[str, tuple[object, object]]:
+    return {
+        json.loads(letter.body)["key"]: (
+            letter.headers[wire.ORIGINAL_EXCHANGE],
+            letter.headers[wire.ORIGINAL_ROUTING_KEY],
+        )
+        for letter in broker.dead_letters(Origins)
+    }
+
+
+def _first_publishes(broker: Broker) -> dict[str, tuple[object, object]]:
+    events, queue = naming.events_exchange(broker.namespace), broker.namespace + ".origins"
+    return {
+        "published": (events, Traced.topic()),
+        "sent": ("", queue),
+        "sent-later": ("", queue),
+        "published-later": (events, Traced.topic()),
+    }
+
+
+def test_a_dead_letter_names_where_its_message_was_first_published(
+    rabbit_broker: RabbitBroker,
+) -> None:
+    """After a retry through the delay levels, or a delayed delivery, a dead letter's
+    `x-leveret-original-exchange` and `-routing-key` name the first publish: the events
+    exchange and the topic, or the actor's queue for a send; a replayed letter that fails
+    again still names it."""
+    with running(rabbit_broker, Origins, threads=2):
+        _send_each_way(rabbit_broker)
+        wait_until(lambda: rabbit_broker.dead_letter_count(Origins) == 4, 20, "4 letters")
+        assert _origins(rabbit_broker) == _first_publishes(rabbit_broker)
+        (published,) = rabbit_broker.dead_letters(
+            Origins, where=lambda letter: b'"published"' in letter.body
+        )
+        assert rabbit_broker.replay_dead_letters(Origins, message_ids={published.message_id}) == 1
+        wait_until(lambda: rabbit_broker.dead_letter_count(Origins) == 4, 20, "failed again")
+    assert _origins(rabbit_broker) == _first_publishes(rabbit_broker)
+
+
+def test_memory_a_dead_letter_names_where_its_message_was_first_published() -> None:
+    """The same on the in-memory broker."""
+    with memory_broker(Origins) as broker:
+        _send_each_way(broker)
+        broker.join(raise_errors=False)
+        assert _origins(broker) == _first_publishes(broker)
