@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from leveret.schemas import wire
+from leveret.schemas.errors import InvalidArgument, NotFound
 from leveret.services.runtime.execution import Delivery
 
 
@@ -91,6 +92,64 @@ def replayed(delivery: Delivery) -> Delivery:
         timestamp=delivery.timestamp,
         headers=replay_headers(delivery.headers),
     )
+
+
+class ByIdPrefix:
+    """Finds, in one pass, the dead letter an operator means by an id or the start of one
+    (`leveret dlq show`): the letter with exactly that id, else the only id that starts
+    with it.
+
+    Pass it as the `where` of `Broker.dead_letters` (it keeps what it needs and picks
+    nothing), then call `one`.
+
+    Args:
+        prefix: The id, or its first characters.
+    """
+
+    CANDIDATES = 10
+    """How many of the ids an ambiguous prefix matches the error names."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._exact: Delivery | None = None
+        self._matches: dict[str, Delivery] = {}  # the first letter of each id, a few
+
+    def __call__(self, letter: Delivery) -> bool:
+        message_id = letter.message_id
+        if message_id == self.prefix:
+            if self._exact is None:
+                self._exact = letter
+        elif (
+            message_id.startswith(self.prefix)
+            and message_id not in self._matches
+            and len(self._matches) <= self.CANDIDATES
+        ):
+            self._matches[message_id] = letter
+        return False
+
+    def one(self, queue: str) -> Delivery:
+        """The letter meant.
+
+        Args:
+            queue: The actor's queue, for the errors.
+
+        Raises:
+            NotFound: No letter's id is or starts with the prefix.
+            InvalidArgument: Several ids start with it (the error names them).
+        """
+        if self._exact is not None:
+            return self._exact
+        if len(self._matches) == 1:
+            return next(iter(self._matches.values()))
+        if not self._matches:
+            raise NotFound(f"no dead letter {printable(self.prefix)} in {queue}")
+        named = sorted(self._matches)[: self.CANDIDATES]
+        more = ", …" if len(self._matches) > self.CANDIDATES else ""
+        raise InvalidArgument(
+            f"several dead letters of {queue} have an id starting with "
+            f"{printable(self.prefix)}: {', '.join(printable(x) for x in named)}{more}; "
+            "give more of the id"
+        )
 
 
 # Control characters, invisible format characters (bidirectional overrides), surrogates,

@@ -35,14 +35,17 @@ def dlq_list(
     Reading changes nothing: every letter stays, in the same order.
     """
     from leveret.services.deadletters import DeadLetter, printable
+    from leveret.services.redaction import redact
 
     with _dlq_broker(broker_url, namespace) as broker:
         page = broker.dead_letters(queue, limit=limit, offset=offset)
     letters = [DeadLetter.of(d) for d in page]
     rows: list[tuple[str, ...]] = [("ID", "TOPIC", "ATTEMPTS", "REASON", "ERROR", "FAILED AT")]
     for x in letters:
-        cells = (x.message_id, x.topic, str(x.attempts), x.reason, x.error[:60], x.failed_at)
-        rows.append(tuple(printable(cell) for cell in cells))
+        # Passwords hidden before the error is cut, so that no part of one is left.
+        error = redact(x.error)[:60]
+        cells = (x.message_id, x.topic, str(x.attempts), x.reason, error, x.failed_at)
+        rows.append(tuple(printable(redact(cell)) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -57,17 +60,19 @@ def dlq_list(
 def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str | None) -> None:
     """Show one dead letter of QUEUE: its properties, headers and body.
 
-    Control characters from the message are shown escaped; long output goes through a
-    pager on a terminal.
+    MESSAGE_ID is the id, or its first characters when no other id starts with them.
+    Control characters from the message are shown escaped, passwords in URLs hidden; long
+    output goes through a pager on a terminal.
     """
     from leveret.schemas import wire
     from leveret.schemas.codec import json_preview
-    from leveret.services.deadletters import printable
+    from leveret.services.deadletters import ByIdPrefix, printable
+    from leveret.services.redaction import redact
 
+    meant = ByIdPrefix(message_id)
     with _dlq_broker(broker_url, namespace) as broker:
-        letter = broker.find_dead_letter(queue, message_id)
-    if letter is None:
-        raise click.ClickException(f"no dead letter {message_id} in {queue}")
+        broker.dead_letters(queue, limit=0, where=meant)
+    letter = meant.one(queue)
     lines = [
         f"message_id:     {printable(letter.message_id)}",
         f"topic:          {printable(letter.topic or '')}",
@@ -84,7 +89,8 @@ def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str
         else:
             lines.append(f"  {printable(key)}: {printable(text)}")
     lines.append(f"body: {printable(json_preview(letter.body, limit=10_000))}")
-    output = "\n".join(lines)
+    # A header may hold a URL with its password (a connection error's message).
+    output = redact("\n".join(lines))
     if sys.stdout.isatty():
         click.echo_via_pager(output + "\n")
     else:

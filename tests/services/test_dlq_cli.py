@@ -435,3 +435,73 @@ def test_memory_a_dead_letter_names_where_its_message_was_first_published() -> N
         _send_each_way(broker)
         broker.join(raise_errors=False)
         assert _origins(broker) == _first_publishes(broker)
+
+
+# dlq show by a prefix of the id; passwords in what it prints (issues 24.22, 24.12) -----
+
+
+def test_show_accepts_a_unique_prefix_of_the_id(
+    rabbit_broker: RabbitBroker, dead: dict[int, str]
+) -> None:
+    """`dlq show QUEUE 6f1c` shows the one letter whose id starts with it."""
+    prefixes = {
+        n: next(
+            message_id[:k]
+            for k in range(4, 33)
+            if [other.startswith(message_id[:k]) for other in dead.values()].count(True) == 1
+        )
+        for n, message_id in dead.items()
+    }
+    result = dlq(rabbit_broker, "show", "jobs", prefixes[2])
+    assert result.returncode == 0, result.stderr
+    assert f"message_id:     {dead[2]}" in result.stdout
+
+
+def _publish_letters(broker: RabbitBroker, ids: list[str], **headers: str) -> None:
+    broker.declare(Jobs)
+    with raw_amqp.client(broker.url) as client:
+        for n, message_id in enumerate(ids):
+            client.publish(
+                naming.dlq_name(broker.namespace, Jobs.queue),
+                json.dumps({"n": n}).encode(),
+                pika.BasicProperties(
+                    message_id=message_id,
+                    type="tests.job",
+                    headers={wire.ERROR_REASON: "handler_error", **headers},
+                ),
+            )
+
+
+def test_show_an_ambiguous_prefix_lists_the_candidates(rabbit_broker: RabbitBroker) -> None:
+    """A prefix several ids start with: exit 1, the candidates named; an id that is whole
+    is shown even when it is also the prefix of others."""
+    _publish_letters(rabbit_broker, ["abc1", "abc2", "abd3", "ab"])
+    ambiguous = dlq(rabbit_broker, "show", "jobs", "abc")
+    assert ambiguous.returncode == 1
+    assert "abc1" in ambiguous.stderr
+    assert "abc2" in ambiguous.stderr
+    assert "abd3" not in ambiguous.stderr
+    assert "give more of the id" in ambiguous.stderr
+    whole = dlq(rabbit_broker, "show", "jobs", "ab")
+    assert whole.returncode == 0, whole.stderr
+    assert "message_id:     ab\n" in whole.stdout
+    none = dlq(rabbit_broker, "show", "jobs", "zz")
+    assert none.returncode == 1
+    assert "no dead letter zz in jobs" in none.stderr
+
+
+def test_show_and_list_never_print_a_password(rabbit_broker: RabbitBroker) -> None:
+    """A letter whose error message holds a broker URL with its password (a connection
+    error): `dlq show` and `dlq list` print the URL with the password hidden."""
+    secret = "amqp://shop:s3cr3t-pw@rabbit.internal:5672/prod"
+    _publish_letters(
+        rabbit_broker,
+        ["with-url"],
+        **{wire.ERROR_MESSAGE: f"cannot connect to {secret}", "x-app-note": secret},
+    )
+    shown = dlq(rabbit_broker, "show", "jobs", "with-url")
+    listed = dlq(rabbit_broker, "list", "jobs")
+    for result in (shown, listed):
+        assert result.returncode == 0, result.stderr
+        assert "s3cr3t-pw" not in result.stdout
+    assert "amqp://shop:***@rabbit.internal:5672/prod" in shown.stdout
