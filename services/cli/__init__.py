@@ -4,14 +4,15 @@
 - `leveret.services.cli.dlq`: ``leveret dlq list|show|replay|purge``;
 - `leveret.services.cli.scheduler`: ``leveret scheduler`` (the schedules' ticks);
 - `leveret.services.cli.status`: ``leveret status`` (workers, queues, warnings);
-- `leveret.services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``.
+- `leveret.services.cli.tools`: ``leveret declare``, ``leveret demo``, ``leveret ping``;
+- `leveret.services.cli.namespace`: ``leveret delete-namespace``.
 """
 
 from __future__ import annotations
 
 import click
 
-from leveret.services.cli import dashboard, dlq, scheduler, status, tools, worker
+from leveret.services.cli import dashboard, dlq, namespace, scheduler, status, tools, worker
 from leveret.services.cli._common import LeveretGroup
 
 
@@ -29,5 +30,6 @@ main.add_command(dashboard.dashboard)
 main.add_command(tools.declare)
 main.add_command(tools.demo)
 main.add_command(tools.ping)
+main.add_command(namespace.delete_namespace)
 
 __all__ = ["main"]

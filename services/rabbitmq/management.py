@@ -101,6 +101,57 @@ class ManagementAPI:
                 break
         return figures, complete
 
+    def queue_records(self, prefix: str) -> list[dict[str, Any]]:
+        """The API's records (``name``, ``messages``, ``consumers``, ``arguments``,
+        ``exclusive``…) of the vhost's queues whose name starts with `prefix`."""
+        return self._records("queues", prefix)
+
+    def exchange_names(self, prefix: str) -> list[str]:
+        """The names of the vhost's exchanges that start with `prefix`."""
+        return [record["name"] for record in self._records("exchanges", prefix)]
+
+    def bindings_from(self, exchange: str) -> list[dict[str, Any]]:
+        """The bindings whose source is `exchange` (``destination``, ``destination_type``,
+        ``routing_key``…); none when it does not exist."""
+        vhost, name = quote(self.vhost, safe=""), quote(exchange, safe="")
+        try:
+            answer = self._get(f"/api/exchanges/{vhost}/{name}/bindings/source")
+        except ManagementUnavailable as exc:
+            if "HTTP 404" in str(exc):
+                return []
+            raise
+        if not isinstance(answer, list):
+            raise ManagementUnavailable("unexpected answer to /api/exchanges/…/bindings")
+        return [item for item in answer if isinstance(item, dict)]
+
+    def _records(self, kind: str, prefix: str) -> list[dict[str, Any]]:
+        """Every record of `kind` (``queues``, ``exchanges``) of the vhost whose name starts
+        with `prefix`, page after page (at most `MAX_PAGES`)."""
+        records: list[dict[str, Any]] = []
+        for page in range(1, MAX_PAGES + 1):
+            query = urlencode(
+                {
+                    "page": page,
+                    "page_size": PAGE_SIZE,
+                    "name": "^" + re.escape(prefix),
+                    "use_regex": "true",
+                    "pagination": "true",
+                }
+            )
+            answer = self._get(f"/api/{kind}/{quote(self.vhost, safe='')}?{query}")
+            if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
+                raise ManagementUnavailable(f"unexpected answer to /api/{kind}")
+            records += [
+                item
+                for item in answer["items"]
+                if isinstance(item, dict)
+                and isinstance(item.get("name"), str)
+                and item["name"].startswith(prefix)  # the API's regex, checked again
+            ]
+            if page >= _int(answer.get("page_count")):
+                break
+        return records
+
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(  # noqa: S310  # http(s) only, checked above
             self.base + path,
