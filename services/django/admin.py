@@ -82,6 +82,11 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows are written by publishing, in the business transaction
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxMessage]:
+        # Body and headers are read one row at a time, when shown: a row another program
+        # wrote with headers Django cannot decode still lists, and shows what is wrong.
+        return super().get_queryset(request).defer("body", "headers")
+
     @admin.display(description="state")
     def state(self, row: OutboxMessage) -> str:
         """pending, failed or sent."""
@@ -95,7 +100,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     @admin.display(description="body")
     def decoded_body(self, row: OutboxMessage) -> SafeString:
         """The body as indented JSON, or as escaped text when it is not JSON."""
-        raw = bytes(row.body)
+        try:
+            raw = bytes(row.body)
+        except Exception as exc:  # noqa: BLE001  # a value Django cannot read: say so
+            return _unreadable(exc)
         try:
             text = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
         except ValueError:
@@ -105,7 +113,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     @admin.display(description="headers")
     def decoded_headers(self, row: OutboxMessage) -> SafeString:
         """The headers as indented JSON."""
-        text = json.dumps(row.headers or {}, indent=2, ensure_ascii=False, default=str)
+        try:
+            text = json.dumps(row.headers or {}, indent=2, ensure_ascii=False, default=str)
+        except Exception as exc:  # noqa: BLE001  # a value Django cannot read: say so
+            return _unreadable(exc)
         return format_html("<pre>{}</pre>", printable(text, keep_newlines=True))
 
     @admin.action(description="Send the selected messages now", permissions=["change"])
@@ -141,6 +152,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             )
         else:
             self.message_user(request, f"{sent} message(s) sent.")
+
+
+def _unreadable(exc: Exception) -> SafeString:
+    return format_html("<pre>unreadable: {}</pre>", printable(f"{type(exc).__name__}: {exc}"[:500]))
 
 
 @admin.register(ScheduledMessage)

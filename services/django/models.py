@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from leveret.actors.schedules import Schedule
 from leveret.schemas.envelope import Envelope
+from leveret.schemas.errors import InvalidArgument
 from leveret.services.broker import Prepared, Route
 
 
@@ -64,19 +65,32 @@ class OutboxMessage(models.Model):
         )
 
     def prepared(self, now: datetime | None = None) -> Prepared:
-        """The message as it was prepared; a delay counts from when the row was written."""
+        """The message as it was prepared; a delay counts from when the row was written.
+
+        The row may have been written by anyone with access to the table: the relay checks
+        what this returns (`leveret.django.outbox.check_buildable`) before publishing it.
+
+        Raises:
+            InvalidArgument: The headers are not a table.
+        """
         now = now or datetime.now(UTC)
-        remaining = 0
-        if self.delay_s > 0:
+        remaining = self.delay_s
+        if isinstance(self.delay_s, int) and self.delay_s > 0:
             elapsed = (now - self.created_at).total_seconds()
             remaining = max(0, self.delay_s - int(elapsed))
+        headers = self.headers if self.headers is not None else {}
+        if not isinstance(headers, dict):
+            raise InvalidArgument(
+                f"outbox row {self.id}: its headers must be a table (a JSON object of text "
+                f"keys), not {type(headers).__name__}"
+            )
         return Prepared(
             Envelope(
                 message_id=self.message_id,
                 topic=self.topic,
                 correlation_id=self.correlation_id,
                 timestamp=self.timestamp,
-                headers=dict(self.headers or {}),
+                headers=dict(headers),
             ),
             bytes(self.body),
             Route(self.topic, queue=self.queue),

@@ -166,7 +166,7 @@ class TransactionalDispatcher:
             message, actor=actor, delay=delay, eta=eta, correlation_id=correlation_id
         )
         if use_outbox:
-            outbox_table.store(item, using=alias)
+            outbox_table.store(item, using=alias, namespace=broker.namespace)
             return item.envelope.message_id
         if fail_fast if fail_fast is not None else load().fail_fast:
             broker.check_available(timeout)

@@ -16,9 +16,11 @@ always with at-least-once delivery.
 
 Each row's fate is its own. A confirmed row is marked sent even when another row of its
 batch fails. A row the broker refuses (its queue is gone, a nack, a message that cannot be
-encoded) backs off on its own (1 s doubling up to 5 min), records its error, and is
-marked failed after ``max_attempts`` (``manage.py leveret_relay --status`` shows it,
-``--retry-failed`` puts it back). While the broker is unreachable, rows wait without
+encoded), or that cannot be built into a message (`leveret.django.outbox.check_buildable`:
+anything with database access may have written it) or even read, backs off on its own
+(1 s doubling up to 5 min), records its error, and is marked failed after
+``max_attempts`` (``manage.py leveret_relay --status`` shows it, ``--retry-failed`` puts it
+back). While the broker is unreachable, rows wait without
 using up their attempts, and the relay pauses with its own backoff.
 
 Order: rows are published in ``id`` order; rows of one transaction (a group) wait while an
@@ -35,12 +37,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from django.db import close_old_connections, connections, transaction
+from django.db import DatabaseError, DataError, close_old_connections, connections, transaction
 from django.db.models import Min, QuerySet
 
 from leveret.actors.actor import ActorRef
-from leveret.schemas.errors import ConfigurationError, LeveretError, PublishError, PublishTimeout
-from leveret.services.broker import Broker
+from leveret.django.outbox import check_buildable
+from leveret.schemas.errors import (
+    ConfigurationError,
+    InvalidArgument,
+    LeveretError,
+    PublishError,
+    PublishTimeout,
+)
+from leveret.services.broker import Broker, Prepared
 from leveret.services.logs import get_logger
 
 if TYPE_CHECKING:
@@ -164,6 +173,9 @@ class Relay:
     def _publish(self, rows: list[OutboxMessageType]) -> tuple[int, PublishTimeout | None]:
         """Publish locked `rows` and record each one's fate (inside the caller's atomic).
 
+        A row that cannot be built into a message is set aside like a refused one; the
+        others are published.
+
         Returns:
             How many were sent, and the timeout to raise once committed when none was.
         """
@@ -173,7 +185,19 @@ class Relay:
             return 0, None
         self._declare_actors()
         now = datetime.now(UTC)
-        errors = self.broker.publish_prepared_each([row.prepared(now) for row in rows])
+        built: list[tuple[OutboxMessageType, Prepared]] = []
+        for row in rows:
+            try:
+                item = row.prepared(now)
+                check_buildable(item, namespace=self.broker.namespace)
+            except Exception as exc:  # noqa: BLE001  # anything a row holds is its own fault
+                self._refused(row.id, row.message_id, row.topic, row.attempts, exc, now)
+            else:
+                built.append((row, item))
+        if not built:
+            return 0, None
+        errors = self._publish_each([item for _row, item in built])
+        rows = [row for row, _item in built]
         sent = [row.id for row, error in zip(rows, errors, strict=True) if error is None]
         timed_out = [
             row.id
@@ -194,30 +218,58 @@ class Relay:
             )
         for row, error in zip(rows, errors, strict=True):
             if error is not None and not isinstance(error, PublishTimeout):
-                self._refused(row, error, now)
+                self._refused(row.id, row.message_id, row.topic, row.attempts, error, now)
         if sent:
             self._failures = 0
         self.sent += len(sent)
         return len(sent), first_timeout if not sent else None
 
-    def _refused(self, row: OutboxMessageType, error: PublishError, now: datetime) -> None:
-        """Record a refusal of `row`: its own backoff, or failed once attempts run out."""
+    def _publish_each(self, items: list[Prepared]) -> list[PublishError | None]:
+        """Every item's fate; one the transport refuses for the whole batch (a case
+        `check_buildable` did not foresee) is found by publishing the items one by one."""
+        try:
+            return self.broker.publish_prepared_each(items)
+        except InvalidArgument:
+            if len(items) == 1:
+                raise
+        fates: list[PublishError | None] = []
+        for item in items:
+            try:
+                fates.extend(self.broker.publish_prepared_each([item]))
+            except InvalidArgument as exc:
+                fates.append(PublishError(str(exc), message_id=item.envelope.message_id))
+        return fates
+
+    def _refused(
+        self,
+        row_id: int,
+        message_id: object,
+        topic: object,
+        attempts_before: object,
+        error: BaseException,
+        now: datetime,
+    ) -> None:
+        """Record a refusal of row `row_id` (or a row that cannot be built or read): its
+        own backoff, or failed once attempts run out."""
         from leveret.django.models import OutboxMessage
 
-        attempts = row.attempts + 1
+        before = attempts_before if isinstance(attempts_before, int) else 0
+        attempts = max(0, before) + 1
         failed = attempts >= self.max_attempts
         retry_in_s = self.row_backoff_s(attempts)
-        OutboxMessage.objects.using(self.using).filter(id=row.id).update(
+        text = str(error) if isinstance(error, LeveretError) else f"{type(error).__name__}: {error}"
+        OutboxMessage.objects.using(self.using).filter(id=row_id).update(
             attempts=attempts,
-            last_error=str(error)[:2000],
+            last_error=text[:2000],
             next_attempt_at=now + timedelta(seconds=retry_in_s),
             failed_at=now if failed else None,
         )
         fields = {
-            "message_id": row.message_id,
-            "topic": row.topic,
+            "row": row_id,
+            "message_id": str(message_id)[:64],
+            "topic": str(topic)[:255],
             "attempts": attempts,
-            "error": str(error),
+            "error": text[:2000],
         }
         if failed:
             log.error(
@@ -282,18 +334,39 @@ class Relay:
         return [row for row in rows if row.group not in blocked]
 
     def _locked(self, rows: QuerySet[OutboxMessageType]) -> list[OutboxMessageType]:
-        """`rows`, locked for this transaction; rows another relay holds are skipped."""
+        """`rows`, locked for this transaction; rows another relay holds are skipped.
+
+        A row the database holds but Django cannot read (a value another program wrote
+        that no field converts) is set aside as refused, and the others are returned.
+        """
         from leveret.django.models import OutboxMessage
 
         connection = connections[self.using]
         if connection.features.has_select_for_update_skip_locked:
-            return list(rows.select_for_update(skip_locked=True))
-        # SQLite: a write first takes the database's write lock for this transaction, so
-        # no other relay reads the same pending rows until this one commits.
-        with connection.cursor() as cursor:
-            table = connection.ops.quote_name(OutboxMessage._meta.db_table)
-            cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 1 = 0")  # noqa: S608
-        return list(rows)
+            rows = rows.select_for_update(skip_locked=True)
+        else:
+            # SQLite: a write first takes the database's write lock for this transaction,
+            # so no other relay reads the same pending rows until this one commits.
+            with connection.cursor() as cursor:
+                table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+                cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 1 = 0")  # noqa: S608
+        try:
+            return list(rows)
+        except Exception as exc:  # sorted out row by row below
+            if _database_failed(exc):
+                raise
+        readable = []
+        table = OutboxMessage.objects.using(self.using)
+        for row_id, message_id, topic, attempts in rows.values_list(
+            "id", "message_id", "topic", "attempts"
+        ):
+            try:
+                readable.append(table.get(id=row_id))
+            except Exception as exc:  # this row's values are its own fault
+                if _database_failed(exc):
+                    raise
+                self._refused(row_id, message_id, topic, attempts, exc, datetime.now(UTC))
+        return readable
 
     def prune(self) -> int:
         """Delete sent rows older than `prune_after_s`; return how many."""
@@ -325,6 +398,8 @@ class Relay:
                     if self.run_once() == 0:
                         pause = self.poll_interval_s
                 except LeveretError as exc:
+                    if not isinstance(exc, PublishTimeout):
+                        self._failures += 1  # a broker timeout has counted itself
                     pause = self.backoff_s(self._failures)
                     log.warning("relay_publish_failed", error=str(exc), retry_in_s=pause)
                 except Exception as exc:  # noqa: BLE001  # a database error: retry later
@@ -344,6 +419,11 @@ class Relay:
         return thread
 
 
+def _database_failed(exc: Exception) -> bool:
+    """Whether `exc` is the database failing (not one row's value being unreadable)."""
+    return isinstance(exc, DatabaseError) and not isinstance(exc, DataError)
+
+
 def outbox_status(using: str = "default") -> OutboxStatus:
     """Pending and failed rows of the outbox on database `using`, and the oldest's age."""
     from leveret.django.models import OutboxMessage
@@ -352,9 +432,11 @@ def outbox_status(using: str = "default") -> OutboxStatus:
     pending = rows.filter(failed_at__isnull=True)
     failed = rows.filter(failed_at__isnull=False)
     oldest = pending.aggregate(oldest=Min("created_at"))["oldest"]
-    last_errors = tuple(
-        f"{row.message_id} {row.topic}: {row.last_error}"
-        for row in failed.order_by("-failed_at")[:5]
+    last_errors = tuple(  # the columns it shows only: a row's other values may be unreadable
+        f"{message_id} {topic}: {error}"
+        for message_id, topic, error in failed.order_by("-failed_at").values_list(
+            "message_id", "topic", "last_error"
+        )[:5]
     )
     return OutboxStatus(
         pending=pending.count(),
