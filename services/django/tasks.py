@@ -33,9 +33,10 @@ import socket
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.utils.module_loading import import_string
+from pydantic import StringConstraints
 
 from leveret.actors.actor import Actor, handler
 from leveret.actors.context import Context
@@ -65,16 +66,25 @@ from leveret.django.settings import TASKS_BACKEND as BACKEND_PATH
 
 QUEUE_PREFIX = "tasks."
 DEFAULT_TIME_LIMIT_S = 600.0
+MAX_ATTEMPTS = 1000
+"""The most ``ATTEMPTS`` a task queue may have: a task result lists one worker per attempt."""
+MAX_NAME_CHARS = 255
+"""The longest task path, backend alias and queue name a task message may carry."""
 
 
 class TaskCall(Message, topic="leveret.tasks.call"):
-    """One enqueued task: which function, with what, for which backend and queue."""
+    """One enqueued task: which function, with what, for which backend and queue.
 
-    task: str
+    It arrives from the wire: its names are bounded (a longer one makes the message
+    invalid, dead-lettered), and what it says about the task (``takes_context``) is
+    checked against the task itself.
+    """
+
+    task: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
     positional: list[Any]
     keywords: dict[str, Any]
-    backend: str
-    queue_name: str
+    backend: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
+    queue_name: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
     takes_context: bool = False
 
 
@@ -121,14 +131,33 @@ _actors_lock = threading.Lock()
 def task_actor(queue_name: str, options: dict[str, Any] | None = None) -> type[Actor]:
     """The actor that runs the tasks of `queue_name` (one per queue name in the process).
 
+    Args:
+        queue_name: The task queue's name.
+        options: The backend's ``OPTIONS``; if None, those of the `LeveretBackend` of
+            ``settings.TASKS`` that lists the queue (the first built wins: whoever asks
+            first, the actor has the settings' retry policy and time limit).
+
     Raises:
         ConfigurationError: A queue name Leveret cannot use, or bad ``OPTIONS``.
     """
     with _actors_lock:
         actor = _actors.get(queue_name)
         if actor is None:
-            actor = _actors[queue_name] = _new_task_actor(queue_name, options or {})
+            if options is None:
+                options = _configured_options(queue_name)
+            actor = _actors[queue_name] = _new_task_actor(queue_name, options)
         return actor
+
+
+def _configured_options(queue_name: str) -> dict[str, Any]:
+    from django.conf import settings
+
+    for params in (getattr(settings, "TASKS", None) or {}).values():
+        if params.get("BACKEND") == BACKEND_PATH and queue_name in params.get(
+            "QUEUES", ["default"]
+        ):
+            return dict(params.get("OPTIONS", {}))
+    return {}
 
 
 def _new_task_actor(queue_name: str, options: dict[str, Any]) -> type[Actor]:
@@ -137,6 +166,16 @@ def _new_task_actor(queue_name: str, options: dict[str, Any]) -> type[Actor]:
         raise ConfigurationError(
             f"unknown OPTIONS {unknown} of {BACKEND_PATH}; known: ATTEMPTS, TIME_LIMIT_S"
         )
+    attempts = options.get("ATTEMPTS", 5)
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or not 1 <= attempts <= MAX_ATTEMPTS
+    ):
+        raise ConfigurationError(
+            f"OPTIONS['ATTEMPTS'] of {BACKEND_PATH} must be a whole number from 1 to "
+            f"{MAX_ATTEMPTS} (attempts in all, the first included), not {attempts!r}"
+        )
     try:
         return type(
             f"Tasks_{queue_name}",
@@ -144,7 +183,7 @@ def _new_task_actor(queue_name: str, options: dict[str, Any]) -> type[Actor]:
             {
                 "__module__": __name__,
                 "time_limit_s": float(options.get("TIME_LIMIT_S", DEFAULT_TIME_LIMIT_S)),
-                "retry": RetryPolicy(attempts=int(options.get("ATTEMPTS", 5))),
+                "retry": RetryPolicy(attempts=attempts),
             },
             queue=f"{QUEUE_PREFIX}{queue_name}",
         )
@@ -177,14 +216,18 @@ class TaskRunner(Actor, abstract=True):
         """Call the task; an exception fails the message (retried, then dead-lettered).
 
         The message comes from the wire: only a `Task` of the project's own code runs (a
-        module already imported, or one of an installed app), never any other callable.
+        module already imported, or one of an installed app), never any other callable,
+        and it is called as the task says (with a context or not), whatever the message
+        says. The attempt number comes from a header any client can set: the result counts
+        at most the queue's ``ATTEMPTS`` (a genuine message never goes beyond).
         """
         task = _task_named(call.task)
         result = _result(task, call, ctx.message_id, TaskResultStatus.RUNNING)
-        result.worker_ids.extend([_WORKER_ID] * ctx.attempt)  # TaskContext.attempt
+        attempts = min(ctx.attempt, type(self).retry.attempts)
+        result.worker_ids.extend([_WORKER_ID] * attempts)  # TaskContext.attempt
         task_started.send(LeveretBackend, task_result=result)
         try:
-            if call.takes_context:
+            if task.takes_context:
                 value = task.call(
                     TaskContext(task_result=result), *call.positional, **call.keywords
                 )
