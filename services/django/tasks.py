@@ -28,10 +28,12 @@ arguments must be JSON (as the Tasks API requires anyway).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -42,7 +44,8 @@ from leveret.actors.actor import Actor, handler
 from leveret.actors.context import Context
 from leveret.actors.control import Reject
 from leveret.actors.retry import RetryPolicy
-from leveret.schemas.errors import ConfigurationError
+from leveret.schemas.codec import encode
+from leveret.schemas.errors import ConfigurationError, InvalidArgument, LeveretError
 from leveret.schemas.message import Message
 
 try:  # Django 6
@@ -70,6 +73,13 @@ MAX_ATTEMPTS = 1000
 """The most ``ATTEMPTS`` a task queue may have: a task result lists one worker per attempt."""
 MAX_NAME_CHARS = 255
 """The longest task path, backend alias and queue name a task message may carry."""
+MAX_INT_DIGITS = 4300
+"""The most digits of an integer argument: the worker's JSON decoder (pydantic's) reads no
+more (Python's own limit for converting text to int is the same)."""
+MAX_ARGUMENT_DEPTH = 190
+"""The deepest nesting of lists and dicts in an argument (a list is 1): the worker's decoder
+stops at 200 levels for the whole message, which wraps the arguments in two of its own."""
+_INT_BOUND = 10**MAX_INT_DIGITS
 
 
 class TaskCall(Message, topic="leveret.tasks.call"):
@@ -106,22 +116,125 @@ class LeveretBackend(BaseTaskBackend):
 
         Raises:
             InvalidTaskError: The task does not fit this backend (its queue, priority…).
+            InvalidArgument: An argument JSON cannot carry to the worker unchanged (see
+                `task_call`); nothing is sent.
             PublishError: Outside a transaction, the broker did not confirm.
         """
         self.validate_task(task)
-        call = TaskCall(
-            task=task.module_path,
-            positional=normalize_json(list(args)),
-            keywords=normalize_json(dict(kwargs)),
-            backend=self.alias,
-            queue_name=task.queue_name,
-            takes_context=task.takes_context,
-        )
+        call = task_call(task, args, kwargs, backend=self.alias)
         actor = task_actor(task.queue_name, self.options)
         message_id = actor.send(call, eta=task.run_after)  # follows the transaction
         result = _result(task, call, message_id, TaskResultStatus.READY)
         task_enqueued.send(type(self), task_result=result)
         return result
+
+
+def task_call(task: Task, args: Any, kwargs: Any, *, backend: str) -> TaskCall:
+    """The message that runs `task` with `args` and `kwargs`, as the worker will read it.
+
+    Arguments go through Django's JSON normalisation (tuples become lists, bytes text),
+    then must reach the worker unchanged: no NaN or infinity (JSON has neither: they
+    would arrive as None), integers of at most `MAX_INT_DIGITS` digits (the worker's
+    decoder reads no more), text keys only (JSON makes ``1`` into ``"1"``), text that is
+    UTF-8 (no lone surrogates), nesting the decoder reads (`MAX_ARGUMENT_DEPTH`). A final
+    round trip through the worker's decoder refuses whatever else would change.
+
+    Raises:
+        InvalidArgument: Which argument, what is wrong, and what to pass instead.
+    """
+    name = task.module_path
+    _check_depth([*args, *dict(kwargs).values()], f"task {name}: an argument")
+    try:
+        positional = normalize_json(list(args))
+        keywords = normalize_json(dict(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"task {name}: its arguments must be JSON (text, numbers, true/false, None, "
+            f"lists and dicts with text keys): {exc}"
+        ) from exc
+    for index, value in enumerate(positional):
+        _check_json(value, f"task {name}: argument {index}")
+    for key, value in keywords.items():
+        _check_json(value, f"task {name}: argument {key}=")
+    call = TaskCall(
+        task=name,
+        positional=positional,
+        keywords=keywords,
+        backend=backend,
+        queue_name=task.queue_name,
+        takes_context=task.takes_context,
+    )
+    try:
+        arrived = TaskCall.model_validate_json(encode(call))
+    except (ValueError, LeveretError) as exc:  # a ValidationError is a ValueError
+        raise InvalidArgument(
+            f"task {name}: its arguments would not reach the worker: {exc}"
+        ) from exc
+    if arrived.positional != positional or arrived.keywords != keywords:
+        raise InvalidArgument(
+            f"task {name}: its arguments would reach the worker changed (JSON carries text, "
+            "whole numbers, floats, true/false, None, lists and dicts with text keys); pass "
+            "those only"
+        )
+    return call
+
+
+def _check_depth(values: list[object], where: str) -> None:
+    """Refuse lists and dicts nested deeper than the worker reads, before anything recurses
+    into them (a list that contains itself included)."""
+    stack: list[tuple[object, int]] = [(value, 1) for value in values]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str | bytes | bytearray):
+            continue
+        if isinstance(value, Mapping | Sequence):
+            if depth > MAX_ARGUMENT_DEPTH:
+                raise InvalidArgument(
+                    f"{where} nests lists and dicts more than {MAX_ARGUMENT_DEPTH} deep "
+                    "(or contains itself), deeper than the worker's JSON decoder reads: "
+                    "flatten it, or store it and pass its key"
+                )
+            children = value.values() if isinstance(value, Mapping) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _check_json(value: object, where: str) -> None:
+    """Raise InvalidArgument if `value` (normalised) would not reach the worker as it is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(
+            f"{where} is {value!r}: JSON cannot carry NaN or infinity (it would arrive as "
+            "None); pass None, or a string such as 'nan' or 'inf' and convert it in the task"
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_BOUND:
+        raise InvalidArgument(
+            f"{where} is an integer of more than {MAX_INT_DIGITS} digits, more than the "
+            "worker's JSON decoder reads: pass it as a string (str(n), int(s) in the task)"
+        )
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument(
+                    f"{where} has a key {key!r:.40} that is not a string: JSON would turn it "
+                    "into text and the task would get another dict; use string keys"
+                )
+            _check_text(key, f"{where} key {key[:40]!r}")
+            _check_json(item, f"{where}[{key[:40]!r}]")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{where} holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), which "
+            "is not UTF-8 and JSON cannot carry: decode the text it came from correctly "
+            "(e.g. errors='replace')"
+        ) from None
 
 
 _actors: dict[str, type[Actor]] = {}
