@@ -18,6 +18,7 @@ from leveret.django.publishing import (
     publish_now,
     send,
     send_now,
+    use_outbox,
 )
 
-__all__ = ["TransactionalDispatcher", "publish", "publish_now", "send", "send_now"]
+__all__ = ["TransactionalDispatcher", "publish", "publish_now", "send", "send_now", "use_outbox"]

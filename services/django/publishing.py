@@ -9,11 +9,15 @@
   ``outbox=True``), written to the outbox table in the same transaction and published by
   the relay.
 
-`publish_now` / `send_now` bypass the transaction.
+`publish_now` / `send_now` bypass the transaction. `use_outbox` makes every publish of a
+block of code go through the outbox.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import datetime
 
 from django.db import connections, transaction
@@ -30,6 +34,35 @@ from leveret.services.broker import Broker, Prepared, check_timeout
 from leveret.services.logs import get_logger
 
 log = get_logger("leveret.django")
+
+_outbox_scope: ContextVar[bool] = ContextVar("leveret_outbox_scope", default=False)
+
+
+@contextlib.contextmanager
+def use_outbox() -> Iterator[None]:
+    """Publish everything inside the block through the outbox (a context manager, or a
+    decorator for each call of a function).
+
+    Every way of publishing that follows the transactions does: `publish` and `send`
+    (``leveret`` and ``leveret.django``), `Actor.send`, ``ctx.send``/``ctx.publish`` in a
+    handler, and Django tasks' ``enqueue()``; inside ``transaction.atomic()`` the rows are
+    written in the transaction, outside it at once. Only a call's own ``outbox=False``, and
+    `publish_now`/`send_now`, go around it. It holds for the current thread (or asyncio
+    task) until the block ends; ``LEVERET["OUTBOX"] = True`` does the same for every
+    transaction of the project.
+
+    ```python
+    with use_outbox(), transaction.atomic():
+        order = Order.objects.create(...)
+        publish(OrderPlaced(order_id=order.id))
+        send_receipt.enqueue(order.id)       # a Django task: in the outbox too
+    ```
+    """
+    token = _outbox_scope.set(True)
+    try:
+        yield
+    finally:
+        _outbox_scope.reset(token)
 
 
 class TransactionalDispatcher:
@@ -97,7 +130,7 @@ class TransactionalDispatcher:
                 connection), instead of ``CONFIRM_TIMEOUT_S``.
             using: The database alias to follow instead of the dispatcher's.
             outbox: True: write to the outbox (also outside a transaction); False: never;
-                None: as configured.
+                None: inside `use_outbox`, True; else as configured.
             fail_fast: Inside a transaction (without the outbox), make sure now that the
                 broker can take the message, and raise `BrokerUnavailable` here if not;
                 None: the ``FAIL_FAST`` setting.
@@ -152,9 +185,10 @@ class TransactionalDispatcher:
         check_timeout(timeout)
         alias = using or self.using
         in_transaction = connections[alias].in_atomic_block
-        use_outbox = outbox if outbox is not None else (self.outbox and in_transaction)
+        if outbox is None:
+            outbox = _outbox_scope.get() or (self.outbox and in_transaction)
         broker = self.broker
-        if not use_outbox and not in_transaction:
+        if not outbox and not in_transaction:
             if actor is None:
                 return broker.publish(
                     message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
@@ -165,7 +199,7 @@ class TransactionalDispatcher:
         item = broker.prepare(
             message, actor=actor, delay=delay, eta=eta, correlation_id=correlation_id
         )
-        if use_outbox:
+        if outbox:
             outbox_table.store(item, using=alias, namespace=broker.namespace)
             return item.envelope.message_id
         if fail_fast if fail_fast is not None else load().fail_fast:
