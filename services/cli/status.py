@@ -13,7 +13,7 @@ import click
 from leveret.actors import Actor, actors_in
 from leveret.services.broker import Broker
 from leveret.services.cli._common import import_path, namespace_option, url_option
-from leveret.services.operations.status import StatusReader
+from leveret.services.operations.status import StatusReader, Warning
 from leveret.services.operations.status_table import render
 
 _CLEAR = "\x1b[H\x1b[2J"
@@ -25,9 +25,11 @@ class StatusSetup:
 
     Attributes:
         actors: The actors whose queues to show besides those of the MODULES.
+        warnings: Warnings of its own, added to each snapshot's (`StatusReader`).
     """
 
     actors: Callable[[], Sequence[type[Actor]]]
+    warnings: Callable[[], Sequence[Warning]] | None = None
 
 
 @click.command()
@@ -95,6 +97,7 @@ def status(
             management_url="" if no_management else management_url,
             sample_s=0 if watch else interval,
             first_wait_s=first_wait,
+            extra_warnings=extra.warnings if extra is not None else None,
         )
         try:
             while True:

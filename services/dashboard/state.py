@@ -38,7 +38,7 @@ from leveret.actors.schedules import Schedule
 from leveret.schemas.errors import BrokerConnectionError, BrokerError, InvalidArgument
 from leveret.services.broker import Broker
 from leveret.services.logs import get_logger
-from leveret.services.operations.status import Snapshot, StatusReader
+from leveret.services.operations.status import Snapshot, StatusReader, Warning
 from leveret.services.rabbitmq.management import ManagementUnavailable
 from leveret.services.redaction import redact
 
@@ -163,6 +163,8 @@ class Dashboard:
             only).
         broker_wait_s: The longest a page waits for the broker before it answers with what
             is known.
+        extra_warnings: As for `StatusReader`: warnings of the embedding program (the
+            Django app's outbox backlog).
 
     Raises:
         InvalidArgument: `broker_wait_s` is not a positive number of seconds.
@@ -175,6 +177,7 @@ class Dashboard:
     refresh_s: float = 3.0
     management_url: str | None = None
     broker_wait_s: float = BROKER_WAIT_S
+    extra_warnings: Callable[[], Sequence[Warning]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     """One broker operation at a time."""
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -210,6 +213,7 @@ class Dashboard:
             management_url=self.management_url,
             sample_s=0,
             amqp_figures=False,
+            extra_warnings=self.extra_warnings,
         )
 
     # What pages show ------------------------------------------------------------------

@@ -12,7 +12,11 @@ Warnings (the settings work, and lose messages):
   ``LEVERET["ACTORS"]``: no ``leveret_worker`` consumes their queues, which fill up;
 - ``leveret.W003``: handlers of the project's actors without a time limit, and
   ``leveret.W004`` handlers whose limit is not below the broker's consumer timeout
-  (``CONSUMER_TIMEOUT_S``): one warning each, naming every such handler.
+  (``CONSUMER_TIMEOUT_S``): one warning each, naming every such handler;
+- ``leveret.W005``: outbox rows have waited longer than ``OUTBOX_WARN_AFTER_S`` (no relay
+  runs, or it cannot publish), and ``leveret.W006``: rows the relay gave up on, for a
+  project that uses the outbox. The database is read within a few seconds at most
+  (`leveret.django.backlog`); when it cannot be, these two say nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from leveret.actors.actor import Actor
 from leveret.actors.registry import imported_actors
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
+from leveret.services.logs import get_logger
 from leveret.services.redaction import redact
 from leveret.services.runtime.timelimits import handlers_over_limits
+
+log = get_logger("leveret.django")
 
 _SETTINGS_HINT = "See docs/django.md, section Settings."
 
@@ -138,3 +145,46 @@ def _actors_outside_settings(project: list[type[Actor]]) -> list[CheckMessage]:
         )
         for module, actors in sorted(stray.items())
     ]
+
+
+@register("leveret")
+def check_outbox_backlog(
+    app_configs: Any = None, databases: Any = None, **_kwargs: Any
+) -> list[CheckMessage]:
+    """Warn about outbox rows waiting too long (W005) and rows given up on (W006).
+
+    Runs for a project that uses the outbox (``OUTBOX`` or ``RELAY_IN_WORKER``), with
+    plain ``check`` and whenever the checks cover the settings' database; a database that
+    cannot be read within `leveret.django.backlog.READ_TIMEOUT_S` is logged and skipped.
+
+    Returns:
+        ``leveret.W005`` and ``leveret.W006`` warnings.
+    """
+    from django.db import connections
+
+    from leveret.django.backlog import (
+        BACKLOG_HINT,
+        FAILED_HINT,
+        OutboxUnreadable,
+        read_backlog,
+        uses_outbox,
+    )
+
+    found = load()
+    if found.problems or not uses_outbox(found) or found.database not in connections.settings:
+        return []  # E001/E003 say what is wrong
+    if databases is not None and found.database not in databases:
+        return []
+    try:
+        backlog = read_backlog(found)
+    except OutboxUnreadable as exc:
+        log.info("outbox_check_skipped", reason=str(exc))
+        return []
+    warnings: list[CheckMessage] = []
+    late = backlog.backlog_message()
+    if late is not None:
+        warnings.append(Warning(late, hint=BACKLOG_HINT, id="leveret.W005"))
+    failed = backlog.failed_message()
+    if failed is not None:
+        warnings.append(Warning(failed, hint=FAILED_HINT, id="leveret.W006"))
+    return warnings

@@ -14,8 +14,9 @@ is not active staff is sent to the admin's login page, then Django's CSRF middle
 dashboard's forms carry Django's token too). The dashboard then applies its own checks
 (its CSRF cookie and field, the ``Origin`` against the host Django validated, the Fetch
 Metadata of other sites' requests). It reads the project's broker (``settings.LEVERET``)
-and shows the project's actors; ``LEVERET["DASHBOARD_READ_ONLY"] = True`` hides and
-refuses replay and purge.
+and shows the project's actors, with warnings about the outbox (rows waiting longer than
+``OUTBOX_WARN_AFTER_S``); ``LEVERET["DASHBOARD_READ_ONLY"] = True`` hides and refuses
+replay and purge.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from leveret.actors.schedules import schedules_in
+from leveret.django.backlog import backlog_warnings
 from leveret.django.project import project_broker
 from leveret.django.registry import project_actors
 from leveret.django.settings import load
@@ -59,6 +61,7 @@ def _app() -> Starlette:
                 read_only=found.dashboard_read_only,
                 actors=project_actors(),
                 schedules=schedules,
+                extra_warnings=backlog_warnings,  # read in the dashboard's worker thread
             )
             # Django validated the Host (ALLOWED_HOSTS) before the view runs.
             app = create_app(dashboard, host_validated=True)

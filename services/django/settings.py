@@ -9,6 +9,7 @@ LEVERET = {
     "OUTBOX": False,                # publish through the transactional outbox by default
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600,               # delete sent rows after this
     "OUTBOX_MAX_ATTEMPTS": 10,      # a row the broker keeps refusing is then marked failed
+    "OUTBOX_WARN_AFTER_S": 300.0,   # check, leveret_status, dashboard: rows waiting longer
     "RELAY_IN_WORKER": False,       # leveret_worker also runs the outbox relay
     "DATABASE": "default",          # the alias whose transactions publishing follows
     "CONFIRM_TIMEOUT_S": 30.0,      # how long a publish waits for the broker's confirm
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX": False,
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600.0,
     "OUTBOX_MAX_ATTEMPTS": 10,
+    "OUTBOX_WARN_AFTER_S": 300.0,
     "RELAY_IN_WORKER": False,
     "DATABASE": "default",
     "CONFIRM_TIMEOUT_S": 30.0,
@@ -70,6 +72,8 @@ class LeveretSettings:
         outbox: Publish through the transactional outbox inside transactions by default.
         outbox_prune_after_s: Seconds after which sent outbox rows are deleted.
         outbox_max_attempts: Refusals after which the relay marks an outbox row failed.
+        outbox_warn_after_s: Outbox rows waiting longer than this are warned about
+            (``check``, ``leveret_status``, the mounted dashboard).
         relay_in_worker: ``leveret_worker`` also runs the outbox relay.
         database: The database alias whose transactions publishing follows.
         confirm_timeout_s: How long a publish waits for the broker's confirm.
@@ -91,6 +95,7 @@ class LeveretSettings:
     outbox: bool = False
     outbox_prune_after_s: float = DEFAULTS["OUTBOX_PRUNE_AFTER_S"]
     outbox_max_attempts: int = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
+    outbox_warn_after_s: float = DEFAULTS["OUTBOX_WARN_AFTER_S"]
     relay_in_worker: bool = False
     database: str = "default"
     confirm_timeout_s: float = 30.0
@@ -160,7 +165,12 @@ def read(raw: object) -> LeveretSettings:
         if not isinstance(values[key], bool):
             problems.append(f"LEVERET[{key!r}] must be True or False, not {values[key]!r}")
             values[key] = False
-    for key in ("OUTBOX_PRUNE_AFTER_S", "CONFIRM_TIMEOUT_S", "CONSUMER_TIMEOUT_S"):
+    for key in (
+        "OUTBOX_PRUNE_AFTER_S",
+        "OUTBOX_WARN_AFTER_S",
+        "CONFIRM_TIMEOUT_S",
+        "CONSUMER_TIMEOUT_S",
+    ):
         number = values[key]
         if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
             problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
@@ -180,6 +190,7 @@ def read(raw: object) -> LeveretSettings:
         outbox=values["OUTBOX"],
         outbox_prune_after_s=float(values["OUTBOX_PRUNE_AFTER_S"]),
         outbox_max_attempts=values["OUTBOX_MAX_ATTEMPTS"],
+        outbox_warn_after_s=float(values["OUTBOX_WARN_AFTER_S"]),
         relay_in_worker=values["RELAY_IN_WORKER"],
         database=values["DATABASE"],
         confirm_timeout_s=float(values["CONFIRM_TIMEOUT_S"]),

@@ -151,7 +151,8 @@ class Warning:
     Attributes:
         kind: ``queue_without_consumer``, ``dead_letters_growing``,
             ``dead_letters_at_most_once``, ``worker_stale``, ``worker_not_consuming`` or
-            ``queues_left_out``.
+            ``queues_left_out``; or one a caller adds (`StatusReader.extra_warnings`): the
+            Django app's ``outbox_backlog``, ``outbox_failed``, ``outbox_unreadable``.
         subject: The queue or worker it is about.
         message: One line for people.
     """
@@ -163,6 +164,9 @@ class Warning:
         "worker_stale",
         "worker_not_consuming",
         "queues_left_out",
+        "outbox_backlog",
+        "outbox_failed",
+        "outbox_unreadable",
     ]
     subject: str
     message: str
@@ -220,6 +224,8 @@ class StatusReader:
             management API's figures (up to 5 s old) and ask over AMQP only for the given
             actors it does not list; the dashboard's choice, where a namespace of hundreds
             of queues must render in well under a second.
+        extra_warnings: Called at each snapshot for warnings the caller knows of (the
+            Django app's outbox backlog), added after the snapshot's own.
     """
 
     broker: Broker
@@ -228,6 +234,7 @@ class StatusReader:
     first_wait_s: float = DEFAULT_INTERVAL_S + 1
     sample_s: float = 2.0
     amqp_figures: bool = True
+    extra_warnings: Callable[[], Sequence[Warning]] | None = None
     previous: Snapshot | None = None
     _management: ManagementAPI | None = field(default=None, init=False)
 
@@ -301,6 +308,8 @@ class StatusReader:
             },
         )
         snapshot.warnings = warnings_of(snapshot, growing_dlqs=growing, dlq_of=self._dlq)
+        if self.extra_warnings is not None:
+            snapshot.warnings += self.extra_warnings()
         self.previous = snapshot
         return snapshot
 
@@ -352,6 +361,8 @@ class StatusReader:
             source_note=note,
         )
         snapshot.warnings = warnings_of(snapshot, growing_dlqs=set(), dlq_of=self._dlq)
+        if self.extra_warnings is not None:
+            snapshot.warnings += self.extra_warnings()
         return snapshot
 
     def _figures_listed(

@@ -1,5 +1,6 @@
 """``manage.py leveret_status``: `leveret status` with the project's broker URL, namespace
-and actors (``settings.LEVERET``), unless given as options."""
+and actors (``settings.LEVERET``), unless given as options, and warnings about the outbox
+(rows waiting longer than ``OUTBOX_WARN_AFTER_S``, rows the relay gave up on)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ class Command(BaseCommand):
         self._run([*args, *options.get("status_args", [])])
 
     def _run(self, args: list[str]) -> None:
+        from leveret.django.backlog import backlog_warnings
         from leveret.django.commandline import run_click
         from leveret.django.registry import project_actors
         from leveret.services.cli.status import StatusSetup, status
 
         run_click(
-            status, args, prog_name="manage.py leveret_status", obj=StatusSetup(project_actors)
+            status,
+            args,
+            prog_name="manage.py leveret_status",
+            obj=StatusSetup(project_actors, warnings=backlog_warnings),
         )
