@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import Any
 
 import click
 
 from leveret.django.settings import LeveretSettings, broker_url, load
+from leveret.schemas.errors import LeveretError
 from leveret.services import config
 from leveret.services.redaction import redact
 
@@ -100,9 +102,18 @@ def with_values_in_force(command: click.Command, values: dict[str, str]) -> clic
 
 
 def run_click(command: click.Command, args: list[str], *, prog_name: str, obj: Any = None) -> None:
-    """Run `command` on `args` with the project's settings in force; exits the process."""
+    """Run `command` on `args` with the project's settings in force; exits the process.
+
+    A `LeveretError` that ends the command (the broker is unreachable…) is reported as
+    ``leveret`` reports it: one line, ``Error: …``, exit status 1.
+    """
     found = load()
     settings_environment(found)
-    with_values_in_force(command, values_in_force(found)).main(
-        strip_django_options(args), prog_name=prog_name, obj=obj
-    )
+    try:
+        with_values_in_force(command, values_in_force(found)).main(
+            strip_django_options(args), prog_name=prog_name, obj=obj
+        )
+    except LeveretError as exc:
+        error = click.ClickException(str(exc))
+        error.show()
+        sys.exit(error.exit_code)

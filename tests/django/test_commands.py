@@ -162,3 +162,32 @@ def test_reload_restarts_the_worker_when_a_python_file_changes(tmp_path: Path) -
         assert process.wait(30) == 0, process.log()
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("command", ["status", "dlq list tally"])
+def test_manage_py_commands_say_the_broker_is_down_in_one_line_as_leveret_does(
+    command: str,
+) -> None:
+    """With the broker unreachable, ``manage.py leveret_<command>`` prints the one line
+    ``leveret <command>`` prints, and exits with the same code: no traceback."""
+    dead = "amqp://guest:guest@127.0.0.1:1/"
+    name, *rest = command.split()
+    ours = manage(
+        f"leveret_{name}",
+        *rest,
+        settings={"BROKER_URL": dead, "NAMESPACE": "down", "ACTORS": [ACTORS_MODULE]},
+    )
+    theirs = subprocess.run(
+        [sys.executable, "-m", "leveret", name, *rest, "--broker-url", dead, "--namespace", "down"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in ours.stderr, ours.stderr
+    assert theirs.returncode == 1, theirs.stderr
+    assert ours.returncode == theirs.returncode
+    assert ours.stderr.strip().splitlines() == theirs.stderr.strip().splitlines()
+    assert len(ours.stderr.strip().splitlines()) == 1, ours.stderr
