@@ -606,13 +606,16 @@ def combined(
     fixed: Sequence[Schedule], source: ScheduleSource | None
 ) -> Sequence[Schedule] | Callable[[], Sequence[Schedule]]:
     """The entries of modules (`fixed`) and of `source`: a list, or a callable when the
-    source is live. On a name both use, the module's entry wins (logged). A source that
-    fails keeps the entries it gave last; the modules' entries run regardless."""
+    source is live. On a name both use, the module's entry wins (logged once, not at every
+    reload). A source that fails keeps the entries it gave last; the modules' entries run
+    regardless."""
 
     last_read: list[Schedule] = []
+    clashing: set[str] = set()  # logged already: once per entry, not at every reload
 
     def current() -> list[Schedule]:
         merged = {entry.name: entry for entry in fixed}
+        clashes = set()
         extra: Sequence[Schedule] = ()
         if source is not None:
             try:
@@ -626,13 +629,17 @@ def combined(
                 extra = last_read
         for entry in extra:
             if merged.get(entry.name, entry) is not entry:
-                log.warning(
-                    "schedule_name_taken",
-                    schedule=entry.name,
-                    hint="an entry of the code has this name: the other one is ignored",
-                )
+                clashes.add(entry.name)
+                if entry.name not in clashing:
+                    log.warning(
+                        "schedule_name_taken",
+                        schedule=entry.name,
+                        hint="an entry of the code has this name: the other one is ignored",
+                    )
                 continue
             merged[entry.name] = entry
+        clashing.clear()  # a clash resolved and back later is logged again
+        clashing.update(clashes)
         return list(merged.values())
 
     return current if source is not None and source.live else current()

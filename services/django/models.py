@@ -140,11 +140,23 @@ class ScheduledMessage(models.Model):
         return str(self.name)
 
     def clean(self) -> None:
-        """Check the entry as the scheduler will use it (the admin shows what is wrong)."""
+        """Check the entry as the scheduler will use it (the admin shows what is wrong): a
+        name the code's schedules use is refused, since the scheduler would ignore it."""
         from django.core.exceptions import ValidationError
 
         from leveret.schemas.errors import LeveretError
 
+        taken = code_schedule_named(str(self.name))
+        if taken is not None:
+            raise ValidationError(
+                {
+                    "name": (
+                        f"the code has a schedule named {taken.name!r} (in {taken.module}: "
+                        f"{taken.when}): the scheduler runs that one and would ignore this "
+                        "entry; choose another name"
+                    )
+                }
+            )
         try:
             self.to_schedule()
         except (LeveretError, ValueError, TypeError) as exc:
@@ -198,3 +210,19 @@ class ScheduledMessage(models.Model):
             max_catch_up=self.max_catch_up,
             module="database",
         )
+
+
+def code_schedule_named(name: str) -> Schedule | None:
+    """The schedule of the code (``LEVERET["ACTORS"]``' `periodic` actors and
+    ``LEVERET["SCHEDULES"]``) named `name`, if any; None too when those do not import
+    (``check`` reports that)."""
+    from leveret.actors.schedules import schedules_in
+    from leveret.django.settings import load
+    from leveret.schemas.errors import LeveretError
+
+    found = load()
+    try:
+        entries = schedules_in([*found.actors, *found.schedules])
+    except LeveretError:
+        return None
+    return next((entry for entry in entries if entry.name == name), None)

@@ -20,6 +20,7 @@ from leveret.django.schedules import project_source
 from leveret.services.scheduling import Scheduler, combined
 from leveret.services.testing import MemoryBroker, captured_logs
 from tests.django.plugin_actors import Tally
+from tests.schedule_samples import Seconds
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -163,3 +164,52 @@ def test_leveret_scheduler_lists_the_schedules_of_the_settings_modules() -> None
     )
     assert result.returncode == 0, result.stderr
     assert "tests-every-second: every 0:00:01, send to schedules.seconds" in result.stdout
+
+
+CODE_ENTRY = "tests-every-second"  # tests/schedule_samples.py
+
+
+def test_the_admin_refuses_a_name_a_schedule_of_the_code_uses(settings: Settings) -> None:
+    """A database entry named like a code schedule is refused at save, the message naming
+    the code's entry and its module; nothing is saved."""
+    settings.LEVERET = {**settings.LEVERET, "SCHEDULES": ["tests.schedule_samples"]}
+    client = Client()
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw"))
+    form = {
+        "name": CODE_ENTRY,
+        "enabled": "on",
+        "every_seconds": "10",
+        "timezone": "UTC",
+        "topic": "tests.plugin.note",
+        "payload": json.dumps({"n": 1}),
+        "actor": "plugin.tally",
+        "catch_up": "skip",
+        "max_catch_up": "100",
+    }
+    refused = client.post("/admin/leveret/scheduledmessage/add/", form)
+    assert refused.status_code == 200
+    page = refused.content.decode()
+    assert f"{CODE_ENTRY!r}" in page.replace("&#x27;", "'")
+    assert "tests.schedule_samples" in page
+    assert not ScheduledMessage.objects.exists()
+    saved = client.post("/admin/leveret/scheduledmessage/add/", {**form, "name": "db-own"})
+    assert saved.status_code == 302
+
+
+def test_a_name_clash_is_logged_once_per_entry_not_at_every_reload(
+    settings: Settings, leader: tuple[Scheduler, MemoryBroker, Clock]
+) -> None:
+    """A row written around the admin with a code schedule's name: the scheduler keeps
+    the code's entry and logs ``schedule_name_taken`` once over ten reloads."""
+    settings.LEVERET = {**settings.LEVERET, "SCHEDULES": ["tests.schedule_samples"]}
+    scheduler, broker, clock = leader
+    broker.declare(Seconds)
+    ScheduledMessage.objects.create(
+        name=CODE_ENTRY, every_seconds=10, topic="tests.plugin.note", payload={"n": 1}
+    )
+    with captured_logs() as logs:
+        for _ in range(10):
+            clock.now += timedelta(seconds=5)
+            scheduler.step()
+    taken = [e for e in logs if e["event"] == "schedule_name_taken"]
+    assert [e["schedule"] for e in taken] == [CODE_ENTRY]
