@@ -9,7 +9,9 @@ Fixtures:
   everything published, in the test's thread. In a Django project it follows the
   transactions as production does: `publish`, `Actor.send` and the `leveret.django`
   helpers send at commit and nothing after a rollback, and with the outbox they write
-  rows, which ``join`` relays once committed.
+  rows, which ``join`` relays once committed; and it runs the code's schedules
+  (``LEVERET["SCHEDULES"]``, periodic actors of ``ACTORS``) on its virtual clock:
+  ``broker.advance_clock(seconds)`` sends the ticks due meanwhile.
 - ``leveret_eager``: the same, but each message is handled as soon as it is published (at
   commit inside a transaction), like Celery's ``task_always_eager``; a handler's exception
   that would dead-letter the message is raised there. Simpler tests, less like production:

@@ -29,13 +29,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
-from leveret.actors.schedules import Schedule
-from leveret.schemas.errors import ConfigurationError
+from leveret.actors.schedules import Schedule, schedules_in
+from leveret.schemas.errors import ConfigurationError, InvalidArgument
 from leveret.services import naming
 from leveret.services.broker import Broker
 from leveret.services.logs import ROOT_LOGGER, event_of
@@ -119,21 +120,34 @@ class MemoryBroker(Broker):
         """Every queue by full name (actor queues and `.dlq`s)."""
         return self.transport.queues
 
-    def add_schedules(self, *schedules: Schedule, grace_s: float = DEFAULT_GRACE_S) -> None:
+    def add_schedules(
+        self,
+        *schedules: Schedule | ModuleType | str | ActorRef,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> None:
         """Run these schedule entries on the virtual clock: `advance_clock` sends every tick
         that falls due, at its time, as a leading scheduler would (`sent_ticks` lists them).
 
         ```python
-        broker.add_schedules(nightly_report)
+        broker.add_schedules(nightly_report)          # an entry: schedule(...)
+        broker.add_schedules("shop.schedules")        # or a module (or its name), as
+                                                      # LEVERET["SCHEDULES"] lists them
         broker.advance_clock(7 * 24 * 3600)   # a week: seven nightly reports sent
         broker.join()
         ```
 
+        Args:
+            schedules: Schedule entries, `periodic` actors (their entries), modules or
+                module names (every entry they define, their periodic actors' included).
+            grace_s: As for `Scheduler`.
+
         Raises:
+            InvalidArgument: Something else, or a module that does not import.
             ConfigurationError: A scheduler of this broker leads already.
         """
+        entries = _schedule_entries(schedules)
         scheduler = Scheduler(
-            schedules,
+            entries,
             self.transport.scheduler_backend(),
             namespace=self.namespace,
             grace_s=grace_s,
@@ -286,3 +300,25 @@ class _CollectingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.events.append(event_of(record))
+
+
+def _schedule_entries(given: tuple[object, ...]) -> list[Schedule]:
+    """The entries of what `MemoryBroker.add_schedules` was given (checked here)."""
+    entries: list[Schedule] = []
+    for item in given:
+        if isinstance(item, Schedule):
+            entries.append(item)
+        elif isinstance(item, str | ModuleType):
+            name = item if isinstance(item, str) else item.__name__
+            try:
+                entries += schedules_in([name])
+            except ConfigurationError as exc:
+                raise InvalidArgument(f"add_schedules({name!r}): {exc}") from exc
+        elif isinstance(getattr(item, "__leveret_schedules__", None), tuple | list):
+            entries += list(getattr(item, "__leveret_schedules__"))  # noqa: B009
+        else:
+            raise InvalidArgument(
+                f"add_schedules takes schedule entries (schedule(...)), periodic actors, "
+                f"modules or module names, not {item!r:.80}"
+            )
+    return entries

@@ -36,7 +36,10 @@ from leveret.services.testing import MemoryBroker, memory_broker
 
 @contextlib.contextmanager
 def project_memory_broker(
-    *actors: ActorRef, eager: bool = False, namespace: str | None = None
+    *actors: ActorRef,
+    eager: bool = False,
+    namespace: str | None = None,
+    schedules: bool = True,
 ) -> Iterator[MemoryBroker]:
     """A fresh `MemoryBroker` for the project, configured as the process's broker.
 
@@ -45,10 +48,18 @@ def project_memory_broker(
         eager: Handle each message as soon as it is published (at commit inside a
             transaction), raising a handler's exception there; see `MemoryBroker`.
         namespace: The queues' namespace; the settings' ``NAMESPACE`` if None.
+        schedules: Run the schedules of the code (``LEVERET["SCHEDULES"]`` and the
+            `periodic` actors of ``ACTORS``) on the virtual clock: ``advance_clock`` sends
+            their ticks (`MemoryBroker.add_schedules`). The database's entries are not.
     """
+    from leveret.actors.schedules import schedules_in
     from leveret.django.registry import project_actors
     from leveret.django.settings import load
 
+    found = load()
     declared = actors or tuple(project_actors())
-    with memory_broker(*declared, namespace=namespace or load().namespace, eager=eager) as broker:
+    with memory_broker(*declared, namespace=namespace or found.namespace, eager=eager) as broker:
+        entries = schedules_in([*found.actors, *found.schedules]) if schedules else []
+        if entries:
+            broker.add_schedules(*entries)
         yield broker

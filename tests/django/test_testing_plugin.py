@@ -225,3 +225,17 @@ class DjangoTestCaseTests(TestCase):
             Tally.send(Note(n=1))
         self.broker.join()
         assert Tally.seen == []
+
+
+def test_the_fixture_runs_the_projects_schedules(
+    settings: SettingsWrapper, leveret_actors: list[type[Actor]]
+) -> None:
+    """``leveret_broker`` (and `project_memory_broker`) run the schedules of
+    ``LEVERET["SCHEDULES"]`` on the virtual clock, as the project's scheduler would."""
+    from tests.schedule_samples import Seconds
+
+    settings.LEVERET = {**settings.LEVERET, "SCHEDULES": ["tests.schedule_samples"]}
+    with project_memory_broker(Seconds) as broker:
+        broker.advance_clock(2)
+        assert [tick.schedule for tick in broker.sent_ticks] == ["tests-every-second"] * 2
+        assert broker.pending(Seconds) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,33 @@ def test_the_memory_worker_honours_prefetch() -> None:
         finally:
             assert worker.shutdown(10) == 0
     assert Gate.most == 2
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "tests.schedule_samples",  # a module's name, as LEVERET["SCHEDULES"] lists it
+        "module",  # the module itself
+        "entry",  # the entry, as the docs show
+    ],
+)
+def test_add_schedules_takes_entries_modules_and_module_names(given: str) -> None:
+    """``add_schedules`` runs the entries of what it is given: a `Schedule`, a module or
+    a module's name (its schedules and its periodic actors')."""
+    import tests.schedule_samples as samples
+
+    argument: Any = {"module": samples, "entry": samples.every_second}.get(given, given)
+    with memory_broker(samples.Seconds) as broker:
+        broker.add_schedules(argument)
+        broker.advance_clock(3)
+        assert [tick.schedule for tick in broker.sent_ticks] == ["tests-every-second"] * 3
+
+
+@pytest.mark.parametrize("wrong", [42, None, "tests.no_such_module", ["tests.schedule_samples"]])
+def test_add_schedules_refuses_anything_else_at_the_call(wrong: object) -> None:
+    """Anything else raises at the call, saying what it takes (it was an AttributeError
+    deep in the scheduler)."""
+    from leveret.schemas.errors import LeveretError
+
+    with memory_broker() as broker, pytest.raises(LeveretError, match="add_schedules"):
+        broker.add_schedules(wrong)  # type: ignore[arg-type]
