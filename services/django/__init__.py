@@ -1,7 +1,8 @@
 """Leveret for Django: settings, transaction-aware publishing, outbox, relay, worker.
 
 Add ``"leveret.django"`` to ``INSTALLED_APPS`` and a ``LEVERET`` dict to the settings;
-see docs/django.md.
+see docs/django.md in the Leveret repository (and ``python -m pydoc leveret.django.settings``
+for the settings).
 
 ```python
 from leveret.django import publish, publish_now

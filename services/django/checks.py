@@ -37,7 +37,10 @@ from leveret.services.runtime.timelimits import handlers_over_limits
 
 log = get_logger("leveret.django")
 
-_SETTINGS_HINT = "See docs/django.md, section Settings."
+_SETTINGS_HINT = (
+    "Every LEVERET key, its default and its meaning: python -m pydoc "
+    "leveret.django.settings (or docs/django.md, section Settings, in the Leveret repository)."
+)
 
 
 @register("leveret")
