@@ -83,10 +83,18 @@ def test_check_warns_of_failed_rows(outbox_on: str, rabbit_broker: RabbitBroker)
 
 
 def test_leveret_status_shows_the_backlog(
-    outbox_on: str, rabbit_broker: RabbitBroker, capsys: pytest.CaptureFixture[str]
+    outbox_on: str,
+    rabbit_broker: RabbitBroker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``manage.py leveret_status`` lists the backlog among its warnings."""
+    from leveret.django.commandline import CONSUMER_TIMEOUT_ENV
     from leveret.django.management.commands.leveret_status import Command
+    from leveret.services import config
+
+    for name in (config.BROKER_URL_ENV, config.NAMESPACE_ENV, CONSUMER_TIMEOUT_ENV):
+        monkeypatch.setenv(name, "")  # the command sets them: put back at teardown
 
     _row(rabbit_broker, outbox_on, age_s=600)
     with pytest.raises(SystemExit) as exited:
