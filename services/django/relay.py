@@ -229,9 +229,9 @@ class Relay:
         `check_buildable` did not foresee) is found by publishing the items one by one."""
         try:
             return self.broker.publish_prepared_each(items)
-        except InvalidArgument:
+        except InvalidArgument as exc:
             if len(items) == 1:
-                raise
+                return [PublishError(str(exc), message_id=items[0].envelope.message_id)]
         fates: list[PublishError | None] = []
         for item in items:
             try:
