@@ -359,7 +359,14 @@ class TaskRunner(Actor, abstract=True):
             raise
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
         object.__setattr__(result, "finished_at", datetime.now(UTC))
-        object.__setattr__(result, "_return_value", normalize_json(value))
+        try:
+            returned = normalize_json(value)
+        except (TypeError, ValueError) as exc:
+            # The task has run: failing now would run it again. Results are not stored;
+            # the signal's receivers get None.
+            ctx.log.warning("task_return_value_dropped", task=call.task, error=str(exc))
+            returned = None
+        object.__setattr__(result, "_return_value", returned)
         task_finished.send(LeveretBackend, task_result=result)
         ctx.log.info("task_done", task=call.task)
 

@@ -11,7 +11,7 @@ from django_tasks import task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leveret.django.tasks import MAX_ARGUMENT_DEPTH, MAX_INT_DIGITS
+from leveret.django.tasks import MAX_ARGUMENT_DEPTH, MAX_INT_DIGITS, task_actor
 from leveret.django.testing import project_memory_broker
 from leveret.schemas.errors import InvalidArgument
 
@@ -139,3 +139,24 @@ def test_enqueue_refuses_or_delivers_unchanged(args: list[Any], kwargs: dict[str
         return
     assert _same(list(args), got_args)
     assert _same(kwargs, got_kwargs)
+
+
+RUNS: list[int] = []
+
+
+@task()
+def returns_something_json_cannot_hold(n: int) -> object:
+    """A task of the tests whose return value is not JSON."""
+    RUNS.append(n)
+    return object()
+
+
+def test_a_return_value_that_is_not_json_does_not_run_the_task_again() -> None:
+    """The task succeeded: a return value JSON cannot hold is dropped (logged), the task is
+    not retried (it ran twice, then was dead-lettered, before)."""
+    RUNS.clear()
+    with project_memory_broker() as broker:
+        returns_something_json_cannot_hold.enqueue(1)
+        broker.join()
+        assert RUNS == [1]
+        assert broker.dead_letters(task_actor("default")) == []
