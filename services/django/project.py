@@ -17,7 +17,7 @@ from leveret.services.broker import Broker
 from leveret.services.transport import RabbitOptions
 
 _lock = threading.Lock()
-_built: tuple[tuple[str, str, float], Broker] | None = None
+_built: tuple[tuple[str, str, float, float], Broker] | None = None
 
 
 def project_broker() -> Broker:
@@ -25,7 +25,7 @@ def project_broker() -> Broker:
     global _built
     found = load()
     url = broker_url(found)
-    key = (url, found.namespace, found.confirm_timeout_s)
+    key = (url, found.namespace, found.confirm_timeout_s, found.connect_timeout_s)
     built = _built
     if built is not None and built[0] == key:
         return built[1]
@@ -62,7 +62,7 @@ def new_broker(
     url: str | None = None,
     namespace: str | None = None,
 ) -> Broker:
-    """A new `Broker` as the settings say (URL in force, namespace, confirm timeout).
+    """A new `Broker` as the settings say (URL in force, namespace, timeouts).
 
     Args:
         found: The settings (read now if None).
@@ -79,7 +79,9 @@ def new_broker(
         from leveret.services.testing import MemoryBroker
 
         return attach(MemoryBroker(url, namespace=namespace))
-    options = RabbitOptions(confirm_timeout_s=found.confirm_timeout_s)
+    options = RabbitOptions(
+        confirm_timeout_s=found.confirm_timeout_s, connect_timeout_s=found.connect_timeout_s
+    )
     return Broker(url, namespace=namespace, options=options)
 
 

@@ -11,13 +11,20 @@
 
 `publish_now` / `send_now` bypass the transaction. `use_outbox` makes every publish of a
 block of code go through the outbox.
+
+The messages one transaction leaves for after its commit share one deadline: once one of
+them finds the broker unreachable (or gets no confirm in time), the others are not tried
+but logged as lost at once, so a commit with the broker down waits one connect deadline
+(5 s), not one per message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connections, transaction
@@ -28,7 +35,13 @@ from leveret.actors.handling import current_correlation_id
 from leveret.django import outbox as outbox_table
 from leveret.django.project import project_broker
 from leveret.django.settings import load
-from leveret.schemas.errors import LeveretError
+from leveret.schemas.errors import (
+    BrokerConnectionError,
+    BrokerUnavailable,
+    LeveretError,
+    PublishError,
+    PublishTimeout,
+)
 from leveret.schemas.message import Message
 from leveret.services.broker import Broker, Prepared, check_timeout
 from leveret.services.logs import get_logger
@@ -36,6 +49,46 @@ from leveret.services.logs import get_logger
 log = get_logger("leveret.django")
 
 _outbox_scope: ContextVar[bool] = ContextVar("leveret_outbox_scope", default=False)
+_AFTER_COMMIT_ATTRIBUTE = "leveret_after_commit"
+
+
+@dataclass(eq=False)
+class _AfterCommit:
+    """What the publishes one transaction left for after its commit share: when the first
+    began (a caller's `timeout` is counted once for them all), and the broker's failure
+    once one met it (the others are then not tried)."""
+
+    alias: str
+    started: float | None = None
+    failed: str | None = None
+
+    def forget(self) -> None:
+        """The transaction committed: the next one gets its own (its publishes, about to
+        run, each hold this one)."""
+        connection = connections[self.alias]
+        if getattr(connection, _AFTER_COMMIT_ATTRIBUTE, None) is self:
+            delattr(connection, _AFTER_COMMIT_ATTRIBUTE)
+
+
+def _after_commit_of(alias: str) -> _AfterCommit:
+    """The shared state of the current transaction's after-commit publishes on `alias`.
+
+    It is this transaction's while its `forget` waits among the transaction's commit
+    callbacks; one whose `forget` is gone (rolled back with its savepoint or transaction)
+    belongs to no transaction any more, and a new one is made.
+    """
+    connection = connections[alias]
+    shared: _AfterCommit | None = getattr(connection, _AFTER_COMMIT_ATTRIBUTE, None)
+    waiting = getattr(connection, "run_on_commit", None)  # Django's list of callbacks
+    if (
+        shared is None
+        or not isinstance(waiting, list)
+        or not any(len(entry) > 1 and entry[1] == shared.forget for entry in waiting)
+    ):
+        shared = _AfterCommit(alias)
+        setattr(connection, _AFTER_COMMIT_ATTRIBUTE, shared)
+        transaction.on_commit(shared.forget, using=alias)
+    return shared
 
 
 @contextlib.contextmanager
@@ -204,18 +257,45 @@ class TransactionalDispatcher:
             return item.envelope.message_id
         if fail_fast if fail_fast is not None else load().fail_fast:
             broker.check_available(timeout)
-        # One callback per message: a savepoint rolled back drops exactly its own.
-        transaction.on_commit(lambda: self._after_commit(broker, actor, item, timeout), using=alias)
+        # One callback per message: a savepoint rolled back drops exactly its own. They
+        # share one deadline (`_AfterCommit`).
+        shared = _after_commit_of(alias)
+        transaction.on_commit(
+            lambda: self._after_commit(broker, actor, item, timeout, shared), using=alias
+        )
         return item.envelope.message_id
 
     def _after_commit(
-        self, broker: Broker, actor: ActorRef | None, item: Prepared, timeout: float | None
+        self,
+        broker: Broker,
+        actor: ActorRef | None,
+        item: Prepared,
+        timeout: float | None,
+        shared: _AfterCommit,
     ) -> None:
+        now = time.monotonic()
+        if shared.started is None:
+            shared.started = now
         try:
+            if shared.failed is not None:
+                raise PublishError(
+                    "not tried: an earlier message of its transaction met the broker's "
+                    f"failure at commit ({shared.failed})",
+                    message_id=item.envelope.message_id,
+                )
+            left_s = None if timeout is None else timeout - (now - shared.started)
+            if left_s is not None and left_s <= 0:
+                raise PublishTimeout(
+                    f"not tried: its transaction's timeout ({timeout}s) was used up by the "
+                    "messages before it",
+                    message_id=item.envelope.message_id,
+                )
             if actor is not None:
                 broker.declare_on_first_use(actor)
-            broker.publish_prepared([item], timeout=timeout)
+            broker.publish_prepared([item], timeout=left_s)
         except LeveretError as exc:
+            if isinstance(exc, PublishTimeout | BrokerUnavailable | BrokerConnectionError):
+                shared.failed = shared.failed or str(exc)  # the broker's, not the message's
             # The transaction has committed: raising would not undo it, and would stop the
             # other on-commit callbacks. Say loudly what was lost; the outbox prevents this.
             log.error(

@@ -43,6 +43,8 @@ from django.db.models import Min, QuerySet
 from leveret.actors.actor import ActorRef
 from leveret.django.outbox import check_buildable
 from leveret.schemas.errors import (
+    BrokerConnectionError,
+    BrokerUnavailable,
     ConfigurationError,
     InvalidArgument,
     LeveretError,
@@ -138,8 +140,9 @@ class Relay:
         failed once their attempts run out), in the same transaction.
 
         Raises:
-            PublishTimeout: No row was confirmed in time (the broker is unreachable): the
-                rows stay pending, their next attempt pushed back, their attempts unused.
+            PublishTimeout: No row was confirmed in time: the rows stay pending, their next
+                attempt pushed back, their attempts unused.
+            BrokerUnavailable: The broker cannot be reached (nothing was sent): the same.
         """
         with transaction.atomic(using=self.using):
             sent, timeout = self._publish(self._lock_batch())
@@ -155,7 +158,8 @@ class Relay:
         sent, a refused one records its error).
 
         Raises:
-            PublishTimeout: No row was confirmed in time (the broker is unreachable).
+            PublishTimeout: No row was confirmed in time.
+            BrokerUnavailable: The broker cannot be reached (nothing was sent).
         """
         from leveret.django.models import OutboxMessage
 
@@ -170,7 +174,7 @@ class Relay:
             raise timeout
         return sent
 
-    def _publish(self, rows: list[OutboxMessageType]) -> tuple[int, PublishTimeout | None]:
+    def _publish(self, rows: list[OutboxMessageType]) -> tuple[int, PublishError | None]:
         """Publish locked `rows` and record each one's fate (inside the caller's atomic).
 
         A row that cannot be built into a message is set aside like a refused one; the
@@ -200,11 +204,9 @@ class Relay:
         rows = [row for row, _item in built]
         sent = [row.id for row, error in zip(rows, errors, strict=True) if error is None]
         timed_out = [
-            row.id
-            for row, error in zip(rows, errors, strict=True)
-            if isinstance(error, PublishTimeout)
+            row.id for row, error in zip(rows, errors, strict=True) if _brokers_fault(error)
         ]
-        first_timeout = next((e for e in errors if isinstance(e, PublishTimeout)), None)
+        first_timeout = next((e for e in errors if _brokers_fault(e)), None)
         if sent:
             OutboxMessage.objects.using(self.using).filter(id__in=sent).update(
                 sent_at=datetime.now(UTC), last_error="", failed_at=None
@@ -217,7 +219,7 @@ class Relay:
                 last_error=str(first_timeout)[:2000],
             )
         for row, error in zip(rows, errors, strict=True):
-            if error is not None and not isinstance(error, PublishTimeout):
+            if error is not None and not _brokers_fault(error):
                 self._refused(row.id, row.message_id, row.topic, row.attempts, error, now)
         if sent:
             self._failures = 0
@@ -288,6 +290,11 @@ class Relay:
         for actor in self._undeclared:
             try:
                 self.broker.declare(actor)
+            except BrokerConnectionError as exc:
+                # The broker cannot be reached: no row can go either. Nothing is recorded
+                # against the rows; the batch is tried again after the relay's backoff.
+                self._failures += 1
+                raise BrokerUnavailable(f"declaring the actors: {exc}") from exc
             except LeveretError as exc:
                 left.append(actor)
                 log.error(
@@ -398,8 +405,8 @@ class Relay:
                     if self.run_once() == 0:
                         pause = self.poll_interval_s
                 except LeveretError as exc:
-                    if not isinstance(exc, PublishTimeout):
-                        self._failures += 1  # a broker timeout has counted itself
+                    if not _brokers_fault(exc):
+                        self._failures += 1  # the broker's failures have counted themselves
                     pause = self.backoff_s(self._failures)
                     log.warning("relay_publish_failed", error=str(exc), retry_in_s=pause)
                 except Exception as exc:  # noqa: BLE001  # a database error: retry later
@@ -457,3 +464,10 @@ def retry_failed(using: str = "default") -> int:
         .filter(sent_at__isnull=True, failed_at__isnull=False)
         .update(failed_at=None, attempts=0, next_attempt_at=datetime.now(UTC))
     )
+
+
+def _brokers_fault(error: LeveretError | None) -> bool:
+    """Whether `error` is the broker's, not the row's: no confirm in time, or the broker
+    could not be reached (nothing sent). Such a row waits for the relay's backoff without
+    using up an attempt."""
+    return isinstance(error, PublishTimeout | BrokerUnavailable)

@@ -13,6 +13,7 @@ LEVERET = {
     "RELAY_IN_WORKER": False,       # leveret_worker also runs the outbox relay
     "DATABASE": "default",          # the alias whose transactions publishing follows
     "CONFIRM_TIMEOUT_S": 30.0,      # how long a publish waits for the broker's confirm
+    "CONNECT_TIMEOUT_S": 5.0,       # ...and for a broker that cannot be reached
     "FAIL_FAST": False,             # in a transaction, raise at once if the broker is down
     "TEST_BROKER_URL": "memory://", # the broker while tests run (None: BROKER_URL)
     "DECLARE_ON_MIGRATE": True,     # `manage.py migrate` declares the actors' topology
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_IN_WORKER": False,
     "DATABASE": "default",
     "CONFIRM_TIMEOUT_S": 30.0,
+    "CONNECT_TIMEOUT_S": config.DEFAULT_CONNECT_TIMEOUT_S,
     "FAIL_FAST": False,
     "TEST_BROKER_URL": "memory://",
     "DECLARE_ON_MIGRATE": True,
@@ -77,6 +79,8 @@ class LeveretSettings:
         relay_in_worker: ``leveret_worker`` also runs the outbox relay.
         database: The database alias whose transactions publishing follows.
         confirm_timeout_s: How long a publish waits for the broker's confirm.
+        connect_timeout_s: How long a connection attempt may take, and a publish waits for
+            a broker that cannot be reached (`RabbitOptions.connect_timeout_s`).
         fail_fast: Inside a transaction, publishing first makes sure the broker is
             reachable and raises `BrokerUnavailable` at the call if not.
         test_broker_url: The broker URL while tests run (None: `broker_url`).
@@ -99,6 +103,7 @@ class LeveretSettings:
     relay_in_worker: bool = False
     database: str = "default"
     confirm_timeout_s: float = 30.0
+    connect_timeout_s: float = config.DEFAULT_CONNECT_TIMEOUT_S
     fail_fast: bool = False
     test_broker_url: str | None = "memory://"
     declare_on_migrate: bool = True
@@ -169,6 +174,7 @@ def read(raw: object) -> LeveretSettings:
         "OUTBOX_PRUNE_AFTER_S",
         "OUTBOX_WARN_AFTER_S",
         "CONFIRM_TIMEOUT_S",
+        "CONNECT_TIMEOUT_S",
         "CONSUMER_TIMEOUT_S",
     ):
         number = values[key]
@@ -194,6 +200,7 @@ def read(raw: object) -> LeveretSettings:
         relay_in_worker=values["RELAY_IN_WORKER"],
         database=values["DATABASE"],
         confirm_timeout_s=float(values["CONFIRM_TIMEOUT_S"]),
+        connect_timeout_s=float(values["CONNECT_TIMEOUT_S"]),
         fail_fast=values["FAIL_FAST"],
         test_broker_url=None if test_url is None else str(test_url),
         declare_on_migrate=values["DECLARE_ON_MIGRATE"],

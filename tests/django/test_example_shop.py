@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -183,3 +184,41 @@ def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBrok
     assert "5 message(s) sent" in relay.stdout
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 0
     assert sorted(drain(shop_broker, Stock)) == sorted(ids)
+
+
+def test_leveret_relay_once_with_the_broker_down_fails_in_seconds_and_keeps_the_rows(
+    shop_broker: RabbitBroker,
+) -> None:
+    """`manage.py leveret_relay --once` with nothing listening on the broker's port: it
+    exits non-zero within seconds (it took over 60 s), saying the broker is unreachable,
+    and every row stays pending with its attempts unused."""
+    from django.db import transaction
+    from shop.messages import OrderPlaced
+
+    from leveret.django.models import OutboxMessage
+
+    configure(TransactionalDispatcher(shop_broker, outbox=True))
+    with transaction.atomic():
+        for n in range(5):
+            Stock.send(OrderPlaced(order_id=n))
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**_shop_env(shop_broker), "LEVERET_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}/"}
+    started = time.monotonic()
+    relay = subprocess.run(
+        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
+        cwd=SHOP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took_s = time.monotonic() - started
+    assert relay.returncode != 0, relay.stdout
+    assert "unreachable" in relay.stderr, relay.stderr
+    assert took_s < 12, took_s
+    rows = OutboxMessage.objects.filter(sent_at__isnull=True)
+    assert rows.count() == 5
+    assert {row.attempts for row in rows} == {0}
+    assert not rows.filter(failed_at__isnull=False).exists()

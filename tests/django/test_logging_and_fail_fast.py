@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +68,26 @@ def test_a_message_lost_at_commit_reaches_the_projects_log_handlers(
     assert record.topic == "tests.plugin.note"  # type: ignore[attr-defined]
     assert "unreachable" in record.error  # type: ignore[attr-defined]
     assert record.funcName == "_after_commit"
+
+
+def test_a_transactions_messages_share_one_deadline_at_commit_when_the_broker_is_down(
+    project_handler: Collect, dead_broker: Broker
+) -> None:
+    """A view publishing six messages in one transaction with the broker down: the commit
+    returns within one connect deadline (5 s), not one per message, and every message is
+    logged as lost (the first with the broker's error, the others saying why they were not
+    tried)."""
+    dispatcher = TransactionalDispatcher(dead_broker)
+    started = time.monotonic()
+    with transaction.atomic():
+        ids = [dispatcher.publish(Note(n=n)) for n in range(3)]
+        ids += [dispatcher.send(Tally, Note(n=n)) for n in range(3, 6)]
+    took_s = time.monotonic() - started
+    lost = [r for r in project_handler.records if r.msg == "message_lost_after_commit"]
+    assert [r.message_id for r in lost] == ids  # type: ignore[attr-defined]
+    assert "unreachable" in lost[0].error  # type: ignore[attr-defined]
+    assert all("earlier message" in r.error for r in lost[1:]), [r.error for r in lost]  # type: ignore[attr-defined]
+    assert took_s < 7, took_s
 
 
 def test_fail_fast_raises_inside_the_transaction_so_it_can_roll_back(

@@ -48,6 +48,22 @@ def test_wrong_settings_are_system_check_errors() -> None:
         assert mistake in text
 
 
+def test_the_connect_timeout_setting_reaches_the_brokers_transport() -> None:
+    """``CONNECT_TIMEOUT_S`` is the RabbitMQ transport's connect timeout; a value that is
+    not a positive number of seconds is a settings error."""
+    from leveret.django.project import new_broker
+
+    found = read({"CONNECT_TIMEOUT_S": 1.5})
+    assert found.problems == ()
+    broker = new_broker(found, url="amqp://guest:guest@127.0.0.1:1/")
+    try:
+        assert broker.transport.options.connect_timeout_s == 1.5  # type: ignore[attr-defined]
+        assert broker.transport.publisher.connect_timeout_s == 1.5  # type: ignore[attr-defined]
+    finally:
+        broker.close()
+    assert any("CONNECT_TIMEOUT_S" in p for p in read({"CONNECT_TIMEOUT_S": 0}).problems)
+
+
 class _Recording:
     def __init__(self, name: str, seen: list[str]) -> None:
         self.name, self.seen = name, seen
