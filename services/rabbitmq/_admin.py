@@ -5,11 +5,12 @@ their own. Whatever pika raises on the way is translated into Leveret's errors h
 boundary: a connection that fails is `BrokerConnectionError`, a queue that does not exist
 `NotFound`, any other refusal by the broker `OperationError`.
 
-Opening one is bounded by `CONNECT_TIMEOUT_S`: a broker whose packets are dropped (a
-firewall, a dead link) fails as clearly as one that refuses, and soon (pika's defaults
-waited 10 s, or 15 s for a slow handshake). Once open, a broker that stops answering is
-noticed by the connection's heartbeat, `HEARTBEAT_S` (30 s elsewhere: a dead-letter pass cut
-off in the middle waited 70 s for it).
+Opening one is bounded, per node, like every connection of Leveret's
+(`_connection.connection_parameters`, 5 s): a broker whose packets are dropped (a firewall,
+a dead link) fails as clearly as one that refuses, and soon (pika's defaults waited 10 s,
+or 15 s for a slow handshake). Once open, a broker that stops answering is noticed by the
+connection's heartbeat, `HEARTBEAT_S` (30 s elsewhere: a dead-letter pass cut off in the
+middle waited 70 s for it).
 """
 
 from __future__ import annotations
@@ -20,33 +21,30 @@ from types import TracebackType
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from leveret.schemas.errors import BrokerConnectionError, LeveretError, NotFound, OperationError
 from leveret.services import config
-from leveret.services.rabbitmq._connection import connection_parameters_all, describe
+from leveret.services.rabbitmq._connection import (
+    OPENING_ERRORS,
+    connection_parameters_all,
+    describe,
+)
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
 
 _NOT_FOUND = 404
 
-CONNECT_TIMEOUT_S = 5.0
-"""How long opening an administrative connection may take, per node (TCP connect, TLS,
-AMQP handshake), unless the URL sets ``socket_timeout`` or ``stack_timeout``."""
 HEARTBEAT_S = 10
 """The heartbeat of an administrative connection, unless the URL sets ``heartbeat``: a
 broker silent for about twice this long closes it (pika checks every heartbeat + 5 s)."""
 
 
 def admin_parameters(url: str) -> list[pika.URLParameters]:
-    """Connection parameters of an administrative connection: opening it is bounded, and so
-    is waiting on a broker that stops answering once it is open."""
+    """Connection parameters of an administrative connection: opening it is bounded (as
+    every connection's), and so is waiting on a broker that stops answering once it is
+    open (`HEARTBEAT_S`)."""
     parameters = connection_parameters_all(url, role="admin")
     for one, one_url in zip(parameters, config.broker_urls(url), strict=True):
-        if "socket_timeout=" not in one_url:
-            one.socket_timeout = CONNECT_TIMEOUT_S
-        if "stack_timeout=" not in one_url:
-            one.stack_timeout = CONNECT_TIMEOUT_S
         if "heartbeat=" not in one_url:
             one.heartbeat = HEARTBEAT_S
     return parameters
@@ -73,8 +71,7 @@ class AdminChannel:
                 _impl_class=TolerantSelectConnection,  # type: ignore[arg-type]
             )
             return self._connection.channel()
-        # A handshake that times out (the stack timeout) is not an AMQPError in pika.
-        except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
+        except OPENING_ERRORS as exc:
             raise BrokerConnectionError(
                 f"cannot connect to {redact(self._url)}: {describe(exc)}"
             ) from exc

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 if TYPE_CHECKING:
     from pika.adapters.select_connection import _Timeout
@@ -32,6 +33,10 @@ from leveret.services.redaction import redact as redact_url
 log = get_logger("leveret.connection")
 
 DEFAULT_CONNECT_TIMEOUT_S = config.DEFAULT_CONNECT_TIMEOUT_S
+
+OPENING_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException)
+"""What opening a `pika.BlockingConnection` raises when it fails: pika's errors, and (not
+one of them) a handshake past its ``stack_timeout``. Each is described by `describe`."""
 
 
 class ReconnectBackoff:
@@ -435,7 +440,7 @@ def describe(error: BaseException) -> str:
     elif isinstance(error, pika.exceptions.ChannelClosedByBroker):
         text = f"channel closed by broker: {error.reply_code} {error.reply_text}"
     else:
-        cause = _innermost(error)
+        cause = innermost(error)
         if cause is error:
             text = str(error) or "no details"
         else:
@@ -443,7 +448,7 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def _innermost(error: BaseException) -> BaseException:
+def innermost(error: BaseException) -> BaseException:
     """The exception pika wrapped in `error` (as its argument, or cause), innermost first;
     `error` itself when it wraps none."""
     seen = {id(error)}

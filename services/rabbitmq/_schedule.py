@@ -35,7 +35,11 @@ from leveret.schemas.errors import BrokerConnectionError, OperationError, Publis
 from leveret.services import config, naming
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import connection_parameters_all, describe
+from leveret.services.rabbitmq._connection import (
+    OPENING_ERRORS,
+    connection_parameters_all,
+    describe,
+)
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
 from leveret.services.scheduling import MAX_STATE_ENTRIES, SchedulerBackend
@@ -101,7 +105,7 @@ class RabbitSchedulerBackend(SchedulerBackend):
             )
             channel = self._connection.channel()
             channel.confirm_delivery()
-        except pika.exceptions.AMQPError as exc:
+        except OPENING_ERRORS as exc:
             self._drop()
             raise BrokerConnectionError(
                 f"scheduler cannot reach {redact(self.url)}: {describe(exc)}"

@@ -11,6 +11,7 @@ import pika.exceptions
 
 from leveret.schemas.errors import BrokerConnectionError
 from leveret.services import config
+from leveret.services.rabbitmq._connection import OPENING_ERRORS, innermost
 from leveret.services.redaction import redact as redact_url
 
 
@@ -80,28 +81,14 @@ def _ping_one(url: str, timeout_s: float) -> float:
     started = time.monotonic()
     try:
         connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as exc:
-        raise _NodeFailed(url, "cannot connect to", _one_line(_root_cause(exc), url)) from exc
+    except OPENING_ERRORS as exc:  # pika wraps the real reason (refused, timeout, login)
+        raise _NodeFailed(url, "cannot connect to", _one_line(innermost(exc), url)) from exc
     except OSError as exc:  # e.g. the host name does not resolve
         raise _NodeFailed(url, "cannot connect to", _one_line(exc, url)) from exc
     elapsed = time.monotonic() - started
     with contextlib.suppress(pika.exceptions.AMQPError, OSError):
         connection.close()
     return elapsed
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    # pika wraps the real reason (refused, timeout, ACCESS_REFUSED) in workflow errors.
-    for _ in range(10):
-        inner = getattr(error, "exceptions", None) or [
-            arg
-            for arg in (getattr(error, "exception", None), *error.args)
-            if isinstance(arg, BaseException)
-        ]
-        if not inner:
-            break
-        error = inner[-1]
-    return error
 
 
 def _one_line(error: BaseException, url: str) -> str:

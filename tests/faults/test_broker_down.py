@@ -205,3 +205,34 @@ def test_every_error_is_leverets_own(rabbit_url: str, fresh: Callable[[str], Rab
         _wait_s, error = _timed(call)
         assert isinstance(error, LeveretError), repr(error)
         assert isinstance(error, PublishError), repr(error)
+
+
+def test_blocking_connections_fail_clearly_and_in_time_on_a_broker_dropping_packets(
+    rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
+) -> None:
+    """What opens a blocking connection of its own (the scheduler, `leveret status` and
+    `dlq`, `leveret ping`) meets a broker that accepts connections and never answers: each
+    fails with BrokerConnectionError within the connect timeout, never with pika's own
+    handshake timeout escaping."""
+    from leveret.schemas.errors import BrokerConnectionError
+    from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
+    from leveret.services.rabbitmq.ping import ping_broker
+
+    proxy.blackhole()
+    url = proxy.url(rabbit_url)
+    broker = RabbitBroker(url, namespace=rabbit_broker.namespace)
+    backend = RabbitSchedulerBackend(url, rabbit_broker.namespace, broker.transport)
+    calls: dict[str, Callable[[], object]] = {
+        "scheduler": backend.acquire,
+        "admin": lambda: broker.message_count("nothing"),
+        "ping": lambda: ping_broker(url, timeout_s=5),
+    }
+    try:
+        for name, call in calls.items():
+            took_s, error = _timed(call)
+            assert isinstance(error, BrokerConnectionError), (name, repr(error))
+            assert "guest:guest" not in str(error), str(error)
+            assert took_s < 8, (name, took_s)
+    finally:
+        backend.close()
+        broker.close()
