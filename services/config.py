@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -21,6 +22,17 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 """How long one connection attempt to one node may take (TCP connect, TLS and the AMQP
 handshake), unless the URL says otherwise (``socket_timeout``, ``stack_timeout``); for a
 publisher, also how long a publish waits for a broker that cannot be reached."""
+
+
+def positive_seconds(value: object) -> bool:
+    """Whether `value` is a number of seconds a wait can take: positive and finite (a bool
+    is not a number here)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def broker_url(explicit: str | Sequence[str] | None = None) -> str:

@@ -12,7 +12,6 @@ Options that only make sense for one transport are typed per transport (`RabbitO
 from __future__ import annotations
 
 import asyncio
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import ConfigurationError, PublishError
-from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
+from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S, positive_seconds
 from leveret.services.delays import DelayQueues
 
 if TYPE_CHECKING:
@@ -90,12 +89,7 @@ class RabbitOptions:
     def __post_init__(self) -> None:
         for name in ("confirm_timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if not positive_seconds(value):
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, not {value!r}"
                 )

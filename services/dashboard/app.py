@@ -13,7 +13,7 @@ page says so in a banner (the URL tried, the error) and shows what is known.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -445,45 +445,50 @@ class Pages:
         ids = {one for one in form.get("id", []) if one}
         if not everything and not ids:
             return self._back(request, queue, "nothing selected: nothing replayed")
-        try:
-            count = await dashboard.call(
-                lambda: dashboard.broker.replay_dead_letters(
-                    queue, message_ids=None if everything else ids
-                )
-            )
-        except (ConfigurationError, NotFound) as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except TopologyError as exc:
-            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
-        except (BrokerError, Busy) as exc:
-            return self._broker_failed(
-                request,
-                exc,
-                f"The replay of dead letters of {queue!r} did not run, or did not finish. "
-                "Each letter is replayed in the same transaction that takes it off the "
-                "dead-letter queue, so none was lost or doubled: run it again once the "
-                "broker answers.",
-            )
-        return self._back(request, queue, f"replayed {count} dead letter(s)")
+        done = await self._act(
+            request,
+            queue,
+            lambda: dashboard.broker.replay_dead_letters(
+                queue, message_ids=None if everything else ids
+            ),
+            f"The replay of dead letters of {queue!r} did not run, or did not finish. Each "
+            "letter is replayed and taken off the dead-letter queue in a transaction of its "
+            "own: only the one in flight when the broker went may have been sent and still be "
+            "there. Run it again once the broker answers.",
+        )
+        if isinstance(done, Response):
+            return done
+        return self._back(request, queue, f"replayed {done} dead letter(s)")
 
     async def purge(self, request: Request) -> Response:
         dashboard = self.dashboard
         queue = request.path_params["queue"]
         await self._form(request)
+        done = await self._act(
+            request,
+            queue,
+            lambda: dashboard.broker.purge_dead_letters(queue),
+            f"The purge of the dead letters of {queue!r} did not run (or its answer was "
+            "lost): open the dead letters once the broker answers to see what is left.",
+        )
+        if isinstance(done, Response):
+            return done
+        return self._back(request, queue, f"purged {done} dead letter(s)")
+
+    async def _act(
+        self, request: Request, queue: str, action: Callable[[], int], failed: str
+    ) -> int | Response:
+        """Run an action on `queue`'s dead letters (one broker operation at a time): how
+        many letters it took, or the page that says why it did not run (`failed` when the
+        broker failed, busy while another operation holds the queue)."""
         try:
-            count = await dashboard.call(lambda: dashboard.broker.purge_dead_letters(queue))
+            return await self.dashboard.call(action)
         except (ConfigurationError, NotFound) as exc:
             raise HTTPException(404, str(exc)) from exc
-        except TopologyError as exc:
+        except TopologyError as exc:  # another dead-letter operation holds the queue
             return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
         except (BrokerError, Busy) as exc:
-            return self._broker_failed(
-                request,
-                exc,
-                f"The purge of the dead letters of {queue!r} did not run (or its answer was "
-                "lost): open the dead letters once the broker answers to see what is left.",
-            )
-        return self._back(request, queue, f"purged {count} dead letter(s)")
+            return self._broker_failed(request, exc, failed)
 
     def _back(self, request: Request, queue: str, done: str) -> Response:
         target = request.url_for("dead_letters", queue=queue).path

@@ -23,7 +23,6 @@ many people look. And no page waits for the broker longer than `Dashboard.broker
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from leveret.actors import Actor
 from leveret.actors.schedules import Schedule
 from leveret.schemas.errors import BrokerConnectionError, BrokerError, InvalidArgument
+from leveret.services import config
 from leveret.services.broker import Broker
 from leveret.services.logs import get_logger
 from leveret.services.operations.status import Snapshot, StatusReader, Warning
@@ -198,12 +198,7 @@ class Dashboard:
 
     def __post_init__(self) -> None:
         wait_s = self.broker_wait_s
-        if (
-            isinstance(wait_s, bool)
-            or not isinstance(wait_s, int | float)
-            or not math.isfinite(wait_s)
-            or wait_s <= 0
-        ):
+        if not config.positive_seconds(wait_s):
             raise InvalidArgument(
                 f"broker_wait_s must be a positive number of seconds, not {wait_s!r}"
             )

@@ -178,7 +178,7 @@ def read(raw: object) -> LeveretSettings:
         "CONSUMER_TIMEOUT_S",
     ):
         number = values[key]
-        if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+        if not config.positive_seconds(number):
             problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
             values[key] = DEFAULTS[key]
     attempts = values["OUTBOX_MAX_ATTEMPTS"]

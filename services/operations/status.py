@@ -279,18 +279,7 @@ class StatusReader:
                 dlq for dlq in dlqs if dlq in again and again[dlq].ready > figures[dlq].ready
             }
             figures.update(again)
-        rows = []
-        for queue in queue_names:
-            dlq = figures.get(self._dlq(queue))
-            rows.append(
-                QueueRow(
-                    actor=queue,
-                    name=self._full(queue),
-                    figures=figures.get(self._full(queue)),
-                    dead_letters=dlq.ready if dlq is not None else None,
-                    dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
-                )
-            )
+        rows = self._rows(queue_names, figures)
         left_out = looked.left_out
         snapshot = Snapshot(
             namespace=namespace,
@@ -339,18 +328,7 @@ class StatusReader:
             raise ManagementUnavailable(note or "no management API for this broker")
         namespace = self.broker.namespace
         listed = {short for full in figures if (short := actor_queue(namespace, full))}
-        rows = []
-        for queue in sorted({*self.actors, *listed}):
-            dlq = figures.get(self._dlq(queue))
-            rows.append(
-                QueueRow(
-                    actor=queue,
-                    name=self._full(queue),
-                    figures=figures.get(self._full(queue)),
-                    dead_letters=dlq.ready if dlq is not None else None,
-                    dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
-                )
-            )
+        rows = self._rows(sorted({*self.actors, *listed}), figures)
         snapshot = Snapshot(
             namespace=self.broker.namespace,
             taken_at=time.time(),
@@ -384,6 +362,22 @@ class StatusReader:
             return "amqp", f"management API not used: {shown(str(exc))}", {}, False
         note = f"management API at {self._management.safe_url}"
         return "management", note, figures, complete
+
+    def _rows(self, queues: Iterable[str], figures: dict[str, QueueFigures]) -> list[QueueRow]:
+        """A row of each actor queue (without namespace): its figures and its ``.dlq``'s."""
+        rows = []
+        for queue in queues:
+            dlq = figures.get(self._dlq(queue))
+            rows.append(
+                QueueRow(
+                    actor=queue,
+                    name=self._full(queue),
+                    figures=figures.get(self._full(queue)),
+                    dead_letters=dlq.ready if dlq is not None else None,
+                    dead_letters_per_s=dlq.incoming_per_s if dlq is not None else None,
+                )
+            )
+        return rows
 
     def _full(self, queue: str) -> str:
         return naming.queue_name(self.broker.namespace, queue)

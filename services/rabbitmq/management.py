@@ -78,37 +78,17 @@ class ManagementAPI:
     def queue_listing(self, prefix: str) -> tuple[dict[str, QueueFigures], bool]:
         """Figures of the vhost's queues whose name starts with `prefix` (in pages of
         `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them."""
-        figures: dict[str, QueueFigures] = {}
-        complete = False
-        for page in range(1, MAX_PAGES + 1):
-            query = urlencode(
-                {
-                    "page": page,
-                    "page_size": PAGE_SIZE,
-                    "name": "^" + re.escape(prefix),
-                    "use_regex": "true",
-                    "pagination": "true",
-                }
-            )
-            answer = self._get(f"/api/queues/{quote(self.vhost, safe='')}?{query}")
-            if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
-                raise ManagementUnavailable("unexpected answer to /api/queues")
-            for item in answer["items"]:
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    figures[item["name"]] = _figures(item)
-            if page >= _int(answer.get("page_count")):
-                complete = True
-                break
-        return figures, complete
+        records, complete = self._records("queues", prefix)
+        return {record["name"]: _figures(record) for record in records}, complete
 
     def queue_records(self, prefix: str) -> list[dict[str, Any]]:
         """The API's records (``name``, ``messages``, ``consumers``, ``arguments``,
         ``exclusive``…) of the vhost's queues whose name starts with `prefix`."""
-        return self._records("queues", prefix)
+        return self._records("queues", prefix)[0]
 
     def exchange_names(self, prefix: str) -> list[str]:
         """The names of the vhost's exchanges that start with `prefix`."""
-        return [record["name"] for record in self._records("exchanges", prefix)]
+        return [record["name"] for record in self._records("exchanges", prefix)[0]]
 
     def bindings_from(self, exchange: str) -> list[dict[str, Any]]:
         """The bindings whose source is `exchange` (``destination``, ``destination_type``,
@@ -124,9 +104,9 @@ class ManagementAPI:
             raise ManagementUnavailable("unexpected answer to /api/exchanges/…/bindings")
         return [item for item in answer if isinstance(item, dict)]
 
-    def _records(self, kind: str, prefix: str) -> list[dict[str, Any]]:
+    def _records(self, kind: str, prefix: str) -> tuple[list[dict[str, Any]], bool]:
         """Every record of `kind` (``queues``, ``exchanges``) of the vhost whose name starts
-        with `prefix`, page after page (at most `MAX_PAGES`)."""
+        with `prefix`, page after page (at most `MAX_PAGES`), and whether that is all."""
         records: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
             query = urlencode(
@@ -149,8 +129,8 @@ class ManagementAPI:
                 and item["name"].startswith(prefix)  # the API's regex, checked again
             ]
             if page >= _int(answer.get("page_count")):
-                break
-        return records
+                return records, True
+        return records, False
 
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(  # noqa: S310  # http(s) only, checked above
