@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -132,6 +133,20 @@ class LoggedProcess:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines of the process whose event is `name`, in order."""
+        found = []
+        for line in self.log().splitlines():
+            if f'"{name}"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                found.append(event)
+        return found
 
     def wait_consuming(self, timeout_s: float = 20.0) -> None:
         """Wait for a worker's ``worker_consuming`` log line; fail if it exits first."""
@@ -265,3 +280,44 @@ def declare_as_leveret_0_1(url: str, namespace: str, actor: type[Actor], **chang
     finally:
         connection.close()
     return queue
+
+
+@contextlib.contextmanager
+def queue_policy(name: str, queue: str, definition: str) -> Iterator[None]:
+    """A RabbitMQ policy `name` applying `definition` (JSON) to the queue `queue` alone (at
+    priority 10), cleared on exit."""
+    subprocess.run(
+        [
+            *RABBITMQCTL,
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "--priority",
+            "10",
+            name,
+            f"^{queue.replace('.', '[.]')}$",
+            definition,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run([*RABBITMQCTL, "clear_policy", name], capture_output=True, timeout=60)
+
+
+def dlq_lock_held(broker: Broker, queue: str) -> bool:
+    """Whether a dead-letter operation (list, show, replay, purge) holds the lock of the
+    `.dlq` of `queue` (an actor's queue name) now."""
+    lock = naming.dlq_lock(broker.namespace, queue)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        connection.channel().queue_declare(lock, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_code == 405  # RESOURCE_LOCKED: exclusive to another connection
+    finally:
+        if connection.is_open:
+            connection.close()
+    return True

@@ -26,7 +26,7 @@ from leveret.services.rabbitmq._dlq_pass import dlq_lock
 from tests import raw_amqp
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs
-from tests.support import RABBITMQCTL, ROOT, running, take_all, wait_until
+from tests.support import ROOT, dlq_lock_held, queue_policy, running, take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -66,27 +66,8 @@ def dead(rabbit_broker: RabbitBroker) -> list[str]:
 def delivery_limit_2(rabbit_broker: RabbitBroker) -> Iterator[None]:
     """A policy `delivery-limit: 2` on Jobs' .dlq, as RabbitMQ 4 applies 20 by default."""
     dlq = naming.dlq_name(rabbit_broker.namespace, Jobs.queue)
-    name = f"{rabbit_broker.namespace}-dlq-limit"
-    subprocess.run(
-        [
-            *RABBITMQCTL,
-            "set_policy",
-            "--apply-to",
-            "queues",
-            "--priority",
-            "10",
-            name,
-            f"^{dlq.replace('.', '[.]')}$",
-            '{"delivery-limit": 2}',
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    try:
+    with queue_policy(f"{rabbit_broker.namespace}-dlq-limit", dlq, '{"delivery-limit": 2}'):
         yield
-    finally:
-        subprocess.run([*RABBITMQCTL, "clear_policy", name], capture_output=True, timeout=60)
 
 
 def test_browsing_ten_times_under_a_delivery_limit_changes_nothing(
@@ -173,17 +154,7 @@ def _fill_dlq(broker: RabbitBroker, count: int, prefix: str = "letter") -> list[
 
 
 def _lock_held(broker: RabbitBroker) -> bool:
-    """Whether a dead-letter operation holds the lock of Jobs' .dlq now."""
-    lock = naming.dlq_lock(broker.namespace, Jobs.queue)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    try:
-        connection.channel().queue_declare(lock, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        return exc.reply_code == 405  # RESOURCE_LOCKED: exclusive to another connection
-    finally:
-        if connection.is_open:
-            connection.close()
-    return True
+    return dlq_lock_held(broker, Jobs.queue)
 
 
 def _cli(broker: RabbitBroker, *args: str) -> list[str]:

@@ -5,12 +5,8 @@ second never both lead; a broker restart under a running one loses no tick."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import signal
-import socket
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -54,22 +50,9 @@ def start_scheduler(rabbit_broker: RabbitBroker, namespace: str, tmp_path: Path)
         process.stop()
 
 
-def events(process: LoggedProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in process.log().splitlines():
-        if f'"{name}"' in line:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == name:
-                found.append(event)
-    return found
-
-
 def leader(processes: list[LoggedProcess]) -> LoggedProcess:
-    wait_until(lambda: any(events(p, "scheduler_leading") for p in processes), 30, "a leader")
-    (leading,) = [p for p in processes if events(p, "scheduler_leading")]
+    wait_until(lambda: any(p.events("scheduler_leading") for p in processes), 30, "a leader")
+    (leading,) = [p for p in processes if p.events("scheduler_leading")]
     return leading
 
 
@@ -101,10 +84,10 @@ def test_the_leader_killed_another_takes_over_and_no_second_is_missed(
     killed_at = time.time()
     first_leader.wait(10)
     others = [p for p in processes if p is not first_leader]
-    wait_until(lambda: any(events(p, "scheduler_leading") for p in others), 30, "a new leader")
-    (new_leader,) = [p for p in others if events(p, "scheduler_leading")]
+    wait_until(lambda: any(p.events("scheduler_leading") for p in others), 30, "a new leader")
+    (new_leader,) = [p for p in others if p.events("scheduler_leading")]
     took_over = datetime.fromisoformat(
-        events(new_leader, "scheduler_leading")[0]["timestamp"].replace("Z", "+00:00")
+        new_leader.events("scheduler_leading")[0]["timestamp"].replace("Z", "+00:00")
     ).timestamp()
     takeover_s = took_over - killed_at
     print(f"\ntakeover after SIGKILL of the leader: {takeover_s:.2f} s")
@@ -126,32 +109,6 @@ def test_the_leader_killed_another_takes_over_and_no_second_is_missed(
     assert takeover_s < 5, "the next leader takes over within a few seconds"
 
 
-class SilentProxy(TcpProxy):
-    """A proxy whose connections can go silent: what a lost network looks like to both
-    ends (no FIN, no RST; bytes sent are never answered), unlike `cut`."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.silent = threading.Event()
-        super().__init__(target)
-
-    def _pump(
-        self,
-        pair: tuple[socket.socket, socket.socket],
-        source: socket.socket,
-        sink: socket.socket,
-    ) -> None:
-        try:
-            while data := source.recv(65536):
-                if not self.silent.is_set():
-                    sink.sendall(data)
-        except OSError:
-            pass  # the other direction closed it
-        finally:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-
 def timestamp(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
@@ -163,20 +120,20 @@ def test_a_leader_whose_network_goes_silent_is_replaced_within_the_documented_bo
     lock two to three heartbeat intervals (5 s) after its last bytes, and a follower takes
     over at its next attempt: within 16 s (docs/scheduling.md), with the default
     --lock-poll. The old leader notices by its own heartbeat check and stops leading."""
-    proxy = SilentProxy(RABBIT_ADDRESS)
+    proxy = TcpProxy(RABBIT_ADDRESS)
     try:
         first = start_scheduler(proxy.url(rabbit_broker.url), lock_poll="1")
         leader([first])
         follower = start_scheduler(lock_poll="1")
-        wait_until(lambda: events(follower, "scheduler_started"), 30, "the follower")
+        wait_until(lambda: follower.events("scheduler_started"), 30, "the follower")
         time.sleep(2)  # it tried the lock at least once
-        assert not events(follower, "scheduler_leading")
-        proxy.silent.set()
+        assert not follower.events("scheduler_leading")
+        proxy.blackhole()
         silenced_at = time.time()
-        wait_until(lambda: events(follower, "scheduler_leading"), 40, "the follower to lead")
-        takeover_s = timestamp(events(follower, "scheduler_leading")[0]) - silenced_at
-        wait_until(lambda: events(first, "scheduler_lost_lead"), 30, "the old leader to notice")
-        noticed_s = timestamp(events(first, "scheduler_lost_lead")[0]) - silenced_at
+        wait_until(lambda: follower.events("scheduler_leading"), 40, "the follower to lead")
+        takeover_s = timestamp(follower.events("scheduler_leading")[0]) - silenced_at
+        wait_until(lambda: first.events("scheduler_lost_lead"), 30, "the old leader to notice")
+        noticed_s = timestamp(first.events("scheduler_lost_lead")[0]) - silenced_at
         print(
             f"\nnetwork lost: old leader stopped after {noticed_s:.1f} s, "
             f"the follower led after {takeover_s:.1f} s"
@@ -194,7 +151,7 @@ def test_two_schedulers_started_in_the_same_second_never_both_lead(
     processes = [start_scheduler(), start_scheduler()]
     leader(processes)
     time.sleep(6)
-    assert sum(len(events(p, "scheduler_leading")) for p in processes) == 1
+    assert sum(len(p.events("scheduler_leading")) for p in processes) == 1
     for process in processes:
         process.signal(signal.SIGTERM)
         assert process.wait(20) == 0, process.log()
@@ -211,7 +168,7 @@ def test_a_broker_restart_under_a_running_scheduler_loses_no_tick(
     began = datetime.now(UTC)
     time.sleep(3)
     restart_broker()
-    wait_until(lambda: len(events(process, "scheduler_leading")) >= 2, 60, "leading again")
+    wait_until(lambda: len(process.events("scheduler_leading")) >= 2, 60, "leading again")
     time.sleep(3)
     ended = datetime.now(UTC)
     process.signal(signal.SIGTERM)
@@ -224,4 +181,4 @@ def test_a_broker_restart_under_a_running_scheduler_loses_no_tick(
     missing = [at for at in expected if at not in count]
     assert not missing, f"seconds never sent across the restart: {missing}"
     assert all(len(message_ids) == 1 for message_ids in ids.values())
-    assert events(process, "schedule_tick")[-1]["lateness_s"] < 2  # caught up, on time again
+    assert process.events("schedule_tick")[-1]["lateness_s"] < 2  # caught up, on time again

@@ -4,13 +4,11 @@ crashes, its entries tick on time, and what it stores again is bounded and valid
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -152,19 +150,6 @@ def test_whatever_a_client_appends_to_the_stream_the_leader_ticks_on_time(
 # `leveret scheduler` and `leveret worker --scheduler` in subprocesses ---------------------
 
 
-def events(process: LoggedProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in process.log().splitlines():
-        if f'"{name}"' in line:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == name:
-                found.append(event)
-    return found
-
-
 @pytest.fixture
 def poisoned(rabbit_broker: RabbitBroker) -> Callable[[bytes], None]:
     """A namespace whose scheduler ran (its stream holds a state), then `body` appended."""
@@ -214,17 +199,15 @@ def test_a_poisoned_stream_does_not_stop_the_leader_and_its_entries_tick_on_time
     )
     try:
         wait_until(
-            lambda: (
-                len(events(process, "schedule_tick")) >= 3 or process.process.poll() is not None
-            ),
+            lambda: len(process.events("schedule_tick")) >= 3 or process.process.poll() is not None,
             30,
             "three ticks from the new leader",
         )
         assert process.process.poll() is None, process.log()
-        assert events(process, "scheduler_leading")
+        assert process.events("scheduler_leading")
         noticed = ("scheduler_state_entries_skipped", "scheduler_state_unreadable")
-        assert any(events(process, event) for event in noticed), process.log()
-        assert events(process, "schedule_tick")[-1]["lateness_s"] < 2
+        assert any(process.events(event) for event in noticed), process.log()
+        assert process.events("schedule_tick")[-1]["lateness_s"] < 2
         process.signal(signal.SIGTERM)
         assert process.wait(30) == 0, process.log()
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -26,28 +24,13 @@ pytestmark = [pytest.mark.fault]
 Supervise = Callable[..., WorkerProcess]
 
 
-def log_events(process: WorkerProcess, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines of `process` (supervisor and children) whose event is `event`."""
-    found = []
-    for line in process.log().splitlines():
-        if f'"{event}"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
 def live_children(process: WorkerProcess) -> set[int]:
     """Pids of the children the supervisor started and has not seen exit."""
-    started = {record["pid"] for record in log_events(process, "worker_child_started")}
+    started = {record["pid"] for record in process.events("worker_child_started")}
     gone = {
         record["pid"]
         for name in ("worker_child_died", "worker_child_exited", "worker_reload_failed")
-        for record in log_events(process, name)
+        for record in process.events(name)
     }
     return started - gone
 
@@ -56,8 +39,7 @@ def wait_ready(process: WorkerProcess, count: int, timeout_s: float = 30.0) -> N
     """Wait until `count` children reported that they consume."""
     wait_until(
         lambda: (
-            len(log_events(process, "worker_child_ready")) >= count
-            or process.process.poll() is not None
+            len(process.events("worker_child_ready")) >= count or process.process.poll() is not None
         ),
         timeout_s,
         f"{count} children to consume",
@@ -93,7 +75,7 @@ def supervise(rabbit_broker: RabbitBroker, namespace: str, record: str) -> Itera
 
     yield start
     for process in started:
-        children = {record["pid"] for record in log_events(process, "worker_child_started")}
+        children = {record["pid"] for record in process.events("worker_child_started")}
         process.signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(30)
@@ -123,7 +105,7 @@ def test_a_sigkilled_child_is_replaced_and_its_message_redelivered(
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: done_numbers(record) == set(sent), 30, "every job to be done")
 
-    died = log_events(supervisor, "worker_child_died")
+    died = supervisor.events("worker_child_died")
     assert [(d["pid"], d["signal"]) for d in died] == [(victim, "SIGKILL")], died
     assert len(live_children(supervisor)) == 2, "the killed child was replaced"
     starts = events(record, "start", 1)
@@ -143,19 +125,19 @@ def test_every_line_says_which_process_wrote_it(
     process that wrote it (``process``), and a child's its slot (``slot``)."""
     supervisor = supervise(2, "--threads", "2")
     wait_ready(supervisor, 2)
-    children = {r["pid"]: r["slot"] for r in log_events(supervisor, "worker_child_started")}
+    children = {r["pid"]: r["slot"] for r in supervisor.events("worker_child_started")}
     # A child's lines are buffered (written every 0.2 s): its ready signal may come first.
-    wait_until(lambda: len(log_events(supervisor, "worker_consuming")) == 2, 10, "2 lines")
-    consuming = log_events(supervisor, "worker_consuming")
+    wait_until(lambda: len(supervisor.events("worker_consuming")) == 2, 10, "2 lines")
+    consuming = supervisor.events("worker_consuming")
     assert {(r["process"], r["slot"]) for r in consuming} == set(children.items()), consuming
     for n in range(4):
         rabbit_broker.send(Jobs, Job(n=n))
     wait_until(lambda: done_numbers(record) == set(range(4)), 15, "every job to be done")
-    wait_until(lambda: len(log_events(supervisor, "message_handled")) >= 4, 10, "4 lines")
-    handled = log_events(supervisor, "message_handled")
+    wait_until(lambda: len(supervisor.events("message_handled")) >= 4, 10, "4 lines")
+    handled = supervisor.events("message_handled")
     assert {r["process"] for r in handled} <= set(children), handled
     assert all(children[r["process"]] == r["slot"] for r in handled), handled
-    own = log_events(supervisor, "worker_child_started")
+    own = supervisor.events("worker_child_started")
     assert {r["process"] for r in own} == {supervisor.process.pid}, own
     assert all("slot" not in r or r["slot"] in children.values() for r in own)
 
@@ -214,7 +196,7 @@ def test_sighup_rolls_every_child_while_messages_flow_handling_each_exactly_once
     try:
         wait_until(lambda: len(done_numbers(record)) >= 20, 20, "the first jobs to be done")
         supervisor.signal(signal.SIGHUP)
-        wait_until(lambda: log_events(supervisor, "worker_reload_done"), 40, "the roll to complete")
+        wait_until(lambda: supervisor.events("worker_reload_done"), 40, "the roll to complete")
         producer.join(30)
         wait_until(lambda: len(done_numbers(record)) == total, 30, "every job to be done")
     finally:
@@ -222,7 +204,7 @@ def test_sighup_rolls_every_child_while_messages_flow_handling_each_exactly_once
     after = live_children(supervisor)
     assert len(after) == 2, after
     assert not after & before, (before, after)
-    assert not log_events(supervisor, "worker_child_died")
+    assert not supervisor.events("worker_child_died")
     done = sorted(line[1] for line in events(record, "done"))
     starts = sorted(line[1] for line in events(record, "start"))
     assert done == list(range(1, total + 1)), "each job done exactly once"
@@ -266,9 +248,9 @@ def test_a_child_with_a_fatal_topology_error_stops_the_supervisor_with_code_2(
         code = supervisor.wait(30)
         assert code == 2, supervisor.log()
         assert "a restart cannot fix" in supervisor.log()
-        assert log_events(supervisor, "worker_child_failed")
-        assert not log_events(supervisor, "worker_child_died"), "no restart loop"
-        assert len(log_events(supervisor, "worker_child_started")) == 2
+        assert supervisor.events("worker_child_failed")
+        assert not supervisor.events("worker_child_died"), "no restart loop"
+        assert len(supervisor.events("worker_child_started")) == 2
     finally:
         with rabbit_broker.admin() as channel:
             channel.queue_delete(queue)
@@ -288,7 +270,7 @@ def test_health_port_answers_for_all_children(
     victim = next(iter(live_children(supervisor)))
     os.kill(victim, signal.SIGKILL)
     wait_health(port, 503)
-    wait_until(lambda: len(log_events(supervisor, "worker_child_ready")) >= 3, 30, "a new child")
+    wait_until(lambda: len(supervisor.events("worker_child_ready")) >= 3, 30, "a new child")
     wait_health(port, 200)
     rabbit_broker.send(Jobs, Job(n=1))
     wait_until(lambda: done_numbers(record) == {1}, 15, "the job to be done")
@@ -308,8 +290,8 @@ def test_a_child_hung_during_a_sighup_roll_is_killed_after_its_deadline(
     hung = min(before)
     os.kill(hung, signal.SIGSTOP)
     supervisor.signal(signal.SIGHUP)
-    wait_until(lambda: log_events(supervisor, "worker_reload_done"), 60, "the roll to complete")
-    killed = log_events(supervisor, "worker_child_killed")
+    wait_until(lambda: supervisor.events("worker_reload_done"), 60, "the roll to complete")
+    killed = supervisor.events("worker_child_killed")
     assert [record["pid"] for record in killed] == [hung], killed
     after = live_children(supervisor)
     assert len(after) == 2

@@ -10,7 +10,6 @@ happened: acked once, each handled once.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from leveret.actors import NO_RETRY, Actor, Reject, handler
 from leveret.schemas import Message
 from leveret.services import RabbitBroker, naming
 from leveret.services.testing import captured_logs
-from tests.support import RABBITMQCTL, Recorder, running, wait_until
+from tests.support import Recorder, queue_policy, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -58,24 +57,8 @@ def full_dlq(rabbit_broker: RabbitBroker) -> Iterator[str]:
     """Chores' `.dlq` holds one letter and refuses (nacks) every other (a policy)."""
     rabbit_broker.declare(Chores)
     dlq = naming.dlq_name(rabbit_broker.namespace, Chores.queue)
-    name = f"{rabbit_broker.namespace}-full-dlq"
-    subprocess.run(
-        [
-            *RABBITMQCTL,
-            "set_policy",
-            "--apply-to",
-            "queues",
-            "--priority",
-            "10",
-            name,
-            f"^{dlq.replace('.', '[.]')}$",
-            '{"max-length": 1, "overflow": "reject-publish"}',
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    try:
+    policy = '{"max-length": 1, "overflow": "reject-publish"}'
+    with queue_policy(f"{rabbit_broker.namespace}-full-dlq", dlq, policy):
         with rabbit_broker.admin() as channel:
             channel.confirm_delivery()
             for n in range(5):
@@ -88,8 +71,6 @@ def full_dlq(rabbit_broker: RabbitBroker) -> Iterator[str]:
             else:
                 raise AssertionError("the .dlq never refused a letter")
         yield dlq
-    finally:
-        subprocess.run([*RABBITMQCTL, "clear_policy", name], capture_output=True, timeout=60)
 
 
 def test_a_refused_dead_letter_does_not_make_the_other_handlers_run_twice(

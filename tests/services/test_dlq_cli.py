@@ -21,7 +21,7 @@ from leveret.services.rabbitmq._dlq_pass import dlq_lock
 from leveret.services.testing import memory_broker
 from tests import raw_amqp
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, running, take_all, wait_until
+from tests.support import ROOT, dlq_lock_held, running, take_all, wait_until
 
 
 def dlq(
@@ -348,16 +348,7 @@ def test_purge_during_a_running_list_is_refused_and_the_list_keeps_every_letter(
 
 
 def _lock_held(broker: RabbitBroker) -> bool:
-    lock = naming.dlq_lock(broker.namespace, Jobs.queue)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    try:
-        connection.channel().queue_declare(lock, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        return exc.reply_code == 405  # RESOURCE_LOCKED: exclusive to another connection
-    finally:
-        if connection.is_open:
-            connection.close()
-    return True
+    return dlq_lock_held(broker, Jobs.queue)
 
 
 # Where a dead letter was first published (issue 24.22) ---------------------------------
