@@ -286,7 +286,9 @@ class HealthServer:
         if method not in (b"GET", b"HEAD"):
             status, body, kind = 405, b"GET or HEAD\n", "text/plain"
         elif path.split("?", 1)[0] == "/metrics":
-            status, body, kind = self._metrics()
+            # Off the loop: the multiprocess collector reads every child's file, and a
+            # probe must not wait for a scrape.
+            status, body, kind = await asyncio.to_thread(self._metrics)
         else:
             health = self._check()
             status, body, kind = 200 if health.healthy else 503, health.body(), "application/json"
@@ -297,7 +299,10 @@ class HealthServer:
             "Connection: close\r\n\r\n".encode()
             + (body if method == b"GET" else b"")
         )
-        await writer.drain()
+        # Sent whole before the connection ends (an abort would drop what the socket has
+        # not taken yet: the tail of a large /metrics); the deadline still bounds it.
+        writer.close()
+        await writer.wait_closed()
 
     def _check(self) -> Health:
         try:

@@ -286,3 +286,34 @@ def test_slowloris_clients_never_keep_a_probe_from_its_answer(memory_broker: Mem
             thread.join(5)
         worker.shutdown(5)
         server.close()
+
+
+def test_a_large_metrics_answer_arrives_whole(memory_broker: MemoryBroker) -> None:
+    """A /metrics body of 1 MiB (a multiprocess exposition with many series) reaches a
+    scraper that reads slowly whole, as its Content-Length says."""
+    import socket
+    import time
+
+    memory_broker.declare(Jobs)
+    worker = memory_broker.worker([Jobs], threads=1)
+    worker.start()
+    body = b"".join(b'leveret_series{n="%d"} 1\n' % n for n in range(50_000))
+    assert len(body) > 1024 * 1024
+    server = HealthServer(WorkerProbe(worker, ["q"]), port=0, metrics=lambda: body)
+    server.start()
+    try:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(10)
+            client.connect(("127.0.0.1", server.port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while chunk := client.recv(16384):
+                received += chunk
+                time.sleep(0.001)  # a slow scraper: the socket cannot take it all at once
+        head, _, got = received.partition(b"\r\n\r\n")
+        assert f"Content-Length: {len(body)}".encode() in head
+        assert got == body, (len(got), len(body))
+    finally:
+        worker.shutdown(5)
+        server.close()
