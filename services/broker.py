@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -132,21 +133,32 @@ class Broker:
 
     # Topology ---------------------------------------------------------------------------
 
-    def declare(self, *actors: ActorRef) -> None:
+    def declare(self, *actors: ActorRef, timeout: float | None = None) -> None:
         """Declare the exchanges, queues and bindings of these actors (idempotent).
+
+        Args:
+            actors: The actors.
+            timeout: Seconds to wait for the broker (30 s by default).
 
         Raises:
             DefinitionError: Two of the actors share a queue.
             ConfigurationError: A queue's names in this namespace are too long for AMQP.
             TopologyError: The broker refused a declaration (e.g. a queue exists with other
-                arguments).
+                arguments), or did not answer in time.
+            BrokerConnectionError: The broker cannot be reached (within its connect timeout).
+            InvalidArgument: An invalid timeout.
         """
+        timeout_s = check_timeout(timeout)
         classes = self._named(unique_queues(actors))
-        self.transport.declare(classes)
+        self.transport.declare(classes, timeout_s=timeout_s)
         self._declared.update(classes)
 
-    def declare_on_first_use(self, actor: ActorRef) -> None:
+    def declare_on_first_use(self, actor: ActorRef, *, timeout: float | None = None) -> None:
         """Declare `actor` unless this broker did already (with `auto_declare` only).
+
+        Args:
+            actor: The actor.
+            timeout: As for `declare` (the caller's publish timeout, for a `send`).
 
         Raises:
             TopologyError: The broker refused a declaration.
@@ -154,7 +166,7 @@ class Broker:
         """
         if self.auto_declare and as_actor_class(actor) not in self._declared:
             try:
-                self.declare(actor)
+                self.declare(actor, timeout=timeout)
             except BrokerConnectionError as exc:
                 raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
 
@@ -322,7 +334,7 @@ class Broker:
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
         timeout_s = check_timeout(timeout)
-        self.declare_on_first_use(cls)
+        self.declare_on_first_use(cls, timeout=timeout_s)
         route = Route(message.topic(), queue=cls.queue)
         with self._one(message, route, correlation_id, delay_s, "send") as item:
             self.transport.deliver([item], timeout_s=timeout_s)
@@ -371,7 +383,9 @@ class Broker:
         check_correlation_id(correlation_id)
         timeout_s = check_timeout(timeout)
         if self.auto_declare and cls not in self._declared:
-            await asyncio.to_thread(self.declare_on_first_use, cls)
+            await asyncio.to_thread(
+                functools.partial(self.declare_on_first_use, cls, timeout=timeout_s)
+            )
         route = Route(message.topic(), queue=cls.queue)
         with self._one(message, route, correlation_id, delay_s, "send") as item:
             await self.transport.deliver_async([item], timeout_s=timeout_s)

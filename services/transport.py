@@ -170,11 +170,16 @@ class Transport(ABC):
     publish_observer: PublishObserver | None = None
 
     @abstractmethod
-    def declare(self, actors: Sequence[type[Actor]]) -> None:
+    def declare(self, actors: Sequence[type[Actor]], *, timeout_s: float | None = None) -> None:
         """Declare the exchanges, queues and bindings of `actors` (idempotent).
 
+        Args:
+            actors: The actors.
+            timeout_s: How long to wait for the broker, if not the transport's own bound.
+
         Raises:
-            TopologyError: The broker refused a declaration.
+            TopologyError: The broker refused a declaration, or did not answer in time.
+            BrokerConnectionError: The broker cannot be reached.
         """
 
     @abstractmethod

@@ -85,7 +85,7 @@ class MemoryTransport(Transport):
 
     # Topology ---------------------------------------------------------------------------
 
-    def declare(self, actors: Sequence[type[Actor]]) -> None:
+    def declare(self, actors: Sequence[type[Actor]], *, timeout_s: float | None = None) -> None:
         with self.changed:
             for actor in actors:
                 name = naming.queue_name(self.namespace, actor.queue)

@@ -32,7 +32,7 @@ from leveret.services import delays, naming, topology
 from leveret.services.delays import DelayQueues
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import IOThread, describe
+from leveret.services.rabbitmq._connection import DEFAULT_CONNECT_TIMEOUT_S, IOThread, describe
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
@@ -56,6 +56,8 @@ class RabbitConsumer(IOThread, Consumer):
         prefetch: Deliveries held unacknowledged (the first value, when `adaptive`).
         capacity: Handlers the runtime runs at once (threads and async concurrency).
         adaptive: Adapt the prefetch to the handlers' speed (see `PrefetchController`).
+        delay_queues: The delay levels' queue type.
+        connect_timeout_s: How long one connection attempt may take.
     """
 
     def __init__(
@@ -68,8 +70,9 @@ class RabbitConsumer(IOThread, Consumer):
         capacity: int = 0,
         adaptive: bool = False,
         delay_queues: DelayQueues = "classic",
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
-        IOThread.__init__(self, url, role="worker")
+        IOThread.__init__(self, url, role="worker", connect_timeout_s=connect_timeout_s)
         self.namespace = namespace
         self.delay_queues = delay_queues
         self.prefetch = prefetch
@@ -104,6 +107,7 @@ class RabbitConsumer(IOThread, Consumer):
             refused=self._keep_original,
             unencodable=self._dead_letter_original,
             steps=self._current_steps,
+            current=self.current,
         )
         self._heartbeats_exchange = naming.heartbeats_exchange(namespace)
         self._heartbeat_channel: Channel | None = None
@@ -544,7 +548,10 @@ class RabbitConsumer(IOThread, Consumer):
     def _requeue(self, job: Job) -> None:
         channel = self._open_channel_of(job)
         if channel is not None:
-            channel.basic_nack(job.tag, requeue=True)
+            # A reject, which counts towards the queue's delivery limit (a nack does not on
+            # RabbitMQ 4.3+): a message whose copy is refused for good ends dead-lettered
+            # by the broker instead of going round for ever.
+            channel.basic_reject(job.tag, requeue=True)
             self._outstanding -= 1
             self._check_settled()
 

@@ -155,7 +155,8 @@ def declarer(
                 retry((todo, future))
 
         def on_done() -> None:
-            future.set_result(None)
+            if not future.done():  # declared again meanwhile (see Publisher.on_disconnected)
+                future.set_result(None)
             channel.close()
 
         channel.add_on_close_callback(on_closed)

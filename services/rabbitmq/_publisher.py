@@ -263,7 +263,8 @@ class Publisher(IOThread):
         self._io_ident: int | None = None  # the I/O thread's id
         self._io_wanted = False  # work for the I/O thread came while it may be parked
         self._parked_until = 0.0  # monotonic: the I/O thread does not take the loop before
-        self._declaring: set[Future[None]] = set()  # declarations on their way
+        # Declarations on their way (on a channel of their own), with what they declare.
+        self._declaring: dict[Future[None], list[Step]] = {}
         self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
         # Declarations asked for and not done, with when (monotonic): see `_check_unreachable`.
         self._declare_since: dict[Future[None], float] = {}
@@ -412,17 +413,21 @@ class Publisher(IOThread):
         if not items:
             return batch
         if not settled:
-            self._abandon(batch)
+            self._abandon(batch)  # first: see `_flush`
             why = self._waiting_reason()
             if batch.last_nack is not None:
                 why = f"{batch.last_nack} ({batch.nacks} nack(s), each sent again); {why}"
             reason = f"no confirm within {wait_s}s: {why}"
-            if raise_errors:
-                raise PublishTimeout(reason, message_id=items[0].message_id)
             late = [index for index, done in enumerate(batch.settled) if not done]
-            batch.timed_out.extend(late)
             for index in late:
-                batch.errors.setdefault(index, reason)
+                if items[index].written:  # the broker may have it
+                    batch.timed_out.append(index)
+                    batch.errors.setdefault(index, reason)
+                else:  # never written, and never will be now
+                    batch.unavailable.append(index)
+                    batch.errors.setdefault(index, f"{reason}; nothing was sent")
+            if raise_errors and late:
+                raise batch_error(batch, late[0], items[late[0]].message_id)
         if batch.errors and raise_errors:
             index = next(iter(batch.errors))
             more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
@@ -446,9 +451,10 @@ class Publisher(IOThread):
         try:
             future.result(timeout_s)
         except TimeoutError as exc:
-            raise TopologyError(
-                f"declaring topology did not finish within {timeout_s}s: {self._waiting_reason()}"
-            ) from exc
+            why = f"declaring topology did not finish within {timeout_s}s: "
+            if not self.connected.is_set():  # no connection: the broker's, not topology's
+                raise BrokerConnectionError(why + self._waiting_reason()) from exc
+            raise TopologyError(why + self._waiting_reason()) from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the connection; callers still waiting for a confirm get `PublishError`."""
@@ -636,28 +642,33 @@ class Publisher(IOThread):
     def unavailable_reason(self, timeout_s: float) -> str | None:
         """Why the broker cannot take a message now, or None when it can.
 
-        Connects first if need be, waiting at most `timeout_s` for the connection. While
-        the connection is lost it answers at once (the last attempt failed, the next one
-        waits for its backoff), as it does when an attempt fails meanwhile; when the broker
-        is known to be unreachable, an attempt is made now (unless one was made within
-        `RECONNECT_NOW_EVERY_S`) and waited for, at most `WAIT_WHILE_DOWN_S`, so that a
-        broker that came back is seen at once.
+        Connects first if need be, waiting at most `timeout_s` for the connection, and no
+        longer than until the broker is known to be unreachable (every node failed since
+        the last connection: a cluster fails over first). When it is known to be
+        unreachable already, an attempt is made now (unless one was made within
+        `RECONNECT_NOW_EVERY_S`: then that one's answer is fresh) and a round over the nodes
+        waited for, at most `WAIT_WHILE_DOWN_S`, so that a broker that came back is seen at
+        once.
         """
         self._ensure_started()
-        failed_before = self.failed_attempts
         known_down = self._known_down()
         if known_down:
             if time.monotonic() - self.attempt_started_at < RECONNECT_NOW_EVERY_S:
                 return self._waiting_reason()  # an attempt just failed: that is fresh
             timeout_s = min(timeout_s, WAIT_WHILE_DOWN_S)
             self.call_soon(self._reconnect_if_down)
+        # Known down: until each node failed once more; else until every node failed.
+        failed_enough = self.failed_attempts + self.nodes if known_down else None
         deadline = time.monotonic() + timeout_s
         with self.state_changed:
-            while not self._ready and self.failed_attempts == failed_before:
-                if not known_down and self.last_error is not None and not self.connected.is_set():
-                    break  # lost, the next attempt waits for its backoff: answer now
+            while not self._ready and self._refused is None:
+                if failed_enough is None:
+                    if self._known_down():
+                        break
+                elif self.failed_attempts >= failed_enough:
+                    break
                 left = deadline - time.monotonic()
-                if left <= 0 or self._refused is not None:
+                if left <= 0:
                     break
                 self.state_changed.wait(left)
         if self._ready and self._blocked is None and self._refused is None:
@@ -749,7 +760,13 @@ class Publisher(IOThread):
         for _ in range(room):
             item = inbox.popleft()
             batch = item.batch
+            # Marked before the caller's `abandoned` is read: a caller that gives up reads it
+            # after setting `abandoned`, so one of the two always sees the other's mark (it
+            # tells BrokerUnavailable, nothing sent, from PublishTimeout; see `_conclude`).
+            was_written = item.written
+            item.written = True
             if batch is not None and batch.abandoned:
+                item.written = was_written
                 dropped += 1  # its caller got PublishError: never send it late
                 continue
             try:
@@ -761,6 +778,7 @@ class Publisher(IOThread):
                     mandatory=True,
                 )
             except _CHANNEL_GONE as exc:
+                item.written = was_written
                 inbox.appendleft(item)
                 log.warning("publish_deferred", error=describe(exc))
                 return
@@ -1024,10 +1042,20 @@ class Publisher(IOThread):
         self._mandatory = {}
         self._next_tag = 1
 
+    def _forget_declaring(self, future: Future[None]) -> None:
+        self._declaring.pop(future, None)
+
     def on_disconnected(self, reason: BaseException) -> None:
         if self._channel is not None:
             self._on_channel_closed(self._channel, reason)
         self._watching = False
+        # A declaration whose channel had not opened yet is told nothing by pika: declared
+        # again on the next connection (one whose channel opened retries by itself; a
+        # future is settled once, see `_declare.declarer`).
+        for future, todo in list(self._declaring.items()):
+            if not future.done() and not any(f is future for _t, f in self._declares):
+                self._declares.append((todo, future))
+        self._declaring.clear()
         self._check_unreachable()
 
     def on_connect_failed(self, error: BaseException) -> None:
@@ -1183,6 +1211,10 @@ class Publisher(IOThread):
         self._fail_everything(f"the publisher's I/O thread failed: {type(error).__name__}: {error}")
         self._channel = None
         self._ready = False
+        # What belonged to the dead loop: its timers are gone with it.
+        self._draining = None
+        self._watching = False
+        self._expiry_timer = None
 
     def _fail_everything(self, reason: str) -> None:
         in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
@@ -1193,10 +1225,11 @@ class Publisher(IOThread):
         for item in pausing:
             self._settle_closed(item, reason)
         self._fail_waiting(reason)
-        for _todo, future in self._declares:
+        for future in [future for _todo, future in self._declares] + list(self._declaring):
             if not future.done():
                 future.set_exception(TopologyError(reason))
         self._declares.clear()
+        self._declaring.clear()
 
     def _run_declares(self) -> None:
         connection = self.connection
@@ -1208,8 +1241,8 @@ class Publisher(IOThread):
             todo, future = self._declares.popleft()
             if future.done():
                 continue  # failed meanwhile (the broker was unreachable): its caller knows
-            self._declaring.add(future)
-            future.add_done_callback(self._declaring.discard)
+            self._declaring[future] = todo
+            future.add_done_callback(self._forget_declaring)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
 
 

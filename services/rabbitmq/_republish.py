@@ -104,6 +104,8 @@ class Republisher:
         unencodable: Called with a job whose copy cannot be written at all.
         steps: The topology to declare again before publishing on a new channel, after the
             broker closed the previous one (a target exchange was missing).
+        current: Whether a job's delivery is still the consumer's (its channel lives): a
+            copy of one that is not is never published (the broker redelivers it).
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class Republisher:
         refused: Callable[[Job, str], None],
         unencodable: Callable[[Job], None],
         steps: Callable[[], list[Step]],
+        current: Callable[[Job], bool],
     ) -> None:
         self._io = io
+        self._is_current = current
         self._stored = stored
         self._refused = refused
         self._unencodable = unencodable
@@ -129,6 +133,15 @@ class Republisher:
 
     def publish(self, copy: Copy) -> None:
         """Publish `copy` now, or as soon as a channel is open."""
+        if not self._is_current(copy.job):
+            # Its delivery's channel is gone (the copy waited for a channel meanwhile): the
+            # broker redelivers the original, so this copy would be a second one.
+            log.info(
+                "republish_dropped",
+                message_id=copy.job.delivery.message_id,
+                reason="its delivery's channel closed meanwhile; the broker redelivers it",
+            )
+            return
         current = self._current
         if current is None or not current.channel.is_open:
             self._queued.append(copy)
@@ -217,12 +230,20 @@ class Republisher:
         connection = self._io.connection
         if connection is None or not connection.is_open:
             return  # the connection went: its deliveries are the broker's again
-        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        refused = isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        if refused:
             # A target that does not exist (an exchange deleted): declare it all again.
             self._redeclare = True
             log.warning("republish_channel_closed", error=describe(reason))
         for job in waiting:
             self._refused(job, f"its channel closed before the confirm ({describe(reason)})")
+        if refused and not target.ready:
+            # Refused while it opened (declaring the topology again): the copies waiting
+            # for it are refused too rather than held, so their originals go back to their
+            # queues (and each new copy tries a new channel).
+            queued, self._queued = self._queued, deque()
+            for copy in queued:
+                self._refused(copy.job, f"no channel could be opened ({describe(reason)})")
         if self._queued:
             self._io.call_later(REOPEN_AFTER_S, self._open)
 

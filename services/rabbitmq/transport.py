@@ -53,14 +53,15 @@ class RabbitTransport(Transport):
             connect_timeout_s=self.options.connect_timeout_s,
         )
 
-    def declare(self, actors: Sequence[type[Actor]]) -> None:
+    def declare(self, actors: Sequence[type[Actor]], *, timeout_s: float | None = None) -> None:
         self.publisher.declare(
             topology.steps(
                 self.namespace,
                 actors,
                 with_delay_levels=not self._levels_declared,
                 delay_queues=self.delay_queues,
-            )
+            ),
+            **({} if timeout_s is None else {"timeout_s": timeout_s}),
         )
         self._levels_declared = True
 
@@ -260,6 +261,7 @@ class RabbitTransport(Transport):
             capacity=capacity,
             adaptive=adaptive,
             delay_queues=self.delay_queues,
+            connect_timeout_s=self.options.connect_timeout_s,
         )
 
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:

@@ -236,3 +236,48 @@ def test_blocking_connections_fail_clearly_and_in_time_on_a_broker_dropping_pack
     finally:
         backend.close()
         broker.close()
+
+
+def test_check_available_fails_over_to_a_node_that_answers(
+    rabbit_broker: RabbitBroker, rabbit_url: str, fresh: Callable[[str], RabbitBroker]
+) -> None:
+    """Two nodes, the first refusing connections: `check_available` (Django's FAIL_FAST)
+    says the broker is there, as a publish would find it, whichever node the connection
+    tries first; with both refusing it says why within the connect timeout."""
+    with TcpProxy() as good:
+        for _ in range(4):  # the first node tried is picked at random
+            broker = fresh(f"{_refused_url(rabbit_url)},{good.url(rabbit_url)}")
+            took_s, error = _timed(functools.partial(broker.check_available, timeout=5))
+            assert error is None, repr(error)
+            assert took_s < 3, took_s
+        down = fresh(f"{_refused_url(rabbit_url)},{_refused_url(rabbit_url)}")
+        took_s, error = _timed(lambda: down.check_available(timeout=5))
+        assert isinstance(error, BrokerUnavailable), repr(error)
+        assert took_s < 3, took_s
+
+
+def test_a_caller_timeout_shorter_than_the_connect_timeout_still_says_nothing_was_sent(
+    rabbit_url: str, fresh: Callable[[str], RabbitBroker]
+) -> None:
+    """`publish(timeout=1)` to a broker that cannot be reached: the caller's own timeout
+    ends the wait, and what it raises says the truth, BrokerUnavailable (never written:
+    publishing it again cannot duplicate it), not PublishTimeout ("may be stored"); a
+    first `send` declares within that timeout too."""
+    broker = fresh(_refused_url(rabbit_url))
+    took_s, error = _timed(lambda: broker.publish(Job(n=1), timeout=1))
+    _assert_unavailable(error, "publish(timeout=1)")
+    assert took_s < 2, took_s
+    took_s, error = _timed(lambda: broker.send(Jobs, Job(n=2), timeout=1))
+    assert isinstance(error, PublishError), repr(error)
+    assert took_s < 2, took_s
+
+
+def test_a_workers_connections_take_the_connect_timeout(rabbit_url: str) -> None:
+    """`RabbitBroker(connect_timeout_s=…)` bounds the worker's connection attempts too."""
+    broker = RabbitBroker(rabbit_url, connect_timeout_s=2.5)
+    try:
+        consumer = broker.transport.consumer([Jobs], prefetch=1, capacity=1)
+        assert consumer.connect_timeout_s == 2.5
+        assert consumer._all_params[0].stack_timeout == 2.5
+    finally:
+        broker.close()
