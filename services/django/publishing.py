@@ -13,9 +13,10 @@
 block of code go through the outbox.
 
 The messages one transaction leaves for after its commit share one deadline: once one of
-them finds the broker unreachable (or gets no confirm in time), the others are not tried
-but logged as lost at once, so a commit with the broker down waits one connect deadline
-(5 s), not one per message.
+them finds the broker unreachable (or gets no confirm in time while the broker is
+unreachable or blocks publishing), the others are not tried but logged as lost at once, so
+a commit with the broker down waits one connect deadline (5 s), not one per message. A
+caller's `timeout` is counted once for them all.
 """
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ class _AfterCommit:
         connection = connections[self.alias]
         if getattr(connection, _AFTER_COMMIT_ATTRIBUTE, None) is self:
             delattr(connection, _AFTER_COMMIT_ATTRIBUTE)
+
+
+def _broker_down(broker: Broker, error: LeveretError) -> bool:
+    """Whether `error` says the broker cannot take messages now (so the transaction's other
+    messages would fail the same way): unreachable, or a confirm that did not come while
+    the broker is unreachable or blocks publishing. A confirm that did not come for one
+    message only (a queue that refuses it, a quorum queue without a leader) is that
+    message's: the others are still tried."""
+    if isinstance(error, BrokerUnavailable | BrokerConnectionError):
+        return True
+    if not isinstance(error, PublishTimeout):
+        return False
+    try:
+        broker.check_available(timeout=WAIT_FOR_BROKER_S)
+    except BrokerUnavailable:
+        return True
+    except LeveretError:  # cannot tell: try the others
+        return False
+    return False
+
+
+WAIT_FOR_BROKER_S = 1.0
+"""After a confirm that did not come at commit, how long to look whether the broker is
+there before the transaction's other messages are tried."""
 
 
 def _after_commit_of(alias: str) -> _AfterCommit:
@@ -291,11 +316,11 @@ class TransactionalDispatcher:
                     message_id=item.envelope.message_id,
                 )
             if actor is not None:
-                broker.declare_on_first_use(actor)
+                broker.declare_on_first_use(actor, timeout=left_s)
             broker.publish_prepared([item], timeout=left_s)
         except LeveretError as exc:
-            if isinstance(exc, PublishTimeout | BrokerUnavailable | BrokerConnectionError):
-                shared.failed = shared.failed or str(exc)  # the broker's, not the message's
+            if shared.failed is None and _broker_down(broker, exc):
+                shared.failed = str(exc)  # the broker's, not this message's alone
             # The transaction has committed: raising would not undo it, and would stop the
             # other on-commit callbacks. Say loudly what was lost; the outbox prevents this.
             log.error(

@@ -144,8 +144,14 @@ class Relay:
                 attempt pushed back, their attempts unused.
             BrokerUnavailable: The broker cannot be reached (nothing was sent): the same.
         """
-        with transaction.atomic(using=self.using):
-            sent, timeout = self._publish(self._lock_batch())
+        try:
+            with transaction.atomic(using=self.using):
+                sent, timeout = self._publish(self._lock_batch())
+        except (PublishTimeout, BrokerUnavailable):
+            # Raised before any row's fate was known (declaring the actors or the delay
+            # levels): rolled back, nothing recorded; the relay backs off as for a timeout.
+            self._failures += 1
+            raise
         if timeout is not None:
             raise timeout  # after the commit, which keeps the rows' new backoff
         return sent
@@ -293,7 +299,6 @@ class Relay:
             except BrokerConnectionError as exc:
                 # The broker cannot be reached: no row can go either. Nothing is recorded
                 # against the rows; the batch is tried again after the relay's backoff.
-                self._failures += 1
                 raise BrokerUnavailable(f"declaring the actors: {exc}") from exc
             except LeveretError as exc:
                 left.append(actor)

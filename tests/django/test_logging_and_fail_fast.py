@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pika
+import pika.exceptions
 import pytest
 from django.db import transaction
 from pytest_django.fixtures import Settings
@@ -19,9 +21,9 @@ from leveret.django import TransactionalDispatcher
 from leveret.django import publish as django_publish
 from leveret.schemas.errors import BrokerUnavailable, PublishError
 from leveret.services import Broker, RabbitBroker
-from tests.django.plugin_actors import Note, Tally
+from tests.django.plugin_actors import Complaint, Grumpy, Note, Tally
 from tests.proxy import TcpProxy
-from tests.support import ROOT, LoggedProcess, wait_until
+from tests.support import ROOT, LoggedProcess, queue_policy, take_all, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -88,6 +90,42 @@ def test_a_transactions_messages_share_one_deadline_at_commit_when_the_broker_is
     assert "unreachable" in lost[0].error  # type: ignore[attr-defined]
     assert all("earlier message" in r.error for r in lost[1:]), [r.error for r in lost]  # type: ignore[attr-defined]
     assert took_s < 7, took_s
+
+
+def test_one_message_without_a_confirm_does_not_stop_the_rest_of_its_transaction(
+    rabbit_url: str, namespace: str, project_handler: Collect
+) -> None:
+    """At commit, a message its queue keeps refusing (full, reject-publish: nacked until
+    its timeout) is logged as lost, and the transaction's next message, to a queue that
+    takes it, is still sent: the broker is there."""
+    broker = RabbitBroker(rabbit_url, namespace=namespace)
+    try:
+        broker.declare(Tally, Grumpy)
+        queue = f"{namespace}.{Tally.queue}"
+        full = '{"max-length": 1, "overflow": "reject-publish"}'
+        with queue_policy(f"{namespace}-full", queue, full):
+            with broker.admin() as channel:  # filled until it refuses
+                channel.confirm_delivery()
+                for _ in range(5):
+                    try:
+                        channel.basic_publish("", queue, b"{}")
+                    except pika.exceptions.NackError:
+                        break
+                else:
+                    raise AssertionError("the queue never refused a message")
+            dispatcher = TransactionalDispatcher(broker)
+            with transaction.atomic():
+                refused = dispatcher.send(Tally, Note(n=1), timeout=2)
+                kept = dispatcher.send(Grumpy, Complaint(text="still sent"))
+        lost = [r for r in project_handler.records if r.msg == "message_lost_after_commit"]
+        assert [r.message_id for r in lost] == [refused]  # type: ignore[attr-defined]
+        assert "nack" in lost[0].error  # type: ignore[attr-defined]
+        stored = take_all(rabbit_url, f"{namespace}.{Grumpy.queue}")
+        assert [props.message_id for props, _body in stored] == [kept]
+    finally:
+        broker.delete(Tally, Grumpy)
+        broker.delete_namespace_exchanges()
+        broker.close()
 
 
 def test_fail_fast_raises_inside_the_transaction_so_it_can_roll_back(
