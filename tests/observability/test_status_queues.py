@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leveret.actors.actor import MAX_QUEUE_BYTES
 from leveret.services.operations.status_queues import (
     MAX_PROBED_QUEUES,
     MAX_QUEUES_PER_HEARTBEAT,
@@ -28,7 +29,7 @@ def test_only_actor_queues_of_the_namespace_are_taken_from_heartbeats() -> None:
         "shop.a b",  # no actor queue can be named so
         "shop.\x1b[2J",
         "shop.a..b",
-        "shop." + "x" * 171,
+        "shop." + "x" * (MAX_QUEUE_BYTES + 1),  # longer than an actor's queue can be
     ]:
         assert actor_queue("shop", name) is None, name
 
