@@ -20,7 +20,7 @@ import pika
 
 from leveret.actors.actor import Actor, ActorRef
 from leveret.services import naming, topology
-from leveret.services.broker import Broker
+from leveret.services.broker import Broker, RabbitBroker
 from leveret.services.runtime.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,3 +321,24 @@ def dlq_lock_held(broker: Broker, queue: str) -> bool:
         if connection.is_open:
             connection.close()
     return True
+
+
+def fill_until_refused(broker: RabbitBroker, queue: str, *, most: int = 10) -> None:
+    """Publish fillers (message ids ``filler-<n>``) to `queue` (full name) with a plain
+    confirming pika channel until the broker refuses one (a nack): a queue with a length
+    limit and ``reject-publish`` overflow is then full. A quorum queue checks its limit as
+    it stores, so it may take a message or two past it.
+
+    Raises:
+        AssertionError: The broker took `most` of them.
+    """
+    with broker.admin() as channel:
+        channel.confirm_delivery()
+        for n in range(most):
+            try:
+                channel.basic_publish(
+                    "", queue, b"filler", pika.BasicProperties(message_id=f"filler-{n}")
+                )
+            except pika.exceptions.NackError:
+                return
+    raise AssertionError(f"{queue} never refused a message")

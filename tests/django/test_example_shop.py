@@ -56,6 +56,18 @@ def _shop_env(shop_broker: RabbitBroker) -> dict[str, str]:
     }
 
 
+def _relay_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`manage.py leveret_relay --once` of the shop, run in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
+        cwd=SHOP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _order(client: Client, product: Product, quantity: int = 1) -> dict[str, object]:
     answer = client.post(
         "/orders/",
@@ -171,15 +183,7 @@ def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBrok
     with transaction.atomic():
         ids = [Stock.send(OrderPlaced(order_id=n)) for n in range(5)]
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 5
-    env = _shop_env(shop_broker)
-    relay = subprocess.run(
-        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
-        cwd=SHOP,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    relay = _relay_once(_shop_env(shop_broker))
     assert relay.returncode == 0, relay.stderr
     assert "5 message(s) sent" in relay.stdout
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 0
@@ -206,14 +210,7 @@ def test_leveret_relay_once_with_the_broker_down_fails_in_seconds_and_keeps_the_
         port = probe.getsockname()[1]
     env = {**_shop_env(shop_broker), "LEVERET_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}/"}
     started = time.monotonic()
-    relay = subprocess.run(
-        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
-        cwd=SHOP,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    relay = _relay_once(env)
     took_s = time.monotonic() - started
     assert relay.returncode != 0, relay.stdout
     assert "unreachable" in relay.stderr, relay.stderr

@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
 from django.db import transaction
 from pytest_django.fixtures import Settings
@@ -23,7 +21,14 @@ from leveret.schemas.errors import BrokerUnavailable, PublishError
 from leveret.services import Broker, RabbitBroker
 from tests.django.plugin_actors import Complaint, Grumpy, Note, Tally
 from tests.proxy import TcpProxy
-from tests.support import ROOT, LoggedProcess, queue_policy, take_all, wait_until
+from tests.support import (
+    ROOT,
+    LoggedProcess,
+    fill_until_refused,
+    queue_policy,
+    take_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -104,15 +109,7 @@ def test_one_message_without_a_confirm_does_not_stop_the_rest_of_its_transaction
         queue = f"{namespace}.{Tally.queue}"
         full = '{"max-length": 1, "overflow": "reject-publish"}'
         with queue_policy(f"{namespace}-full", queue, full):
-            with broker.admin() as channel:  # filled until it refuses
-                channel.confirm_delivery()
-                for _ in range(5):
-                    try:
-                        channel.basic_publish("", queue, b"{}")
-                    except pika.exceptions.NackError:
-                        break
-                else:
-                    raise AssertionError("the queue never refused a message")
+            fill_until_refused(broker, queue)
             dispatcher = TransactionalDispatcher(broker)
             with transaction.atomic():
                 refused = dispatcher.send(Tally, Note(n=1), timeout=2)

@@ -18,7 +18,7 @@ from leveret.schemas.errors import PublishTimeout
 from leveret.services import RabbitBroker
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from leveret.services.testing import captured_logs
-from tests.support import take_all, wait_until
+from tests.support import fill_until_refused, take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -36,16 +36,7 @@ def full_queue(rabbit_broker: RabbitBroker) -> Iterator[str]:
             durable=True,
             arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
         )
-        channel.confirm_delivery()
-        for n in range(10):
-            try:
-                channel.basic_publish(
-                    "", queue, b"filler", pika.BasicProperties(message_id=f"filler-{n}")
-                )
-            except pika.exceptions.NackError:
-                break
-        else:
-            raise AssertionError("the queue never refused a message")
+    fill_until_refused(rabbit_broker, queue)
     try:
         yield queue
     finally:

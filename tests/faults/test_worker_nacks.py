@@ -14,14 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pika
 import pytest
 
 from leveret.actors import NO_RETRY, Actor, Reject, handler
 from leveret.schemas import Message
 from leveret.services import RabbitBroker, naming
 from leveret.services.testing import captured_logs
-from tests.support import Recorder, queue_policy, running, wait_until
+from tests.support import Recorder, fill_until_refused, queue_policy, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -59,17 +58,7 @@ def full_dlq(rabbit_broker: RabbitBroker) -> Iterator[str]:
     dlq = naming.dlq_name(rabbit_broker.namespace, Chores.queue)
     policy = '{"max-length": 1, "overflow": "reject-publish"}'
     with queue_policy(f"{rabbit_broker.namespace}-full-dlq", dlq, policy):
-        with rabbit_broker.admin() as channel:
-            channel.confirm_delivery()
-            for n in range(5):
-                try:
-                    channel.basic_publish(
-                        "", dlq, b"{}", pika.BasicProperties(message_id=f"filler-{n}")
-                    )
-                except pika.exceptions.NackError:
-                    break
-            else:
-                raise AssertionError("the .dlq never refused a letter")
+        fill_until_refused(rabbit_broker, dlq)
         yield dlq
 
 
