@@ -467,3 +467,17 @@ def innermost(error: BaseException) -> BaseException:
             return error
         seen.add(id(inner))
         error = inner
+
+
+def node_down(reason: BaseException) -> bool:
+    """Whether the broker closed the channel because a durable queue's node is not up: a
+    node of a cluster that died, or this broker starting (it accepts connections before it
+    has recovered its queues). The queue is back when its node is."""
+    return (
+        isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        and reason.reply_code == _NOT_FOUND
+        and "down or inaccessible" in str(reason.reply_text)
+    )
+
+
+_NOT_FOUND = 404

@@ -32,7 +32,12 @@ from leveret.services import delays, naming, topology
 from leveret.services.delays import DelayQueues
 from leveret.services.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import DEFAULT_CONNECT_TIMEOUT_S, IOThread, describe
+from leveret.services.rabbitmq._connection import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    IOThread,
+    describe,
+    node_down,
+)
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
@@ -653,19 +658,6 @@ def _local_address(connection: SelectConnection) -> str | None:
     except (AttributeError, OSError, TypeError, ValueError):
         return None
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def node_down(reason: BaseException) -> bool:
-    """Whether the broker closed the channel because a durable queue's node is down (a
-    classic queue of a cluster node that died: it is back when its node is)."""
-    return (
-        isinstance(reason, pika.exceptions.ChannelClosedByBroker)
-        and reason.reply_code == _NOT_FOUND
-        and "down or inaccessible" in str(reason.reply_text)
-    )
-
-
-_NOT_FOUND = 404
 
 
 def _nowhere(_job: Job) -> None:

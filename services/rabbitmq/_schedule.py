@@ -39,6 +39,7 @@ from leveret.services.rabbitmq._connection import (
     OPENING_ERRORS,
     connection_parameters_all,
     describe,
+    node_down,
 )
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.redaction import redact
@@ -172,6 +173,15 @@ class RabbitSchedulerBackend(SchedulerBackend):
             try:
                 reader.queue_declare(self._state, passive=True)
             except pika.exceptions.ChannelClosedByBroker as exc:
+                if node_down(exc):
+                    # The stream exists, but its node is starting (a broker restart
+                    # accepts connections before it recovers its queues) or is down:
+                    # leading without its state would skip the ticks since the last one.
+                    raise OperationError(
+                        f"the scheduler's state stream {self._state!r} cannot be read yet: "
+                        f"{exc.reply_text}; if it stays so, delete that stream (the next "
+                        "leader declares it again)"
+                    ) from exc
                 if exc.reply_code == _NOT_FOUND:
                     return {}  # no scheduler stored a state yet
                 raise
@@ -190,16 +200,25 @@ class RabbitSchedulerBackend(SchedulerBackend):
                     channel.basic_ack(method.delivery_tag)
 
             tag = reader.basic_consume(self._state, take, arguments={"x-stream-offset": "last"})
-            waited = 0.0
+            # A stream that exists was written to: wait for its first record (a stream
+            # restarting with its node is slow to deliver it), then read to an idle gap.
+            deadline = time.monotonic() + _READ_MAX_S
             seen = -1
-            while waited < _READ_MAX_S and read != seen:
+            while time.monotonic() < deadline and (read == 0 or read != seen):
                 seen = read
                 self._connection.process_data_events(time_limit=_READ_IDLE_S)
-                waited += _READ_IDLE_S
             reader.basic_cancel(tag)
             reader.close()
         except pika.exceptions.AMQPError as exc:
             raise self._lost(exc) from exc
+        if read == 0:
+            log.warning(
+                "scheduler_state_unread",
+                stream=self._state,
+                waited_s=_READ_MAX_S,
+                hint="the state stream exists but sent nothing: every entry goes on from now, "
+                "and ticks missed since the last leader are not sent",
+            )
         return merged
 
     def save_state(self, state: dict[str, datetime]) -> None:
