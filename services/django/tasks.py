@@ -2,7 +2,8 @@
 package on Django 5.2): ``@task`` and ``.enqueue()``, run by Leveret's workers.
 
 ```python
-# settings.py  (pip install 'leveret[tasks]' on Django 5.2)
+# settings.py  (Django 6: pip install 'leveret[django]'; Django 5.2: 'leveret[tasks]',
+#               with "django_tasks" in INSTALLED_APPS)
 TASKS = {
     "default": {
         "BACKEND": "leveret.django.tasks.LeveretBackend",
@@ -44,28 +45,24 @@ from leveret.actors.actor import Actor, handler
 from leveret.actors.context import Context
 from leveret.actors.control import Reject
 from leveret.actors.retry import RetryPolicy
+from leveret.django.settings import TASKS_BACKEND as BACKEND_PATH
+from leveret.django.tasks_api import (
+    BaseTaskBackend,
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    exception_path,
+    exception_traceback,
+    normalize_json,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
 from leveret.schemas.codec import encode
 from leveret.schemas.errors import ConfigurationError, InvalidArgument, LeveretError
 from leveret.schemas.message import Message
-
-try:  # Django 6
-    from django.tasks import TaskContext, TaskResult, TaskResultStatus
-    from django.tasks.backends.base import BaseTaskBackend
-    from django.tasks.base import Task, TaskError
-    from django.tasks.signals import task_enqueued, task_finished, task_started
-    from django.tasks.utils import (
-        get_exception_traceback,
-        get_module_path,
-        normalize_json,
-    )
-except ImportError:  # Django 5.2 with the django-tasks package
-    from django_tasks import TaskContext, TaskResult, TaskResultStatus
-    from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import Task, TaskError
-    from django_tasks.signals import task_enqueued, task_finished, task_started
-    from django_tasks.utils import get_exception_traceback, get_module_path, normalize_json
-
-from leveret.django.settings import TASKS_BACKEND as BACKEND_PATH
 
 QUEUE_PREFIX = "tasks."
 DEFAULT_TIME_LIMIT_S = 600.0
@@ -351,8 +348,8 @@ class TaskRunner(Actor, abstract=True):
             object.__setattr__(result, "finished_at", datetime.now(UTC))
             result.errors.append(
                 TaskError(
-                    exception_class_path=get_module_path(type(exc)),
-                    traceback=get_exception_traceback(exc),
+                    exception_class_path=exception_path(exc),
+                    traceback=exception_traceback(exc),
                 )
             )
             task_finished.send(LeveretBackend, task_result=result)

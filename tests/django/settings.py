@@ -1,9 +1,10 @@
 """Django settings of the Django tests: the example shop on PostgreSQL and SQLite.
 
 ``default`` is PostgreSQL (127.0.0.1:5432, database ``test``); pytest-django creates and
-drops a test database named after the checkout (``test_leveret_<hash of its path>``), so two
-checkouts' test runs never share one. ``sqlite`` is a SQLite file. The database-dependent
-tests run on both.
+drops a test database named after the checkout and the virtualenv
+(``test_leveret_<hash of both paths>``), so two checkouts' test runs, or one checkout's
+sessions on two Pythons or Django versions (nox), never share one. ``sqlite`` is a SQLite
+file. The database-dependent tests run on both.
 """
 
 import hashlib
@@ -13,8 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import django
+
 ROOT = Path(__file__).resolve().parents[2]
-_CHECKOUT = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+_CHECKOUT = hashlib.sha256(f"{ROOT}\0{sys.prefix}".encode()).hexdigest()[:10]
 sys.path.insert(0, str(ROOT / "examples" / "shop"))
 
 SECRET_KEY = "tests-only"
@@ -28,7 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django_tasks",
+    *(["django_tasks"] if django.VERSION < (6, 0) else []),  # the Tasks API's backport
     "leveret.django",
     "shop",
 ]

@@ -7,11 +7,11 @@ import math
 from typing import Any
 
 import pytest
-from django_tasks import task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leveret.django.tasks import MAX_ARGUMENT_DEPTH, MAX_INT_DIGITS, task_actor
+from leveret.django.tasks_api import task
 from leveret.django.testing import project_memory_broker
 from leveret.schemas.errors import InvalidArgument
 

@@ -14,15 +14,13 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from django_tasks import TaskResultStatus
-from django_tasks.exceptions import InvalidTaskError
-from django_tasks.signals import task_finished
 from shop.models import Product
 from shop.tasks import restock
 
 from leveret.actors import configure
 from leveret.django import TransactionalDispatcher
 from leveret.django.tasks import TaskCall, task_actor
+from leveret.django.tasks_api import InvalidTaskError, TaskResultStatus, task_finished
 from leveret.schemas import wire
 from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker

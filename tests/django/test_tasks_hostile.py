@@ -11,10 +11,9 @@ from typing import Any
 
 import pika
 import pytest
-from django_tasks import TaskResultStatus, task
-from django_tasks.signals import task_finished
 
 from leveret.django.tasks import task_actor
+from leveret.django.tasks_api import TaskResultStatus, task, task_finished
 from leveret.schemas import wire
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import RabbitBroker, naming

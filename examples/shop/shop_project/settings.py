@@ -8,13 +8,17 @@
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "example-only-not-secret"
 DEBUG = True
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "shop_project.urls"
-INSTALLED_APPS = ["django_tasks", "leveret.django", "shop"]
+# Django 6 has the Tasks API built in; Django 5.2 has it from the django-tasks backport.
+TASKS_APP = ["django_tasks"] if django.VERSION < (6, 0) else []
+INSTALLED_APPS = [*TASKS_APP, "leveret.django", "shop"]
 MIDDLEWARE: list[str] = []
 
 if os.environ.get("SHOP_DATABASE") == "postgres":
