@@ -111,16 +111,21 @@ class LoggedProcess:
         command: The command line.
         log_path: Where its standard output and error go.
         env: Added to this process's environment (with the checkout on PYTHONPATH).
+        cwd: Where it runs; the checkout by default.
     """
 
     def __init__(
-        self, command: list[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        command: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -194,12 +199,15 @@ class WorkerProcess(LoggedProcess):
         url: str = RABBIT_URL,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        wrapper: list[str] | None = None,
     ) -> None:
         log_path = (
             Path(os.environ.get("TMPDIR", "/tmp"))
             / f"leveret-worker-{namespace}-{time.monotonic_ns()}.log"
         )
         command = [
+            *(wrapper or []),  # a command that execs the worker's (the pid stays the worker's)
             sys.executable,
             "-m",
             "leveret",
@@ -213,7 +221,7 @@ class WorkerProcess(LoggedProcess):
             "json",
             *(args or []),
         ]
-        super().__init__(command, log_path, env)
+        super().__init__(command, log_path, env, cwd)
 
 
 def rabbitmqctl_list(what: str, *fields: str) -> list[list[str]]:

@@ -4,7 +4,9 @@ Chromium (Debian's, driven by Playwright through its path)."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +19,10 @@ import pika
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+import leveret
 from leveret.services import RabbitBroker, naming
 from tests.dashboard_actors import Parcels
-from tests.support import RABBIT_URL, LoggedProcess, free_port, wait_until
+from tests.support import RABBIT_URL, ROOT, LoggedProcess, free_port, wait_until
 
 CHROMIUM = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
 # As this machine's probe starts it: no sandbox as root, and nothing that phones home.
@@ -53,14 +56,20 @@ def start_dashboard(rabbit_broker: RabbitBroker, tmp_path: Path) -> Iterator[Cal
     """Start `leveret dashboard` for the test's namespace (killed by pid at teardown)."""
     started: list[Served] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Served:
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        modules: tuple[str, ...] = ("tests.dashboard_actors",),
+        cwd: Path = ROOT,
+    ) -> Served:
         port = free_port()
         command = [
             sys.executable,
             "-m",
             "leveret",
             "dashboard",
-            "tests.dashboard_actors",
+            *modules,
             "--broker-url",
             RABBIT_URL,
             "--namespace",
@@ -73,7 +82,7 @@ def start_dashboard(rabbit_broker: RabbitBroker, tmp_path: Path) -> Iterator[Cal
             "1",
             *args,
         ]
-        process = LoggedProcess(command, tmp_path / f"dashboard-{port}.log", env)
+        process = LoggedProcess(command, tmp_path / f"dashboard-{port}.log", env, cwd)
         served = Served(f"http://127.0.0.1:{port}", process)
         started.append(served)
         return served
@@ -129,8 +138,60 @@ def page(browser: Browser) -> Iterator[Page]:
         context.close()
 
 
+@dataclass
+class ExampleProject:
+    """The parcels example (examples/parcels) copied where a user's project could be, with
+    Leveret copied into a virtualenv-like folder beside it: what the worker and the
+    dashboard run, so that tracebacks on the pages name these copies and no path of this
+    machine (the checkout, its .venv, pytest's temporary folders)."""
+
+    folder: Path
+    env: dict[str, str]
+
+
+@pytest.fixture
+def parcels_project() -> Iterator[ExampleProject]:
+    """The parcels example in a folder of its own (``/tmp/parcels-…``), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="parcels-"))
+    try:
+        shutil.copytree(
+            ROOT / "examples" / "parcels", folder, dirs_exist_ok=True, ignore=_NOT_COPIED
+        )
+        python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        site_packages = folder / ".venv" / "lib" / python / "site-packages"
+        # The installed package (the editable install's tree of links, followed).
+        shutil.copytree(
+            Path(leveret.__file__).parent, site_packages / "leveret", ignore=_NOT_COPIED
+        )
+        yield ExampleProject(folder, {"PYTHONPATH": f"{folder}{os.pathsep}{site_packages}"})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def build_machine_paths() -> set[str]:
+    """Paths of the machine that runs the tests, which no docs picture may show."""
+    paths = {
+        str(ROOT),
+        sys.prefix,
+        str(Path(leveret.__file__).parents[1]),
+        tempfile.gettempdir() + "/pytest-of-",
+    }
+    if str(Path.home()) != "/":
+        paths.add(str(Path.home()) + "/")
+    return paths
+
+
 def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
-    """A PNG of the whole page: into $LEVERET_SCREENSHOTS (the docs' pictures) if set."""
+    """A PNG of the whole page: into $LEVERET_SCREENSHOTS (the docs' pictures) if set.
+
+    Refused (the test fails) when the page shows a path of this machine.
+    """
+    text = page.inner_text("body")
+    shown = sorted(path for path in build_machine_paths() if path in text)
+    assert not shown, f"the {name} page shows paths of the machine: {shown}"
     folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"

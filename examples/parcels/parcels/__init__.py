@@ -1,0 +1,1 @@
+"""Parcels: the example project of the dashboard's docs and screenshots."""
