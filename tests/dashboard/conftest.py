@@ -13,16 +13,20 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
 
 import leveret
 from leveret.services import RabbitBroker, naming
 from tests.dashboard_actors import Parcels
 from tests.support import RABBIT_URL, ROOT, LoggedProcess, free_port, wait_until
+
+# Playwright is imported by the browser tests only: the HTTP ones (test_pages, test_security,
+# test_origins, test_rebinding) run where only the dashboard extra is installed (noxfile.py).
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
 # As this machine's probe starts it: no sandbox as root, and nothing that phones home.
@@ -117,6 +121,8 @@ def browser() -> Iterator[Browser]:
     """Chromium for one test module. Not for the session: while Playwright's sync API is
     started, an asyncio loop counts as running in the main thread, and later tests that
     call ``asyncio.run`` would fail."""
+    from playwright.sync_api import sync_playwright
+
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium (scripts/test does)")
     with sync_playwright() as playwright:
