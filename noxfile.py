@@ -13,7 +13,8 @@ a reused venv ends up exactly as a new one would):
   up here.
 - ``deps-max``: the same tests on the newest Python with the newest versions allowed. A
   ceiling that breaks (or a missing one) shows up here.
-- ``django-<python>-<django>``: tests/django on one Django release (DJANGO below).
+- ``django-<python>-<django>``: tests/django on one Django series (DJANGO below), its newest
+  release; ``django-min``: tests/django on the lowest versions allowed.
 
 The whole suite (scripts/test) runs on the development venv, .venv, as before.
 """
@@ -206,3 +207,10 @@ def _django_session(python: str, django: str) -> None:
 for _django, _pythons in DJANGO.items():
     for _python in _pythons:
         _django_session(_python, _django)
+
+
+@nox.session(name="django-min", python=OLDEST)
+def django_min(session: nox.Session) -> None:
+    """tests/django on the lowest versions allowed (Django, django-tasks, pytest-django…)."""
+    _install(session, DJANGO_EXTRAS, lowest=True)
+    _pytest(session, ["tests/django"])
