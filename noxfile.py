@@ -63,8 +63,9 @@ CONTRACT_EXTRAS = ["test"]
 EXTRAS_EXTRAS = ["test", "dashboard", "tracing"]
 
 # Django releases and the Pythons each is tested on (Django 6 needs Python 3.12+).
-DJANGO = {"5.2": ["3.11"]}
-DJANGO_EXTRAS = ["test-django", "django", "tasks", "reload", "dashboard", "tracing"]
+DJANGO = {"5.2": ["3.11"], "6.0": ["3.12"], "6.1": ["3.13"]}
+DJANGO_EXTRAS = ["test-django", "django", "reload", "dashboard", "tracing"]
+"""On Django 5.2 the `tasks` extra too (the Tasks API's backport); Django 6 has its own."""
 
 # Only the non-Django sessions have no pytest-django: the ini keys it reads
 # (DJANGO_SETTINGS_MODULE, django_find_project) would be errors under filterwarnings=error.
@@ -193,11 +194,12 @@ def deps_max(session: nox.Session) -> None:
     _pytest(session, CONTRACT + EXTRAS, *NO_DJANGO)
 
 
-# Django sessions: django-<python>-<django>, one per pair in DJANGO. They share one
-# PostgreSQL test database per checkout (tests/django/settings.py): run them one at a time.
+# Django sessions: django-<python>-<django>, one per pair in DJANGO. Each has a PostgreSQL
+# test database of its own (named after the checkout and the venv: tests/django/settings.py).
 def _django_session(python: str, django: str) -> None:
     def session_function(session: nox.Session) -> None:
-        _install(session, DJANGO_EXTRAS, constraints=[f"django~={django}.0"])
+        backport = ["tasks"] if django.startswith("5.") else []
+        _install(session, DJANGO_EXTRAS + backport, constraints=[f"django~={django}.0"])
         _pytest(session, ["tests/django"])
 
     session_function.__doc__ = f"tests/django on Django {django} (its newest release)."
@@ -212,5 +214,5 @@ for _django, _pythons in DJANGO.items():
 @nox.session(name="django-min", python=OLDEST)
 def django_min(session: nox.Session) -> None:
     """tests/django on the lowest versions allowed (Django, django-tasks, pytest-django…)."""
-    _install(session, DJANGO_EXTRAS, lowest=True)
+    _install(session, [*DJANGO_EXTRAS, "tasks"], lowest=True)
     _pytest(session, ["tests/django"])
