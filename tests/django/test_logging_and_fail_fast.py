@@ -217,4 +217,5 @@ def test_the_worker_keeps_the_projects_handlers(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
     assert "worker_consuming" in events
     assert "worker_stopped" in events or "worker_stopping" in events
-    assert "worker_consuming" not in (tmp_path / "stderr.log").read_text()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert "worker_consuming" not in stderr, stderr
