@@ -67,8 +67,11 @@ def _allowed_hosts(
 )
 @click.option(
     "--management-url",
+    envvar="LEVERET_MANAGEMENT_URL",
     default=None,
-    help="RabbitMQ management API (rates, unacked); default: the broker host's port 15672.",
+    help="RabbitMQ management API (rates, unacked; the queue figures while AMQP is down) "
+    '[http://BROKER-HOST:15672/ with the broker URL\'s credentials]; "" for AMQP only. '
+    "Env: LEVERET_MANAGEMENT_URL.",
 )
 def dashboard(
     modules: tuple[str, ...],

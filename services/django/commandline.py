@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from leveret.django.settings import LeveretSettings, broker_url, load
+from leveret.django.settings import MANAGEMENT_URL_ENV, LeveretSettings, broker_url, load
 from leveret.schemas.errors import LeveretError
 from leveret.services import config
 from leveret.services.redaction import redact
@@ -64,12 +64,14 @@ def django_options(args: list[str]) -> list[str]:
 
 
 def settings_environment(found: LeveretSettings | None = None) -> None:
-    """Put the settings' broker URL and namespace in the environment, where the click
-    commands (and the children of ``--processes N``) read their defaults."""
+    """Put the settings' broker URL, namespace and management API in the environment, where
+    the click commands (and the children of ``--processes N``) read their defaults."""
     found = found or load()
     os.environ[config.BROKER_URL_ENV] = broker_url(found)
     os.environ[config.NAMESPACE_ENV] = found.namespace
     os.environ[CONSUMER_TIMEOUT_ENV] = f"{found.consumer_timeout_s:g}"
+    if found.management_url is not None:
+        os.environ[MANAGEMENT_URL_ENV] = found.management_url
 
 
 def values_in_force(found: LeveretSettings | None = None) -> dict[str, str]:

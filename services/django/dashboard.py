@@ -41,14 +41,14 @@ from leveret.services.dashboard import Dashboard, create_app
 from leveret.services.dashboard.app import FORM_FIELDS
 
 _lock = threading.Lock()
-_apps: dict[tuple[int, bool], Starlette] = {}
+_apps: dict[tuple[int, bool, str | None], Starlette] = {}
 
 
 def _app() -> Starlette:
     """The dashboard for the project's broker in force (built again if it changed)."""
     broker = project_broker()
     found = load()
-    key = (id(broker), found.dashboard_read_only)
+    key = (id(broker), found.dashboard_read_only, found.management_url)
     with _lock:
         app = _apps.get(key)
         if app is None:
@@ -59,6 +59,7 @@ def _app() -> Starlette:
             dashboard = Dashboard(
                 broker,
                 read_only=found.dashboard_read_only,
+                management_url=found.management_url,
                 actors=project_actors(),
                 schedules=schedules,
                 extra_warnings=backlog_warnings,  # read in the dashboard's worker thread

@@ -19,6 +19,8 @@ LEVERET = {
     "DECLARE_ON_MIGRATE": True,     # `manage.py migrate` declares the actors' topology
     "CONSUMER_TIMEOUT_S": 1800.0,   # the broker's consumer_timeout (checks, the worker)
     "DASHBOARD_READ_ONLY": False,   # leveret.django.dashboard hides replay and purge
+    "MANAGEMENT_URL": None,         # the dashboard's management API; default:
+                                    # $LEVERET_MANAGEMENT_URL, else BROKER-HOST:15672 ("": none)
 }
 ```
 
@@ -29,6 +31,7 @@ pytest-django's ``settings`` fixture).
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +40,8 @@ from leveret.schemas.errors import ConfigurationError
 from leveret.services import config, naming
 from leveret.services.redaction import redact
 
+MANAGEMENT_URL_ENV = "LEVERET_MANAGEMENT_URL"
+"""The environment variable naming the management API, as for ``leveret status``."""
 TASKS_BACKEND = "leveret.django.tasks.LeveretBackend"
 """The ``BACKEND`` of ``settings.TASKS`` that runs Django tasks on Leveret."""
 
@@ -58,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "DECLARE_ON_MIGRATE": True,
     "CONSUMER_TIMEOUT_S": 1800.0,
     "DASHBOARD_READ_ONLY": False,
+    "MANAGEMENT_URL": None,
 }
 
 
@@ -89,6 +95,10 @@ class LeveretSettings:
             below it (``check`` warns, the worker too).
         dashboard_read_only: The dashboard mounted from ``leveret.django.dashboard`` hides
             and refuses replay and purge.
+        management_url: The management API the mounted dashboard reads (rates, unacked,
+            and the queue figures while AMQP is down): ``MANAGEMENT_URL``, else
+            ``$LEVERET_MANAGEMENT_URL``, else None (port 15672 of the broker's host); ""
+            for AMQP only.
         configured: ``settings.LEVERET`` exists (False: every value is a default).
     """
 
@@ -108,6 +118,7 @@ class LeveretSettings:
     test_broker_url: str | None = "memory://"
     declare_on_migrate: bool = True
     dashboard_read_only: bool = False
+    management_url: str | None = None
     consumer_timeout_s: float = 1800.0
     configured: bool = True
     problems: tuple[str, ...] = field(default=(), compare=False)
@@ -185,6 +196,15 @@ def read(raw: object) -> LeveretSettings:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         problems.append("LEVERET['OUTBOX_MAX_ATTEMPTS'] must be a whole number of at least 1")
         values["OUTBOX_MAX_ATTEMPTS"] = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
+    management_url = values["MANAGEMENT_URL"]
+    if management_url is not None and not isinstance(management_url, str):
+        problems.append(
+            "LEVERET['MANAGEMENT_URL'] must be the management API's http(s):// URL, \"\" "
+            "(AMQP only) or None"
+        )
+        management_url = None
+    if management_url is None:
+        management_url = os.environ.get(MANAGEMENT_URL_ENV)
     if not isinstance(values["DATABASE"], str):
         problems.append("LEVERET['DATABASE'] must be a database alias (a string)")
         values["DATABASE"] = "default"
@@ -205,6 +225,7 @@ def read(raw: object) -> LeveretSettings:
         test_broker_url=None if test_url is None else str(test_url),
         declare_on_migrate=values["DECLARE_ON_MIGRATE"],
         dashboard_read_only=values["DASHBOARD_READ_ONLY"],
+        management_url=management_url,
         consumer_timeout_s=float(values["CONSUMER_TIMEOUT_S"]),
         configured=configured,
         problems=tuple(problems),

@@ -131,8 +131,9 @@ class QueueRow:
     Attributes:
         actor: The queue's name without namespace.
         name: Its full name.
-        figures: What the broker says of it (None: the queue does not exist).
-        dead_letters: Messages in its ``.dlq`` (None: no ``.dlq``).
+        figures: What the broker says of it (None: the queue does not exist, or, from the
+            management API alone, its figures are not known yet).
+        dead_letters: Messages in its ``.dlq`` (None: no ``.dlq``, or not known yet).
         dead_letters_per_s: Messages arriving in its ``.dlq`` per second (None: not known
             over AMQP).
     """
@@ -249,7 +250,14 @@ class StatusReader:
         # What heartbeats list is bounded before the broker is asked anything about it.
         claims = claimed_queues(namespace, [(row.id, row.queues) for row in arrived])
         workers = _sorted([replace(row, queues=claims.by_worker[row.id]) for row in arrived])
-        listed = [short for full in figures if (short := actor_queue(namespace, full))]
+        # A given actor is asked over AMQP unless the API gives its queue's figures and its
+        # .dlq's: a queue declared a moment ago is listed without them (`queue_listing`).
+        listed = [
+            short
+            for full in figures
+            if (short := actor_queue(namespace, full))
+            and (short not in self.actors or self._dlq(short) in figures)
+        ]
         looked = plan(
             given=self.actors,
             listed=listed,

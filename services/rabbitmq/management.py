@@ -77,9 +77,17 @@ class ManagementAPI:
 
     def queue_listing(self, prefix: str) -> tuple[dict[str, QueueFigures], bool]:
         """Figures of the vhost's queues whose name starts with `prefix` (in pages of
-        `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them."""
+        `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them.
+
+        A queue whose record has no message counts yet (a queue declared since the API's
+        last collection: RabbitMQ 4.x lists it without ``messages_ready`` for a few seconds)
+        is left out, and the listing is then not complete: its figures are not known, and
+        reading them as 0 would show an empty ``.dlq`` that holds dead letters.
+        """
         records, complete = self._records("queues", prefix)
-        return {record["name"]: _figures(record) for record in records}, complete
+        counted = [record for record in records if _has_counts(record)]
+        figures = {record["name"]: _figures(record) for record in counted}
+        return figures, complete and len(counted) == len(records)
 
     def queue_records(self, prefix: str) -> list[dict[str, Any]]:
         """The API's records (``name``, ``messages``, ``consumers``, ``arguments``,
@@ -147,6 +155,13 @@ class ManagementAPI:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ManagementUnavailable(f"cannot reach {self.safe_url}: {reason}") from exc
+
+
+def _has_counts(item: dict[str, Any]) -> bool:
+    """The record gives the queue's message counts (not yet, before their first
+    collection)."""
+    ready = item.get("messages_ready")
+    return isinstance(ready, int) and not isinstance(ready, bool)
 
 
 def _figures(item: dict[str, Any]) -> QueueFigures:

@@ -3,6 +3,7 @@ each message (before in order, after in reverse) and Django's one closes connect
 
 from __future__ import annotations
 
+import pytest
 from django.test import override_settings
 from shop.messages import OrderPlaced
 
@@ -62,6 +63,20 @@ def test_the_connect_timeout_setting_reaches_the_brokers_transport() -> None:
     finally:
         broker.close()
     assert any("CONNECT_TIMEOUT_S" in p for p in read({"CONNECT_TIMEOUT_S": 0}).problems)
+
+
+def test_the_management_url_setting_else_the_environment_names_the_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MANAGEMENT_URL`` wins; without it ``$LEVERET_MANAGEMENT_URL`` (as for ``leveret
+    status``), else None (the broker host's port 15672); "" is AMQP only."""
+    monkeypatch.delenv("LEVERET_MANAGEMENT_URL", raising=False)
+    assert read({}).management_url is None
+    monkeypatch.setenv("LEVERET_MANAGEMENT_URL", "http://rabbit:15693/")
+    assert read({}).management_url == "http://rabbit:15693/"
+    assert read({"MANAGEMENT_URL": "https://mq.example/"}).management_url == "https://mq.example/"
+    assert read({"MANAGEMENT_URL": ""}).management_url == ""
+    assert any("MANAGEMENT_URL" in p for p in read({"MANAGEMENT_URL": 15672}).problems)
 
 
 class _Recording:
