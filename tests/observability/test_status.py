@@ -371,8 +371,9 @@ def _watch(command: list[str], *, until: str) -> str:
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # it did not end within 10 s of Ctrl-C: the test failed
+            process.kill()  # SIGKILL to its pid, then reaped: nothing left running (and no
+            process.wait(10)  # "still running" warning from Popen.__del__ in a later test)
         os.close(main_end)
     return output.decode().replace("\r\n", "\n")
 
