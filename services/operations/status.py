@@ -243,20 +243,20 @@ class StatusReader:
         """A new snapshot (the first may wait `first_wait_s` for heartbeats)."""
         started = time.monotonic()
         namespace = self.broker.namespace
-        source, note, figures, complete = self._figures_listed()
+        source, note, figures, uncounted, complete = self._figures_listed()
         bodies = self.broker.transport.recent_heartbeats(self.first_wait_s)
         now = time.time()
         arrived, ignored = _parse(bodies, now)
         # What heartbeats list is bounded before the broker is asked anything about it.
         claims = claimed_queues(namespace, [(row.id, row.queues) for row in arrived])
         workers = _sorted([replace(row, queues=claims.by_worker[row.id]) for row in arrived])
-        # A given actor is asked over AMQP unless the API gives its queue's figures and its
-        # .dlq's: a queue declared a moment ago is listed without them (`queue_listing`).
+        # A given actor is asked over AMQP unless the API has counted its queue and its
+        # .dlq: a queue declared a moment ago is listed without counts (`queue_counts`).
         listed = [
             short
             for full in figures
             if (short := actor_queue(namespace, full))
-            and (short not in self.actors or self._dlq(short) in figures)
+            and (short not in self.actors or not {full, self._dlq(short)} & uncounted)
         ]
         looked = plan(
             given=self.actors,
@@ -273,6 +273,8 @@ class StatusReader:
         figures = {**figures, **_merged(asked, figures)}
         found = {queue for queue in looked.unverified if self._full(queue) in figures}
         looked.left_out.not_on_broker += len(looked.unverified - found)
+        for name in uncounted - asked.keys():  # not known yet: never shown as 0
+            del figures[name]
         queue_names = sorted({*looked.known, *found})
         growing: set[str] = set()
         if self.previous is not None:
@@ -331,12 +333,13 @@ class StatusReader:
         Raises:
             ManagementUnavailable: The API is not used (AMQP only) or does not answer.
         """
-        source, note, figures, _complete = self._figures_listed()
+        source, note, figures, uncounted, _complete = self._figures_listed()
         if source != "management":
             raise ManagementUnavailable(note or "no management API for this broker")
         namespace = self.broker.namespace
         listed = {short for full in figures if (short := actor_queue(namespace, full))}
-        rows = self._rows(sorted({*self.actors, *listed}), figures)
+        counted = {name: f for name, f in figures.items() if name not in uncounted}
+        rows = self._rows(sorted({*self.actors, *listed}), counted)  # the rest: not known
         snapshot = Snapshot(
             namespace=self.broker.namespace,
             taken_at=time.time(),
@@ -353,23 +356,27 @@ class StatusReader:
 
     def _figures_listed(
         self,
-    ) -> tuple[Literal["management", "amqp", "memory"], str, dict[str, QueueFigures], bool]:
+    ) -> tuple[
+        Literal["management", "amqp", "memory"], str, dict[str, QueueFigures], set[str], bool
+    ]:
         """Where figures come from, a note, the management API's figures of the namespace's
-        queues (one listing, no round trip per queue), and whether it listed them all."""
+        queues (one listing, no round trip per queue), the queues it lists without counts
+        yet (`ManagementAPI.queue_counts`), and whether it listed them all."""
         url = self.broker.url
         if url.startswith("memory:"):
-            return "memory", "", {}, False
+            return "memory", "", {}, set(), False
         if self.management_url == "":
-            return "amqp", "management API not used (--no-management)", {}, False
+            return "amqp", "management API not used (--no-management)", {}, set(), False
         api_url = self.management_url or default_management_url(url)
         try:
             if self._management is None:
                 self._management = ManagementAPI(api_url, url)
-            figures, complete = self._management.queue_listing(self.broker.namespace + ".")
+            listing = self._management.queue_counts(self.broker.namespace + ".")
         except (ManagementUnavailable, ValueError) as exc:
-            return "amqp", f"management API not used: {shown(str(exc))}", {}, False
+            return "amqp", f"management API not used: {shown(str(exc))}", {}, set(), False
+        figures, uncounted, complete = listing
         note = f"management API at {self._management.safe_url}"
-        return "management", note, figures, complete
+        return "management", note, figures, uncounted, complete
 
     def _rows(self, queues: Iterable[str], figures: dict[str, QueueFigures]) -> list[QueueRow]:
         """A row of each actor queue (without namespace): its figures and its ``.dlq``'s."""

@@ -77,17 +77,23 @@ class ManagementAPI:
 
     def queue_listing(self, prefix: str) -> tuple[dict[str, QueueFigures], bool]:
         """Figures of the vhost's queues whose name starts with `prefix` (in pages of
-        `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them.
+        `PAGE_SIZE`, at most `MAX_PAGES`), and whether that is all of them. See
+        `queue_counts` for queues listed before their counts."""
+        figures, _uncounted, complete = self.queue_counts(prefix)
+        return figures, complete
 
-        A queue whose record has no message counts yet (a queue declared since the API's
-        last collection: RabbitMQ 4.x lists it without ``messages_ready`` for a few seconds)
-        is left out, and the listing is then not complete: its figures are not known, and
-        reading them as 0 would show an empty ``.dlq`` that holds dead letters.
+    def queue_counts(self, prefix: str) -> tuple[dict[str, QueueFigures], set[str], bool]:
+        """As `queue_listing`, with the names of the queues listed without message counts.
+
+        A queue declared since the API's last collection (4 to 7 s seen, on RabbitMQ 3.10
+        and 4.x) is listed without ``messages_ready``: its arguments are known, its counts
+        are not, and its figures' 0s mean nothing (an empty-looking ``.dlq`` may hold dead
+        letters). The caller asks such a queue over AMQP, or shows it as not known.
         """
         records, complete = self._records("queues", prefix)
-        counted = [record for record in records if _has_counts(record)]
-        figures = {record["name"]: _figures(record) for record in counted}
-        return figures, complete and len(counted) == len(records)
+        figures = {record["name"]: _figures(record) for record in records}
+        uncounted = {record["name"] for record in records if not _has_counts(record)}
+        return figures, uncounted, complete
 
     def queue_records(self, prefix: str) -> list[dict[str, Any]]:
         """The API's records (``name``, ``messages``, ``consumers``, ``arguments``,
