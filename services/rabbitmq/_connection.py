@@ -163,6 +163,9 @@ class IOThread:
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
         self._connection: SelectConnection | None = None
+        self._opening_connection: SelectConnection | None = None
+        """The connection of the attempt under way: its socket is pika's until the attempt
+        ends, so a stop meanwhile aborts it through pika (see `_begin_stop`)."""
         self._stopping = False
         self._loop_ended = False
         """Set when the I/O loop must end (stopped, or crashed on a thread it was lent to)."""
@@ -178,6 +181,7 @@ class IOThread:
         self.failed_nodes = set()
         self.attempting = False
         self._reconnect_timer = None
+        self._opening_connection = None
         self._stopping = False
         self._loop_ended = False
         self._stopped.clear()
@@ -282,7 +286,9 @@ class IOThread:
                 exc_info=error,
             )
         _abort_socket(self._connection)
-        self._connection = None
+        # An attempt past its TCP connect: the socket is its transport's.
+        _abort_socket(self._opening_connection)
+        self._connection = self._opening_connection = None
         try:
             self.on_crashed(error)
         except Exception:  # already failing: keep the first error
@@ -314,7 +320,7 @@ class IOThread:
             self.outage_since = now
         self.attempting = True
         self.attempt_started_at = now
-        TolerantSelectConnection(
+        self._opening_connection = TolerantSelectConnection(
             self._all_params[self._node],
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
@@ -323,6 +329,7 @@ class IOThread:
         )
 
     def _on_open(self, connection: SelectConnection) -> None:
+        self._opening_connection = None
         self._connection = connection
         self._backoff.reset()
         self._failed_in_turn = 0
@@ -337,6 +344,7 @@ class IOThread:
         self.notify_state()
 
     def _on_open_error(self, _connection: SelectConnection, error: BaseException) -> None:
+        self._opening_connection = None
         self.attempting = False
         self.failed_nodes.add(self._node)
         self.last_error = error
@@ -407,8 +415,17 @@ class IOThread:
         self._stopping = True
         self.on_stopping()
         connection = self._connection
+        opening = self._opening_connection
         if connection is not None and connection.is_open:
             connection.close()
+        elif opening is not None:
+            # An attempt under way: ending the loop now would leave its socket open (for
+            # the garbage collector to close, with a ResourceWarning). Closing an opening
+            # connection aborts pika's connection workflow, which closes the socket and
+            # then calls `_on_open_error`, which ends the loop. One closing already (its
+            # handshake timed out) calls it too.
+            if not opening.is_closing and not opening.is_closed:
+                opening.close()
         elif connection is None or connection.is_closed:
             self._end_loop()
 

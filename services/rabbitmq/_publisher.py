@@ -1349,8 +1349,8 @@ def _abandoned(item: Outgoing) -> bool:
 def _reset_after_fork(publisher: Publisher) -> None:
     # The parent's connection and thread are not ours: never touch the socket (a close frame
     # would end the parent's connection), keep the objects alive so nothing closes them.
-    _inherited.append((publisher._connection, publisher._ioloop))
-    publisher._connection = None
+    _inherited.append((publisher._connection, publisher._opening_connection, publisher._ioloop))
+    publisher._connection = publisher._opening_connection = None
     publisher._ioloop = None
     publisher._thread = None
     publisher.connected = threading.Event()

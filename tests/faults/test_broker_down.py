@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from leveret.schemas.errors import BrokerUnavailable, LeveretError, PublishError, PublishTimeout
 from leveret.services import RabbitBroker, naming
+from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs
@@ -281,3 +284,35 @@ def test_a_workers_connections_take_the_connect_timeout(rabbit_url: str) -> None
         assert consumer._all_params[0].stack_timeout == 2.5
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("down", ["refused", "dropping packets"])
+def test_a_publisher_closed_while_it_connects_leaves_no_socket_open(
+    rabbit_url: str, proxy: TcpProxy, down: str
+) -> None:
+    """Closed while a connection attempt is under way (at once, in the TCP connect, in the
+    handshake), the publisher has pika abort the attempt, which closes its socket: none is
+    left for the garbage collector to close with a ResourceWarning (issue 25). The close
+    does not wait for the attempt's connect timeout either."""
+    if down == "refused":
+        url = _refused_url(rabbit_url)
+    else:
+        proxy.blackhole()
+        url = proxy.url(rabbit_url)
+    closes: list[float] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for delay_s in (0.0, 0.0, 0.0, 0.01, 0.05, 0.2) * 2:
+            publisher = Publisher(url, connect_timeout_s=5.0)
+            publisher.start()
+            time.sleep(delay_s)
+            assert publisher.attempting or down == "refused"
+            took_s, error = _timed(publisher.close)
+            assert error is None, repr(error)
+            closes.append(took_s)
+            assert not publisher.running
+            del publisher
+            gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == [], unclosed
+    assert max(closes) < 2, closes
