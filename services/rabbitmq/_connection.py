@@ -254,14 +254,15 @@ class IOThread:
         return self._connection
 
     def _run(self) -> None:
-        assert self._ioloop is not None
+        ioloop = self._ioloop  # this thread's: a later `start` puts a new one in its place
+        assert ioloop is not None
         try:
             self._connect()
             self._run_loop()
         except BaseException as exc:  # noqa: BLE001  # nothing ends this thread unseen
             self._crash(exc)
         finally:
-            self._ioloop.close()
+            ioloop.close()
             self._stopped.set()
 
     def _run_loop(self) -> None:
@@ -425,7 +426,10 @@ class IOThread:
             # then calls `_on_open_error`, which ends the loop. One closing already (its
             # handshake timed out) calls it too.
             if not opening.is_closing and not opening.is_closed:
-                opening.close()
+                try:
+                    opening.close()
+                except pika.exceptions.ConnectionWrongStateError:
+                    self._end_loop()  # nothing to abort after all
         elif connection is None or connection.is_closed:
             self._end_loop()
 
