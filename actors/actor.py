@@ -33,12 +33,12 @@ SHORT_STRING_BYTES = 255
 """AMQP's limit on names, routing and binding keys (short strings), in bytes."""
 DELAY_KEY_PREFIX_BYTES = 58
 """What precedes the queue name in a delayed message's routing key and in the queue's
-delay binding key: 28 delay bits or stars and ``q.`` (see `leveret.services.delays`)."""
+delay binding key: 28 delay bits or stars and ``q.`` (see `leveret.services.topology.delays`)."""
 MAX_QUEUE_BYTES = SHORT_STRING_BYTES - DELAY_KEY_PREFIX_BYTES
 """The longest queue name (without namespace) on its own: its delay binding key must fit
 AMQP's 255 bytes. The names that also hold the namespace (the queue, its ``.dlq`` and that
 one's lock) are checked where the namespace is known
-(`leveret.services.naming.check_queue`)."""
+(`leveret.services.topology.naming.check_queue`)."""
 _MARK = "__leveret_handler__"
 
 

@@ -52,7 +52,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if not _django_app_ready():
         return None
     from leveret.django.settings import load
-    from leveret.services.redaction import redact
+    from leveret.services.observability.redaction import redact
 
     found = load()
     if found.test_broker_url is not None:

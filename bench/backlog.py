@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from leveret.services import RabbitBroker, naming
-from leveret.services.logs import configure_logging
+from leveret.services import RabbitBroker
+from leveret.services.observability.logs import configure_logging
+from leveret.services.topology import naming
 from tests.faults.test_backlog_memory import queue_counts, rss_kb
 from tests.sample_actors import Crasher, Job, Jobs
 

@@ -30,8 +30,8 @@ from bench.run import _best_effort, _raise_interrupt
 from bench.sink import Sink, Tick
 from bench.soak import Soak, print_summary
 from leveret.schemas.errors import PublishError
-from leveret.services import naming
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
+from leveret.services.topology import naming
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "cluster"

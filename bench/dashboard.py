@@ -23,7 +23,7 @@ from typing import Any
 
 import pika
 
-from leveret.services import naming
+from leveret.services.topology import naming
 
 RESULTS = Path(__file__).parent / "results" / "dashboard-latest.json"
 

@@ -9,8 +9,9 @@ from typing import Any
 from bench.common import PAYLOAD, Clock, Settings, pace, percentile, wait_until
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
-from leveret.services import RabbitBroker, tracing
-from leveret.services.operations.metrics import Metrics
+from leveret.services import RabbitBroker
+from leveret.services.observability import tracing
+from leveret.services.observability.metrics import Metrics
 
 
 class Ping(Message, topic="bench.ping"):

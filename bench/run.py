@@ -27,8 +27,8 @@ from bench.common import Settings
 from bench.iobound import print_io_bound, run_io_bound
 from bench.leveret_side import LeveretBench
 from bench.raw import RawBench
-from leveret.services import tracing
-from leveret.services.logs import configure_logging
+from leveret.services.observability import tracing
+from leveret.services.observability.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 THROUGHPUT = (

@@ -31,8 +31,9 @@ from typing import Any
 from bench.common import PAYLOAD
 from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, check_clean
 from bench.sink import RECORD_DIR_ENV, Sink, Tick, raw_consume
-from leveret.services import RabbitBroker, config, naming
-from leveret.services.logs import configure_logging
+from leveret.services import RabbitBroker, config
+from leveret.services.observability.logs import configure_logging
+from leveret.services.topology import naming
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "scaling-latest.json"

@@ -15,8 +15,8 @@ import threading
 from decimal import Decimal
 
 from leveret import Broker, PublishError, configure, publish
-from leveret.services.demo import DEMO_ACTORS, OrderPlaced, UserSignedUp, send_welcome
-from leveret.services.logs import configure_logging, get_logger
+from leveret.services.cli.demo import DEMO_ACTORS, OrderPlaced, UserSignedUp, send_welcome
+from leveret.services.observability.logs import configure_logging, get_logger
 
 
 def main() -> None:

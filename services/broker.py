@@ -37,25 +37,22 @@ from leveret.schemas.errors import (
     PublishError,
 )
 from leveret.schemas.message import Message
-from leveret.services import config, naming
+from leveret.services import config
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
-from leveret.services.delays import DelayQueues, delay_seconds
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
+from leveret.services.observability.tracing import Tracing, tracing
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
-from leveret.services.redaction import redact
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.execution import (
-    DEFAULT_MAX_BODY_BYTES,
-    Delivery,
-    MessageHooks,
-    WorkerObserver,
-)
+from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, MessageHooks, WorkerObserver
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
-from leveret.services.tracing import Tracing, tracing
+from leveret.services.topology import naming
+from leveret.services.topology.delays import DelayQueues, delay_seconds
 from leveret.services.transport import (
     Delivered,
     MemoryOptions,
@@ -686,7 +683,7 @@ class Broker:
             max_body_bytes: Bodies larger than this are dead-lettered unread (reason
                 ``too_large``); 16 MiB by default.
             observer: Sees each message start and finish in its handler thread (metrics:
-                `leveret.services.operations.metrics.Metrics`).
+                `leveret.services.observability.metrics.Metrics`).
 
         Raises:
             ConfigurationError: An option out of range, or no actor to run.

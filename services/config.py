@@ -8,8 +8,8 @@ import re
 from collections.abc import Sequence
 
 from leveret.schemas.errors import ConfigurationError
-from leveret.services.naming import DEFAULT_NAMESPACE
-from leveret.services.redaction import redact
+from leveret.services.observability.redaction import redact
+from leveret.services.topology.naming import DEFAULT_NAMESPACE
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 BROKER_URL_ENV = "LEVERET_BROKER_URL"

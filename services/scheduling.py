@@ -46,7 +46,7 @@ from leveret.schemas import wire
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument, LeveretError, PublishError
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.transport import Prepared, Route
 
 log = get_logger("leveret.scheduler")

@@ -37,15 +37,16 @@ from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
 from leveret.actors.schedules import Schedule, schedules_in
 from leveret.schemas.errors import ConfigurationError, InvalidArgument
-from leveret.services import naming
 from leveret.services.broker import Broker
-from leveret.services.logs import ROOT_LOGGER, event_of
+from leveret.services.delivery import Delivery
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.memory.transport import MemoryTransport
-from leveret.services.runtime.execution import Delivery, Stats
+from leveret.services.observability.logs import ROOT_LOGGER, event_of
+from leveret.services.runtime.execution import Stats
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, Scheduler, SentTick
+from leveret.services.topology import naming
 from leveret.services.transport import MemoryOptions
 
 __all__ = ["MemoryBroker", "VirtualClock", "captured_logs", "memory_broker"]

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import ConfigurationError, PublishError
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S, positive_seconds
-from leveret.services.delays import DelayQueues
+from leveret.services.topology.delays import DelayQueues
 
 if TYPE_CHECKING:
     from leveret.actors.actor import Actor
+    from leveret.services.delivery import Delivery
     from leveret.services.memory.clock import VirtualClock
     from leveret.services.runtime.consumer import Consumer
-    from leveret.services.runtime.execution import Delivery
     from leveret.services.scheduling import SchedulerBackend
 
 

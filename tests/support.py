@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import pika
 
 from leveret.actors.actor import Actor, ActorRef
-from leveret.services import naming, topology
 from leveret.services.broker import Broker, RabbitBroker
 from leveret.services.runtime.worker import Worker
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import naming
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBIT_URL = os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -10,7 +10,7 @@ import click
 
 from leveret.schemas.errors import LeveretError
 from leveret.services import config
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
 
 url_option = click.option(
     "--broker-url",

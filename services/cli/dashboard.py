@@ -8,7 +8,7 @@ import click
 
 from leveret.services import config
 from leveret.services.cli._common import import_path, namespace_option, url_option
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
 
 TOKEN_ENV = config.DASHBOARD_TOKEN_ENV
 ALLOWED_HOSTS_ENV = "LEVERET_DASHBOARD_ALLOWED_HOSTS"

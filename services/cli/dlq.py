@@ -8,7 +8,7 @@ import click
 
 from leveret.services.broker import Broker
 from leveret.services.cli._common import LeveretGroup, namespace_option, url_option
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
 
 
 @click.group(cls=LeveretGroup)
@@ -34,8 +34,8 @@ def dlq_list(
 
     Reading changes nothing: every letter stays, in the same order.
     """
-    from leveret.services.deadletters import DeadLetter, printable
-    from leveret.services.redaction import redact
+    from leveret.services.observability.redaction import redact
+    from leveret.services.operations.deadletters import DeadLetter, printable
 
     with _dlq_broker(broker_url, namespace) as broker:
         page = broker.dead_letters(queue, limit=limit, offset=offset)
@@ -66,8 +66,8 @@ def dlq_show(queue: str, message_id: str, broker_url: str | None, namespace: str
     """
     from leveret.schemas import wire
     from leveret.schemas.codec import json_preview
-    from leveret.services.deadletters import ByIdPrefix, printable
-    from leveret.services.redaction import redact
+    from leveret.services.observability.redaction import redact
+    from leveret.services.operations.deadletters import ByIdPrefix, printable
 
     meant = ByIdPrefix(message_id)
     with _dlq_broker(broker_url, namespace) as broker:
@@ -115,7 +115,7 @@ def dlq_replay(
         raise click.UsageError("give --all or at least one --id")
     replayed: set[str] = set()
 
-    from leveret.services.deadletters import printable
+    from leveret.services.operations.deadletters import printable
 
     def on_replayed(message_id: str) -> None:
         replayed.add(message_id)

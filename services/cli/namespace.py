@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from leveret.actors import actors_in
-from leveret.services import config, naming
+from leveret.services import config
 from leveret.services.cli._common import import_path, url_option
-from leveret.services.logs import configure_logging
-from leveret.services.redaction import redact
+from leveret.services.observability.logs import configure_logging
+from leveret.services.observability.redaction import redact
+from leveret.services.topology import naming
 
 
 @click.command("delete-namespace")
@@ -55,7 +56,7 @@ def delete_namespace(
     messages (unless --with-messages), or anything a running worker, scheduler or `dlq`
     command uses: stop them first.
     """
-    from leveret.services.deadletters import printable
+    from leveret.services.operations.deadletters import printable
     from leveret.services.rabbitmq.management import ManagementAPI, default_management_url
     from leveret.services.rabbitmq.namespace import delete_contents, namespace_contents
 

@@ -20,7 +20,7 @@ from leveret.services.cli._common import (
     url_option,
     with_log_options,
 )
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
 from leveret.services.scheduling import (
     DEFAULT_GRACE_S,

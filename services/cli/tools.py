@@ -14,7 +14,7 @@ from leveret.services.cli._common import (
     url_option,
     with_log_options,
 )
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
 
 
 @click.command()
@@ -45,7 +45,7 @@ def declare(modules: tuple[str, ...], broker_url: str | None, namespace: str | N
 @with_log_options
 def demo(broker_url: str, namespace: str, keep: bool, log_level: str, log_format: str) -> None:
     """Publish a few typed messages to example actors and show them handled."""
-    from leveret.services.demo import DEMO_ACTORS, EXPECTED_HANDLED, run_demo
+    from leveret.services.cli.demo import DEMO_ACTORS, EXPECTED_HANDLED, run_demo
 
     setup_logging(log_level, log_format)
     with Broker(broker_url, namespace=namespace) as broker:
@@ -89,9 +89,9 @@ def ping(
     Without --health-url/--health-file: an AMQP handshake (login included) with the broker,
     then close. For scripts and container health checks.
     """
+    from leveret.services.observability.redaction import redact
     from leveret.services.operations.health import probe_file, probe_url
     from leveret.services.rabbitmq.ping import ping_broker
-    from leveret.services.redaction import redact
 
     if health_url is not None and health_file is not None:
         raise click.UsageError("give --health-url or --health-file, not both")

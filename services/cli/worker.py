@@ -17,7 +17,7 @@ import click
 from leveret.actors import Actor, actors_in, configure
 from leveret.actors.schedules import schedules_in
 from leveret.schemas.errors import LeveretError
-from leveret.services import config, naming
+from leveret.services import config
 from leveret.services.broker import Broker, select_actors
 from leveret.services.cli._common import (
     import_path,
@@ -27,7 +27,13 @@ from leveret.services.cli._common import (
     with_log_options,
 )
 from leveret.services.cli.scheduler import run_in_thread
-from leveret.services.logs import flush_logs, get_logger
+from leveret.services.observability.logs import flush_logs, get_logger
+from leveret.services.observability.metrics import (
+    MULTIPROC_DIR_ENV,
+    SLOT_ENV,
+    Metrics,
+    multiprocess_exposition,
+)
 from leveret.services.operations.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from leveret.services.operations.health import (
     ChildrenProbe,
@@ -38,12 +44,6 @@ from leveret.services.operations.health import (
 )
 from leveret.services.operations.heartbeats import DEFAULT_INTERVAL_S as DEFAULT_HEARTBEAT_S
 from leveret.services.operations.heartbeats import Heartbeats
-from leveret.services.operations.metrics import (
-    MULTIPROC_DIR_ENV,
-    SLOT_ENV,
-    Metrics,
-    multiprocess_exposition,
-)
 from leveret.services.operations.supervisor import (
     HEALTH_FILE_ENV,
     READY_FD_ENV,
@@ -56,6 +56,7 @@ from leveret.services.runtime.execution import MessageHooks
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.scheduling import ScheduleSource, combined
+from leveret.services.topology import naming
 
 log = get_logger("leveret.worker")
 

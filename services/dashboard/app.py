@@ -33,10 +33,10 @@ from leveret.schemas.errors import BrokerError, ConfigurationError, NotFound, To
 from leveret.services.dashboard import security
 from leveret.services.dashboard.origins import CROSS_SITE_NAVIGATION, Hosts, check_allowed_hosts
 from leveret.services.dashboard.state import Busy, Dashboard, Known
-from leveret.services.deadletters import DeadLetter, printable
+from leveret.services.delivery import Delivery
+from leveret.services.observability.redaction import redact, redact_value
+from leveret.services.operations.deadletters import DeadLetter, printable
 from leveret.services.operations.status import Snapshot
-from leveret.services.redaction import redact, redact_value
-from leveret.services.runtime.execution import Delivery
 
 __all__ = ["Dashboard", "create_app"]
 

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from leveret.schemas.errors import InvalidArgument
 from leveret.services import config
 from leveret.services.dashboard.origins import CROSS_SITE_NAVIGATION, Fetch, Hosts, fetch_metadata
-from leveret.services.deadletters import printable
+from leveret.services.operations.deadletters import printable
 
 CSRF_COOKIE = "leveret_csrf"
 CSRF_FIELD = "csrf"

@@ -37,10 +37,10 @@ from leveret.actors.schedules import Schedule
 from leveret.schemas.errors import BrokerConnectionError, BrokerError, InvalidArgument
 from leveret.services import config
 from leveret.services.broker import Broker
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
 from leveret.services.operations.status import Snapshot, StatusReader, Warning
 from leveret.services.rabbitmq.management import ManagementUnavailable
-from leveret.services.redaction import redact
 
 log = get_logger("leveret.dashboard")
 

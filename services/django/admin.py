@@ -16,7 +16,7 @@ from django.utils.safestring import SafeString
 
 from leveret.django.models import OutboxMessage, ScheduledMessage
 from leveret.schemas.errors import LeveretError
-from leveret.services.deadletters import printable
+from leveret.services.operations.deadletters import printable
 
 
 class StateFilter(admin.SimpleListFilter):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
 
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from leveret.actors.dispatch import Dispatcher
@@ -36,7 +36,7 @@ class LeveretConfig(AppConfig):
         from leveret.django import checks  # noqa: F401  # registers the system checks
         from leveret.django.receivers import connect
         from leveret.django.settings import load
-        from leveret.services.logs import add_fallback_handler
+        from leveret.services.observability.logs import add_fallback_handler
 
         add_fallback_handler()
         connect(self)

@@ -22,9 +22,9 @@ from django.db.models import Count, Min
 
 from leveret.django.settings import LeveretSettings, load
 from leveret.schemas.errors import LeveretError
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
 from leveret.services.operations.status import Warning as StatusWarning
-from leveret.services.redaction import redact
 
 log = get_logger("leveret.django")
 

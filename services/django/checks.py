@@ -31,8 +31,8 @@ from leveret.actors.actor import Actor
 from leveret.actors.registry import imported_actors
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
-from leveret.services.logs import get_logger
-from leveret.services.redaction import redact
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
 from leveret.services.runtime.timelimits import handlers_over_limits
 
 log = get_logger("leveret.django")

@@ -18,7 +18,7 @@ import click
 from leveret.django.settings import MANAGEMENT_URL_ENV, LeveretSettings, broker_url, load
 from leveret.schemas.errors import LeveretError
 from leveret.services import config
-from leveret.services.redaction import redact
+from leveret.services.observability.redaction import redact
 
 DJANGO_OPTIONS = ("--settings", "--pythonpath")
 CONSUMER_TIMEOUT_ENV = "LEVERET_CONSUMER_TIMEOUT"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import close_old_connections, reset_queries
 
 from leveret.schemas.envelope import Envelope
-from leveret.services.runtime.execution import Outcome
+from leveret.services.delivery import Outcome
 
 
 class CloseOldConnections:

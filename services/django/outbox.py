@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from django.db import connections, transaction
 
 from leveret.schemas.errors import InvalidArgument
-from leveret.services import naming
 from leveret.services.broker import Prepared
-from leveret.services.delays import MAX_DELAY_S, routing_key
+from leveret.services.topology import naming
+from leveret.services.topology.delays import MAX_DELAY_S, routing_key
 
 _GROUP_ATTRIBUTE = "leveret_outbox_group"
 

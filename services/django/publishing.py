@@ -45,7 +45,7 @@ from leveret.schemas.errors import (
 )
 from leveret.schemas.message import Message
 from leveret.services.broker import Broker, Prepared, check_timeout
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 
 log = get_logger("leveret.django")
 

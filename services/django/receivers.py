@@ -10,7 +10,7 @@ from django.core.signals import setting_changed
 from django.db.models.signals import post_migrate
 
 from leveret.schemas.errors import LeveretError
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 
 log = get_logger("leveret.django")
 

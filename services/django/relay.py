@@ -52,7 +52,7 @@ from leveret.schemas.errors import (
     PublishTimeout,
 )
 from leveret.services.broker import Broker, Prepared
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from leveret.django.models import OutboxMessage as OutboxMessageType

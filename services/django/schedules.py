@@ -10,7 +10,7 @@ from django.db import DatabaseError, close_old_connections
 from leveret.actors.schedules import Schedule, schedules_in
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.scheduling import ScheduleSource
 
 log = get_logger("leveret.scheduler")

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leveret.schemas.errors import ConfigurationError
-from leveret.services import config, naming
-from leveret.services.redaction import redact
+from leveret.services import config
+from leveret.services.observability.redaction import redact
+from leveret.services.topology import naming
 
 MANAGEMENT_URL_ENV = "LEVERET_MANAGEMENT_URL"
 """The environment variable naming the management API, as for ``leveret status``."""

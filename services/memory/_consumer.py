@@ -10,9 +10,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Outcome
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
-from leveret.services.runtime.execution import Outcome
 from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
 
 if TYPE_CHECKING:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from leveret.actors.actor import Actor
 from leveret.schemas import wire
 from leveret.schemas.errors import NotFound, PublishError
-from leveret.services import naming
-from leveret.services.deadletters import replayed
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Delivery, Outcome
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory.clock import VirtualClock
-from leveret.services.runtime.execution import Delivery, Outcome
+from leveret.services.observability.logs import get_logger
+from leveret.services.operations.deadletters import replayed
+from leveret.services.topology import naming
 
 if TYPE_CHECKING:
     from leveret.services.scheduling import SchedulerBackend

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
 log = get_logger("leveret.health")

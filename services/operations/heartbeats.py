@@ -2,7 +2,7 @@
 
 A heartbeat is a small JSON document (`HEARTBEAT_FIELDS`) published, without confirm and as
 a transient message, to the namespace's non-durable fanout exchange
-``{namespace}._heartbeats`` (`leveret.services.naming.heartbeats_exchange`) on a channel of
+``{namespace}._heartbeats`` (`leveret.services.topology.naming.heartbeats_exchange`) on a channel of
 the worker's own connection. Nothing is bound to that exchange unless a ``leveret status``
 listens, so when nobody looks RabbitMQ drops each heartbeat at once: no queue, no disk.
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
 log = get_logger("leveret.heartbeats")

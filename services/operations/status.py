@@ -33,8 +33,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from leveret.services import naming
 from leveret.services.broker import Broker
+from leveret.services.observability.redaction import printable, redact, shown
 from leveret.services.operations.heartbeats import DEFAULT_INTERVAL_S, STALE_AFTER_INTERVALS
 from leveret.services.operations.status_queues import (
     MAX_PROBED_QUEUES,
@@ -48,8 +48,8 @@ from leveret.services.rabbitmq.management import (
     ManagementUnavailable,
     default_management_url,
 )
-from leveret.services.redaction import printable, redact, shown
-from leveret.services.topology import at_least_once_policy_command
+from leveret.services.topology import naming
+from leveret.services.topology.declarations import at_least_once_policy_command
 from leveret.services.transport import QueueFigures
 
 MAX_WORKERS = 10_000

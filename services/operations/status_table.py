@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from leveret.services.observability.redaction import printable
 from leveret.services.operations.status import Snapshot
-from leveret.services.redaction import printable
 
 
 def render(snapshot: Snapshot) -> str:

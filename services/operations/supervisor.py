@@ -39,8 +39,8 @@ from types import FrameType
 from typing import Any
 
 from leveret.schemas.errors import ConfigurationError
-from leveret.services.logs import get_logger
-from leveret.services.operations.metrics import MULTIPROC_DIR_ENV, SLOT_ENV, child_exited
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.metrics import MULTIPROC_DIR_ENV, SLOT_ENV, child_exited
 from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_OK,

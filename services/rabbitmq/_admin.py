@@ -24,13 +24,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.schemas.errors import BrokerConnectionError, LeveretError, NotFound, OperationError
 from leveret.services import config
+from leveret.services.observability.redaction import redact
 from leveret.services.rabbitmq._connection import (
     OPENING_ERRORS,
     connection_parameters_all,
     describe,
 )
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
-from leveret.services.redaction import redact
 
 _NOT_FOUND = 404
 

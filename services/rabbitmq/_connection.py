@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from pika.adapters.select_connection import _Timeout
 
 from leveret.services import config
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact as redact_url
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
-from leveret.services.redaction import redact as redact_url
 
 log = get_logger("leveret.connection")
 

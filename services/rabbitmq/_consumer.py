@@ -28,9 +28,8 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from leveret.actors.actor import Actor
-from leveret.services import delays, naming, topology
-from leveret.services.delays import DelayQueues
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Outcome
+from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -41,9 +40,11 @@ from leveret.services.rabbitmq._connection import (
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
-from leveret.services.runtime.execution import Outcome
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
-from leveret.services.topology import Step
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import delays, naming
+from leveret.services.topology.declarations import Step
+from leveret.services.topology.delays import DelayQueues
 
 log = get_logger("leveret.worker")
 

@@ -1,4 +1,4 @@
-"""Internal: declaring `leveret.services.topology` steps on a pika channel."""
+"""Internal: declaring `leveret.services.topology.declarations` steps on a pika channel."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pika.frame
 from pika.channel import Channel
 
 from leveret.schemas.errors import TopologyError
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq._connection import describe
-from leveret.services.topology import Step, at_least_once_policy_command
+from leveret.services.topology.declarations import Step, at_least_once_policy_command
 
 log = get_logger("leveret.topology")
 

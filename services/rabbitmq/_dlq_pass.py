@@ -57,10 +57,10 @@ from pika.spec import Basic
 
 from leveret.schemas import wire
 from leveret.schemas.errors import TopologyError
-from leveret.services.deadletters import replayed
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Delivery
+from leveret.services.observability.logs import get_logger
+from leveret.services.operations.deadletters import replayed
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.runtime.execution import Delivery
 
 log = get_logger("leveret.deadletters")
 
@@ -106,7 +106,7 @@ def dlq_lock(connection: BlockingConnection, lock: str, dlq: str) -> BlockingCha
 
     Args:
         connection: The connection that holds it (closing it releases the lock).
-        lock: The lock's name (`leveret.services.naming.dlq_lock`).
+        lock: The lock's name (`leveret.services.topology.naming.dlq_lock`).
         dlq: The dead-letter queue's name, for the error.
 
     Returns:

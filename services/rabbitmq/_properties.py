@@ -19,7 +19,7 @@ from pika.spec import Basic
 
 from leveret.schemas import wire
 from leveret.schemas.envelope import Envelope, seconds_since_epoch
-from leveret.services.runtime.execution import Delivery
+from leveret.services.delivery import Delivery
 
 PERSISTENT: Literal[2] = 2
 SHORT_STRING_BYTES = 255

@@ -64,7 +64,7 @@ from leveret.schemas.errors import (
     PublishTimeout,
     TopologyError,
 )
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -73,7 +73,7 @@ from leveret.services.rabbitmq._connection import (
     describe,
 )
 from leveret.services.rabbitmq._declare import declare_async, declarer
-from leveret.services.topology import Step
+from leveret.services.topology.declarations import Step
 from leveret.services.transport import PublishObserver
 
 log = get_logger("leveret.publisher")

@@ -35,12 +35,12 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic
 
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import describe
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.runtime.consumer import Job
-from leveret.services.topology import Step
+from leveret.services.topology.declarations import Step
 
 log = get_logger("leveret.worker")
 

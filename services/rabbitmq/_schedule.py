@@ -32,8 +32,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from leveret.actors.actor import Actor
 from leveret.actors.schedules import valid_schedule_name
 from leveret.schemas.errors import BrokerConnectionError, OperationError, PublishError
-from leveret.services import config, naming
-from leveret.services.logs import get_logger
+from leveret.services import config
+from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._connection import (
     OPENING_ERRORS,
@@ -42,8 +43,8 @@ from leveret.services.rabbitmq._connection import (
     node_down,
 )
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
-from leveret.services.redaction import redact
 from leveret.services.scheduling import MAX_STATE_ENTRIES, SchedulerBackend
+from leveret.services.topology import naming
 from leveret.services.transport import Prepared, Transport
 
 log = get_logger("leveret.scheduler")

@@ -23,8 +23,8 @@ from time import sleep
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from leveret.services import naming
 from leveret.services.rabbitmq._admin import AdminChannel
+from leveret.services.topology import naming
 from leveret.services.transport import QueueFigures
 
 HEARTBEAT_TTL_S = 60

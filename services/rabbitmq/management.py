@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from leveret.services import config
-from leveret.services.redaction import redact
+from leveret.services.observability.redaction import redact
 from leveret.services.transport import QueueFigures
 
 TIMEOUT_S = 3.0

@@ -28,9 +28,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import OperationError
-from leveret.services import naming, topology
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq.management import ManagementAPI, ManagementUnavailable
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import naming
 
 _NOT_FOUND = 404
 _RESOURCE_LOCKED = 405

@@ -11,8 +11,8 @@ import pika.exceptions
 
 from leveret.schemas.errors import BrokerConnectionError
 from leveret.services import config
+from leveret.services.observability.redaction import redact as redact_url
 from leveret.services.rabbitmq._connection import OPENING_ERRORS, innermost
-from leveret.services.redaction import redact as redact_url
 
 
 def ping_broker(url: str, timeout_s: float = 5.0) -> float:

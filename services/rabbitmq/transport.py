@@ -9,16 +9,18 @@ from datetime import datetime
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import BrokerConnectionError, BrokerUnavailable, ConfigurationError
-from leveret.services import config, delays, naming, topology
-from leveret.services.delays import DelayQueues
+from leveret.services import config
+from leveret.services.delivery import Delivery
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
 from leveret.services.rabbitmq._publisher import Batch, Outgoing, Publisher, batch_error
 from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
 from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
-from leveret.services.runtime.execution import Delivery
 from leveret.services.scheduling import SchedulerBackend
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import delays, naming
+from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
     Chosen,
     Delivered,

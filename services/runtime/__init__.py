@@ -4,8 +4,9 @@
 decides what happens to one delivery; `timelimits` interrupts handlers past their limit.
 """
 
+from leveret.services.delivery import Delivery, Outcome
 from leveret.services.runtime.consumer import Consumer, Job
-from leveret.services.runtime.execution import Delivery, Executor, MessageHooks, Outcome, Stats
+from leveret.services.runtime.execution import Executor, MessageHooks, Stats
 from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_INTERNAL_ERROR,

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from leveret.services.runtime.execution import Delivery, Outcome
+from leveret.services.delivery import Delivery, Outcome
 
 Deliver = Callable[["Job"], None]
 """Called by the consumer with each delivery it takes (from the consumer's own thread)."""

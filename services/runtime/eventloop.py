@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Job
 
 log = get_logger("leveret.worker")

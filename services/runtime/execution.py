@@ -13,10 +13,10 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -26,7 +26,7 @@ from leveret.actors.control import Reject
 from leveret.actors.handling import done_handling, handling
 from leveret.schemas import wire
 from leveret.schemas.codec import decode
-from leveret.schemas.envelope import Envelope, attempt_of, new_message_id, seconds_since_epoch
+from leveret.schemas.envelope import Envelope, new_message_id
 from leveret.schemas.errors import (
     DecodeError,
     InvalidMessage,
@@ -36,17 +36,18 @@ from leveret.schemas.errors import (
     TooLarge,
     UnknownTopic,
 )
-from leveret.services import delays, naming
-from leveret.services.delays import MAX_DELAY_S
-from leveret.services.logs import (
+from leveret.services.delivery import Delivery, Outcome
+from leveret.services.observability.logs import (
     bind_message_fields,
     get_logger,
     leveret_owns_structlog,
     unbind_message_fields,
 )
-from leveret.services.redaction import redact
+from leveret.services.observability.redaction import redact
+from leveret.services.observability.tracing import tracing
 from leveret.services.runtime.timelimits import LIMITS
-from leveret.services.tracing import tracing
+from leveret.services.topology import delays, naming
+from leveret.services.topology.delays import MAX_DELAY_S
 
 log = get_logger("leveret.worker")
 
@@ -63,81 +64,6 @@ _DECODE_REASONS: dict[type[DecodeError], str] = {
     TooLarge: "too_large",
 }
 HOSTNAME = socket.gethostname()
-
-
-@dataclass(slots=True)
-class Delivery:
-    """A delivery as any broker hands it over.
-
-    The RabbitMQ side builds it from whatever a client sent
-    (`leveret.services.rabbitmq._properties.delivery`), so nothing here is trusted: `envelope`
-    reads each field defensively.
-
-    Attributes:
-        body: Raw body.
-        topic: The AMQP ``type`` property, else the routing key of a ``publish``.
-        message_id: The ``message_id`` property; a delivery without one gets a fresh id
-            here, which its retries and dead letter keep.
-        correlation_id: The ``correlation_id`` property.
-        timestamp: The ``timestamp`` property, seconds since the epoch.
-        headers: AMQP headers.
-        redelivered: The broker's redelivered flag.
-        exchange: The exchange it was published to.
-        routing_key: Its routing key.
-    """
-
-    body: bytes
-    topic: str | None
-    message_id: str
-    correlation_id: str | None
-    timestamp: int | None
-    headers: Mapping[str, Any]
-    redelivered: bool = False
-    exchange: str = ""
-    routing_key: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.message_id:
-            self.message_id = new_message_id()
-
-    def envelope(self) -> Envelope:
-        """The envelope a handler sees (never raises, whatever the delivery holds)."""
-        seconds = seconds_since_epoch(self.timestamp)
-        return Envelope(
-            message_id=self.message_id,
-            topic=self.topic or "",
-            correlation_id=self.correlation_id,
-            timestamp=(
-                datetime.fromtimestamp(seconds, UTC) if seconds is not None else datetime.now(UTC)
-            ),
-            attempt=attempt_of(self.headers.get(wire.ATTEMPT)),
-            headers=self.headers,
-            redelivered=self.redelivered,
-        )
-
-
-Fate = Literal["ack", "retry", "dead_letter"]
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the broker must do with a delivery once its handler is done.
-
-    Attributes:
-        fate: ``ack`` (handled), ``retry`` (published again after `delay_s`, then ack) or
-            ``dead_letter`` (to the actor's `.dlq`, then ack).
-        envelope: The delivery's envelope.
-        headers: For retries and dead letters: the headers to publish with (attempt count,
-            ``x-leveret-error-*``).
-        error: The exception behind a retry or dead letter, if any.
-        delay_s: For retries: whole seconds to wait (0: at once).
-    """
-
-    fate: Fate
-    envelope: Envelope
-    headers: dict[str, Any] = field(default_factory=dict)
-    error: BaseException | None = None
-    delay_s: int = 0
 
 
 @dataclass(slots=True)
@@ -248,7 +174,7 @@ class Executor:
         Whatever the delivery holds and whatever the handler does, this returns an outcome:
         a fault of Leveret's own while handling it dead-letters the delivery with reason
         ``internal_error`` (and its traceback) instead of raising. With tracing
-        (`leveret.services.tracing`) it runs in a span whose parent is the message's.
+        (`leveret.services.observability.tracing`) it runs in a span whose parent is the message's.
         An async handler's coroutine is run here to its end, on an event loop of this
         call's own (`MemoryBroker.join`); the worker runs those with `run_async`.
         """
@@ -597,7 +523,7 @@ def retry_delay_s(delay: object) -> int | None:
         delay: `RetryPolicy.next_delay_s`'s answer: None (no retry) or seconds.
 
     Returns:
-        None for no retry, else 0 … `leveret.services.delays.MAX_DELAY_S`, rounded up.
+        None for no retry, else 0 … `leveret.services.topology.delays.MAX_DELAY_S`, rounded up.
 
     Raises:
         InvalidRetry: The delay is not a real number (a string, None from a backoff, a

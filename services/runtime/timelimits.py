@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import TimeLimitExceeded
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 
 log = get_logger("leveret.worker")
 

@@ -27,18 +27,18 @@ from types import FrameType
 from typing import Any
 
 from leveret.actors.actor import Actor
-from leveret.services import naming
-from leveret.services.logs import get_logger
+from leveret.services.delivery import Outcome
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Consumer, Job
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY, EventLoop
 from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Executor,
     MessageHooks,
-    Outcome,
     Stats,
     WorkerObserver,
 )
+from leveret.services.topology import naming
 
 log = get_logger("leveret.worker")
 

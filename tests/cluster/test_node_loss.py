@@ -21,7 +21,9 @@ import pika
 import pytest
 
 from leveret.schemas.errors import PublishError
-from leveret.services import RabbitBroker, naming, topology
+from leveret.services import RabbitBroker
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.cluster.conftest import Cluster, delete_namespace
 from tests.cluster_actors import ClusterJob, ClusterJobs

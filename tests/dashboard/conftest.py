@@ -19,7 +19,8 @@ import pika
 import pytest
 
 import leveret
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.dashboard_actors import Parcels
 from tests.support import RABBIT_URL, ROOT, LoggedProcess, free_port, wait_until
 

@@ -13,7 +13,8 @@ from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
 from leveret.django import TransactionalDispatcher
 from leveret.django.registry import task_actors
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.support import take_all
 
 DATABASES = ["default", "sqlite"]

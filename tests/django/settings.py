@@ -91,7 +91,9 @@ if os.environ.get("LEVERET_TEST_LOG_FILE"):
     LOGGING = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"structured": {"()": "leveret.services.logs.StructuredFormatter"}},
+        "formatters": {
+            "structured": {"()": "leveret.services.observability.logs.StructuredFormatter"}
+        },
         "handlers": {
             "project": {
                 "class": "logging.FileHandler",

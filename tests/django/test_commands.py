@@ -18,7 +18,8 @@ from django.core.management import call_command
 from pytest_django.fixtures import Settings
 
 from leveret.django.registry import task_actors
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.django.plugin_actors import Complaint, Grumpy, Tally
 from tests.support import ROOT, LoggedProcess, running, wait_until
 

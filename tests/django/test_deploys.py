@@ -14,7 +14,8 @@ from pytest_django.fixtures import Settings
 
 from leveret.django.project import forget_project_broker
 from leveret.django.registry import task_actors
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.django.plugin_actors import Grumpy, Note, Tally
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -16,7 +16,8 @@ from leveret.actors import Actor, configure, handler, publish
 from leveret.django import TransactionalDispatcher
 from leveret.django.models import OutboxMessage
 from leveret.django.relay import Relay, outbox_status
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.django.conftest import drain
 from tests.proxy import TcpProxy
 from tests.support import take_all, wait_until

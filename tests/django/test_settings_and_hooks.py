@@ -12,7 +12,7 @@ from leveret.django.checks import check_settings
 from leveret.django.settings import read
 from leveret.schemas.envelope import Envelope
 from leveret.services import MemoryBroker
-from leveret.services.runtime.execution import Outcome
+from leveret.services.delivery import Outcome
 
 
 class Failing(Actor, queue="hooks.failing"):

@@ -16,7 +16,8 @@ from leveret.django.tasks import task_actor
 from leveret.django.tasks_api import TaskResultStatus, task, task_finished
 from leveret.schemas import wire
 from leveret.schemas.errors import ConfigurationError
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.support import running, wait_until
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.async_actors import AsyncJob, AsyncJobs
 from tests.faults.helpers import done_numbers, events
 from tests.support import WorkerProcess, wait_until

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn
 from tests.sample_actors import Job, Jobs
 from tests.support import rabbitmqctl_list, wait_until

@@ -9,7 +9,8 @@ import pytest
 
 from leveret.actors import Actor, handler
 from leveret.schemas import Message, wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.support import Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]

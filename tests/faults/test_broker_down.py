@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from leveret.schemas.errors import BrokerUnavailable, LeveretError, PublishError, PublishTimeout
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs
 from tests.support import take_all

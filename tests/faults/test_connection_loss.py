@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from leveret.schemas.errors import PublishError
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.proxy import TcpProxy
 from tests.sample_actors import Job, Jobs

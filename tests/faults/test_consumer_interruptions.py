@@ -13,9 +13,10 @@ import pytest
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.operations.health import WorkerProbe
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.support import RABBITMQCTL, Recorder, running, wait_until
 
 pytestmark = [pytest.mark.fault]

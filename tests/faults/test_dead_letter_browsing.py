@@ -20,9 +20,10 @@ import pika.exceptions
 import pytest
 
 from leveret.schemas import wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.rabbitmq import _dlq_pass
 from leveret.services.rabbitmq._dlq_pass import dlq_lock
+from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs

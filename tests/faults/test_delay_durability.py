@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import Job, Jobs, record_times
 from tests.support import wait_until

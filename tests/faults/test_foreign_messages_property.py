@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message, wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.operations.health import HealthServer, WorkerProbe
 from leveret.services.runtime.worker import Worker
+from leveret.services.topology import naming
 from tests.raw_amqp import RawHeaders, client, far_timestamp, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 

@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.sample_actors import Job, Jobs
 from tests.support import wait_until

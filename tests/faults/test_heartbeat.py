@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import Job, Jobs
 from tests.support import RABBITMQCTL, rabbitmqctl_list, wait_until

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.observability.redaction import printable
 from leveret.services.operations.heartbeats import HEARTBEAT_FIELDS
 from leveret.services.operations.status import StatusReader
 from leveret.services.operations.status_table import render
-from leveret.services.redaction import printable
+from leveret.services.topology import naming
 from tests.faults.test_foreign_messages_property import (
     header_tables,
     json_values,

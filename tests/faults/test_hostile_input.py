@@ -16,11 +16,12 @@ import pytest
 
 from leveret.actors import Actor, Context, RetryPolicy, fixed, handler
 from leveret.schemas import Message, wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.operations.health import HealthServer, WorkerProbe
 from leveret.services.rabbitmq._frames import UNDECODABLE_HEADERS
 from leveret.services.runtime.worker import Worker
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.raw_amqp import RawHeaders, client, far_timestamp, field, nested_tables
 from tests.support import Recorder, get_health, running, wait_until
 

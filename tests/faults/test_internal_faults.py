@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
+from leveret.services.topology import naming
 from tests.fault_injection_actors import AsyncPing, Fault, Injector, Slow
 from tests.faults.helpers import events
 from tests.proxy import TcpProxy

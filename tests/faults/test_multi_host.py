@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import events
 from tests.faults.netns import Network, host_process
 from tests.proxy import TcpProxy

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from leveret.services import RabbitBroker, naming
-from leveret.services.deadletters import DeadLetter
+from leveret.services import RabbitBroker
+from leveret.services.operations.deadletters import DeadLetter
+from leveret.services.topology import naming
 from tests.faults.helpers import Spawn, events
 from tests.sample_actors import CRASH_EXIT_CODE, Crash, Crasher, Job, Jobs
 from tests.support import WorkerProcess, wait_until

@@ -21,9 +21,10 @@ from leveret.schemas.errors import (
     PublishError,
     PublishTimeout,
 )
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.rabbitmq._publisher import Outgoing, Publisher
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.proxy import TcpProxy
 from tests.support import RABBITMQCTL, Recorder, running, wait_until
 

@@ -11,7 +11,8 @@ import pytest
 
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.sample_actors import Job, Jobs
 from tests.support import Recorder, running, wait_until
 

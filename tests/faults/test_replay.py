@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from leveret.schemas import wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, running, take_all, wait_until
 

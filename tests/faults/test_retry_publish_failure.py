@@ -7,7 +7,8 @@ import time
 import pika
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.services.test_retries import Flaky, Retrier, _use_clock, calls
 from tests.support import running
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from leveret.schemas import wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.proxy import TcpProxy
 from tests.schedule_samples import Seconds
 from tests.support import RABBIT_ADDRESS, LoggedProcess, take_all, wait_until

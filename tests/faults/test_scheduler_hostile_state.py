@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from leveret import Actor, Message, every, handler, schedule
 from leveret.actors.schedules import valid_schedule_name
 from leveret.schemas import wire
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.scheduling import MAX_STATE_ENTRIES, Scheduler
+from leveret.services.topology import naming
 from tests.hostile_states import POISON_TICK, hostile_bodies, state, state_bodies
 from tests.raw_amqp import client
 from tests.schedule_samples import Seconds, every_second

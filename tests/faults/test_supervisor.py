@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.faults.helpers import done_numbers, events
 from tests.sample_actors import Crasher, Job, Jobs
 from tests.support import ROOT, WorkerProcess, free_port, get_health, wait_health, wait_until

@@ -18,8 +18,9 @@ import pytest
 
 from leveret.actors import NO_RETRY, Actor, Reject, handler
 from leveret.schemas import Message
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.support import Recorder, fill_until_refused, queue_policy, running, wait_until
 
 pytestmark = [pytest.mark.fault]

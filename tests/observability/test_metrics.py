@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.observability.helpers import (
     BROKEN,
     EXPECTED_COUNTED,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from leveret.services import MemoryBroker, RabbitBroker
-from leveret.services.runtime.execution import Outcome
+from leveret.services.delivery import Outcome
 from leveret.services.testing import captured_logs
 from tests.observed_actors import Counted, Work
 from tests.support import running, wait_until

@@ -30,9 +30,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.cli import main
 from leveret.services.cli.status import _CLEAR
+from leveret.services.observability.redaction import printable
 from leveret.services.operations.status import (
     CLOCK_TOLERANCE_S,
     Snapshot,
@@ -40,7 +41,7 @@ from leveret.services.operations.status import (
     parse_workers,
 )
 from leveret.services.operations.status_table import render
-from leveret.services.redaction import printable
+from leveret.services.topology import naming
 from tests.observability.helpers import status_json
 from tests.observed_actors import Counted, Relayed, Work
 from tests.support import RABBITMQCTL, ROOT, WorkerProcess, declare_as_leveret_0_1, wait_until

@@ -21,8 +21,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming, tracing
+from leveret.services import RabbitBroker
+from leveret.services.observability import tracing
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.observed_actors import Counted, Ends, Relay, Start, Work
 from tests.support import WorkerProcess, running, wait_until
 

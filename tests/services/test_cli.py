@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 from leveret.actors import actors_in
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests.support import ROOT
 
 

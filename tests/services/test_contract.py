@@ -10,9 +10,10 @@ import pytest
 
 from leveret.actors import NO_RETRY, Actor, Context, Reject, actor, handler, publish
 from leveret.schemas import Message, PublishError, wire
-from leveret.services import MemoryBroker, naming
+from leveret.services import MemoryBroker
 from leveret.services.broker import Broker
-from leveret.services.runtime.execution import Delivery
+from leveret.services.delivery import Delivery
+from leveret.services.topology import naming
 from tests.support import Recorder, running, wait_until
 
 

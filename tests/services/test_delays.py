@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leveret.services import delays, topology
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import delays
 
 
 @given(st.integers(min_value=0, max_value=delays.MAX_DELAY_S))

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
+from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.sample_actors import Jobs
 from tests.support import ROOT, rabbitmqctl_list, running, wait_until

@@ -17,10 +17,11 @@ import pytest
 from leveret.actors import Actor, Reject, RetryPolicy, fixed, handler
 from leveret.schemas import Message, wire
 from leveret.schemas.errors import NotFound
-from leveret.services import MemoryBroker, RabbitBroker, naming
+from leveret.services import MemoryBroker, RabbitBroker
 from leveret.services.broker import Broker
 from leveret.services.rabbitmq._dlq_pass import dlq_lock
 from leveret.services.testing import memory_broker
+from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.sample_actors import Job, Jobs
 from tests.support import ROOT, dlq_lock_held, running, take_all, wait_until

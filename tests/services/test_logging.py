@@ -16,7 +16,7 @@ import structlog
 
 from leveret.actors import Actor, AsyncContext, Context, handler
 from leveret.schemas import Message
-from leveret.services.logs import (
+from leveret.services.observability.logs import (
     RedactSecrets,
     StructuredFormatter,
     bind_message_fields,
@@ -24,7 +24,7 @@ from leveret.services.logs import (
     merge_message_fields,
     unbind_message_fields,
 )
-from leveret.services.redaction import redact
+from leveret.services.observability.redaction import redact
 from leveret.services.testing import captured_logs, memory_broker
 from tests.support import RABBIT_URL, ROOT, wait_until
 
@@ -160,7 +160,7 @@ def test_standard_library_records_go_through_the_same_redaction() -> None:
     """pika, Django or the project's own `logging` calls: JSON lines, passwords hidden."""
     code = (
         "import logging\n"
-        "from leveret.services.logs import configure_logging\n"
+        "from leveret.services.observability.logs import configure_logging\n"
         "configure_logging('info', json=True)\n"
         "logging.getLogger('app').warning('broker %s', 'AMQP://u:S3cr#t/x@h:5672/')\n"
         "try:\n"
@@ -185,7 +185,9 @@ def test_leveret_lines_written_without_a_record_match_the_formatters_and_hide_pa
     redacted only when the rendered line holds a URL: the line must be the formatter's."""
     code = (
         "import logging\n"
-        "from leveret.services.logs import bind_message_fields, configure_logging, get_logger\n"
+        "from leveret.services.observability.logs import (\n"
+        "    bind_message_fields, configure_logging, get_logger\n"
+        ")\n"
         "configure_logging('info', json=True)\n"
         "logging.getLogger('leveret.viarecord').addFilter(lambda record: True)\n"
         "bind_message_fields({'topic': 'amqp://w:W1re@h', 'attempt': 1})\n"

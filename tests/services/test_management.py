@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.rabbitmq.management import ManagementAPI, default_management_url
+from leveret.services.topology import naming
 from tests.dashboard_actors import Parcels
 from tests.support import RABBIT_URL, wait_until
 

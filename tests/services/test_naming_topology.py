@@ -14,7 +14,9 @@ from leveret.actors.actor import MAX_QUEUE_BYTES
 from leveret.schemas import Message
 from leveret.schemas.errors import ConfigurationError, DefinitionError, NotFound
 from leveret.schemas.message import MAX_TOPIC_BYTES
-from leveret.services import RabbitBroker, delays, naming, topology
+from leveret.services import RabbitBroker
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import delays, naming
 from tests.support import ROOT
 
 

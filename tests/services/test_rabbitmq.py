@@ -11,9 +11,11 @@ import pytest
 
 from leveret.actors import Actor, Context, handler
 from leveret.schemas import Message, PublishError, TopologyError
-from leveret.services import RabbitBroker, naming, topology
+from leveret.services import RabbitBroker
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.testing import captured_logs
+from leveret.services.topology import declarations as topology
+from leveret.services.topology import naming
 from tests.support import (
     RABBITMQCTL,
     Recorder,

@@ -25,9 +25,9 @@ from leveret.actors import Actor, RetryPolicy, handler
 from leveret.schemas import Message, wire
 from leveret.schemas.errors import BrokerConnectionError
 from leveret.services import RabbitBroker, config
-from leveret.services.logs import StructuredFormatter, get_logger
+from leveret.services.observability.logs import StructuredFormatter, get_logger
+from leveret.services.observability.redaction import redact, redact_value
 from leveret.services.operations.heartbeats import Heartbeats
-from leveret.services.redaction import redact, redact_value
 from leveret.services.runtime.execution import ERROR_MESSAGE_LIMIT, TRACEBACK_LIMIT
 from leveret.services.testing import MemoryBroker
 from tests.support import ROOT, free_port, running, wait_until
@@ -226,7 +226,7 @@ def test_a_workers_log_lines_never_show_a_password_holding_spaces() -> None:
     the same process: connection errors to a closed port, with the password hidden."""
     code = (
         "import logging, sys\n"
-        "from leveret.services.logs import configure_logging, get_logger\n"
+        "from leveret.services.observability.logs import configure_logging, get_logger\n"
         "configure_logging('info', json=True)\n"
         "url = sys.argv[1]\n"
         "get_logger('leveret.test').warning('cannot connect', url=url, error=f'to {url}')\n"

@@ -23,8 +23,9 @@ from leveret.actors import (
     publish,
 )
 from leveret.schemas import Message, wire
-from leveret.services import RabbitBroker, delays, naming
+from leveret.services import RabbitBroker
 from leveret.services.testing import memory_broker
+from leveret.services.topology import delays, naming
 from tests.support import Recorder, running, wait_until
 
 
@@ -136,7 +137,7 @@ def test_memory_reject_and_non_retryable_errors_skip_retries(message: Flaky, rea
 
 def test_memory_validation_error_skips_retries() -> None:
     with memory_broker(Retrier) as broker:
-        from leveret.services.runtime.execution import Delivery
+        from leveret.services.delivery import Delivery
 
         with broker.changed:
             broker.queues[naming.queue_name(broker.namespace, "retrier")].append(

@@ -16,10 +16,11 @@ import pytest
 from leveret import Actor, Message, every, handler, schedule
 from leveret.actors.schedules import CatchUp, Schedule
 from leveret.schemas import wire
-from leveret.services import MemoryBroker, RabbitBroker, naming
+from leveret.services import MemoryBroker, RabbitBroker
 from leveret.services.broker import Broker
 from leveret.services.scheduling import Scheduler
 from leveret.services.testing import captured_logs
+from leveret.services.topology import naming
 from tests.support import take_all
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)

@@ -16,8 +16,9 @@ import pytest
 
 from leveret import Actor, Message, cron, handler, schedule
 from leveret.schemas.errors import InvalidArgument
-from leveret.services import RabbitBroker, naming
+from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker, VirtualClock
+from leveret.services.topology import naming
 from tests.schedule_samples import Seconds, every_second
 from tests.support import ROOT, LoggedProcess, wait_until
 

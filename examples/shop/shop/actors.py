@@ -4,7 +4,7 @@ from django.db import transaction
 from django.db.models import F
 
 from leveret import Actor, Tick, actor, cron, handler, periodic
-from leveret.services.logs import get_logger
+from leveret.services.observability.logs import get_logger
 from shop.messages import OrderPlaced
 from shop.models import Confirmation, Order, Product, StockMovement
 

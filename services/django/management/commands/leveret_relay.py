@@ -13,7 +13,7 @@ from leveret.django.project import command_broker
 from leveret.django.relay import Relay, outbox_status, retry_failed
 from leveret.django.settings import load
 from leveret.schemas.errors import LeveretError
-from leveret.services.logs import configure_logging
+from leveret.services.observability.logs import configure_logging
 
 
 class Command(BaseCommand):

@@ -35,8 +35,8 @@ from prometheus_client import (
 
 from leveret.schemas import wire
 from leveret.services import config
-from leveret.services.logs import get_logger
-from leveret.services.runtime.execution import Outcome
+from leveret.services.delivery import Outcome
+from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
 log = get_logger("leveret.metrics")

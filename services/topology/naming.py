@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from leveret.schemas.errors import ConfigurationError
-from leveret.services.delays import LEVELS
+from leveret.services.topology.delays import LEVELS
 
 DEFAULT_NAMESPACE = "leveret"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")

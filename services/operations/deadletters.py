@@ -17,7 +17,7 @@ from typing import Any
 
 from leveret.schemas import wire
 from leveret.schemas.errors import InvalidArgument, NotFound
-from leveret.services.runtime.execution import Delivery
+from leveret.services.delivery import Delivery
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from leveret.actors.actor import Actor
-from leveret.services import delays, naming
-from leveret.services.delays import DelayQueues
+from leveret.services.topology import delays, naming
+from leveret.services.topology.delays import DelayQueues
 
 StepKind = Literal["exchange", "queue", "bind", "bind_exchange"]
 

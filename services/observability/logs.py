@@ -37,7 +37,7 @@ from structlog.typing import FilteringBoundLogger
 
 from leveret.schemas.errors import ConfigurationError
 from leveret.services.config import WORKER_SLOT_ENV
-from leveret.services.redaction import printable, redact, redact_value
+from leveret.services.observability.redaction import printable, redact, redact_value
 
 ROOT_LOGGER = "leveret"
 """Every logger of Leveret is below this one."""
@@ -262,7 +262,9 @@ class StructuredFormatter(logging.Formatter):
     ``logger`` and, if any, the formatted ``exception``; URL passwords are redacted.
     Usable in Django's ``LOGGING``::
 
-        "formatters": {"structured": {"()": "leveret.services.logs.StructuredFormatter"}}
+        "formatters": {
+            "structured": {"()": "leveret.services.observability.logs.StructuredFormatter"},
+        }
 
     Args:
         json: JSON lines if True, console lines if False; by default JSON unless standard
