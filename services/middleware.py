@@ -1,0 +1,251 @@
+"""Middleware: the one way to run code around publishing, handling, settling and a worker's
+life.
+
+A `Middleware` subclass overrides the hooks it needs; every hook of the base class does
+nothing. A broker holds its middleware in order (`Broker(..., middleware=[...])`, or
+``LEVERET["MIDDLEWARE"]`` in Django) and calls them through one `MiddlewareChain`:
+before-hooks in the order given, after-hooks in reverse, so that a middleware's after-code
+runs inside the middleware given before it. Tracing, metrics, Django's database
+connections and a project's own audit log or timing are all middleware.
+
+Hooks observe; they do not decide. A hook that raises is logged (``middleware_hook_failed``,
+with the middleware and the hook) and the loop goes on: the message is published, handled
+and settled as if the hook had returned. What becomes of a message (ack, retry, dead letter)
+is decided by the executor and the actor's retry policy alone.
+
+Where each hook runs:
+
+- ``before_publish`` / ``after_publish``: in the thread or task that publishes, once per
+  call (`publish`, `publish_many`, `send`, their async forms, Django's on-commit and outbox
+  publishing), around building the messages and waiting for the broker's confirms;
+- ``publish_confirmed``: once per message, in the publisher's I/O thread, when the broker
+  confirms or refuses it (keep it short: it holds up every other confirm);
+- ``before_handle`` / ``after_handle``: in the thread that runs the handler, or on the
+  worker's event loop for an ``async def`` handler (keep them short there: they hold up
+  every async handler of the process);
+- ``after_settle``: in the handler's thread once the broker has acted on the outcome;
+- ``worker_started`` / ``worker_stopping`` / ``worker_stopped``: in the worker's main
+  thread; ``worker_stopping`` runs before the worker's connections close, so a middleware
+  can still publish a last word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from leveret.schemas.errors import InvalidArgument
+from leveret.services.observability.logs import get_logger
+
+if TYPE_CHECKING:
+    from leveret.schemas.envelope import Envelope
+    from leveret.services.delivery import Outcome
+    from leveret.services.runtime.worker import Worker
+
+log = get_logger("leveret.middleware")
+
+PublishOperation = Literal["publish", "send", "prepare"]
+
+
+@dataclass(slots=True)
+class Publishing:
+    """One call that publishes, as middleware sees it.
+
+    Attributes:
+        operation: ``publish`` (by topic), ``send`` (to one actor's queue) or ``prepare``
+            (built now and published later: Django's on-commit and outbox publishing).
+        exchange: The exchange it goes to: ``{ns}.events``, or ``""`` for a `send`.
+        routing_key: The topic, or the actor's queue for a `send`; ``""`` for a batch of
+            several topics.
+        count: How many messages the call publishes.
+        headers: Headers every message of the call carries. ``before_publish`` may add to
+            them (tracing puts its ``traceparent`` here); Leveret's own ``x-leveret-*``
+            headers cannot be set this way.
+        message_ids: The messages' ids, in order, once they are built (empty in
+            ``before_publish``).
+    """
+
+    operation: PublishOperation
+    exchange: str
+    routing_key: str
+    count: int
+    headers: dict[str, str] = field(default_factory=dict)
+    message_ids: list[str] = field(default_factory=list)
+
+
+class Middleware:
+    """Code run around publishing, handling, settling, and a worker's start and stop.
+
+    Subclass it and override the hooks you need; the others do nothing. One instance serves
+    every thread of the process, so keep what it holds thread-safe (per-message state
+    belongs in a `contextvars.ContextVar`, which follows async handlers too).
+
+    Example::
+
+        class Timing(Middleware):
+            def after_handle(self, actor, envelope, outcome, duration_s):
+                HANDLE_SECONDS.labels(actor).observe(duration_s)
+
+        broker = Broker(url, middleware=[Timing()])
+    """
+
+    def before_publish(self, publishing: Publishing) -> None:
+        """Before a call's messages are built; may add headers to ``publishing.headers``."""
+
+    def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
+        """After the call: its messages were confirmed (`error` None), or it raised `error`."""
+
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+        """The broker confirmed (`ok`) or refused one message, in the publisher's I/O thread.
+
+        Args:
+            ok: Confirmed (stored, or routed nowhere for a fan-out).
+            returned: The broker returned it unroutable first.
+            confirm_s: Seconds from writing it to the confirm, when known.
+        """
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        """Before a delivery to `actor` (its queue name) is decoded and its handler runs."""
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        """Once the delivery's fate is known, before the broker acts on it."""
+
+    def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
+        """After the broker acted on `outcome` (ack, retry, dead letter), or failed to (`error`:
+        then the delivery goes back to the queue when the connection is replaced)."""
+
+    def worker_started(self, worker: Worker) -> None:
+        """The worker consumes: its actors are declared and its handlers ready."""
+
+    def worker_stopping(self, worker: Worker) -> None:
+        """The worker stops consuming; its connections are still open."""
+
+    def worker_stopped(self, worker: Worker) -> None:
+        """The worker stopped: every handler finished or was given back, connections closed."""
+
+
+_HOOKS = (
+    "before_publish",
+    "after_publish",
+    "publish_confirmed",
+    "before_handle",
+    "after_handle",
+    "after_settle",
+    "worker_started",
+    "worker_stopping",
+    "worker_stopped",
+)
+
+
+class MiddlewareChain:
+    """A broker's middleware, called in one loop per hook.
+
+    Only the middleware that override a hook are called for it, so a hook no middleware
+    has costs one empty loop. Before-hooks run in the order given, after-hooks in reverse.
+
+    Args:
+        middleware: The middleware, in order.
+
+    Raises:
+        InvalidArgument: An item is not a `Middleware` (a class given instead of an
+            instance, say).
+    """
+
+    def __init__(self, middleware: Iterable[Middleware] = ()) -> None:
+        items = tuple(middleware)
+        for item in items:
+            if not isinstance(item, Middleware):
+                what = f"the class {item.__name__}" if isinstance(item, type) else repr(item)
+                raise InvalidArgument(
+                    f"middleware must be Middleware instances, not {what}: "
+                    "pass MyMiddleware(), not MyMiddleware"
+                )
+        self.middleware = items
+        self._overriding: dict[str, tuple[Middleware, ...]] = {
+            hook: tuple(m for m in items if getattr(type(m), hook) is not getattr(Middleware, hook))
+            for hook in _HOOKS
+        }
+
+    def __iter__(self) -> Iterator[Middleware]:
+        return iter(self.middleware)
+
+    def __len__(self) -> int:
+        return len(self.middleware)
+
+    def with_added(self, *middleware: Middleware) -> MiddlewareChain:
+        """A chain of these middleware followed by `middleware` (this one is not changed)."""
+        return MiddlewareChain((*self.middleware, *middleware))
+
+    def handles(self, hook: str) -> bool:
+        """Whether any middleware overrides `hook` (callers skip building its arguments)."""
+        return bool(self._overriding[hook])
+
+    def before_publish(self, publishing: Publishing) -> None:
+        """Every middleware's `Middleware.before_publish`, in order."""
+        for item in self._overriding["before_publish"]:
+            _call(item, item.before_publish, publishing)
+
+    def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
+        """Every middleware's `Middleware.after_publish`, in reverse order."""
+        for item in reversed(self._overriding["after_publish"]):
+            _call(item, item.after_publish, publishing, error)
+
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+        """Every middleware's `Middleware.publish_confirmed`, in order."""
+        for item in self._overriding["publish_confirmed"]:
+            _call(item, item.publish_confirmed, ok, returned, confirm_s)
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        """Every middleware's `Middleware.before_handle`, in order."""
+        for item in self._overriding["before_handle"]:
+            _call(item, item.before_handle, actor, envelope)
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        """Every middleware's `Middleware.after_handle`, in reverse order."""
+        for item in reversed(self._overriding["after_handle"]):
+            _call(item, item.after_handle, actor, envelope, outcome, duration_s)
+
+    def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
+        """Every middleware's `Middleware.after_settle`, in reverse order."""
+        for item in reversed(self._overriding["after_settle"]):
+            _call(item, item.after_settle, actor, outcome, error)
+
+    def worker_started(self, worker: Worker) -> None:
+        """Every middleware's `Middleware.worker_started`, in order."""
+        for item in self._overriding["worker_started"]:
+            _call(item, item.worker_started, worker)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        """Every middleware's `Middleware.worker_stopping`, in reverse order."""
+        for item in reversed(self._overriding["worker_stopping"]):
+            _call(item, item.worker_stopping, worker)
+
+    def worker_stopped(self, worker: Worker) -> None:
+        """Every middleware's `Middleware.worker_stopped`, in reverse order."""
+        for item in reversed(self._overriding["worker_stopped"]):
+            _call(item, item.worker_stopped, worker)
+
+
+def _call(item: Middleware, hook: Callable[..., None], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception as exc:  # a hook never decides a message's fate
+        log.error(
+            "middleware_hook_failed",
+            middleware=type(item).__qualname__,
+            hook=getattr(hook, "__name__", "?"),
+            error=f"{type(exc).__name__}: {_text(exc)}",
+            exc_info=True,
+        )
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001  # a user's __str__ that raises: the type will do
+        return "(the error's message could not be read)"
