@@ -54,9 +54,9 @@ from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Schedul
 from leveret.services.topology import naming
 from leveret.services.topology.delays import DelayQueues, delay_seconds
 from leveret.services.transport import (
-    Delivered,
     MemoryOptions,
-    Prepared,
+    OutgoingMessage,
+    PublishResult,
     RabbitOptions,
     Route,
     Transport,
@@ -65,7 +65,7 @@ from leveret.services.transport import (
 
 log = get_logger("leveret.broker")
 
-__all__ = ["Broker", "Delivered", "Prepared", "RabbitBroker", "Route", "transport_for"]
+__all__ = ["Broker", "OutgoingMessage", "PublishResult", "RabbitBroker", "Route", "transport_for"]
 
 
 class Broker:
@@ -286,13 +286,13 @@ class Broker:
             envelope = new_envelope(
                 topic, correlation_id=correlation_id, headers=headers, timestamp=now
             )
-            prepared.append(Prepared(envelope, encode(message), route, delay_s))
+            prepared.append(OutgoingMessage(envelope, encode(message), route, delay_s))
         if tracer is not None and len(prepared) == 1:
             tracer.message_attributes(
                 prepared[0].envelope.message_id, prepared[0].envelope.correlation_id
             )
-        delivered = self.transport.deliver(prepared, timeout_s=timeout_s)
-        _log_unroutable(prepared, delivered.unroutable)
+        result = self.transport.publish(prepared, timeout_s=timeout_s)
+        _log_unroutable(prepared, result.unroutable)
         return [item.envelope.message_id for item in prepared]
 
     def send(
@@ -334,7 +334,7 @@ class Broker:
         self.declare_on_first_use(cls, timeout=timeout_s)
         route = Route(message.topic(), queue=cls.queue)
         with self._one(message, route, correlation_id, delay_s, "send") as item:
-            self.transport.deliver([item], timeout_s=timeout_s)
+            self.transport.publish([item], timeout_s=timeout_s)
         return item.envelope.message_id
 
     async def publish_async(
@@ -355,8 +355,8 @@ class Broker:
         timeout_s = check_timeout(timeout)
         route = Route(message.topic())
         with self._one(message, route, correlation_id, delay_s, "publish") as item:
-            delivered = await self.transport.deliver_async([item], timeout_s=timeout_s)
-        _log_unroutable([item], delivered.unroutable)
+            result = await self.transport.publish_async([item], timeout_s=timeout_s)
+        _log_unroutable([item], result.unroutable)
         return item.envelope.message_id
 
     async def send_async(
@@ -385,7 +385,7 @@ class Broker:
             )
         route = Route(message.topic(), queue=cls.queue)
         with self._one(message, route, correlation_id, delay_s, "send") as item:
-            await self.transport.deliver_async([item], timeout_s=timeout_s)
+            await self.transport.publish_async([item], timeout_s=timeout_s)
         return item.envelope.message_id
 
     @contextlib.contextmanager
@@ -396,7 +396,7 @@ class Broker:
         correlation_id: str | None,
         delay_s: int,
         operation: str,
-    ) -> Iterator[Prepared]:
+    ) -> Iterator[OutgoingMessage]:
         """One message prepared for `send` or `publish` (`operation`), and published inside
         the ``with``: in its publish span when tracing."""
         tracer = tracing()
@@ -420,7 +420,7 @@ class Broker:
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         correlation_id: str | None = None,
-    ) -> Prepared:
+    ) -> OutgoingMessage:
         """Build the wire form of a message now, to publish it later with `publish_prepared`.
 
         Its message id is fixed here: publishing it later (or again) keeps that id. Used by
@@ -455,7 +455,7 @@ class Broker:
         return self._prepare(message, route, correlation_id, delay_s, headers=headers)
 
     def publish_prepared(
-        self, items: Sequence[Prepared], *, timeout: float | None = None
+        self, items: Sequence[OutgoingMessage], *, timeout: float | None = None
     ) -> list[str]:
         """Publish messages built by `prepare` (or stored and rebuilt), pipelining confirms.
 
@@ -473,8 +473,8 @@ class Broker:
             PublishError: A message was not confirmed; the others may have been.
             InvalidArgument: An invalid timeout.
         """
-        delivered = self.transport.deliver(items, timeout_s=check_timeout(timeout))
-        _log_unroutable(items, delivered.unroutable)
+        result = self.transport.publish(items, timeout_s=check_timeout(timeout))
+        _log_unroutable(items, result.unroutable)
         return [item.envelope.message_id for item in items]
 
     def check_available(self, timeout: float | None = None) -> None:
@@ -496,7 +496,7 @@ class Broker:
         if reason is not None:
             raise BrokerUnavailable(reason)
 
-    def publish_prepared_each(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+    def publish_prepared_each(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
         """Publish messages built by `prepare`, each on its own: one failing fails no other.
 
         For callers that must know every message's fate, such as the outbox relay: a batch
@@ -507,9 +507,9 @@ class Broker:
             `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
             message may still be stored).
         """
-        delivered = self.transport.deliver(items, raise_errors=False)
-        _log_unroutable(items, delivered.unroutable)
-        return [delivered.errors.get(index) for index in range(len(items))]
+        result = self.transport.publish(items, raise_errors=False)
+        _log_unroutable(items, result.unroutable)
+        return [result.errors.get(index) for index in range(len(items))]
 
     def _delay_s(self, delay: float | timedelta | None, eta: datetime | None) -> int:
         if delay is None and eta is None:
@@ -526,10 +526,10 @@ class Broker:
         *,
         headers: dict[str, str] | None = None,
         now: datetime | None = None,
-    ) -> Prepared:
+    ) -> OutgoingMessage:
         if tracer is not None:
             headers = tracer.headers()  # the current span's context: the publish span
-        return Prepared(
+        return OutgoingMessage(
             Envelope.new(
                 route.topic, correlation_id=correlation_id, headers=headers, timestamp=now
             ),
@@ -823,7 +823,7 @@ class RabbitBroker(Broker):
         return self.transport.message_count(queue)
 
 
-def _log_unroutable(items: Sequence[Prepared], unroutable: list[int]) -> None:
+def _log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> None:
     for index in unroutable:
         envelope = items[index].envelope
         log.info(

@@ -47,7 +47,7 @@ from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument, LeveretError, PublishError
 from leveret.services.observability.logs import get_logger
-from leveret.services.transport import Prepared, Route
+from leveret.services.transport import OutgoingMessage, Route
 
 log = get_logger("leveret.scheduler")
 
@@ -95,7 +95,7 @@ class SchedulerBackend(ABC):
         """Declare the target actors' topology (so that sends find their queues)."""
 
     @abstractmethod
-    def publish(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+    def publish(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
         """Publish each item, confirmed; each one's error (None when confirmed).
 
         Raises:
@@ -279,7 +279,7 @@ class Scheduler:
         due.sort(key=lambda item: item[0])
         batch = due[:MAX_BATCH]
         self._backlog = due[MAX_BATCH:]  # a huge catch-up goes out over several steps
-        items: list[Prepared] = []
+        items: list[OutgoingMessage] = []
         built: list[tuple[datetime, Schedule]] = []
         for tick, entry in batch:
             try:
@@ -527,7 +527,7 @@ class Scheduler:
                 pause = min(pause, (upcoming - now).total_seconds())
         return max(0.0, pause)
 
-    def _prepare(self, entry: Schedule, tick: datetime) -> Prepared:
+    def _prepare(self, entry: Schedule, tick: datetime) -> OutgoingMessage:
         message = entry.message_for(tick)
         message_id = entry.message_id(tick)
         envelope = Envelope(
@@ -538,7 +538,7 @@ class Scheduler:
             headers={wire.SCHEDULE: entry.name, wire.SCHEDULED_AT: tick.isoformat()},
         )
         queue = entry.to.queue if entry.to is not None else None
-        return Prepared(envelope, encode(message), Route(message.topic(), queue=queue), 0)
+        return OutgoingMessage(envelope, encode(message), Route(message.topic(), queue=queue), 0)
 
     # Entries ------------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ class MemoryBroker(Broker):
         self._schedulers: list[Scheduler] = []
         self._joining = threading.local()
         if eager:
-            self.transport.after_deliver = self.join_eagerly
+            self.transport.after_publish = self.join_eagerly
 
     def join_eagerly(self) -> None:
         """`join`, unless this thread is joining already (a handler that publishes comes

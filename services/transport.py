@@ -40,7 +40,7 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
+class OutgoingMessage:
     """A message ready for the wire: envelope, JSON body, route, and delay in seconds."""
 
     envelope: Envelope
@@ -50,7 +50,7 @@ class Prepared:
 
 
 @dataclass(slots=True)
-class Delivered:
+class PublishResult:
     """What became of messages handed to a transport.
 
     Attributes:
@@ -183,13 +183,13 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def deliver(
+    def publish(
         self,
-        items: Sequence[Prepared],
+        items: Sequence[OutgoingMessage],
         *,
         raise_errors: bool = True,
         timeout_s: float | None = None,
-    ) -> Delivered:
+    ) -> PublishResult:
         """Hand `items` to the broker and wait for its confirms.
 
         Args:
@@ -203,16 +203,16 @@ class Transport(ABC):
                 found no queue.
         """
 
-    async def deliver_async(
-        self, items: Sequence[Prepared], *, timeout_s: float | None = None
-    ) -> Delivered:
-        """`deliver` (raising errors) for asyncio code: awaits the confirms.
+    async def publish_async(
+        self, items: Sequence[OutgoingMessage], *, timeout_s: float | None = None
+    ) -> PublishResult:
+        """`publish` (raising errors) for asyncio code: awaits the confirms.
 
-        By default `deliver` runs in a thread of the loop's default executor (the in-memory
+        By default `publish` runs in a thread of the loop's default executor (the in-memory
         broker's, which in eager mode handles the message at once); RabbitMQ's awaits the
         publisher's confirms without a thread.
         """
-        return await asyncio.to_thread(self.deliver, items, timeout_s=timeout_s)
+        return await asyncio.to_thread(self.publish, items, timeout_s=timeout_s)
 
     @abstractmethod
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:

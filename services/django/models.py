@@ -11,7 +11,7 @@ from django.utils import timezone
 from leveret.actors.schedules import Schedule
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument
-from leveret.services.broker import Prepared, Route
+from leveret.services.broker import OutgoingMessage, Route
 
 
 class OutboxMessage(models.Model):
@@ -50,7 +50,7 @@ class OutboxMessage(models.Model):
         return f"{self.topic} {self.message_id} ({state})"
 
     @classmethod
-    def of(cls, item: Prepared, group: str) -> OutboxMessage:
+    def of(cls, item: OutgoingMessage, group: str) -> OutboxMessage:
         """An unsaved row for a prepared message."""
         return cls(
             message_id=item.envelope.message_id,
@@ -64,7 +64,7 @@ class OutboxMessage(models.Model):
             group=group,
         )
 
-    def prepared(self, now: datetime | None = None) -> Prepared:
+    def prepared(self, now: datetime | None = None) -> OutgoingMessage:
         """The message as it was prepared; a delay counts from when the row was written.
 
         The row may have been written by anyone with access to the table: the relay checks
@@ -84,7 +84,7 @@ class OutboxMessage(models.Model):
                 f"outbox row {self.id}: its headers must be a table (a JSON object of text "
                 f"keys), not {type(headers).__name__}"
             )
-        return Prepared(
+        return OutgoingMessage(
             Envelope(
                 message_id=self.message_id,
                 topic=self.topic,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from django.db import connections, transaction
 
 from leveret.schemas.errors import InvalidArgument
-from leveret.services.broker import Prepared
+from leveret.services.broker import OutgoingMessage
 from leveret.services.topology import naming
 from leveret.services.topology.delays import MAX_DELAY_S, routing_key
 
@@ -29,7 +29,7 @@ MAX_HEADER_DEPTH = 16
 _INT64 = 2**63
 
 
-def store(item: Prepared, *, using: str, namespace: str | None = None) -> None:
+def store(item: OutgoingMessage, *, using: str, namespace: str | None = None) -> None:
     """Write `item` to the outbox on database `using`, in the current transaction (if any).
 
     Rows written by one transaction share a group key, which the relay uses to publish
@@ -50,7 +50,7 @@ def store(item: Prepared, *, using: str, namespace: str | None = None) -> None:
     OutboxMessage.of(item, _group(using)).save(using=using)
 
 
-def check_buildable(item: Prepared, *, namespace: str | None = None) -> None:
+def check_buildable(item: OutgoingMessage, *, namespace: str | None = None) -> None:
     """Check that the relay can publish `item` as the outbox stores it.
 
     Its delay fits the delay levels, its topic and queue are names AMQP carries (with
@@ -101,7 +101,7 @@ def _name_problem(what: str, value: object, *, limit: int = AMQP_SHORT_STRING_BY
     return None
 
 
-def _full_names_problem(item: Prepared, namespace: str) -> str | None:
+def _full_names_problem(item: OutgoingMessage, namespace: str) -> str | None:
     queue = item.route.queue
     if item.delay_s > 0:
         key = routing_key(

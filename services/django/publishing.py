@@ -44,7 +44,7 @@ from leveret.schemas.errors import (
     PublishTimeout,
 )
 from leveret.schemas.message import Message
-from leveret.services.broker import Broker, Prepared, check_timeout
+from leveret.services.broker import Broker, OutgoingMessage, check_timeout
 from leveret.services.observability.logs import get_logger
 
 log = get_logger("leveret.django")
@@ -294,7 +294,7 @@ class TransactionalDispatcher:
         self,
         broker: Broker,
         actor: ActorRef | None,
-        item: Prepared,
+        item: OutgoingMessage,
         timeout: float | None,
         shared: _AfterCommit,
     ) -> None:

@@ -51,7 +51,7 @@ from leveret.schemas.errors import (
     PublishError,
     PublishTimeout,
 )
-from leveret.services.broker import Broker, Prepared
+from leveret.services.broker import Broker, OutgoingMessage
 from leveret.services.observability.logs import get_logger
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class Relay:
             return 0, None
         self._declare_actors()
         now = datetime.now(UTC)
-        built: list[tuple[OutboxMessageType, Prepared]] = []
+        built: list[tuple[OutboxMessageType, OutgoingMessage]] = []
         for row in rows:
             try:
                 item = row.prepared(now)
@@ -232,7 +232,7 @@ class Relay:
         self.sent += len(sent)
         return len(sent), first_timeout if not sent else None
 
-    def _publish_each(self, items: list[Prepared]) -> list[PublishError | None]:
+    def _publish_each(self, items: list[OutgoingMessage]) -> list[PublishError | None]:
         """Every item's fate; one the transport refuses for the whole batch (a case
         `check_buildable` did not foresee) is found by publishing the items one by one."""
         try:

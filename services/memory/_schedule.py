@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import PublishError
 from leveret.services.scheduling import SchedulerBackend
-from leveret.services.transport import Prepared
+from leveret.services.transport import OutgoingMessage
 
 if TYPE_CHECKING:
     from leveret.services.memory.transport import MemoryTransport
@@ -52,9 +52,9 @@ class MemorySchedulerBackend(SchedulerBackend):
     def declare(self, actors: Sequence[type[Actor]]) -> None:
         self.transport.declare(actors)
 
-    def publish(self, items: Sequence[Prepared]) -> list[PublishError | None]:
-        delivered = self.transport.deliver(items, raise_errors=False)
-        return [delivered.errors.get(index) for index in range(len(items))]
+    def publish(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
+        result = self.transport.publish(items, raise_errors=False)
+        return [result.errors.get(index) for index in range(len(items))]
 
     def wait(self, seconds: float) -> None:
         if seconds > 0:

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 from leveret.services.transport import (
     Chosen,
-    Delivered,
     MemoryOptions,
-    Prepared,
+    OutgoingMessage,
+    PublishResult,
     QueueFigures,
     Replayed,
     Transport,
@@ -77,8 +77,8 @@ class MemoryTransport(Transport):
         self.unacked: dict[str, int] = {}
         self._delayed: list[_Delayed] = []
         self._sequence = itertools.count()
-        self.after_deliver: Callable[[], None] | None = None
-        """Called after each `deliver`, outside the lock (`MemoryBroker`'s eager mode)."""
+        self.after_publish: Callable[[], None] | None = None
+        """Called after each `publish`, outside the lock (`MemoryBroker`'s eager mode)."""
         self.scheduler_leader: object | None = None  # the MemorySchedulerBackend leading
         self.scheduler_state: dict[str, datetime] = {}  # the last tick sent, per entry
         self.heartbeats: deque[bytes] = deque(maxlen=1000)  # the workers' latest heartbeats
@@ -137,13 +137,13 @@ class MemoryTransport(Transport):
                 if name in self.queues
             }
 
-    def deliver(
+    def publish(
         self,
-        items: Sequence[Prepared],
+        items: Sequence[OutgoingMessage],
         *,
         raise_errors: bool = True,
         timeout_s: float | None = None,
-    ) -> Delivered:
+    ) -> PublishResult:
         unroutable: list[int] = []
         errors: dict[int, PublishError] = {}
         with self.changed:
@@ -180,9 +180,9 @@ class MemoryTransport(Transport):
             for index in range(len(items)):
                 if index not in errors:
                     observer.confirmed(True, index in unroutable, None)
-        if self.after_deliver is not None:
-            self.after_deliver()
-        return Delivered(unroutable, errors)
+        if self.after_publish is not None:
+            self.after_publish()
+        return PublishResult(unroutable, errors)
 
     def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
         """Append to `queue`, or to every queue bound to `topic`; False if none took it."""

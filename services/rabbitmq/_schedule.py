@@ -45,7 +45,7 @@ from leveret.services.rabbitmq._connection import (
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.scheduling import MAX_STATE_ENTRIES, SchedulerBackend
 from leveret.services.topology import naming
-from leveret.services.transport import Prepared, Transport
+from leveret.services.transport import OutgoingMessage, Transport
 
 log = get_logger("leveret.scheduler")
 
@@ -251,7 +251,7 @@ class RabbitSchedulerBackend(SchedulerBackend):
     def declare(self, actors: Sequence[type[Actor]]) -> None:
         self.transport.declare(actors)
 
-    def publish(self, items: Sequence[Prepared]) -> list[PublishError | None]:
+    def publish(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
         channel = self._connected()
         errors: list[PublishError | None] = []
         for item in items:

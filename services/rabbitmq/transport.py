@@ -23,9 +23,9 @@ from leveret.services.topology import delays, naming
 from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
     Chosen,
-    Delivered,
-    Prepared,
+    OutgoingMessage,
     PublishObserver,
+    PublishResult,
     QueueFigures,
     RabbitOptions,
     Replayed,
@@ -83,27 +83,27 @@ class RabbitTransport(Transport):
             publisher.confirm_timeout_s if timeout_s is None else timeout_s
         )
 
-    def deliver(
+    def publish(
         self,
-        items: Sequence[Prepared],
+        items: Sequence[OutgoingMessage],
         *,
         raise_errors: bool = True,
         timeout_s: float | None = None,
-    ) -> Delivered:
+    ) -> PublishResult:
         if not self._levels_declared and any(item.delay_s > 0 for item in items):
             self._declare_levels_before_publishing()
         batch = self.publisher.publish(
             self._outgoing(items), raise_errors=raise_errors, timeout_s=timeout_s
         )
-        return _delivered(batch, items)
+        return _publish_result(batch, items)
 
-    async def deliver_async(
-        self, items: Sequence[Prepared], *, timeout_s: float | None = None
-    ) -> Delivered:
+    async def publish_async(
+        self, items: Sequence[OutgoingMessage], *, timeout_s: float | None = None
+    ) -> PublishResult:
         if not self._levels_declared and any(item.delay_s > 0 for item in items):
             await asyncio.to_thread(self._declare_levels_before_publishing)  # once per process
         batch = await self.publisher.publish_async(self._outgoing(items), timeout_s=timeout_s)
-        return _delivered(batch, items)
+        return _publish_result(batch, items)
 
     def _declare_levels(self) -> None:
         self.publisher.declare(topology.level_steps(self.namespace, self.delay_queues))
@@ -117,7 +117,7 @@ class RabbitTransport(Transport):
         except BrokerConnectionError as exc:
             raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
 
-    def _outgoing(self, items: Sequence[Prepared]) -> list[Outgoing]:
+    def _outgoing(self, items: Sequence[OutgoingMessage]) -> list[Outgoing]:
         events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
@@ -280,11 +280,11 @@ class RabbitTransport(Transport):
         self.publisher.close()
 
 
-def _delivered(batch: Batch, items: Sequence[Prepared]) -> Delivered:
+def _publish_result(batch: Batch, items: Sequence[OutgoingMessage]) -> PublishResult:
     errors = {
         index: batch_error(batch, index, items[index].envelope.message_id) for index in batch.errors
     }
-    return Delivered(batch.unroutable, errors)
+    return PublishResult(batch.unroutable, errors)
 
 
 def delay_queues_for(url: str, explicit: DelayQueues | None) -> DelayQueues:

@@ -25,7 +25,7 @@ from leveret.django.outbox import store
 from leveret.django.relay import Relay, outbox_status
 from leveret.schemas.errors import InvalidArgument
 from leveret.services import RabbitBroker
-from leveret.services.broker import Prepared
+from leveret.services.broker import OutgoingMessage
 from tests.django.conftest import drain
 from tests.support import wait_until
 
@@ -212,7 +212,7 @@ UNSTORABLE: list[tuple[str, Any]] = [
 ]
 
 
-def _with_headers(item: Prepared, headers: Any) -> Prepared:
+def _with_headers(item: OutgoingMessage, headers: Any) -> OutgoingMessage:
     return replace(item, envelope=replace(item.envelope, headers=headers))
 
 
