@@ -41,9 +41,9 @@ from leveret.services import config
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
+from leveret.services.middleware import Middleware, Publishing, PublishOperation, standard_chain
 from leveret.services.observability.logs import get_logger
 from leveret.services.observability.redaction import redact
-from leveret.services.observability.tracing import Tracing, tracing
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
@@ -86,10 +86,13 @@ class Broker:
             so that nothing sent before the first worker starts is dropped.
         options: Options of the transport the URL names (`RabbitOptions`, `MemoryOptions`).
         transport: A transport built by the caller, instead of one from `url`.
+        middleware: `Middleware` instances run around publishing, handling, settling and
+            the worker's start and stop, in this order (after Leveret's own tracing).
 
     Raises:
         ConfigurationError: An unknown URL scheme, an invalid namespace, or options of
             another transport.
+        InvalidArgument: An item of `middleware` is not a `Middleware` instance.
     """
 
     def __init__(
@@ -100,7 +103,10 @@ class Broker:
         auto_declare: bool = True,
         options: TransportOptions | None = None,
         transport: Transport | None = None,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
+        self.middleware = standard_chain(middleware)
+        """Run around publishing and handling: tracing first, then the `middleware` given."""
         if transport is None:
             checked = naming.check_namespace(config.namespace(namespace))
             transport = transport_for(config.broker_url(url), checked, options)
@@ -247,18 +253,20 @@ class Broker:
         delay_s = self._delay_s(delay, eta)
         check_correlation_id(correlation_id)
         timeout_s = check_timeout(timeout)
-        tracer = tracing()
-        if tracer is None:
-            return self._publish_many(messages, correlation_id, delay_s, timeout_s, None)
         messages = list(messages)
         topics = {message.topic() for message in messages}
-        with tracer.publishing(
+        publishing = Publishing(
             "publish",
             naming.events_exchange(self.namespace),
             next(iter(topics)) if len(topics) == 1 else "",
             len(messages),
-        ):
-            return self._publish_many(messages, correlation_id, delay_s, timeout_s, tracer)
+            correlation_id,
+        )
+        with self._around(publishing):
+            publishing.message_ids = self._publish_many(
+                messages, correlation_id, delay_s, timeout_s, publishing.headers or None
+            )
+        return publishing.message_ids
 
     def _publish_many(
         self,
@@ -266,16 +274,15 @@ class Broker:
         correlation_id: str | None,
         delay_s: int,
         timeout_s: float | None,
-        tracer: Tracing | None,
+        headers: dict[str, str] | None,
     ) -> list[str]:
         # One Route per topic, not per message: a large batch keeps every object it makes
         # alive until confirmed, and fewer objects mean fewer full garbage collections.
         routes: dict[str, Route] = {}
         prepared = []
-        # Every message of the batch carries the same context (the batch's publish span)
-        # and the same timestamp (whole seconds on the wire): each taken once, and the
-        # headers shared (read only: the wire properties copy them).
-        headers = tracer.headers() if tracer is not None else None
+        # Every message of the batch carries the same headers (the middleware's: the
+        # batch's trace context) and the same timestamp (whole seconds on the wire): each
+        # taken once, and the headers shared (read only: the wire properties copy them).
         now = datetime.now(UTC)
         new_envelope = Envelope.new
         for message in messages:  # `_prepare`, inlined: this loop runs once per message
@@ -287,10 +294,6 @@ class Broker:
                 topic, correlation_id=correlation_id, headers=headers, timestamp=now
             )
             prepared.append(OutgoingMessage(envelope, encode(message), route, delay_s))
-        if tracer is not None and len(prepared) == 1:
-            tracer.message_attributes(
-                prepared[0].envelope.message_id, prepared[0].envelope.correlation_id
-            )
         result = self.transport.publish(prepared, timeout_s=timeout_s)
         _log_unroutable(prepared, result.unroutable)
         return [item.envelope.message_id for item in prepared]
@@ -395,22 +398,32 @@ class Broker:
         route: Route,
         correlation_id: str | None,
         delay_s: int,
-        operation: str,
+        operation: PublishOperation,
     ) -> Iterator[OutgoingMessage]:
         """One message prepared for `send` or `publish` (`operation`), and published inside
-        the ``with``: in its publish span when tracing."""
-        tracer = tracing()
-        if tracer is None:
-            yield self._prepare(message, route, correlation_id, delay_s)
-            return
+        the ``with``, between the middleware's before- and after-publish hooks."""
         if route.queue is None:
             exchange, destination = naming.events_exchange(self.namespace), route.topic
         else:
             exchange, destination = "", naming.queue_name(self.namespace, route.queue)
-        with tracer.publishing(operation, exchange, destination, 1):
-            item = self._prepare(message, route, correlation_id, delay_s, tracer)
-            tracer.message_attributes(item.envelope.message_id, item.envelope.correlation_id)
+        publishing = Publishing(operation, exchange, destination, 1, correlation_id)
+        with self._around(publishing):
+            item = self._prepare(
+                message, route, correlation_id, delay_s, headers=publishing.headers or None
+            )
+            publishing.message_ids.append(item.envelope.message_id)
             yield item
+
+    @contextlib.contextmanager
+    def _around(self, publishing: Publishing) -> Iterator[Publishing]:
+        """The middleware's publish hooks around the ``with`` (after-hooks see its error)."""
+        self.middleware.before_publish(publishing)
+        try:
+            yield publishing
+        except BaseException as exc:
+            self.middleware.after_publish(publishing, exc)
+            raise
+        self.middleware.after_publish(publishing, None)
 
     def prepare(
         self,
@@ -445,14 +458,17 @@ class Broker:
         route = Route(message.topic(), queue=queue)
         check_correlation_id(correlation_id)
         delay_s = self._delay_s(delay, eta)
-        headers = None
-        tracer = tracing()
-        if tracer is not None:
-            if queue is None:
-                headers = tracer.creating(naming.events_exchange(self.namespace), route.topic)
-            else:
-                headers = tracer.creating("", naming.queue_name(self.namespace, queue))
-        return self._prepare(message, route, correlation_id, delay_s, headers=headers)
+        if queue is None:
+            exchange, destination = naming.events_exchange(self.namespace), route.topic
+        else:
+            exchange, destination = "", naming.queue_name(self.namespace, queue)
+        publishing = Publishing("prepare", exchange, destination, 1, correlation_id)
+        with self._around(publishing):
+            item = self._prepare(
+                message, route, correlation_id, delay_s, headers=publishing.headers or None
+            )
+            publishing.message_ids.append(item.envelope.message_id)
+        return item
 
     def publish_prepared(
         self, items: Sequence[OutgoingMessage], *, timeout: float | None = None
@@ -522,13 +538,10 @@ class Broker:
         route: Route,
         correlation_id: str | None,
         delay_s: int = 0,
-        tracer: Tracing | None = None,
         *,
         headers: dict[str, str] | None = None,
         now: datetime | None = None,
     ) -> OutgoingMessage:
-        if tracer is not None:
-            headers = tracer.headers()  # the current span's context: the publish span
         return OutgoingMessage(
             Envelope.new(
                 route.topic, correlation_id=correlation_id, headers=headers, timestamp=now
@@ -713,6 +726,7 @@ class Broker:
             hooks=hooks,
             max_body_bytes=max_body_bytes_or_default(max_body_bytes),
             observer=observer,
+            middleware=self.middleware,
         )
 
     def scheduler(
@@ -791,9 +805,11 @@ class RabbitBroker(Broker):
         confirm_timeout_s: float = 30.0,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         delay_queues: DelayQueues | None = None,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         super().__init__(
             url,
+            middleware=middleware,
             namespace=namespace,
             auto_declare=auto_declare,
             options=RabbitOptions(

@@ -59,6 +59,7 @@ class Publishing:
         routing_key: The topic, or the actor's queue for a `send`; ``""`` for a batch of
             several topics.
         count: How many messages the call publishes.
+        correlation_id: The correlation id the call's messages carry, if any.
         headers: Headers every message of the call carries. ``before_publish`` may add to
             them (tracing puts its ``traceparent`` here); Leveret's own ``x-leveret-*``
             headers cannot be set this way.
@@ -70,6 +71,7 @@ class Publishing:
     exchange: str
     routing_key: str
     count: int
+    correlation_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     message_ids: list[str] = field(default_factory=list)
 
@@ -229,6 +231,21 @@ class MiddlewareChain:
         """Every middleware's `Middleware.worker_stopped`, in reverse order."""
         for item in reversed(self._overriding["worker_stopped"]):
             _call(item, item.worker_stopped, worker)
+
+
+def standard_chain(middleware: Iterable[Middleware] = ()) -> MiddlewareChain:
+    """A broker's chain: Leveret's own tracing first, then `middleware` in the order given.
+
+    Tracing comes first so that its spans enclose every other middleware's work (it does
+    nothing unless OpenTelemetry is installed; see `leveret.services.observability.tracing`).
+
+    Raises:
+        InvalidArgument: An item of `middleware` is not a `Middleware` instance.
+    """
+    # Imported here: tracing's middleware subclasses `Middleware`, defined above.
+    from leveret.services.observability.tracing import TracingMiddleware
+
+    return MiddlewareChain((TracingMiddleware(), *middleware))
 
 
 def _call(item: Middleware, hook: Callable[..., None], *args: Any) -> None:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -42,6 +42,7 @@ from leveret.services.delivery import Delivery
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.memory.transport import MemoryTransport
+from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import ROOT_LOGGER, event_of
 from leveret.services.runtime.execution import Stats
 from leveret.services.runtime.worker import Worker
@@ -79,12 +80,14 @@ class MemoryBroker(Broker):
         auto_declare: bool = True,
         clock: VirtualClock | None = None,
         eager: bool = False,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         super().__init__(
             url or "memory://",
             namespace=namespace,
             auto_declare=auto_declare,
             options=MemoryOptions(clock=clock),
+            middleware=middleware,
         )
         self.eager = eager
         self.feeders: list[Callable[[], int]] = []
@@ -217,7 +220,9 @@ class MemoryBroker(Broker):
         actors = sorted(self._declared, key=lambda cls: cls.queue)
         names = [naming.queue_name(self.namespace, cls.queue) for cls in actors]
         consumer = MemoryConsumer(self.transport, names, prefetch=max_messages)
-        runtime = Worker(consumer, actors, namespace=self.namespace, threads=0)
+        runtime = Worker(
+            consumer, actors, namespace=self.namespace, threads=0, middleware=self.middleware
+        )
         first_error: BaseException | None = None
         for _ in range(max_messages):
             job = consumer.take()

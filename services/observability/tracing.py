@@ -22,15 +22,22 @@ Attributes follow OpenTelemetry's messaging semantic conventions (``messaging.sy
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from leveret.services.middleware import Middleware, Publishing
+
+if TYPE_CHECKING:
+    from leveret.schemas.envelope import Envelope
+    from leveret.services.delivery import Outcome
 
 TRACING_ENV = "LEVERET_TRACING"
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -236,3 +243,84 @@ class Tracing:
 
 def _ignore(_fate: str, _error: BaseException | None) -> None:
     """The outcome of a message handled without a span."""
+
+
+_OpenPublish = tuple[Publishing, AbstractContextManager[None]]
+_OpenHandle = tuple[
+    AbstractContextManager[Callable[[str, BaseException | None], None]],
+    Callable[[str, BaseException | None], None],
+]
+_publishing: contextvars.ContextVar[tuple[_OpenPublish, ...]] = contextvars.ContextVar(
+    "leveret_tracing_publishing", default=()
+)
+_handling: contextvars.ContextVar[tuple[_OpenHandle, ...]] = contextvars.ContextVar(
+    "leveret_tracing_handling", default=()
+)
+
+
+class TracingMiddleware(Middleware):
+    """Tracing as middleware: every broker has it first in its chain.
+
+    Each hook asks `tracing()` for the process's `Tracing` (None: it does nothing), so that
+    OpenTelemetry set up, or `TRACING_ENV` changed, after the broker was made still counts.
+    The spans it opens in a before-hook are kept in context variables (per thread, per
+    asyncio task) until the matching after-hook closes them.
+    """
+
+    def before_publish(self, publishing: Publishing) -> None:
+        """Open the PRODUCER span (``create`` for a message sent later) and put its
+        context in the messages' headers."""
+        tracer = tracing()
+        if tracer is None:
+            return
+        if publishing.operation == "prepare":
+            publishing.headers.update(tracer.creating(publishing.exchange, publishing.routing_key))
+            return
+        span = tracer.publishing(
+            publishing.operation, publishing.exchange, publishing.routing_key, publishing.count
+        )
+        span.__enter__()
+        _publishing.set((*_publishing.get(), (publishing, span)))
+        publishing.headers.update(tracer.headers())
+
+    def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
+        """Record a single message's ids on its span, and close the span."""
+        opened = _publishing.get()
+        if not opened or opened[-1][0] is not publishing:
+            return
+        _publishing.set(opened[:-1])
+        span = opened[-1][1]
+        tracer = tracing()
+        try:
+            if tracer is not None and error is None and len(publishing.message_ids) == 1:
+                tracer.message_attributes(publishing.message_ids[0], publishing.correlation_id)
+        finally:
+            if error is None:
+                span.__exit__(None, None, None)
+            else:
+                span.__exit__(type(error), error, error.__traceback__)
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        """Open the CONSUMER span ``process <queue>``, child of the message's context."""
+        tracer = tracing()
+        if tracer is None:
+            return
+        span = tracer.handling(
+            actor, envelope.headers, envelope.message_id, envelope.correlation_id
+        )
+        record = span.__enter__()
+        _handling.set((*_handling.get(), (span, record)))
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        """Record the outcome on the span and close it."""
+        opened = _handling.get()
+        if not opened:
+            return
+        _handling.set(opened[:-1])
+        span, record = opened[-1]
+        try:
+            record(outcome.fate, outcome.error)
+        finally:
+            span.__exit__(None, None, None)

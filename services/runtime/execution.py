@@ -37,6 +37,7 @@ from leveret.schemas.errors import (
     UnknownTopic,
 )
 from leveret.services.delivery import Delivery, Outcome
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.observability.logs import (
     bind_message_fields,
     get_logger,
@@ -44,7 +45,6 @@ from leveret.services.observability.logs import (
     unbind_message_fields,
 )
 from leveret.services.observability.redaction import redact
-from leveret.services.observability.tracing import tracing
 from leveret.services.runtime.timelimits import LIMITS
 from leveret.services.topology import delays, naming
 from leveret.services.topology.delays import MAX_DELAY_S
@@ -133,6 +133,8 @@ class Executor:
             ``too_large``).
         namespace: The actor's namespace: a delivery that comes out of its delay levels
             is known by where its routing key sends it (see `origin`).
+        middleware: Its ``before_handle`` and ``after_handle`` run around each delivery
+            (tracing among them).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class Executor:
         hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         namespace: str | None = None,
+        middleware: MiddlewareChain | None = None,
     ) -> None:
         self.actor = actor
         self.namespace = namespace
@@ -158,7 +161,7 @@ class Executor:
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
         self._handler_log = get_logger("leveret.handler")
-        self._tracing = tracing()
+        self.middleware = middleware if middleware is not None else MiddlewareChain()
         # A project's own structlog chain reads the message's fields from structlog's
         # context variables (merge_contextvars): bound there too, at 2 µs a message.
         self._structlog = not leveret_owns_structlog()
@@ -173,17 +176,16 @@ class Executor:
 
         Whatever the delivery holds and whatever the handler does, this returns an outcome:
         a fault of Leveret's own while handling it dead-letters the delivery with reason
-        ``internal_error`` (and its traceback) instead of raising. With tracing
-        (`leveret.services.observability.tracing`) it runs in a span whose parent is the message's.
+        ``internal_error`` (and its traceback) instead of raising. The middleware's
+        ``before_handle`` and ``after_handle`` run around it (tracing's span among them).
         An async handler's coroutine is run here to its end, on an event loop of this
         call's own (`MemoryBroker.join`); the worker runs those with `run_async`.
         """
-        span = self._open_span(delivery)
-        outcome: Outcome | None = None
-        try:
-            outcome = self._run_logged(delivery)
-        finally:
-            self._close_span(span, outcome)
+        envelope = delivery.envelope()
+        self.middleware.before_handle(self.name, envelope)
+        started = time.perf_counter()
+        outcome = self._run_logged(delivery, envelope, started)
+        self.middleware.after_handle(self.name, envelope, outcome, time.perf_counter() - started)
         return outcome
 
     async def run_async(self, delivery: Delivery) -> Outcome:
@@ -192,44 +194,14 @@ class Executor:
         The same guarantees as `run`: never raises (but `asyncio.CancelledError` when the
         task running it is cancelled from outside), one outcome per delivery.
         """
-        span = self._open_span(delivery)
-        outcome: Outcome | None = None
-        try:
-            outcome = await self._run_logged_async(delivery)
-        finally:
-            self._close_span(span, outcome)
+        envelope = delivery.envelope()
+        self.middleware.before_handle(self.name, envelope)
+        started = time.perf_counter()
+        outcome = await self._run_logged_async(delivery, envelope, started)
+        self.middleware.after_handle(self.name, envelope, outcome, time.perf_counter() - started)
         return outcome
 
-    def _open_span(self, delivery: Delivery) -> tuple[Any, Callable[..., None]] | None:
-        if self._tracing is None:
-            return None
-        try:
-            span = self._tracing.handling(
-                self.name, delivery.headers, delivery.message_id, delivery.correlation_id
-            )
-            return span, span.__enter__()
-        except Exception:  # tracing never decides a message's fate
-            log.exception("tracing_failed")
-            return None
-
-    def _close_span(
-        self, opened: tuple[Any, Callable[..., None]] | None, outcome: Outcome | None
-    ) -> None:
-        if opened is None:
-            return
-        span, record = opened
-        try:
-            if outcome is not None:
-                record(outcome.fate, outcome.error)
-        except Exception:  # `record` is tracing's, not the message's
-            log.exception("tracing_failed")
-        try:
-            span.__exit__(None, None, None)
-        except Exception:  # as above
-            log.exception("tracing_failed")
-
-    def _begin(self, delivery: Delivery) -> tuple[Envelope, dict[str, Any], _Bound]:
-        envelope = delivery.envelope()
+    def _begin(self, envelope: Envelope) -> tuple[dict[str, Any], _Bound]:
         log_context = {
             "actor": self.name,
             "topic": envelope.topic,
@@ -242,7 +214,7 @@ class Executor:
             structlog.contextvars.bind_contextvars(**log_context)
         for hook in self.hooks:
             _call_hook(hook.before_message, envelope)
-        return envelope, log_context, bound
+        return log_context, bound
 
     def _internal_error(
         self, delivery: Delivery, envelope: Envelope, log_context: dict[str, Any], exc: Exception
@@ -265,9 +237,8 @@ class Executor:
             bound.undo(log_context)
         self._log_outcome(outcome, log_context, started)
 
-    def _run_logged(self, delivery: Delivery) -> Outcome:
-        started = time.perf_counter()
-        envelope, log_context, bound = self._begin(delivery)
+    def _run_logged(self, delivery: Delivery, envelope: Envelope, started: float) -> Outcome:
+        log_context, bound = self._begin(envelope)
         try:
             outcome = self._run(delivery, envelope)
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
@@ -278,9 +249,10 @@ class Executor:
         self._end(envelope, outcome, log_context, bound, started)
         return outcome
 
-    async def _run_logged_async(self, delivery: Delivery) -> Outcome:
-        started = time.perf_counter()
-        envelope, log_context, bound = self._begin(delivery)
+    async def _run_logged_async(
+        self, delivery: Delivery, envelope: Envelope, started: float
+    ) -> Outcome:
+        log_context, bound = self._begin(envelope)
         try:
             outcome = await self._run_async(delivery, envelope)
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered

@@ -28,6 +28,7 @@ from typing import Any
 
 from leveret.actors.actor import Actor
 from leveret.services.delivery import Outcome
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Consumer, Job
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY, EventLoop
@@ -68,6 +69,7 @@ class Worker:
         hooks: Run around each message in its handler thread (see `MessageHooks`).
         max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
         observer: Sees each message start and finish (the worker's metrics).
+        middleware: Run around each message (the broker's `MiddlewareChain`).
 
     Attributes:
         stats: Counters of handled, retried and dead-lettered messages.
@@ -89,6 +91,7 @@ class Worker:
         hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         observer: WorkerObserver | None = None,
+        middleware: MiddlewareChain | None = None,
     ) -> None:
         self.consumer = consumer
         self.observer = observer
@@ -102,7 +105,11 @@ class Worker:
         self.fatal_error: str | None = None
         self.executors = {
             naming.queue_name(namespace, actor.queue): Executor(
-                actor, hooks=hooks, max_body_bytes=max_body_bytes, namespace=namespace
+                actor,
+                hooks=hooks,
+                max_body_bytes=max_body_bytes,
+                namespace=namespace,
+                middleware=middleware,
             )
             for actor in actors
         }
