@@ -41,7 +41,8 @@ from leveret.services import config
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
-from leveret.services.middleware import Middleware, Publishing, PublishOperation, standard_chain
+from leveret.services.middleware import Middleware, Publishing, PublishOperation
+from leveret.services.observability.defaults import standard_chain
 from leveret.services.observability.logs import get_logger
 from leveret.services.observability.redaction import redact
 from leveret.services.rabbitmq._admin import AdminChannel

@@ -233,21 +233,6 @@ class MiddlewareChain:
             _call(item, item.worker_stopped, worker)
 
 
-def standard_chain(middleware: Iterable[Middleware] = ()) -> MiddlewareChain:
-    """A broker's chain: Leveret's own tracing first, then `middleware` in the order given.
-
-    Tracing comes first so that its spans enclose every other middleware's work (it does
-    nothing unless OpenTelemetry is installed; see `leveret.services.observability.tracing`).
-
-    Raises:
-        InvalidArgument: An item of `middleware` is not a `Middleware` instance.
-    """
-    # Imported here: tracing's middleware subclasses `Middleware`, defined above.
-    from leveret.services.observability.tracing import TracingMiddleware
-
-    return MiddlewareChain((TracingMiddleware(), *middleware))
-
-
 def _call(item: Middleware, hook: Callable[..., None], *args: Any) -> None:
     try:
         hook(*args)

@@ -4,5 +4,6 @@ that keeps passwords out of all three.
 - `logs`: structlog configured once per process, one JSON line per handled message;
 - `tracing`: OpenTelemetry spans and trace headers (the ``tracing`` extra);
 - `metrics`: Prometheus counters and histograms on the worker's health port;
-- `redaction`: passwords out of URLs and error text, control characters out of output.
+- `redaction`: passwords out of URLs and error text, control characters out of output;
+- `defaults`: the middleware every broker runs first (tracing).
 """
