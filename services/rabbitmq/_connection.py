@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pika
 import pika.exceptions
@@ -96,6 +96,20 @@ def connection_parameters(
         "product": "leveret",
     }
     return params
+
+
+class IO(Protocol):
+    """What a part of an I/O thread's work (heartbeats, republishing) needs of it; called on
+    the I/O thread only."""
+
+    @property
+    def connection(self) -> SelectConnection | None:
+        """The open connection, or None."""
+        ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Run `callback` on the I/O loop after `delay_s`."""
+        ...
 
 
 class IOThread:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pika
 import pika.exceptions
@@ -38,6 +36,8 @@ from leveret.services.rabbitmq._connection import (
     node_down,
 )
 from leveret.services.rabbitmq._declare import declare_async
+from leveret.services.rabbitmq._heartbeat_publishing import HeartbeatPublisher
+from leveret.services.rabbitmq._prefetch import ADAPT_EVERY_S, PrefetchController
 from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
@@ -115,12 +115,8 @@ class RabbitConsumer(IOThread, Consumer):
             steps=self._current_steps,
             current=self.current,
         )
-        self._heartbeats_exchange = naming.heartbeats_exchange(namespace)
-        self._heartbeat_channel: Channel | None = None
-        self._heartbeat_pending: bytes | None = None  # the latest, while the channel opens
+        self._heartbeats = HeartbeatPublisher(self, naming.heartbeats_exchange(namespace))
         self._local_address: str | None = None
-        self._heartbeats_paused_until = 0.0
-        self._heartbeats_refused = False
 
     # Consumer, any thread ---------------------------------------------------------------
 
@@ -166,7 +162,7 @@ class RabbitConsumer(IOThread, Consumer):
 
     def publish_heartbeat(self, body: bytes) -> None:
         if self.running and self.connected.is_set():
-            self.call_soon(functools.partial(self._send_heartbeat, body))
+            self.call_soon(functools.partial(self._heartbeats.publish, body))
 
     def _post(self, job: Job, result: Outcome | str) -> None:
         self._done.append((job, result))
@@ -353,79 +349,9 @@ class RabbitConsumer(IOThread, Consumer):
         )
 
     def on_disconnected(self, reason: BaseException) -> None:
-        self._heartbeat_channel = None
-        self._heartbeat_pending = None
+        self._heartbeats.reset()
         self._republisher.reset()
         self._forget_channel()
-
-    # I/O thread: heartbeats -------------------------------------------------------------
-
-    def _send_heartbeat(self, body: bytes) -> None:
-        """Publish a heartbeat on a channel of its own: no confirms, no mandatory, transient.
-
-        The channel declares the (non-durable) heartbeats exchange once when it opens, so a
-        broker restart or a deleted exchange costs one lost heartbeat. Whatever goes wrong
-        only closes this channel; the next heartbeat opens it again.
-        """
-        channel = self._heartbeat_channel
-        if channel is None or not channel.is_open:
-            if time.monotonic() < self._heartbeats_paused_until:
-                return  # the broker refused the exchange: try again later, quietly
-            if self._heartbeat_pending is None:
-                connection = self.connection
-                if connection is None or not connection.is_open:
-                    return
-                connection.channel(on_open_callback=self._on_heartbeat_channel)
-            self._heartbeat_pending = body
-            return
-        try:
-            channel.basic_publish(
-                self._heartbeats_exchange,
-                "",
-                body,
-                pika.BasicProperties(
-                    content_type="application/json", delivery_mode=1, type="leveret.heartbeat"
-                ),
-            )
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            log.info("heartbeat_not_sent", error=describe(exc))
-
-    def _on_heartbeat_channel(self, channel: Channel) -> None:
-        channel.add_on_close_callback(self._on_heartbeat_channel_closed)
-
-        def declared(_frame: Any) -> None:
-            self._heartbeats_refused = False
-            self._heartbeat_channel = channel
-            pending, self._heartbeat_pending = self._heartbeat_pending, None
-            if pending is not None:
-                self._send_heartbeat(pending)
-
-        channel.exchange_declare(
-            self._heartbeats_exchange,
-            exchange_type="fanout",
-            durable=False,
-            callback=declared,
-        )
-
-    def _on_heartbeat_channel_closed(self, channel: Channel, reason: BaseException) -> None:
-        if self._heartbeat_channel is channel or self._heartbeat_channel is None:
-            self._heartbeat_channel = None
-            self._heartbeat_pending = None
-        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-            # Refused (no permission on the exchange, arguments differ): every heartbeat
-            # would be refused the same way. One warning, then a try a minute.
-            self._heartbeats_paused_until = time.monotonic() + HEARTBEAT_RETRY_S
-            if not self._heartbeats_refused:
-                log.warning(
-                    "heartbeats_refused",
-                    error=describe(reason),
-                    retry_in_s=HEARTBEAT_RETRY_S,
-                    hint="leveret status will not see this worker; check the user's "
-                    f"permissions on the exchange {self._heartbeats_exchange}",
-                )
-            self._heartbeats_refused = True
-        elif not isinstance(reason, pika.exceptions.ChannelClosedByClient):
-            log.info("heartbeat_channel_closed", error=describe(reason))
 
     def _forget_channel(self) -> None:
         # Everything delivered on the old channel is the broker's again.
@@ -587,68 +513,6 @@ class RabbitConsumer(IOThread, Consumer):
     def _check_settled(self) -> None:
         if self._outstanding <= 0:
             self._settled.set()
-
-
-HEARTBEAT_RETRY_S = 60.0
-"""After the broker refused the heartbeats exchange, how long until the next try."""
-ADAPT_EVERY_S = 0.2
-MAX_ADAPTIVE_PREFETCH = 200
-"""The highest adaptive prefetch, unless the worker runs more than half as many at once."""
-FAIR_BACKLOG_S = 0.1
-"""Work a worker may hold beyond what its handlers run: at most about this many seconds."""
-
-
-class PrefetchController:
-    """The prefetch a worker should have, from how long its handlers take.
-
-    A worker's handlers need messages waiting while acks travel to the broker and new
-    deliveries come back; but every message it holds waiting is one another worker cannot
-    run. So the messages waiting beyond one per handler slot (`capacity`: threads, plus the
-    event loop's concurrency) are kept to about `FAIR_BACKLOG_S` of work:
-    ``capacity + capacity * FAIR_BACKLOG_S / average handler time``, at least the first
-    prefetch (twice the threads by default), at most `MAX_ADAPTIVE_PREFETCH` (or twice the
-    capacity, if that is more). Fast handlers (a millisecond or less) reach the maximum,
-    which drains at raw pika's speed; handlers of 50 ms or more keep the first prefetch,
-    so a worker started later gets its share at once.
-
-    The average is an exponentially weighted one of the handler durations (I/O thread
-    only). A change smaller than a quarter is not applied (each one consumes anew).
-    """
-
-    def __init__(self, prefetch: int, capacity: int) -> None:
-        self.capacity = capacity
-        self.minimum = prefetch
-        self.maximum = max(MAX_ADAPTIVE_PREFETCH, 2 * capacity, prefetch)
-        self.current = prefetch
-        self.average_s: float | None = None
-        self._samples = 0
-
-    def observe(self, handled_s: float) -> None:
-        """One handler's duration."""
-        average = self.average_s
-        self.average_s = handled_s if average is None else average + 0.05 * (handled_s - average)
-        self._samples += 1
-
-    def due(self) -> bool:
-        """Whether enough was seen since the last look to look again now (besides the
-        timer): a prefetch's worth of messages, so a fast start ramps up at once."""
-        if self._samples < self.current:
-            return False
-        self._samples = 0
-        return True
-
-    def target(self) -> int:
-        """The prefetch to have now (the current one while nothing is known)."""
-        average = self.average_s
-        if average is None:
-            return self.current
-        wanted = self.capacity + self.capacity * FAIR_BACKLOG_S / max(average, 1e-6)
-        target = int(min(self.maximum, max(self.minimum, wanted)))
-        if target in (self.minimum, self.maximum) or abs(target - self.current) > (
-            self.current / 4
-        ):
-            self.current = target
-        return self.current
 
 
 def _local_address(connection: SelectConnection) -> str | None:

@@ -26,18 +26,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import pika
 import pika.exceptions
 import pika.frame
-from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic
 
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._connection import describe
+from leveret.services.rabbitmq._connection import IO, describe
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.runtime.consumer import Job
 from leveret.services.topology.declarations import Step
@@ -58,19 +57,6 @@ _CHANNEL_GONE = (
     pika.exceptions.ChannelClosed,
     pika.exceptions.ConnectionClosed,
 )
-
-
-class IO(Protocol):
-    """What the republisher needs of the consumer's I/O thread."""
-
-    @property
-    def connection(self) -> SelectConnection | None:
-        """The open connection, or None."""
-        ...
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
-        """Run `callback` on the I/O loop after `delay_s`."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from leveret.services import RabbitBroker
-from leveret.services.rabbitmq._consumer import MAX_ADAPTIVE_PREFETCH
+from leveret.services.rabbitmq._prefetch import MAX_ADAPTIVE_PREFETCH
 from tests.faults.helpers import Spawn, done_numbers, events
 from tests.sample_actors import Job
 from tests.support import WorkerProcess, wait_until
