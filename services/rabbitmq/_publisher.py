@@ -66,6 +66,7 @@ from leveret.schemas.errors import (
 )
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._confirms import CHANNEL_GONE, Confirms
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     IOThread,
@@ -134,7 +135,6 @@ class Outgoing:
     envelope: Envelope | None = None
     batch: Batch | None = None
     index: int = 0
-    returned: str | None = None
     sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
     nacks: int = 0  # times the broker refused it; it is sent again after a pause
     written: bool = False  # written on a connection since lost: the broker may have it
@@ -246,13 +246,7 @@ class Publisher(IOThread):
         self._channel_backoff = ReconnectBackoff(first_s=0.5, max_s=30.0)
         self._channel: Channel | None = None
         self._ready = False
-        self._next_tag = 1
-        self._unconfirmed: dict[int, Outgoing] = {}
-        self._order: deque[int] = deque()
-        # Messages written and not confirmed, by message id, to match a basic.return (which
-        # carries no delivery tag) to its message: the message itself, or a deque of them
-        # in write order when one id is sent twice (a retry of a timed-out publish).
-        self._mandatory: dict[str, Outgoing | deque[Outgoing]] = {}
+        self._unconfirmed: Confirms[Outgoing] = Confirms()  # on `_channel`
         self._declares: deque[tuple[list[Step], Future[None]]] = deque()
         # Who runs the I/O loop: the I/O thread, a caller it is lent to (its thread id), or
         # nobody (None: the I/O thread is parked or between two turns). Guarded by
@@ -754,8 +748,7 @@ class Publisher(IOThread):
         stamps = wire_properties.Timestamps()
         # Looked up once per slice, not once per message.
         publish = channel.basic_publish
-        sent_order = self._order.append
-        mandatory = self._mandatory
+        sent = unconfirmed.sent
         observer = self.observer
         for _ in range(room):
             item = inbox.popleft()
@@ -777,7 +770,7 @@ class Publisher(IOThread):
                     item.wire_properties(stamps),
                     mandatory=True,
                 )
-            except _CHANNEL_GONE as exc:
+            except CHANNEL_GONE as exc:
                 item.written = was_written
                 inbox.appendleft(item)
                 log.warning("publish_deferred", error=describe(exc))
@@ -787,20 +780,9 @@ class Publisher(IOThread):
                 # sent, and only this message's caller is told.
                 self._settle_closed(item, f"message cannot be encoded: {type(exc).__name__}: {exc}")
                 continue
-            tag = self._next_tag
-            self._next_tag = tag + 1
             if observer is not None:
                 item.sent_at = time.perf_counter()
-            unconfirmed[tag] = item
-            sent_order(tag)
-            message_id = item.message_id
-            waiting = mandatory.get(message_id)
-            if waiting is None:
-                mandatory[message_id] = item
-            elif isinstance(waiting, Outgoing):
-                mandatory[message_id] = deque((waiting, item))
-            else:
-                waiting.append(item)
+            sent(item)
         if dropped:
             log.warning(
                 "publish_abandoned",
@@ -819,71 +801,41 @@ class Publisher(IOThread):
         properties: pika.BasicProperties,
         _body: bytes,
     ) -> None:
-        waiting = self._mandatory.get(properties.message_id or "")
-        first = waiting[0] if isinstance(waiting, deque) and waiting else waiting
-        if isinstance(first, Outgoing):
-            first.returned = f"{method.reply_code} {method.reply_text}"
+        self._unconfirmed.returned(
+            properties.message_id or "", f"{method.reply_code} {method.reply_text}"
+        )
 
     def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
-        method = frame.method
-        ok = isinstance(method, Basic.Ack)
-        tag: int = method.delivery_tag
-        if method.multiple:
-            order = self._order
-            unconfirmed = self._unconfirmed
-            settle = self._settle
-            while order and order[0] <= tag:
-                item = unconfirmed.pop(order.popleft(), None)
-                if item is not None:
-                    settle(item, ok)
-        else:
-            item = self._unconfirmed.pop(tag, None)
-            if item is not None:
-                self._settle(item, ok)
-            order = self._order
-            while order and order[0] not in self._unconfirmed:
-                order.popleft()
+        self._unconfirmed.confirmed(frame.method, self._settle)
         if self._draining is not None:
             self._close_if_drained()
         elif self._inbox and not self._wake_pending:
             self._flush()  # room again: publish more at once, as a raw pipeline does
 
-    def _settle(self, item: Outgoing, ok: bool) -> None:
-        message_id = item.message_id
-        mandatory = self._mandatory
-        waiting = mandatory.get(message_id)
-        if waiting is item or isinstance(waiting, Outgoing):
-            del mandatory[message_id]
-        elif waiting is not None:
-            waiting.popleft()
-            if not waiting:
-                del mandatory[message_id]
+    def _settle(self, item: Outgoing, ok: bool, returned: str | None) -> None:
         error: str | None = None
-        returned = item.returned
         if not ok:
             # Refused, not stored (a quorum queue's leader changing, an internal error): send
             # it again, same message id, until stored or its caller stops waiting. A
             # caller is never told a message is stored that was not.
-            self._observe(item, ok=False)
+            self._observe(item, ok=False, returned=returned is not None)
             self._send_again_later(item)
             return
         if returned is not None and item.unroutable_is_error:
             error = (
-                f"no queue {item.routing_key!r} to deliver message {message_id} to "
+                f"no queue {item.routing_key!r} to deliver message {item.message_id} to "
                 f"({returned}); declare the actor first (leveret declare, or a worker)"
             )
         assert item.batch is not None
         item.batch.settle(item.index, error, returned is not None)
         if self.observer is not None:
-            self._observe(item, ok=True)
+            self._observe(item, ok=True, returned=returned is not None)
 
-    def _observe(self, item: Outgoing, *, ok: bool) -> None:
+    def _observe(self, item: Outgoing, *, ok: bool, returned: bool) -> None:
         observer = self.observer
         if observer is not None:
             try:
-                observer.confirmed(
-                    ok, item.returned is not None, time.perf_counter() - item.sent_at
-                )
+                observer.confirmed(ok, returned, time.perf_counter() - item.sent_at)
             except Exception:  # metrics never stop publishing
                 log.exception("publish_observer_failed")
 
@@ -908,7 +860,6 @@ class Publisher(IOThread):
             self._pausing.discard(item)
             if batch.abandoned or batch.settled[item.index]:
                 return  # its caller stopped waiting: never send it late
-            item.returned = None
             self._inbox.append(item)
             self._wake()
 
@@ -969,7 +920,7 @@ class Publisher(IOThread):
         self._channel = None
         self._ready = False
         self._draining = None
-        in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
+        in_flight = self._unconfirmed.in_flight()
         self._forget_channel()
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
             # The broker refused what we did: publishing or declaring the same at once again
@@ -992,7 +943,6 @@ class Publisher(IOThread):
             in_flight = [item for item in in_flight if not _abandoned(item)]
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
-                item.returned = None
                 item.written = True
             connection = self.connection
             if connection is not None and connection.is_open and not self._stopping:
@@ -1037,10 +987,7 @@ class Publisher(IOThread):
         item.batch.settle(item.index, reason, unroutable=False)
 
     def _forget_channel(self) -> None:
-        self._unconfirmed = {}
-        self._order = deque()
-        self._mandatory = {}
-        self._next_tag = 1
+        self._unconfirmed = Confirms()
 
     def _forget_declaring(self, future: Future[None]) -> None:
         self._declaring.pop(future, None)
@@ -1217,7 +1164,7 @@ class Publisher(IOThread):
         self._expiry_timer = None
 
     def _fail_everything(self, reason: str) -> None:
-        in_flight = [self._unconfirmed[tag] for tag in sorted(self._unconfirmed)]
+        in_flight = self._unconfirmed.in_flight()
         self._forget_channel()
         for item in in_flight:
             self._settle_closed(item, reason)
@@ -1245,16 +1192,6 @@ class Publisher(IOThread):
             future.add_done_callback(self._forget_declaring)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
 
-
-# What `basic_publish` raises when the channel or connection went: the message was not sent
-# and is published again on the next channel. Anything else means it cannot be encoded.
-_CHANNEL_GONE = (
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelClosed,
-    pika.exceptions.ConnectionClosed,
-    OSError,
-)
 
 _SHORT_STRING_BYTES = 255
 

@@ -36,6 +36,7 @@ from pika.spec import Basic
 
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._confirms import CHANNEL_GONE, Confirms
 from leveret.services.rabbitmq._connection import IO, describe
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.runtime.consumer import Job
@@ -50,14 +51,6 @@ DRAIN_MAX_S = 5.0
 REOPEN_AFTER_S = 1.0
 """After the broker closed the channel, how long until the next one opens."""
 
-# What basic_publish raises when the channel or connection went: nothing was written.
-_CHANNEL_GONE = (
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelClosed,
-    pika.exceptions.ConnectionClosed,
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Copy:
@@ -68,13 +61,16 @@ class Copy:
     routing_key: str
     headers: dict[str, Any]
 
+    @property
+    def message_id(self) -> str:
+        """The id of the message copied (a copy keeps it)."""
+        return self.job.delivery.message_id
+
 
 @dataclass(eq=False, slots=True)
 class _Channel:
     channel: Channel
-    tag: int = 0
-    waiting: dict[int, Job] = field(default_factory=dict)  # publish tag -> its original
-    returned: set[int] = field(default_factory=set)
+    confirms: Confirms[Copy] = field(default_factory=Confirms)
     ready: bool = False  # publishing (it was opening before)
     draining: bool = False
 
@@ -137,7 +133,7 @@ class Republisher:
         try:
             self._write(current, copy, props)
             return
-        except _CHANNEL_GONE:
+        except CHANNEL_GONE:
             self._queued.append(copy)  # nothing written: on the next channel
             self._current = None
             self._open()
@@ -169,8 +165,7 @@ class Republisher:
         target.channel.basic_publish(
             copy.exchange, copy.routing_key, copy.job.delivery.body, props, mandatory=True
         )
-        target.tag += 1
-        target.waiting[target.tag] = copy.job
+        target.confirms.sent(copy)
 
     # Channels ---------------------------------------------------------------------------
 
@@ -211,8 +206,8 @@ class Republisher:
             self._current = None
         if not target.ready:
             self._opening = False  # closed while it was opening
-        waiting = [target.waiting[tag] for tag in sorted(target.waiting)]
-        target.waiting.clear()
+        waiting = [copy.job for copy in target.confirms.in_flight()]
+        target.confirms = Confirms()
         connection = self._io.connection
         if connection is None or not connection.is_open:
             return  # the connection went: its deliveries are the broker's again
@@ -237,38 +232,25 @@ class Republisher:
         self,
         target: _Channel,
         _channel: Channel,
-        _method: Basic.Return,
+        method: Basic.Return,
         props: pika.BasicProperties,
         _body: bytes,
     ) -> None:
-        for tag, job in target.waiting.items():
-            if job.delivery.message_id == props.message_id and tag not in target.returned:
-                target.returned.add(tag)
-                return
+        target.confirms.returned(props.message_id or "", f"{method.reply_code} {method.reply_text}")
 
     def _on_confirm(
         self, target: _Channel, frame: pika.frame.Method[Basic.Ack | Basic.Nack]
     ) -> None:
-        method = frame.method
-        acked = isinstance(method, Basic.Ack)
-        tags = (
-            [tag for tag in target.waiting if tag <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
-        for tag in tags:
-            job = target.waiting.pop(tag, None)
-            if job is None:
-                continue
-            returned = tag in target.returned
-            target.returned.discard(tag)
-            if acked and not returned:
-                self._stored(job)
-                continue
+        def settle(copy: Copy, acked: bool, returned: str | None) -> None:
+            if acked and returned is None:
+                self._stored(copy.job)
+                return
             if not acked:
                 self._renew(target)
-            self._refused(job, "no queue took it" if returned else "broker nacked")
-        if target.draining and not target.waiting and target.channel.is_open:
+            self._refused(copy.job, "broker nacked" if returned is None else "no queue took it")
+
+        target.confirms.confirmed(frame.method, settle)
+        if target.draining and not target.confirms and target.channel.is_open:
             target.channel.close()
 
     def _renew(self, target: _Channel) -> None:
@@ -284,14 +266,14 @@ class Republisher:
         log.warning(
             "worker_channel_renewed",
             reason="the broker nacked a retry or dead letter",
-            outstanding=len(target.waiting),
+            outstanding=len(target.confirms),
         )
 
         def give_up_waiting() -> None:
             if target in self._draining and target.channel.is_open:
                 log.warning(
                     "worker_channel_renewed",
-                    outstanding=len(target.waiting),
+                    outstanding=len(target.confirms),
                     reason=f"confirms still outstanding after {DRAIN_MAX_S} s",
                 )
                 target.channel.close()
