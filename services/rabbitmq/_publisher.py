@@ -66,11 +66,15 @@ from leveret.schemas.errors import (
 )
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._channel_renewal import (
+    REOPEN_AFTER_RENEWAL_S,
+    ChannelRenewal,
+    reopen_backoff,
+)
 from leveret.services.rabbitmq._confirms import CHANNEL_GONE, Confirms
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     IOThread,
-    ReconnectBackoff,
     describe,
 )
 from leveret.services.rabbitmq._declare import declare_async, declarer
@@ -88,11 +92,6 @@ NACK_PAUSE_FIRST_S = 0.05
 """The pause before a nacked message is sent again; it doubles with each nack..."""
 NACK_PAUSE_MAX_S = 2.0
 """...up to this."""
-RENEW_AFTER_NACK_S = 1.0
-"""A nack replaces the publisher's channel, at most once in this many seconds."""
-RENEW_DRAIN_MAX_S = 5.0
-"""How long a channel being replaced waits for its outstanding confirms before it closes
-anyway (what it still had in flight is then sent again, as after a lost channel)."""
 LEND_S = 0.2
 """How long the I/O thread stays parked after a caller ran the I/O loop and left nothing in
 flight (the next `publish` of a loop then runs it again at once); it is also how late, at
@@ -231,7 +230,7 @@ class Publisher(IOThread):
     def _reset_state(self) -> None:
         self._pid = os.getpid()
         self._pausing: set[Outgoing] = set()  # nacked, waiting to be sent again
-        self._renewed_at = -RENEW_AFTER_NACK_S  # when a nack last replaced the channel
+        self._renewal = ChannelRenewal(self, role="publisher", reason="the broker nacked a message")
         # The channel to replace after a nack: nothing more is published on it, and it
         # closes once its outstanding confirms are in (see `_renew_channel_after_nack`).
         self._draining: Channel | None = None
@@ -243,7 +242,7 @@ class Publisher(IOThread):
         self._wake_pending = False
         self._refused: str | None = None  # the broker refused our declarations: why
         self._blocked: str | None = None  # the broker blocks publishing (an alarm): why
-        self._channel_backoff = ReconnectBackoff(first_s=0.5, max_s=30.0)
+        self._channel_backoff = reopen_backoff()
         self._channel: Channel | None = None
         self._ready = False
         self._unconfirmed: Confirms[Outgoing] = Confirms()  # on `_channel`
@@ -808,7 +807,7 @@ class Publisher(IOThread):
     def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
         self._unconfirmed.confirmed(frame.method, self._settle)
         if self._draining is not None:
-            self._close_if_drained()
+            self._renewal.close_if_drained(self._draining, self._unconfirmed)
         elif self._inbox and not self._wake_pending:
             self._flush()  # room again: publish more at once, as a raw pipeline does
 
@@ -868,52 +867,14 @@ class Publisher(IOThread):
         self._renew_channel_after_nack()
 
     def _renew_channel_after_nack(self) -> None:
-        """Replace the channel after a nack, at most once per `RENEW_AFTER_NACK_S`.
-
-        RabbitMQ (seen on 3.10) keeps nacking, on one channel, every publish to a quorum
-        queue with ``reject-publish`` overflow (the quorum delay levels) when that channel
-        first published to it while the queue's leader was dead, even after a new leader is
-        elected; a new channel is not affected.
-
-        The channel is not closed at once: messages it sent that the broker may have stored
-        would then be sent again on the new channel, stored twice. Nothing more is published
-        on it, and it closes when every message it sent is confirmed or nacked, or after
-        `RENEW_DRAIN_MAX_S` (then what it still had in flight is sent again, same ids).
-        """
-        now = time.monotonic()
+        """Replace the channel after a nack (see `_channel_renewal`): nothing more is
+        published on it, and a new one opens once it closed (`_on_channel_closed`)."""
         channel = self._channel
-        if (
-            channel is None
-            or not channel.is_open
-            or self._draining is not None
-            or now - self._renewed_at < RENEW_AFTER_NACK_S
-        ):
+        if channel is None or not channel.is_open or self._draining is not None:
             return
-        self._renewed_at = now
-        self._draining = channel
-        log.warning(
-            "publisher_channel_renewing",
-            reason="the broker nacked a message",
-            outstanding=len(self._unconfirmed),
-        )
-
-        def give_up_waiting() -> None:
-            if self._draining is channel and channel.is_open:
-                log.warning(
-                    "publisher_channel_renewed",
-                    outstanding=len(self._unconfirmed),
-                    reason=f"confirms still outstanding after {RENEW_DRAIN_MAX_S} s",
-                )
-                channel.close()
-
-        self.call_later(RENEW_DRAIN_MAX_S, give_up_waiting)
-        self._close_if_drained()
-
-    def _close_if_drained(self) -> None:
-        channel = self._draining
-        if channel is not None and not self._unconfirmed and channel.is_open:
-            log.warning("publisher_channel_renewed", reason="the broker nacked a message")
-            channel.close()
+        if self._renewal.due():
+            self._draining = channel
+            self._renewal.drain(channel, self._unconfirmed)
 
     def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
         was_ready = self._ready
@@ -948,7 +909,7 @@ class Publisher(IOThread):
             if connection is not None and connection.is_open and not self._stopping:
                 # Closed by us (renewed after a nack): a new channel at once. (A lost
                 # connection opens its new channel when it reconnects.)
-                self.call_later(0.05, self._reopen_channel)
+                self.call_later(REOPEN_AFTER_RENEWAL_S, self._reopen_channel)
 
     def _reopen_channel(self) -> None:
         connection = self.connection

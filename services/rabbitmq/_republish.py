@@ -10,7 +10,7 @@ consuming channel instead would give every delivery it holds back to its queue w
 handlers still run them: each would be handled twice.
 
 The replaced channel publishes nothing more; it closes once every copy it sent is confirmed
-or refused, or after `DRAIN_MAX_S` (a copy still unconfirmed then may be stored: its original
+or refused, or after `RENEW_DRAIN_MAX_S` (a copy still unconfirmed then may be stored: its original
 goes back to its queue all the same, and may be handled again). Copies wait meanwhile for
 the next channel, which opens at once.
 
@@ -22,7 +22,6 @@ Every copy's fate goes back to the consumer through its callbacks, on the I/O th
 from __future__ import annotations
 
 import functools
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pika.spec import Basic
 
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
+from leveret.services.rabbitmq._channel_renewal import ChannelRenewal, reopen_backoff
 from leveret.services.rabbitmq._confirms import CHANNEL_GONE, Confirms
 from leveret.services.rabbitmq._connection import IO, describe
 from leveret.services.rabbitmq._declare import declare_async
@@ -43,13 +43,6 @@ from leveret.services.runtime.consumer import Job
 from leveret.services.topology.declarations import Step
 
 log = get_logger("leveret.worker")
-
-RENEW_AFTER_NACK_S = 5.0
-"""A refused copy replaces the channel at most once in this long."""
-DRAIN_MAX_S = 5.0
-"""How long a replaced channel waits for the confirms of what it sent before it closes."""
-REOPEN_AFTER_S = 1.0
-"""After the broker closed the channel, how long until the next one opens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +102,11 @@ class Republisher:
         self._current: _Channel | None = None
         self._opening = False
         self._queued: deque[Copy] = deque()  # waiting for a channel
-        self._draining: set[_Channel] = set()
         self._redeclare = False
-        self._renewed_at = -RENEW_AFTER_NACK_S
+        self._renewal = ChannelRenewal(
+            io, role="worker", reason="the broker nacked a retry or dead letter"
+        )
+        self._reopen_backoff = reopen_backoff()
 
     def publish(self, copy: Copy) -> None:
         """Publish `copy` now, or as soon as a channel is open."""
@@ -159,7 +154,6 @@ class Republisher:
         self._current = None
         self._opening = False
         self._queued.clear()
-        self._draining.clear()
 
     def _write(self, target: _Channel, copy: Copy, props: pika.BasicProperties) -> None:
         target.channel.basic_publish(
@@ -185,6 +179,7 @@ class Republisher:
             if not channel.is_open:
                 return  # refused while declaring: its close callback has the reason
             self._opening = False
+            self._reopen_backoff.reset()
             target.ready = True
             self._current = target
             queued, self._queued = self._queued, deque()
@@ -201,7 +196,6 @@ class Republisher:
         channel.confirm_delivery(functools.partial(self._on_confirm, target), callback=confirming)
 
     def _on_closed(self, target: _Channel, _channel: Channel, reason: BaseException) -> None:
-        self._draining.discard(target)
         if self._current is target:
             self._current = None
         if not target.ready:
@@ -226,7 +220,7 @@ class Republisher:
             for copy in queued:
                 self._refused(copy.job, f"no channel could be opened ({describe(reason)})")
         if self._queued:
-            self._io.call_later(REOPEN_AFTER_S, self._open)
+            self._io.call_later(self._reopen_backoff.next_delay_s(), self._open)
 
     def _on_return(
         self,
@@ -250,32 +244,14 @@ class Republisher:
             self._refused(copy.job, "broker nacked" if returned is None else "no queue took it")
 
         target.confirms.confirmed(frame.method, settle)
-        if target.draining and not target.confirms and target.channel.is_open:
-            target.channel.close()
+        if target.draining:
+            self._renewal.close_if_drained(target.channel, target.confirms)
 
     def _renew(self, target: _Channel) -> None:
-        """Replace `target` after a nack, at most once in `RENEW_AFTER_NACK_S`: nothing more
-        is published on it, and it closes once what it sent is confirmed (see the module)."""
-        now = time.monotonic()
-        if target is not self._current or now - self._renewed_at < RENEW_AFTER_NACK_S:
+        """Replace `target` after a nack (see `_channel_renewal`): nothing more is published
+        on it, and the next copy opens a new channel at once."""
+        if target is not self._current or not self._renewal.due():
             return
-        self._renewed_at = now
         self._current = None
         target.draining = True
-        self._draining.add(target)
-        log.warning(
-            "worker_channel_renewed",
-            reason="the broker nacked a retry or dead letter",
-            outstanding=len(target.confirms),
-        )
-
-        def give_up_waiting() -> None:
-            if target in self._draining and target.channel.is_open:
-                log.warning(
-                    "worker_channel_renewed",
-                    outstanding=len(target.confirms),
-                    reason=f"confirms still outstanding after {DRAIN_MAX_S} s",
-                )
-                target.channel.close()
-
-        self._io.call_later(DRAIN_MAX_S, give_up_waiting)
+        self._renewal.drain(target.channel, target.confirms)
