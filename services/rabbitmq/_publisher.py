@@ -42,7 +42,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -55,13 +54,10 @@ if TYPE_CHECKING:
 from pika.channel import Channel
 from pika.spec import Basic, Connection
 
-from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import (
     BrokerConnectionError,
-    BrokerUnavailable,
     InvalidArgument,
     PublishError,
-    PublishTimeout,
     TopologyError,
 )
 from leveret.services.observability.logs import get_logger
@@ -78,6 +74,13 @@ from leveret.services.rabbitmq._connection import (
     describe,
 )
 from leveret.services.rabbitmq._declare import declare_async, declarer
+from leveret.services.rabbitmq._outgoing import (
+    Batch,
+    Outgoing,
+    abandoned,
+    check_encodable,
+    conclude,
+)
 from leveret.services.topology.declarations import Step
 from leveret.services.transport import PublishObserver
 
@@ -109,94 +112,6 @@ broker that is there answers at once; with nothing received for `connect_timeout
 the connection is ended as lost (a network that drops packets would leave it open until
 two heartbeats, a minute, had been missed)."""
 _WATCH_EVERY_S = 0.25
-
-
-@dataclass(slots=True, eq=False)
-class Outgoing:
-    """One message on its way to the broker.
-
-    Attributes:
-        exchange: Exchange to publish to (``""`` for a queue by name).
-        routing_key: Topic, or queue name on the default exchange.
-        body: The JSON body.
-        properties: AMQP properties (message id, type, headers…), or None to build them
-            from `envelope` when the message is written: a big batch then keeps fewer
-            objects alive until confirmed (fewer for the garbage collector to walk).
-        unroutable_is_error: True for `send`: no queue receiving it is a `PublishError`.
-        envelope: The message's envelope, when `properties` is None.
-    """
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: pika.BasicProperties | None
-    unroutable_is_error: bool = False
-    envelope: Envelope | None = None
-    batch: Batch | None = None
-    index: int = 0
-    sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
-    nacks: int = 0  # times the broker refused it; it is sent again after a pause
-    written: bool = False  # written on a connection since lost: the broker may have it
-
-    @property
-    def message_id(self) -> str:
-        """The message id (from the properties, else the envelope)."""
-        if self.properties is not None:
-            return self.properties.message_id or ""
-        return self.envelope.message_id if self.envelope is not None else ""
-
-    def wire_properties(self, stamps: wire_properties.Timestamps) -> pika.BasicProperties:
-        """The AMQP properties to write (built from the envelope unless given)."""
-        if self.properties is not None:
-            return self.properties
-        assert self.envelope is not None, "an Outgoing has properties or an envelope"
-        return wire_properties.properties(self.envelope, timestamps=stamps)
-
-
-@dataclass(slots=True, eq=False)
-class Batch:
-    """Messages whose callers wait together; settled when every message is confirmed.
-
-    Attributes:
-        remaining: Messages not settled yet.
-        errors: Why each refused message was refused, by index.
-        timed_out: Indices of messages that had no confirm when the caller stopped waiting
-            (they may still be stored: the broker had them, or not).
-        unroutable: Indices of fan-out publishes no queue took.
-    """
-
-    remaining: int
-    done: threading.Event = field(default_factory=threading.Event)
-    errors: dict[int, str] = field(default_factory=dict)
-    timed_out: list[int] = field(default_factory=list)
-    unroutable: list[int] = field(default_factory=list)
-    unavailable: list[int] = field(default_factory=list)
-    """Indices of messages never written: the broker could not be reached in time."""
-    submitted_at: float = 0.0
-    """Monotonic time the batch was handed over (its wait for a connection counts from it)."""
-    # Set when the caller gave up waiting (PublishError): its messages are not sent again.
-    abandoned: bool = False
-    settled: list[bool] = field(default_factory=list)
-    on_done: Callable[[], None] | None = None
-    """Called on the I/O thread once every message is settled (an awaiting caller)."""
-    nacks: int = 0
-    """Times the broker refused (nacked) a message of the batch; each was sent again."""
-    last_nack: str | None = None
-
-    def settle(self, index: int, error: str | None, unroutable: bool) -> None:
-        """Record one message's outcome (I/O thread only)."""
-        if self.settled[index]:
-            return
-        self.settled[index] = True
-        if error is not None:
-            self.errors[index] = error
-        elif unroutable:
-            self.unroutable.append(index)
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done.set()
-            if self.on_done is not None:
-                self.on_done()
 
 
 class Publisher(IOThread):
@@ -374,7 +289,7 @@ class Publisher(IOThread):
             item.batch = batch
             item.index = index
             try:
-                _check_encodable(item)
+                check_encodable(item)
             except InvalidArgument as exc:
                 if raise_errors:
                     raise
@@ -403,29 +318,11 @@ class Publisher(IOThread):
         raise_errors: bool,
     ) -> Batch:
         """What a caller gets once it stopped waiting for `batch` (`settled`: in time)."""
-        if not items:
-            return batch
-        if not settled:
+        late = None
+        if items and not settled:
             self._abandon(batch)  # first: see `_flush`
-            why = self._waiting_reason()
-            if batch.last_nack is not None:
-                why = f"{batch.last_nack} ({batch.nacks} nack(s), each sent again); {why}"
-            reason = f"no confirm within {wait_s}s: {why}"
-            late = [index for index, done in enumerate(batch.settled) if not done]
-            for index in late:
-                if items[index].written:  # the broker may have it
-                    batch.timed_out.append(index)
-                    batch.errors.setdefault(index, reason)
-                else:  # never written, and never will be now
-                    batch.unavailable.append(index)
-                    batch.errors.setdefault(index, f"{reason}; nothing was sent")
-            if raise_errors and late:
-                raise batch_error(batch, late[0], items[late[0]].message_id)
-        if batch.errors and raise_errors:
-            index = next(iter(batch.errors))
-            more = f" (and {len(batch.errors) - 1} more)" if len(batch.errors) > 1 else ""
-            raise batch_error(batch, index, items[index].message_id, more)
-        return batch
+            late = f"no confirm within {wait_s}s: {self._waiting_reason()}"
+        return conclude(batch, items, late, raise_errors)
 
     def declare(self, todo: list[Step], timeout_s: float = 30.0) -> None:
         """Declare topology on a channel of this connection, waiting until it is done.
@@ -901,7 +798,7 @@ class Publisher(IOThread):
             log.warning("publisher_channel_reopening", retry_in_s=round(delay_s, 2))
             self.call_later(delay_s, self._reopen_channel)
         else:
-            in_flight = [item for item in in_flight if not _abandoned(item)]
+            in_flight = [item for item in in_flight if not abandoned(item)]
             self._inbox.extendleft(reversed(in_flight))
             for item in in_flight:
                 item.written = True
@@ -926,7 +823,7 @@ class Publisher(IOThread):
         dropped = 0
         for _ in range(len(inbox)):
             item = inbox.popleft()
-            if _abandoned(item):
+            if abandoned(item):
                 dropped += 1
             else:
                 inbox.append(item)
@@ -1008,7 +905,7 @@ class Publisher(IOThread):
                 if deadline is not None:
                     upcoming.append(deadline)
                 continue
-            if _abandoned(item):
+            if abandoned(item):
                 continue  # its caller already gave up
             reason = reason or self._unreachable_reason(now)
             self._settle_unreachable(item, reason)
@@ -1154,9 +1051,6 @@ class Publisher(IOThread):
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
 
 
-_SHORT_STRING_BYTES = 255
-
-
 def _nothing() -> None:
     """A timer's callback whose only work is to end the wait for I/O."""
 
@@ -1166,82 +1060,9 @@ def _close_probe(channel: Channel) -> None:
     channel.close()
 
 
-def batch_error(batch: Batch, index: int, message_id: str | None, more: str = "") -> PublishError:
-    """The error of message `index` of a settled `batch`, of the kind its fate calls for:
-    `BrokerUnavailable` (never sent), `PublishTimeout` (no confirm: it may be stored), else
-    `PublishError` (refused, no queue, not encodable); `more` is added to its text."""
-    reason = batch.errors[index] + more
-    if index in batch.unavailable:
-        return BrokerUnavailable(reason, message_id=message_id)
-    if index in batch.timed_out:
-        return PublishTimeout(reason, message_id=message_id)
-    return PublishError(reason, message_id=message_id)
-
-
 def _resolve(settled: asyncio.Future[None]) -> None:
     if not settled.done():
         settled.set_result(None)
-
-
-def _check_encodable(item: Outgoing) -> None:
-    """Fail the caller at once on a name or property AMQP cannot carry (over 255 bytes)."""
-    props = item.properties
-    envelope = item.envelope
-    limit = _SHORT_STRING_BYTES // 4  # up to 63 characters always fit (4 bytes at most each)
-    if props is None and envelope is not None:  # a new message: one check, no calls
-        correlation_id = envelope.correlation_id
-        if (
-            len(envelope.message_id) <= limit
-            and len(envelope.topic) <= limit
-            and (correlation_id is None or len(correlation_id) <= limit)
-            and len(item.exchange) <= limit
-            and len(item.routing_key) <= limit
-        ):
-            return
-    if props is not None:
-        message_id, correlation_id, topic = props.message_id, props.correlation_id, props.type
-    elif envelope is not None:
-        message_id, correlation_id, topic = (
-            envelope.message_id,
-            envelope.correlation_id,
-            envelope.topic,
-        )
-    else:
-        message_id = correlation_id = topic = None
-    if (  # the common case, Leveret's own names and ids: no loop, no encoding
-        len(item.exchange) <= limit
-        and len(item.routing_key) <= limit
-        and _short(message_id, limit)
-        and _short(correlation_id, limit)
-        and _short(topic, limit)
-    ):
-        return
-    for what, value in (
-        ("exchange", item.exchange),
-        ("routing key", item.routing_key),
-        ("message_id", message_id),
-        ("correlation_id", correlation_id),
-        ("type (topic)", topic),
-    ):
-        # Up to 63 characters always fit (4 bytes at most each): only longer ones are encoded.
-        if (
-            isinstance(value, str)
-            and len(value) > _SHORT_STRING_BYTES // 4
-            and len(value.encode("utf-8", "replace")) > _SHORT_STRING_BYTES
-        ):
-            raise InvalidArgument(
-                f"{what} {value[:40]!r}… is {len(value.encode('utf-8', 'replace'))} bytes; "
-                f"AMQP allows at most {_SHORT_STRING_BYTES}"
-            )
-
-
-def _short(value: object, limit: int) -> bool:
-    return not isinstance(value, str) or len(value) <= limit
-
-
-def _abandoned(item: Outgoing) -> bool:
-    """Whether the caller waiting for `item` gave up (its publish raised PublishError)."""
-    return item.batch is not None and item.batch.abandoned
 
 
 def _reset_after_fork(publisher: Publisher) -> None:

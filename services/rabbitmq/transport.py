@@ -14,7 +14,8 @@ from leveret.services.delivery import Delivery
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
-from leveret.services.rabbitmq._publisher import Batch, Outgoing, Publisher, batch_error
+from leveret.services.rabbitmq._outgoing import Batch, Outgoing, batch_error
+from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
 from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
 from leveret.services.scheduling import SchedulerBackend

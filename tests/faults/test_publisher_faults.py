@@ -22,7 +22,8 @@ from leveret.schemas.errors import (
     PublishTimeout,
 )
 from leveret.services import RabbitBroker
-from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.rabbitmq._outgoing import Outgoing
+from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
 from leveret.services.topology import naming
 from tests.proxy import TcpProxy

@@ -20,7 +20,8 @@ import pytest
 
 from leveret.schemas.errors import PublishError
 from leveret.services import RabbitBroker
-from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.rabbitmq._outgoing import Outgoing
+from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
 from tests.support import take_all, wait_until
 

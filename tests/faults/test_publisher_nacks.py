@@ -16,7 +16,8 @@ import pytest
 
 from leveret.schemas.errors import PublishTimeout
 from leveret.services import RabbitBroker
-from leveret.services.rabbitmq._publisher import Outgoing, Publisher
+from leveret.services.rabbitmq._outgoing import Outgoing
+from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
 from tests.support import fill_until_refused, take_all, wait_until
 
