@@ -2,7 +2,7 @@
 
 The publisher and the worker build on `IOThread`. Everything pika does happens on the
 thread that runs the connection's I/O loop: the I/O thread (the publisher lends its loop to
-a caller while nothing else is in flight, see `_publisher`). Other threads hand it work
+a caller while nothing else is in flight, see `_loop_lending`). Other threads hand it work
 with `call_soon`, which is the only thread-safe entry.
 """
 

@@ -7,9 +7,7 @@ callers (and of `publish_many`) pipeline on one connection and heartbeats never 
 A synchronous caller that finds nothing else in flight runs the I/O loop itself instead,
 as raw pika's `BlockingConnection` does: it writes its messages and reads their confirms
 on its own thread, which saves two thread hand-overs a call (`publish` one at a time). The
-I/O thread is parked meanwhile and for `LEND_S` after, so that a caller publishing in a loop
-keeps the loop; any other thread's work (`call_soon`) and any work left in flight when the
-caller is done hand the loop back to the I/O thread at once.
+I/O thread is parked meanwhile (see `_loop_lending`).
 
 After a lost connection, messages not yet confirmed are published again on the next
 connection (at-least-once: a message may then arrive twice, with the same `message_id`).
@@ -74,6 +72,7 @@ from leveret.services.rabbitmq._connection import (
     describe,
 )
 from leveret.services.rabbitmq._declare import declare_async, declarer
+from leveret.services.rabbitmq._loop_lending import LoopLending, run_until
 from leveret.services.rabbitmq._outgoing import (
     Batch,
     Outgoing,
@@ -95,10 +94,6 @@ NACK_PAUSE_FIRST_S = 0.05
 """The pause before a nacked message is sent again; it doubles with each nack..."""
 NACK_PAUSE_MAX_S = 2.0
 """...up to this."""
-LEND_S = 0.2
-"""How long the I/O thread stays parked after a caller ran the I/O loop and left nothing in
-flight (the next `publish` of a loop then runs it again at once); it is also how late, at
-most, a timer or an unsolicited frame (a heartbeat, a close) is seen while parked."""
 WAIT_WHILE_DOWN_S = 1.0
 """How long a publish (or declaration) waits for a connection while the broker is known to
 be unreachable: no connection for `connect_timeout_s`, every node failed since the last one.
@@ -162,15 +157,7 @@ class Publisher(IOThread):
         self._ready = False
         self._unconfirmed: Confirms[Outgoing] = Confirms()  # on `_channel`
         self._declares: deque[tuple[list[Step], Future[None]]] = deque()
-        # Who runs the I/O loop: the I/O thread, a caller it is lent to (its thread id), or
-        # nobody (None: the I/O thread is parked or between two turns). Guarded by
-        # `_loop_turn`, which also wakes the parked I/O thread.
-        self._loop_turn = threading.Condition(threading.Lock())
-        self._loop_owner: int | None = None
-        self._lend_to: int | None = None  # a caller waiting for the I/O thread's turn to end
-        self._io_ident: int | None = None  # the I/O thread's id
-        self._io_wanted = False  # work for the I/O thread came while it may be parked
-        self._parked_until = 0.0  # monotonic: the I/O thread does not take the loop before
+        self._lending = LoopLending()  # who runs the I/O loop
         # Declarations on their way (on a channel of their own), with what they declare.
         self._declaring: dict[Future[None], list[Step]] = {}
         self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
@@ -221,7 +208,7 @@ class Publisher(IOThread):
                 `raise_errors`, else that message's error).
         """
         me = threading.get_ident()
-        if self._loop_owner == me:
+        if self._lending.owner == me:
             # A signal handler (or a finalizer) publishing while its thread, interrupted,
             # runs the loop for its own publish: nothing else can run it meanwhile.
             raise PublishError(
@@ -378,53 +365,19 @@ class Publisher(IOThread):
     def call_soon(self, callback: Callable[[], None]) -> None:
         """`IOThread.call_soon`, which also wakes the I/O thread when it is parked."""
         super().call_soon(callback)
-        with self._loop_turn:
-            self._io_wanted = True  # read when a caller gives the loop back
-            if self._loop_owner is None:
-                self._loop_turn.notify_all()
+        self._lending.wanted()
 
     # The I/O loop, lent to a caller ----------------------------------------------------
 
     def _run_loop(self) -> None:
-        """The I/O thread's loop: pika's I/O loop one turn at a time; between two turns it
-        may be lent to a caller (`_take_loop`), and the I/O thread is parked meanwhile."""
+        """The I/O thread's loop, which it lends to callers (see `_loop_lending`)."""
         ioloop = self._ioloop
         assert ioloop is not None
-        turn = self._loop_turn
-        self._io_ident = me = threading.get_ident()
-        self._parked_until = 0.0  # of an earlier I/O thread
-        ioloop.activate_poller()
-        try:
-            while True:
-                with turn:
-                    while not self._loop_ended:
-                        if self._loop_owner is None:
-                            park_s = self._parked_until - time.monotonic()
-                            if self._io_wanted or park_s <= 0:
-                                break
-                        else:
-                            park_s = LEND_S  # lent: look again now and then, in case
-                        turn.wait(park_s)
-                    if self._loop_ended:
-                        return
-                    self._io_wanted = False
-                    self._loop_owner = me
-                try:
-                    ioloop.poll()
-                    ioloop.process_timeouts()
-                except BaseException:
-                    with turn:  # the thread crashes (`_run`): lend the loop to nobody
-                        self._loop_ended = True
-                        self._loop_owner = self._lend_to = None
-                        turn.notify_all()
-                    raise
-                with turn:
-                    self._loop_owner = self._lend_to
-                    self._lend_to = None
-                    if self._loop_owner is not None:
-                        turn.notify_all()
-        finally:
-            ioloop.deactivate_poller()
+        self._lending.run_io_thread(ioloop, ended=lambda: self._loop_ended, crashed=self._end)
+
+    def _end(self) -> None:
+        """The I/O thread crashes (`_run`): its loop is over."""
+        self._loop_ended = True
 
     def _quiet(self) -> bool:
         """Whether nothing is in flight, so that a caller may run the loop for itself."""
@@ -439,42 +392,10 @@ class Publisher(IOThread):
             and not self._loop_ended
         )
 
-    def _take_loop(self, me: int) -> bool:
-        """Run the I/O loop on this thread from now, if nothing else is in flight.
-
-        Lent at once while the I/O thread is parked; else the I/O thread is asked to lend
-        it after its current turn. When another caller has it, or is being lent it, or
-        something is in flight, the caller hands its messages to the I/O thread instead.
-        """
-        if not self._quiet():
-            return False  # the common case under load: no lock taken
-        turn = self._loop_turn
-        with turn:
-            if not self._quiet():
-                return False
-            if self._loop_owner is None:
-                self._loop_owner = me
-                self._io_wanted = False  # what other threads asked so far, this caller runs
-                return True
-            if self._loop_owner != self._io_ident or self._lend_to is not None:
-                return False
-            self._lend_to = me
-        ioloop = self._ioloop
-        assert ioloop is not None
-        ioloop.add_callback_threadsafe(_nothing)  # ends the I/O thread's wait for I/O
-        with turn:
-            if not turn.wait_for(lambda: self._loop_owner != self._io_ident, LEND_S):
-                if self._lend_to == me:
-                    self._lend_to = None  # the I/O thread's turn goes on: not lent
-                return False
-            if self._loop_owner != me:
-                return False
-            self._io_wanted = False
-            return True
-
     def _run_loop_for(self, batch: Batch, wait_s: float, me: int) -> bool | None:
         """Publish the inbox and run the I/O loop on this thread until `batch` is settled
-        or `wait_s` has passed, if the loop can be taken (`_take_loop`); then give it back.
+        or `wait_s` has passed, if the loop can be taken (`LoopLending.take`); then give it
+        back.
 
         Returns:
             Whether `batch` was settled; None when the loop could not be taken (then the
@@ -484,23 +405,14 @@ class Publisher(IOThread):
         connection as it would on the I/O thread: every caller waiting gets `PublishError`,
         the next publish starts a new connection, and a BaseException is raised again.
         """
+        lending = self._lending
         try:
-            if not self._take_loop(me):
-                return None
             ioloop = self._ioloop
-            assert ioloop is not None
-            deadline = time.monotonic() + wait_s
-            done = batch.done
-            # A timer at the deadline bounds each wait for I/O (else up to 5 s, pika's cap).
-            timer = ioloop.call_later(wait_s, _nothing)
+            if ioloop is None or not lending.take(me, self._quiet, ioloop):
+                return None
             try:
                 self._flush()
-                while not done.is_set() and not self._loop_ended:
-                    if time.monotonic() >= deadline:
-                        break
-                    ioloop.poll()
-                    ioloop.process_timeouts()
-                ioloop.remove_timeout(timer)
+                run_until(ioloop, batch.done, wait_s, lambda: self._loop_ended)
             except BaseException as exc:
                 self._loop_ended = True  # first: the I/O thread ends; see `_ensure_started`
                 self._crash_unhandled = exc
@@ -508,26 +420,16 @@ class Publisher(IOThread):
                 self._crash_unhandled = None
                 if not isinstance(exc, Exception):
                     raise
-            return done.is_set()
+            return batch.done.is_set()
         finally:
             # Checked here, not by a flag: an interruption may come between taking the
             # loop (or asking for it) and any statement that would record it.
-            if self._loop_owner == me or self._lend_to == me:
-                self._give_back_loop(me)
+            if lending.holds(me):
+                lending.give_back(me, busy=self._busy)
 
-    def _give_back_loop(self, me: int) -> None:
-        if self._loop_owner == me:
-            self._loop_owner = None  # first: should what follows be interrupted, it is free
-        with self._loop_turn:
-            if self._lend_to == me:
-                self._lend_to = None
-            if self._loop_owner == me:  # lent meanwhile (an interrupted `_take_loop`)
-                self._loop_owner = None
-            if self._loop_ended or self._io_wanted or self._inbox or not self._quiet():
-                self._io_wanted = True  # work in flight or asked for: the I/O thread, now
-                self._loop_turn.notify_all()
-            else:
-                self._parked_until = time.monotonic() + LEND_S
+    def _busy(self) -> bool:
+        """Whether the I/O thread has work now that a caller gave the loop back."""
+        return self._loop_ended or bool(self._inbox) or not self._quiet()
 
     def unavailable_reason(self, timeout_s: float) -> str | None:
         """Why the broker cannot take a message now, or None when it can.
@@ -1049,10 +951,6 @@ class Publisher(IOThread):
             self._declaring[future] = todo
             future.add_done_callback(self._forget_declaring)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
-
-
-def _nothing() -> None:
-    """A timer's callback whose only work is to end the wait for I/O."""
 
 
 def _close_probe(channel: Channel) -> None:
