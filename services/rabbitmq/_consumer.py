@@ -467,7 +467,7 @@ class RabbitConsumer(IOThread, Consumer):
             with_delay_levels=not self._levels_node_down,
             delay_queues=self.delay_queues,
         )
-        self._declare_then(steps, functools.partial(self._requeue, job))
+        _declare_then(self.connection, steps, functools.partial(self._requeue, job))
 
     def _dead_letter_original(self, job: Job) -> None:
         """No copy of it can be written: the broker dead-letters the original instead."""
@@ -487,32 +487,34 @@ class RabbitConsumer(IOThread, Consumer):
             self._outstanding -= 1
             self._check_settled()
 
-    def _declare_then(self, steps: list[Step], then: Callable[[], None]) -> None:
-        """Declare `steps` on a channel of its own (a refusal closes only that one), then
-        call `then` once, whatever the declaration's fate."""
-        connection = self.connection
-        if connection is None or not connection.is_open:
-            then()
-            return
-        called = False
-
-        def on_closed(_channel: Channel, reason: BaseException) -> None:
-            nonlocal called
-            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-                log.warning("redeclare_refused", error=describe(reason))
-            if not called:
-                called = True
-                then()
-
-        def on_open(channel: Channel) -> None:
-            channel.add_on_close_callback(on_closed)
-            declare_async(channel, steps, channel.close)
-
-        connection.channel(on_open_callback=on_open)
-
     def _check_settled(self) -> None:
         if self._outstanding <= 0:
             self._settled.set()
+
+
+def _declare_then(
+    connection: SelectConnection | None, steps: list[Step], then: Callable[[], None]
+) -> None:
+    """Declare `steps` on a channel of its own (a refusal closes only that one), then
+    call `then` once, whatever the declaration's fate."""
+    if connection is None or not connection.is_open:
+        then()
+        return
+    called = False
+
+    def on_closed(_channel: Channel, reason: BaseException) -> None:
+        nonlocal called
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            log.warning("redeclare_refused", error=describe(reason))
+        if not called:
+            called = True
+            then()
+
+    def on_open(channel: Channel) -> None:
+        channel.add_on_close_callback(on_closed)
+        declare_async(channel, steps, channel.close)
+
+    connection.channel(on_open_callback=on_open)
 
 
 def _local_address(connection: SelectConnection) -> str | None:
