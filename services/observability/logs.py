@@ -70,7 +70,10 @@ class RedactSecrets:
 _PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
 # structlog's context variables, by name: empty until the first bind (collecting them looks
-# at every context variable of the context, so it is skipped while there is none).
+# at every context variable of the context, so it is skipped while there is none). A private
+# name of structlog's, read on purpose: structlog has no public way to learn whether anything
+# is bound but `get_contextvars()` itself (~270 ns an event, 7% of a JSON line). Should
+# structlog drop the name, every event merges (None below). See docs/performance.md.
 _STRUCTLOG_VARS = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
 
 _message_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -364,11 +367,20 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str, *, urgent: bool = False) -> None:
         """Write one rendered line; buffered, it waits unless `urgent` or the buffer is full."""
+        pending = self._pending
+        if (  # the common case (one line per handled message) first, in one test
+            not urgent
+            and self.buffered
+            and self._flusher is not None
+            and not self._closed
+            and len(pending) < BUFFER_LINES - 1
+        ):
+            pending.append(line)
+            return
         if not self.buffered or self._closed:
             with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
                 self._write(line + "\n")
             return
-        pending = self._pending
         pending.append(line)
         if urgent or len(pending) >= BUFFER_LINES:
             self.flush()
@@ -420,7 +432,8 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             stream.write(text)
             stream.flush()
 
-    def _reset_after_fork(self) -> None:
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's waiting lines and its flusher thread."""
         self._pending = deque()
         self._flusher = None
 
@@ -481,18 +494,7 @@ class _DirectJSON:
         line = _dumps(data)
         if "://" in line:  # a URL somewhere, maybe with a password: redact each value
             line = _dumps(_REDACT(None, "", data))  # type: ignore[arg-type]
-        handler = self.handler
-        pending = handler._pending
-        if (  # the common case, as `write_line` would do it, without the call
-            level < logging.WARNING
-            and handler.buffered
-            and handler._flusher is not None
-            and not handler._closed
-            and len(pending) < BUFFER_LINES - 1
-        ):
-            pending.append(line)
-        else:
-            handler.write_line(line, urgent=level >= logging.WARNING)
+        self.handler.write_line(line, urgent=level >= logging.WARNING)
 
 
 _LEVEL_NAMES = {
@@ -553,10 +555,14 @@ def _after_fork_in_child() -> None:
     _process_fields = _own_process_fields()
     for handler in list(logging.getLogger().handlers):
         if isinstance(handler, StderrHandler):
-            handler._reset_after_fork()
+            handler.reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_level_set: int | None = None
+"""The level `configure_logging` gave the ``leveret`` logger (a later call may change it)."""
 
 
 def configure_logging(
@@ -587,7 +593,7 @@ def configure_logging(
     Raises:
         ConfigurationError: `level` is not a level name.
     """
-    global _direct
+    global _direct, _level_set
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigurationError(f"unknown log level {level!r}")
@@ -599,7 +605,7 @@ def configure_logging(
                 handler.flush()
                 logger.removeHandler(handler)
     _direct = None
-    if getattr(ours, "_leveret_level", None) == ours.level:
+    if _level_set is not None and _level_set == ours.level:
         ours.setLevel(logging.NOTSET)  # ours from an earlier call: set again below
     if not root.handlers:
         handler = StderrHandler(buffered=buffered)
@@ -613,7 +619,7 @@ def configure_logging(
         logging.getLogger("pika").setLevel(logging.CRITICAL)
     if ours.level == logging.NOTSET:
         ours.setLevel(numeric)
-        ours._leveret_level = numeric  # type: ignore[attr-defined]
+        _level_set = numeric
     if not structlog.is_configured():
         structlog.configure(
             processors=[],  # LeveretLogger makes the record itself
