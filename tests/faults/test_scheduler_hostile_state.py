@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leveret import Actor, Message, every, handler, schedule
 from leveret.actors.schedules import valid_schedule_name
 from leveret.schemas import wire
 from leveret.services import RabbitBroker
 from leveret.services.scheduling import MAX_STATE_ENTRIES, Scheduler
 from leveret.services.topology import naming
+from tests.beats import T0, Beats, Clock, beat_schedule
 from tests.hostile_states import POISON_TICK, hostile_bodies, state, state_bodies
 from tests.raw_amqp import client
 from tests.schedule_samples import Seconds, every_second
@@ -27,37 +27,15 @@ from tests.support import LoggedProcess, take_all, wait_until
 
 pytestmark = [pytest.mark.fault]
 
-T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 ENTRY = "tests-hostile-beats"
 
 
-class Pulse(Message, topic="tests.scheduler.hostile.pulse"):
-    n: int
-
-
-class Pulses(Actor, queue="tests.scheduler.hostile.pulses"):
-    time_limit_s = 5
-
-    @handler
-    def on(self, msg: Pulse) -> None: ...
-
-
-beats = schedule(
-    ENTRY, every(seconds=10), message=lambda at: Pulse(n=int(at.timestamp())), to=Pulses
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
+beats = beat_schedule(ENTRY)
 
 
 def scheduled(broker: RabbitBroker) -> list[datetime]:
-    """The scheduled times of the ticks waiting in Pulses' queue (taken)."""
-    queue = naming.queue_name(broker.namespace, Pulses.queue)
+    """The scheduled times of the ticks waiting in Beats' queue (taken)."""
+    queue = naming.queue_name(broker.namespace, Beats.queue)
     return [
         datetime.fromisoformat(str((props.headers or {})[wire.SCHEDULED_AT]))
         for props, _body in take_all(broker.url, queue)
@@ -78,7 +56,7 @@ Lead = Callable[[Clock], Scheduler]
 def lead(rabbit_broker: RabbitBroker) -> Iterator[Lead]:
     """A stream with a legitimate state in it (a leader ran at T0), and a factory of new
     leaders on the test's clock; each is closed afterwards."""
-    rabbit_broker.declare(Pulses)
+    rabbit_broker.declare(Beats)
     made: list[Scheduler] = []
 
     def make(clock: Clock) -> Scheduler:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leveret import Actor, Message, every, handler, schedule
+from leveret import every, schedule
 from leveret.actors.schedules import CatchUp, Schedule
 from leveret.schemas import wire
 from leveret.services import MemoryBroker, RabbitBroker
@@ -21,44 +21,8 @@ from leveret.services.broker import Broker
 from leveret.services.scheduling import Scheduler
 from leveret.services.testing import captured_logs
 from leveret.services.topology import naming
+from tests.beats import T0, Beat, Beats, Clock, beat_schedule
 from tests.support import take_all
-
-T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
-
-
-class Beat(Message, topic="tests.scheduler.beat"):
-    n: int
-
-
-class Beats(Actor, queue="tests.scheduler.beats"):
-    time_limit_s = 5
-
-    @handler
-    def on(self, msg: Beat) -> None: ...
-
-
-class Clock:
-    """The test's clock: time moves when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-def beats(name: str = "tests-beats", *, catch_up: CatchUp = "skip", limit: int = 100) -> Schedule:
-    return schedule(
-        name,
-        every(seconds=10),
-        message=lambda at: Beat(n=int(at.timestamp())),
-        to=Beats,
-        catch_up=catch_up,
-        max_catch_up=limit,
-    )
 
 
 @pytest.fixture
@@ -77,7 +41,7 @@ def start(broker: Broker, clock: Clock) -> Iterator[Start]:
 
     def make(*entries: Schedule, grace_s: float = 60) -> Scheduler:
         scheduler = Scheduler(
-            list(entries) or [beats()],
+            list(entries) or [beat_schedule()],
             broker.transport.scheduler_backend(),
             namespace=broker.namespace,
             grace_s=grace_s,
@@ -108,7 +72,7 @@ def sent(broker: Broker) -> list[tuple[str, str]]:
 
 def _ids(name: str) -> set[str]:
     """The message ids of an entry's first 10 minutes of ticks."""
-    entry = beats(name)
+    entry = beat_schedule(name)
     return {entry.message_id(T0 + timedelta(seconds=s)) for s in range(0, 600, 10)}
 
 
@@ -139,7 +103,7 @@ def test_a_new_leader_continues_from_the_stored_state_with_the_same_ids(
     assert second.step() == 1
     ticks = sent(broker)
     assert [scheduled for _id, scheduled in ticks] == at(10, 20, 30, 40)
-    entry = beats()
+    entry = beat_schedule()
     assert [message_id for message_id, _at in ticks] == [
         entry.message_id(T0 + timedelta(seconds=s)) for s in (10, 20, 30, 40)
     ]
@@ -175,14 +139,14 @@ def test_after_a_downtime_each_catch_up_policy(
 ) -> None:
     """Down for an hour: what is older than the grace (60 s) follows the policy; the last
     minute's ticks are sent in any case."""
-    first = start(beats(catch_up=policy, limit=5))
+    first = start(beat_schedule(catch_up=policy, limit=5))
     assert first.take_lead()
     clock.advance(10)
     first.step()
     first.close()
     sent(broker)
     clock.advance(3590)  # now T0 + 3600; the grace reaches back to T0 + 3540
-    second = start(beats(catch_up=policy, limit=5))
+    second = start(beat_schedule(catch_up=policy, limit=5))
     with captured_logs() as logs:
         assert second.take_lead()
         second.step()
@@ -203,7 +167,7 @@ def test_a_new_entry_starts_from_now_without_backfill(
     first.close()
     sent(broker)
     clock.advance(100)  # taken over at T0 + 120
-    second = start(beats(), beats("tests-beats-new"))
+    second = start(beat_schedule(), beat_schedule("tests-beats-new"))
     assert second.take_lead()
     clock.advance(10)
     second.step()
@@ -220,7 +184,7 @@ def test_one_entry_failing_to_build_blocks_no_other(
         raise RuntimeError("builder bug")
 
     bad = schedule("tests-beats-broken", every(seconds=10), message=broken, to=Beats)
-    scheduler = start(beats(), bad)
+    scheduler = start(beat_schedule(), bad)
     assert scheduler.take_lead()
     clock.advance(20)
     with captured_logs() as logs:
@@ -234,7 +198,7 @@ def test_one_entry_failing_to_build_blocks_no_other(
 
 
 def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, clock: Clock) -> None:
-    entries = [beats()]
+    entries = [beat_schedule()]
     scheduler = Scheduler(
         lambda: list(entries),
         broker.transport.scheduler_backend(),
@@ -246,7 +210,7 @@ def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, cl
         assert scheduler.take_lead()
         clock.advance(10)
         scheduler.step()
-        entries.append(beats("tests-beats-live"))
+        entries.append(beat_schedule("tests-beats-live"))
         clock.advance(10)
         scheduler.step()
         entries.pop(0)
@@ -254,11 +218,11 @@ def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, cl
         scheduler.step()
     finally:
         scheduler.close()
-    live = beats("tests-beats-live")
+    live = beat_schedule("tests-beats-live")
     ids = [message_id for message_id, _at in sent(broker)]
     assert ids == [
-        beats().message_id(T0 + timedelta(seconds=10)),
-        beats().message_id(T0 + timedelta(seconds=20)),  # then it was removed
+        beat_schedule().message_id(T0 + timedelta(seconds=10)),
+        beat_schedule().message_id(T0 + timedelta(seconds=20)),  # then it was removed
         live.message_id(T0 + timedelta(seconds=30)),  # added at 20: from then on
     ]
 
@@ -388,7 +352,7 @@ def test_one_entrys_overflow_near_the_end_of_time_stops_no_other(
     logged; the other entries tick, and the scheduler goes on."""
     clock.now = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
     yearly = schedule("tests-beats-yearly", every(days=365), message=lambda at: Beat(n=1), to=Beats)
-    scheduler = start(beats(), yearly)
+    scheduler = start(beat_schedule(), yearly)
     with captured_logs() as logs:
         assert scheduler.take_lead()
         clock.advance(20)

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leveret import Actor, Message, every, handler, schedule
 from leveret.actors.schedules import valid_schedule_name
 from leveret.services import MemoryBroker
 from leveret.services.rabbitmq._schedule import (
@@ -26,26 +25,13 @@ from leveret.services.rabbitmq._schedule import (
 )
 from leveret.services.scheduling import MAX_STATE_ENTRIES, Scheduler
 from leveret.services.testing import captured_logs
+from tests.beats import T0, Beats, Clock, beat_schedule
 from tests.hostile_states import any_aware, names, state_bodies
 
-T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 ENTRY = "tests-state-beats"
 
 
-class Pulse(Message, topic="tests.scheduler.state.pulse"):
-    n: int
-
-
-class Pulses(Actor, queue="tests.scheduler.state.pulses"):
-    time_limit_s = 5
-
-    @handler
-    def on(self, msg: Pulse) -> None: ...
-
-
-beats = schedule(
-    ENTRY, every(seconds=10), message=lambda at: Pulse(n=int(at.timestamp())), to=Pulses
-)
+beats = beat_schedule(ENTRY)
 
 
 def _valid(state: dict[str, datetime]) -> None:
@@ -123,10 +109,10 @@ def test_a_state_with_too_many_entries_keeps_at_most_the_bound() -> None:
 
 def test_the_leader_saves_at_most_the_bound_its_own_entries_first() -> None:
     broker = MemoryBroker(namespace="state-bound")
-    broker.declare(Pulses)
+    broker.declare(Beats)
     others = {f"gone-{index}": T0 - timedelta(days=1) for index in range(MAX_STATE_ENTRIES)}
     broker.transport.scheduler_state = others
-    clock = _Clock()
+    clock = Clock()
     scheduler = Scheduler([beats], broker.transport.scheduler_backend(), clock=clock)
     try:
         assert scheduler.take_lead()
@@ -137,14 +123,6 @@ def test_the_leader_saves_at_most_the_bound_its_own_entries_first() -> None:
     stored = broker.schedule_state()
     assert len(stored) == MAX_STATE_ENTRIES
     assert stored[ENTRY] == T0 + timedelta(seconds=10)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @settings(
@@ -161,9 +139,9 @@ def test_whatever_the_state_says_a_new_leader_ticks_on_time(
     others: the leader takes the lead, never raises, sends no tick from the future and
     at most the grace's worth of late ones, and sends the next tick at its time."""
     broker = MemoryBroker(namespace="state-property")
-    broker.declare(Pulses)
+    broker.declare(Beats)
     broker.transport.scheduler_state = dict(stored)
-    clock = _Clock()
+    clock = Clock()
     scheduler = Scheduler([beats], broker.transport.scheduler_backend(), clock=clock)
     sent: list[datetime] = []
     scheduler.on_tick = lambda tick: sent.append(tick.scheduled_at)
