@@ -13,6 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models.signals import post_save
 
+from leveret.schemas.errors import ConfigurationError
 from leveret.services.testing import MemoryBroker
 
 _brokers: weakref.WeakSet[MemoryBroker] = weakref.WeakSet()  # attached
@@ -58,7 +59,10 @@ def _outbox_row_saved(sender: Any, *, created: bool, using: str, **_kwargs: Any)
 
     if sender is not OutboxMessage or not created:
         return
-    current = dispatch._current
+    try:
+        current = dispatch.current()
+    except ConfigurationError:  # nothing configured: no memory broker of ours either
+        return
     broker = getattr(current, "broker", current)  # a TransactionalDispatcher's broker
     if not isinstance(broker, MemoryBroker) or broker not in _brokers:
         return

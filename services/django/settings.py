@@ -282,7 +282,18 @@ def under_test() -> bool:
     ``_TestState`` until ``teardown_test_environment``.
     """
     utils = sys.modules.get("django.test.utils")  # imported by whoever set it up
-    return utils is not None and hasattr(getattr(utils, "_TestState", None), "saved_data")
+    if utils is None:
+        return False
+    # Django has no public way to ask this (docs/django.md, "Testing"): its private
+    # `_TestState` holds `saved_data` exactly while the environment is set up.
+    state = getattr(utils, "_TestState", None)
+    if state is not None:
+        return hasattr(state, "saved_data")
+    # A Django without it: the dummy outbox set up and removed with the environment (public,
+    # but the locmem email backend creates it as well), rather than the production broker.
+    from django.core import mail
+
+    return hasattr(mail, "outbox")
 
 
 def broker_url(found: LeveretSettings | None = None) -> str:
