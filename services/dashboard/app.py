@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -37,6 +37,8 @@ from leveret.services.delivery import Delivery
 from leveret.services.observability.redaction import redact, redact_value
 from leveret.services.operations.deadletters import DeadLetter, printable
 from leveret.services.operations.status import Snapshot
+
+T = TypeVar("T")
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -312,6 +314,25 @@ class Pages:
             return self._unavailable(request, None, what, f"{exc}: try again in a moment.")
         return self._unavailable(request, None, what, f"{type(exc).__name__}: {exc}")
 
+    async def _read_dead_letters(
+        self, request: Request, queue: str, read: Callable[[], T]
+    ) -> T | Response:
+        """What `read` returns, or the page to answer with when the queue cannot be read.
+
+        Raises:
+            HTTPException: 404, no such queue.
+        """
+        try:
+            return await self.dashboard.call(read)
+        except (ConfigurationError, NotFound) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except TopologyError as exc:
+            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
+        except (BrokerError, Busy) as exc:
+            return self._broker_failed(
+                request, exc, f"The dead letters of {queue!r} cannot be read now."
+            )
+
     def _from_another_site(self, request: Request, queue: str) -> Response | None:
         """A dead-letter page opened by a link on another site: a page with the same link,
         to follow on the dashboard, instead of the pass (see `origins`): another site's page
@@ -339,16 +360,10 @@ class Pages:
             )
             return page, dashboard.broker.dead_letter_count(queue)
 
-        try:
-            page, total = await dashboard.call(read)
-        except (ConfigurationError, NotFound) as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except TopologyError as exc:
-            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
-        except (BrokerError, Busy) as exc:
-            return self._broker_failed(
-                request, exc, f"The dead letters of {queue!r} cannot be read now."
-            )
+        read_out = await self._read_dead_letters(request, queue, read)
+        if isinstance(read_out, Response):
+            return read_out
+        page, total = read_out
         letters = [_letter_row(DeadLetter.of(d)) for d in page[:PAGE_SIZE]]
         return self.render(
             request,
@@ -372,18 +387,11 @@ class Pages:
         asked = self._from_another_site(request, queue)
         if asked is not None:
             return asked
-        try:
-            found = await dashboard.call(
-                lambda: dashboard.broker.find_dead_letter(queue, message_id)
-            )
-        except (ConfigurationError, NotFound) as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except TopologyError as exc:
-            return self.render(request, "busy.html", status_code=409, queue=queue, error=str(exc))
-        except (BrokerError, Busy) as exc:
-            return self._broker_failed(
-                request, exc, f"The dead letters of {queue!r} cannot be read now."
-            )
+        found = await self._read_dead_letters(
+            request, queue, lambda: dashboard.broker.find_dead_letter(queue, message_id)
+        )
+        if isinstance(found, Response):
+            return found
         if found is None:
             raise HTTPException(404, f"no dead letter {message_id!r} in {queue!r}")
         letter = DeadLetter.of(found)
