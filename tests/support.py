@@ -36,6 +36,27 @@ RABBITMQCTL = shlex.split(os.environ.get("LEVERET_TEST_RABBITMQCTL", "rabbitmqct
 ``scripts/rabbitmq-release ctl 4.3``, which `scripts/test-release` sets)."""
 
 
+def run_python(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` at the repository's root, importable, and wait for it: its
+    output captured as text, its exit status not checked (the test does)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def leveret_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``leveret`` command with `args` in a child process (see `run_python`)."""
+    return run_python("-m", "leveret.services.cli", *args, env=env)
+
+
 def take_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
     """Take every message out of `queue` (full name) with plain pika: (properties, body)."""
     found: list[tuple[pika.BasicProperties, bytes]] = []

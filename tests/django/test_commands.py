@@ -21,7 +21,7 @@ from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker
 from leveret.services.topology import naming
 from tests.django.plugin_actors import Complaint, Grumpy, Tally
-from tests.support import ROOT, LoggedProcess, running, wait_until
+from tests.support import ROOT, LoggedProcess, run_python, running, wait_until
 
 ACTORS_MODULE = "tests.django.plugin_actors"
 
@@ -180,15 +180,7 @@ def test_manage_py_commands_say_the_broker_is_down_in_one_line_as_leveret_does(
         *rest,
         settings={"BROKER_URL": dead, "NAMESPACE": "down", "ACTORS": [ACTORS_MODULE]},
     )
-    theirs = subprocess.run(
-        [sys.executable, "-m", "leveret", name, *rest, "--broker-url", dead, "--namespace", "down"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    theirs = run_python("-m", "leveret", name, *rest, "--broker-url", dead, "--namespace", "down")
     assert "Traceback" not in ours.stderr, ours.stderr
     assert theirs.returncode == 1, theirs.stderr
     assert ours.returncode == theirs.returncode

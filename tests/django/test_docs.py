@@ -5,10 +5,7 @@ wheel can open."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 from django.core.checks import run_checks
@@ -16,7 +13,7 @@ from pytest_django.fixtures import Settings
 
 import leveret.django.settings as settings_module
 from leveret.django.settings import DEFAULTS
-from tests.support import RABBIT_URL, ROOT
+from tests.support import RABBIT_URL, ROOT, run_python
 
 DOC = (ROOT / "docs" / "django.md").read_text()
 
@@ -52,15 +49,7 @@ def test_the_logging_example_keeps_pika_at_warning() -> None:
         logging.getLogger("pika.adapters").warning("pika_warning_line")
         """
     ).format(example=_logging_example(), url=RABBIT_URL)
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", program)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     pika_info = [

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from leveret.actors import actors_in
 from leveret.services import RabbitBroker
 from leveret.services.topology import naming
-from tests.support import ROOT
+from tests.support import leveret_cli
 
-
-def leveret(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leveret.services.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+leveret = leveret_cli
 
 
 def test_worker_with_a_module_that_does_not_import_fails_clearly() -> None:

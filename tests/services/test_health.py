@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from leveret.actors import actors_in
@@ -13,25 +11,16 @@ from leveret.services import MemoryBroker, RabbitBroker
 from leveret.services.operations.health import HealthServer, WorkerProbe
 from tests.sample_actors import Job, Jobs
 from tests.support import (
-    ROOT,
     WorkerProcess,
     free_port,
     get_health,
+    leveret_cli,
     running,
     wait_health,
     wait_until,
 )
 
-
-def leveret(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leveret.services.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+leveret = leveret_cli
 
 
 def test_health_server_follows_the_workers_consuming_state(memory_broker: MemoryBroker) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 
@@ -30,7 +29,7 @@ from leveret.services.observability.redaction import redact, redact_value
 from leveret.services.operations.heartbeats import Heartbeats
 from leveret.services.runtime.execution import ERROR_MESSAGE_LIMIT, TRACEBACK_LIMIT
 from leveret.services.testing import MemoryBroker
-from tests.support import ROOT, free_port, running, wait_until
+from tests.support import ROOT, free_port, leveret_cli, running, wait_until
 
 # Every character but line breaks (and lone surrogates, which no UTF-8 text holds).
 passwords = st.text(
@@ -161,15 +160,7 @@ def test_no_password_survives_in_log_records_of_leveret_or_the_standard_library(
     assert failure["exception"].split("\n")[-1] == f"ConnectionError: cannot connect to {redacted}"
 
 
-def _leveret(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leveret.services.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+_leveret = leveret_cli
 
 
 SPACED = 'my s3cret pass "it\'s" @ ünïcødé %41'

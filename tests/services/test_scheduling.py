@@ -20,7 +20,7 @@ from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker, VirtualClock
 from leveret.services.topology import naming
 from tests.schedule_samples import Seconds, every_second
-from tests.support import ROOT, LoggedProcess, wait_until
+from tests.support import ROOT, LoggedProcess, run_python, wait_until
 
 
 class ReportDue(Message, topic="tests.scheduling.report_due"):
@@ -62,13 +62,7 @@ def test_a_week_on_the_virtual_clock_sends_seven_nightly_reports() -> None:
 
 
 def leveret(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leveret", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_python("-m", "leveret", *args)
 
 
 def test_list_shows_next_runs_and_the_last_tick_sent(rabbit_broker: RabbitBroker) -> None:
