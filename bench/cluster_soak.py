@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.run import _best_effort, _raise_interrupt
 from bench.sink import Sink, Tick
-from bench.soak import Soak, print_summary
+from bench.soak import Soak, print_summary, run_to_the_end, write_report
 from leveret.schemas.errors import PublishError
 from leveret.services.observability.logs import configure_logging
 from leveret.services.topology import naming
@@ -193,13 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.processes} processes x {args.threads} threads, the queue's leader node "
             f"killed {args.kill_interval}s after each restart"
         )
-        try:
-            report = soak.run()
-        except KeyboardInterrupt:
-            print("\ninterrupted: the queues and exchanges declared were deleted", file=sys.stderr)
+        report = run_to_the_end(soak)
+        if report is None:
             return 130
-        finally:
-            soak.close()
     finally:
         if started_here:
             _best_effort(lambda: print(cluster("stop"), end=""))
@@ -210,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  node {kill['node']} killed: handling paused {kill['handling_gap_s']} s, "
             f"rejoined with 3 members online after {kill.get('rejoined_s', '?')} s"
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {args.output}")
+    write_report(report, args.output)
     return 0 if report["lost"] == 0 else 1
 
 

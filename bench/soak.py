@@ -250,6 +250,24 @@ class Soak:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
+def run_to_the_end(soak: Soak) -> dict[str, Any] | None:
+    """Run `soak` and close it: its report, or None when Ctrl-C interrupted it."""
+    try:
+        return soak.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the queues and exchanges declared were deleted", file=sys.stderr)
+        return None
+    finally:
+        soak.close()
+
+
+def write_report(report: dict[str, Any], output: Path) -> None:
+    """Write `report` as JSON to `output`, and say where."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {output}")
+
+
 def print_summary(report: dict[str, Any]) -> None:
     peaks = report["peak_rss_mb"]
     print(f"published          {report['published']:>10}")
@@ -277,17 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.processes} processes x {args.threads} threads, a SIGKILL every "
         f"~{args.kill_interval}s"
     )
-    try:
-        report = soak.run()
-    except KeyboardInterrupt:
-        print("\ninterrupted: the queues and exchanges declared were deleted", file=sys.stderr)
+    report = run_to_the_end(soak)
+    if report is None:
         return 130
-    finally:
-        soak.close()
     print_summary(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {args.output}")
+    write_report(report, args.output)
     return 0 if report["lost"] == 0 else 1
 
 
