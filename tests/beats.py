@@ -12,10 +12,14 @@ T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 
 class Beat(Message, topic="tests.scheduler.beat"):
+    """One tick: `n` is its time, in seconds since the epoch."""
+
     n: int
 
 
 class Beats(Actor, queue="tests.scheduler.beats"):
+    """Where the ticks go; the tests read its queue, nothing handles it."""
+
     time_limit_s = 5
 
     @handler
