@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pika
 
 from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.schedules import Schedule
 from leveret.services.broker import Broker, RabbitBroker
 from leveret.services.runtime.worker import Worker
 from leveret.services.topology import declarations as topology
@@ -55,6 +56,16 @@ def run_python(
 def leveret_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the ``leveret`` command with `args` in a child process (see `run_python`)."""
     return run_python("-m", "leveret.services.cli", *args, env=env)
+
+
+def tick_once(broker: Broker, entry: Schedule) -> None:
+    """Lead `entry` on `broker` until it sent a tick, then let the lead go."""
+    scheduler = broker.scheduler([entry])
+    try:
+        assert scheduler.take_lead()
+        wait_until(lambda: scheduler.step() > 0, 5, "a tick")
+    finally:
+        scheduler.close()
 
 
 def take_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:

@@ -4,6 +4,7 @@ example shop's actors on the real RabbitMQ, and helpers to read what reached a q
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from shop.actors import Stock, check_stock, send_confirmation
@@ -13,6 +14,7 @@ from leveret.actors.actor import ActorRef
 from leveret.actors.registry import unique_queues
 from leveret.django import TransactionalDispatcher
 from leveret.django.registry import task_actors
+from leveret.django.tasks_api import task_finished
 from leveret.services import RabbitBroker
 from leveret.services.topology import naming
 from tests.support import take_all
@@ -42,6 +44,19 @@ def dispatcher(shop_broker: RabbitBroker, db_alias: str) -> Iterator[Transaction
     configure(dispatcher)
     yield dispatcher
     configure(None)
+
+
+@pytest.fixture
+def finished() -> Iterator[list[Any]]:
+    """The results of the tasks that finish during the test (Django's `task_finished`)."""
+    seen: list[Any] = []
+
+    def receive(sender: Any, task_result: Any, **_kwargs: Any) -> None:
+        seen.append(task_result)
+
+    task_finished.connect(receive)
+    yield seen
+    task_finished.disconnect(receive)
 
 
 def drain(broker: RabbitBroker, actor: ActorRef) -> list[str]:

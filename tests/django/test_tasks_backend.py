@@ -20,7 +20,7 @@ from shop.tasks import restock
 from leveret.actors import configure
 from leveret.django import TransactionalDispatcher
 from leveret.django.tasks import TaskCall, task_actor
-from leveret.django.tasks_api import InvalidTaskError, TaskResultStatus, task_finished
+from leveret.django.tasks_api import InvalidTaskError, TaskResultStatus
 from leveret.schemas import wire
 from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker
@@ -39,18 +39,6 @@ class Boom(Exception):
 @pytest.fixture
 def product() -> Product:
     return Product.objects.create(name="tea", stock=10)
-
-
-@pytest.fixture
-def finished() -> Any:
-    seen: list[Any] = []
-
-    def receive(sender: Any, task_result: Any, **_kwargs: Any) -> None:
-        seen.append(task_result)
-
-    task_finished.connect(receive)
-    yield seen
-    task_finished.disconnect(receive)
 
 
 def test_an_enqueued_task_runs_on_the_worker_runtime(

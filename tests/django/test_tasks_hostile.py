@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import pika
 import pytest
 
 from leveret.django.tasks import task_actor
-from leveret.django.tasks_api import TaskResultStatus, task, task_finished
+from leveret.django.tasks_api import TaskResultStatus, task
 from leveret.schemas import wire
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import RabbitBroker
@@ -34,18 +33,6 @@ HANDLED: list[int] = []
 def remember(n: int) -> None:
     """A task of the tests (an imported module's): notes its argument."""
     HANDLED.append(n)
-
-
-@pytest.fixture
-def finished() -> Iterator[list[Any]]:
-    seen: list[Any] = []
-
-    def receive(sender: Any, task_result: Any, **_kwargs: Any) -> None:
-        seen.append(task_result)
-
-    task_finished.connect(receive)
-    yield seen
-    task_finished.disconnect(receive)
 
 
 def _call(task: str, *positional: Any, takes_context: bool = False) -> bytes:

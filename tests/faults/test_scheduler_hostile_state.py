@@ -23,7 +23,7 @@ from tests.beats import T0, Beats, Clock, beat_schedule
 from tests.hostile_states import POISON_TICK, hostile_bodies, state, state_bodies
 from tests.raw_amqp import client
 from tests.schedule_samples import Seconds, every_second
-from tests.support import LoggedProcess, take_all, wait_until
+from tests.support import LoggedProcess, take_all, tick_once, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -135,12 +135,7 @@ def poisoned(rabbit_broker: RabbitBroker) -> Callable[[bytes], None]:
 
     def poison(body: bytes) -> None:
         rabbit_broker.declare(Seconds)  # deleted with the namespace afterwards
-        scheduler = rabbit_broker.scheduler([every_second])
-        try:
-            assert scheduler.take_lead()
-            wait_until(lambda: scheduler.step() > 0, 5, "a tick")
-        finally:
-            scheduler.close()
+        tick_once(rabbit_broker, every_second)
         publish_to_stream(rabbit_broker, body)
 
     return poison

@@ -26,7 +26,7 @@ from leveret.services.observability.logs import (
 )
 from leveret.services.observability.redaction import redact
 from leveret.services.testing import captured_logs, memory_broker
-from tests.support import RABBIT_URL, ROOT, wait_until
+from tests.support import RABBIT_URL, ROOT, run_python, wait_until
 
 
 class Note(Message, topic="tests.logs.note"):
@@ -168,9 +168,7 @@ def test_standard_library_records_go_through_the_same_redaction() -> None:
         "except RuntimeError:\n"
         "    logging.getLogger('app').exception('failed')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     first, second = (json.loads(line) for line in result.stderr.splitlines())
     assert first["event"] == "broker AMQP://u:***@h:5672/"
@@ -197,9 +195,7 @@ def test_leveret_lines_written_without_a_record_match_the_formatters_and_hide_pa
         "             nested={'a': ['amqp://u:N3st@h']}, msg='renamed')\n"
         "    log.info('quiet', n=1)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     assert len(lines) == 4

@@ -20,7 +20,7 @@ from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker, VirtualClock
 from leveret.services.topology import naming
 from tests.schedule_samples import Seconds, every_second
-from tests.support import ROOT, LoggedProcess, run_python, wait_until
+from tests.support import ROOT, LoggedProcess, run_python, tick_once, wait_until
 
 
 class ReportDue(Message, topic="tests.scheduling.report_due"):
@@ -72,12 +72,9 @@ def test_list_shows_next_runs_and_the_last_tick_sent(rabbit_broker: RabbitBroker
     assert "tests-every-second: every 0:00:01, send to schedules.seconds" in before.stdout
     assert "last sent: -" in before.stdout
     assert before.stdout.count("next: ") == 3
-    scheduler = rabbit_broker.scheduler([every_second])
     try:
-        assert scheduler.take_lead()
-        wait_until(lambda: scheduler.step() > 0, 5, "a tick")
+        tick_once(rabbit_broker, every_second)
     finally:
-        scheduler.close()
         rabbit_broker.declare(Seconds)  # declared by the scheduler: deleted afterwards
     after = leveret("scheduler", "tests.schedule_samples", "--list", *args)
     assert "last sent: -" not in after.stdout
