@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
 from leveret.actors.handling import current_correlation_id
 from leveret.schemas.errors import ConfigurationError
@@ -23,31 +23,45 @@ Delay: TypeAlias = "float | timedelta | None"
 """A delay in seconds or as a `timedelta`; None for none."""
 
 
+class PublishArgs(TypedDict, total=False):
+    """The keyword arguments every publish and send takes, all optional.
+
+    `Broker.publish`, `publish_many`, `send` and their async forms, `Actor.send`,
+    ``ctx.publish``/``ctx.send``, `leveret.publish` and Django's `publish`/`send` all take
+    these, and check them once, before anything is built or sent.
+
+    Attributes:
+        delay: Deliver after this long: seconds or a `timedelta` (rounded up to whole
+            seconds, at most 2^28 - 1 s). The message waits in the broker (on RabbitMQ, in
+            its delay levels), not in a worker.
+        eta: Deliver at this timezone-aware time instead.
+        correlation_id: Carried by the message, to tie it to what caused it; by default,
+            inside a handler, the correlation id of the message being handled.
+        timeout: Seconds to wait for the broker's confirm, instead of the broker's default
+            (``confirm_timeout_s``, 30 s): a request path may want 2.
+
+    The call that takes them raises `InvalidArgument` for both delay and eta, a negative or
+    too long delay, a naive eta, a timeout that is not a positive number of seconds, or a
+    correlation id over 255 bytes; and `TypeError` for a keyword argument not listed here.
+    """
+
+    delay: Delay
+    eta: datetime | None
+    correlation_id: str | None
+    timeout: float | None
+
+
+Options = TypeVar("Options", bound=PublishArgs)
+
+
 class Dispatcher(Protocol):
     """What actors need from a broker: publish by topic and send to one actor."""
 
-    def publish(
-        self,
-        message: Message,
-        *,
-        delay: Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    def publish(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Publish to every actor bound to the message's topic; return its message id."""
         ...
 
-    def send(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    def send(self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Deliver to one actor's queue; return the message id."""
         ...
 
@@ -102,23 +116,23 @@ def current() -> Dispatcher:
     return dispatcher
 
 
-def publish(
-    message: Message,
-    *,
-    delay: Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-) -> str:
+def carried(options: Options, correlation_id: str | None = None) -> Options:
+    """`options`, with `correlation_id` (by default the handled message's, inside a
+    handler) unless they name one."""
+    if options.get("correlation_id") is None:
+        options["correlation_id"] = (
+            correlation_id if correlation_id is not None else current_correlation_id()
+        )
+    return options
+
+
+def publish(message: Message, **options: Unpack[PublishArgs]) -> str:
     """Publish `message` to every actor bound to its topic, through the configured broker.
 
-    Inside a handler the correlation id of the message being handled is carried on.
-
     Args:
         message: The message.
-        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
-        eta: Deliver at this timezone-aware time instead.
-        timeout: Seconds to wait for the broker's confirm, instead of the broker's
-            default (30 s): a request path may want 2.
+        **options: `PublishArgs`: delay or eta, correlation id (inside a handler, the
+            handled message's by default), confirm timeout.
 
     Returns:
         The new message's id.
@@ -126,112 +140,38 @@ def publish(
     Raises:
         ConfigurationError: No broker is configured.
         PublishError: The broker did not confirm the message.
-        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
-            bytes.
+        InvalidArgument: An invalid option (see `PublishArgs`).
     """
-    return current().publish(
-        message, delay=delay, eta=eta, correlation_id=current_correlation_id(), timeout=timeout
-    )
+    return current().publish(message, **carried(options))
 
 
-async def publish_async(
-    message: Message,
-    *,
-    delay: Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-    correlation_id: str | None = None,
-) -> str:
+async def publish_async(message: Message, **options: Unpack[PublishArgs]) -> str:
     """`publish`, awaited: waits for the broker's confirm without blocking the event loop.
 
-    For ``async def`` handlers and other asyncio code (a FastAPI or ASGI Django view).
-    Inside a handler the correlation id of the message being handled is carried on.
-
-    Args:
-        message: The message.
-        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
-        eta: Deliver at this timezone-aware time instead.
-        timeout: Seconds to wait for the broker's confirm (default: the broker's, 30 s).
-        correlation_id: Carried on instead of the handled message's.
-
-    Returns:
-        The new message's id.
-
-    Raises:
-        ConfigurationError: No broker is configured.
-        PublishError: The broker did not confirm the message.
-        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
-            bytes.
+    For ``async def`` handlers and other asyncio code (a FastAPI or ASGI Django view);
+    arguments, result and errors are `publish`'s.
     """
-    return await _dispatch_async(
-        "publish", message, delay=delay, eta=eta, timeout=timeout, correlation_id=correlation_id
-    )
+    return await _awaited("publish", message, options=options)
 
 
-async def send_async(
-    actor: ActorRef,
-    message: Message,
-    *,
-    delay: Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-    correlation_id: str | None = None,
-) -> str:
+async def send_async(actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
     """`Actor.send`, awaited: waits for the confirm without blocking the event loop.
 
-    Args:
-        actor: The actor (class or `@actor` function).
-        message: A message one of its handlers takes.
-        delay: Deliver after this long (seconds or `timedelta`), waiting in the broker.
-        eta: Deliver at this timezone-aware time instead.
-        timeout: Seconds to wait for the broker's confirm (default: the broker's, 30 s).
-        correlation_id: Carried on instead of the handled message's.
-
-    Returns:
-        The message id.
-
-    Raises:
-        NotHandled: No handler of the actor takes the message's type.
-        ConfigurationError: No broker is configured.
-        PublishError: The broker did not confirm the message, or the queue is missing.
-        InvalidArgument: An invalid delay, eta or timeout, or a correlation id over 255
-            bytes.
+    Arguments, result and errors are `Broker.send`'s (and `ConfigurationError` when no
+    broker is configured); inside a handler the handled message's correlation id is
+    carried on.
     """
-    return await _dispatch_async(
-        "send",
-        actor,
-        message,
-        delay=delay,
-        eta=eta,
-        timeout=timeout,
-        correlation_id=correlation_id,
-    )
+    return await _awaited("send", actor, message, options=options)
 
 
-async def _dispatch_async(
-    operation: str,
-    *args: Any,
-    delay: Delay,
-    eta: datetime | None,
-    timeout: float | None,
-    correlation_id: str | None,
-) -> str:
+async def _awaited(operation: str, *args: object, options: PublishArgs) -> str:
     """`operation` (publish or send) on the configured dispatcher, awaited: its own async
     method when it has one, else its blocking one in a thread (Django's transactional
     dispatcher)."""
-    dispatcher = current()
-    options = {
-        "delay": delay,
-        "eta": eta,
-        "timeout": timeout,
-        "correlation_id": (
-            correlation_id if correlation_id is not None else current_correlation_id()
-        ),
-    }
+    dispatcher, options = current(), carried(options)
     native = getattr(dispatcher, f"{operation}_async", None)
     if native is None:
-        blocking = getattr(dispatcher, operation)
-        result: str = await asyncio.to_thread(blocking, *args, **options)
-        return result
+        blocking: Callable[..., str] = getattr(dispatcher, operation)
+        return await asyncio.to_thread(blocking, *args, **options)
     awaited: str = await native(*args, **options)
     return awaited

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from typing import Unpack
 
 from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.dispatch import PublishArgs
 from leveret.actors.function import as_actor_class
 from leveret.actors.registry import unique_queues
 from leveret.actors.schedules import Schedule
-from leveret.schemas.codec import encode
-from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import (
     BrokerConnectionError,
     BrokerUnavailable,
@@ -45,6 +44,7 @@ from leveret.services.middleware import Middleware, Publishing, PublishOperation
 from leveret.services.observability.defaults import standard_chain
 from leveret.services.observability.logs import get_logger
 from leveret.services.observability.redaction import redact
+from leveret.services.publishing import PublishOptions, check_timeout, outgoing, publish_options
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
@@ -53,7 +53,7 @@ from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, MessageHo
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.topology import naming
-from leveret.services.topology.delays import DelayQueues, delay_seconds
+from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
     MemoryOptions,
     OutgoingMessage,
@@ -188,16 +188,11 @@ class Broker:
         self.transport.delete_namespace_exchanges()
 
     # Publishing -------------------------------------------------------------------------
+    # Every call below checks its keyword arguments once (`publish_options`) and is a thin
+    # layer over one prepare step (`_outgoing`: the messages built, between the middleware's
+    # publish hooks) and one transport call (`_publish_items`; `_publish_async` awaits).
 
-    def publish(
-        self,
-        message: Message,
-        *,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    def publish(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Publish to every actor bound to the message's topic; wait for the confirm.
 
         A message no queue takes (no actor handles the topic yet) is logged, not an error:
@@ -205,12 +200,7 @@ class Broker:
 
         Args:
             message: The message.
-            delay: Deliver after this long: seconds or a `timedelta` (rounded up to whole
-                seconds, at most 2^28 - 1 s). The message waits in RabbitMQ, not in a worker.
-            eta: Deliver at this (timezone-aware) time instead.
-            correlation_id: Carried on from the message that caused this one.
-            timeout: Seconds to wait for the confirm, instead of the transport's
-                ``confirm_timeout_s`` (30 s by default): a request path may want 2.
+            **options: `PublishArgs`: delay or eta, correlation id, confirm timeout.
 
         Returns:
             The message id.
@@ -218,106 +208,35 @@ class Broker:
         Raises:
             PublishError: The broker did not confirm the message.
             PublishTimeout: No confirm within the timeout (the message may be stored).
-            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
-                255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        return self.publish_many(
-            [message], delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
-        )[0]
+        return self._publish([message], None, publish_options(**options))[0]
 
     def publish_many(
-        self,
-        messages: Iterable[Message],
-        *,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
+        self, messages: Iterable[Message], **options: Unpack[PublishArgs]
     ) -> list[str]:
         """Publish several messages by topic, pipelining confirms; wait for all of them.
 
         Args:
             messages: The messages, published in this order.
-            delay: As for `publish`, for every message.
-            eta: As for `publish`, for every message.
-            correlation_id: Carried on from the message that caused these.
-            timeout: As for `publish`, for the whole batch.
+            **options: As for `publish`, for every message (the timeout for the batch).
 
         Returns:
             The message ids, in order.
 
         Raises:
             PublishError: A message was not confirmed; the others may have been.
-            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
-                255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        delay_s = self._delay_s(delay, eta)
-        check_correlation_id(correlation_id)
-        timeout_s = check_timeout(timeout)
-        messages = list(messages)
-        topics = {message.topic() for message in messages}
-        publishing = Publishing(
-            "publish",
-            naming.events_exchange(self.namespace),
-            next(iter(topics)) if len(topics) == 1 else "",
-            len(messages),
-            correlation_id,
-        )
-        with self._around(publishing):
-            publishing.message_ids = self._publish_many(
-                messages, correlation_id, delay_s, timeout_s, publishing.headers or None
-            )
-        return publishing.message_ids
+        return self._publish(list(messages), None, publish_options(**options))
 
-    def _publish_many(
-        self,
-        messages: Iterable[Message],
-        correlation_id: str | None,
-        delay_s: int,
-        timeout_s: float | None,
-        headers: dict[str, str] | None,
-    ) -> list[str]:
-        # One Route per topic, not per message: a large batch keeps every object it makes
-        # alive until confirmed, and fewer objects mean fewer full garbage collections.
-        routes: dict[str, Route] = {}
-        prepared = []
-        # Every message of the batch carries the same headers (the middleware's: the
-        # batch's trace context) and the same timestamp (whole seconds on the wire): each
-        # taken once, and the headers shared (read only: the wire properties copy them).
-        now = datetime.now(UTC)
-        new_envelope = Envelope.new
-        for message in messages:  # `_prepare`, inlined: this loop runs once per message
-            topic = message.topic()
-            route = routes.get(topic)
-            if route is None:
-                route = routes[topic] = Route(topic)
-            envelope = new_envelope(
-                topic, correlation_id=correlation_id, headers=headers, timestamp=now
-            )
-            prepared.append(OutgoingMessage(envelope, encode(message), route, delay_s))
-        result = self.transport.publish(prepared, timeout_s=timeout_s)
-        _log_unroutable(prepared, result.unroutable)
-        return [item.envelope.message_id for item in prepared]
-
-    def send(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    def send(self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Deliver to one actor's queue only; wait for the confirm.
 
         Args:
             actor: The actor (class or `@actor` function).
             message: A message one of its handlers takes.
-            delay: As for `publish`.
-            eta: As for `publish`.
-            correlation_id: Carried on from the message that caused this one.
-            timeout: As for `publish`.
+            **options: As for `publish`.
 
         Returns:
             The message id.
@@ -327,115 +246,38 @@ class Broker:
             PublishError: Not confirmed, or the actor's queue does not exist. (A delayed
                 message meets its queue only when the delay is over; should the queue be
                 deleted by then, RabbitMQ drops it.)
-            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
-                255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        (cls,) = self._named([as_actor_class(actor)])
-        cls.handler_for(message)
-        delay_s = self._delay_s(delay, eta)
-        check_correlation_id(correlation_id)
-        timeout_s = check_timeout(timeout)
-        self.declare_on_first_use(cls, timeout=timeout_s)
-        route = Route(message.topic(), queue=cls.queue)
-        with self._one(message, route, correlation_id, delay_s, "send") as item:
-            self.transport.publish([item], timeout_s=timeout_s)
-        return item.envelope.message_id
+        cls = self._recipient(actor, message)
+        checked = publish_options(**options)
+        self.declare_on_first_use(cls, timeout=checked.timeout_s)
+        return self._publish([message], cls, checked)[0]
 
-    async def publish_async(
-        self,
-        message: Message,
-        *,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    async def publish_async(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """`publish` for asyncio code: awaits the confirm without blocking the event loop.
 
         Arguments, result and errors are `publish`'s.
         """
-        delay_s = self._delay_s(delay, eta)
-        check_correlation_id(correlation_id)
-        timeout_s = check_timeout(timeout)
-        route = Route(message.topic())
-        with self._one(message, route, correlation_id, delay_s, "publish") as item:
-            result = await self.transport.publish_async([item], timeout_s=timeout_s)
-        _log_unroutable([item], result.unroutable)
-        return item.envelope.message_id
+        return (await self._publish_async([message], None, publish_options(**options)))[0]
 
     async def send_async(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
+        self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]
     ) -> str:
         """`send` for asyncio code: awaits the confirm without blocking the event loop.
 
         Arguments, result and errors are `send`'s. The first send to an actor declares
         its queue (with `auto_declare`) in a thread.
         """
-        (cls,) = self._named([as_actor_class(actor)])
-        cls.handler_for(message)
-        delay_s = self._delay_s(delay, eta)
-        check_correlation_id(correlation_id)
-        timeout_s = check_timeout(timeout)
+        cls = self._recipient(actor, message)
+        checked = publish_options(**options)
         if self.auto_declare and cls not in self._declared:
-            await asyncio.to_thread(
-                functools.partial(self.declare_on_first_use, cls, timeout=timeout_s)
-            )
-        route = Route(message.topic(), queue=cls.queue)
-        with self._one(message, route, correlation_id, delay_s, "send") as item:
-            await self.transport.publish_async([item], timeout_s=timeout_s)
-        return item.envelope.message_id
-
-    @contextlib.contextmanager
-    def _one(
-        self,
-        message: Message,
-        route: Route,
-        correlation_id: str | None,
-        delay_s: int,
-        operation: PublishOperation,
-    ) -> Iterator[OutgoingMessage]:
-        """One message prepared for `send` or `publish` (`operation`), and published inside
-        the ``with``, between the middleware's before- and after-publish hooks."""
-        if route.queue is None:
-            exchange, destination = naming.events_exchange(self.namespace), route.topic
-        else:
-            exchange, destination = "", naming.queue_name(self.namespace, route.queue)
-        publishing = Publishing(operation, exchange, destination, 1, correlation_id)
-        with self._around(publishing):
-            item = self._prepare(
-                message, route, correlation_id, delay_s, headers=publishing.headers or None
-            )
-            publishing.message_ids.append(item.envelope.message_id)
-            yield item
-
-    @contextlib.contextmanager
-    def _around(self, publishing: Publishing) -> Iterator[Publishing]:
-        """The middleware's publish hooks around the ``with`` (after-hooks see its error)."""
-        self.middleware.before_publish(publishing)
-        try:
-            yield publishing
-        except BaseException as exc:
-            self.middleware.after_publish(publishing, exc)
-            raise
-        self.middleware.after_publish(publishing, None)
+            await asyncio.to_thread(self.declare_on_first_use, cls, timeout=checked.timeout_s)
+        return (await self._publish_async([message], cls, checked))[0]
 
     def prepare(
-        self,
-        message: Message,
-        *,
-        actor: ActorRef | None = None,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
+        self, message: Message, *, actor: ActorRef | None = None, **options: Unpack[PublishArgs]
     ) -> OutgoingMessage:
-        """Build the wire form of a message now, to publish it later with `publish_prepared`.
+        """Build a message now, to publish it later with `publish_prepared` (or store it).
 
         Its message id is fixed here: publishing it later (or again) keeps that id. Used by
         the Django integration (on-commit publishing and the transactional outbox).
@@ -443,33 +285,16 @@ class Broker:
         Args:
             message: The message.
             actor: Deliver to this actor's queue only (as `send`); fan out by topic if None.
-            delay: As for `publish`; counted from now.
-            eta: As for `publish`.
-            correlation_id: Carried on from the message that caused this one.
+            **options: As for `publish`; a delay counts from now. The timeout is only
+                checked: the later publish is given its own.
 
         Raises:
             NotHandled: `actor` has no handler for the message's type.
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        queue = None
-        if actor is not None:
-            (cls,) = self._named([as_actor_class(actor)])
-            cls.handler_for(message)
-            queue = cls.queue
-        route = Route(message.topic(), queue=queue)
-        check_correlation_id(correlation_id)
-        delay_s = self._delay_s(delay, eta)
-        if queue is None:
-            exchange, destination = naming.events_exchange(self.namespace), route.topic
-        else:
-            exchange, destination = "", naming.queue_name(self.namespace, queue)
-        publishing = Publishing("prepare", exchange, destination, 1, correlation_id)
-        with self._around(publishing):
-            item = self._prepare(
-                message, route, correlation_id, delay_s, headers=publishing.headers or None
-            )
-            publishing.message_ids.append(item.envelope.message_id)
-        return item
+        cls = None if actor is None else self._recipient(actor, message)
+        with self._outgoing([message], cls, publish_options(**options), "prepare") as (item,):
+            return item
 
     def publish_prepared(
         self, items: Sequence[OutgoingMessage], *, timeout: float | None = None
@@ -490,9 +315,22 @@ class Broker:
             PublishError: A message was not confirmed; the others may have been.
             InvalidArgument: An invalid timeout.
         """
-        result = self.transport.publish(items, timeout_s=check_timeout(timeout))
-        _log_unroutable(items, result.unroutable)
-        return [item.envelope.message_id for item in items]
+        self._publish_items(items, check_timeout(timeout))
+        return _message_ids(items)
+
+    def publish_prepared_each(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
+        """Publish messages built by `prepare`, each on its own: one failing fails no other.
+
+        For callers that must know every message's fate, such as the outbox relay: a batch
+        in which one message is refused still has every other one stored.
+
+        Returns:
+            For each message, in order: None when the broker confirmed it, else the
+            `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
+            message may still be stored).
+        """
+        result = self._publish_items(items, None, raise_errors=False)
+        return [result.errors.get(index) for index in range(len(items))]
 
     def check_available(self, timeout: float | None = None) -> None:
         """Make sure the broker can take messages now; for callers that must fail fast.
@@ -513,44 +351,77 @@ class Broker:
         if reason is not None:
             raise BrokerUnavailable(reason)
 
-    def publish_prepared_each(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
-        """Publish messages built by `prepare`, each on its own: one failing fails no other.
+    def _recipient(self, actor: ActorRef, message: Message) -> type[Actor]:
+        """The class of the actor `message` is sent to, checked: its queue's name fits and
+        one of its handlers takes the message (else `NotHandled`)."""
+        (cls,) = self._named([as_actor_class(actor)])
+        cls.handler_for(message)
+        return cls
 
-        For callers that must know every message's fate, such as the outbox relay: a batch
-        in which one message is refused still has every other one stored.
+    def _publish(
+        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
+    ) -> list[str]:
+        with self._outgoing(messages, actor, options) as items:
+            self._publish_items(items, options.timeout_s)
+        return _message_ids(items)
 
-        Returns:
-            For each message, in order: None when the broker confirmed it, else the
-            `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
-            message may still be stored).
-        """
-        result = self.transport.publish(items, raise_errors=False)
-        _log_unroutable(items, result.unroutable)
-        return [result.errors.get(index) for index in range(len(items))]
+    async def _publish_async(
+        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
+    ) -> list[str]:
+        with self._outgoing(messages, actor, options) as items:
+            result = await self.transport.publish_async(items, timeout_s=options.timeout_s)
+            _log_unroutable(items, result.unroutable)
+        return _message_ids(items)
 
-    def _delay_s(self, delay: float | timedelta | None, eta: datetime | None) -> int:
-        if delay is None and eta is None:
-            return 0
-        return delay_seconds(delay, eta, now=datetime.now(UTC))
-
-    def _prepare(
+    def _publish_items(
         self,
-        message: Message,
-        route: Route,
-        correlation_id: str | None,
-        delay_s: int = 0,
+        items: Sequence[OutgoingMessage],
+        timeout_s: float | None,
         *,
-        headers: dict[str, str] | None = None,
-        now: datetime | None = None,
-    ) -> OutgoingMessage:
-        return OutgoingMessage(
-            Envelope.new(
-                route.topic, correlation_id=correlation_id, headers=headers, timestamp=now
-            ),
-            encode(message),
-            route,
-            delay_s,
+        raise_errors: bool = True,
+    ) -> PublishResult:
+        result = self.transport.publish(items, raise_errors=raise_errors, timeout_s=timeout_s)
+        _log_unroutable(items, result.unroutable)
+        return result
+
+    @contextlib.contextmanager
+    def _outgoing(
+        self,
+        messages: list[Message],
+        actor: type[Actor] | None,
+        options: PublishOptions,
+        operation: PublishOperation | None = None,
+    ) -> Iterator[list[OutgoingMessage]]:
+        """The messages built for the wire (to `actor`'s queue, or by topic), to be published
+        inside the ``with``: all of it between the middleware's publish hooks, which see
+        the ``with``'s error."""
+        if actor is None:
+            topics = {message.topic() for message in messages}
+            exchange = naming.events_exchange(self.namespace)
+            routing_key = next(iter(topics)) if len(topics) == 1 else ""
+        else:
+            exchange, routing_key = "", naming.queue_name(self.namespace, actor.queue)
+        publishing = Publishing(
+            operation or ("publish" if actor is None else "send"),
+            exchange,
+            routing_key,
+            len(messages),
+            options.correlation_id,
         )
+        self.middleware.before_publish(publishing)
+        try:
+            items = outgoing(
+                messages,
+                options,
+                queue=None if actor is None else actor.queue,
+                headers=publishing.headers or None,
+            )
+            publishing.message_ids = _message_ids(items)
+            yield items
+        except BaseException as exc:
+            self.middleware.after_publish(publishing, exc)
+            raise
+        self.middleware.after_publish(publishing, None)
 
     # Dead letters -----------------------------------------------------------------------
 
@@ -840,6 +711,10 @@ class RabbitBroker(Broker):
         return self.transport.message_count(queue)
 
 
+def _message_ids(items: Sequence[OutgoingMessage]) -> list[str]:
+    return [item.envelope.message_id for item in items]
+
+
 def _log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> None:
     for index in unroutable:
         envelope = items[index].envelope
@@ -849,42 +724,6 @@ def _log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> 
             message_id=envelope.message_id,
             hint="no queue is bound to this topic: no actor handles it (yet)",
         )
-
-
-MAX_CORRELATION_ID_BYTES = 255
-"""AMQP's limit for a string property such as ``correlation_id``."""
-
-
-def check_correlation_id(correlation_id: str | None) -> None:
-    """Fail the call at once on a correlation id AMQP cannot carry.
-
-    Raises:
-        InvalidArgument: Not a string, or longer than 255 bytes in UTF-8.
-    """
-    if correlation_id is None:
-        return
-    if not isinstance(correlation_id, str):
-        raise InvalidArgument(
-            f"correlation_id must be a string, not {type(correlation_id).__name__}"
-        )
-    size = len(correlation_id.encode("utf-8", "replace"))
-    if size > MAX_CORRELATION_ID_BYTES:
-        raise InvalidArgument(
-            f"correlation_id is {size} bytes; AMQP carries at most {MAX_CORRELATION_ID_BYTES}"
-        )
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """A publish timeout as given, checked: a positive, finite number of seconds, or None.
-
-    Raises:
-        InvalidArgument: Anything else.
-    """
-    if timeout is None:
-        return None
-    if not config.positive_seconds(timeout):
-        raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
-    return float(timeout)
 
 
 def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> list[type[Actor]]:

@@ -26,13 +26,13 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Unpack
 
 from django.db import connections, transaction
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
-from leveret.actors.handling import current_correlation_id
+from leveret.actors.dispatch import PublishArgs
 from leveret.django import outbox as outbox_table
 from leveret.django.project import project_broker
 from leveret.django.settings import load
@@ -44,7 +44,7 @@ from leveret.schemas.errors import (
     PublishTimeout,
 )
 from leveret.schemas.message import Message
-from leveret.services.broker import Broker, OutgoingMessage, check_timeout
+from leveret.services.broker import Broker, OutgoingMessage
 from leveret.services.observability.logs import get_logger
 
 log = get_logger("leveret.django")
@@ -143,6 +143,27 @@ def use_outbox() -> Iterator[None]:
         _outbox_scope.reset(token)
 
 
+class TransactionArgs(PublishArgs, total=False):
+    """The keyword arguments of Django's `publish` and `send`: `PublishArgs` and these.
+
+    With them, `timeout` bounds the wait for the broker's confirm and, with `fail_fast`,
+    for its connection (instead of ``CONFIRM_TIMEOUT_S``).
+
+    Attributes:
+        using: The database alias whose transaction to follow, instead of the
+            dispatcher's (the ``DATABASE`` setting).
+        outbox: True: write to the outbox (also outside a transaction); False: never;
+            None: inside `use_outbox`, True; else as configured (``OUTBOX``).
+        fail_fast: Inside a transaction (without the outbox), make sure now that the
+            broker can take the message, and raise `BrokerUnavailable` here if not; None:
+            the ``FAIL_FAST`` setting.
+    """
+
+    using: str | None
+    outbox: bool | None
+    fail_fast: bool | None
+
+
 class TransactionalDispatcher:
     """A `Broker` wrapper whose publish and send follow Django's transactions.
 
@@ -185,33 +206,13 @@ class TransactionalDispatcher:
         broker = repr(self._broker) if self._broker is not None else "the project's broker"
         return f"<TransactionalDispatcher {broker} outbox={self.outbox} using={self.using}>"
 
-    def publish(
-        self,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-        using: str | None = None,
-        outbox: bool | None = None,
-        fail_fast: bool | None = None,
-    ) -> str:
+    def publish(self, message: Message, **options: Unpack[TransactionArgs]) -> str:
         """Publish by topic, after commit or through the outbox inside a transaction.
 
         Args:
             message: The message.
-            delay: As for `Broker.publish` (counted from this call).
-            eta: As for `Broker.publish`.
-            correlation_id: Carried on from the message that caused this one.
-            timeout: Seconds to wait for the broker (its confirm, and with `fail_fast` its
-                connection), instead of ``CONFIRM_TIMEOUT_S``.
-            using: The database alias to follow instead of the dispatcher's.
-            outbox: True: write to the outbox (also outside a transaction); False: never;
-                None: inside `use_outbox`, True; else as configured.
-            fail_fast: Inside a transaction (without the outbox), make sure now that the
-                broker can take the message, and raise `BrokerUnavailable` here if not;
-                None: the ``FAIL_FAST`` setting.
+            **options: `TransactionArgs`: `PublishArgs` (a delay counts from this call),
+                and how to follow the transaction.
 
         Returns:
             The message id (fixed now, also when the message goes out later).
@@ -219,24 +220,11 @@ class TransactionalDispatcher:
         Raises:
             PublishError: Outside a transaction, the broker did not confirm.
             BrokerUnavailable: With `fail_fast`, the broker cannot take messages now.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        return self._dispatch(
-            None, message, delay, eta, correlation_id, timeout, using, outbox, fail_fast
-        )
+        return self._dispatch(None, message, options)
 
-    def send(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-        using: str | None = None,
-        outbox: bool | None = None,
-        fail_fast: bool | None = None,
-    ) -> str:
+    def send(self, actor: ActorRef, message: Message, **options: Unpack[TransactionArgs]) -> str:
         """Deliver to one actor's queue; like `publish` as to transactions.
 
         Raises:
@@ -244,42 +232,26 @@ class TransactionalDispatcher:
             PublishError: Outside a transaction, not confirmed or no such queue.
             BrokerUnavailable: With `fail_fast`, the broker cannot take messages now.
         """
-        return self._dispatch(
-            actor, message, delay, eta, correlation_id, timeout, using, outbox, fail_fast
-        )
+        return self._dispatch(actor, message, options)
 
-    def _dispatch(
-        self,
-        actor: ActorRef | None,
-        message: Message,
-        delay: dispatch.Delay,
-        eta: datetime | None,
-        correlation_id: str | None,
-        timeout: float | None,
-        using: str | None,
-        outbox: bool | None,
-        fail_fast: bool | None,
-    ) -> str:
-        check_timeout(timeout)
-        alias = using or self.using
+    def _dispatch(self, actor: ActorRef | None, message: Message, options: TransactionArgs) -> str:
+        alias = options.pop("using", None) or self.using
+        outbox = options.pop("outbox", None)
+        fail_fast = options.pop("fail_fast", None)
+        args: PublishArgs = options  # the broker's own, once the three above are taken out
         in_transaction = connections[alias].in_atomic_block
         if outbox is None:
             outbox = _outbox_scope.get() or (self.outbox and in_transaction)
         broker = self.broker
         if not outbox and not in_transaction:
             if actor is None:
-                return broker.publish(
-                    message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
-                )
-            return broker.send(
-                actor, message, delay=delay, eta=eta, correlation_id=correlation_id, timeout=timeout
-            )
-        item = broker.prepare(
-            message, actor=actor, delay=delay, eta=eta, correlation_id=correlation_id
-        )
+                return broker.publish(message, **args)
+            return broker.send(actor, message, **args)
+        item = broker.prepare(message, actor=actor, **args)  # checks every option
         if outbox:
             outbox_table.store(item, using=alias, namespace=broker.namespace)
             return item.envelope.message_id
+        timeout = args.get("timeout")
         if fail_fast if fail_fast is not None else load().fail_fast:
             broker.check_available(timeout)
         # One callback per message: a savepoint rolled back drops exactly its own. They
@@ -354,16 +326,7 @@ def current_broker() -> Broker:
     return _dispatcher().broker
 
 
-def publish(
-    message: Message,
-    *,
-    delay: dispatch.Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-    using: str | None = None,
-    outbox: bool | None = None,
-    fail_fast: bool | None = None,
-) -> str:
+def publish(message: Message, **options: Unpack[TransactionArgs]) -> str:
     """Publish by topic, following the transaction of `using` (see `TransactionalDispatcher`).
 
     Raises:
@@ -372,29 +335,10 @@ def publish(
         BrokerUnavailable: With `fail_fast` (or ``FAIL_FAST``) inside a transaction, the
             broker cannot take messages now; nothing will be sent.
     """
-    return _dispatcher().publish(
-        message,
-        delay=delay,
-        eta=eta,
-        correlation_id=current_correlation_id(),
-        timeout=timeout,
-        using=using,
-        outbox=outbox,
-        fail_fast=fail_fast,
-    )
+    return _dispatcher().publish(message, **dispatch.carried(options))
 
 
-def send(
-    actor: ActorRef,
-    message: Message,
-    *,
-    delay: dispatch.Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-    using: str | None = None,
-    outbox: bool | None = None,
-    fail_fast: bool | None = None,
-) -> str:
+def send(actor: ActorRef, message: Message, **options: Unpack[TransactionArgs]) -> str:
     """Deliver to one actor's queue, following the transaction of `using`.
 
     Raises:
@@ -404,55 +348,23 @@ def send(
         BrokerUnavailable: With `fail_fast` (or ``FAIL_FAST``) inside a transaction, the
             broker cannot take messages now; nothing will be sent.
     """
-    return _dispatcher().send(
-        actor,
-        message,
-        delay=delay,
-        eta=eta,
-        correlation_id=current_correlation_id(),
-        timeout=timeout,
-        using=using,
-        outbox=outbox,
-        fail_fast=fail_fast,
-    )
+    return _dispatcher().send(actor, message, **dispatch.carried(options))
 
 
-def publish_now(
-    message: Message,
-    *,
-    delay: dispatch.Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-) -> str:
+def publish_now(message: Message, **options: Unpack[PublishArgs]) -> str:
     """Publish at once and wait for the confirm, even inside a transaction.
 
     Raises:
         PublishError: The broker did not confirm (within `timeout`, if given).
     """
-    return current_broker().publish(
-        message, delay=delay, eta=eta, correlation_id=current_correlation_id(), timeout=timeout
-    )
+    return current_broker().publish(message, **dispatch.carried(options))
 
 
-def send_now(
-    actor: ActorRef,
-    message: Message,
-    *,
-    delay: dispatch.Delay = None,
-    eta: datetime | None = None,
-    timeout: float | None = None,
-) -> str:
+def send_now(actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
     """Deliver to one actor's queue at once, even inside a transaction.
 
     Raises:
         NotHandled: The actor has no handler for the message's type.
         PublishError: Not confirmed (within `timeout`, if given), or no such queue.
     """
-    return current_broker().send(
-        actor,
-        message,
-        delay=delay,
-        eta=eta,
-        correlation_id=current_correlation_id(),
-        timeout=timeout,
-    )
+    return current_broker().send(actor, message, **dispatch.carried(options))
