@@ -8,13 +8,12 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, Unpack, overload
 
 from leveret.actors import dispatch
 from leveret.actors.context import AsyncContext, Context
-from leveret.actors.handling import current_correlation_id
+from leveret.actors.dispatch import PublishArgs
 from leveret.actors.retry import RetryPolicy
 from leveret.schemas.casing import snake_case
 from leveret.schemas.errors import DefinitionError, NotHandled
@@ -229,25 +228,14 @@ class Actor:
         return sorted(cls.handlers)
 
     @classmethod
-    def send(
-        cls,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    def send(cls, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Deliver `message` to this actor's queue only, through the configured broker.
-
-        Inside a handler the correlation id of the message being handled is carried on.
 
         Args:
             message: A message one of the actor's handlers takes.
-            delay: Deliver after this long (seconds or `timedelta`, up to 2^28 - 1 s); the
-                message waits in RabbitMQ, not in a worker.
-            eta: Deliver at this timezone-aware time instead.
-            timeout: Seconds to wait for the broker's confirm, instead of the broker's
-                default (30 s): a request path may want 2.
+            **options: `PublishArgs`: delay or eta (the message waits in the broker, not
+                in a worker), correlation id (inside a handler, the handled message's by
+                default), confirm timeout.
 
         Returns:
             The message id.
@@ -257,35 +245,20 @@ class Actor:
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue does not
                 exist (no worker or `leveret declare` created it yet).
-            InvalidArgument: An invalid delay, eta or timeout, or a correlation id over
-                255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
         cls.handler_for(message)
-        return dispatch.current().send(
-            cls,
-            message,
-            delay=delay,
-            eta=eta,
-            correlation_id=current_correlation_id(),
-            timeout=timeout,
-        )
+        return dispatch.current().send(cls, message, **dispatch.carried(options))
 
     @classmethod
-    async def send_async(
-        cls,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-        timeout: float | None = None,
-    ) -> str:
+    async def send_async(cls, message: Message, **options: Unpack[PublishArgs]) -> str:
         """`send`, awaited: waits for the confirm without blocking the event loop.
 
         For ``async def`` handlers and other asyncio code; arguments, result and errors
         are `send`'s.
         """
         cls.handler_for(message)
-        return await dispatch.send_async(cls, message, delay=delay, eta=eta, timeout=timeout)
+        return await dispatch.send_async(cls, message, **options)
 
     @classmethod
     def retry_policy(cls, handler: Handler) -> RetryPolicy:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from leveret.actors import dispatch
+from leveret.actors.dispatch import PublishArgs
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.message import Message
 
@@ -45,6 +45,9 @@ class _MessageContext:
         """1 on the first delivery, incremented by each retry."""
         return self.envelope.attempt
 
+    def _carried(self, options: PublishArgs) -> PublishArgs:
+        return dispatch.carried(options, self.correlation_id)
+
 
 class Context(_MessageContext):
     """The envelope of the message being handled, a bound logger, and publishing helpers.
@@ -60,45 +63,31 @@ class Context(_MessageContext):
 
     __slots__ = ()
 
-    def publish(
-        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
-    ) -> str:
+    def publish(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Publish to every actor bound to the message's topic, carrying the correlation id.
 
         Args:
             message: The message.
-            delay: Deliver after this long (seconds or `timedelta`).
-            eta: Deliver at this timezone-aware time instead.
+            **options: `PublishArgs` (the correlation id is the handled message's unless
+                given).
 
         Returns:
             The new message's id.
         """
-        return dispatch.current().publish(
-            message, delay=delay, eta=eta, correlation_id=self.correlation_id
-        )
+        return dispatch.current().publish(message, **self._carried(options))
 
-    def send(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-    ) -> str:
-        """Send to one actor's queue, carrying the correlation id.
+    def send(self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
+        """Send to one actor's queue, carrying the correlation id (`Actor.send`).
 
         Args:
             actor: The actor.
             message: A message one of its handlers takes.
-            delay: Deliver after this long (seconds or `timedelta`).
-            eta: Deliver at this timezone-aware time instead.
+            **options: As for `publish`.
 
         Returns:
             The new message's id.
         """
-        return dispatch.current().send(
-            actor, message, delay=delay, eta=eta, correlation_id=self.correlation_id
-        )
+        return dispatch.current().send(actor, message, **self._carried(options))
 
 
 class AsyncContext(_MessageContext):
@@ -115,42 +104,10 @@ class AsyncContext(_MessageContext):
 
     __slots__ = ()
 
-    async def publish(
-        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
-    ) -> str:
-        """Publish to every actor bound to the message's topic, carrying the correlation id.
+    async def publish(self, message: Message, **options: Unpack[PublishArgs]) -> str:
+        """`Context.publish`, awaited: returns once the broker confirmed the message."""
+        return await dispatch.publish_async(message, **self._carried(options))
 
-        Args:
-            message: The message.
-            delay: Deliver after this long (seconds or `timedelta`).
-            eta: Deliver at this timezone-aware time instead.
-
-        Returns:
-            The new message's id, once the broker confirmed it.
-        """
-        return await dispatch.publish_async(
-            message, delay=delay, eta=eta, correlation_id=self.correlation_id
-        )
-
-    async def send(
-        self,
-        actor: ActorRef,
-        message: Message,
-        *,
-        delay: dispatch.Delay = None,
-        eta: datetime | None = None,
-    ) -> str:
-        """Send to one actor's queue, carrying the correlation id.
-
-        Args:
-            actor: The actor.
-            message: A message one of its handlers takes.
-            delay: Deliver after this long (seconds or `timedelta`).
-            eta: Deliver at this timezone-aware time instead.
-
-        Returns:
-            The new message's id, once the broker confirmed it.
-        """
-        return await dispatch.send_async(
-            actor, message, delay=delay, eta=eta, correlation_id=self.correlation_id
-        )
+    async def send(self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
+        """`Context.send`, awaited: returns once the broker confirmed the message."""
+        return await dispatch.send_async(actor, message, **self._carried(options))

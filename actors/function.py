@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, Unpack, overload
 
 from leveret.actors import dispatch
 from leveret.actors.actor import Actor, Handler, QueueType, inspect_handler
-from leveret.actors.handling import current_correlation_id
+from leveret.actors.dispatch import PublishArgs
 from leveret.actors.retry import RetryPolicy
 from leveret.schemas.errors import InvalidArgument
 from leveret.schemas.message import Message
@@ -45,15 +44,12 @@ class FunctionActor(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
 
-    def send(
-        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
-    ) -> str:
-        """Deliver `message` to this actor's queue (the seed's `.delay()`).
+    def send(self, message: Message, **options: Unpack[PublishArgs]) -> str:
+        """Deliver `message` to this actor's queue (the seed's `.delay()`); see `Actor.send`.
 
         Args:
             message: A message of the function's message type.
-            delay: Deliver after this long (seconds or `timedelta`).
-            eta: Deliver at this timezone-aware time instead.
+            **options: `PublishArgs`, as for `Actor.send`.
 
         Returns:
             The message id.
@@ -62,19 +58,15 @@ class FunctionActor(Generic[R]):
             NotHandled: The message is not of the function's message type.
             ConfigurationError: No broker is configured in this process.
             PublishError: The broker did not confirm the message, or the queue is missing.
-            InvalidArgument: An invalid delay or eta, or a correlation id over 255 bytes.
+            InvalidArgument: An invalid option (see `PublishArgs`).
         """
         self.actor_class.handler_for(message)
-        return dispatch.current().send(
-            self, message, delay=delay, eta=eta, correlation_id=current_correlation_id()
-        )
+        return dispatch.current().send(self, message, **dispatch.carried(options))
 
-    async def send_async(
-        self, message: Message, *, delay: dispatch.Delay = None, eta: datetime | None = None
-    ) -> str:
+    async def send_async(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """`send`, awaited: waits for the confirm without blocking the event loop."""
         self.actor_class.handler_for(message)
-        return await dispatch.send_async(self, message, delay=delay, eta=eta)
+        return await dispatch.send_async(self, message, **options)
 
     def __repr__(self) -> str:
         return f"<function actor {self.__module__}.{self.__qualname__} queue={self.queue!r}>"
