@@ -23,10 +23,10 @@ connection has been open for `connect_timeout_s` and every node failed since the
 (a cluster fails over first), what waits for a connection fails, with `BrokerUnavailable`
 when it was never written (nothing was sent) or `PublishTimeout` when it was written on a
 connection since lost (it may be stored). While the broker is known to be unreachable, a
-publish makes a connection attempt at once and waits at most `WAIT_WHILE_DOWN_S` for it. A
-connection that goes silent (confirms outstanding, nothing received for `PROBE_AFTER_S`)
-is probed by opening a channel; with no answer for `connect_timeout_s` more it is ended as
-lost, since it went silent.
+publish makes a connection attempt at once and waits at most `WAIT_WHILE_DOWN_S` for it (see
+`_outage`). A connection that goes silent (confirms outstanding, nothing received for
+`PROBE_AFTER_S`) is probed by opening a channel; with no answer for `connect_timeout_s` more
+it is ended as lost, since it went silent.
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ from leveret.services.rabbitmq._connection import (
 )
 from leveret.services.rabbitmq._declare import declare_async, declarer
 from leveret.services.rabbitmq._loop_lending import LoopLending, run_until
+from leveret.services.rabbitmq._outage import (
+    RECONNECT_NOW_EVERY_S,
+    WAIT_WHILE_DOWN_S,
+    Outage,
+)
 from leveret.services.rabbitmq._outgoing import (
     Batch,
     Outgoing,
@@ -94,13 +99,6 @@ NACK_PAUSE_FIRST_S = 0.05
 """The pause before a nacked message is sent again; it doubles with each nack..."""
 NACK_PAUSE_MAX_S = 2.0
 """...up to this."""
-WAIT_WHILE_DOWN_S = 1.0
-"""How long a publish (or declaration) waits for a connection while the broker is known to
-be unreachable: no connection for `connect_timeout_s`, every node failed since the last one.
-A connection attempt is made at once meanwhile (`RECONNECT_NOW_EVERY_S`)."""
-RECONNECT_NOW_EVERY_S = 1.0
-"""A publish while the broker is known to be unreachable makes a connection attempt at once,
-instead of waiting for the backoff: at most once in this many seconds."""
 PROBE_AFTER_S = 1.0
 """Confirms outstanding and nothing received for this long: a channel is opened, which a
 broker that is there answers at once; with nothing received for `connect_timeout_s` more,
@@ -164,6 +162,7 @@ class Publisher(IOThread):
         # Declarations asked for and not done, with when (monotonic): see `_check_unreachable`.
         self._declare_since: dict[Future[None], float] = {}
         self._expiry_timer: _Timeout | None = None  # the next `_check_unreachable`
+        self._outage = Outage(self, self._inbox, self._declare_since)
         # A silent connection (see `_watch`): bytes received when last looked, since when
         # nothing came, and when a probe was sent (None: none in flight).
         self._watching = False
@@ -443,19 +442,19 @@ class Publisher(IOThread):
         once.
         """
         self._ensure_started()
-        known_down = self._known_down()
+        known_down = self._outage.known_down()
         if known_down:
             if time.monotonic() - self.attempt_started_at < RECONNECT_NOW_EVERY_S:
                 return self._waiting_reason()  # an attempt just failed: that is fresh
             timeout_s = min(timeout_s, WAIT_WHILE_DOWN_S)
-            self.call_soon(self._reconnect_if_down)
+            self.call_soon(self._outage.reconnect_if_down)
         # Known down: until each node failed once more; else until every node failed.
         failed_enough = self.failed_attempts + self.nodes if known_down else None
         deadline = time.monotonic() + timeout_s
         with self.state_changed:
             while not self._ready and self._refused is None:
                 if failed_enough is None:
-                    if self._known_down():
+                    if self._outage.known_down():
                         break
                 elif self.failed_attempts >= failed_enough:
                     break
@@ -770,93 +769,17 @@ class Publisher(IOThread):
 
     # A broker that cannot be reached (I/O thread) -------------------------------------
 
-    def _deadline(self, since: float) -> float | None:
-        """When a caller that began waiting at `since` gives up waiting for a connection;
-        None while no outage is known to be under way (connected, or a node not yet tried
-        since the connection was lost: a cluster fails over first)."""
-        outage = self.outage_since
-        if outage is None or self.connection is not None or not self._known_down():
-            return None
-        return max(since + WAIT_WHILE_DOWN_S, outage + self.connect_timeout_s)
-
     def _check_unreachable(self) -> None:
-        """Fail what waits for a connection past its deadline (`_deadline`); look again at
-        the next deadline. A connection attempt is made now when the broker is known to be
-        unreachable and callers wait (`_reconnect_if_down`)."""
+        """Fail what waits for a connection past its deadline (`Outage.expire`); look again
+        at the next deadline."""
         timer, self._expiry_timer = self._expiry_timer, None
         if timer is not None and self._ioloop is not None:
             self._ioloop.remove_timeout(timer)
         if self.connection is not None or self._loop_ended:
             return
-        now = time.monotonic()
-        upcoming: list[float] = []
-        inbox = self._inbox
-        reason: str | None = None
-        if inbox or self._declare_since:
-            # Callers wait: an attempt at least every RECONNECT_NOW_EVERY_S, not after the
-            # backoff's growing wait, so that a broker back before their deadline is used.
-            self._reconnect_if_down()
-            if self._known_down() and not self.attempting:
-                upcoming.append(self.attempt_started_at + RECONNECT_NOW_EVERY_S)
-        for _ in range(len(inbox)):  # one turn: what callers append meanwhile keeps its order
-            item = inbox.popleft()
-            assert item.batch is not None
-            deadline = self._deadline(item.batch.submitted_at)
-            if deadline is None or now < deadline:
-                inbox.append(item)
-                if deadline is not None:
-                    upcoming.append(deadline)
-                continue
-            if abandoned(item):
-                continue  # its caller already gave up
-            reason = reason or self._unreachable_reason(now)
-            self._settle_unreachable(item, reason)
-        for future, since in list(self._declare_since.items()):
-            deadline = self._deadline(since)
-            if deadline is not None and now >= deadline:
-                if not future.done():
-                    future.set_exception(BrokerConnectionError(self._unreachable_reason(now)))
-            elif deadline is not None:
-                upcoming.append(deadline)
-        if upcoming and self._ioloop is not None:
-            self._expiry_timer = self._ioloop.call_later(
-                max(0.0, min(upcoming) - now), self._check_unreachable
-            )
-
-    def _unreachable_reason(self, now: float) -> str:
-        outage = self.outage_since if self.outage_since is not None else now
-        cause = describe(self.last_error) if self.last_error else "no connection"
-        nodes = f" (all {self.nodes} nodes)" if self.nodes > 1 else ""
-        return f"broker at {self.safe_url}{nodes} unreachable for {now - outage:.1f}s ({cause})"
-
-    def _settle_unreachable(self, item: Outgoing, reason: str) -> None:
-        """Fail `item` for want of a connection: never written, nothing was sent
-        (`BrokerUnavailable`); written on a connection since lost, it may be stored
-        (`PublishTimeout`)."""
-        batch = item.batch
-        assert batch is not None
-        if item.written:
-            batch.timed_out.append(item.index)
-            reason = f"no confirm: the connection was lost and the {reason}; it may be stored"
-        else:
-            batch.unavailable.append(item.index)
-            reason = f"{reason}; nothing was sent"
-        batch.settle(item.index, reason, unroutable=False)
-
-    def _reconnect_if_down(self) -> None:
-        """A connection attempt now, if the broker is known to be unreachable and none was
-        made within `RECONNECT_NOW_EVERY_S` (so that a broker that is back is seen at once,
-        not after the backoff's wait, up to 30 s)."""
-        if (
-            self._known_down()
-            and not self.attempting
-            and time.monotonic() - self.attempt_started_at >= RECONNECT_NOW_EVERY_S
-        ):
-            self.reconnect_now()
-
-    def _known_down(self) -> bool:
-        """Whether no connection is open and every node failed since one last was."""
-        return self.outage_since is not None and len(self.failed_nodes) >= self.nodes
+        wait_s = self._outage.expire()
+        if wait_s is not None and self._ioloop is not None:
+            self._expiry_timer = self._ioloop.call_later(wait_s, self._check_unreachable)
 
     # A connection that went silent (I/O thread) ----------------------------------------
 
