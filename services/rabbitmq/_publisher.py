@@ -26,7 +26,7 @@ connection since lost (it may be stored). While the broker is known to be unreac
 publish makes a connection attempt at once and waits at most `WAIT_WHILE_DOWN_S` for it (see
 `_outage`). A connection that goes silent (confirms outstanding, nothing received for
 `PROBE_AFTER_S`) is probed by opening a channel; with no answer for `connect_timeout_s` more
-it is ended as lost, since it went silent.
+it is ended as lost, since it went silent (see `_silence_watch`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ from leveret.services.rabbitmq._outgoing import (
     check_encodable,
     conclude,
 )
+from leveret.services.rabbitmq._silence_watch import SilenceWatch
 from leveret.services.topology.declarations import Step
 from leveret.services.transport import PublishObserver
 
@@ -99,12 +100,6 @@ NACK_PAUSE_FIRST_S = 0.05
 """The pause before a nacked message is sent again; it doubles with each nack..."""
 NACK_PAUSE_MAX_S = 2.0
 """...up to this."""
-PROBE_AFTER_S = 1.0
-"""Confirms outstanding and nothing received for this long: a channel is opened, which a
-broker that is there answers at once; with nothing received for `connect_timeout_s` more,
-the connection is ended as lost (a network that drops packets would leave it open until
-two heartbeats, a minute, had been missed)."""
-_WATCH_EVERY_S = 0.25
 
 
 class Publisher(IOThread):
@@ -163,13 +158,11 @@ class Publisher(IOThread):
         self._declare_since: dict[Future[None], float] = {}
         self._expiry_timer: _Timeout | None = None  # the next `_check_unreachable`
         self._outage = Outage(self, self._inbox, self._declare_since)
-        # A silent connection (see `_watch`): bytes received when last looked, since when
-        # nothing came, and when a probe was sent (None: none in flight).
-        self._watching = False
-        self._watch_round = 0  # a timer of an earlier connection's watch stops at once
-        self._seen_bytes = 0
-        self._silent_since = 0.0
-        self._probe_sent_at: float | None = None
+        self._silence = SilenceWatch(
+            self,
+            outstanding=lambda: len(self._unconfirmed),
+            blocked=lambda: self._blocked is not None,
+        )
 
     # Callers, any thread -----------------------------------------------------------------
 
@@ -586,8 +579,9 @@ class Publisher(IOThread):
                 dropped=dropped,
                 reason="the caller got PublishError (no confirm in time); not sent",
             )
-        if not self._watching and unconfirmed:
-            self._start_watch()
+        silence = self._silence
+        if not silence.watching and unconfirmed:
+            silence.start()
         if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
             self._wake()
 
@@ -754,7 +748,7 @@ class Publisher(IOThread):
     def on_disconnected(self, reason: BaseException) -> None:
         if self._channel is not None:
             self._on_channel_closed(self._channel, reason)
-        self._watching = False
+        self._silence.stop()
         # A declaration whose channel had not opened yet is told nothing by pika: declared
         # again on the next connection (one whose channel opened retries by itself; a
         # future is settled once, see `_declare.declarer`).
@@ -781,58 +775,6 @@ class Publisher(IOThread):
         if wait_s is not None and self._ioloop is not None:
             self._expiry_timer = self._ioloop.call_later(wait_s, self._check_unreachable)
 
-    # A connection that went silent (I/O thread) ----------------------------------------
-
-    def _start_watch(self) -> None:
-        connection = self.connection
-        if connection is None:
-            return
-        self._watching = True
-        self._watch_round += 1
-        self._seen_bytes = connection.bytes_received  # type: ignore[attr-defined]
-        self._silent_since = time.monotonic()
-        self._probe_sent_at = None
-        round_ = self._watch_round
-        self.call_later(PROBE_AFTER_S, lambda: self._watch(round_))
-
-    def _watch(self, round_: int) -> None:
-        """While confirms are outstanding: has the broker sent anything lately? If not for
-        `PROBE_AFTER_S`, open a channel (a broker that is there answers at once); no answer
-        for `connect_timeout_s` more ends the connection as lost (see the module)."""
-        if round_ != self._watch_round or not self._watching:
-            return  # a watch of an earlier connection
-        connection = self.connection
-        if connection is None or not connection.is_open or not self._unconfirmed:
-            self._watching = False
-            return
-        now = time.monotonic()
-        received: int = connection.bytes_received  # type: ignore[attr-defined]
-        if received != self._seen_bytes or self._blocked is not None:
-            # Something came (or the broker blocks us on purpose: an alarm, not silence).
-            self._seen_bytes = received
-            self._silent_since = now
-            self._probe_sent_at = None
-        elif self._probe_sent_at is None:
-            if now - self._silent_since >= PROBE_AFTER_S:
-                self._probe_sent_at = now
-                connection.channel(on_open_callback=_close_probe)
-        elif now - self._probe_sent_at >= self.connect_timeout_s:
-            silent_s = round(now - self._silent_since, 1)
-            log.warning(
-                "broker_not_answering",
-                url=self.safe_url,
-                silent_s=silent_s,
-                unconfirmed=len(self._unconfirmed),
-                hint="the connection is ended as lost; what it had unconfirmed is sent again",
-            )
-            self._watching = False
-            self.end_silent_connection(
-                self._silent_since,
-                f"no answer from {self.safe_url} for {silent_s}s, not even to opening a channel",
-            )
-            return
-        self.call_later(_WATCH_EVERY_S, lambda: self._watch(round_))
-
     def on_stopping(self) -> None:
         self._fail_everything("publisher closed before the broker confirmed")
 
@@ -843,7 +785,7 @@ class Publisher(IOThread):
         self._ready = False
         # What belonged to the dead loop: its timers are gone with it.
         self._draining = None
-        self._watching = False
+        self._silence.stop()
         self._expiry_timer = None
 
     def _fail_everything(self, reason: str) -> None:
@@ -874,11 +816,6 @@ class Publisher(IOThread):
             self._declaring[future] = todo
             future.add_done_callback(self._forget_declaring)
             connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
-
-
-def _close_probe(channel: Channel) -> None:
-    """A probe channel was opened: the broker answers; close it again."""
-    channel.close()
 
 
 def _resolve(settled: asyncio.Future[None]) -> None:
