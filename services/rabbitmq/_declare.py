@@ -155,7 +155,7 @@ def declarer(
                 retry((todo, future))
 
         def on_done() -> None:
-            if not future.done():  # declared again meanwhile (see Publisher.on_disconnected)
+            if not future.done():  # declared again meanwhile (see DeclarationQueue)
                 future.set_result(None)
             channel.close()
 

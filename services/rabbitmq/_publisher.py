@@ -39,7 +39,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -71,7 +70,8 @@ from leveret.services.rabbitmq._connection import (
     IOThread,
     describe,
 )
-from leveret.services.rabbitmq._declare import declare_async, declarer
+from leveret.services.rabbitmq._declaration_queue import DeclarationQueue
+from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._loop_lending import LoopLending, run_until
 from leveret.services.rabbitmq._outage import (
     RECONNECT_NOW_EVERY_S,
@@ -149,15 +149,11 @@ class Publisher(IOThread):
         self._channel: Channel | None = None
         self._ready = False
         self._unconfirmed: Confirms[Outgoing] = Confirms()  # on `_channel`
-        self._declares: deque[tuple[list[Step], Future[None]]] = deque()
         self._lending = LoopLending()  # who runs the I/O loop
-        # Declarations on their way (on a channel of their own), with what they declare.
-        self._declaring: dict[Future[None], list[Step]] = {}
         self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
-        # Declarations asked for and not done, with when (monotonic): see `_check_unreachable`.
-        self._declare_since: dict[Future[None], float] = {}
+        self._declarations = DeclarationQueue()
         self._expiry_timer: _Timeout | None = None  # the next `_check_unreachable`
-        self._outage = Outage(self, self._inbox, self._declare_since)
+        self._outage = Outage(self, self._inbox, self._declarations.since)
         self._silence = SilenceWatch(
             self,
             outstanding=lambda: len(self._unconfirmed),
@@ -311,11 +307,8 @@ class Publisher(IOThread):
             BrokerConnectionError: The broker could not be reached in time (as a publish
                 waits for it, see the module).
         """
-        future: Future[None] = Future()
         self._ensure_started()
-        self._declare_since[future] = time.monotonic()
-        future.add_done_callback(self._declare_since.pop)
-        self._declares.append((todo, future))
+        future = self._declarations.add(todo)
         self.call_soon(self._run_declares)
         try:
             future.result(timeout_s)
@@ -378,8 +371,7 @@ class Publisher(IOThread):
             and self._draining is None
             and not self._unconfirmed
             and not self._pausing
-            and not self._declares
-            and not self._declaring
+            and not self._declarations.busy()
             and not self._stopping
             and not self._loop_ended
         )
@@ -742,20 +734,11 @@ class Publisher(IOThread):
     def _forget_channel(self) -> None:
         self._unconfirmed = Confirms()
 
-    def _forget_declaring(self, future: Future[None]) -> None:
-        self._declaring.pop(future, None)
-
     def on_disconnected(self, reason: BaseException) -> None:
         if self._channel is not None:
             self._on_channel_closed(self._channel, reason)
         self._silence.stop()
-        # A declaration whose channel had not opened yet is told nothing by pika: declared
-        # again on the next connection (one whose channel opened retries by itself; a
-        # future is settled once, see `_declare.declarer`).
-        for future, todo in list(self._declaring.items()):
-            if not future.done() and not any(f is future for _t, f in self._declares):
-                self._declares.append((todo, future))
-        self._declaring.clear()
+        self._declarations.requeue_unopened()
         self._check_unreachable()
 
     def on_connect_failed(self, error: BaseException) -> None:
@@ -797,11 +780,7 @@ class Publisher(IOThread):
         for item in pausing:
             self._settle_closed(item, reason)
         self._fail_waiting(reason)
-        for future in [future for _todo, future in self._declares] + list(self._declaring):
-            if not future.done():
-                future.set_exception(TopologyError(reason))
-        self._declares.clear()
-        self._declaring.clear()
+        self._declarations.fail_all(reason)
 
     def _run_declares(self) -> None:
         connection = self.connection
@@ -809,13 +788,7 @@ class Publisher(IOThread):
             if connection is None:
                 self._check_unreachable()
             return
-        while self._declares:
-            todo, future = self._declares.popleft()
-            if future.done():
-                continue  # failed meanwhile (the broker was unreachable): its caller knows
-            self._declaring[future] = todo
-            future.add_done_callback(self._forget_declaring)
-            connection.channel(on_open_callback=declarer(todo, future, retry=self._declares.append))
+        self._declarations.run(connection)
 
 
 def _resolve(settled: asyncio.Future[None]) -> None:
