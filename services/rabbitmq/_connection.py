@@ -209,6 +209,11 @@ class IOThread:
         """Whether the I/O thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop` was called: the connection closes for good."""
+        return self._stopping
+
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the I/O thread as soon as possible (thread-safe).
 

@@ -1,8 +1,9 @@
 """Internal: confirmed publishing from any thread, through one I/O loop per process.
 
 Callers hand a batch of messages to the I/O thread and wait for the batch to settle. The
-I/O thread publishes with `mandatory` on a channel in confirm mode, so confirms of many
-callers (and of `publish_many`) pipeline on one connection and heartbeats never starve.
+I/O thread publishes with `mandatory` on a channel in confirm mode (`_publishing_channel`),
+so confirms of many callers (and of `publish_many`) pipeline on one connection and
+heartbeats never starve.
 
 A synchronous caller that finds nothing else in flight runs the I/O loop itself instead,
 as raw pika's `BlockingConnection` does: it writes its messages and reads their confirms
@@ -41,15 +42,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import pika
-import pika.exceptions
-import pika.frame
 from pika.adapters.select_connection import SelectConnection
 
 if TYPE_CHECKING:
     from pika.adapters.select_connection import _Timeout
-from pika.channel import Channel
-from pika.spec import Basic, Connection
 
 from leveret.schemas.errors import (
     BrokerConnectionError,
@@ -57,21 +53,12 @@ from leveret.schemas.errors import (
     PublishError,
     TopologyError,
 )
-from leveret.services.observability.logs import get_logger
-from leveret.services.rabbitmq import _properties as wire_properties
-from leveret.services.rabbitmq._channel_renewal import (
-    REOPEN_AFTER_RENEWAL_S,
-    ChannelRenewal,
-    reopen_backoff,
-)
-from leveret.services.rabbitmq._confirms import CHANNEL_GONE, Confirms
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     IOThread,
     describe,
 )
 from leveret.services.rabbitmq._declaration_queue import DeclarationQueue
-from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._loop_lending import LoopLending, run_until
 from leveret.services.rabbitmq._outage import (
     RECONNECT_NOW_EVERY_S,
@@ -81,25 +68,14 @@ from leveret.services.rabbitmq._outage import (
 from leveret.services.rabbitmq._outgoing import (
     Batch,
     Outgoing,
-    abandoned,
     check_encodable,
     conclude,
 )
-from leveret.services.rabbitmq._silence_watch import SilenceWatch
+from leveret.services.rabbitmq._publishing_channel import PublishingChannel
 from leveret.services.topology.declarations import Step
 from leveret.services.transport import PublishObserver
 
-log = get_logger("leveret.publisher")
-
 _live: weakref.WeakSet[Publisher] = weakref.WeakSet()
-
-# Messages published per turn of the I/O loop, and at most unconfirmed (see `_flush`).
-FLUSH_SLICE = 256
-FLUSH_WINDOW = 1000
-NACK_PAUSE_FIRST_S = 0.05
-"""The pause before a nacked message is sent again; it doubles with each nack..."""
-NACK_PAUSE_MAX_S = 2.0
-"""...up to this."""
 
 
 class Publisher(IOThread):
@@ -124,40 +100,38 @@ class Publisher(IOThread):
     ) -> None:
         super().__init__(url, role="publisher", connect_timeout_s=connect_timeout_s)
         self.confirm_timeout_s = confirm_timeout_s
-        self.observer: PublishObserver | None = None
-        """Sees each confirm (metrics); called on the I/O thread."""
         self._declare_on_connect = list(declare_on_connect)
         self._reset_state()
         _live.add(self)
 
-    def _reset_state(self) -> None:
+    @property
+    def observer(self) -> PublishObserver | None:
+        """Sees each confirm (metrics); called on the I/O thread."""
+        return self._publishing.observer
+
+    @observer.setter
+    def observer(self, observer: PublishObserver | None) -> None:
+        self._publishing.observer = observer
+
+    def _reset_state(self, observer: PublishObserver | None = None) -> None:
         self._pid = os.getpid()
-        self._pausing: set[Outgoing] = set()  # nacked, waiting to be sent again
-        self._renewal = ChannelRenewal(self, role="publisher", reason="the broker nacked a message")
-        # The channel to replace after a nack: nothing more is published on it, and it
-        # closes once its outstanding confirms are in (see `_renew_channel_after_nack`).
-        self._draining: Channel | None = None
         self._start_lock = threading.Lock()
         # Callers append on the right; only the I/O thread takes from the left (and puts
         # back on the left after a lost channel). Single appends and pops of a deque are
         # atomic, and nobody iterates it: it can change under anyone at any time.
         self._inbox: deque[Outgoing] = deque()
-        self._wake_pending = False
-        self._refused: str | None = None  # the broker refused our declarations: why
-        self._blocked: str | None = None  # the broker blocks publishing (an alarm): why
-        self._channel_backoff = reopen_backoff()
-        self._channel: Channel | None = None
-        self._ready = False
-        self._unconfirmed: Confirms[Outgoing] = Confirms()  # on `_channel`
         self._lending = LoopLending()  # who runs the I/O loop
         self._crash_unhandled: BaseException | None = None  # see `_run_loop_for`
         self._declarations = DeclarationQueue()
         self._expiry_timer: _Timeout | None = None  # the next `_check_unreachable`
         self._outage = Outage(self, self._inbox, self._declarations.since)
-        self._silence = SilenceWatch(
+        self._publishing = PublishingChannel(
             self,
-            outstanding=lambda: len(self._unconfirmed),
-            blocked=lambda: self._blocked is not None,
+            self._inbox,
+            self._declare_on_connect,
+            after_ready=self._run_declares,
+            no_connection=self._check_unreachable,
+            observer=observer,
         )
 
     # Callers, any thread -----------------------------------------------------------------
@@ -208,7 +182,7 @@ class Publisher(IOThread):
         wait_s = self.confirm_timeout_s if timeout_s is None else timeout_s
         settled = batch.done.is_set() or self._run_loop_for(batch, wait_s, me)
         if settled is None:
-            self._wake()
+            self._publishing.wake()
             settled = batch.done.wait(wait_s)
         return self._conclude(batch, items, settled, wait_s, raise_errors)
 
@@ -275,14 +249,14 @@ class Publisher(IOThread):
             self._ensure_started()
             self._inbox.extend(sendable)
             if wake:
-                self._wake()
+                self._publishing.wake()
         return batch
 
     def _abandon(self, batch: Batch) -> None:
         """The caller stopped waiting: drop what of `batch` is not sent yet."""
         batch.abandoned = True
         if self.running:
-            self.call_soon(self._drop_abandoned)
+            self.call_soon(self._publishing.drop_abandoned)
 
     def _conclude(
         self,
@@ -295,7 +269,7 @@ class Publisher(IOThread):
         """What a caller gets once it stopped waiting for `batch` (`settled`: in time)."""
         late = None
         if items and not settled:
-            self._abandon(batch)  # first: see `_flush`
+            self._abandon(batch)  # first: see `PublishingChannel.flush`
             late = f"no confirm within {wait_s}s: {self._waiting_reason()}"
         return conclude(batch, items, late, raise_errors)
 
@@ -342,11 +316,6 @@ class Publisher(IOThread):
                     self._crash_unhandled = None
                 self.start()
 
-    def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            self.call_soon(self._flush)
-
     def call_soon(self, callback: Callable[[], None]) -> None:
         """`IOThread.call_soon`, which also wakes the I/O thread when it is parked."""
         super().call_soon(callback)
@@ -367,10 +336,7 @@ class Publisher(IOThread):
     def _quiet(self) -> bool:
         """Whether nothing is in flight, so that a caller may run the loop for itself."""
         return (
-            self._ready
-            and self._draining is None
-            and not self._unconfirmed
-            and not self._pausing
+            self._publishing.idle()
             and not self._declarations.busy()
             and not self._stopping
             and not self._loop_ended
@@ -395,7 +361,7 @@ class Publisher(IOThread):
             if ioloop is None or not lending.take(me, self._quiet, ioloop):
                 return None
             try:
-                self._flush()
+                self._publishing.flush()
                 run_until(ioloop, batch.done, wait_s, lambda: self._loop_ended)
             except BaseException as exc:
                 self._loop_ended = True  # first: the I/O thread ends; see `_ensure_started`
@@ -427,6 +393,7 @@ class Publisher(IOThread):
         once.
         """
         self._ensure_started()
+        publishing = self._publishing
         known_down = self._outage.known_down()
         if known_down:
             if time.monotonic() - self.attempt_started_at < RECONNECT_NOW_EVERY_S:
@@ -437,7 +404,7 @@ class Publisher(IOThread):
         failed_enough = self.failed_attempts + self.nodes if known_down else None
         deadline = time.monotonic() + timeout_s
         with self.state_changed:
-            while not self._ready and self._refused is None:
+            while not publishing.ready and publishing.refused is None:
                 if failed_enough is None:
                     if self._outage.known_down():
                         break
@@ -447,7 +414,7 @@ class Publisher(IOThread):
                 if left <= 0:
                     break
                 self.state_changed.wait(left)
-        if self._ready and self._blocked is None and self._refused is None:
+        if publishing.ready and publishing.blocked is None and publishing.refused is None:
             return None
         return self._waiting_reason()
 
@@ -456,288 +423,25 @@ class Publisher(IOThread):
         if not self.connected.is_set():
             cause = describe(self.last_error) if self.last_error else "still connecting"
             return f"broker at {self.safe_url} unreachable ({cause})"
-        if self._blocked is not None:
+        publishing = self._publishing
+        if publishing.blocked is not None:
             return (
-                f"the broker at {self.safe_url} blocks publishing ({self._blocked}; a memory "
-                "or disk alarm)"
+                f"the broker at {self.safe_url} blocks publishing ({publishing.blocked}; a "
+                "memory or disk alarm)"
             )
-        if self._refused is not None:
-            return self._refused
-        if not self._ready:
+        if publishing.refused is not None:
+            return publishing.refused
+        if not publishing.ready:
             return f"the channel to {self.safe_url} is not open yet"
         return f"the broker at {self.safe_url} did not answer"
 
     # I/O thread --------------------------------------------------------------------------
 
     def on_connected(self, connection: SelectConnection) -> None:
-        self._blocked = None
-        connection.add_on_connection_blocked_callback(self._on_blocked)
-        connection.add_on_connection_unblocked_callback(self._on_unblocked)
-        connection.channel(on_open_callback=self._on_channel_open)
-
-    def _on_blocked(
-        self, _connection: SelectConnection, frame: pika.frame.Method[Connection.Blocked]
-    ) -> None:
-        self._blocked = str(frame.method.reason or "blocked")
-        log.warning("publisher_blocked", reason=self._blocked, url=self.safe_url)
-        self.notify_state()
-
-    def _on_unblocked(
-        self, _connection: SelectConnection, _frame: pika.frame.Method[Connection.Unblocked]
-    ) -> None:
-        log.info("publisher_unblocked", url=self.safe_url)
-        self._blocked = None
-
-    def _on_channel_open(self, channel: Channel) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
-        channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare_base())
-
-    def _declare_base(self) -> None:
-        assert self._channel is not None
-        declare_async(self._channel, self._declare_on_connect, self._on_ready)
-
-    def _on_ready(self) -> None:
-        self._ready = True
-        if self._refused is not None:
-            log.info("publisher_declarations_accepted", url=self.safe_url)
-        self._refused = None
-        self._channel_backoff.reset()
-        self.notify_state()
-        self._flush()
-        self._run_declares()
-
-    def _flush(self) -> None:
-        self._wake_pending = False
-        if self._refused is not None:
-            self._fail_waiting(self._refused)
-            return
-        channel = self._channel
-        if not self._ready or channel is None or channel is self._draining:
-            if self.connection is None:
-                self._check_unreachable()
-            return
-        inbox = self._inbox
-        # Publish a slice, then let the I/O loop run: pika writes to the socket and reads
-        # confirms only between callbacks, so a big batch published in one go would reach
-        # the broker all at once at the end instead of being confirmed while we encode.
-        # At most FLUSH_WINDOW stay unconfirmed (as a raw pika pipeline would do): the rest
-        # waits in the inbox and `_on_confirm` flushes again as confirms come back.
-        unconfirmed = self._unconfirmed
-        room = min(len(inbox), FLUSH_SLICE, FLUSH_WINDOW - len(unconfirmed))
-        dropped = 0
-        stamps = wire_properties.Timestamps()
-        # Looked up once per slice, not once per message.
-        publish = channel.basic_publish
-        sent = unconfirmed.sent
-        observer = self.observer
-        for _ in range(room):
-            item = inbox.popleft()
-            batch = item.batch
-            # Marked before the caller's `abandoned` is read: a caller that gives up reads it
-            # after setting `abandoned`, so one of the two always sees the other's mark (it
-            # tells BrokerUnavailable, nothing sent, from PublishTimeout; see `_conclude`).
-            was_written = item.written
-            item.written = True
-            if batch is not None and batch.abandoned:
-                item.written = was_written
-                dropped += 1  # its caller got PublishError: never send it late
-                continue
-            try:
-                publish(
-                    item.exchange,
-                    item.routing_key,
-                    item.body,
-                    item.wire_properties(stamps),
-                    mandatory=True,
-                )
-            except CHANNEL_GONE as exc:
-                item.written = was_written
-                inbox.appendleft(item)
-                log.warning("publish_deferred", error=describe(exc))
-                return
-            except Exception as exc:  # noqa: BLE001  # this message cannot be encoded
-                # pika encodes the whole message before writing any of it: nothing was
-                # sent, and only this message's caller is told.
-                self._settle_closed(item, f"message cannot be encoded: {type(exc).__name__}: {exc}")
-                continue
-            if observer is not None:
-                item.sent_at = time.perf_counter()
-            sent(item)
-        if dropped:
-            log.warning(
-                "publish_abandoned",
-                dropped=dropped,
-                reason="the caller got PublishError (no confirm in time); not sent",
-            )
-        silence = self._silence
-        if not silence.watching and unconfirmed:
-            silence.start()
-        if inbox and len(self._unconfirmed) < FLUSH_WINDOW:
-            self._wake()
-
-    def _on_return(
-        self,
-        _channel: Channel,
-        method: Basic.Return,
-        properties: pika.BasicProperties,
-        _body: bytes,
-    ) -> None:
-        self._unconfirmed.returned(
-            properties.message_id or "", f"{method.reply_code} {method.reply_text}"
-        )
-
-    def _on_confirm(self, frame: pika.frame.Method[Basic.Ack | Basic.Nack]) -> None:
-        self._unconfirmed.confirmed(frame.method, self._settle)
-        if self._draining is not None:
-            self._renewal.close_if_drained(self._draining, self._unconfirmed)
-        elif self._inbox and not self._wake_pending:
-            self._flush()  # room again: publish more at once, as a raw pipeline does
-
-    def _settle(self, item: Outgoing, ok: bool, returned: str | None) -> None:
-        error: str | None = None
-        if not ok:
-            # Refused, not stored (a quorum queue's leader changing, an internal error): send
-            # it again, same message id, until stored or its caller stops waiting. A
-            # caller is never told a message is stored that was not.
-            self._observe(item, ok=False, returned=returned is not None)
-            self._send_again_later(item)
-            return
-        if returned is not None and item.unroutable_is_error:
-            error = (
-                f"no queue {item.routing_key!r} to deliver message {item.message_id} to "
-                f"({returned}); declare the actor first (leveret declare, or a worker)"
-            )
-        assert item.batch is not None
-        item.batch.settle(item.index, error, returned is not None)
-        if self.observer is not None:
-            self._observe(item, ok=True, returned=returned is not None)
-
-    def _observe(self, item: Outgoing, *, ok: bool, returned: bool) -> None:
-        observer = self.observer
-        if observer is not None:
-            try:
-                observer.confirmed(ok, returned, time.perf_counter() - item.sent_at)
-            except Exception:  # metrics never stop publishing
-                log.exception("publish_observer_failed")
-
-    def _send_again_later(self, item: Outgoing) -> None:
-        """A nacked message goes back to the inbox after a pause growing with its nacks."""
-        batch = item.batch
-        assert batch is not None
-        item.nacks += 1
-        batch.nacks += 1
-        batch.last_nack = f"the broker refused (nack) message {item.message_id}"
-        delay_s = min(NACK_PAUSE_MAX_S, NACK_PAUSE_FIRST_S * 2 ** (item.nacks - 1))
-        log.warning(
-            "publish_nacked",
-            message_id=item.message_id,
-            nacks=item.nacks,
-            retry_in_s=round(delay_s, 3),
-        )
-
-        def send_again() -> None:
-            if item not in self._pausing:
-                return  # settled meanwhile (the publisher stopped)
-            self._pausing.discard(item)
-            if batch.abandoned or batch.settled[item.index]:
-                return  # its caller stopped waiting: never send it late
-            self._inbox.append(item)
-            self._wake()
-
-        self._pausing.add(item)
-        self.call_later(delay_s, send_again)
-        self._renew_channel_after_nack()
-
-    def _renew_channel_after_nack(self) -> None:
-        """Replace the channel after a nack (see `_channel_renewal`): nothing more is
-        published on it, and a new one opens once it closed (`_on_channel_closed`)."""
-        channel = self._channel
-        if channel is None or not channel.is_open or self._draining is not None:
-            return
-        if self._renewal.due():
-            self._draining = channel
-            self._renewal.drain(channel, self._unconfirmed)
-
-    def _on_channel_closed(self, _channel: Channel, reason: BaseException) -> None:
-        was_ready = self._ready
-        self._channel = None
-        self._ready = False
-        self._draining = None
-        in_flight = self._unconfirmed.in_flight()
-        self._forget_channel()
-        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-            # The broker refused what we did: publishing or declaring the same at once again
-            # would loop, so the callers get the reason and the channel reopens with backoff.
-            if not was_ready:
-                self._refused = (
-                    f"the broker at {self.safe_url} refused the namespace's declarations: "
-                    f"{describe(reason)}"
-                )
-                log.error("publisher_declarations_refused", error=describe(reason))
-                self.notify_state()
-            for item in in_flight:
-                self._settle_closed(item, f"channel closed by broker: {describe(reason)}")
-            if self._refused is not None:
-                self._fail_waiting(self._refused)
-            delay_s = self._channel_backoff.next_delay_s()
-            log.warning("publisher_channel_reopening", retry_in_s=round(delay_s, 2))
-            self.call_later(delay_s, self._reopen_channel)
-        else:
-            in_flight = [item for item in in_flight if not abandoned(item)]
-            self._inbox.extendleft(reversed(in_flight))
-            for item in in_flight:
-                item.written = True
-            connection = self.connection
-            if connection is not None and connection.is_open and not self._stopping:
-                # Closed by us (renewed after a nack): a new channel at once. (A lost
-                # connection opens its new channel when it reconnects.)
-                self.call_later(REOPEN_AFTER_RENEWAL_S, self._reopen_channel)
-
-    def _reopen_channel(self) -> None:
-        connection = self.connection
-        if self._channel is None and connection is not None and connection.is_open:
-            connection.channel(on_open_callback=self._on_channel_open)
-
-    def _drop_abandoned(self) -> None:
-        """Take the messages of callers that gave up out of the inbox, now (I/O thread).
-
-        One turn of the deque: each message is taken from the left and put back on the
-        right unless abandoned. Callers appending meanwhile keep their own order.
-        """
-        inbox = self._inbox
-        dropped = 0
-        for _ in range(len(inbox)):
-            item = inbox.popleft()
-            if abandoned(item):
-                dropped += 1
-            else:
-                inbox.append(item)
-        if dropped:
-            log.warning(
-                "publish_abandoned",
-                dropped=dropped,
-                reason="the caller got PublishError (no confirm in time); not sent",
-            )
-
-    def _fail_waiting(self, reason: str) -> None:
-        """Settle every message waiting to be sent with `reason` (I/O thread only)."""
-        inbox = self._inbox
-        while inbox:
-            self._settle_closed(inbox.popleft(), reason)
-
-    def _settle_closed(self, item: Outgoing, reason: str) -> None:
-        assert item.batch is not None
-        item.batch.settle(item.index, reason, unroutable=False)
-
-    def _forget_channel(self) -> None:
-        self._unconfirmed = Confirms()
+        self._publishing.open(connection)
 
     def on_disconnected(self, reason: BaseException) -> None:
-        if self._channel is not None:
-            self._on_channel_closed(self._channel, reason)
-        self._silence.stop()
+        self._publishing.lost(reason)
         self._declarations.requeue_unopened()
         self._check_unreachable()
 
@@ -764,27 +468,17 @@ class Publisher(IOThread):
     def on_crashed(self, error: BaseException) -> None:
         # The next publish starts a new I/O thread and connection; nobody waits in vain.
         self._fail_everything(f"the publisher's I/O thread failed: {type(error).__name__}: {error}")
-        self._channel = None
-        self._ready = False
         # What belonged to the dead loop: its timers are gone with it.
-        self._draining = None
-        self._silence.stop()
+        self._publishing.forget()
         self._expiry_timer = None
 
     def _fail_everything(self, reason: str) -> None:
-        in_flight = self._unconfirmed.in_flight()
-        self._forget_channel()
-        for item in in_flight:
-            self._settle_closed(item, reason)
-        pausing, self._pausing = self._pausing, set()
-        for item in pausing:
-            self._settle_closed(item, reason)
-        self._fail_waiting(reason)
+        self._publishing.fail_all(reason)
         self._declarations.fail_all(reason)
 
     def _run_declares(self) -> None:
         connection = self.connection
-        if not self._ready or connection is None:
+        if not self._publishing.ready or connection is None:
             if connection is None:
                 self._check_unreachable()
             return
@@ -805,7 +499,7 @@ def _reset_after_fork(publisher: Publisher) -> None:
     publisher._thread = None
     publisher.connected = threading.Event()
     publisher.state_changed = threading.Condition()
-    publisher._reset_state()
+    publisher._reset_state(observer=publisher.observer)
 
 
 _inherited: list[Any] = []
