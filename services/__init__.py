@@ -16,8 +16,9 @@ Modules whose names start with an underscore are internal.
 """
 
 from leveret.services.broker import Broker, RabbitBroker
+from leveret.services.middleware import Middleware, Publishing
 from leveret.services.observability.logs import configure_logging
-from leveret.services.runtime import Delivery, MessageHooks, Outcome, Worker
+from leveret.services.runtime import Delivery, Outcome, Worker
 from leveret.services.testing import MemoryBroker
 from leveret.services.transport import MemoryOptions, RabbitOptions
 
@@ -26,8 +27,9 @@ __all__ = [
     "Delivery",
     "MemoryBroker",
     "MemoryOptions",
-    "MessageHooks",
+    "Middleware",
     "Outcome",
+    "Publishing",
     "RabbitBroker",
     "RabbitOptions",
     "Worker",

@@ -49,7 +49,7 @@ from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, MessageHooks, WorkerObserver
+from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, WorkerObserver
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.topology import naming
@@ -543,7 +543,6 @@ class Broker:
         prefetch: int | None = None,
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
-        hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int | None = None,
         observer: WorkerObserver | None = None,
     ) -> Worker:
@@ -563,8 +562,6 @@ class Broker:
                 number fixes it.
             queues: Only these queues (names without namespace) of the actors.
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
-            hooks: Run around each message in the handler's thread (see `MessageHooks`):
-                `before_message` in order, `after_message` in reverse.
             max_body_bytes: Bodies larger than this are dead-lettered unread (reason
                 ``too_large``); 16 MiB by default.
             observer: Sees each message start and finish in its handler thread (metrics:
@@ -595,7 +592,6 @@ class Broker:
             concurrency=concurrency,
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
-            hooks=hooks,
             max_body_bytes=max_body_bytes_or_default(max_body_bytes),
             observer=observer,
             middleware=self.middleware,

@@ -27,6 +27,7 @@ from leveret.services.cli._common import (
     with_log_options,
 )
 from leveret.services.cli.scheduler import run_in_thread
+from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import flush_logs, get_logger
 from leveret.services.observability.metrics import (
     MULTIPROC_DIR_ENV,
@@ -52,7 +53,6 @@ from leveret.services.operations.supervisor import (
     worker_command,
 )
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.execution import MessageHooks
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.scheduling import ScheduleSource, combined
@@ -68,7 +68,9 @@ class WorkerSetup:
     Pass it as click's ``obj`` when invoking `worker`; the command line stays the same.
 
     Attributes:
-        hooks: Run around each message (see `leveret.services.runtime.execution.MessageHooks`).
+        middleware: Returns the `Middleware` the worker's broker runs (after Leveret's own),
+            asked once the command line is parsed; a `LeveretError` it raises stops the
+            command as a configuration error.
         child_command: With ``--processes N`` (or ``--reload``), the command line of one
             child given the worker's arguments; defaults to ``python -m leveret worker ARGS``.
         before_start: Called once the command line is parsed and the actors imported,
@@ -79,7 +81,7 @@ class WorkerSetup:
         schedules: Entries besides those of the MODULES, for ``--scheduler``.
     """
 
-    hooks: Sequence[MessageHooks] = ()
+    middleware: Callable[[], Sequence[Middleware]] | None = None
     child_command: Callable[[list[str]], list[str]] | None = None
     before_start: Callable[[], None] | None = None
     extra_actors: Callable[[], Sequence[type[Actor]]] | None = None
@@ -291,7 +293,11 @@ def worker(
             _supervise(
                 processes, shutdown_timeout, health_port, health_host, health_file, wants_metrics
             )
-        broker = Broker(broker_url, namespace=namespace)
+        broker = Broker(
+            broker_url,
+            namespace=namespace,
+            middleware=setup.middleware() if setup.middleware is not None else (),
+        )
         configure(broker)
         observer = None
         if wants_metrics or (MULTIPROC_DIR_ENV in os.environ and SLOT_ENV in os.environ):
@@ -303,7 +309,6 @@ def worker(
             concurrency=concurrency,
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout,
-            hooks=_worker_setup().hooks,
             max_body_bytes=max_body_size,
             observer=observer,
         )

@@ -2,7 +2,8 @@
 ``runserver`` and ``migrate``), not found in production.
 
 Errors (the settings are wrong): ``leveret.E001`` a ``LEVERET`` value, ``leveret.E002`` an
-actor or schedule module that does not import, ``leveret.E003`` an unknown database alias.
+actor or schedule module that does not import, ``leveret.E003`` an unknown database alias,
+``leveret.E004`` a ``MIDDLEWARE`` entry that does not import or is no `Middleware`.
 
 Warnings (the settings work, and lose messages):
 
@@ -29,7 +30,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 
 from leveret.actors.actor import Actor
 from leveret.actors.registry import imported_actors
-from leveret.django.settings import load
+from leveret.django.settings import load, load_middleware
 from leveret.schemas.errors import LeveretError
 from leveret.services.observability.logs import get_logger
 from leveret.services.observability.redaction import redact
@@ -42,6 +43,12 @@ _SETTINGS_HINT = (
     "leveret.django.settings (or docs/django.md, section Settings, in the Leveret repository)."
 )
 
+_MIDDLEWARE_HINT = (
+    "LEVERET['MIDDLEWARE'] lists dotted paths to leveret.Middleware subclasses (made with "
+    "no arguments) or instances, e.g. ['myproject.audit.AuditMiddleware']; see "
+    "docs/middleware.md."
+)
+
 
 @register("leveret")
 def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage]:
@@ -49,7 +56,8 @@ def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage
 
     Returns:
         One error (``leveret.E001``) per problem, ``leveret.E002`` per actor module that
-        does not import, ``leveret.E003`` for an unknown database alias.
+        does not import, ``leveret.E003`` for an unknown database alias, ``leveret.E004``
+        per middleware entry that does not import or names no `Middleware`.
     """
     from django.db import connections
 
@@ -68,6 +76,11 @@ def check_settings(app_configs: Any = None, **_kwargs: Any) -> list[CheckMessage
                         id="leveret.E002",
                     )
                 )
+    for path in found.middleware:
+        try:
+            load_middleware(path)
+        except LeveretError as exc:
+            errors.append(Error(str(exc), hint=_MIDDLEWARE_HINT, id="leveret.E004"))
     if found.database not in connections.settings:
         errors.append(
             Error(

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import threading
 
-from leveret.django.settings import LeveretSettings, broker_url, load
+from leveret.django.hooks import CloseOldConnections
+from leveret.django.settings import (
+    LeveretSettings,
+    broker_url,
+    load,
+    project_middleware,
+    under_test,
+)
 from leveret.services import config
 from leveret.services.broker import Broker
+from leveret.services.middleware import Middleware
 from leveret.services.transport import RabbitOptions
 
 _lock = threading.Lock()
@@ -62,27 +70,47 @@ def new_broker(
     url: str | None = None,
     namespace: str | None = None,
 ) -> Broker:
-    """A new `Broker` as the settings say (URL in force, namespace, timeouts).
+    """A new `Broker` as the settings say (URL in force, namespace, timeouts, middleware).
+
+    Its middleware: `CloseOldConnections` (but while tests run), then the project's own
+    (``LEVERET["MIDDLEWARE"]``).
 
     Args:
         found: The settings (read now if None).
         url: Instead of the URL in force.
         namespace: Instead of the settings' namespace.
+
+    Raises:
+        ConfigurationError: A ``MIDDLEWARE`` entry that does not import (``check`` says so
+            first, as ``leveret.E004``).
     """
     found = found or load()
     url = url or broker_url(found)
     namespace = namespace or found.namespace
+    # Not while tests run: a test holds its database connection in a transaction that
+    # closing it would end (Django's test client leaves request-end closing out too).
+    middleware = project_middleware(found) if under_test() else worker_middleware(found)
     if config.scheme(url) == "memory":
         # A MemoryBroker, so that a test can `join` the project's broker; it relays the
         # outbox like the relay would.
         from leveret.django.memory import attach
         from leveret.services.testing import MemoryBroker
 
-        return attach(MemoryBroker(url, namespace=namespace))
+        return attach(MemoryBroker(url, namespace=namespace, middleware=middleware))
     options = RabbitOptions(
         confirm_timeout_s=found.confirm_timeout_s, connect_timeout_s=found.connect_timeout_s
     )
-    return Broker(url, namespace=namespace, options=options)
+    return Broker(url, namespace=namespace, options=options, middleware=middleware)
+
+
+def worker_middleware(found: LeveretSettings | None = None) -> list[Middleware]:
+    """What a Django worker runs around each message: `CloseOldConnections`, then the
+    project's ``LEVERET["MIDDLEWARE"]``.
+
+    Raises:
+        ConfigurationError: A ``MIDDLEWARE`` entry that does not import.
+    """
+    return [CloseOldConnections(), *project_middleware(found)]
 
 
 def command_broker() -> Broker:

@@ -6,6 +6,7 @@ LEVERET = {
     "NAMESPACE": "shop",                                 # default: $LEVERET_NAMESPACE
     "ACTORS": ["shop.actors"],                           # modules the worker runs
     "SCHEDULES": ["shop.schedules"],                     # modules defining schedules
+    "MIDDLEWARE": ["shop.audit.AuditMiddleware"],        # the project's own middleware
     "OUTBOX": False,                # publish through the transactional outbox by default
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600,               # delete sent rows after this
     "OUTBOX_MAX_ATTEMPTS": 10,      # a row the broker keeps refusing is then marked failed
@@ -31,6 +32,7 @@ pytest-django's ``settings`` fixture).
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from typing import Any
 
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import config
+from leveret.services.middleware import Middleware
 from leveret.services.observability.redaction import redact
 from leveret.services.topology import naming
 
@@ -51,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "NAMESPACE": None,
     "ACTORS": [],
     "SCHEDULES": [],
+    "MIDDLEWARE": [],
     "OUTBOX": False,
     "OUTBOX_PRUNE_AFTER_S": 7 * 24 * 3600.0,
     "OUTBOX_MAX_ATTEMPTS": 10,
@@ -78,6 +82,9 @@ class LeveretSettings:
         actors: Modules that define the project's actors.
         schedules: Modules that define schedules (besides the `periodic` actors of
             `actors`).
+        middleware: Dotted paths of the project's `Middleware` classes (made with no
+            arguments) or instances, run by the project's broker and ``leveret_worker``
+            in this order (see `project_middleware`).
         outbox: Publish through the transactional outbox inside transactions by default.
         outbox_prune_after_s: Seconds after which sent outbox rows are deleted.
         outbox_max_attempts: Refusals after which the relay marks an outbox row failed.
@@ -107,6 +114,7 @@ class LeveretSettings:
     namespace: str
     actors: tuple[str, ...] = ()
     schedules: tuple[str, ...] = ()
+    middleware: tuple[str, ...] = ()
     outbox: bool = False
     outbox_prune_after_s: float = DEFAULTS["OUTBOX_PRUNE_AFTER_S"]
     outbox_max_attempts: int = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
@@ -161,6 +169,7 @@ def read(raw: object) -> LeveretSettings:
         namespace = naming.DEFAULT_NAMESPACE
     actors = _modules(values, "ACTORS", problems)
     schedules = _modules(values, "SCHEDULES", problems)
+    middleware = _modules(values, "MIDDLEWARE", problems, what="dotted paths")
     test_url = values["TEST_BROKER_URL"]
     if test_url is not None:
         try:
@@ -214,6 +223,7 @@ def read(raw: object) -> LeveretSettings:
         namespace=str(namespace),
         actors=tuple(actors),
         schedules=tuple(schedules),
+        middleware=tuple(middleware),
         outbox=values["OUTBOX"],
         outbox_prune_after_s=float(values["OUTBOX_PRUNE_AFTER_S"]),
         outbox_max_attempts=values["OUTBOX_MAX_ATTEMPTS"],
@@ -233,15 +243,58 @@ def read(raw: object) -> LeveretSettings:
     )
 
 
-def _modules(values: dict[str, Any], key: str, problems: list[str]) -> list[str]:
+def _modules(
+    values: dict[str, Any], key: str, problems: list[str], *, what: str = "module names"
+) -> list[str]:
     modules = values[key]
     if isinstance(modules, str) or not isinstance(modules, list | tuple):
-        problems.append(f"LEVERET[{key!r}] must be a list of module names")
+        problems.append(f"LEVERET[{key!r}] must be a list of {what}")
         return []
     if not all(isinstance(name, str) and name for name in modules):
-        problems.append(f"LEVERET[{key!r}] must hold module names (non-empty strings)")
+        problems.append(f"LEVERET[{key!r}] must hold {what} (non-empty strings)")
         return []
     return list(modules)
+
+
+def project_middleware(found: LeveretSettings | None = None) -> list[Middleware]:
+    """The middleware ``LEVERET["MIDDLEWARE"]`` names, in order: each path's class made
+    with no arguments, or its instance as it is.
+
+    Raises:
+        ConfigurationError: A path that does not import, or names something that is
+            neither a `Middleware` subclass nor an instance of one (says what to write).
+    """
+    found = found or load()
+    return [load_middleware(path) for path in found.middleware]
+
+
+def load_middleware(path: str) -> Middleware:
+    """The middleware one ``LEVERET["MIDDLEWARE"]`` entry names (see `project_middleware`).
+
+    Raises:
+        ConfigurationError: It does not import, or is no `Middleware` class or instance.
+    """
+    module_name, _, name = path.rpartition(".")
+    where = f"LEVERET['MIDDLEWARE'] names {path!r}"
+    try:
+        value = getattr(importlib.import_module(module_name), name) if module_name else None
+    except Exception as exc:  # any import failure is the finding
+        raise ConfigurationError(f"{where}, which cannot be imported: {exc!r}") from exc
+    if isinstance(value, type) and issubclass(value, Middleware):
+        try:
+            return value()
+        except Exception as exc:  # its constructor's failure is the finding
+            raise ConfigurationError(
+                f"{where}, whose class cannot be made without arguments: {exc!r}; name an "
+                "instance made in that module instead"
+            ) from exc
+    if isinstance(value, Middleware):
+        return value
+    kind = "nothing" if value is None else f"{type(value).__name__} {value!r:.60}"
+    raise ConfigurationError(
+        f"{where}, which is {kind}: name a subclass of leveret.Middleware "
+        '("myproject.audit.AuditMiddleware") or an instance of one, as module.attribute'
+    )
 
 
 _read: tuple[Any, LeveretSettings] | None = None

@@ -6,7 +6,7 @@ decides what happens to one delivery; `timelimits` interrupts handlers past thei
 
 from leveret.services.delivery import Delivery, Outcome
 from leveret.services.runtime.consumer import Consumer, Job
-from leveret.services.runtime.execution import Executor, MessageHooks, Stats
+from leveret.services.runtime.execution import Executor, Stats
 from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_INTERNAL_ERROR,
@@ -24,7 +24,6 @@ __all__ = [
     "Delivery",
     "Executor",
     "Job",
-    "MessageHooks",
     "Outcome",
     "Stats",
     "Worker",

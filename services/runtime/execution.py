@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -105,30 +105,12 @@ class WorkerObserver(Protocol):
         """It finished, with `outcome`, after `duration_s` seconds."""
 
 
-class MessageHooks(Protocol):
-    """Code run around each message, in the thread that runs its handler.
-
-    Passed to `Broker.worker(..., hooks=[...])`. With several hooks, `before_message` runs
-    in the order given and `after_message` in reverse, so a hook's after-code runs inside
-    the hooks given before it. The Django worker uses one to close stale database
-    connections, as Django does around each request. A hook that raises is logged; the
-    message is handled all the same.
-    """
-
-    def before_message(self, envelope: Envelope) -> None:
-        """Called before the message is decoded and its handler runs."""
-
-    def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
-        """Called once the message's fate is known, before the broker acts on it."""
-
-
 class Executor:
     """Runs deliveries of one actor through its handlers.
 
     Args:
         actor: The actor class; one instance handles every delivery, from many threads.
         instance: That instance (created by the worker).
-        hooks: Run around each delivery (see `MessageHooks`).
         max_body_bytes: Bodies larger than this are dead-lettered unread (reason
             ``too_large``).
         namespace: The actor's namespace: a delivery that comes out of its delay levels
@@ -142,7 +124,6 @@ class Executor:
         actor: type[Actor],
         instance: Actor | None = None,
         *,
-        hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         namespace: str | None = None,
         middleware: MiddlewareChain | None = None,
@@ -156,7 +137,6 @@ class Executor:
         )
         self.instance = instance if instance is not None else actor()
         self.name = actor.queue
-        self.hooks = tuple(hooks)
         self.max_body_bytes = max_body_bytes
         # One logger for every Context of this actor: `structlog.get_logger` builds a new
         # proxy per call, which cost about 1 µs per message when Context made its own.
@@ -212,8 +192,6 @@ class Executor:
         bound = _Bound(handling(envelope), bind_message_fields(log_context), self._structlog)
         if self._structlog:
             structlog.contextvars.bind_contextvars(**log_context)
-        for hook in self.hooks:
-            _call_hook(hook.before_message, envelope)
         return log_context, bound
 
     def _internal_error(
@@ -230,11 +208,7 @@ class Executor:
         bound: _Bound,
         started: float,
     ) -> None:
-        try:
-            for hook in reversed(self.hooks):
-                _call_hook(hook.after_message, envelope, outcome)
-        finally:
-            bound.undo(log_context)
+        bound.undo(log_context)
         self._log_outcome(outcome, log_context, started)
 
     def _run_logged(self, delivery: Delivery, envelope: Envelope, started: float) -> Outcome:
@@ -528,17 +502,6 @@ def _traceback(exc: BaseException) -> str:
         return "".join(traceback.format_exception(exc))
     except Exception:  # noqa: BLE001  # user code in __str__ / __repr__: fall back
         return f"{type(exc).__module__}.{type(exc).__qualname__} (traceback not available)"
-
-
-def _call_hook(function: Callable[..., None], *args: Any) -> None:
-    try:
-        function(*args)
-    except Exception as exc:  # noqa: BLE001  # a hook never kills the worker or the message
-        log.error(
-            "message_hook_failed",
-            hook=getattr(function, "__qualname__", repr(function)),
-            error=f"{type(exc).__name__}: {_text(exc)}",
-        )
 
 
 def _past_limit(

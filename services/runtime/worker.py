@@ -35,7 +35,6 @@ from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY, EventLoop
 from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Executor,
-    MessageHooks,
     Stats,
     WorkerObserver,
 )
@@ -66,7 +65,6 @@ class Worker:
             only when an actor has an ``async def`` handler).
         prefetch: Deliveries the consumer holds unacknowledged (for the log line).
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
-        hooks: Run around each message in its handler thread (see `MessageHooks`).
         max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
         observer: Sees each message start and finish (the worker's metrics).
         middleware: Run around each message (the broker's `MiddlewareChain`).
@@ -88,7 +86,6 @@ class Worker:
         concurrency: int = DEFAULT_CONCURRENCY,
         prefetch: int = 16,
         shutdown_timeout_s: float = 30.0,
-        hooks: Sequence[MessageHooks] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         observer: WorkerObserver | None = None,
         middleware: MiddlewareChain | None = None,
@@ -106,7 +103,6 @@ class Worker:
         self.executors = {
             naming.queue_name(namespace, actor.queue): Executor(
                 actor,
-                hooks=hooks,
                 max_body_bytes=max_body_bytes,
                 namespace=namespace,
                 middleware=middleware,

@@ -1,5 +1,5 @@
-"""Settings errors surface as system check errors; the worker's message hooks run around
-each message (before in order, after in reverse) and Django's one closes connections."""
+"""Settings errors surface as system check errors; the broker's middleware runs around each
+message (before in order, after in reverse), the project's own named in its settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from leveret.actors import Actor, handler
 from leveret.django.checks import check_settings
 from leveret.django.settings import read
 from leveret.schemas.envelope import Envelope
-from leveret.services import MemoryBroker
+from leveret.services import MemoryBroker, Middleware
 from leveret.services.delivery import Outcome
 
 
@@ -79,14 +79,16 @@ def test_the_management_url_setting_else_the_environment_names_the_api(
     assert any("MANAGEMENT_URL" in p for p in read({"MANAGEMENT_URL": 15672}).problems)
 
 
-class _Recording:
+class _Recording(Middleware):
     def __init__(self, name: str, seen: list[str]) -> None:
         self.name, self.seen = name, seen
 
-    def before_message(self, envelope: Envelope) -> None:
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
         self.seen.append(f"before {self.name}")
 
-    def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
         self.seen.append(f"after {self.name} {outcome.fate}")
 
 
@@ -94,18 +96,20 @@ def test_hooks_run_around_each_message_in_stack_order() -> None:
     """before-hooks in order, after-hooks in reverse; a failing hook does not stop it."""
     seen: list[str] = []
 
-    class Broken:
-        def before_message(self, envelope: Envelope) -> None:
+    class Broken(Middleware):
+        def before_handle(self, actor: str, envelope: Envelope) -> None:
             raise RuntimeError("hook bug")
 
-        def after_message(self, envelope: Envelope, outcome: Outcome) -> None:
+        def after_handle(
+            self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        ) -> None:
             seen.append("after broken")
 
-    broker = MemoryBroker(namespace="hooks")
-    broker.declare(Failing)
-    worker = broker.worker(
-        [Failing], threads=1, hooks=[_Recording("a", seen), Broken(), _Recording("b", seen)]
+    broker = MemoryBroker(
+        namespace="hooks", middleware=[_Recording("a", seen), Broken(), _Recording("b", seen)]
     )
+    broker.declare(Failing)
+    worker = broker.worker([Failing], threads=1)
     broker.send(Failing, OrderPlaced(order_id=999))
     worker.start()
     try:
@@ -115,3 +119,41 @@ def test_hooks_run_around_each_message_in_stack_order() -> None:
     finally:
         worker.shutdown(5)
     assert seen[:5] == ["before a", "before b", "after b retry", "after broken", "after a retry"]
+
+
+class Audit(Middleware):
+    """A project's middleware, named in its settings (tests/django: this module)."""
+
+
+AUDIT = Audit()
+
+
+def test_the_projects_middleware_setting_names_classes_or_instances() -> None:
+    """``LEVERET["MIDDLEWARE"]``: a class is made, an instance taken as it is; the
+    project's broker and worker run them after Django's connection handling."""
+    from leveret.django.hooks import CloseOldConnections
+    from leveret.django.project import worker_middleware
+    from leveret.django.settings import project_middleware
+
+    found = read({"MIDDLEWARE": [f"{__name__}.Audit", f"{__name__}.AUDIT"]})
+    assert found.problems == ()
+    made, given = project_middleware(found)
+    assert isinstance(made, Audit)
+    assert made is not AUDIT
+    assert given is AUDIT
+    first, *rest = worker_middleware(found)
+    assert isinstance(first, CloseOldConnections)
+    assert [type(item) for item in rest] == [Audit, Audit]
+
+
+@override_settings(
+    LEVERET={"MIDDLEWARE": ["no_such_module.Audit", f"{__name__}.Failing", "NoDots"]}
+)
+def test_middleware_that_cannot_be_loaded_is_a_system_check_error() -> None:
+    """Each entry that does not import or is no Middleware is one E004 saying what to write."""
+    errors = check_settings()
+    assert [error.id for error in errors] == ["leveret.E004"] * 3
+    assert "cannot be imported" in errors[0].msg
+    assert "subclass of leveret.Middleware" in errors[1].msg
+    assert all("AuditMiddleware" in str(error.hint) for error in errors)
+    assert any("MIDDLEWARE" in p for p in read({"MIDDLEWARE": "a.B"}).problems)

@@ -5,8 +5,9 @@ Takes every option of ``leveret worker`` (``--threads``, ``--processes``, ``--qu
 values in force). The modules of ``LEVERET["ACTORS"]`` are run, plus any named on the
 command line. The broker URL and the namespace come from ``settings.LEVERET`` unless given
 as options. Database connections are closed around each message when stale, as Django
-does around requests. With ``LEVERET["RELAY_IN_WORKER"]`` the outbox relay runs in this
-process too, started once the command line is parsed.
+does around requests, and the project's ``LEVERET["MIDDLEWARE"]`` runs around it too.
+With ``LEVERET["RELAY_IN_WORKER"]`` the outbox relay runs in this process too, started
+once the command line is parsed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from leveret.django.commandline import django_options, run_click
-from leveret.django.hooks import CloseOldConnections
+from leveret.django.project import worker_middleware
 from leveret.django.registry import task_actors
 from leveret.django.schedules import project_source
 from leveret.django.settings import load
@@ -70,7 +71,7 @@ def run_worker(args: list[str], *, manage_py: str | None = None) -> None:
         [*found.actors, *args],
         prog_name="manage.py leveret_worker",
         obj=WorkerSetup(
-            hooks=[CloseOldConnections()],
+            middleware=worker_middleware,
             child_command=child_command,
             before_start=before_start,
             extra_actors=task_actors,
