@@ -108,34 +108,37 @@ class LeveretBench:
         clock = Clock(self.settings.drain)
         count = clock.count
         self.fill(count)
-        observer = None
+        # With metrics, a broker of its own whose middleware they are (on the same queues).
+        broker = self.broker
+        prometheus = None
         if metrics:
-            observer = Metrics({self.actor.queue: self.actor.topics()})
-            self.broker.transport.observe_publishing(observer)
+            prometheus = Metrics({self.actor.queue: self.actor.topics()})
+            broker = RabbitBroker(
+                self.settings.url, namespace=self.broker.namespace, middleware=[prometheus]
+            )
         if tracing_on:
             os.environ[tracing.TRACING_ENV] = "on"
             tracing.reset()
         try:
-            worker = self.broker.worker(
+            worker = broker.worker(
                 [self.actor],
                 threads=self.settings.threads,
                 prefetch=self.settings.leveret_prefetch_or_default(),
-                observer=observer,
             )
         finally:
             os.environ[tracing.TRACING_ENV] = "off"
             tracing.reset()
         self._workers.append(worker)
-        if observer is not None:
-            observer.watch(worker)
+        if prometheus is not None:
+            prometheus.watch(worker)
         clock.start()
         worker.start()
         wait_until(lambda: worker.stats.handled >= count, 120, "the drain")
         clock.stop()
         self._stop(worker)
-        if observer is not None:
-            observer.close()
-            self.broker.transport.observe_publishing(None)
+        if prometheus is not None:
+            prometheus.close()
+            broker.close()
         return clock
 
     def drain_metrics(self) -> Clock:

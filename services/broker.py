@@ -49,7 +49,7 @@ from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, WorkerObserver
+from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.topology import naming
@@ -111,6 +111,7 @@ class Broker:
         if transport is None:
             checked = naming.check_namespace(config.namespace(namespace))
             transport = transport_for(config.broker_url(url), checked, options)
+        transport.use_middleware(self.middleware)
         self.transport = transport
         self.auto_declare = auto_declare
         self._declared: set[type[Actor]] = set()
@@ -544,7 +545,6 @@ class Broker:
         queues: Iterable[str] | None = None,
         shutdown_timeout_s: float = 30.0,
         max_body_bytes: int | None = None,
-        observer: WorkerObserver | None = None,
     ) -> Worker:
         """A worker consuming the actors' queues (not started).
 
@@ -564,8 +564,6 @@ class Broker:
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
             max_body_bytes: Bodies larger than this are dead-lettered unread (reason
                 ``too_large``); 16 MiB by default.
-            observer: Sees each message start and finish in its handler thread (metrics:
-                `leveret.services.observability.metrics.Metrics`).
 
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
@@ -593,7 +591,6 @@ class Broker:
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
             max_body_bytes=max_body_bytes_or_default(max_body_bytes),
-            observer=observer,
             middleware=self.middleware,
         )
 

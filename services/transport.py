@@ -16,11 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import ConfigurationError, PublishError
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S, positive_seconds
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.topology.delays import DelayQueues
 
 if TYPE_CHECKING:
@@ -132,18 +133,6 @@ class QueueFigures:
     dead_letters_at_most_once: bool | None = None
 
 
-class PublishObserver(Protocol):
-    """Sees the broker's answer to each message published (the worker's metrics).
-
-    Called on the thread running the transport's I/O loop (its I/O thread, or a caller
-    publishing while nothing else is in flight): it must be quick and must not raise.
-    """
-
-    def confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
-        """One message was confirmed (`ok`) or refused, after `confirm_s` seconds (None
-        where there is no broker to wait for); `returned`: no queue took it."""
-
-
 Chosen: TypeAlias = "Callable[[Delivery], bool]"
 """Says of a dead letter whether to replay it."""
 Replayed: TypeAlias = "Callable[[Delivery], None]"
@@ -163,11 +152,15 @@ class Transport(ABC):
     url: str
     namespace: str
 
-    def observe_publishing(self, observer: PublishObserver | None) -> None:
-        """Have `observer` see every message this transport publishes (None: stop)."""
-        self.publish_observer = observer
+    middleware: MiddlewareChain | None = None
+    """The broker's middleware, whose ``publish_confirmed`` sees the broker's answer to each
+    message (None while none of them has that hook: nothing is timed then)."""
 
-    publish_observer: PublishObserver | None = None
+    def use_middleware(self, middleware: MiddlewareChain) -> None:
+        """Have `middleware`'s ``publish_confirmed`` see the broker's answer to each message
+        this transport publishes: on the thread running its I/O loop (RabbitMQ), or the
+        publishing one (in memory). `Broker` passes its own chain."""
+        self.middleware = middleware if middleware.handles("publish_confirmed") else None
 
     @abstractmethod
     def declare(self, actors: Sequence[type[Actor]], *, timeout_s: float | None = None) -> None:

@@ -21,6 +21,7 @@ import pika
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.schedules import Schedule
 from leveret.services.broker import Broker, RabbitBroker
+from leveret.services.middleware import Middleware
 from leveret.services.runtime.worker import Worker
 from leveret.services.topology import declarations as topology
 from leveret.services.topology import naming
@@ -116,6 +117,15 @@ class Recorder:
     def __len__(self) -> int:
         with self._changed:
             return len(self.items)
+
+
+def with_middleware(broker: Broker, *middleware: Middleware) -> Broker:
+    """A broker on `broker`'s own transport (its queues, its connection) running
+    `middleware`; the transport's confirms go to its chain from now on. What it declares
+    counts as declared by `broker`, so that the test fixture deletes it."""
+    observed = Broker(transport=broker.transport, middleware=middleware)
+    observed._declared = broker._declared
+    return observed
 
 
 @contextlib.contextmanager

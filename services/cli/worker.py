@@ -293,16 +293,16 @@ def worker(
             _supervise(
                 processes, shutdown_timeout, health_port, health_host, health_file, wants_metrics
             )
-        broker = Broker(
-            broker_url,
-            namespace=namespace,
-            middleware=setup.middleware() if setup.middleware is not None else (),
-        )
-        configure(broker)
-        observer = None
+        # Leveret's own middleware first (after tracing), then the program's.
+        middleware: list[Middleware] = []
+        prometheus = None
         if wants_metrics or (MULTIPROC_DIR_ENV in os.environ and SLOT_ENV in os.environ):
-            observer = Metrics({actor.queue: actor.topics() for actor in selected})
-            broker.transport.observe_publishing(observer)
+            prometheus = Metrics({actor.queue: actor.topics() for actor in selected})
+            middleware.append(prometheus)
+        if setup.middleware is not None:
+            middleware.extend(setup.middleware())
+        broker = Broker(broker_url, namespace=namespace, middleware=middleware)
+        configure(broker)
         running = broker.worker(
             selected,
             threads=threads,
@@ -310,7 +310,6 @@ def worker(
             prefetch=prefetch,
             shutdown_timeout_s=shutdown_timeout,
             max_body_bytes=max_body_size,
-            observer=observer,
         )
     except LeveretError as exc:
         raise _WorkerConfigurationError(str(exc)) from exc
@@ -321,10 +320,10 @@ def worker(
         health_port,
         health_host,
         health_file,
-        observer.exposition if observer is not None else None,
+        prometheus.exposition if prometheus is not None else None,
     )
-    if observer is not None:
-        observer.watch(running)
+    if prometheus is not None:
+        prometheus.watch(running)
     if heartbeat_interval > 0:
         Heartbeats(
             running,
@@ -344,8 +343,8 @@ def worker(
         code = running.run(restart_on_sighup=READY_FD_ENV not in os.environ)
     finally:
         health.close()
-        if observer is not None:
-            observer.close()
+        if prometheus is not None:
+            prometheus.close()
         stop_scheduling.set()
         if scheduling is not None:
             scheduling.join(10)

@@ -175,11 +175,11 @@ class MemoryTransport(Transport):
                 elif not self._route(queue, envelope.topic, delivery):
                     unroutable.append(index)
             self.changed.notify_all()
-        observer = self.publish_observer
-        if observer is not None:
+        middleware = self.middleware
+        if middleware is not None:
             for index in range(len(items)):
                 if index not in errors:
-                    observer.confirmed(True, index in unroutable, None)
+                    middleware.publish_confirmed(True, index in unroutable, None)
         if self.after_publish is not None:
             self.after_publish()
         return PublishResult(unroutable, errors)

@@ -1,10 +1,11 @@
 """Prometheus metrics of a worker process, served at ``/metrics`` on its health port.
 
-One `Metrics` per worker process. It sees every message its `Worker` handles (it is the
-worker's `WorkerObserver`), every message the process publishes (the publisher's
-`PublishObserver`), and samples the worker's connection once a second. Names follow
-Prometheus conventions (base units, ``_total`` for counters); docs/observability.md lists
-them with the PromQL that reads them.
+One `Metrics` per worker process, a `Middleware` of the worker's broker: it sees every
+message the worker handles (``before_handle``, ``after_handle``) and every confirm of a
+message the process publishes (``publish_confirmed``), and samples the worker's
+connection once a second while the worker runs (``worker_started`` to ``worker_stopped``).
+Names follow Prometheus conventions (base units, ``_total`` for counters);
+docs/observability.md lists them with the PromQL that reads them.
 
 Labels are bounded whatever arrives from the wire: ``actor`` is a queue the worker runs,
 ``topic`` a topic one of its handlers takes (anything else counts as ``other``), ``reason``
@@ -34,8 +35,10 @@ from prometheus_client import (
 )
 
 from leveret.schemas import wire
+from leveret.schemas.envelope import Envelope
 from leveret.services import config
 from leveret.services.delivery import Outcome
+from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
@@ -95,8 +98,11 @@ def slot_label() -> str:
     return raw if raw.isdigit() else "0"
 
 
-class Metrics:
+class Metrics(Middleware):
     """The metrics of one worker process, in their own registry.
+
+    Give it to the worker's broker (``Broker(..., middleware=[metrics])``): it counts what
+    the broker's workers handle and publish, and samples a worker while it runs.
 
     Args:
         actors: Queue name (the ``actor`` label, without namespace) → topics its handlers
@@ -236,15 +242,17 @@ class Metrics:
         self._sample_lock = threading.Lock()
         self._worker: Worker | None = None
 
-    # WorkerObserver ------------------------------------------------------------------
+    # Middleware: handling ------------------------------------------------------------
 
-    def started(self, actor: str) -> None:
-        """A handler starts (handler thread)."""
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        """A handler starts (handler thread, or the worker's event loop)."""
         running = self._mine().in_flight
         running[actor] = running.get(actor, 0) + 1
 
-    def finished(self, actor: str, outcome: Outcome, duration_s: float) -> None:
-        """A handler finished with `outcome` (handler thread)."""
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        """A handler finished with `outcome` (where `before_handle` ran)."""
         mine = self._mine()
         mine.in_flight[actor] = mine.in_flight.get(actor, 0) - 1
         topics = self._topics.get(actor, frozenset())
@@ -321,9 +329,9 @@ class Metrics:
                     series = self._children[key] = _ActorSeries(self, actor, topic)
         return series
 
-    # PublishObserver -----------------------------------------------------------------
+    # Middleware: publishing ----------------------------------------------------------
 
-    def confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
         """The broker confirmed (or nacked) one message (the publisher's I/O thread)."""
         published, confirm_seconds, nacks, returns = self._publish_series
         if confirm_s is not None:
@@ -335,7 +343,17 @@ class Metrics:
         if returned:
             returns.inc()
 
-    # The connection, sampled ----------------------------------------------------------
+    # Middleware: the worker's life, and its connection sampled ------------------------
+
+    def worker_started(self, worker: Worker) -> None:
+        """Sample `worker` while it runs (`watch`), unless already watching one."""
+        if self._sampler is None:
+            self.watch(worker)
+
+    def worker_stopped(self, worker: Worker) -> None:
+        """Stop sampling and flush the last counts (`close`)."""
+        if worker is self._worker:
+            self.close()
 
     def watch(self, worker: Worker) -> None:
         """Sample the worker's connection every second in a daemon thread, until `close`

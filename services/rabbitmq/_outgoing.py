@@ -46,7 +46,7 @@ class Outgoing:
     envelope: Envelope | None = None
     batch: Batch | None = None
     index: int = 0
-    sent_at: float = 0.0  # perf_counter when written, only while a PublishObserver looks
+    sent_at: float = 0.0  # perf_counter when written, only while middleware looks
     nacks: int = 0  # times the broker refused it; it is sent again after a pause
     written: bool = False  # written on a connection since lost: the broker may have it
 

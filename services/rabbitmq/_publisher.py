@@ -53,6 +53,7 @@ from leveret.schemas.errors import (
     PublishError,
     TopologyError,
 )
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.rabbitmq._connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     IOThread,
@@ -73,7 +74,6 @@ from leveret.services.rabbitmq._outgoing import (
 )
 from leveret.services.rabbitmq._publishing_channel import PublishingChannel
 from leveret.services.topology.declarations import Step
-from leveret.services.transport import PublishObserver
 
 _live: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
@@ -105,15 +105,16 @@ class Publisher(IOThread):
         _live.add(self)
 
     @property
-    def observer(self) -> PublishObserver | None:
-        """Sees each confirm (metrics); called on the I/O thread."""
-        return self._publishing.observer
+    def middleware(self) -> MiddlewareChain | None:
+        """Its ``publish_confirmed`` sees each confirm (metrics), on the I/O thread; None
+        when no middleware looks."""
+        return self._publishing.middleware
 
-    @observer.setter
-    def observer(self, observer: PublishObserver | None) -> None:
-        self._publishing.observer = observer
+    @middleware.setter
+    def middleware(self, middleware: MiddlewareChain | None) -> None:
+        self._publishing.middleware = middleware
 
-    def _reset_state(self, observer: PublishObserver | None = None) -> None:
+    def _reset_state(self, middleware: MiddlewareChain | None = None) -> None:
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
         # Callers append on the right; only the I/O thread takes from the left (and puts
@@ -131,7 +132,7 @@ class Publisher(IOThread):
             self._declare_on_connect,
             after_ready=self._run_declares,
             no_connection=self._check_unreachable,
-            observer=observer,
+            middleware=middleware,
         )
 
     # Callers, any thread -----------------------------------------------------------------
@@ -499,7 +500,7 @@ def _reset_after_fork(publisher: Publisher) -> None:
     publisher._thread = None
     publisher.connected = threading.Event()
     publisher.state_changed = threading.Condition()
-    publisher._reset_state(observer=publisher.observer)
+    publisher._reset_state(middleware=publisher.middleware)
 
 
 _inherited: list[Any] = []

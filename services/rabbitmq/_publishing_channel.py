@@ -26,6 +26,7 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic, Connection
 
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.observability.logs import get_logger
 from leveret.services.rabbitmq import _properties as wire_properties
 from leveret.services.rabbitmq._channel_renewal import (
@@ -39,7 +40,6 @@ from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._outgoing import Outgoing, abandoned
 from leveret.services.rabbitmq._silence_watch import SilenceWatch
 from leveret.services.topology.declarations import Step
-from leveret.services.transport import PublishObserver
 
 log = get_logger("leveret.publisher")
 
@@ -66,7 +66,7 @@ class PublishingChannel:
         declare_on_connect: Declared on each new channel before anything is published.
         after_ready: Called once the channel is ready and the inbox flushed.
         no_connection: Called when a flush finds no connection to publish on.
-        observer: Sees each confirm (metrics).
+        middleware: Its ``publish_confirmed`` sees each confirm (metrics).
     """
 
     def __init__(
@@ -77,15 +77,15 @@ class PublishingChannel:
         *,
         after_ready: Callable[[], None],
         no_connection: Callable[[], None],
-        observer: PublishObserver | None = None,
+        middleware: MiddlewareChain | None = None,
     ) -> None:
         self._io = io
         self._inbox = inbox
         self._declare_on_connect = declare_on_connect
         self._after_ready = after_ready
         self._no_connection = no_connection
-        self.observer = observer
-        """Sees each confirm (metrics); called on the I/O thread."""
+        self.middleware = middleware
+        """Its ``publish_confirmed`` sees each confirm (metrics), on the I/O thread."""
         self._wake_pending = False
         self.ready = False
         """Whether the channel is open and its declarations made: messages go out."""
@@ -187,7 +187,7 @@ class PublishingChannel:
         # Looked up once per slice, not once per message.
         publish = channel.basic_publish
         sent = unconfirmed.sent
-        observer = self.observer
+        observer = self.middleware
         for _ in range(room):
             item = inbox.popleft()
             batch = item.batch
@@ -267,16 +267,13 @@ class PublishingChannel:
             )
         assert item.batch is not None
         item.batch.settle(item.index, error, returned is not None)
-        if self.observer is not None:
+        if self.middleware is not None:
             self._observe(item, ok=True, returned=returned is not None)
 
     def _observe(self, item: Outgoing, *, ok: bool, returned: bool) -> None:
-        observer = self.observer
-        if observer is not None:
-            try:
-                observer.confirmed(ok, returned, time.perf_counter() - item.sent_at)
-            except Exception:  # metrics never stop publishing
-                log.exception("publish_observer_failed")
+        middleware = self.middleware
+        if middleware is not None:  # a hook that raises is logged by the chain
+            middleware.publish_confirmed(ok, returned, time.perf_counter() - item.sent_at)
 
     def _send_again_later(self, item: Outgoing) -> None:
         """A nacked message goes back to the inbox after a pause growing with its nacks."""

@@ -11,6 +11,7 @@ from leveret.actors.actor import Actor
 from leveret.schemas.errors import BrokerConnectionError, BrokerUnavailable, ConfigurationError
 from leveret.services import config
 from leveret.services.delivery import Delivery
+from leveret.services.middleware import MiddlewareChain
 from leveret.services.rabbitmq._admin import AdminChannel, require_queue
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
@@ -25,7 +26,6 @@ from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
     Chosen,
     OutgoingMessage,
-    PublishObserver,
     PublishResult,
     QueueFigures,
     RabbitOptions,
@@ -273,9 +273,9 @@ class RabbitTransport(Transport):
     def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
         return queue_figures(self.url, queues)
 
-    def observe_publishing(self, observer: PublishObserver | None) -> None:
-        self.publish_observer = observer
-        self.publisher.observer = observer
+    def use_middleware(self, middleware: MiddlewareChain) -> None:
+        super().use_middleware(middleware)
+        self.publisher.middleware = self.middleware
 
     def close(self) -> None:
         self.publisher.close()

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -93,16 +93,6 @@ class Stats:
                 # Published in heartbeats, which any client of the vhost may read.
                 error = redact(f"{kind}: {message}" if message else str(kind))
                 self.last_error = error[:LAST_ERROR_LIMIT]
-
-
-class WorkerObserver(Protocol):
-    """Sees every message a worker handles (metrics): called in the handler's thread."""
-
-    def started(self, actor: str) -> None:
-        """A handler of `actor` (its queue name) starts on a message."""
-
-    def finished(self, actor: str, outcome: Outcome, duration_s: float) -> None:
-        """It finished, with `outcome`, after `duration_s` seconds."""
 
 
 class Executor:

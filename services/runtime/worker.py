@@ -36,7 +36,6 @@ from leveret.services.runtime.execution import (
     DEFAULT_MAX_BODY_BYTES,
     Executor,
     Stats,
-    WorkerObserver,
 )
 from leveret.services.topology import naming
 
@@ -66,7 +65,6 @@ class Worker:
         prefetch: Deliveries the consumer holds unacknowledged (for the log line).
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
         max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
-        observer: Sees each message start and finish (the worker's metrics).
         middleware: Run around each message (the broker's `MiddlewareChain`).
 
     Attributes:
@@ -87,11 +85,9 @@ class Worker:
         prefetch: int = 16,
         shutdown_timeout_s: float = 30.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        observer: WorkerObserver | None = None,
         middleware: MiddlewareChain | None = None,
     ) -> None:
         self.consumer = consumer
-        self.observer = observer
         self.threads = threads
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -267,7 +263,7 @@ class Worker:
         `MemoryBroker.join` alike (which runs an async handler on a loop of its own).
         """
         executor = self.executors[job.queue]
-        self._begin(executor.name)
+        self._begin()
         started = time.perf_counter()
         try:
             outcome = executor.run(job.delivery)
@@ -287,7 +283,7 @@ class Worker:
             return
         try:
             executor = self.executors[job.queue]
-            self._begin(executor.name)
+            self._begin()
             started = time.perf_counter()
             try:
                 outcome = await executor.run_async(job.delivery)
@@ -301,16 +297,12 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001  # a fault of ours: stop, loudly
             self._handler_thread_failed(job, exc)
 
-    def _begin(self, actor: str) -> None:
+    def _begin(self) -> None:
         with self._running_lock:
             self._running += 1
-        if self.observer is not None:
-            _observe(self.observer.started, actor)
 
     def _finish(self, job: Job, actor: str, outcome: Outcome, started: float) -> None:
         job.handled_s = time.perf_counter() - started
-        if self.observer is not None:
-            _observe(self.observer.finished, actor, outcome, job.handled_s)
         self.consumer.settle(job, outcome)
 
     @property
@@ -408,11 +400,3 @@ class Worker:
         log.info(
             "worker_stopped", handled=self.stats.handled, dead_lettered=self.stats.dead_lettered
         )
-
-
-def _observe(call: Callable[..., None], *args: Any) -> None:
-    """Call an observer (metrics): what it raises is logged, never the message's fate."""
-    try:
-        call(*args)
-    except Exception:  # metrics never stop a message
-        log.exception("worker_observer_failed")

@@ -20,6 +20,7 @@ import pytest
 
 from leveret.schemas.errors import PublishError
 from leveret.services import RabbitBroker
+from leveret.services.middleware import Middleware, MiddlewareChain
 from leveret.services.rabbitmq._outgoing import Outgoing
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.testing import captured_logs
@@ -41,13 +42,13 @@ def queue(rabbit_broker: RabbitBroker) -> Iterator[str]:
             channel.queue_delete(name)
 
 
-class ConfirmThreads:
-    """A PublishObserver that records on which thread each confirm was handled."""
+class ConfirmThreads(Middleware):
+    """A middleware that records on which thread each confirm was handled."""
 
     def __init__(self) -> None:
         self.threads: Counter[int] = Counter()
 
-    def confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
         self.threads[threading.get_ident()] += 1
 
 
@@ -67,7 +68,7 @@ def test_a_lone_caller_runs_the_loop_and_concurrent_callers_all_get_through(
     asyncio task, all at once: every message is stored exactly once and no call hangs."""
     publisher = Publisher(rabbit_url, confirm_timeout_s=20)
     observer = ConfirmThreads()
-    publisher.observer = observer
+    publisher.middleware = MiddlewareChain([observer])
     try:
         for n in range(200):
             publisher.publish([_message(queue, f"alone-{n}")])

@@ -1,32 +1,38 @@
-"""Metrics never decide a message's fate: an observer that raises is logged, and the
-message is handled, counted and settled as if no observer were there (both brokers)."""
+"""Metrics never decide a message's fate: a middleware that raises where metrics count is
+logged, and the message is handled, counted and settled as if it were not there (both
+brokers)."""
 
 from __future__ import annotations
 
 import pytest
 
+from leveret.schemas.envelope import Envelope
 from leveret.services import MemoryBroker, RabbitBroker
 from leveret.services.delivery import Outcome
+from leveret.services.middleware import Middleware
 from leveret.services.testing import captured_logs
 from tests.observed_actors import Counted, Work
-from tests.support import running, wait_until
+from tests.support import running, wait_until, with_middleware
 
 
-class Exploding:
-    """A WorkerObserver whose every call raises."""
+class Exploding(Middleware):
+    """A middleware whose handling hooks (those metrics count with) raise."""
 
-    def started(self, actor: str) -> None:
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
         raise RuntimeError("observer broken")
 
-    def finished(self, actor: str, outcome: Outcome, duration_s: float) -> None:
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
         raise RuntimeError("observer broken")
 
 
 @pytest.mark.rabbitmq
 def test_a_raising_observer_changes_nothing(broker: MemoryBroker | RabbitBroker) -> None:
+    observed = with_middleware(broker, Exploding())
     with (
         captured_logs() as events,
-        running(broker, Counted, threads=2, observer=Exploding()) as worker,
+        running(observed, Counted, threads=2) as worker,
     ):
         for n in range(5):
             broker.publish(Work(n=n))
@@ -35,5 +41,5 @@ def test_a_raising_observer_changes_nothing(broker: MemoryBroker | RabbitBroker)
         assert worker.threads_alive()
         assert worker.consuming.is_set()
     assert broker.dead_letter_count(Counted) == 1
-    failures = [e for e in events if e["event"] == "worker_observer_failed"]
+    failures = [e for e in events if e["event"] == "middleware_hook_failed"]
     assert len(failures) == 2 * (5 + 2)  # started and finished, for every delivery
