@@ -129,15 +129,12 @@ class LeveretBench:
             os.environ[tracing.TRACING_ENV] = "off"
             tracing.reset()
         self._workers.append(worker)
-        if prometheus is not None:
-            prometheus.watch(worker)
         clock.start()
         worker.start()
         wait_until(lambda: worker.stats.handled >= count, 120, "the drain")
         clock.stop()
         self._stop(worker)
         if prometheus is not None:
-            prometheus.close()
             broker.close()
         return clock
 

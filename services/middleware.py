@@ -23,10 +23,16 @@ Where each hook runs:
 - ``before_handle`` / ``after_handle``: in the thread that runs the handler, or on the
   worker's event loop for an ``async def`` handler (keep them short there: they hold up
   every async handler of the process);
-- ``after_settle``: in the handler's thread once the broker has acted on the outcome;
-- ``worker_started`` / ``worker_stopping`` / ``worker_stopped``: in the worker's main
-  thread; ``worker_stopping`` runs before the worker's connections close, so a middleware
-  can still publish a last word.
+- ``after_settle``: where ``after_handle`` ran, once the outcome is handed to the consumer
+  (the in-memory broker has acted on it then; RabbitMQ's I/O thread acks it next, a retry
+  or dead letter confirmed first);
+- ``worker_started``: in the thread that calls `Worker.start`, before the first delivery;
+- ``worker_stopping`` / ``worker_stopped``: in the worker's stopping thread, once every
+  delivery is settled or given back; ``worker_stopping`` before the worker's connection
+  closes, so a middleware can still publish a last word (heartbeats do).
+
+`MemoryBroker.join` handles and settles messages without a worker: it runs the publishing,
+handling and settling hooks, not the worker's.
 """
 
 from __future__ import annotations
@@ -116,14 +122,15 @@ class Middleware:
         """Once the delivery's fate is known, before the broker acts on it."""
 
     def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
-        """After the broker acted on `outcome` (ack, retry, dead letter), or failed to (`error`:
-        then the delivery goes back to the queue when the connection is replaced)."""
+        """After `outcome` (ack, retry, dead letter) was handed to the broker to act on, or
+        that failed (`error`: the delivery then comes back when its channel is replaced)."""
 
     def worker_started(self, worker: Worker) -> None:
-        """The worker consumes: its actors are declared and its handlers ready."""
+        """The worker starts: its handler threads run, no delivery is taken yet."""
 
     def worker_stopping(self, worker: Worker) -> None:
-        """The worker stops consuming; its connections are still open."""
+        """The worker stopped consuming and settled what it could; its connection is still
+        open."""
 
     def worker_stopped(self, worker: Worker) -> None:
         """The worker stopped: every handler finished or was given back, connections closed."""

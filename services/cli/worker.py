@@ -299,6 +299,8 @@ def worker(
         if wants_metrics or (MULTIPROC_DIR_ENV in os.environ and SLOT_ENV in os.environ):
             prometheus = Metrics({actor.queue: actor.topics() for actor in selected})
             middleware.append(prometheus)
+        if heartbeat_interval > 0:
+            middleware.append(Heartbeats(heartbeat_interval))
         if setup.middleware is not None:
             middleware.extend(setup.middleware())
         broker = Broker(broker_url, namespace=namespace, middleware=middleware)
@@ -322,16 +324,6 @@ def worker(
         health_file,
         prometheus.exposition if prometheus is not None else None,
     )
-    if prometheus is not None:
-        prometheus.watch(running)
-    if heartbeat_interval > 0:
-        Heartbeats(
-            running,
-            namespace=broker.namespace,
-            queues=queue_names,
-            actors=[actor.queue for actor in selected],
-            interval_s=heartbeat_interval,
-        ).start()
     stop_scheduling = threading.Event()
     scheduling = None
     if with_scheduler:
@@ -343,8 +335,6 @@ def worker(
         code = running.run(restart_on_sighup=READY_FD_ENV not in os.environ)
     finally:
         health.close()
-        if prometheus is not None:
-            prometheus.close()
         stop_scheduling.set()
         if scheduling is not None:
             scheduling.join(10)

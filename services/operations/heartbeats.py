@@ -8,7 +8,8 @@ listens, so when nobody looks RabbitMQ drops each heartbeat at once: no queue, n
 
 A worker that stops cleanly sends a last heartbeat with ``state: "stopped"``; one that is
 killed simply stops sending, and ``leveret status`` marks it stale after
-`STALE_AFTER_INTERVALS` intervals.
+`STALE_AFTER_INTERVALS` intervals. `Heartbeats` is a middleware of the worker's broker: it
+starts beating when the worker starts and sends the last one as it stops.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
@@ -83,31 +84,28 @@ def _memory_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-class Heartbeats:
-    """Publishes `worker`'s heartbeat every `interval_s` seconds from a daemon thread.
+class Heartbeats(Middleware):
+    """Publishes a worker's heartbeat every `interval_s` seconds from a daemon thread.
+
+    Give it to the worker's broker (``Broker(..., middleware=[Heartbeats()])``): it starts
+    when the worker starts (``worker_started``; the first heartbeat once it consumes) and
+    sends the last one, ``state: stopped``, as the worker stops (``worker_stopping``, while
+    its connection is still open). One instance beats for one worker.
 
     Args:
-        worker: The worker.
-        namespace: Its namespace.
-        queues: The queues it consumes (full names).
-        actors: The actors it runs (queue names without namespace).
         interval_s: Seconds between two heartbeats.
+
+    Raises:
+        ValueError: The interval is not positive.
     """
 
-    def __init__(
-        self,
-        worker: Worker,
-        *,
-        namespace: str,
-        queues: Sequence[str],
-        actors: Sequence[str],
-        interval_s: float = DEFAULT_INTERVAL_S,
-    ) -> None:
+    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         if not interval_s > 0:
             raise ValueError("the heartbeat interval must be positive")
-        self.worker = worker
         self.interval_s = interval_s
         self.id = uuid.uuid4().hex
+        self.worker: Worker | None = None
+        """The worker it beats for, from ``worker_started`` on."""
         self._started = time.monotonic()
         self._static: dict[str, Any] = {
             "format": FORMAT,
@@ -116,20 +114,24 @@ class Heartbeats:
             "pid": os.getpid(),
             "version": leveret_version(),
             "python": platform.python_version(),
-            "namespace": namespace,
-            "actors": sorted(actors),
-            "queues": sorted(queues),
-            "threads": worker.threads,
-            "prefetch": worker.prefetch,
             "started_at": round(time.time(), 3),
             "interval_s": interval_s,
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def payload(self, state: str = "running") -> dict[str, Any]:
-        """The heartbeat now."""
-        worker = self.worker
+    def worker_started(self, worker: Worker) -> None:
+        """Start beating for `worker` (`start`), unless already beating for one."""
+        if self.worker is None:
+            self.start(worker)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        """Send the last heartbeat of `worker` (`stop`)."""
+        if worker is self.worker:
+            self.stop()
+
+    def payload(self, worker: Worker, state: str = "running") -> dict[str, Any]:
+        """`worker`'s heartbeat now."""
         stats = worker.stats
         with stats.lock:
             counts = {
@@ -141,6 +143,11 @@ class Heartbeats:
         connected, _opened = worker.consumer.connection_state()
         return {
             **self._static,
+            "namespace": worker.namespace,
+            "actors": sorted(executor.name for executor in worker.executors.values()),
+            "queues": sorted(worker.executors),
+            "threads": worker.threads,
+            "prefetch": worker.prefetch,
             "state": state,
             "address": worker.consumer.local_address(),
             "in_flight": worker.in_flight,
@@ -153,14 +160,18 @@ class Heartbeats:
         }
 
     def send(self, state: str = "running") -> None:
-        """Publish one heartbeat now (dropped if the worker is not connected)."""
-        body = json.dumps(self.payload(state), separators=(",", ":")).encode()
-        self.worker.consumer.publish_heartbeat(body)
+        """Publish one heartbeat now (dropped if the worker is not connected, or none
+        started yet)."""
+        worker = self.worker
+        if worker is None:
+            return
+        body = json.dumps(self.payload(worker, state), separators=(",", ":")).encode()
+        worker.consumer.publish_heartbeat(body)
 
-    def start(self) -> None:
-        """Send a heartbeat every `interval_s` until the worker closes (the first once it
-        consumes); then a last one with ``state: stopped``."""
-        self.worker.before_close.append(self.stop)
+    def start(self, worker: Worker) -> None:
+        """Send `worker`'s heartbeat every `interval_s` (the first once it consumes) until
+        `stop`, which sends a last one with ``state: stopped``."""
+        self.worker = worker
         self._thread = threading.Thread(target=self._loop, name="leveret-heartbeats", daemon=True)
         self._thread.start()
 
@@ -177,7 +188,8 @@ class Heartbeats:
             log.exception("heartbeat_failed")
 
     def _loop(self) -> None:
-        self.worker.consuming.wait(self.interval_s)
+        if self.worker is not None:
+            self.worker.consuming.wait(self.interval_s)
         while not self._stop.is_set():
             try:
                 self.send()

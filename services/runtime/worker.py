@@ -22,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -65,7 +65,10 @@ class Worker:
         prefetch: Deliveries the consumer holds unacknowledged (for the log line).
         shutdown_timeout_s: How long shutdown waits for handlers in flight.
         max_body_bytes: Larger bodies are dead-lettered unread (reason ``too_large``).
-        middleware: Run around each message (the broker's `MiddlewareChain`).
+        middleware: The broker's `MiddlewareChain`: its handling hooks run around each
+            message, ``after_settle`` once it is handed back to the consumer, and
+            ``worker_started`` / ``worker_stopping`` / ``worker_stopped`` at `start` and
+            at the end of shutdown.
 
     Attributes:
         stats: Counters of handled, retried and dead-lettered messages.
@@ -88,6 +91,8 @@ class Worker:
         middleware: MiddlewareChain | None = None,
     ) -> None:
         self.consumer = consumer
+        self.namespace = namespace
+        self.middleware = middleware if middleware is not None else MiddlewareChain()
         self.threads = threads
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -101,7 +106,7 @@ class Worker:
                 actor,
                 max_body_bytes=max_body_bytes,
                 namespace=namespace,
-                middleware=middleware,
+                middleware=self.middleware,
             )
             for actor in actors
         }
@@ -119,14 +124,15 @@ class Worker:
         self._stopper: threading.Thread | None = None
         self.restart_requested = False
         """A SIGHUP asked for a restart with new code (`run` with `restart_on_sighup`)."""
-        self.before_close: list[Callable[[], None]] = []
-        """Called once shutdown has settled every delivery, just before the consumer closes
-        (the last heartbeat goes out on its connection)."""
 
     # Any thread -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the handler threads and the consumer; returns at once."""
+        """Start the handler threads and the consumer; returns at once.
+
+        The middleware's ``worker_started`` runs here, before the consumer starts: before
+        any delivery is handled.
+        """
         for number in range(self.threads):
             thread = threading.Thread(
                 target=self._handle_jobs, name=f"leveret-handler-{number}", daemon=True
@@ -139,6 +145,7 @@ class Worker:
         self._stopper.start()
         if self.event_loop is not None:
             self.event_loop.start()
+        self.middleware.worker_started(self)
         self.consumer.start(self._dispatch, self._fail)
 
     def threads_alive(self) -> bool:
@@ -303,7 +310,12 @@ class Worker:
 
     def _finish(self, job: Job, actor: str, outcome: Outcome, started: float) -> None:
         job.handled_s = time.perf_counter() - started
-        self.consumer.settle(job, outcome)
+        try:
+            self.consumer.settle(job, outcome)
+        except BaseException as exc:
+            self.middleware.after_settle(actor, outcome, exc)
+            raise
+        self.middleware.after_settle(actor, outcome, None)
 
     @property
     def in_flight(self) -> int:
@@ -346,6 +358,7 @@ class Worker:
             if self.fatal_error is None:
                 self.fatal_error = f"shutting down failed: {type(exc).__name__}: {exc}"
         finally:
+            self.middleware.worker_stopped(self)
             self._stopped.set()
 
     def _shut_down(self) -> None:
@@ -391,11 +404,9 @@ class Worker:
             self._work.put(None)
         if self.event_loop is not None:
             self.event_loop.stop()
-        for callback in self.before_close:
-            try:
-                callback()
-            except Exception:  # closing goes on
-                log.exception("worker_before_close_failed")
+        # Every delivery is settled or given back; the connection is still open (the last
+        # heartbeat goes out on it).
+        self.middleware.worker_stopping(self)
         self.consumer.close()
         log.info(
             "worker_stopped", handled=self.stats.handled, dead_lettered=self.stats.dead_lettered

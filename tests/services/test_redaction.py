@@ -280,8 +280,7 @@ def test_a_dead_letters_error_headers_and_a_heartbeats_last_error_hold_no_passwo
     with running(memory_broker, Failing, threads=1) as worker:
         Failing.send(Failure(text=text))
         wait_until(lambda: worker.stats.dead_lettered == 1, 10, "the dead letter")
-        beat = Heartbeats(worker, namespace=memory_broker.namespace, queues=[], actors=[])
-        last_error = beat.payload()["last_error"]
+        last_error = Heartbeats().payload(worker)["last_error"]
     [letter] = memory_broker.dead_letters(Failing)
     message = letter.headers[wire.ERROR_MESSAGE]
     traceback = letter.headers[wire.ERROR_TRACEBACK]
