@@ -151,12 +151,16 @@ class Executor:
         An async handler's coroutine is run here to its end, on an event loop of this
         call's own (`MemoryBroker.join`); the worker runs those with `run_async`.
         """
-        envelope = delivery.envelope()
-        self.middleware.before_handle(self.name, envelope)
-        started = time.perf_counter()
-        outcome = self._run_logged(delivery, envelope, started)
-        self.middleware.after_handle(self.name, envelope, outcome, time.perf_counter() - started)
-        return outcome
+        begun = self._begin(delivery)
+        try:
+            step = self._step(delivery, begun.envelope)
+            outcome = step if isinstance(step, Outcome) else run_coroutine(step)
+        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
+            outcome = self._internal_error(delivery, begun, exc)
+        except BaseException:
+            begun.undo()
+            raise
+        return self._end(begun, outcome)
 
     async def run_async(self, delivery: Delivery) -> Outcome:
         """`run`, for a delivery whose handler is ``async def``, on the running loop.
@@ -164,14 +168,21 @@ class Executor:
         The same guarantees as `run`: never raises (but `asyncio.CancelledError` when the
         task running it is cancelled from outside), one outcome per delivery.
         """
+        begun = self._begin(delivery)
+        try:
+            step = self._step(delivery, begun.envelope)
+            outcome = step if isinstance(step, Outcome) else await step
+        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
+            outcome = self._internal_error(delivery, begun, exc)
+        except BaseException:  # cancelled from outside (shutdown cut it off): no outcome
+            begun.undo()
+            raise
+        return self._end(begun, outcome)
+
+    def _begin(self, delivery: Delivery) -> _Handling:
+        """The middleware's ``before_handle``, then the message's fields bound for logs."""
         envelope = delivery.envelope()
         self.middleware.before_handle(self.name, envelope)
-        started = time.perf_counter()
-        outcome = await self._run_logged_async(delivery, envelope, started)
-        self.middleware.after_handle(self.name, envelope, outcome, time.perf_counter() - started)
-        return outcome
-
-    def _begin(self, envelope: Envelope) -> tuple[dict[str, Any], _Bound]:
         log_context = {
             "actor": self.name,
             "topic": envelope.topic,
@@ -179,53 +190,47 @@ class Executor:
             "correlation_id": envelope.correlation_id,
             "attempt": envelope.attempt,
         }
-        bound = _Bound(handling(envelope), bind_message_fields(log_context), self._structlog)
+        begun = _Handling(
+            envelope,
+            log_context,
+            time.perf_counter(),
+            handling(envelope),
+            bind_message_fields(log_context),
+            self._structlog,
+        )
         if self._structlog:
             structlog.contextvars.bind_contextvars(**log_context)
-        return log_context, bound
+        return begun
 
-    def _internal_error(
-        self, delivery: Delivery, envelope: Envelope, log_context: dict[str, Any], exc: Exception
-    ) -> Outcome:
-        log.exception("message_handling_failed", **log_context)
-        return self._dead_letter(delivery, envelope, "internal_error", exc, with_traceback=True)
-
-    def _end(
-        self,
-        envelope: Envelope,
-        outcome: Outcome,
-        log_context: dict[str, Any],
-        bound: _Bound,
-        started: float,
-    ) -> None:
-        bound.undo(log_context)
-        self._log_outcome(outcome, log_context, started)
-
-    def _run_logged(self, delivery: Delivery, envelope: Envelope, started: float) -> Outcome:
-        log_context, bound = self._begin(envelope)
-        try:
-            outcome = self._run(delivery, envelope)
-        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
-            outcome = self._internal_error(delivery, envelope, log_context, exc)
-        except BaseException:
-            bound.undo(log_context)
-            raise
-        self._end(envelope, outcome, log_context, bound, started)
+    def _end(self, begun: _Handling, outcome: Outcome) -> Outcome:
+        """Unbind the message's fields, log its outcome, then the middleware's
+        ``after_handle`` (tracing's span closes there, so the log line carries its id)."""
+        begun.undo()
+        self._log_outcome(outcome, begun.log_context, begun.started)
+        duration_s = time.perf_counter() - begun.started
+        self.middleware.after_handle(self.name, begun.envelope, outcome, duration_s)
         return outcome
 
-    async def _run_logged_async(
-        self, delivery: Delivery, envelope: Envelope, started: float
-    ) -> Outcome:
-        log_context, bound = self._begin(envelope)
+    def _internal_error(self, delivery: Delivery, begun: _Handling, exc: Exception) -> Outcome:
+        log.exception("message_handling_failed", **begun.log_context)
+        return self._dead_letter(
+            delivery, begun.envelope, "internal_error", exc, with_traceback=True
+        )
+
+    def _step(
+        self, delivery: Delivery, envelope: Envelope
+    ) -> Outcome | Coroutine[Any, Any, Outcome]:
+        """The outcome of a delivery that does not decode or whose handler is sync (run
+        here); for an async handler, the coroutine that handles it, for the caller to
+        await (`run_async`) or run on a loop of its own (`run`)."""
         try:
-            outcome = await self._run_async(delivery, envelope)
-        except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
-            outcome = self._internal_error(delivery, envelope, log_context, exc)
-        except BaseException:  # cancelled from outside (shutdown cut it off): no outcome
-            bound.undo(log_context)
-            raise
-        self._end(envelope, outcome, log_context, bound, started)
-        return outcome
+            handler, message = self._decode(delivery, envelope)
+        except DecodeError as exc:
+            reason = _DECODE_REASONS.get(type(exc), "decode_error")
+            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
+        if handler.is_async:
+            return self._handle_async(delivery, envelope, handler, message)
+        return self._handle(delivery, envelope, handler, message)
 
     def _log_outcome(self, outcome: Outcome, log_context: dict[str, Any], started: float) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -251,14 +256,10 @@ class Executor:
                 **log_context,
             )
 
-    def _run(self, delivery: Delivery, envelope: Envelope) -> Outcome:
-        try:
-            handler, message = self._decode(delivery, envelope)
-        except DecodeError as exc:
-            reason = _DECODE_REASONS.get(type(exc), "decode_error")
-            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
-        if handler.is_async:  # outside the worker's loop (MemoryBroker.join): a loop of its own
-            return run_coroutine(self._handle_async(delivery, envelope, handler, message))
+    def _handle(
+        self, delivery: Delivery, envelope: Envelope, handler: Handler, message: Any
+    ) -> Outcome:
+        """Run a sync handler under its time limit, which interrupts it when it passes."""
         ctx = Context(envelope, actor=self.name, log=self._handler_log)
         limit_s = self.actor.time_limit_for(handler)
         try:
@@ -275,16 +276,6 @@ class Executor:
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             return self._failed(delivery, envelope, handler, exc)
         return Outcome("ack", envelope)
-
-    async def _run_async(self, delivery: Delivery, envelope: Envelope) -> Outcome:
-        try:
-            handler, message = self._decode(delivery, envelope)
-        except DecodeError as exc:
-            reason = _DECODE_REASONS.get(type(exc), "decode_error")
-            return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
-        if not handler.is_async:  # the topic's handler changed kind: run it here, blocking
-            return self._run(delivery, envelope)
-        return await self._handle_async(delivery, envelope, handler, message)
 
     async def _handle_async(
         self, delivery: Delivery, envelope: Envelope, handler: Handler, message: Any
@@ -505,18 +496,21 @@ def _past_limit(
 
 
 @dataclass(slots=True)
-class _Bound:
-    """What `Executor._begin` bound for one message, undone once it is handled."""
+class _Handling:
+    """One delivery being handled: what `Executor._begin` bound, undone at its end."""
 
-    envelope: contextvars.Token[Envelope | None]
-    fields: contextvars.Token[dict[str, Any] | None]
+    envelope: Envelope
+    log_context: dict[str, Any]
+    started: float
+    envelope_token: contextvars.Token[Envelope | None]
+    fields_token: contextvars.Token[dict[str, Any] | None]
     structlog: bool
 
-    def undo(self, log_context: dict[str, Any]) -> None:
-        done_handling(self.envelope)
-        unbind_message_fields(self.fields)
+    def undo(self) -> None:
+        done_handling(self.envelope_token)
+        unbind_message_fields(self.fields_token)
         if self.structlog:
-            structlog.contextvars.unbind_contextvars(*log_context)
+            structlog.contextvars.unbind_contextvars(*self.log_context)
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, Outcome]) -> Outcome:
