@@ -90,9 +90,11 @@ def configure(dispatcher: Dispatcher | None) -> None:
 def adapt_with(adapter: Callable[[Dispatcher], Dispatcher] | None) -> None:
     """Pass every dispatcher configured from now on through `adapter` (None: no longer).
 
-    The Django app uses it so that any broker a test configures (`memory_broker`)
-    publishes after commit like the project's own. An adapter must return what it does not
-    adapt unchanged, and adapting twice must change nothing more.
+    Internal to Leveret's Django app, which uses it so that any broker a test configures
+    (`memory_broker`) publishes after commit like the project's own. Not an extension point:
+    middleware observes publishing, while this decides when (or whether) a message goes
+    out. An adapter must return what it does not adapt unchanged, and adapting twice must
+    change nothing more.
     """
     global _adapter
     with _lock:

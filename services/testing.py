@@ -66,8 +66,10 @@ class MemoryBroker(Broker):
             when the publish is not deferred to the commit).
 
     Attributes:
-        feeders: Called by `join` when no message is waiting; each returns how many
-            messages it published (the Django integration relays the outbox so).
+        feeders: Internal to Leveret's Django integration, which relays the outbox so:
+            called by `join` when no message is waiting, each returns how many messages it
+            published. Not an extension point (middleware is): it decides which messages
+            exist, as the relay does in production.
     """
 
     transport: MemoryTransport
@@ -96,7 +98,7 @@ class MemoryBroker(Broker):
         self._schedulers: list[Scheduler] = []
         self._joining = threading.local()
         if eager:
-            self.transport.after_publish = self.join_eagerly
+            self.transport.eager_join = self.join_eagerly
 
     def join_eagerly(self) -> None:
         """`join`, unless this thread is joining already (a handler that publishes comes

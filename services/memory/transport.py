@@ -77,8 +77,10 @@ class MemoryTransport(Transport):
         self.unacked: dict[str, int] = {}
         self._delayed: list[_Delayed] = []
         self._sequence = itertools.count()
-        self.after_publish: Callable[[], None] | None = None
-        """Called after each `publish`, outside the lock (`MemoryBroker`'s eager mode)."""
+        self.eager_join: Callable[[], None] | None = None
+        """Internal: `MemoryBroker`'s eager mode, called after each `publish` outside the
+        lock. Not an extension point (use middleware): it runs the handlers, and their
+        errors reach the publishing call, which a middleware hook's never do."""
         self.scheduler_leader: object | None = None  # the MemorySchedulerBackend leading
         self.scheduler_state: dict[str, datetime] = {}  # the last tick sent, per entry
         self.heartbeats: deque[bytes] = deque(maxlen=1000)  # the workers' latest heartbeats
@@ -180,8 +182,8 @@ class MemoryTransport(Transport):
             for index in range(len(items)):
                 if index not in errors:
                     middleware.publish_confirmed(True, index in unroutable, None)
-        if self.after_publish is not None:
-            self.after_publish()
+        if self.eager_join is not None:
+            self.eager_join()
         return PublishResult(unroutable, errors)
 
     def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
