@@ -49,7 +49,7 @@ from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES
+from leveret.services.runtime.options import worker_options
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.topology import naming
@@ -555,11 +555,12 @@ class Broker:
                 (which starts only when an actor has one).
             prefetch: Deliveries held unacknowledged. By default it starts at twice
                 `threads` (plus the concurrency and 8, with async handlers; see
-                `default_prefetch`) and adapts on RabbitMQ: raised while handlers are fast
-                (up to `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the
-                broker round trip does not starve the handlers, and kept low while they are
-                slow, so that a worker never hoards messages other workers could run. A
-                number fixes it.
+                `leveret.services.runtime.options.default_prefetch`) and adapts on
+                RabbitMQ: raised while handlers are fast (up to
+                `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the broker
+                round trip does not starve the handlers, and kept low while they are slow,
+                so that a worker never hoards messages other workers could run. A number
+                fixes it.
             queues: Only these queues (names without namespace) of the actors.
             shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
             max_body_bytes: Bodies larger than this are dead-lettered unread (reason
@@ -568,29 +569,29 @@ class Broker:
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
         """
-        selected = self._named(select_actors(actors, queues))
-        check_concurrency(concurrency)
-        kinds = {handler.is_async for actor in selected for handler in actor.handlers.values()}
-        sync_slots = threads if False in kinds else 0
-        async_slots = concurrency if True in kinds else 0
-        adaptive = prefetch is None
-        prefetch = default_prefetch(
-            threads, prefetch, async_slots=async_slots, sync_handlers=bool(sync_slots)
-        )
-        return Worker(
-            self.transport.consumer(
-                selected,
-                prefetch=prefetch,
-                capacity=max(1, sync_slots + async_slots),
-                adaptive=adaptive,
-            ),
-            selected,
+        options = worker_options(
+            actors,
             namespace=self.namespace,
             threads=threads,
             concurrency=concurrency,
             prefetch=prefetch,
+            queues=queues,
+            max_body_bytes=max_body_bytes,
+        )
+        return Worker(
+            self.transport.consumer(
+                options.actors,
+                prefetch=options.prefetch,
+                capacity=options.capacity,
+                adaptive=options.adaptive,
+            ),
+            options.actors,
+            namespace=self.namespace,
+            threads=threads,
+            concurrency=concurrency,
+            prefetch=options.prefetch,
             shutdown_timeout_s=shutdown_timeout_s,
-            max_body_bytes=max_body_bytes_or_default(max_body_bytes),
+            max_body_bytes=options.max_body_bytes,
             middleware=self.middleware,
         )
 
@@ -717,73 +718,3 @@ def _log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> 
             message_id=envelope.message_id,
             hint="no queue is bound to this topic: no actor handles it (yet)",
         )
-
-
-def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> list[type[Actor]]:
-    """The actors to run, restricted to `queues` when given.
-
-    Raises:
-        ConfigurationError: A queue named in `queues` belongs to none of the actors, or no
-            actor is left.
-    """
-    classes = unique_queues(actors)
-    if queues is not None:
-        wanted = set(queues)
-        unknown = wanted - {cls.queue for cls in classes}
-        if unknown:
-            raise ConfigurationError(
-                f"--queues names {sorted(unknown)}, which no given actor consumes; known: "
-                f"{sorted(cls.queue for cls in classes)}"
-            )
-        classes = [cls for cls in classes if cls.queue in wanted]
-    if not classes:
-        raise ConfigurationError("no actors to run: name modules that define actors")
-    return classes
-
-
-def check_concurrency(concurrency: int) -> None:
-    """Raise `ConfigurationError` unless `concurrency` is a whole number from 1."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigurationError(
-            f"concurrency (async handlers at once) must be a whole number of at least 1, "
-            f"not {concurrency!r}"
-        )
-
-
-def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
-    """The worker's maximum body size: `max_body_bytes`, or 16 MiB.
-
-    Raises:
-        ConfigurationError: Not a positive number of bytes.
-    """
-    if max_body_bytes is None:
-        return DEFAULT_MAX_BODY_BYTES
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or (max_body_bytes < 1)
-    ):
-        raise ConfigurationError(
-            f"max_body_bytes must be a positive number of bytes, not {max_body_bytes!r}"
-        )
-    return max_body_bytes
-
-
-def default_prefetch(
-    threads: int, prefetch: int | None, *, async_slots: int = 0, sync_handlers: bool = True
-) -> int:
-    """The first prefetch, unless given: twice the threads, for a worker of sync handlers.
-
-    With async handlers (`async_slots`: the event loop's concurrency) it is that
-    concurrency plus 8 more (a message for each async handler, a few more to cover the
-    broker round trip), plus twice the threads when there are sync handlers too.
-    """
-    if threads < 1:
-        raise ConfigurationError(f"threads must be at least 1, not {threads}")
-    if prefetch is None:
-        if async_slots:
-            return (2 * threads if sync_handlers else 0) + async_slots + 8
-        return 2 * threads
-    if prefetch < 1:
-        raise ConfigurationError(f"prefetch must be at least 1, not {prefetch}")
-    return prefetch

@@ -18,7 +18,7 @@ from leveret.actors import Actor, actors_in, configure
 from leveret.actors.schedules import schedules_in
 from leveret.schemas.errors import LeveretError
 from leveret.services import config
-from leveret.services.broker import Broker, select_actors
+from leveret.services.broker import Broker
 from leveret.services.cli._common import (
     import_path,
     namespace_option,
@@ -53,6 +53,7 @@ from leveret.services.operations.supervisor import (
     worker_command,
 )
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
+from leveret.services.runtime.options import select_actors
 from leveret.services.runtime.timelimits import warn_about_limits
 from leveret.services.runtime.worker import EXIT_FATAL
 from leveret.services.scheduling import ScheduleSource, combined
