@@ -1,0 +1,246 @@
+"""A project's middleware on both brokers: every hook is called, in order, with the right
+arguments, and a middleware whose every hook raises changes nothing."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from leveret.actors import NO_RETRY, Actor, AsyncContext, Context, RetryPolicy, handler
+from leveret.actors.retry import fixed
+from leveret.schemas import Message, wire
+from leveret.schemas.envelope import Envelope
+from leveret.services.broker import Broker
+from leveret.services.delivery import Outcome
+from leveret.services.middleware import Middleware, Publishing
+from leveret.services.runtime.worker import Worker
+from leveret.services.testing import captured_logs
+from tests.support import running, wait_until, with_middleware
+
+
+class Order(Message, topic="tests.middleware.order"):
+    n: int
+    fail: bool = False
+
+
+class Orders(Actor, queue="mw_orders"):
+    retry = NO_RETRY
+
+    @handler
+    def take(self, msg: Order, ctx: Context) -> None:
+        if msg.fail:
+            raise ValueError("order refused")
+
+
+class AsyncOrders(Actor, queue="mw_async_orders"):
+    retry = RetryPolicy(attempts=2, backoff=fixed(0))
+
+    @handler
+    async def take(self, msg: Order, ctx: AsyncContext) -> None:
+        if msg.fail:
+            raise ValueError("async order refused")
+
+
+Event = tuple[Any, ...]
+
+
+class Recording(Middleware):
+    """Writes every hook's call, with what identifies it, into a shared list."""
+
+    def __init__(self, name: str, events: list[Event]) -> None:
+        self.name, self.events, self.lock = name, events, threading.Lock()
+
+    def _add(self, *event: Any) -> None:
+        with self.lock:
+            self.events.append((self.name, *event))
+
+    def before_publish(self, publishing: Publishing) -> None:
+        self._add("before_publish", publishing.operation, publishing.routing_key)
+
+    def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
+        self._add("after_publish", tuple(publishing.message_ids), error)
+
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+        self._add("publish_confirmed", ok, returned)
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        self._add("before_handle", actor, envelope.message_id)
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        assert duration_s >= 0
+        self._add("after_handle", actor, envelope.message_id, outcome.fate)
+
+    def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
+        self._add("after_settle", actor, outcome.envelope.message_id, outcome.fate, error)
+
+    def worker_started(self, worker: Worker) -> None:
+        self._add("worker_started", worker.consuming.is_set())
+
+    def worker_stopping(self, worker: Worker) -> None:
+        self._add("worker_stopping")
+
+    def worker_stopped(self, worker: Worker) -> None:
+        self._add("worker_stopped")
+
+
+def _index(events: list[Event], *event: Any) -> int:
+    return events.index(event)
+
+
+def _run(
+    broker: Broker, events: list[Event], sends: list[tuple[type[Actor], Order]], settles: int
+) -> list[str]:
+    """Send each order through a broker running two recording middleware (`a` then `b`)
+    and a worker; return the message ids once `settles` deliveries were settled."""
+    observed = with_middleware(broker, Recording("a", events), Recording("b", events))
+    ids: list[str] = []
+    with running(observed, Orders, AsyncOrders, threads=2):
+        for actor, order in sends:
+            ids.append(observed.send(actor, order))
+        wait_until(
+            lambda: len([e for e in events if e[:2] == ("a", "after_settle")]) >= settles,
+            20,
+            "every delivery settled",
+        )
+    return ids
+
+
+@pytest.mark.rabbitmq
+def test_every_hook_runs_in_order_with_its_arguments(broker: Broker) -> None:
+    """publish → confirmed → handle → settle for each message, sync and async handlers;
+    before-hooks in the order given, after-hooks in reverse; the worker's start before
+    any delivery and its stop after every settle."""
+    events: list[Event] = []
+    sync, async_ = _run(broker, events, [(Orders, Order(n=1)), (AsyncOrders, Order(n=2))], 2)
+    queue = {sync: f"{broker.namespace}.mw_orders", async_: f"{broker.namespace}.mw_async_orders"}
+    for message_id, actor in ((sync, "mw_orders"), (async_, "mw_async_orders")):
+        sent = [
+            _index(events, name, "before_publish", "send", queue[message_id]) for name in ("a", "b")
+        ]
+        published = [
+            _index(events, name, "after_publish", (message_id,), None) for name in ("b", "a")
+        ]
+        confirms = [
+            i
+            for i, e in enumerate(events)
+            if e[1] == "publish_confirmed" and sent[1] < i < published[0]
+        ]
+        assert [events[i] for i in confirms] == [
+            ("a", "publish_confirmed", True, False),
+            ("b", "publish_confirmed", True, False),
+        ]
+        handled = [
+            _index(events, "a", "before_handle", actor, message_id),
+            _index(events, "b", "before_handle", actor, message_id),
+            _index(events, "b", "after_handle", actor, message_id, "ack"),
+            _index(events, "a", "after_handle", actor, message_id, "ack"),
+            _index(events, "b", "after_settle", actor, message_id, "ack", None),
+            _index(events, "a", "after_settle", actor, message_id, "ack", None),
+        ]
+        assert sent == sorted(sent)
+        assert published == sorted(published)
+        assert handled == sorted(handled)
+        assert sent[1] < handled[0], "handled before it was published"
+    assert events[:2] == [("a", "worker_started", False), ("b", "worker_started", False)]
+    assert events[-4:] == [
+        ("b", "worker_stopping"),
+        ("a", "worker_stopping"),
+        ("b", "worker_stopped"),
+        ("a", "worker_stopped"),
+    ]
+
+
+@pytest.mark.rabbitmq
+def test_the_outcome_reaches_after_handle_and_after_settle(broker: Broker) -> None:
+    """A dead-lettered sync message and an async one retried, then dead-lettered: each
+    attempt's fate is what the hooks see."""
+    events: list[Event] = []
+    dead, retried = _run(
+        broker,
+        events,
+        [(Orders, Order(n=3, fail=True)), (AsyncOrders, Order(n=4, fail=True))],
+        3,  # the async one is retried once
+    )
+    fates = [(e[2], e[3], e[4]) for e in events if e[:2] == ("a", "after_handle")]
+    assert ("mw_orders", dead, "dead_letter") in fates
+    assert [fate for actor, _id, fate in fates if actor == "mw_async_orders"][:1] == ["retry"]
+    settled = [(e[3], e[4], e[5]) for e in events if e[:2] == ("a", "after_settle")]
+    assert (dead, "dead_letter", None) in settled
+    assert (retried, "retry", None) in settled
+
+
+class Raising(Middleware):
+    """Every hook raises."""
+
+    def before_publish(self, publishing: Publishing) -> None:
+        raise RuntimeError("middleware bug")
+
+    def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
+        raise RuntimeError("middleware bug")
+
+    def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
+        raise RuntimeError("middleware bug")
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        raise RuntimeError("middleware bug")
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+    ) -> None:
+        raise RuntimeError("middleware bug")
+
+    def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
+        raise RuntimeError("middleware bug")
+
+    def worker_started(self, worker: Worker) -> None:
+        raise RuntimeError("middleware bug")
+
+    def worker_stopping(self, worker: Worker) -> None:
+        raise RuntimeError("middleware bug")
+
+    def worker_stopped(self, worker: Worker) -> None:
+        raise RuntimeError("middleware bug")
+
+
+@pytest.mark.rabbitmq
+def test_a_middleware_whose_every_hook_raises_changes_nothing(broker: Broker) -> None:
+    """Messages are published, handled, retried and dead-lettered as without it (sync and
+    async handlers), the worker starts and stops cleanly, and each failure is logged."""
+    observed = with_middleware(broker, Raising())
+    with captured_logs() as logs:
+        with running(observed, Orders, AsyncOrders, threads=2) as worker:
+            observed.send(Orders, Order(n=1))
+            observed.send(AsyncOrders, Order(n=2))
+            observed.send(Orders, Order(n=3, fail=True))
+            observed.send(AsyncOrders, Order(n=4, fail=True))
+            wait_until(
+                lambda: (
+                    worker.stats.handled == 2
+                    and worker.stats.retried == 1
+                    and worker.stats.dead_lettered == 2
+                ),
+                20,
+                "two handled, one retried, two dead-lettered",
+            )
+            assert worker.threads_alive()
+        assert worker.shutdown(10) == 0
+    [sync_letter] = broker.dead_letters(Orders)
+    [async_letter] = broker.dead_letters(AsyncOrders)
+    assert sync_letter.headers[wire.ERROR_REASON] == "handler_error"
+    assert async_letter.headers[wire.ERROR_REASON] == "retries_exhausted"
+    failed = {e["hook"] for e in logs if e["event"] == "middleware_hook_failed"}
+    assert failed == {
+        "before_publish",
+        "after_publish",
+        "publish_confirmed",
+        "before_handle",
+        "after_handle",
+        "after_settle",
+        "worker_started",
+        "worker_stopping",
+        "worker_stopped",
+    }
