@@ -280,23 +280,23 @@ def schedule(
     return _define(name, when, message, to, catch_up, max_catch_up, module)
 
 
-def build_schedule(
-    name: str,
-    when: When,
-    *,
-    message: MessageSource,
-    to: ActorRef | None = None,
-    catch_up: CatchUp = "skip",
-    max_catch_up: int = 100,
-    module: str = "",
-) -> Schedule:
-    """A schedule entry checked like `schedule`'s, but not registered: for entries kept
-    elsewhere than in modules (a database), whose names may change at any time.
+def check_schedule(entry: Schedule) -> Schedule:
+    """`entry` checked like `schedule`'s, but not registered: for entries kept elsewhere
+    than in modules (a database), whose names may change at any time.
 
     Raises:
         DefinitionError: Anything wrong, naming the entry.
     """
-    return _define(name, when, message, to, catch_up, max_catch_up, module, register=False)
+    return _define(
+        entry.name,
+        entry.when,
+        entry.message,
+        entry.to,
+        entry.catch_up,
+        entry.max_catch_up,
+        entry.module,
+        register=False,
+    )
 
 
 def periodic(

@@ -168,7 +168,7 @@ class ScheduledMessage(models.Model):
         Raises:
             DefinitionError: A bad expression, zone, topic, payload or actor.
         """
-        from leveret.actors.schedules import build_schedule, cron, every
+        from leveret.actors.schedules import Schedule, check_schedule, cron, every
         from leveret.django.registry import project_actors
         from leveret.schemas.errors import DefinitionError
         from leveret.schemas.message import message_class
@@ -201,14 +201,16 @@ class ScheduledMessage(models.Model):
                     f"schedule {self.name!r}: no actor of LEVERET['ACTORS'] has queue "
                     f"{self.actor!r}"
                 )
-        return build_schedule(
-            self.name,
-            when,
-            message=message,
-            to=target,
-            catch_up=self.catch_up,
-            max_catch_up=self.max_catch_up,
-            module="database",
+        return check_schedule(
+            Schedule(
+                self.name,
+                when,
+                message,
+                target,
+                self.catch_up,
+                self.max_catch_up,
+                module="database",
+            )
         )
 
 
