@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
+from click.decorators import FC
 
 from leveret.schemas.errors import LeveretError
 from leveret.services import config
@@ -26,6 +28,34 @@ namespace_option = click.option(
     default=None,
     help=f"Prefix of every exchange and queue. Env: {config.NAMESPACE_ENV}; default leveret.",
 )
+
+
+def seconds_option(
+    flag: str, name: str, *, default: float, at_least: float, help: str
+) -> Callable[[FC], FC]:
+    """An option in seconds (a float of at least `at_least`), its default shown."""
+    return click.option(
+        flag,
+        name,
+        type=click.FloatRange(min=at_least),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def management_url_option(help: str) -> Callable[[FC], FC]:
+    """--management-url: RabbitMQ's management API, `help` saying what the command asks it."""
+    return click.option(
+        "--management-url", envvar="LEVERET_MANAGEMENT_URL", default=None, help=help
+    )
+
+
+def no_management_option(help: str) -> Callable[[FC], FC]:
+    """--no-management: AMQP only, `help` saying what the command does without the API."""
+    return click.option("--no-management", is_flag=True, help=help)
+
+
 log_options = [
     click.option(
         "--log-level",

@@ -7,7 +7,12 @@ import os
 import click
 
 from leveret.services import config
-from leveret.services.cli._common import import_path, namespace_option, url_option
+from leveret.services.cli._common import (
+    import_path,
+    management_url_option,
+    namespace_option,
+    url_option,
+)
 from leveret.services.observability.logs import configure_logging
 
 TOKEN_ENV = config.DASHBOARD_TOKEN_ENV
@@ -65,13 +70,10 @@ def _allowed_hosts(
     type=click.FloatRange(1, 3600),
     help="Seconds between the overview's refreshes in the browser.",
 )
-@click.option(
-    "--management-url",
-    envvar="LEVERET_MANAGEMENT_URL",
-    default=None,
-    help="RabbitMQ management API (rates, unacked; the queue figures while AMQP is down) "
+@management_url_option(
+    "RabbitMQ management API (rates, unacked; the queue figures while AMQP is down) "
     '[http://BROKER-HOST:15672/ with the broker URL\'s credentials]; "" for AMQP only. '
-    "Env: LEVERET_MANAGEMENT_URL.",
+    "Env: LEVERET_MANAGEMENT_URL."
 )
 def dashboard(
     modules: tuple[str, ...],

@@ -6,7 +6,12 @@ import click
 
 from leveret.actors import actors_in
 from leveret.services import config
-from leveret.services.cli._common import import_path, url_option
+from leveret.services.cli._common import (
+    import_path,
+    management_url_option,
+    no_management_option,
+    url_option,
+)
 from leveret.services.observability.logs import configure_logging
 from leveret.services.observability.redaction import redact
 from leveret.services.topology import naming
@@ -20,18 +25,13 @@ from leveret.services.topology import naming
     required=True,
     help="The namespace to delete (given here: never taken from LEVERET_NAMESPACE).",
 )
-@click.option(
-    "--management-url",
-    envvar="LEVERET_MANAGEMENT_URL",
-    default=None,
-    help="RabbitMQ's management API, which lists every actor queue of the namespace "
+@management_url_option(
+    "RabbitMQ's management API, which lists every actor queue of the namespace "
     "[http://BROKER-HOST:15672/ with the broker URL's credentials]. Env: "
-    "LEVERET_MANAGEMENT_URL.",
+    "LEVERET_MANAGEMENT_URL."
 )
-@click.option(
-    "--no-management",
-    is_flag=True,
-    help="Use AMQP only: the namespace's own objects and the queues of the actors in MODULES.",
+@no_management_option(
+    "Use AMQP only: the namespace's own objects and the queues of the actors in MODULES."
 )
 @click.option("--yes", is_flag=True, help="Delete what is listed (without it, only list).")
 @click.option(

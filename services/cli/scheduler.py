@@ -16,6 +16,7 @@ from leveret.services.broker import Broker
 from leveret.services.cli._common import (
     import_path,
     namespace_option,
+    seconds_option,
     setup_logging,
     url_option,
     with_log_options,
@@ -32,21 +33,19 @@ from leveret.services.scheduling import (
 
 log = get_logger("leveret.scheduler")
 
-grace_option = click.option(
+grace_option = seconds_option(
     "--grace",
     "grace_s",
-    type=click.FloatRange(min=1),
     default=DEFAULT_GRACE_S,
-    show_default=True,
+    at_least=1,
     help="Seconds: ticks this late are still sent (by a new leader, or after the leader's "
     "clock jumped ahead or it stalled); older ones follow each entry's catch-up policy.",
 )
-poll_option = click.option(
+poll_option = seconds_option(
     "--lock-poll",
     "poll_s",
-    type=click.FloatRange(min=0.1),
     default=DEFAULT_POLL_S,
-    show_default=True,
+    at_least=0.1,
     help="Seconds between a follower's attempts to take the lead.",
 )
 

@@ -12,7 +12,14 @@ import click
 
 from leveret.actors import Actor, actors_in
 from leveret.services.broker import Broker
-from leveret.services.cli._common import import_path, namespace_option, url_option
+from leveret.services.cli._common import (
+    import_path,
+    management_url_option,
+    namespace_option,
+    no_management_option,
+    seconds_option,
+    url_option,
+)
 from leveret.services.operations.status import StatusReader, Warning
 from leveret.services.operations.status_table import render
 
@@ -38,35 +45,27 @@ class StatusSetup:
 @namespace_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (per refresh).")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
-@click.option(
+@seconds_option(
     "--interval",
-    type=click.FloatRange(min=0.5),
+    "interval",
     default=2.0,
-    show_default=True,
+    at_least=0.5,
     help="Seconds between two refreshes with --watch; without rates from the management "
     "API, also how far apart two looks at the .dlqs are (to see whether they grow).",
 )
-@click.option(
-    "--management-url",
-    envvar="LEVERET_MANAGEMENT_URL",
-    default=None,
-    help="RabbitMQ's management API for unacked counts and rates [http://BROKER-HOST:15672/ "
-    "with the broker URL's credentials]. Env: LEVERET_MANAGEMENT_URL.",
+@management_url_option(
+    "RabbitMQ's management API for unacked counts and rates [http://BROKER-HOST:15672/ "
+    "with the broker URL's credentials]. Env: LEVERET_MANAGEMENT_URL."
 )
-@click.option(
+@seconds_option(
     "--wait",
     "first_wait",
-    type=click.FloatRange(min=0),
     default=6.0,
-    show_default=True,
+    at_least=0,
     help="How long the first look at a namespace waits for heartbeats (a little over the "
     "workers' --heartbeat-interval).",
 )
-@click.option(
-    "--no-management",
-    is_flag=True,
-    help="Use AMQP only (ready messages and consumers; no rates).",
-)
+@no_management_option("Use AMQP only (ready messages and consumers; no rates).")
 def status(
     modules: tuple[str, ...],
     broker_url: str | None,
