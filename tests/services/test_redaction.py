@@ -75,9 +75,17 @@ def urls(draw: st.DrawFn, scheme_of: st.SearchStrategy[str] = schemes) -> tuple[
         ("amqps://u:a b@h1, amqps://v:c d@h2/", "amqps://u:***@h1, amqps://v:***@h2/"),
         ("amqp://u:a://b c@h", "amqp://u:***@h"),
         ("line amqp://u:one two@h\nnext line x@y", "line amqp://u:***@h\nnext line x@y"),
+        ("AMQP://guest:guest@localhost:5672/", "AMQP://guest:***@localhost:5672/"),
+        ("amqp://app:p@ss/w#rd@rabbit:5672/prod", "amqp://app:***@rabbit:5672/prod"),
+        ("connect to amqps://u:a:b%40c@h/v failed", "connect to amqps://u:***@h/v failed"),
+        ("amqp://:only@h", "amqp://:***@h"),
+        ("amqp://a:1@h1,amqp://b:2@h2", "amqp://a:***@h1,amqp://b:***@h2"),
+        ("postgresql+psycopg://app:x,y@db/shop", "postgresql+psycopg://app:***@db/shop"),
+        ("memory://", "memory://"),
+        ("amqp://user@h/", "amqp://user@h/"),
     ],
 )
-def test_a_password_holding_spaces_quotes_or_anything_is_hidden(text: str, redacted: str) -> None:
+def test_any_password_is_hidden_and_text_without_one_kept(text: str, redacted: str) -> None:
     assert redact(text) == redacted
 
 
