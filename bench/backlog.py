@@ -13,7 +13,6 @@ deleted at the end. `tests/faults/test_backlog_memory.py` runs the same check at
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import argument_parser
 from leveret.services import RabbitBroker
 from leveret.services.observability.logs import configure_logging
 from leveret.services.topology import naming
@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     """Run the measurement and print one line per sample, then a summary."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser = argument_parser(None, __doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--prefetch", type=int, default=4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,6 +12,31 @@ from dataclasses import dataclass
 
 TOPIC = "bench.ping"
 PAYLOAD = "x" * 64
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def argument_parser(prog: str | None, description: str | None) -> argparse.ArgumentParser:
+    """A bench module's command line, with the --url of the RabbitMQ it runs against."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--url", default=DEFAULT_URL)
+    return parser
+
+
+def rabbitmqctl_names(kind: str, *, timeout_s: float, check: bool) -> list[str]:
+    """The names of the broker's `kind` (``queues``, ``exchanges``), from ``rabbitmqctl``.
+
+    Raises:
+        subprocess.CalledProcessError: rabbitmqctl failed (with `check`; without it, the
+            names are those it printed, often none).
+    """
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", f"list_{kind}", "name"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=check,
+    ).stdout
+    return [line for line in listed.split() if line != "name"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,14 +23,14 @@ from typing import Any
 
 import pika
 
+from bench.common import argument_parser
 from leveret.services.topology import naming
 
 RESULTS = Path(__file__).parent / "results" / "dashboard-latest.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__)
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser = argument_parser("python -m bench.dashboard", __doc__)
     parser.add_argument("--actors", type=int, default=500)
     parser.add_argument("--requests", type=int, default=10, help="timed requests per page")
     parser.add_argument("--output", type=Path, default=RESULTS)

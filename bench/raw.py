@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -53,6 +54,18 @@ class RawBench:
 
     def _channel(self) -> _Blocking:
         return _Blocking(self.params)
+
+    def _consume(
+        self, on_message: Callable[..., None], ready: threading.Event | None = None
+    ) -> None:
+        """Consume the queue with the run's prefetch until `on_message` stops consuming;
+        `ready` is set once the consumer is in place."""
+        with self._channel() as channel:
+            channel.basic_qos(prefetch_count=self.settings.prefetch)
+            channel.basic_consume(self.queue, on_message)
+            if ready is not None:
+                ready.set()
+            channel.start_consuming()
 
     def purge(self) -> None:
         """Empty the queue."""
@@ -99,10 +112,7 @@ class RawBench:
                 channel.stop_consuming()
 
         clock.start()
-        with self._channel() as channel:
-            channel.basic_qos(prefetch_count=self.settings.prefetch)
-            channel.basic_consume(self.queue, on_message)
-            channel.start_consuming()
+        self._consume(on_message)
         clock.stop()
         return clock
 
@@ -119,11 +129,7 @@ class RawBench:
                 if len(samples) >= count:
                     channel.stop_consuming()
 
-            with self._channel() as channel:
-                channel.basic_qos(prefetch_count=self.settings.prefetch)
-                channel.basic_consume(self.queue, on_message)
-                ready.set()
-                channel.start_consuming()
+            self._consume(on_message, ready)
 
         consumer = threading.Thread(target=consume, name="raw-consumer", daemon=True)
         consumer.start()

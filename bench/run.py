@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -23,10 +24,12 @@ from typing import Any
 
 import pika
 
-from bench.common import Settings
+from bench.common import Settings, argument_parser, rabbitmqctl_names
 from bench.iobound import print_io_bound, run_io_bound
 from bench.leveret_side import LeveretBench
 from bench.raw import RawBench
+from bench.sink import Sink
+from leveret.services import RabbitBroker
 from leveret.services.observability import tracing
 from leveret.services.observability.logs import configure_logging
 
@@ -56,8 +59,7 @@ with its plain drain of the same run (and with raw pika's drain of the same run)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser = argument_parser("python -m bench", __doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each scenario")
     parser.add_argument("--single", type=int, default=2000, help="messages, one confirm each")
     parser.add_argument("--many", type=int, default=20000, help="messages, pipelined confirms")
@@ -402,18 +404,22 @@ def _best_effort(action: Callable[[], None]) -> None:
         print(f"cleanup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def remove_sink_run(broker: RabbitBroker, url: str, work_dir: Path) -> None:
+    """Undo a run of processes feeding the `Sink`, each step best effort: its queue, the
+    namespace's exchanges and leftovers, the broker connection and the run's files."""
+    _best_effort(lambda: broker.delete(Sink))
+    _best_effort(broker.delete_namespace_exchanges)
+    _best_effort(broker.close)
+    _best_effort(lambda: check_clean(url, broker.namespace))
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
 def check_clean(url: str, namespace: str) -> None:
     """Delete anything of the namespace still on the broker (needs rabbitmqctl to list)."""
     leftovers: dict[str, list[str]] = {}
     for kind in ("queues", "exchanges"):
         try:
-            listed = subprocess.run(
-                ["rabbitmqctl", "-q", f"list_{kind}", "name"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.split()
+            listed = rabbitmqctl_names(kind, timeout_s=30, check=True)
         except (OSError, subprocess.SubprocessError):
             return
         leftovers[kind] = [name for name in listed if name.startswith(namespace + ".")]

@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import PAYLOAD
-from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, check_clean
+from bench.common import PAYLOAD, argument_parser
+from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, remove_sink_run
 from bench.sink import RECORD_DIR_ENV, Sink, Tick, raw_consume
 from leveret.services import RabbitBroker, config
 from leveret.services.observability.logs import configure_logging
@@ -40,8 +39,7 @@ RESULTS = Path(__file__).parent / "results" / "scaling-latest.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser = argument_parser("python -m bench.scaling", __doc__)
     parser.add_argument("--messages", type=int, default=60_000, help="messages per drain")
     parser.add_argument("--processes", default="1,2,4", help="comma-separated process counts")
     parser.add_argument("--threads", type=int, default=8, help="Leveret handler threads")
@@ -152,11 +150,7 @@ class Scaling:
     def close(self) -> None:
         if self._stop is not None:
             _best_effort(self._stop)
-        _best_effort(lambda: self.broker.delete(Sink))
-        _best_effort(self.broker.delete_namespace_exchanges)
-        _best_effort(self.broker.close)
-        _best_effort(lambda: check_clean(self.args.url, self.namespace))
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        remove_sink_run(self.broker, self.args.url, self.work_dir)
 
 
 def _lines(directory: Path) -> Any:

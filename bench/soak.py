@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -28,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, check_clean
+from bench.common import argument_parser
+from bench.run import _best_effort, _rabbitmq_version, _raise_interrupt, remove_sink_run
 from bench.sink import RECORD_DIR_ENV, Sink, Tally, Tick
 from leveret.services import RabbitBroker, config
 from leveret.services.observability.logs import configure_logging
@@ -39,8 +39,7 @@ RESULTS = Path(__file__).parent / "results" / "soak-latest.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser = argument_parser("python -m bench.soak", __doc__)
     parser.add_argument("--messages", type=int, default=200_000, help="messages to publish")
     parser.add_argument("--processes", type=int, default=4, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="handler threads per process")
@@ -243,11 +242,7 @@ class Soak:
     def close(self) -> None:
         """Stop the supervisor if still running; delete the namespace; remove the files."""
         _best_effort(self._ensure_stopped)
-        _best_effort(lambda: self.broker.delete(Sink))
-        _best_effort(self.broker.delete_namespace_exchanges)
-        _best_effort(self.broker.close)
-        _best_effort(lambda: check_clean(self.args.url, self.namespace))
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        remove_sink_run(self.broker, self.args.url, self.work_dir)
 
 
 def run_to_the_end(soak: Soak) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pika
 
-from bench.common import PAYLOAD, pace, percentile
+from bench.common import PAYLOAD, pace, percentile, rabbitmqctl_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -292,14 +292,7 @@ def _objects() -> dict[str, set[str]]:
     """The broker's queues and exchanges now (rabbitmqctl), to delete what a peer added."""
     found: dict[str, set[str]] = {}
     for kind in ("queues", "exchanges"):
-        out = subprocess.run(
-            ["rabbitmqctl", "-q", f"list_{kind}", "name"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout
-        found[kind] = {line for line in out.split() if line and line != "name"}
+        found[kind] = set(rabbitmqctl_names(kind, timeout_s=60, check=False))
     return found
 
 
