@@ -12,31 +12,23 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leveret import Actor, Message, Tick, actor, cron, every, handler, periodic, schedule
+from leveret import Message, Tick, actor, cron, every, periodic, schedule
 from leveret.actors.schedules import schedules_in
 from leveret.schemas.errors import DefinitionError
-
-
-class Report(Message, topic="tests.schedules.report"):
-    day: str
+from tests.beats import Beat, Beats
 
 
 class Other(Message, topic="tests.schedules.other"):
+    """A message `Beats` does not handle."""
+
     n: int
-
-
-class Reports(Actor, queue="tests.schedules.reports"):
-    time_limit_s = 10
-
-    @handler
-    def on(self, msg: Report) -> None: ...
 
 
 nightly = schedule(
     "tests-nightly",
     cron("30 2 * * *", tz="Europe/Berlin"),
-    message=lambda at: Report(day=at.date().isoformat()),
-    to=Reports,
+    message=lambda at: Beat(n=int(at.timestamp())),
+    to=Beats,
     catch_up="latest",
 )
 
@@ -80,7 +72,7 @@ def test_schedules_are_found_in_their_module() -> None:
             "letters, digits",
         ),
         (
-            lambda: schedule("wrong-target", every(seconds=1), message=Other(n=1), to=Reports),
+            lambda: schedule("wrong-target", every(seconds=1), message=Other(n=1), to=Beats),
             "schedule 'wrong-target'.*no handler",
         ),
         (
