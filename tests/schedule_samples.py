@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from leveret import Actor, Message, every, handler, schedule
-
-
-class Second(Message, topic="tests.schedules.second"):
-    at: datetime
+from leveret import Actor, every, handler, schedule
+from tests.beats import Beat
 
 
 class Seconds(Actor, queue="schedules.seconds"):
     time_limit_s = 5
 
     @handler
-    def on(self, msg: Second) -> None: ...
+    def on(self, msg: Beat) -> None: ...
 
 
 every_second = schedule(
-    "tests-every-second", every(seconds=1), message=lambda at: Second(at=at), to=Seconds
+    "tests-every-second",
+    every(seconds=1),
+    message=lambda at: Beat(n=int(at.timestamp())),
+    to=Seconds,
 )
