@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pika
+from hypothesis import HealthCheck, settings
 
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.schedules import Schedule
@@ -39,14 +41,18 @@ RABBITMQCTL = shlex.split(os.environ.get("LEVERET_TEST_RABBITMQCTL", "rabbitmqct
 
 
 def run_python(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python *args`` at the repository's root, importable, and wait for it: its
-    output captured as text, its exit status not checked (the test does)."""
+    """Run ``python *args`` at the repository's root, importable, and wait for it (`stdin`
+    its input): its output captured as text, its exit status not checked (the test does)."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -54,9 +60,11 @@ def run_python(
     )
 
 
-def leveret_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def leveret_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the ``leveret`` command with `args` in a child process (see `run_python`)."""
-    return run_python("-m", "leveret.services.cli", *args, env=env)
+    return run_python("-m", "leveret.services.cli", *args, env=env, stdin=stdin)
 
 
 def tick_once(broker: Broker, entry: Schedule) -> None:
@@ -91,6 +99,33 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
         time.sleep(0.02)
+
+
+def broker_examples(count: int) -> settings:
+    """Hypothesis's settings for a property tried on a broker: `count` examples, no
+    deadline, none stored, and the test's fixtures shared by all its examples (they are
+    slow to make, and each example cleans up after itself)."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+class KeptRecords(logging.Handler):
+    """A logging handler keeping every record it is given, for a test to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def named(self, event: str) -> list[logging.LogRecord]:
+        """The records of `event` (Leveret's records carry the event name as `msg`)."""
+        return [record for record in self.records if record.msg == event]
 
 
 class Recorder:

@@ -23,6 +23,7 @@ from tests.django.plugin_actors import Complaint, Grumpy, Note, Tally
 from tests.proxy import TcpProxy
 from tests.support import (
     ROOT,
+    KeptRecords,
     LoggedProcess,
     fill_until_refused,
     queue_policy,
@@ -35,20 +36,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"
 
 
-class Collect(logging.Handler):
-    """A project's handler (as LOGGING would configure one), keeping the records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def project_handler() -> Iterator[Collect]:
-    handler = Collect()
+def project_handler() -> Iterator[KeptRecords]:
+    handler = KeptRecords()
     root = logging.getLogger()
     root.addHandler(handler)
     yield handler
@@ -63,7 +53,7 @@ def dead_broker() -> Iterator[Broker]:
 
 
 def test_a_message_lost_at_commit_reaches_the_projects_log_handlers(
-    project_handler: Collect, dead_broker: Broker
+    project_handler: KeptRecords, dead_broker: Broker
 ) -> None:
     dispatcher = TransactionalDispatcher(dead_broker)
     with transaction.atomic():
@@ -78,7 +68,7 @@ def test_a_message_lost_at_commit_reaches_the_projects_log_handlers(
 
 
 def test_a_transactions_messages_share_one_deadline_at_commit_when_the_broker_is_down(
-    project_handler: Collect, dead_broker: Broker
+    project_handler: KeptRecords, dead_broker: Broker
 ) -> None:
     """A view publishing six messages in one transaction with the broker down: the commit
     returns within one connect deadline (5 s), not one per message, and every message is
@@ -98,7 +88,7 @@ def test_a_transactions_messages_share_one_deadline_at_commit_when_the_broker_is
 
 
 def test_one_message_without_a_confirm_does_not_stop_the_rest_of_its_transaction(
-    rabbit_url: str, namespace: str, project_handler: Collect
+    rabbit_url: str, namespace: str, project_handler: KeptRecords
 ) -> None:
     """At commit, a message its queue keeps refusing (full, reject-publish: nacked until
     its timeout) is logged as lost, and the transaction's next message, to a queue that

@@ -27,7 +27,7 @@ from leveret.schemas.errors import InvalidArgument
 from leveret.services import RabbitBroker
 from leveret.services.broker import OutgoingMessage
 from tests.django.conftest import drain
-from tests.support import wait_until
+from tests.support import KeptRecords, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
@@ -51,23 +51,9 @@ DEEPER_JSON = "[" * 12_000 + "]" * 12_000
 max_stack_depth): the row is stored, and cannot even be read."""
 
 
-class Events(logging.Handler):
-    """Keeps the relay's log records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def named(self, event: str) -> list[logging.LogRecord]:
-        return [record for record in self.records if record.msg == event]
-
-
 @pytest.fixture
-def relay_events() -> Iterator[Events]:
-    handler = Events()
+def relay_events() -> Iterator[KeptRecords]:
+    handler = KeptRecords()
     logger = logging.getLogger("leveret.relay")
     logger.addHandler(handler)
     yield handler
@@ -116,7 +102,7 @@ def _raw_row(db_alias: str, group: str, headers_json: str, delay_s: int) -> int:
 
 
 def test_rows_that_cannot_be_built_are_set_aside_and_the_rest_flow(
-    shop_broker: RabbitBroker, db_alias: str, relay_events: Events
+    shop_broker: RabbitBroker, db_alias: str, relay_events: KeptRecords
 ) -> None:
     """Eight kinds of unbuildable or refused rows (ORM) and one raw-SQL row among 40 good
     ones, one of them inside a good transaction: every good row arrives exactly once, each

@@ -12,7 +12,7 @@ from typing import Any
 
 import pika
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from leveret.actors import Actor, Context, handler
@@ -22,7 +22,7 @@ from leveret.services.operations.health import HealthServer, WorkerProbe
 from leveret.services.runtime.worker import Worker
 from leveret.services.topology import naming
 from tests.raw_amqp import RawHeaders, client, far_timestamp, nested_tables
-from tests.support import Recorder, get_health, running, wait_until
+from tests.support import Recorder, broker_examples, get_health, running, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -149,12 +149,7 @@ def sink(rabbit_broker: RabbitBroker, rabbit_url: str) -> Iterator[Running]:
 _sequence = itertools.count(1)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@broker_examples(40)
 @given(batch=st.lists(foreign_messages(), min_size=1, max_size=5))
 def test_every_foreign_message_ends_handled_or_dead_lettered_once(
     sink: Running, batch: list[tuple[pika.BasicProperties, bytes]]

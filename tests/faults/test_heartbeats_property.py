@@ -15,7 +15,7 @@ from typing import Any
 
 import pika
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from leveret.services import RabbitBroker
@@ -31,6 +31,7 @@ from tests.faults.test_foreign_messages_property import (
     texts,
 )
 from tests.raw_amqp import RawHeaders, client, far_timestamp, nested_tables
+from tests.support import broker_examples
 
 pytestmark = [pytest.mark.fault]
 
@@ -163,12 +164,7 @@ def reader(rabbit_broker: RabbitBroker) -> StatusReader:
     return reader
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@broker_examples(60)
 @given(batch=st.lists(messages(), min_size=1, max_size=5))
 def test_status_survives_any_heartbeat_and_shows_the_real_worker_as_itself(
     rabbit_url: str,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from leveret.actors.schedules import valid_schedule_name
@@ -23,7 +23,7 @@ from tests.beats import T0, Beats, Clock, beat_schedule
 from tests.hostile_states import POISON_TICK, hostile_bodies, state, state_bodies
 from tests.raw_amqp import client
 from tests.schedule_samples import Seconds, every_second
-from tests.support import LoggedProcess, take_all, tick_once, wait_until
+from tests.support import LoggedProcess, broker_examples, take_all, tick_once, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -101,12 +101,7 @@ def test_a_hostile_state_neither_stops_nor_silences_the_next_leader(
     assert all(valid_schedule_name(entry) for entry in stored)
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@broker_examples(30)
 @given(bodies=st.lists(state_bodies(ENTRY), min_size=1, max_size=3))
 def test_whatever_a_client_appends_to_the_stream_the_leader_ticks_on_time(
     rabbit_broker: RabbitBroker, lead: Lead, bodies: list[bytes]

@@ -4,7 +4,6 @@ when told, and never touches another namespace (on the real RabbitMQ)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pika
@@ -14,29 +13,20 @@ from leveret.services import RabbitBroker
 from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.sample_actors import Jobs
-from tests.support import ROOT, rabbitmqctl_list, running, wait_until
+from tests.support import leveret_cli, rabbitmqctl_list, running, wait_until
 
 
 def delete_namespace(
     broker: RabbitBroker, *args: str, namespace: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `leveret delete-namespace ARGS` against `broker`'s RabbitMQ."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leveret.services.cli",
-            "delete-namespace",
-            *args,
-            "--broker-url",
-            broker.url,
-            "--namespace",
-            namespace or broker.namespace,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return leveret_cli(
+        "delete-namespace",
+        *args,
+        "--broker-url",
+        broker.url,
+        "--namespace",
+        namespace or broker.namespace,
     )
 
 

@@ -24,30 +24,15 @@ from leveret.services.testing import memory_broker
 from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, dlq_lock_held, running, take_all, wait_until
+from tests.support import ROOT, dlq_lock_held, leveret_cli, running, take_all, wait_until
 
 
 def dlq(
     broker: RabbitBroker, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `leveret dlq ARGS` against `broker`'s RabbitMQ and namespace."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leveret.services.cli",
-            "dlq",
-            *args,
-            "--broker-url",
-            broker.url,
-            "--namespace",
-            broker.namespace,
-        ],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return leveret_cli(
+        "dlq", *args, "--broker-url", broker.url, "--namespace", broker.namespace, stdin=stdin
     )
 
 
