@@ -55,24 +55,22 @@ def test_a_message_published_right_after_migrate_reaches_a_new_actor(
         publisher.close()
 
 
+UNREACHABLE = {
+    "BROKER_URL": DEAD_BROKER,
+    "TEST_BROKER_URL": None,
+    "NAMESPACE": "deploys",
+    "ACTORS": ["tests.django.plugin_actors"],
+}
+"""Settings whose broker cannot be reached, even by the tests."""
+
+
 def test_migrate_fails_when_it_cannot_declare(settings: Settings) -> None:
-    settings.LEVERET = {
-        "BROKER_URL": DEAD_BROKER,
-        "TEST_BROKER_URL": None,
-        "NAMESPACE": "deploys",
-        "ACTORS": ["tests.django.plugin_actors"],
-    }
+    settings.LEVERET = UNREACHABLE
     with pytest.raises(CommandError, match="DECLARE_ON_MIGRATE") as raised:
         call_command("migrate", verbosity=0)
     assert "unreachable" in str(raised.value)
 
 
 def test_declaring_at_migrate_can_be_turned_off(settings: Settings) -> None:
-    settings.LEVERET = {
-        "BROKER_URL": DEAD_BROKER,
-        "TEST_BROKER_URL": None,
-        "NAMESPACE": "deploys",
-        "ACTORS": ["tests.django.plugin_actors"],
-        "DECLARE_ON_MIGRATE": False,
-    }
+    settings.LEVERET = {**UNREACHABLE, "DECLARE_ON_MIGRATE": False}
     call_command("migrate", verbosity=0)  # nothing to declare, nothing to fail

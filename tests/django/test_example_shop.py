@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from leveret.django import TransactionalDispatcher
 from leveret.services import RabbitBroker
 from leveret.services.testing import memory_broker
 from tests.django.conftest import drain
-from tests.support import RABBIT_URL, ROOT, wait_until
+from tests.support import RABBIT_URL, ROOT, LoggedProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -125,50 +124,28 @@ def test_order_flow_end_to_end_with_a_worker_process(shop_broker: RabbitBroker) 
     RabbitMQ) sends the confirmation and takes the stock, once."""
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"leveret-shop-{time.monotonic_ns()}.log"
     env = _shop_env(shop_broker)
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "leveret_worker",
-                "--threads",
-                "2",
-                "--log-format",
-                "json",
-            ],
-            cwd=SHOP,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    worker = LoggedProcess(
+        [sys.executable, "manage.py", "leveret_worker", "--threads", "2", "--log-format", "json"],
+        log_path,
+        env=env,
+        cwd=SHOP,
+    )
+    try:
+        worker.wait_consuming(30)
+        configure(TransactionalDispatcher(shop_broker))
+        product = Product.objects.create(name="tea", stock=10)
+        order = _order(Client(), product, quantity=4)
+        wait_until(
+            lambda: Confirmation.objects.filter(order_id=order["order_id"]).exists(),
+            30,
+            "the confirmation",
         )
-        try:
-            wait_until(
-                lambda: "worker_consuming" in log_path.read_text() or worker.poll() is not None,
-                30,
-                "the worker to consume",
-            )
-            assert worker.poll() is None, log_path.read_text()
-            configure(TransactionalDispatcher(shop_broker))
-            product = Product.objects.create(name="tea", stock=10)
-            order = _order(Client(), product, quantity=4)
-            wait_until(
-                lambda: Confirmation.objects.filter(order_id=order["order_id"]).exists(),
-                30,
-                "the confirmation",
-            )
-            wait_until(
-                lambda: Product.objects.get(id=product.id).stock == 6, 30, "the stock update"
-            )
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+        wait_until(lambda: Product.objects.get(id=product.id).stock == 6, 30, "the stock update")
+    finally:
+        worker.stop_gracefully(30)
     output = log_path.read_text()
     assert output.count('"message_handled"') == 2, output
-    assert worker.returncode == 0, output
+    assert worker.process.returncode == 0, output
 
 
 def test_leveret_relay_command_sends_pending_outbox_rows(shop_broker: RabbitBroker) -> None:

@@ -5,8 +5,6 @@ runs what a foreign message names unless it is one of the project's tasks."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +23,7 @@ from leveret.schemas import wire
 from leveret.services import RabbitBroker
 from leveret.services.testing import MemoryBroker
 from tests.django.test_example_shop import SHOP, _shop_env
-from tests.support import wait_until
+from tests.support import LoggedProcess, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -121,28 +119,21 @@ def test_a_task_runs_end_to_end_on_rabbitmq_with_a_worker_process(
     """`manage.py migrate` declared the task queue; `manage.py leveret_worker` runs it."""
     shop_broker.declare(DEFAULT)  # what migrate does; and deleted afterwards
     log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "leveret_worker", "--threads", "1"],
-            cwd=SHOP,
-            env=_shop_env(shop_broker),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(
-                lambda: "worker_consuming" in log_path.read_text() or worker.poll() is not None,
-                30,
-                "the worker to consume",
-            )
-            assert "tasks.default" in log_path.read_text()
-            configure(TransactionalDispatcher(shop_broker))
-            with transaction.atomic():
-                restock.enqueue(product.id, 7)
-            wait_until(lambda: Product.objects.get(id=product.id).stock == 17, 30, "the task")
-        finally:
-            configure(None)
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(30)
-    assert worker.returncode == 0, log_path.read_text()
+    worker = LoggedProcess(
+        [sys.executable, "manage.py", "leveret_worker", "--threads", "1"],
+        log_path,
+        env=_shop_env(shop_broker),
+        cwd=SHOP,
+    )
+    try:
+        worker.wait_consuming(30)
+        assert "tasks.default" in log_path.read_text()
+        configure(TransactionalDispatcher(shop_broker))
+        with transaction.atomic():
+            restock.enqueue(product.id, 7)
+        wait_until(lambda: Product.objects.get(id=product.id).stock == 17, 30, "the task")
+    finally:
+        configure(None)
+        worker.stop_gracefully(30)
+    assert worker.process.returncode == 0, log_path.read_text()
     assert '"task_done"' in log_path.read_text()
