@@ -80,6 +80,16 @@ def at(*seconds: int) -> list[str]:
     return [(T0 + timedelta(seconds=s)).isoformat() for s in seconds]
 
 
+def lead_and_go(scheduler: Scheduler, clock: Clock, seconds: float) -> int:
+    """`scheduler` takes the lead, sends what falls due in `seconds`, and goes: how many
+    ticks it sent."""
+    assert scheduler.take_lead()
+    clock.advance(seconds)
+    count = scheduler.step()
+    scheduler.close()
+    return count
+
+
 def test_one_leader_at_a_time(start: Start) -> None:
     first, second = start(), start()
     assert first.take_lead()
@@ -91,11 +101,7 @@ def test_one_leader_at_a_time(start: Start) -> None:
 def test_a_new_leader_continues_from_the_stored_state_with_the_same_ids(
     broker: Broker, start: Start, clock: Clock
 ) -> None:
-    first = start()
-    assert first.take_lead()
-    clock.advance(30)
-    assert first.step() == 3
-    first.close()  # the leader goes; 5 s pass before another takes over
+    assert lead_and_go(start(), clock, 30) == 3  # then 5 s pass before another takes over
     clock.advance(5)
     second = start()
     assert second.take_lead()
@@ -114,11 +120,7 @@ def test_ticks_within_the_grace_period_are_sent_late_never_dropped(
     broker: Broker, start: Start, clock: Clock
 ) -> None:
     """A failover or a broker restart shorter than the grace: every tick goes, late."""
-    first = start()
-    assert first.take_lead()
-    clock.advance(10)
-    first.step()
-    first.close()
+    lead_and_go(start(), clock, 10)
     clock.advance(45)  # nobody leads for 45 s
     second = start()
     assert second.take_lead()
@@ -139,11 +141,7 @@ def test_after_a_downtime_each_catch_up_policy(
 ) -> None:
     """Down for an hour: what is older than the grace (60 s) follows the policy; the last
     minute's ticks are sent in any case."""
-    first = start(beat_schedule(catch_up=policy, limit=5))
-    assert first.take_lead()
-    clock.advance(10)
-    first.step()
-    first.close()
+    lead_and_go(start(beat_schedule(catch_up=policy, limit=5)), clock, 10)
     sent(broker)
     clock.advance(3590)  # now T0 + 3600; the grace reaches back to T0 + 3540
     second = start(beat_schedule(catch_up=policy, limit=5))
@@ -160,11 +158,7 @@ def test_after_a_downtime_each_catch_up_policy(
 def test_a_new_entry_starts_from_now_without_backfill(
     broker: Broker, start: Start, clock: Clock
 ) -> None:
-    first = start()
-    assert first.take_lead()
-    clock.advance(20)
-    first.step()
-    first.close()
+    lead_and_go(start(), clock, 20)
     sent(broker)
     clock.advance(100)  # taken over at T0 + 120
     second = start(beat_schedule(), beat_schedule("tests-beats-new"))
@@ -328,11 +322,7 @@ def test_a_stored_tick_a_little_ahead_is_trusted_within_the_tolerance(
 ) -> None:
     """Clocks a second or two apart (within FUTURE_TOLERANCE_S) change nothing: the next
     leader continues after the stored tick, without sending it again."""
-    first = start()
-    assert first.take_lead()
-    clock.advance(20)
-    assert first.step() == 2
-    first.close()
+    assert lead_and_go(start(), clock, 20) == 2
     sent(broker)
     clock.now = T0 + timedelta(seconds=18)  # the next leader's clock is 2 s behind
     second = start()
