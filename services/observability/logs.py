@@ -15,100 +15,67 @@ A process Leveret runs by itself (``leveret worker``, the relay, the CLI) calls
 `configure_logging`, which adds one handler (JSON lines off a terminal, console on one) to
 the root logger, unless the project configured root handlers already: those are never
 removed.
+
+The parts live beside this module: `message_fields` (the handled message's fields),
+`formatting` (`StructuredFormatter`), `json_lines` (the fast JSON line), `stderr`
+(`StderrHandler`); their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import json
 import logging
-import os
 import sys
-import threading
-import time
-from collections import deque
-from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from leveret.schemas.errors import ConfigurationError
-from leveret.services.config import WORKER_SLOT_ENV
-from leveret.services.observability.redaction import printable, redact, redact_value
+from leveret.services.observability.formatting import (
+    RECORD_ATTRIBUTES,
+    StructuredFormatter,
+    event_of,
+)
+from leveret.services.observability.json_lines import DirectJSONWriter
+from leveret.services.observability.message_fields import (
+    bind_message_fields,
+    handled_message_fields,
+    merge_message_fields,
+    unbind_message_fields,
+)
+from leveret.services.observability.redaction import RedactSecrets
+from leveret.services.observability.stderr import StderrHandler, flush_logs
+
+__all__ = [
+    "ROOT_LOGGER",
+    "LeveretLogger",
+    "Logger",
+    "RedactSecrets",
+    "StderrHandler",
+    "StructuredFormatter",
+    "add_fallback_handler",
+    "bind_message_fields",
+    "configure_logging",
+    "event_of",
+    "flush_logs",
+    "get_logger",
+    "leveret_owns_structlog",
+    "merge_message_fields",
+    "unbind_message_fields",
+]
 
 ROOT_LOGGER = "leveret"
 """Every logger of Leveret is below this one."""
 
-# Attributes every LogRecord has: a field of the same name would make `logging` raise.
-RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _LOG_KWARGS = frozenset(("exc_info", "stack_info", "stacklevel"))
-
-
-class RedactSecrets:
-    """Processor that replaces the password of every URL in the event's values with ``***``.
-
-    Strings anywhere in the event are redacted: nested in dicts, lists and tuples too, in
-    the event's message and in a formatted traceback.
-    """
-
-    def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        """Redact every value of the event."""
-        for key, value in event_dict.items():
-            if isinstance(value, str):
-                if "://" in value:  # the common case costs one search, no call
-                    event_dict[key] = redact(value)
-            elif value is not None and not isinstance(value, _PLAIN):
-                event_dict[key] = redact_value(value)
-        return event_dict
-
-
-_PLAIN = (int, float)  # bool is an int: nothing to redact in numbers
 _REDACT = RedactSecrets()
+
 # structlog's context variables, by name: empty until the first bind (collecting them looks
 # at every context variable of the context, so it is skipped while there is none). A private
 # name of structlog's, read on purpose: structlog has no public way to learn whether anything
 # is bound but `get_contextvars()` itself (~270 ns an event, 7% of a JSON line). Should
 # structlog drop the name, every event merges (None below). See docs/performance.md.
 _STRUCTLOG_VARS = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-
-_message_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "leveret_message_fields", default=None
-)
-"""The fields of the message being handled (actor, topic, message_id…), set by the worker
-for the time of its handler: one context variable, not five of structlog's."""
-
-
-def bind_message_fields(fields: dict[str, Any]) -> contextvars.Token[dict[str, Any] | None]:
-    """Add `fields` to every event logged in this context until `unbind_message_fields`.
-
-    The worker's own binding around each handler: Leveret's loggers (and structlog's
-    ``get_logger()`` when Leveret configured structlog) merge them into each event; a
-    project's own structlog chain gets them from `merge_message_fields`, or from
-    structlog's ``merge_contextvars`` (the worker binds those too when the project
-    configured structlog itself).
-    """
-    return _message_fields.set(fields)
-
-
-def unbind_message_fields(token: contextvars.Token[dict[str, Any] | None]) -> None:
-    """Undo `bind_message_fields`."""
-    _message_fields.reset(token)
-
-
-def merge_message_fields(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: the handled message's fields, for a project's own chain."""
-    fields = _message_fields.get()
-    if fields:
-        for key, value in fields.items():
-            event_dict.setdefault(key, value)
-    return event_dict
 
 
 def leveret_owns_structlog() -> bool:
@@ -140,7 +107,7 @@ class LeveretLogger(structlog.BoundLoggerBase):
             exc_info = fields.pop("exc_info", None)
             stack_info = bool(fields.pop("stack_info", False))
             fields.pop("stacklevel", None)
-        message = _message_fields.get()
+        message = handled_message_fields.get()
         direct = _direct
         if direct is not None and not exc_info and not stack_info and direct.reaches(logger):
             # Only Leveret's own JSON handler would see the record: write its line directly,
@@ -244,323 +211,8 @@ def get_logger(name: str) -> Logger:
     return logger
 
 
-def event_of(record: logging.LogRecord) -> dict[str, Any]:
-    """A record as a structured event: ``event`` (the message), the fields given as
-    ``extra`` (Leveret's events carry theirs so), ``level`` and ``logger``."""
-    event: dict[str, Any] = {"event": record.getMessage()}
-    for key, value in vars(record).items():
-        if key not in RECORD_ATTRIBUTES:
-            event[key] = value
-    event["level"] = record.levelname.lower()
-    event["logger"] = record.name
-    return event
-
-
-class StructuredFormatter(logging.Formatter):
-    """Renders every record, Leveret's and any library's, as one JSON line or console line.
-
-    The line holds the message as ``event``, every field given as ``extra`` (Leveret's
-    events carry theirs so), ``process`` (the pid of the process that wrote it) and, in a
-    child of ``leveret worker --processes N``, its ``slot``, ``level``, ``timestamp`` (UTC),
-    ``logger`` and, if any, the formatted ``exception``; URL passwords are redacted.
-    Usable in Django's ``LOGGING``::
-
-        "formatters": {
-            "structured": {"()": "leveret.services.observability.logs.StructuredFormatter"},
-        }
-
-    Args:
-        json: JSON lines if True, console lines if False; by default JSON unless standard
-            error is a terminal.
-    """
-
-    def __init__(self, json: bool | None = None) -> None:
-        super().__init__()
-        if json is None:
-            json = not sys.stderr.isatty()
-        self.json = json
-        self._render: Any = (
-            structlog.processors.JSONRenderer()
-            if json
-            else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        )
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one rendered line."""
-        event = event_of(record)
-        level, logger = event.pop("level"), event.pop("logger")
-        event.setdefault("process", record.process)  # the fields first, as `_DirectJSON`
-        for key, value in _process_fields.items():
-            event.setdefault(key, value)
-        event["level"], event["logger"] = level, logger
-        event["timestamp"] = datetime.fromtimestamp(record.created, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ"
-        )
-        if record.exc_info:
-            event["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            event["exception"] = record.exc_text
-        if record.stack_info:
-            event["stack"] = self.formatStack(record.stack_info)
-        redacted = _REDACT(None, level, event)
-        if self.json:  # JSON escapes every control character itself
-            return _dumps(dict(redacted))
-        line: str = self._render(None, level, _printable(redacted))
-        return line
-
-
-def _printable(event: MutableMapping[str, Any]) -> dict[str, Any]:
-    """The event's text with control and invisible characters escaped, for a console line:
-    a value from the wire (a topic, an error) can then neither send escape sequences to the
-    terminal nor start a line of its own. Tracebacks keep their lines."""
-    return {
-        key: (
-            printable(value, keep_newlines=key in _MULTILINE) if isinstance(value, str) else value
-        )
-        for key, value in event.items()
-    }
-
-
-_MULTILINE = frozenset(("exception", "stack"))
-
-
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each record to the process's standard error, whatever it is now.
-
-    Lines of concurrent threads never interleave (the handler's lock). A write that fails
-    (standard error closed, a broken pipe) drops the line instead of raising into the
-    thread that logged: an I/O or handler thread must not die because a log line could not
-    be written.
-
-    Buffered (``leveret worker``): lines are collected and written together at least every
-    `FLUSH_INTERVAL_S`, at once for warnings and errors, when `BUFFER_LINES` are waiting,
-    and at exit (`logging.shutdown`, which runs after SIGTERM's graceful stop too); a
-    SIGKILL loses at most the last `FLUSH_INTERVAL_S` of lines.
-    """
-
-    def __init__(self, *, buffered: bool = False) -> None:
-        super().__init__(sys.stderr)
-        self.buffered = buffered
-        # Lines waiting, appended without a lock (a deque's append is atomic): eight handler
-        # threads logging a line each per message would otherwise queue on the handler's
-        # lock, and the thread holding it can lose the GIL while it does.
-        self._pending: deque[str] = deque()
-        self._flusher: threading.Thread | None = None
-        self._closed = False
-
-    @property
-    def stream(self) -> Any:
-        """The current standard error (tests and daemons replace it)."""
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Format the record and write its line (or collect it, when buffered)."""
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001  # as `handleError`: drop the line
-            return
-        self.write_line(line, urgent=record.levelno >= logging.WARNING)
-
-    def write_line(self, line: str, *, urgent: bool = False) -> None:
-        """Write one rendered line; buffered, it waits unless `urgent` or the buffer is full."""
-        pending = self._pending
-        if (  # the common case (one line per handled message) first, in one test
-            not urgent
-            and self.buffered
-            and self._flusher is not None
-            and not self._closed
-            and len(pending) < BUFFER_LINES - 1
-        ):
-            pending.append(line)
-            return
-        if not self.buffered or self._closed:
-            with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-                self._write(line + "\n")
-            return
-        pending.append(line)
-        if urgent or len(pending) >= BUFFER_LINES:
-            self.flush()
-        elif self._flusher is None:
-            with self.lock:  # type: ignore[union-attr]
-                if self._flusher is None:
-                    self._flusher = threading.Thread(
-                        target=self._flush_loop, name="leveret-log-flush", daemon=True
-                    )
-                    self._flusher.start()
-
-    def flush(self) -> None:
-        """Write every line collected so far, in the order they were collected."""
-        with self.lock:  # type: ignore[union-attr]
-            self._write_pending()
-
-    def close(self) -> None:
-        """Flush, and write every later line at once."""
-        with self.lock:  # type: ignore[union-attr]
-            self._write_pending()
-            self._closed = True
-            self._write_pending()  # a line appended by a thread that had not yet seen closed
-        super().close()
-
-    def _flush_loop(self) -> None:
-        try:
-            while not self._closed:
-                time.sleep(FLUSH_INTERVAL_S)
-                self.flush()
-        finally:  # (never expected) the next line starts another
-            self._flusher = None
-
-    def _write_pending(self) -> None:
-        pending = self._pending
-        lines = []
-        try:
-            while True:  # what other threads append meanwhile waits for the next flush
-                lines.append(pending.popleft())
-        except IndexError:
-            pass
-        if lines:
-            lines.append("")
-            self._write("\n".join(lines))
-
-    def _write(self, text: str) -> None:
-        stream = sys.stderr
-        # Nowhere left to say it (closed, broken pipe): drop the lines, keep the thread.
-        with contextlib.suppress(Exception):
-            stream.write(text)
-            stream.flush()
-
-    def reset_after_fork(self) -> None:
-        """In a forked child: forget the parent's waiting lines and its flusher thread."""
-        self._pending = deque()
-        self._flusher = None
-
-    def handleError(self, record: logging.LogRecord) -> None:  # logging's name
-        """Drop the line: nowhere left to say it, and losing it beats losing the thread."""
-
-
-BUFFER_LINES = 512
-"""Lines collected before they are written without waiting for the timer (about 128 KiB)."""
-FLUSH_INTERVAL_S = 0.2
-
-
-class _DirectJSON:
-    """Writes Leveret's own events as JSON lines to `handler` without making a record.
-
-    Used while `handler` (installed by `configure_logging` with JSON lines) is the only
-    handler a Leveret record would reach: the line is the one `StructuredFormatter` would
-    write (same fields, same order), rendered with orjson when it is installed.
-    """
-
-    def __init__(self, handler: StderrHandler) -> None:
-        self.handler = handler
-        self._root = logging.getLogger()
-        self._second = -1
-        self._prefix = ""
-
-    def reaches(self, logger: logging.Logger) -> bool:
-        """Whether a record of `logger` would reach `handler` and nothing else."""
-        handler = self.handler
-        if handler.filters or handler.level > logger.getEffectiveLevel():
-            return False
-        current: logging.Logger | None = logger
-        while current is not None:
-            if current.filters:
-                return False
-            if current is self._root:
-                return current.handlers == [handler]
-            if current.handlers or not current.propagate:
-                return False
-            current = current.parent
-        return False
-
-    def write_event(self, level: int, name: str, data: dict[str, Any]) -> None:
-        """Write one event: `data` holds ``event`` first, then the fields (not yet redacted).
-
-        The line is rendered first and redacted only when it holds a URL: the common line
-        costs one search of its bytes, not a look at every value.
-        """
-        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        for key, value in _process_fields.items():
-            data.setdefault(key, value)
-        data["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
-        data["logger"] = name
-        data["timestamp"] = f"{self._prefix}.{nanoseconds // 1000:06d}Z"
-        line = _dumps(data)
-        if "://" in line:  # a URL somewhere, maybe with a password: redact each value
-            line = _dumps(_REDACT(None, "", data))  # type: ignore[arg-type]
-        self.handler.write_line(line, urgent=level >= logging.WARNING)
-
-
-_LEVEL_NAMES = {
-    logging.DEBUG: "debug",
-    logging.INFO: "info",
-    logging.WARNING: "warning",
-    logging.ERROR: "error",
-    logging.CRITICAL: "critical",
-}
-_direct: _DirectJSON | None = None
-
-
-def _own_process_fields() -> dict[str, Any]:
-    """What every line says of the process that wrote it: its pid, and its slot when it is
-    a child of ``leveret worker --processes N`` (the children share one standard error)."""
-    fields: dict[str, Any] = {"process": os.getpid()}
-    slot = os.environ.get(WORKER_SLOT_ENV, "")
-    if slot.isdigit():
-        fields["slot"] = int(slot)
-    return fields
-
-
-_process_fields = _own_process_fields()
-
-
-def _fallback(value: Any) -> Any:
-    """How a value JSON cannot hold is written (as structlog's JSONRenderer does)."""
-    structured = getattr(value, "__structlog__", None)
-    return structured() if callable(structured) else repr(value)
-
-
-def _json_dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, default=_fallback)
-
-
-try:
-    import orjson
-
-    def _dumps(data: dict[str, Any]) -> str:
-        try:
-            return orjson.dumps(data, default=_fallback).decode()
-        except (TypeError, orjson.JSONEncodeError):  # e.g. an int over 64 bits
-            return _json_dumps(data)
-
-except ImportError:  # pragma: no cover - orjson is a dependency; kept working without it
-    _dumps = _json_dumps
-
-
-def flush_logs() -> None:
-    """Write every buffered log line now (before an exec or an exit that skips atexit)."""
-    for handler in list(logging.getLogger().handlers):
-        if isinstance(handler, StderrHandler):
-            handler.flush()
-
-
-def _after_fork_in_child() -> None:
-    global _process_fields
-    _process_fields = _own_process_fields()
-    for handler in list(logging.getLogger().handlers):
-        if isinstance(handler, StderrHandler):
-            handler.reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
+_direct: DirectJSONWriter | None = None
+"""Writes the JSON line of an event straight to the handler `configure_logging` added."""
 _level_set: int | None = None
 """The level `configure_logging` gave the ``leveret`` logger (a later call may change it)."""
 
@@ -613,7 +265,7 @@ def configure_logging(
         handler.setFormatter(formatter)
         root.addHandler(handler)
         if formatter.json:
-            _direct = _DirectJSON(handler)
+            _direct = DirectJSONWriter(handler)
         root.setLevel(numeric)
         # pika logs every reconnect attempt at ERROR with a traceback; we log our own line.
         logging.getLogger("pika").setLevel(logging.CRITICAL)
