@@ -1,33 +1,7 @@
-"""The scheduler: sends each schedule's ticks, from one leader among any number of processes.
+"""The leader's loop: `Scheduler` follows, takes the lead, and sends each tick as it falls due.
 
-Every scheduler process runs `Scheduler.run`. One of them leads at a time, through a lock
-the broker provides (`SchedulerBackend.acquire`; on RabbitMQ an exclusive queue, see
-`leveret.services.rabbitmq._schedule`); the others try again every `poll_s` seconds. The
-leader:
-
-1. loads the last tick sent of each entry (stored in the broker, `load_state`), trusting
-   no stored tick more than `FUTURE_TOLERANCE_S` ahead of its own clock (a clock that ran
-   ahead stored it, or another client did): that entry resumes from now;
-2. plans what the downtime missed, by each entry's catch-up policy: ticks older than
-   `grace_s` are "missed" (``skip``: none, ``latest``: the last one, ``all``: up to
-   ``max_catch_up`` of them); ticks within `grace_s` (a failover, a broker restart) are
-   sent late, never dropped;
-3. then sends every tick as it falls due, oldest first, each with the deterministic id of
-   its entry and time (`Schedule.message_id`), with publisher confirms, and stores the
-   last tick sent of each entry after every batch (`save_state`).
-
-Its clock may jump while it leads. Ticks found older than `grace_s` at a step (the clock
-stepped forward, or the leader stalled) are missed ticks, as after a downtime: the entry's
-catch-up policy applies, never a burst of every tick in between. An entry whose last tick
-is more than `FUTURE_TOLERANCE_S` ahead of the clock (the clock stepped back) resumes from
-now instead of waiting for the clock to catch up.
-
-Each entry's work is its own: an entry whose times cannot be computed (an overflow near
-the limits of `datetime`) or whose message cannot be built is logged and skipped, and the
-other entries go on.
-
-A tick published but not yet stored when a leader dies is sent again by the next one, with
-the same message id: the overlap of a failover can only duplicate a tick under one id.
+The protocol is drawn in the package's docstring (`leveret.services.scheduling`); what the
+scheduler needs from a broker is `SchedulerBackend`.
 """
 
 from __future__ import annotations
@@ -47,6 +21,9 @@ from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument, LeveretError, PublishError
 from leveret.services.observability.logs import get_logger
+from leveret.services.scheduling import state
+from leveret.services.scheduling.catch_up import catch_up, plan
+from leveret.services.scheduling.state import FUTURE_TOLERANCE_S
 from leveret.services.transport import OutgoingMessage, Route
 
 log = get_logger("leveret.scheduler")
@@ -54,13 +31,6 @@ log = get_logger("leveret.scheduler")
 DEFAULT_GRACE_S = 60.0
 DEFAULT_POLL_S = 1.0
 MAX_BATCH = 500
-MAX_STATE_ENTRIES = 10_000
-"""The most entries a stored state holds (the reader keeps no more, the leader saves no
-more: its own entries first)."""
-FUTURE_TOLERANCE_S = 5.0
-"""How far ahead of the leader's clock a stored tick (or an entry's last tick, after the
-clock stepped back) is still trusted: clocks a few seconds apart change nothing; beyond,
-the entry resumes from now, so that a bad clock on one host cannot silence the others."""
 
 
 class SchedulerBackend(ABC):
@@ -220,12 +190,12 @@ class Scheduler:
         self.reload(force=True)
         stored = self.backend.load_state()
         now = self.clock()
-        self._state = self._trusted(stored, now)
+        self._state = state.trusted(stored, now, self._entries)
         self._cursor = {}
         self._backlog = []
         for entry in self._entries.values():
             try:
-                missed, cursor = self._plan(entry, self._state.get(entry.name), now)
+                missed, cursor = plan(entry, self._state.get(entry.name), now, self.grace)
             except Exception as exc:  # noqa: BLE001  # one entry's arithmetic stops no other
                 self._failed(entry, exc, now)
                 continue
@@ -349,7 +319,7 @@ class Scheduler:
         first = next(upcoming, None)
         missed: list[datetime] = []
         if first is not None and first <= now - self.grace:
-            missed, cursor = self._catch_up(entry, cursor, now, reason="late")
+            missed, cursor = catch_up(entry, cursor, now, self.grace, reason="late")
             self._cursor[entry.name] = cursor
             upcoming = entry.when.after(cursor)
             first = next(upcoming, None)
@@ -383,64 +353,9 @@ class Scheduler:
         self._failing[entry.name] = error
         self._cursor[entry.name] = now
 
-    def _trusted(self, stored: dict[str, datetime], now: datetime) -> dict[str, datetime]:
-        """The stored state as this leader continues from it: in UTC, and no tick more
-        than `FUTURE_TOLERANCE_S` ahead of its clock (such an entry resumes from now; one
-        that is not an entry of this leader is forgotten)."""
-        trusted: dict[str, datetime] = {}
-        unreadable = forgotten = 0
-        for name, tick in stored.items():
-            try:
-                if tick.utcoffset() is None:
-                    raise ValueError("a naive time")
-                tick = tick.astimezone(UTC)
-            except (OverflowError, ValueError):  # out of datetime's range in UTC
-                unreadable += 1
-                continue
-            if tick > now + self.tolerance:
-                if name not in self._entries:
-                    forgotten += 1
-                    continue
-                log.warning(
-                    "schedule_state_in_future",
-                    schedule=name,
-                    stored=tick.isoformat(),
-                    now=now.isoformat(),
-                    ahead_s=round((tick - now).total_seconds(), 3),
-                    tolerance_s=FUTURE_TOLERANCE_S,
-                    hint="stored by a leader whose clock ran ahead (or by another client): "
-                    "not trusted, the entry resumes from now",
-                )
-                tick = now
-            trusted[name] = tick
-        if unreadable or forgotten:
-            log.warning(
-                "scheduler_state_ignored",
-                unreadable=unreadable,
-                in_future=forgotten,
-                hint="ticks of no entry of this scheduler, unreadable or in the future: forgotten",
-            )
-        return trusted
-
     def _bounded_state(self) -> dict[str, datetime]:
-        """The state to store: at most `MAX_STATE_ENTRIES` entries, this leader's own
-        entries first, then the most recent ticks of the others (entries removed, or run
-        by schedulers with other modules)."""
-        if len(self._state) <= MAX_STATE_ENTRIES:
-            return self._state
-        own = {name: tick for name, tick in self._state.items() if name in self._entries}
-        others = sorted(
-            ((tick, name) for name, tick in self._state.items() if name not in own),
-            reverse=True,
-        )
-        kept = others[: max(0, MAX_STATE_ENTRIES - len(own))]
-        log.warning(
-            "scheduler_state_pruned",
-            dropped=len(others) - len(kept),
-            hint=f"at most {MAX_STATE_ENTRIES} entries are stored: the oldest ticks of "
-            "entries this scheduler does not run are forgotten",
-        )
-        self._state = {**own, **{name: tick for tick, name in kept}}
+        """The state to store, within `MAX_STATE_ENTRIES` (see `state.bounded`)."""
+        self._state = state.bounded(self._state, self._entries)
         return self._state
 
     def _advance(self, entry: Schedule, tick: datetime) -> None:
@@ -449,50 +364,6 @@ class Scheduler:
         last = self._state.get(entry.name)
         if last is None or tick > last:
             self._state[entry.name] = tick
-
-    def _plan(
-        self, entry: Schedule, last: datetime | None, now: datetime
-    ) -> tuple[list[datetime], datetime]:
-        """What a new leader sends for `entry` at once, and from when it continues.
-
-        Returns:
-            The ticks to send at once, oldest first: the missed ones the catch-up policy
-            keeps, then those within the grace period (sent late, never dropped); and the
-            cursor: the regular ticks are those after it.
-        """
-        if last is None:
-            return [], now  # a new entry (or no state): from now on
-        missed: list[datetime] = []
-        start = last
-        if last < now - self.grace:
-            missed, start = self._catch_up(entry, last, now, reason="downtime")
-        late: list[datetime] = []
-        for tick in entry.when.after(start):
-            if tick > now:
-                break
-            late.append(tick)
-        return missed + late, max(last, now)
-
-    def _catch_up(
-        self, entry: Schedule, last: datetime, now: datetime, *, reason: str
-    ) -> tuple[list[datetime], datetime]:
-        """The missed ticks after `last` that `entry`'s catch-up policy keeps (those older
-        than the grace), and the cursor the regular ticks continue from (the grace's start).
-        """
-        horizon = now - self.grace
-        missed: list[datetime] = []
-        if entry.catch_up != "skip":
-            limit = 1 if entry.catch_up == "latest" else entry.max_catch_up
-            missed = entry.when.latest(last, horizon, limit)
-        log.info(
-            "schedule_caught_up",
-            schedule=entry.name,
-            last_sent=last.isoformat(),
-            policy=entry.catch_up,
-            missed_sent=len(missed),
-            reason=reason,
-        )
-        return missed, horizon
 
     def next_due(self) -> datetime | None:
         """When the next tick falls due (now, if catch-up ticks wait); None if no entry."""
@@ -586,63 +457,6 @@ class Scheduler:
         """Stop leading and close the backend."""
         self.leading = False
         self.backend.close()
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleSource:
-    """Entries from elsewhere than modules (Django: ``LEVERET["SCHEDULES"]`` and the
-    database), added by a program embedding the commands.
-
-    Attributes:
-        entries: Returns them; asked again while leading when `live`.
-        live: They may change while running (a database): the leader asks again.
-    """
-
-    entries: Callable[[], Sequence[Schedule]]
-    live: bool = False
-
-
-def combined(
-    fixed: Sequence[Schedule], source: ScheduleSource | None
-) -> Sequence[Schedule] | Callable[[], Sequence[Schedule]]:
-    """The entries of modules (`fixed`) and of `source`: a list, or a callable when the
-    source is live. On a name both use, the module's entry wins (logged once, not at every
-    reload). A source that fails keeps the entries it gave last; the modules' entries run
-    regardless."""
-
-    last_read: list[Schedule] = []
-    clashing: set[str] = set()  # logged already: once per entry, not at every reload
-
-    def current() -> list[Schedule]:
-        merged = {entry.name: entry for entry in fixed}
-        clashes = set()
-        extra: Sequence[Schedule] = ()
-        if source is not None:
-            try:
-                extra = last_read[:] = source.entries()
-            except Exception as exc:  # noqa: BLE001  # the modules' entries run regardless
-                log.error(
-                    "schedules_source_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    hint="the entries it gave last are kept",
-                )
-                extra = last_read
-        for entry in extra:
-            if merged.get(entry.name, entry) is not entry:
-                clashes.add(entry.name)
-                if entry.name not in clashing:
-                    log.warning(
-                        "schedule_name_taken",
-                        schedule=entry.name,
-                        hint="an entry of the code has this name: the other one is ignored",
-                    )
-                continue
-            merged[entry.name] = entry
-        clashing.clear()  # a clash resolved and back later is logged again
-        clashing.update(clashes)
-        return list(merged.values())
-
-    return current if source is not None and source.live else current()
 
 
 def _definition(entry: Schedule) -> tuple[object, ...]:
