@@ -27,6 +27,7 @@ from leveret.services.memory.clock import VirtualClock
 from leveret.services.observability.logs import get_logger
 from leveret.services.operations.deadletters import replayed
 from leveret.services.topology import naming
+from leveret.services.topology.addresses import Address, Addresses
 
 if TYPE_CHECKING:
     from leveret.services.scheduling import SchedulerBackend
@@ -48,8 +49,7 @@ log = get_logger("leveret.memory")
 class _Delayed:
     due_s: float
     sequence: int
-    queue: str | None = field(compare=False)  # full queue name, or None: by topic
-    topic: str = field(compare=False)
+    address: Address = field(compare=False)  # where it goes once due
     delivery: Delivery = field(compare=False)
 
 
@@ -69,10 +69,12 @@ class MemoryTransport(Transport):
     def __init__(self, namespace: str, options: MemoryOptions | None = None) -> None:
         self.url = "memory://"
         self.namespace = namespace
+        self.addresses = Addresses(namespace)
         clock = (options or MemoryOptions()).clock
         self.clock = clock if clock is not None else VirtualClock()
         self.changed = threading.Condition()
         self.queues: dict[str, deque[Delivery]] = {}
+        self._actor_queues: dict[str, str] = {}  # full name -> the actor's queue name
         self._bindings: dict[str, set[str]] = {}
         self.unacked: dict[str, int] = {}
         self._delayed: list[_Delayed] = []
@@ -91,6 +93,7 @@ class MemoryTransport(Transport):
         with self.changed:
             for actor in actors:
                 name = naming.queue_name(self.namespace, actor.queue)
+                self._actor_queues[name] = actor.queue
                 self.queues.setdefault(name, deque())
                 self.queues.setdefault(naming.dlq_name(self.namespace, actor.queue), deque())
                 for topic in actor.topics():
@@ -151,19 +154,17 @@ class MemoryTransport(Transport):
         with self.changed:
             for index, item in enumerate(items):
                 envelope = item.envelope
-                queue = None
-                if item.route.queue is not None:
-                    queue = naming.queue_name(self.namespace, item.route.queue)
-                    if queue not in self.queues:
-                        error = PublishError(
-                            f"no queue {queue!r} to deliver message "
-                            f"{envelope.message_id} to; declare the actor first",
-                            message_id=envelope.message_id,
-                        )
-                        if raise_errors:
-                            raise error
-                        errors[index] = error
-                        continue
+                address = self.addresses.publish(queue=item.route.queue, topic=envelope.topic)
+                if item.route.queue is not None and address.routing_key not in self.queues:
+                    error = PublishError(
+                        f"no queue {address.routing_key!r} to deliver message "
+                        f"{envelope.message_id} to; declare the actor first",
+                        message_id=envelope.message_id,
+                    )
+                    if raise_errors:
+                        raise error
+                    errors[index] = error
+                    continue
                 delivery = Delivery(
                     body=item.body,
                     topic=envelope.topic,
@@ -173,8 +174,8 @@ class MemoryTransport(Transport):
                     headers={**envelope.headers, wire.ATTEMPT: envelope.attempt},
                 )
                 if item.delay_s > 0:
-                    self._schedule(item.delay_s, queue, envelope.topic, delivery)
-                elif not self._route(queue, envelope.topic, delivery):
+                    self._schedule(item.delay_s, address, delivery)
+                elif not self.route(address, delivery):
                     unroutable.append(index)
             self.changed.notify_all()
         middleware = self.middleware
@@ -186,34 +187,38 @@ class MemoryTransport(Transport):
             self.eager_join()
         return PublishResult(unroutable, errors)
 
-    def _route(self, queue: str | None, topic: str, delivery: Delivery) -> bool:
-        """Append to `queue`, or to every queue bound to `topic`; False if none took it."""
-        if queue is not None:
-            targets = [queue] if queue in self.queues else []
-            exchange, routing_key = "", queue
+    def route(self, address: Address, delivery: Delivery) -> bool:
+        """Append `delivery` to the queue `address` names (the default exchange), or to
+        every queue bound to its topic (the events exchange); False if none took it.
+        Call it with the lock held."""
+        if not address.exchange:
+            targets = [address.routing_key] if address.routing_key in self.queues else []
         else:
-            targets = sorted(self._bindings.get(topic, ()))
-            exchange, routing_key = naming.events_exchange(self.namespace), topic
+            targets = sorted(self._bindings.get(address.routing_key, ()))
         for target in targets:
             self.queues[target].append(
-                dataclasses.replace(delivery, exchange=exchange, routing_key=routing_key)
+                dataclasses.replace(
+                    delivery, exchange=address.exchange, routing_key=address.routing_key
+                )
             )
         return bool(targets)
 
-    def _schedule(self, delay_s: float, queue: str | None, topic: str, delivery: Delivery) -> None:
+    def _schedule(self, delay_s: float, address: Address, delivery: Delivery) -> None:
+        """Hold `delivery` for `delay_s` seconds of the clock, then route it to `address`
+        (in memory, a delay is a wait here, not a trip through the delay levels)."""
         due_s = self.clock.now() + delay_s
-        heapq.heappush(self._delayed, _Delayed(due_s, next(self._sequence), queue, topic, delivery))
+        heapq.heappush(self._delayed, _Delayed(due_s, next(self._sequence), address, delivery))
 
     def release_due(self) -> None:
         """Move delayed messages whose time has come to their queues (lock held)."""
         now = self.clock.now()
         while self._delayed and self._delayed[0].due_s <= now:
             due = heapq.heappop(self._delayed)
-            if not self._route(due.queue, due.topic, due.delivery):
+            if not self.route(due.address, due.delivery):
                 log.warning(
                     "delayed_message_unroutable",
                     message_id=due.delivery.message_id,
-                    topic=due.topic,
+                    topic=due.delivery.topic,
                 )
 
     def advance_clock(self, seconds: float) -> None:
@@ -248,17 +253,22 @@ class MemoryTransport(Transport):
         """Act on a handled delivery of queue `name`: retry or dead-letter it, or drop it."""
         with self.changed:
             self.unacked[name] -= 1
+            actor_queue = self._actor_queues[name]
             if outcome.fate == "retry":
                 again = dataclasses.replace(delivery, headers=outcome.headers, redelivered=False)
+                address = self.addresses.retry(actor_queue)
                 if outcome.delay_s > 0:
-                    self._schedule(outcome.delay_s, name, delivery.topic or "", again)
+                    self._schedule(outcome.delay_s, address, again)
                 else:
-                    self._route(name, delivery.topic or "", again)
+                    self.route(address, again)
             elif outcome.fate == "dead_letter":
-                dlq = f"{name}.dlq"
-                self.queues.setdefault(dlq, deque()).append(
+                address = self.addresses.dead_letter(actor_queue)
+                self.queues.setdefault(address.routing_key, deque()).append(
                     dataclasses.replace(
-                        delivery, headers=outcome.headers, exchange="", routing_key=dlq
+                        delivery,
+                        headers=outcome.headers,
+                        exchange=address.exchange,
+                        routing_key=address.routing_key,
                     )
                 )
             self.changed.notify_all()
@@ -286,40 +296,40 @@ class MemoryTransport(Transport):
 
     # Dead letters -----------------------------------------------------------------------
 
-    def _dlq(self, queue: str) -> tuple[str, str]:
-        """(actor queue, dead-letter queue) full names; raises if it does not exist."""
-        names = naming.queue_name(self.namespace, queue), naming.dlq_name(self.namespace, queue)
-        if names[1] not in self.queues:
-            raise NotFound(f"no dead-letter queue {names[1]!r}")
-        return names
+    def _dlq(self, queue: str) -> str:
+        """The dead-letter queue's full name; raises if it does not exist."""
+        dlq = naming.dlq_name(self.namespace, queue)
+        if dlq not in self.queues:
+            raise NotFound(f"no dead-letter queue {dlq!r}")
+        return dlq
 
     def dead_letters(
         self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
     ) -> list[Delivery]:
         with self.changed:
-            letters = self.queues[self._dlq(queue)[1]]
+            letters = self.queues[self._dlq(queue)]
             picked = [x for x in letters if where is None or where(x)]
             return picked[offset : offset + limit]
 
     def dead_letter_count(self, queue: str) -> int:
         with self.changed:
-            return len(self.queues[self._dlq(queue)[1]])
+            return len(self.queues[self._dlq(queue)])
 
     def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
         with self.changed:
-            for letter in self.queues[self._dlq(queue)[1]]:
+            for letter in self.queues[self._dlq(queue)]:
                 if letter.message_id == message_id:
                     return letter
         return None
 
     def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
         with self.changed:
-            actor_queue, dlq = self._dlq(queue)
+            dlq = self._dlq(queue)
             kept: deque[Delivery] = deque()
             count = 0
             for letter in self.queues[dlq]:
                 if chosen(letter):
-                    self._route(actor_queue, letter.topic or "", replayed(letter))
+                    self.route(self.addresses.queue(queue), replayed(letter))
                     count += 1
                     on_replayed(letter)
                 else:
@@ -330,7 +340,7 @@ class MemoryTransport(Transport):
 
     def purge_dead_letters(self, queue: str) -> int:
         with self.changed:
-            dlq = self._dlq(queue)[1]
+            dlq = self._dlq(queue)
             count = len(self.queues[dlq])
             self.queues[dlq].clear()
         return count

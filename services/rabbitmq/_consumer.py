@@ -42,7 +42,8 @@ from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
 from leveret.services.topology import declarations as topology
-from leveret.services.topology import delays, naming
+from leveret.services.topology import naming
+from leveret.services.topology.addresses import Addresses
 from leveret.services.topology.declarations import Step
 from leveret.services.topology.delays import DelayQueues
 
@@ -439,14 +440,12 @@ class RabbitConsumer(IOThread, Consumer):
     def _publish_then_ack(self, job: Job, outcome: Outcome) -> None:
         """Publish the retry or dead letter of `job`; its confirm acks the original."""
         actor_queue = self._actors[job.queue].queue
+        addresses = Addresses(self.namespace, self.delay_queues)
         if outcome.fate == "dead_letter":
-            exchange, routing_key = "", naming.dlq_name(self.namespace, actor_queue)
-        elif outcome.delay_s > 0:
-            exchange = naming.delay_exchange(self.namespace, delays.LEVELS - 1, self.delay_queues)
-            routing_key = delays.routing_key(outcome.delay_s, queue=actor_queue)
+            address = addresses.dead_letter(actor_queue)
         else:
-            exchange, routing_key = "", job.queue
-        self._republisher.publish(Copy(job, exchange, routing_key, outcome.headers))
+            address = addresses.retry(actor_queue, outcome.delay_s)
+        self._republisher.publish(Copy(job, address.exchange, address.routing_key, outcome.headers))
 
     def _ack_original(self, job: Job) -> None:
         """Its retry or dead letter is stored: ack the original (if its channel lives)."""

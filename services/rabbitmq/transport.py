@@ -22,6 +22,7 @@ from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
 from leveret.services.scheduling import SchedulerBackend
 from leveret.services.topology import declarations as topology
 from leveret.services.topology import delays, naming
+from leveret.services.topology.addresses import Addresses
 from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
     Chosen,
@@ -48,6 +49,7 @@ class RabbitTransport(Transport):
         self.namespace = namespace
         self.options = options or RabbitOptions()
         self.delay_queues = delay_queues_for(url, self.options.delay_queues)
+        self.addresses = Addresses(namespace, self.delay_queues)
         self._levels_declared = False
         self.publisher = Publisher(
             url,
@@ -119,27 +121,18 @@ class RabbitTransport(Transport):
             raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
 
     def _outgoing(self, items: Sequence[OutgoingMessage]) -> list[Outgoing]:
-        events = naming.events_exchange(self.namespace)
         outgoing = []
         for item in items:
             queue = item.route.queue
-            if item.delay_s > 0:
-                exchange = naming.delay_exchange(
-                    self.namespace, delays.LEVELS - 1, self.delay_queues
-                )
-                routing_key = delays.routing_key(
-                    item.delay_s, queue=queue, topic=item.route.topic if queue is None else None
-                )
-            elif queue is None:
-                exchange, routing_key = events, item.route.topic
-            else:
-                exchange, routing_key = "", naming.queue_name(self.namespace, queue)
+            address = self.addresses.publish(
+                queue=queue, topic=item.route.topic, delay_s=item.delay_s
+            )
             # Positional: one per message. No properties: they are built from the envelope
             # as the message is written (on the I/O thread). `unroutable_is_error` for sends.
             outgoing.append(
                 Outgoing(
-                    exchange,
-                    routing_key,
+                    address.exchange,
+                    address.routing_key,
                     item.body,
                     None,
                     queue is not None and item.delay_s == 0,
