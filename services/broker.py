@@ -454,7 +454,7 @@ class Broker:
         """
         if limit < 0 or offset < 0:
             raise InvalidArgument(f"limit and offset must be 0 or more, not {limit}, {offset}")
-        return self.transport.dead_letters(
+        return self.transport.dead_letters.page(
             self._queue_of(actor), limit=limit, offset=offset, where=where
         )
 
@@ -464,7 +464,7 @@ class Broker:
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
         """
-        return self.transport.dead_letter_count(self._queue_of(actor))
+        return self.transport.dead_letters.count(self._queue_of(actor))
 
     def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
         """The dead letter with this message id, if there is one (nothing is changed).
@@ -473,7 +473,7 @@ class Broker:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
         """
-        return self.transport.find_dead_letter(self._queue_of(actor), message_id)
+        return self.transport.dead_letters.find(self._queue_of(actor), message_id)
 
     def replay_dead_letters(
         self,
@@ -505,11 +505,11 @@ class Broker:
         def chosen(letter: Delivery) -> bool:
             return message_ids is None or letter.message_id in message_ids
 
-        def replayed(letter: Delivery) -> None:
+        def report(letter: Delivery) -> None:
             if on_replayed is not None:
                 on_replayed(letter.message_id)
 
-        return self.transport.replay_dead_letters(self._queue_of(actor), chosen, replayed)
+        return self.transport.dead_letters.replay(self._queue_of(actor), chosen, report)
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         """Delete every dead letter of the actor; returns how many the broker removed.
@@ -519,7 +519,7 @@ class Broker:
             TopologyError: Another dead-letter operation on that queue is running (they
                 take turns: a purge would miss the letters a pass holds).
         """
-        return self.transport.purge_dead_letters(self._queue_of(actor))
+        return self.transport.dead_letters.purge(self._queue_of(actor))
 
     def _queue_of(self, actor: ActorRef | str) -> str:
         """The queue name (without namespace) of an actor, or the name itself, checked."""
@@ -618,7 +618,7 @@ class Broker:
         """
         return Scheduler(
             schedules,
-            self.transport.scheduler_backend(),
+            self.transport.scheduling.backend(),
             namespace=self.namespace,
             grace_s=grace_s,
             poll_s=poll_s,
@@ -627,7 +627,7 @@ class Broker:
 
     def schedule_state(self) -> dict[str, datetime]:
         """The last tick sent of each schedule entry, as stored in the broker (read only)."""
-        return self.transport.stored_schedule_state()
+        return self.transport.scheduling.stored_state()
 
     def close(self) -> None:
         """Close connections. Publishing afterwards reconnects."""

@@ -154,7 +154,7 @@ class MemoryBroker(Broker):
         entries = _schedule_entries(schedules)
         scheduler = Scheduler(
             entries,
-            self.transport.scheduler_backend(),
+            self.transport.scheduling.backend(),
             namespace=self.namespace,
             grace_s=grace_s,
             clock=self.now,

@@ -133,24 +133,100 @@ class QueueFigures:
     dead_letters_at_most_once: bool | None = None
 
 
-Chosen: TypeAlias = "Callable[[Delivery], bool]"
-"""Says of a dead letter whether to replay it."""
-Replayed: TypeAlias = "Callable[[Delivery], None]"
+DeadLetterFilter: TypeAlias = "Callable[[Delivery], bool]"
+"""Says of a dead letter whether it is picked (to list, or to replay)."""
+OnReplay: TypeAlias = "Callable[[Delivery], None]"
 """Called with each dead letter once it is back on its queue."""
 
 
+class DeadLetters(ABC):
+    """A transport's dead-letter queues: read, count, replay and purge them.
+
+    Queue names are actors' queue names without the namespace; each operation on one
+    queue's dead letters runs alone (on RabbitMQ they take turns under a lock).
+    """
+
+    @abstractmethod
+    def page(
+        self, queue: str, *, limit: int, offset: int, where: DeadLetterFilter | None = None
+    ) -> list[Delivery]:
+        """A page of the dead letters of `queue` (of those `where` picks), oldest first;
+        nothing is changed."""
+
+    @abstractmethod
+    def find(self, queue: str, message_id: str) -> Delivery | None:
+        """The dead letter of `queue` with this id, if any; nothing is changed."""
+
+    @abstractmethod
+    def count(self, queue: str) -> int:
+        """How many dead letters `queue` has."""
+
+    @abstractmethod
+    def replay(self, queue: str, chosen: DeadLetterFilter, on_replay: OnReplay) -> int:
+        """Put the dead letters `chosen` picks back on `queue`, attempt count reset.
+
+        Only the letters present when the replay starts are visited, each once.
+
+        Returns:
+            How many were replayed (each reported to `on_replay` once it is back).
+        """
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every dead letter of `queue`; returns how many there were."""
+
+
+class Inspection(ABC):
+    """What a transport can say of the workers and queues it serves (`leveret status`)."""
+
+    @abstractmethod
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        """The worker heartbeats of about the last minute, as published (untrusted bytes).
+
+        On RabbitMQ a queue bound to the heartbeats exchange keeps them while anyone asks
+        (it expires 10 minutes after the last look); the first look creates it and waits
+        `first_wait_s` for heartbeats to arrive.
+        """
+
+    @abstractmethod
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        """Figures of the queues (full names) that exist; missing ones are left out."""
+
+
+class Scheduling(ABC):
+    """Where a transport keeps the schedulers' lock and state (`leveret.services.scheduling`)."""
+
+    @abstractmethod
+    def backend(self) -> SchedulerBackend:
+        """A new scheduler's lock, state and publishing."""
+
+    @abstractmethod
+    def stored_state(self) -> dict[str, datetime]:
+        """The last tick sent of each schedule entry, as stored (nothing is changed)."""
+
+
 class Transport(ABC):
-    """Moves messages for a `Broker`: topology, publishing, dead letters, consuming.
+    """Moves messages for a `Broker`: topology, publishing, consuming.
+
+    The rest is reached through role objects, set by each transport: `dead_letters`,
+    `inspection`, `scheduling`. A test double implements the abstract methods here and
+    only the roles its test uses (a role left unset fails when it is first used).
 
     Queue names given to a transport are actors' queue names without the namespace.
 
     Attributes:
         url: The broker URL (with credentials; never log it unredacted).
         namespace: Prefix of every exchange and queue.
+        dead_letters: The actors' dead-letter queues.
+        inspection: Heartbeats and queue figures, for `leveret status` and the dashboard.
+        scheduling: The schedulers' lock and state.
     """
 
     url: str
     namespace: str
+    dead_letters: DeadLetters
+    inspection: Inspection
+    scheduling: Scheduling
 
     middleware: MiddlewareChain | None = None
     """The broker's middleware, whose ``publish_confirmed`` sees the broker's answer to each
@@ -208,27 +284,6 @@ class Transport(ABC):
         return await asyncio.to_thread(self.publish, items, timeout_s=timeout_s)
 
     @abstractmethod
-    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
-        """The worker heartbeats of about the last minute, as published (untrusted bytes).
-
-        On RabbitMQ a queue bound to the heartbeats exchange keeps them while anyone asks
-        (it expires 10 minutes after the last look); the first look creates it and waits
-        `first_wait_s` for heartbeats to arrive.
-        """
-
-    @abstractmethod
-    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
-        """Figures of the queues (full names) that exist; missing ones are left out."""
-
-    @abstractmethod
-    def scheduler_backend(self) -> SchedulerBackend:
-        """A new scheduler's lock, state and publishing (`leveret.services.scheduling`)."""
-
-    @abstractmethod
-    def stored_schedule_state(self) -> dict[str, datetime]:
-        """The last tick sent of each schedule entry, as stored (nothing is changed)."""
-
-    @abstractmethod
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         """Why the broker cannot take messages now, or None when it can.
 
@@ -243,35 +298,6 @@ class Transport(ABC):
     def delete_namespace_exchanges(self) -> None:
         """Delete the namespace's own exchanges, delay levels and scheduler state (tests,
         teardown)."""
-
-    @abstractmethod
-    def dead_letters(
-        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
-    ) -> list[Delivery]:
-        """A page of the dead letters of `queue` (of those `where` picks), oldest first;
-        nothing is changed."""
-
-    @abstractmethod
-    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
-        """The dead letter of `queue` with this id, if any; nothing is changed."""
-
-    @abstractmethod
-    def dead_letter_count(self, queue: str) -> int:
-        """How many dead letters `queue` has."""
-
-    @abstractmethod
-    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
-        """Put the dead letters `chosen` picks back on `queue`, attempt count reset.
-
-        Only the letters present when the replay starts are visited, each once.
-
-        Returns:
-            How many were replayed (each reported to `on_replayed` once it is back).
-        """
-
-    @abstractmethod
-    def purge_dead_letters(self, queue: str) -> int:
-        """Delete every dead letter of `queue`; returns how many there were."""
 
     @abstractmethod
     def consumer(

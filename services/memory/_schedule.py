@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import PublishError
 from leveret.services.scheduling import SchedulerBackend
-from leveret.services.transport import OutgoingMessage
+from leveret.services.transport import OutgoingMessage, Scheduling
 
 if TYPE_CHECKING:
     from leveret.services.memory.transport import MemoryTransport
@@ -63,3 +63,21 @@ class MemorySchedulerBackend(SchedulerBackend):
     def close(self) -> None:
         self.release()
         self._closed = True
+
+
+class MemoryScheduling(Scheduling):
+    """The scheduling role of a `MemoryTransport`: its lock and state live in it.
+
+    Args:
+        transport: The transport whose namespace it schedules in.
+    """
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        self.transport = transport
+
+    def backend(self) -> MemorySchedulerBackend:
+        return MemorySchedulerBackend(self.transport)
+
+    def stored_state(self) -> dict[str, datetime]:
+        with self.transport.changed:
+            return dict(self.transport.scheduler_state)

@@ -16,29 +16,24 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from leveret.actors.actor import Actor
 from leveret.schemas import wire
-from leveret.schemas.errors import NotFound, PublishError
+from leveret.schemas.errors import PublishError
 from leveret.services.delivery import Delivery, Outcome
 from leveret.services.memory._consumer import MemoryConsumer
+from leveret.services.memory._dead_letters import MemoryDeadLetters
+from leveret.services.memory._schedule import MemoryScheduling
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.observability.logs import get_logger
-from leveret.services.operations.deadletters import replayed
 from leveret.services.topology import naming
 from leveret.services.topology.addresses import Address, Addresses
-
-if TYPE_CHECKING:
-    from leveret.services.scheduling import SchedulerBackend
-
 from leveret.services.transport import (
-    Chosen,
+    Inspection,
     MemoryOptions,
     OutgoingMessage,
     PublishResult,
     QueueFigures,
-    Replayed,
     Transport,
 )
 
@@ -51,6 +46,34 @@ class _Delayed:
     sequence: int
     address: Address = field(compare=False)  # where it goes once due
     delivery: Delivery = field(compare=False)
+
+
+class MemoryInspection(Inspection):
+    """The inspection role of a `MemoryTransport`: its queues and the heartbeats its
+    workers left in it.
+
+    Args:
+        transport: The transport to inspect.
+    """
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        self.transport = transport
+
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        return list(self.transport.heartbeats)
+
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        transport = self.transport
+        with transport.changed:
+            return {
+                name: QueueFigures(
+                    ready=len(transport.queues[name]),
+                    consumers=0,
+                    unacked=transport.unacked.get(name, 0),
+                )
+                for name in queues
+                if name in transport.queues
+            }
 
 
 class MemoryTransport(Transport):
@@ -86,6 +109,9 @@ class MemoryTransport(Transport):
         self.scheduler_leader: object | None = None  # the MemorySchedulerBackend leading
         self.scheduler_state: dict[str, datetime] = {}  # the last tick sent, per entry
         self.heartbeats: deque[bytes] = deque(maxlen=1000)  # the workers' latest heartbeats
+        self.dead_letters = MemoryDeadLetters(self)
+        self.inspection = MemoryInspection(self)
+        self.scheduling = MemoryScheduling(self)
 
     # Topology ---------------------------------------------------------------------------
 
@@ -117,30 +143,6 @@ class MemoryTransport(Transport):
 
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         return None  # in this process: always there
-
-    def scheduler_backend(self) -> SchedulerBackend:
-        from leveret.services.memory._schedule import MemorySchedulerBackend
-
-        return MemorySchedulerBackend(self)
-
-    def stored_schedule_state(self) -> dict[str, datetime]:
-        with self.changed:
-            return dict(self.scheduler_state)
-
-    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
-        return list(self.heartbeats)
-
-    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
-        with self.changed:
-            return {
-                name: QueueFigures(
-                    ready=len(self.queues[name]),
-                    consumers=0,
-                    unacked=self.unacked.get(name, 0),
-                )
-                for name in queues
-                if name in self.queues
-            }
 
     def publish(
         self,
@@ -293,57 +295,6 @@ class MemoryTransport(Transport):
         self.declare(actors)
         names = [naming.queue_name(self.namespace, actor.queue) for actor in actors]
         return MemoryConsumer(self, names, prefetch=prefetch)
-
-    # Dead letters -----------------------------------------------------------------------
-
-    def _dlq(self, queue: str) -> str:
-        """The dead-letter queue's full name; raises if it does not exist."""
-        dlq = naming.dlq_name(self.namespace, queue)
-        if dlq not in self.queues:
-            raise NotFound(f"no dead-letter queue {dlq!r}")
-        return dlq
-
-    def dead_letters(
-        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
-    ) -> list[Delivery]:
-        with self.changed:
-            letters = self.queues[self._dlq(queue)]
-            picked = [x for x in letters if where is None or where(x)]
-            return picked[offset : offset + limit]
-
-    def dead_letter_count(self, queue: str) -> int:
-        with self.changed:
-            return len(self.queues[self._dlq(queue)])
-
-    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
-        with self.changed:
-            for letter in self.queues[self._dlq(queue)]:
-                if letter.message_id == message_id:
-                    return letter
-        return None
-
-    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
-        with self.changed:
-            dlq = self._dlq(queue)
-            kept: deque[Delivery] = deque()
-            count = 0
-            for letter in self.queues[dlq]:
-                if chosen(letter):
-                    self.route(self.addresses.queue(queue), replayed(letter))
-                    count += 1
-                    on_replayed(letter)
-                else:
-                    kept.append(letter)
-            self.queues[dlq] = kept
-            self.changed.notify_all()
-        return count
-
-    def purge_dead_letters(self, queue: str) -> int:
-        with self.changed:
-            dlq = self._dlq(queue)
-            count = len(self.queues[dlq])
-            self.queues[dlq].clear()
-        return count
 
     def close(self) -> None:
         """Nothing to close."""

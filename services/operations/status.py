@@ -244,7 +244,7 @@ class StatusReader:
         started = time.monotonic()
         namespace = self.broker.namespace
         source, note, figures, uncounted, complete = self._figures_listed()
-        bodies = self.broker.transport.recent_heartbeats(self.first_wait_s)
+        bodies = self.broker.transport.inspection.recent_heartbeats(self.first_wait_s)
         now = time.time()
         arrived, ignored = _parse(bodies, now)
         # What heartbeats list is bounded before the broker is asked anything about it.
@@ -284,7 +284,7 @@ class StatusReader:
             if wait_s > 0:
                 time.sleep(wait_s)
             dlqs = [self._dlq(q) for q in queue_names if self._dlq(q) in figures]
-            again = self.broker.transport.queue_figures(dlqs)
+            again = self.broker.transport.inspection.queue_figures(dlqs)
             growing = {
                 dlq for dlq in dlqs if dlq in again and again[dlq].ready > figures[dlq].ready
             }
@@ -316,13 +316,13 @@ class StatusReader:
         """Figures over AMQP of `queues` and their ``.dlq``s; the ``.dlq`` of a queue only
         heartbeats name is asked only once the queue is found (a missing queue costs the
         most: the broker closes the channel)."""
-        transport = self.broker.transport
+        inspection = self.broker.transport.inspection
         first = [self._full(q) for q in queues]
         first += [self._dlq(q) for q in queues if q not in unverified]
-        found = transport.queue_figures(first)
+        found = inspection.queue_figures(first)
         later = [self._dlq(q) for q in queues if q in unverified and self._full(q) in found]
         if later:
-            found.update(transport.queue_figures(later))
+            found.update(inspection.queue_figures(later))
         return found
 
     def take_from_management(self) -> Snapshot:

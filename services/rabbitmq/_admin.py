@@ -106,3 +106,16 @@ def require_queue(channel: BlockingChannel, queue: str) -> None:
         channel.connection.channel().queue_declare(queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise NotFound(f"no queue {queue!r} on the broker ({exc.reply_text})") from exc
+
+
+def message_count(url: str, queue: str) -> int:
+    """Messages ready in a queue (full name), as the broker counts them.
+
+    Raises:
+        NotFound: No such queue.
+        BrokerConnectionError: The broker cannot be reached.
+    """
+    with AdminChannel(url) as channel:
+        require_queue(channel, queue)
+        count: int = channel.queue_declare(queue, passive=True).method.message_count
+        return count

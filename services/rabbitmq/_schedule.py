@@ -45,7 +45,7 @@ from leveret.services.rabbitmq._connection import (
 from leveret.services.rabbitmq._frames import TolerantSelectConnection
 from leveret.services.scheduling import MAX_STATE_ENTRIES, SchedulerBackend
 from leveret.services.topology import naming
-from leveret.services.transport import OutgoingMessage, Transport
+from leveret.services.transport import OutgoingMessage, Scheduling, Transport
 
 log = get_logger("leveret.scheduler")
 
@@ -311,6 +311,29 @@ class RabbitSchedulerBackend(SchedulerBackend):
 
     def close(self) -> None:
         self._drop()
+
+
+class RabbitScheduling(Scheduling):
+    """The scheduling role of the RabbitMQ transport: each scheduler, and each read of
+    the stored state, on a connection of its own.
+
+    Args:
+        transport: The transport whose namespace it schedules in (it declares the target
+            actors' topology).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def backend(self) -> RabbitSchedulerBackend:
+        return RabbitSchedulerBackend(self.transport.url, self.transport.namespace, self.transport)
+
+    def stored_state(self) -> dict[str, datetime]:
+        backend = self.backend()
+        try:
+            return backend.load_state()
+        finally:
+            backend.close()
 
 
 def merge_states(bodies: Iterable[bytes]) -> dict[str, datetime]:

@@ -25,7 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.topology import naming
-from leveret.services.transport import QueueFigures
+from leveret.services.transport import Inspection, QueueFigures
 
 HEARTBEAT_TTL_S = 60
 LISTENER_EXPIRES_S = 600
@@ -47,6 +47,26 @@ LISTENER_ARGUMENTS = {
     "x-max-length": MAX_HEARTBEATS,
     "x-max-length-bytes": MAX_BYTES,
 }
+
+
+class RabbitInspection(Inspection):
+    """The inspection role of the RabbitMQ transport: heartbeats and queue figures read
+    over AMQP, each on a short-lived connection of its own.
+
+    Args:
+        url: AMQP URL.
+        namespace: Prefix of every exchange and queue.
+    """
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.url = url
+        self.namespace = namespace
+
+    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
+        return recent_heartbeats(self.url, self.namespace, first_wait_s)
+
+    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
+        return queue_figures(self.url, queues)
 
 
 def recent_heartbeats(url: str, namespace: str, first_wait_s: float) -> list[bytes]:

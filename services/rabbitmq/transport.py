@@ -1,42 +1,38 @@
-"""`RabbitTransport`: moving messages, topology and dead letters on a real RabbitMQ."""
+"""`RabbitTransport`: moving messages and topology on a real RabbitMQ; dead letters,
+inspection and scheduling through its role objects."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 
 from leveret.actors.actor import Actor
 from leveret.schemas.errors import BrokerConnectionError, BrokerUnavailable, ConfigurationError
 from leveret.services import config
-from leveret.services.delivery import Delivery
 from leveret.services.middleware import MiddlewareChain
-from leveret.services.rabbitmq._admin import AdminChannel, require_queue
+from leveret.services.rabbitmq._admin import AdminChannel, message_count
 from leveret.services.rabbitmq._consumer import RabbitConsumer
-from leveret.services.rabbitmq._dlq_pass import dlq_lock, run_pass
+from leveret.services.rabbitmq._dead_letters import RabbitDeadLetters
 from leveret.services.rabbitmq._outgoing import Batch, Outgoing, batch_error
 from leveret.services.rabbitmq._publisher import Publisher
-from leveret.services.rabbitmq._schedule import RabbitSchedulerBackend
-from leveret.services.rabbitmq._status import queue_figures, recent_heartbeats
-from leveret.services.scheduling import SchedulerBackend
+from leveret.services.rabbitmq._schedule import RabbitScheduling
+from leveret.services.rabbitmq._status import RabbitInspection
 from leveret.services.topology import declarations as topology
 from leveret.services.topology import delays, naming
 from leveret.services.topology.addresses import Addresses
 from leveret.services.topology.delays import DelayQueues
 from leveret.services.transport import (
-    Chosen,
     OutgoingMessage,
     PublishResult,
-    QueueFigures,
     RabbitOptions,
-    Replayed,
     Transport,
 )
 
 
 class RabbitTransport(Transport):
-    """The `Transport` of a RabbitMQ broker: one publishing connection per process.
+    """The `Transport` of a RabbitMQ broker: one publishing connection per process; its
+    dead letters, inspection and scheduling each open connections of their own.
 
     Args:
         url: AMQP URL.
@@ -50,6 +46,9 @@ class RabbitTransport(Transport):
         self.options = options or RabbitOptions()
         self.delay_queues = delay_queues_for(url, self.options.delay_queues)
         self.addresses = Addresses(namespace, self.delay_queues)
+        self.dead_letters = RabbitDeadLetters(url, namespace)
+        self.inspection = RabbitInspection(url, namespace)
+        self.scheduling = RabbitScheduling(self)
         self._levels_declared = False
         self.publisher = Publisher(
             url,
@@ -69,16 +68,6 @@ class RabbitTransport(Transport):
             **({} if timeout_s is None else {"timeout_s": timeout_s}),
         )
         self._levels_declared = True
-
-    def scheduler_backend(self) -> SchedulerBackend:
-        return RabbitSchedulerBackend(self.url, self.namespace, self)
-
-    def stored_schedule_state(self) -> dict[str, datetime]:
-        backend = RabbitSchedulerBackend(self.url, self.namespace, self)
-        try:
-            return backend.load_state()
-        finally:
-            backend.close()
 
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         publisher = self.publisher
@@ -171,75 +160,7 @@ class RabbitTransport(Transport):
         Raises:
             NotFound: No such queue.
         """
-        with self.admin() as channel:
-            require_queue(channel, queue)
-            count: int = channel.queue_declare(queue, passive=True).method.message_count
-            return count
-
-    def dead_letters(
-        self, queue: str, *, limit: int, offset: int, where: Chosen | None = None
-    ) -> list[Delivery]:
-        found: list[Delivery] = []
-        position = 0
-
-        def keep(letter: Delivery) -> bool:
-            nonlocal position
-            if where is not None and not where(letter):
-                return False
-            if offset <= position < offset + limit:
-                found.append(letter)
-            position += 1
-            return False
-
-        self._pass(queue, keep)
-        return found
-
-    def find_dead_letter(self, queue: str, message_id: str) -> Delivery | None:
-        found: list[Delivery] = []
-
-        def match(letter: Delivery) -> bool:
-            if not found and letter.message_id == message_id:
-                found.append(letter)
-            return False
-
-        self._pass(queue, match)
-        return found[0] if found else None
-
-    def dead_letter_count(self, queue: str) -> int:
-        return self.message_count(naming.dlq_name(self.namespace, queue))
-
-    def replay_dead_letters(self, queue: str, chosen: Chosen, on_replayed: Replayed) -> int:
-        return self._pass(queue, chosen, replay=True, on_moved=on_replayed)
-
-    def _pass(
-        self,
-        queue: str,
-        visit: Callable[[Delivery], bool],
-        *,
-        replay: bool = False,
-        on_moved: Callable[[Delivery], None] | None = None,
-    ) -> int:
-        """One dead-letter pass (`_dlq_pass.run_pass`) over `queue`'s `.dlq`, locked."""
-        actor_queue = naming.queue_name(self.namespace, queue)
-        dlq = naming.dlq_name(self.namespace, queue)
-        with self.admin() as channel:
-            if replay:
-                require_queue(channel, actor_queue)
-            require_queue(channel, dlq)
-            dlq_lock(channel.connection, naming.dlq_lock(self.namespace, queue), dlq)
-            return run_pass(
-                channel, dlq, visit, queue=actor_queue if replay else None, on_moved=on_moved
-            )
-
-    def purge_dead_letters(self, queue: str) -> int:
-        dlq = naming.dlq_name(self.namespace, queue)
-        with self.admin() as channel:
-            require_queue(channel, dlq)
-            # Under the lock of the other dead-letter operations: a pass holds letters
-            # unacked, which a purge would miss and the pass would then put back.
-            dlq_lock(channel.connection, naming.dlq_lock(self.namespace, queue), dlq)
-            purged = channel.queue_purge(dlq).method.message_count
-        return purged or 0
+        return message_count(self.url, queue)
 
     def consumer(
         self,
@@ -259,12 +180,6 @@ class RabbitTransport(Transport):
             delay_queues=self.delay_queues,
             connect_timeout_s=self.options.connect_timeout_s,
         )
-
-    def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
-        return recent_heartbeats(self.url, self.namespace, first_wait_s)
-
-    def queue_figures(self, queues: Sequence[str]) -> dict[str, QueueFigures]:
-        return queue_figures(self.url, queues)
 
     def use_middleware(self, middleware: MiddlewareChain) -> None:
         super().use_middleware(middleware)

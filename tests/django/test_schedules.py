@@ -53,7 +53,7 @@ def leader() -> Iterator[tuple[Scheduler, MemoryBroker, Clock]]:
     broker.declare(Tally)
     scheduler = Scheduler(
         combined([], project_source()),
-        broker.transport.scheduler_backend(),
+        broker.transport.scheduling.backend(),
         namespace="schedules",
         clock=clock,
         reload_s=0,

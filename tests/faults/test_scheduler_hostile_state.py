@@ -62,7 +62,7 @@ def lead(rabbit_broker: RabbitBroker) -> Iterator[Lead]:
     def make(clock: Clock) -> Scheduler:
         scheduler = Scheduler(
             [beats],
-            rabbit_broker.transport.scheduler_backend(),
+            rabbit_broker.transport.scheduling.backend(),
             namespace=rabbit_broker.namespace,
             clock=clock,
         )

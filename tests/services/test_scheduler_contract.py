@@ -42,7 +42,7 @@ def start(broker: Broker, clock: Clock) -> Iterator[Start]:
     def make(*entries: Schedule, grace_s: float = 60) -> Scheduler:
         scheduler = Scheduler(
             list(entries) or [beat_schedule()],
-            broker.transport.scheduler_backend(),
+            broker.transport.scheduling.backend(),
             namespace=broker.namespace,
             grace_s=grace_s,
             clock=clock,
@@ -195,7 +195,7 @@ def test_entries_from_a_live_source_come_and_go(broker: Broker, start: Start, cl
     entries = [beat_schedule()]
     scheduler = Scheduler(
         lambda: list(entries),
-        broker.transport.scheduler_backend(),
+        broker.transport.scheduling.backend(),
         namespace=broker.namespace,
         clock=clock,
         reload_s=0,

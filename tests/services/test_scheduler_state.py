@@ -113,7 +113,7 @@ def test_the_leader_saves_at_most_the_bound_its_own_entries_first() -> None:
     others = {f"gone-{index}": T0 - timedelta(days=1) for index in range(MAX_STATE_ENTRIES)}
     broker.transport.scheduler_state = others
     clock = Clock()
-    scheduler = Scheduler([beats], broker.transport.scheduler_backend(), clock=clock)
+    scheduler = Scheduler([beats], broker.transport.scheduling.backend(), clock=clock)
     try:
         assert scheduler.take_lead()
         clock.now += timedelta(seconds=10)
@@ -142,7 +142,7 @@ def test_whatever_the_state_says_a_new_leader_ticks_on_time(
     broker.declare(Beats)
     broker.transport.scheduler_state = dict(stored)
     clock = Clock()
-    scheduler = Scheduler([beats], broker.transport.scheduler_backend(), clock=clock)
+    scheduler = Scheduler([beats], broker.transport.scheduling.backend(), clock=clock)
     sent: list[datetime] = []
     scheduler.on_tick = lambda tick: sent.append(tick.scheduled_at)
     try:
