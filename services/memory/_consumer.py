@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from leveret.services.delivery import Outcome
 from leveret.services.observability.logs import get_logger
-from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
+from leveret.services.runtime.consumer import Consumer, Fail, InProcess, Job, Receive
 from leveret.services.runtime.worker import EXIT_INTERNAL_ERROR
 
 if TYPE_CHECKING:
@@ -39,24 +39,26 @@ class MemoryConsumer(Consumer):
         self._stopping = False
         self._feeder: threading.Thread | None = None
 
-    def publish_heartbeat(self, body: bytes) -> None:
-        self.transport.heartbeats.append(body)
+    @property
+    def presence(self) -> InProcess:
+        """In this process; heartbeats are kept by the transport (`leveret status`)."""
+        return InProcess(self.transport.heartbeats.append)
 
-    def start(self, deliver: Deliver, fail: Fail) -> None:
+    def start(self, receive: Receive, fail: Fail) -> None:
         self._feeder = threading.Thread(
-            target=self._feed, args=(deliver, fail), name="leveret-memory-feeder", daemon=True
+            target=self._feed, args=(receive, fail), name="leveret-memory-feeder", daemon=True
         )
         self._feeder.start()
         self.consuming.set()
         log.info("worker_consuming", queues=sorted(self.names), prefetch=self.prefetch)
 
-    def _feed(self, deliver: Deliver, fail: Fail) -> None:
+    def _feed(self, receive: Receive, fail: Fail) -> None:
         try:
             while True:
                 job = self.take(wait=True)
                 if job is None:
                     return
-                deliver(job)
+                receive(job)
         except Exception as exc:  # like an I/O thread: never die unseen
             log.exception("io_thread_crashed", role="memory")
             self.consuming.clear()

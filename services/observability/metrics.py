@@ -371,7 +371,7 @@ class Metrics(Middleware):
         self.flush()
 
     def _sample(self, worker: Worker) -> None:
-        connected, connections = worker.consumer.connection_state()
+        connected, connections = worker.consumer.presence.connection_state()
         self.connected.labels(self.slot).set(1 if connected else 0)
         self.consuming.labels(self.slot).set(1 if worker.consuming.is_set() else 0)
         if connections > self._connections_seen:

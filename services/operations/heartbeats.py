@@ -140,7 +140,7 @@ class Heartbeats(Middleware):
                 "dead_lettered": stats.dead_lettered,
                 "last_error": stats.last_error,
             }
-        connected, _opened = worker.consumer.connection_state()
+        connected, _opened = worker.consumer.presence.connection_state()
         return {
             **self._static,
             "namespace": worker.namespace,
@@ -149,7 +149,7 @@ class Heartbeats(Middleware):
             "threads": worker.threads,
             "prefetch": worker.prefetch,
             "state": state,
-            "address": worker.consumer.local_address(),
+            "address": worker.consumer.presence.local_address(),
             "in_flight": worker.in_flight,
             **counts,
             "memory_bytes": _memory_bytes(),
@@ -166,7 +166,7 @@ class Heartbeats(Middleware):
         if worker is None:
             return
         body = json.dumps(self.payload(worker, state), separators=(",", ":")).encode()
-        worker.consumer.publish_heartbeat(body)
+        worker.consumer.presence.publish_heartbeat(body)
 
     def start(self, worker: Worker) -> None:
         """Send `worker`'s heartbeat every `interval_s` (the first once it consumes) until

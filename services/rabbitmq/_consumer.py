@@ -39,7 +39,7 @@ from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._heartbeat_publishing import HeartbeatPublisher
 from leveret.services.rabbitmq._prefetch import ADAPT_EVERY_S, PrefetchController
 from leveret.services.rabbitmq._republish import Copy, Republisher
-from leveret.services.runtime.consumer import Consumer, Deliver, Fail, Job
+from leveret.services.runtime.consumer import Consumer, Fail, Job, Receive
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
 from leveret.services.topology import declarations as topology
 from leveret.services.topology import naming
@@ -94,7 +94,7 @@ class RabbitConsumer(IOThread, Consumer):
             namespace, actors, with_delay_levels=False, delay_queues=delay_queues
         )
         self._levels_node_down = False
-        self._deliver: Deliver = _nowhere
+        self._receive: Receive = _nowhere
         self._fail: Fail = _no_failure
         self._done: deque[tuple[Job, Outcome | str]] = deque()
         self._wake_pending = False
@@ -121,8 +121,8 @@ class RabbitConsumer(IOThread, Consumer):
 
     # Consumer, any thread ---------------------------------------------------------------
 
-    def start(self, deliver: Deliver, fail: Fail) -> None:  # type: ignore[override]
-        self._deliver = deliver
+    def start(self, receive: Receive, fail: Fail) -> None:  # type: ignore[override]
+        self._receive = receive
         self._fail = fail
         IOThread.start(self)
 
@@ -164,6 +164,10 @@ class RabbitConsumer(IOThread, Consumer):
     def publish_heartbeat(self, body: bytes) -> None:
         if self.running and self.connected.is_set():
             self.call_soon(functools.partial(self._heartbeats.publish, body))
+
+    @property
+    def presence(self) -> RabbitConsumer:
+        return self  # its connection: connection_state, local_address, publish_heartbeat
 
     def _post(self, job: Job, result: Outcome | str) -> None:
         self._done.append((job, result))
@@ -397,7 +401,7 @@ class RabbitConsumer(IOThread, Consumer):
             return
         self._outstanding += 1
         self._settled.clear()
-        self._deliver(Job(item, queue_name, self._generation, tag))
+        self._receive(Job(item, queue_name, self._generation, tag))
 
     def _open_channel_of(self, job: Job) -> Channel | None:
         """The channel `job` was delivered on, if it is still open; else log the drop."""

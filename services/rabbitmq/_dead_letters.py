@@ -8,6 +8,7 @@ Listing, finding and replaying are each one pass over an actor's ``.dlq``
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from leveret.services.delivery import Delivery
 from leveret.services.rabbitmq._admin import AdminChannel, message_count, require_queue
@@ -16,17 +17,17 @@ from leveret.services.topology import naming
 from leveret.services.transport import DeadLetterFilter, DeadLetters, OnReplay
 
 
+@dataclass(frozen=True, slots=True)
 class RabbitDeadLetters(DeadLetters):
     """The dead-letter queues of one namespace on a RabbitMQ broker.
 
-    Args:
-        url: AMQP URL.
-        namespace: Prefix of every exchange and queue.
+    Attributes:
+        url: The broker's AMQP URL (each operation opens a connection of its own).
+        namespace: The namespace whose actors' ``.dlq``s these are.
     """
 
-    def __init__(self, url: str, namespace: str) -> None:
-        self.url = url
-        self.namespace = namespace
+    url: str = field(repr=False)  # holds credentials
+    namespace: str
 
     def page(
         self, queue: str, *, limit: int, offset: int, where: DeadLetterFilter | None = None

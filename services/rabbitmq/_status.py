@@ -18,6 +18,7 @@ missing one, which closes it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from time import sleep
 
 import pika.exceptions
@@ -49,18 +50,18 @@ LISTENER_ARGUMENTS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
 class RabbitInspection(Inspection):
     """The inspection role of the RabbitMQ transport: heartbeats and queue figures read
     over AMQP, each on a short-lived connection of its own.
 
-    Args:
-        url: AMQP URL.
-        namespace: Prefix of every exchange and queue.
+    Attributes:
+        url: The broker's AMQP URL.
+        namespace: Whose heartbeats are read.
     """
 
-    def __init__(self, url: str, namespace: str) -> None:
-        self.url = url
-        self.namespace = namespace
+    url: str = field(repr=False)  # holds credentials
+    namespace: str
 
     def recent_heartbeats(self, first_wait_s: float) -> list[bytes]:
         return recent_heartbeats(self.url, self.namespace, first_wait_s)

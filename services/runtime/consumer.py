@@ -14,11 +14,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from leveret.services.delivery import Delivery, Outcome
 
-Deliver = Callable[["Job"], None]
-"""Called by the consumer with each delivery it takes (from the consumer's own thread)."""
+Receive = Callable[["Job"], None]
+"""Called by the consumer with each delivery it receives (from the consumer's own thread)."""
 
 Fail = Callable[[str, int], None]
 """Called by the consumer when it cannot go on: (why, exit code for the process)."""
@@ -57,11 +58,11 @@ class Consumer(ABC):
     consuming: threading.Event
 
     @abstractmethod
-    def start(self, deliver: Deliver, fail: Fail) -> None:
-        """Start consuming (returns at once): each delivery is handed to `deliver`.
+    def start(self, receive: Receive, fail: Fail) -> None:
+        """Start consuming (returns at once): each delivery is handed to `receive`.
 
         Args:
-            deliver: Receives each job; must not block for long.
+            receive: Called with each job; must not block for long.
             fail: Called when the consumer cannot go on (a refused declaration: exit code 2;
                 a fault of its own thread: 3).
         """
@@ -108,19 +109,55 @@ class Consumer(ABC):
     def alive(self) -> bool:
         """Whether the consumer's own thread runs (health checks)."""
 
-    def connection_state(self) -> tuple[bool, int]:
-        """Whether it is connected now, and how many connections it opened so far (metrics)."""
-        return True, 1
-
-    def local_address(self) -> str | None:
-        """This end's address of the connection to the broker, ``host:port`` (heartbeats)."""
-        return None
-
-    def publish_heartbeat(self, body: bytes) -> None:
-        """Send a heartbeat to the namespace's heartbeats exchange, without waiting or
-        confirming; dropped when not connected (`leveret.services.operations.heartbeats`)."""
-        del body  # a consumer without a heartbeats route drops them
+    @property
+    def presence(self) -> Presence:
+        """How operations see this consumer's connection and announce its worker (metrics,
+        `leveret.services.operations.heartbeats`); by default `InProcess`, which has no
+        connection and drops heartbeats."""
+        return InProcess()
 
     def log_fields(self) -> dict[str, object]:
         """Extra facts for the runtime's log lines (e.g. whether it is connected)."""
         return {}
+
+
+class Presence(Protocol):
+    """What operations need of a consumer: its connection, and a way out for heartbeats."""
+
+    def connection_state(self) -> tuple[bool, int]:
+        """Whether it is connected now, and how many connections it opened so far (metrics)."""
+        ...
+
+    def local_address(self) -> str | None:
+        """This end's address of the connection to the broker, ``host:port`` (heartbeats)."""
+        ...
+
+    def publish_heartbeat(self, body: bytes) -> None:
+        """Send a heartbeat to the namespace's heartbeats exchange, without waiting or
+        confirming; dropped when not connected (`leveret.services.operations.heartbeats`)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InProcess:
+    """The `Presence` of a consumer without a connection: always connected (one connection),
+    no address.
+
+    Attributes:
+        keep_heartbeat: Called with each heartbeat (None: heartbeats are dropped).
+    """
+
+    keep_heartbeat: Callable[[bytes], None] | None = None
+
+    def connection_state(self) -> tuple[bool, int]:
+        """Connected, over one connection."""
+        return True, 1
+
+    def local_address(self) -> str | None:
+        """None: there is no connection to have an address."""
+        return None
+
+    def publish_heartbeat(self, body: bytes) -> None:
+        """Hand `body` to `keep_heartbeat`, if any."""
+        if self.keep_heartbeat is not None:
+            self.keep_heartbeat(body)
