@@ -19,6 +19,7 @@ from leveret.services.broker import Broker, RabbitBroker
 from leveret.services.middleware import Middleware, Publishing
 from leveret.services.observability.logs import configure_logging
 from leveret.services.runtime import Delivery, Outcome, Worker
+from leveret.services.runtime.options import WorkerArgs
 from leveret.services.testing import MemoryBroker
 from leveret.services.transport import MemoryOptions, RabbitOptions
 
@@ -33,5 +34,6 @@ __all__ = [
     "RabbitBroker",
     "RabbitOptions",
     "Worker",
+    "WorkerArgs",
     "configure_logging",
 ]

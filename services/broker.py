@@ -18,8 +18,7 @@ what only that transport offers (typed options, admin helpers, test helpers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Unpack
 
@@ -40,16 +39,15 @@ from leveret.services import config
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
-from leveret.services.middleware import Middleware, Publishing, PublishOperation
+from leveret.services.middleware import Middleware
 from leveret.services.observability.defaults import standard_chain
 from leveret.services.observability.logs import get_logger
 from leveret.services.observability.redaction import redact
-from leveret.services.publishing import PublishOptions, check_timeout, outgoing, publish_options
+from leveret.services.publishing import Outbound, check_timeout, message_ids, publish_options
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
-from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
-from leveret.services.runtime.options import worker_options
+from leveret.services.runtime.options import WorkerArgs, worker_options
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
 from leveret.services.topology import naming
@@ -62,6 +60,8 @@ from leveret.services.transport import (
     Route,
     Transport,
     TransportOptions,
+    reporting_ids,
+    with_ids,
 )
 
 log = get_logger("leveret.broker")
@@ -115,6 +115,7 @@ class Broker:
         self.transport = transport
         self.auto_declare = auto_declare
         self._declared: set[type[Actor]] = set()
+        self._outbound = Outbound(transport, self.middleware)
 
     @property
     def url(self) -> str:
@@ -154,7 +155,7 @@ class Broker:
             InvalidArgument: An invalid timeout.
         """
         timeout_s = check_timeout(timeout)
-        classes = self._named(unique_queues(actors))
+        classes = _named(self.namespace, unique_queues(actors))
         self.transport.declare(classes, timeout_s=timeout_s)
         self._declared.update(classes)
 
@@ -177,7 +178,7 @@ class Broker:
 
     def delete(self, *actors: ActorRef) -> None:
         """Delete the actors' queues and dead-letter queues, with the messages in them."""
-        classes = self._named(unique_queues(actors))
+        classes = _named(self.namespace, unique_queues(actors))
         self.transport.delete(classes)
         self._declared.difference_update(classes)
 
@@ -188,10 +189,9 @@ class Broker:
         """
         self.transport.delete_namespace_exchanges()
 
-    # Publishing -------------------------------------------------------------------------
-    # Every call below checks its keyword arguments once (`publish_options`) and is a thin
-    # layer over one prepare step (`_outgoing`: the messages built, between the middleware's
-    # publish hooks) and one transport call (`_publish_items`; `_publish_async` awaits).
+    # Publishing: every call checks its options once (`publish_options`) and is a thin
+    # layer over `Outbound` (leveret.services.publishing): one prepare step between the
+    # middleware's publish hooks, and one transport call.
 
     def publish(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Publish to every actor bound to the message's topic; wait for the confirm.
@@ -211,7 +211,7 @@ class Broker:
             PublishTimeout: No confirm within the timeout (the message may be stored).
             InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        return self._publish([message], None, publish_options(**options))[0]
+        return self._outbound.publish([message], None, publish_options(**options))[0]
 
     def publish_many(
         self, messages: Iterable[Message], **options: Unpack[PublishArgs]
@@ -229,7 +229,7 @@ class Broker:
             PublishError: A message was not confirmed; the others may have been.
             InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        return self._publish(list(messages), None, publish_options(**options))
+        return self._outbound.publish(list(messages), None, publish_options(**options))
 
     def send(self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]) -> str:
         """Deliver to one actor's queue only; wait for the confirm.
@@ -249,17 +249,17 @@ class Broker:
                 deleted by then, RabbitMQ drops it.)
             InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        cls = self._recipient(actor, message)
+        cls = self._outbound.recipient(actor, message)
         checked = publish_options(**options)
         self.declare_on_first_use(cls, timeout=checked.timeout_s)
-        return self._publish([message], cls, checked)[0]
+        return self._outbound.publish([message], cls, checked)[0]
 
     async def publish_async(self, message: Message, **options: Unpack[PublishArgs]) -> str:
         """`publish` for asyncio code: awaits the confirm without blocking the event loop.
 
         Arguments, result and errors are `publish`'s.
         """
-        return (await self._publish_async([message], None, publish_options(**options)))[0]
+        return (await self._outbound.publish_async([message], None, publish_options(**options)))[0]
 
     async def send_async(
         self, actor: ActorRef, message: Message, **options: Unpack[PublishArgs]
@@ -269,11 +269,11 @@ class Broker:
         Arguments, result and errors are `send`'s. The first send to an actor declares
         its queue (with `auto_declare`) in a thread.
         """
-        cls = self._recipient(actor, message)
+        cls = self._outbound.recipient(actor, message)
         checked = publish_options(**options)
         if self.auto_declare and cls not in self._declared:
             await asyncio.to_thread(self.declare_on_first_use, cls, timeout=checked.timeout_s)
-        return (await self._publish_async([message], cls, checked))[0]
+        return (await self._outbound.publish_async([message], cls, checked))[0]
 
     def prepare(
         self, message: Message, *, actor: ActorRef | None = None, **options: Unpack[PublishArgs]
@@ -293,9 +293,8 @@ class Broker:
             NotHandled: `actor` has no handler for the message's type.
             InvalidArgument: An invalid option (see `PublishArgs`).
         """
-        cls = None if actor is None else self._recipient(actor, message)
-        with self._outgoing([message], cls, publish_options(**options), "prepare") as (item,):
-            return item
+        cls = None if actor is None else self._outbound.recipient(actor, message)
+        return self._outbound.prepare(message, cls, publish_options(**options))
 
     def publish_prepared(
         self, items: Sequence[OutgoingMessage], *, timeout: float | None = None
@@ -316,8 +315,8 @@ class Broker:
             PublishError: A message was not confirmed; the others may have been.
             InvalidArgument: An invalid timeout.
         """
-        self._publish_items(items, check_timeout(timeout))
-        return _message_ids(items)
+        self._outbound.publish_items(items, check_timeout(timeout))
+        return message_ids(items)
 
     def publish_prepared_each(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
         """Publish messages built by `prepare`, each on its own: one failing fails no other.
@@ -330,7 +329,7 @@ class Broker:
             `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
             message may still be stored).
         """
-        result = self._publish_items(items, None, raise_errors=False)
+        result = self._outbound.publish_items(items, None, raise_errors=False)
         return [result.errors.get(index) for index in range(len(items))]
 
     def check_available(self, timeout: float | None = None) -> None:
@@ -351,78 +350,6 @@ class Broker:
         reason = self.transport.unavailable_reason(check_timeout(timeout))
         if reason is not None:
             raise BrokerUnavailable(reason)
-
-    def _recipient(self, actor: ActorRef, message: Message) -> type[Actor]:
-        """The class of the actor `message` is sent to, checked: its queue's name fits and
-        one of its handlers takes the message (else `NotHandled`)."""
-        (cls,) = self._named([as_actor_class(actor)])
-        cls.handler_for(message)
-        return cls
-
-    def _publish(
-        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
-    ) -> list[str]:
-        with self._outgoing(messages, actor, options) as items:
-            self._publish_items(items, options.timeout_s)
-        return _message_ids(items)
-
-    async def _publish_async(
-        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
-    ) -> list[str]:
-        with self._outgoing(messages, actor, options) as items:
-            result = await self.transport.publish_async(items, timeout_s=options.timeout_s)
-            _log_unroutable(items, result.unroutable)
-        return _message_ids(items)
-
-    def _publish_items(
-        self,
-        items: Sequence[OutgoingMessage],
-        timeout_s: float | None,
-        *,
-        raise_errors: bool = True,
-    ) -> PublishResult:
-        result = self.transport.publish(items, raise_errors=raise_errors, timeout_s=timeout_s)
-        _log_unroutable(items, result.unroutable)
-        return result
-
-    @contextlib.contextmanager
-    def _outgoing(
-        self,
-        messages: list[Message],
-        actor: type[Actor] | None,
-        options: PublishOptions,
-        operation: PublishOperation | None = None,
-    ) -> Iterator[list[OutgoingMessage]]:
-        """The messages built for the wire (to `actor`'s queue, or by topic), to be published
-        inside the ``with``: all of it between the middleware's publish hooks, which see
-        the ``with``'s error."""
-        if actor is None:
-            topics = {message.topic() for message in messages}
-            exchange = naming.events_exchange(self.namespace)
-            routing_key = next(iter(topics)) if len(topics) == 1 else ""
-        else:
-            exchange, routing_key = "", naming.queue_name(self.namespace, actor.queue)
-        publishing = Publishing(
-            operation or ("publish" if actor is None else "send"),
-            exchange,
-            routing_key,
-            len(messages),
-            options.correlation_id,
-        )
-        self.middleware.before_publish(publishing)
-        try:
-            items = outgoing(
-                messages,
-                options,
-                queue=None if actor is None else actor.queue,
-                headers=publishing.headers or None,
-            )
-            publishing.message_ids = _message_ids(items)
-            yield items
-        except BaseException as exc:
-            self.middleware.after_publish(publishing, exc)
-            raise
-        self.middleware.after_publish(publishing, None)
 
     # Dead letters -----------------------------------------------------------------------
 
@@ -455,7 +382,7 @@ class Broker:
         if limit < 0 or offset < 0:
             raise InvalidArgument(f"limit and offset must be 0 or more, not {limit}, {offset}")
         return self.transport.dead_letters.page(
-            self._queue_of(actor), limit=limit, offset=offset, where=where
+            _queue_of(self.namespace, actor), limit=limit, offset=offset, where=where
         )
 
     def dead_letter_count(self, actor: ActorRef | str) -> int:
@@ -464,7 +391,7 @@ class Broker:
         Raises:
             ConfigurationError: The actor has no dead-letter queue (not declared).
         """
-        return self.transport.dead_letters.count(self._queue_of(actor))
+        return self.transport.dead_letters.count(_queue_of(self.namespace, actor))
 
     def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
         """The dead letter with this message id, if there is one (nothing is changed).
@@ -473,7 +400,7 @@ class Broker:
             ConfigurationError: The actor has no dead-letter queue (not declared).
             TopologyError: Another dead-letter operation on that queue is running.
         """
-        return self.transport.dead_letters.find(self._queue_of(actor), message_id)
+        return self.transport.dead_letters.find(_queue_of(self.namespace, actor), message_id)
 
     def replay_dead_letters(
         self,
@@ -502,14 +429,9 @@ class Broker:
             ConfigurationError: The actor's queue or dead-letter queue does not exist.
         """
 
-        def chosen(letter: Delivery) -> bool:
-            return message_ids is None or letter.message_id in message_ids
-
-        def report(letter: Delivery) -> None:
-            if on_replayed is not None:
-                on_replayed(letter.message_id)
-
-        return self.transport.dead_letters.replay(self._queue_of(actor), chosen, report)
+        return self.transport.dead_letters.replay(
+            _queue_of(self.namespace, actor), with_ids(message_ids), reporting_ids(on_replayed)
+        )
 
     def purge_dead_letters(self, actor: ActorRef | str) -> int:
         """Delete every dead letter of the actor; returns how many the broker removed.
@@ -519,79 +441,36 @@ class Broker:
             TopologyError: Another dead-letter operation on that queue is running (they
                 take turns: a purge would miss the letters a pass holds).
         """
-        return self.transport.dead_letters.purge(self._queue_of(actor))
-
-    def _queue_of(self, actor: ActorRef | str) -> str:
-        """The queue name (without namespace) of an actor, or the name itself, checked."""
-        queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
-        return naming.check_queue(self.namespace, queue)
-
-    def _named(self, classes: list[type[Actor]]) -> list[type[Actor]]:
-        """`classes`, once the names of their queues in this namespace are known to fit
-        AMQP's short strings (`naming.check_queue`): nothing too long is ever declared."""
-        for cls in classes:
-            naming.check_queue(self.namespace, cls.queue)
-        return classes
+        return self.transport.dead_letters.purge(_queue_of(self.namespace, actor))
 
     # Running ----------------------------------------------------------------------------
 
-    def worker(
-        self,
-        actors: Iterable[ActorRef],
-        *,
-        threads: int = 8,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        prefetch: int | None = None,
-        queues: Iterable[str] | None = None,
-        shutdown_timeout_s: float = 30.0,
-        max_body_bytes: int | None = None,
-    ) -> Worker:
+    def worker(self, actors: Iterable[ActorRef], **options: Unpack[WorkerArgs]) -> Worker:
         """A worker consuming the actors' queues (not started).
 
         Args:
             actors: The actors to run.
-            threads: Sync handlers running at once (one thread each).
-            concurrency: ``async def`` handlers running at once, on the worker's event loop
-                (which starts only when an actor has one).
-            prefetch: Deliveries held unacknowledged. By default it starts at twice
-                `threads` (plus the concurrency and 8, with async handlers; see
-                `leveret.services.runtime.options.default_prefetch`) and adapts on
-                RabbitMQ: raised while handlers are fast (up to
-                `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the broker
-                round trip does not starve the handlers, and kept low while they are slow,
-                so that a worker never hoards messages other workers could run. A number
-                fixes it.
-            queues: Only these queues (names without namespace) of the actors.
-            shutdown_timeout_s: How long `shutdown` waits for handlers in flight.
-            max_body_bytes: Bodies larger than this are dead-lettered unread (reason
-                ``too_large``); 16 MiB by default.
+            **options: `WorkerArgs`: threads, async concurrency, prefetch, queues,
+                shutdown timeout, largest body.
 
         Raises:
             ConfigurationError: An option out of range, or no actor to run.
         """
-        options = worker_options(
-            actors,
-            namespace=self.namespace,
-            threads=threads,
-            concurrency=concurrency,
-            prefetch=prefetch,
-            queues=queues,
-            max_body_bytes=max_body_bytes,
-        )
+        checked = worker_options(actors, namespace=self.namespace, **options)
         return Worker(
             self.transport.consumer(
-                options.actors,
-                prefetch=options.prefetch,
-                capacity=options.capacity,
-                adaptive=options.adaptive,
+                checked.actors,
+                prefetch=checked.prefetch,
+                capacity=checked.capacity,
+                adaptive=checked.adaptive,
             ),
-            options.actors,
+            checked.actors,
             namespace=self.namespace,
-            threads=threads,
-            concurrency=concurrency,
-            prefetch=options.prefetch,
-            shutdown_timeout_s=shutdown_timeout_s,
-            max_body_bytes=options.max_body_bytes,
+            threads=checked.threads,
+            concurrency=checked.concurrency,
+            prefetch=checked.prefetch,
+            shutdown_timeout_s=checked.shutdown_timeout_s,
+            max_body_bytes=checked.max_body_bytes,
             middleware=self.middleware,
         )
 
@@ -611,10 +490,12 @@ class Broker:
         Args:
             schedules: The entries, or a callable returning them (asked again every
                 `reload_s` while leading).
-            grace_s: Ticks this late are still sent by a new leader; older ones follow
-                each entry's catch-up policy.
-            poll_s: How often a follower tries to take the lead.
-            reload_s: How often a leader asks a callable `schedules` again.
+            grace_s: As for `Scheduler`, which says what each does.
+            poll_s: As for `Scheduler`.
+            reload_s: As for `Scheduler`.
+
+        Raises:
+            InvalidArgument: `grace_s` below 1 or `poll_s` not positive.
         """
         return Scheduler(
             schedules,
@@ -705,16 +586,15 @@ class RabbitBroker(Broker):
         return self.transport.message_count(queue)
 
 
-def _message_ids(items: Sequence[OutgoingMessage]) -> list[str]:
-    return [item.envelope.message_id for item in items]
+def _queue_of(namespace: str, actor: ActorRef | str) -> str:
+    """The queue name (without namespace) of an actor, or the name itself, checked."""
+    queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
+    return naming.check_queue(namespace, queue)
 
 
-def _log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> None:
-    for index in unroutable:
-        envelope = items[index].envelope
-        log.info(
-            "message_unroutable",
-            topic=envelope.topic,
-            message_id=envelope.message_id,
-            hint="no queue is bound to this topic: no actor handles it (yet)",
-        )
+def _named(namespace: str, classes: list[type[Actor]]) -> list[type[Actor]]:
+    """`classes`, once the names of their queues in `namespace` are known to fit AMQP's
+    short strings (`naming.check_queue`): nothing too long is ever declared."""
+    for cls in classes:
+        naming.check_queue(namespace, cls.queue)
+    return classes

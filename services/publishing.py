@@ -12,17 +12,25 @@ transport writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.function import as_actor_class
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument
 from leveret.schemas.message import Message
 from leveret.services import config
+from leveret.services.middleware import MiddlewareChain, Publishing, PublishOperation
+from leveret.services.observability.logs import get_logger
+from leveret.services.topology import naming
 from leveret.services.topology.delays import delay_seconds
-from leveret.services.transport import OutgoingMessage, Route
+from leveret.services.transport import OutgoingMessage, PublishResult, Route, Transport
+
+log = get_logger("leveret.broker")
 
 MAX_CORRELATION_ID_BYTES = 255
 """AMQP's limit for a string property such as ``correlation_id``."""
@@ -99,6 +107,131 @@ def outgoing(
         )
         items.append(OutgoingMessage(envelope, encode(message), route, delay_s))
     return items
+
+
+class Outbound:
+    """The one way out of a `Broker`: messages built, middleware called, one transport call.
+
+    Every publishing method of `Broker` is a thin layer over this: `publish` and
+    `publish_async` build the messages (`outgoing`) between the middleware's
+    ``before_publish`` and ``after_publish`` and hand them to the transport; `prepare`
+    builds one to publish later; `publish_items` publishes what was built.
+
+    Args:
+        transport: Where the messages go.
+        middleware: The broker's chain, whose publish hooks run around each call.
+    """
+
+    def __init__(self, transport: Transport, middleware: MiddlewareChain) -> None:
+        self.transport = transport
+        self.middleware = middleware
+
+    def recipient(self, actor: ActorRef, message: Message) -> type[Actor]:
+        """The class of the actor `message` is sent to, checked: its queue's name fits and
+        one of its handlers takes the message.
+
+        Raises:
+            NotHandled: None of the actor's handlers takes the message.
+            ConfigurationError: The actor's queue names are too long in this namespace.
+        """
+        cls = as_actor_class(actor)
+        naming.check_queue(self.transport.namespace, cls.queue)
+        cls.handler_for(message)
+        return cls
+
+    def publish(
+        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
+    ) -> list[str]:
+        """Build `messages` (to `actor`'s queue, or by topic), publish them, wait for the
+        confirms; returns their ids."""
+        with self._outgoing(messages, actor, options) as items:
+            self.publish_items(items, options.timeout_s)
+        return message_ids(items)
+
+    async def publish_async(
+        self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
+    ) -> list[str]:
+        """`publish`, awaiting the confirms."""
+        with self._outgoing(messages, actor, options) as items:
+            result = await self.transport.publish_async(items, timeout_s=options.timeout_s)
+            log_unroutable(items, result.unroutable)
+        return message_ids(items)
+
+    def prepare(
+        self, message: Message, actor: type[Actor] | None, options: PublishOptions
+    ) -> OutgoingMessage:
+        """Build `message` now, between the middleware's hooks (operation ``prepare``)."""
+        with self._outgoing([message], actor, options, "prepare") as (item,):
+            return item
+
+    def publish_items(
+        self,
+        items: Sequence[OutgoingMessage],
+        timeout_s: float | None,
+        *,
+        raise_errors: bool = True,
+    ) -> PublishResult:
+        """Publish messages already built; a fan-out no queue took is logged."""
+        result = self.transport.publish(items, raise_errors=raise_errors, timeout_s=timeout_s)
+        log_unroutable(items, result.unroutable)
+        return result
+
+    @contextlib.contextmanager
+    def _outgoing(
+        self,
+        messages: list[Message],
+        actor: type[Actor] | None,
+        options: PublishOptions,
+        operation: PublishOperation | None = None,
+    ) -> Iterator[list[OutgoingMessage]]:
+        """The messages built for the wire (to `actor`'s queue, or by topic), to be published
+        inside the ``with``: all of it between the middleware's publish hooks, which see
+        the ``with``'s error."""
+        namespace = self.transport.namespace
+        if actor is None:
+            topics = {message.topic() for message in messages}
+            exchange = naming.events_exchange(namespace)
+            routing_key = next(iter(topics)) if len(topics) == 1 else ""
+        else:
+            exchange, routing_key = "", naming.queue_name(namespace, actor.queue)
+        publishing = Publishing(
+            operation or ("publish" if actor is None else "send"),
+            exchange,
+            routing_key,
+            len(messages),
+            options.correlation_id,
+        )
+        self.middleware.before_publish(publishing)
+        try:
+            items = outgoing(
+                messages,
+                options,
+                queue=None if actor is None else actor.queue,
+                headers=publishing.headers or None,
+            )
+            publishing.message_ids = message_ids(items)
+            yield items
+        except BaseException as exc:
+            self.middleware.after_publish(publishing, exc)
+            raise
+        self.middleware.after_publish(publishing, None)
+
+
+def message_ids(items: Sequence[OutgoingMessage]) -> list[str]:
+    """The ids of built messages, in order."""
+    return [item.envelope.message_id for item in items]
+
+
+def log_unroutable(items: Sequence[OutgoingMessage], unroutable: list[int]) -> None:
+    """Log each fan-out (by its index in `items`) that no queue took: not an error."""
+    for index in unroutable:
+        envelope = items[index].envelope
+        log.info(
+            "message_unroutable",
+            topic=envelope.topic,
+            message_id=envelope.message_id,
+            hint="no queue is bound to this topic: no actor handles it (yet)",
+        )
 
 
 def check_correlation_id(correlation_id: str | None) -> None:

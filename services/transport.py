@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeAlias
@@ -137,6 +137,20 @@ DeadLetterFilter: TypeAlias = "Callable[[Delivery], bool]"
 """Says of a dead letter whether it is picked (to list, or to replay)."""
 OnReplay: TypeAlias = "Callable[[Delivery], None]"
 """Called with each dead letter once it is back on its queue."""
+
+
+def with_ids(message_ids: Collection[str] | None) -> DeadLetterFilter:
+    """Picks the dead letters with these message ids (every one when None)."""
+    if message_ids is None:
+        return lambda _letter: True
+    return lambda letter: letter.message_id in message_ids
+
+
+def reporting_ids(on_replayed: Callable[[str], None] | None) -> OnReplay:
+    """Calls `on_replayed` with the message id of each dead letter replayed (if given)."""
+    if on_replayed is None:
+        return lambda _letter: None
+    return lambda letter: on_replayed(letter.message_id)
 
 
 class DeadLetters(ABC):

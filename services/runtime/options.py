@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.registry import unique_queues
@@ -16,6 +17,32 @@ from leveret.schemas.errors import ConfigurationError
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
 from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES
 from leveret.services.topology import naming
+
+
+class WorkerArgs(TypedDict, total=False):
+    """The keyword arguments of `Broker.worker`, all optional; `worker_options` checks them.
+
+    Attributes:
+        threads: Sync handlers running at once (one thread each); 8 by default.
+        concurrency: ``async def`` handlers running at once, on the worker's event loop
+            (which starts only when an actor has one); `DEFAULT_CONCURRENCY` by default.
+        prefetch: Deliveries held unacknowledged. By default it starts at `default_prefetch`
+            and adapts on RabbitMQ: raised while handlers are fast (up to
+            `leveret.services.rabbitmq.MAX_ADAPTIVE_PREFETCH`), so that the broker round
+            trip does not starve the handlers, and kept low while they are slow, so that a
+            worker never hoards messages other workers could run. A number fixes it.
+        queues: Only these queues (names without namespace) of the actors.
+        shutdown_timeout_s: How long `Worker.shutdown` waits for handlers in flight (30 s).
+        max_body_bytes: Bodies larger than this are dead-lettered unread (reason
+            ``too_large``); 16 MiB by default.
+    """
+
+    threads: int
+    concurrency: int
+    prefetch: int | None
+    queues: Iterable[str] | None
+    shutdown_timeout_s: float
+    max_body_bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +56,9 @@ class WorkerOptions:
         capacity: Handlers that may run at once: threads for sync handlers plus the
             concurrency for async ones (at least 1).
         max_body_bytes: Larger bodies are dead-lettered unread.
+        threads: As given (`WorkerArgs`).
+        concurrency: As given.
+        shutdown_timeout_s: As given.
     """
 
     actors: list[type[Actor]]
@@ -36,6 +66,9 @@ class WorkerOptions:
     adaptive: bool
     capacity: int
     max_body_bytes: int
+    threads: int
+    concurrency: int
+    shutdown_timeout_s: float
 
 
 def worker_options(
@@ -46,9 +79,10 @@ def worker_options(
     concurrency: int = DEFAULT_CONCURRENCY,
     prefetch: int | None = None,
     queues: Iterable[str] | None = None,
+    shutdown_timeout_s: float = 30.0,
     max_body_bytes: int | None = None,
 ) -> WorkerOptions:
-    """Check a worker's options (see `Broker.worker` for each) and derive the rest.
+    """Check a worker's options (`WorkerArgs` says what each is) and derive the rest.
 
     Raises:
         ConfigurationError: An option out of range, a queue name too long in `namespace`,
@@ -69,6 +103,9 @@ def worker_options(
         adaptive=prefetch is None,
         capacity=max(1, sync_slots + async_slots),
         max_body_bytes=max_body_bytes_or_default(max_body_bytes),
+        threads=threads,
+        concurrency=concurrency,
+        shutdown_timeout_s=shutdown_timeout_s,
     )
 
 
