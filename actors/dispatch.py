@@ -101,6 +101,11 @@ def adapt_with(adapter: Callable[[Dispatcher], Dispatcher] | None) -> None:
         _adapter = adapter
 
 
+def configured() -> Dispatcher | None:
+    """The broker this process configured, or None (`current` raises instead)."""
+    return _current
+
+
 def current() -> Dispatcher:
     """The broker this process configured.
 

@@ -256,7 +256,7 @@ def memory_broker(
         namespace: Namespace of the in-memory queues.
         eager: Handle each message as it is published (see `MemoryBroker`).
     """
-    previous = dispatch._current
+    previous = dispatch.configured()
     broker = MemoryBroker(namespace=namespace, eager=eager)
     broker.declare(*actors)
     dispatch.configure(broker)

@@ -114,6 +114,20 @@ class Publisher(IOThread):
     def middleware(self, middleware: MiddlewareChain | None) -> None:
         self._publishing.middleware = middleware
 
+    def _forget_parent_after_fork(self) -> None:
+        """In a forked child: drop the parent's connection and thread, which are not ours.
+
+        Never touch the socket (a close frame would end the parent's connection); keep the
+        objects alive so that nothing closes them.
+        """
+        _inherited.append((self._connection, self._opening_connection, self._ioloop))
+        self._connection = self._opening_connection = None
+        self._ioloop = None
+        self._thread = None
+        self.connected = threading.Event()
+        self.state_changed = threading.Condition()
+        self._reset_state(middleware=self.middleware)
+
     def _reset_state(self, middleware: MiddlewareChain | None = None) -> None:
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
@@ -300,7 +314,7 @@ class Publisher(IOThread):
 
     def _ensure_started(self) -> None:
         if os.getpid() != self._pid:
-            _reset_after_fork(self)
+            self._forget_parent_after_fork()
         if self.running and not self._loop_ended:
             return
         with self._start_lock:
@@ -491,24 +505,12 @@ def _resolve(settled: asyncio.Future[None]) -> None:
         settled.set_result(None)
 
 
-def _reset_after_fork(publisher: Publisher) -> None:
-    # The parent's connection and thread are not ours: never touch the socket (a close frame
-    # would end the parent's connection), keep the objects alive so nothing closes them.
-    _inherited.append((publisher._connection, publisher._opening_connection, publisher._ioloop))
-    publisher._connection = publisher._opening_connection = None
-    publisher._ioloop = None
-    publisher._thread = None
-    publisher.connected = threading.Event()
-    publisher.state_changed = threading.Condition()
-    publisher._reset_state(middleware=publisher.middleware)
-
-
 _inherited: list[Any] = []
 
 
 def _reset_all_after_fork() -> None:
     for publisher in list(_live):
-        _reset_after_fork(publisher)
+        publisher._forget_parent_after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_all_after_fork)
