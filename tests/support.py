@@ -45,12 +45,14 @@ def run_python(
     env: dict[str, str] | None = None,
     timeout_s: float = 60,
     stdin: str | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python *args`` at the repository's root, importable, and wait for it (`stdin`
-    its input): its output captured as text, its exit status not checked (the test does)."""
+    """Run ``python *args`` in `cwd` (the repository's root unless told), the repository
+    importable, and wait for it (`stdin` its input): its output captured as text, its exit
+    status not checked (the test does)."""
     return subprocess.run(
         [sys.executable, *args],
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         input=stdin,
         capture_output=True,

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.support import ROOT, WorkerProcess, run_python, wait_until
 
 EXAMPLE = ROOT / "examples" / "quickstart"
 
 
 def test_quickstart_publish_then_worker_handles_the_chain(rabbit_url: str, namespace: str) -> None:
     env = {
-        **os.environ,
         "PYTHONPATH": f"{EXAMPLE}{os.pathsep}{ROOT}",
         "LEVERET_BROKER_URL": rabbit_url,
         "LEVERET_NAMESPACE": namespace,
     }
-    published = subprocess.run(
-        [sys.executable, "publish.py", "3"],
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    published = run_python("publish.py", "3", env=env, cwd=EXAMPLE)
     assert published.returncode == 0, published.stderr
     assert published.stdout.count("published order") == 3
     worker = WorkerProcess(["shop_actors"], namespace, env={"PYTHONPATH": env["PYTHONPATH"]})
@@ -35,13 +25,8 @@ def test_quickstart_publish_then_worker_handles_the_chain(rabbit_url: str, names
         assert worker.log().count('"message_handled"') == 6
     finally:
         worker.stop()
-        subprocess.run(
-            [sys.executable, "-c", _CLEANUP, namespace],
-            cwd=EXAMPLE,
-            env=env,
-            check=True,
-            timeout=60,
-        )
+        cleaned = run_python("-c", _CLEANUP, namespace, env=env, cwd=EXAMPLE)
+        assert cleaned.returncode == 0, cleaned.stderr
 
 
 _CLEANUP = """

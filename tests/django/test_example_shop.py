@@ -27,7 +27,7 @@ from leveret.django import TransactionalDispatcher
 from leveret.services import RabbitBroker
 from leveret.services.testing import memory_broker
 from tests.django.conftest import drain
-from tests.support import RABBIT_URL, ROOT, LoggedProcess, wait_until
+from tests.support import RABBIT_URL, ROOT, LoggedProcess, run_python, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,13 +57,8 @@ def _shop_env(shop_broker: RabbitBroker) -> dict[str, str]:
 
 def _relay_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`manage.py leveret_relay --once` of the shop, run in a process of its own."""
-    return subprocess.run(
-        [sys.executable, "manage.py", "leveret_relay", "--once", "--log-format", "json"],
-        cwd=SHOP,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_python(
+        "manage.py", "leveret_relay", "--once", "--log-format", "json", env=env, cwd=SHOP
     )
 
 

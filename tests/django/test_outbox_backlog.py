@@ -5,10 +5,8 @@ the mounted dashboard; the check stays quick and quiet when the database is unre
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +21,7 @@ from shop.messages import OrderPlaced
 from leveret.django.models import OutboxMessage
 from leveret.django.project import forget_project_broker
 from leveret.services import RabbitBroker
-from tests.support import RABBIT_URL, ROOT
+from tests.support import RABBIT_URL, run_python
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
@@ -121,23 +119,13 @@ def test_the_mounted_dashboard_shows_the_backlog(
 
 def _check_in_a_process(port: int) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
         "LEVERET_TEST_PG_PORT": str(port),
         "LEVERET_TEST_SETTINGS": json.dumps(
             {"BROKER_URL": "memory://", "NAMESPACE": "backlog", "OUTBOX": True}
         ),
     }
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "django", "check", "--settings", "tests.django.settings"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-m", "django", "check", "--settings", "tests.django.settings", env=env)
     return done, time.monotonic() - started
 
 

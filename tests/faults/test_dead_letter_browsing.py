@@ -27,7 +27,15 @@ from leveret.services.topology import naming
 from tests import raw_amqp
 from tests.faults.helpers import events
 from tests.sample_actors import Job, Jobs
-from tests.support import ROOT, dlq_lock_held, queue_policy, running, take_all, wait_until
+from tests.support import (
+    ROOT,
+    dlq_lock_held,
+    queue_policy,
+    run_python,
+    running,
+    take_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.fault]
 
@@ -35,22 +43,7 @@ LETTERS = 30
 
 
 def leveret(broker: RabbitBroker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leveret.services.cli",
-            *args,
-            "--broker-url",
-            broker.url,
-            "--namespace",
-            broker.namespace,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_python(*_cli(broker, "leveret.services.cli", *args), timeout_s=120)
 
 
 @pytest.fixture
@@ -158,10 +151,11 @@ def _lock_held(broker: RabbitBroker) -> bool:
     return dlq_lock_held(broker, Jobs.queue)
 
 
-def _cli(broker: RabbitBroker, *args: str) -> list[str]:
+def _cli(broker: RabbitBroker, module: str, *args: str) -> list[str]:
+    """The arguments of ``python`` running `module` with `args` on `broker`'s namespace."""
     return [
-        sys.executable,
         "-m",
+        module,
         *args,
         "--broker-url",
         broker.url,
@@ -186,33 +180,24 @@ def test_dlq_list_killed_during_its_pass_loses_and_doubles_nothing(
     every letter is there exactly once, and none counts a delivery."""
     ids = _fill_dlq(rabbit_broker, KILL_LETTERS)
     batches = KILL_LETTERS // _dlq_pass.BATCH
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    listing = _cli(rabbit_broker, "leveret", "dlq", "list", "jobs", "--limit", "1")
     for _ in range(TARGETED_KILLS):
         commit = random.randint(2, max(2, batches - 1))
-        victim = subprocess.run(
-            _cli(rabbit_broker, "tests.faults.dlq_victim", "dlq", "list", "jobs", "--limit", "1"),
-            cwd=ROOT,
-            env={**env, "LEVERET_TEST_KILL_AT_COMMIT": str(commit)},
-            capture_output=True,
-            timeout=60,
+        victim = run_python(
+            *_cli(rabbit_broker, "tests.faults.dlq_victim", "dlq", "list", "jobs", "--limit", "1"),
+            env={"LEVERET_TEST_KILL_AT_COMMIT": str(commit)},
         )
         assert victim.returncode == -signal.SIGKILL, victim.stderr
         wait_until(lambda: not _lock_held(rabbit_broker), 10, "the killed pass's lock")
     started = time.monotonic()
-    whole = subprocess.run(
-        _cli(rabbit_broker, "leveret", "dlq", "list", "jobs", "--limit", "1"),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    whole = run_python(*listing)
     assert whole.returncode == 0, whole.stderr
     pass_s = time.monotonic() - started
     for _ in range(RANDOM_KILLS):
         victim_process = subprocess.Popen(
-            _cli(rabbit_broker, "leveret", "dlq", "list", "jobs", "--limit", "1"),
+            [sys.executable, *listing],
             cwd=ROOT,
-            env=env,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -226,14 +211,7 @@ def test_dlq_list_killed_during_its_pass_loses_and_doubles_nothing(
         victim_process.wait(10)
         wait_until(lambda: not _lock_held(rabbit_broker), 10, "the killed pass's lock")
 
-    after = subprocess.run(
-        _cli(rabbit_broker, "leveret", "dlq", "list", "jobs", "--limit", "1"),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    after = run_python(*listing)
     assert after.returncode == 0, after.stderr
     found, delivery_counts = _letters_by_id(rabbit_broker)
     seen = collections.Counter(found)
