@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -63,16 +64,31 @@ def test_worker_reconnects_after_cut_and_drains_the_rest(
     wait_until(lambda: rabbit_broker.message_count(queue) == 0, 10, "the queue to be empty")
 
 
-@pytest.fixture
-def proxied_broker(rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str) -> RabbitBroker:
-    """A second broker in the same namespace whose publisher goes through the proxy."""
-    rabbit_broker.declare(Jobs)  # the fixture's broker deletes the queues afterwards
+def _through(
+    proxy: TcpProxy, rabbit_url: str, rabbit_broker: RabbitBroker, *, confirm_timeout_s: float
+) -> RabbitBroker:
+    """A second broker in `rabbit_broker`'s namespace whose publisher goes through `proxy`,
+    `Jobs` declared (`rabbit_broker` deletes its queues afterwards)."""
+    rabbit_broker.declare(Jobs)
     return RabbitBroker(
         proxy.url(rabbit_url),
         namespace=rabbit_broker.namespace,
         auto_declare=False,
-        confirm_timeout_s=15,
+        confirm_timeout_s=confirm_timeout_s,
     )
+
+
+@pytest.fixture
+def proxied_broker(
+    rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
+) -> Iterator[RabbitBroker]:
+    """A second broker in the same namespace whose publisher goes through the proxy; closed
+    afterwards."""
+    broker = _through(proxy, rabbit_url, rabbit_broker, confirm_timeout_s=15)
+    try:
+        yield broker
+    finally:
+        broker.close()
 
 
 def _queued(broker: RabbitBroker) -> int:
@@ -89,15 +105,12 @@ def test_publisher_reconnects_after_cut_between_publishes(
     rabbit_broker: RabbitBroker, proxied_broker: RabbitBroker, proxy: TcpProxy
 ) -> None:
     """After its connection was cut and restored, publishing works again with no user action."""
-    try:
-        proxied_broker.send(Jobs, Job(n=1))
-        proxy.cut()
-        wait_until(lambda: proxy.dropped >= 1, 10, "the publisher to try to reconnect")
-        proxy.restore()
-        proxied_broker.send(Jobs, Job(n=2))
-        proxied_broker.send(Jobs, Job(n=3))
-    finally:
-        proxied_broker.close()
+    proxied_broker.send(Jobs, Job(n=1))
+    proxy.cut()
+    wait_until(lambda: proxy.dropped >= 1, 10, "the publisher to try to reconnect")
+    proxy.restore()
+    proxied_broker.send(Jobs, Job(n=2))
+    proxied_broker.send(Jobs, Job(n=3))
     wait_until(lambda: _queued(rabbit_broker) == 3, 10, "3 messages in the queue")
 
 
@@ -105,17 +118,14 @@ def test_publish_during_cut_completes_once_restored(
     rabbit_broker: RabbitBroker, proxied_broker: RabbitBroker, proxy: TcpProxy
 ) -> None:
     """A publish made while the broker is unreachable returns once it is back (within timeout)."""
-    try:
-        proxied_broker.send(Jobs, Job(n=1))
-        proxy.cut()
-        restorer = threading.Timer(CUT_S, proxy.restore)
-        restorer.start()
-        started = time.monotonic()
-        proxied_broker.send(Jobs, Job(n=2))
-        waited_s = time.monotonic() - started
-        restorer.join()
-    finally:
-        proxied_broker.close()
+    proxied_broker.send(Jobs, Job(n=1))
+    proxy.cut()
+    restorer = threading.Timer(CUT_S, proxy.restore)
+    restorer.start()
+    started = time.monotonic()
+    proxied_broker.send(Jobs, Job(n=2))
+    waited_s = time.monotonic() - started
+    restorer.join()
     assert waited_s >= CUT_S - 0.5, f"the publish returned after {waited_s:.1f}s, while cut"
     wait_until(lambda: _queued(rabbit_broker) == 2, 10, "2 messages in the queue")
 
@@ -124,13 +134,7 @@ def test_publish_during_cut_times_out_with_publish_error(
     rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
 ) -> None:
     """A publish not confirmed within confirm_timeout_s raises PublishError saying why."""
-    rabbit_broker.declare(Jobs)
-    broker = RabbitBroker(
-        proxy.url(rabbit_url),
-        namespace=rabbit_broker.namespace,
-        auto_declare=False,
-        confirm_timeout_s=1.5,
-    )
+    broker = _through(proxy, rabbit_url, rabbit_broker, confirm_timeout_s=1.5)
     try:
         broker.send(Jobs, Job(n=1))
         proxy.cut()
