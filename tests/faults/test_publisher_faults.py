@@ -37,11 +37,10 @@ class Ping(Message, topic="tests.publisher.ping"):
 
 
 class Pings(Actor, queue="pings"):
-    seen = Recorder()
+    """Where the pings go; the tests count its queue, nothing handles it."""
 
     @handler
-    def on(self, msg: Ping) -> None:
-        Pings.seen.add(msg.n)
+    def on(self, msg: Ping) -> None: ...
 
 
 def _queued(broker: RabbitBroker) -> int:
