@@ -474,19 +474,18 @@ class RabbitConsumer(IOThread, Consumer):
 
     def _dead_letter_original(self, job: Job) -> None:
         """No copy of it can be written: the broker dead-letters the original instead."""
-        channel = self._open_channel_of(job)
-        if channel is not None:
-            channel.basic_reject(job.tag, requeue=False)
-            self._outstanding -= 1
-            self._check_settled()
+        self._reject(job, requeue=False)
 
     def _requeue(self, job: Job) -> None:
+        # A reject, which counts towards the queue's delivery limit (a nack does not on
+        # RabbitMQ 4.3+): a message whose copy is refused for good ends dead-lettered by
+        # the broker instead of going round for ever.
+        self._reject(job, requeue=True)
+
+    def _reject(self, job: Job, *, requeue: bool) -> None:
         channel = self._open_channel_of(job)
         if channel is not None:
-            # A reject, which counts towards the queue's delivery limit (a nack does not on
-            # RabbitMQ 4.3+): a message whose copy is refused for good ends dead-lettered
-            # by the broker instead of going round for ever.
-            channel.basic_reject(job.tag, requeue=True)
+            channel.basic_reject(job.tag, requeue=requeue)
             self._outstanding -= 1
             self._check_settled()
 

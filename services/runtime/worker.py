@@ -241,16 +241,23 @@ class Worker:
             job = work.get()
             if job is None:
                 return
-            if not self.consumer.current(job):
-                continue  # its channel is gone; the broker redelivers it
-            if not self._accepting:
-                self.consumer.give_back(job, failed=False)
+            if not self._takes(job):
                 continue
             try:
                 self.handle(job)
             except BaseException as exc:  # noqa: BLE001  # a fault of ours: stop, loudly
                 self._handler_thread_failed(job, exc)
                 return
+
+    def _takes(self, job: Job) -> bool:
+        """Whether to handle `job` now: not when its channel is gone (the broker redelivers
+        it), nor once the worker stops accepting work (it is given back, not failed)."""
+        if not self.consumer.current(job):
+            return False
+        if not self._accepting:
+            self.consumer.give_back(job, failed=False)
+            return False
+        return True
 
     def _dispatch(self, job: Job) -> None:
         """Hand a delivery to the event loop (async handler) or the handler threads."""
@@ -283,10 +290,7 @@ class Worker:
 
     async def _handle_async_job(self, job: Job) -> None:
         """What the event loop runs for each job: `handle`, awaiting an async handler."""
-        if not self.consumer.current(job):
-            return  # its channel is gone; the broker redelivers it
-        if not self._accepting:
-            self.consumer.give_back(job, failed=False)
+        if not self._takes(job):
             return
         try:
             executor = self.executors[job.queue]
