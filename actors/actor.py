@@ -12,6 +12,7 @@ from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, Unpack, overload
 
 from leveret.actors import dispatch
+from leveret.actors.checks import is_count
 from leveret.actors.context import AsyncContext, Context
 from leveret.actors.dispatch import PublishArgs
 from leveret.actors.retry import RetryPolicy
@@ -195,11 +196,7 @@ class Actor:
                 )
             cls.queue_type = queue_type
         if delivery_limit is not None:
-            if (
-                isinstance(delivery_limit, bool)
-                or not isinstance(delivery_limit, int)
-                or (delivery_limit < 1)
-            ):
+            if not is_count(delivery_limit):
                 raise DefinitionError(
                     f"{cls.__qualname__}: delivery_limit must be a positive int, "
                     f"not {delivery_limit!r}"

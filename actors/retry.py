@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from leveret.actors.checks import is_count
 from leveret.actors.control import Reject, Retry
 from leveret.schemas.errors import DefinitionError
 
@@ -78,11 +79,7 @@ class RetryPolicy:
     dead_letter_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.attempts, bool)
-            or not isinstance(self.attempts, int)
-            or (self.attempts < 1)
-        ):
+        if not is_count(self.attempts):
             raise DefinitionError(
                 f"RetryPolicy.attempts must be an int >= 1, not {self.attempts!r}"
             )

@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.checks import is_count
 from leveret.actors.function import FunctionActor, as_actor_class
 from leveret.schemas.errors import ConfigurationError, DefinitionError, NotHandled
 from leveret.schemas.message import Message
@@ -366,7 +367,7 @@ def _define(
         raise DefinitionError(f"{where}: when= must be cron(...) or every(...), not {when!r}")
     if catch_up not in ("skip", "latest", "all"):
         raise DefinitionError(f"{where}: catch_up must be skip, latest or all, not {catch_up!r}")
-    if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+    if not is_count(max_catch_up):
         raise DefinitionError(f"{where}: max_catch_up must be a whole number of at least 1")
     cls = None
     if to is not None:

@@ -47,6 +47,7 @@ from leveret.services.publishing import Outbound, check_timeout, message_ids, pu
 from leveret.services.rabbitmq._admin import AdminChannel
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq.transport import RabbitTransport
+from leveret.services.runtime.consumer import ConsumerOptions
 from leveret.services.runtime.options import WorkerArgs, worker_options
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, DEFAULT_POLL_S, Scheduler
@@ -329,7 +330,7 @@ class Broker:
             `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
             message may still be stored).
         """
-        result = self._outbound.publish_items(items, None, raise_errors=False)
+        result = self._outbound.publish_items(items, None, each=True)
         return [result.errors.get(index) for index in range(len(items))]
 
     def check_available(self, timeout: float | None = None) -> None:
@@ -460,9 +461,7 @@ class Broker:
         return Worker(
             self.transport.consumer(
                 checked.actors,
-                prefetch=checked.prefetch,
-                capacity=checked.capacity,
-                adaptive=checked.adaptive,
+                ConsumerOptions(checked.prefetch, checked.capacity, checked.adaptive),
             ),
             checked.actors,
             namespace=self.namespace,

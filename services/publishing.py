@@ -165,14 +165,14 @@ class Outbound:
             return item
 
     def publish_items(
-        self,
-        items: Sequence[OutgoingMessage],
-        timeout_s: float | None,
-        *,
-        raise_errors: bool = True,
+        self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
     ) -> PublishResult:
-        """Publish messages already built; a fan-out no queue took is logged."""
-        result = self.transport.publish(items, raise_errors=raise_errors, timeout_s=timeout_s)
+        """Publish messages already built (`each`: every one on its own, errors returned);
+        a fan-out no queue took is logged."""
+        if each:
+            result = self.transport.publish_each(items)
+        else:
+            result = self.transport.publish(items, timeout_s)
         log_unroutable(items, result.unroutable)
         return result
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from leveret.actors.actor import Actor
     from leveret.services.delivery import Delivery
     from leveret.services.memory.clock import VirtualClock
-    from leveret.services.runtime.consumer import Consumer
+    from leveret.services.runtime.consumer import Consumer, ConsumerOptions
     from leveret.services.scheduling import SchedulerBackend
 
 
@@ -266,25 +266,22 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def publish(
-        self,
-        items: Sequence[OutgoingMessage],
-        *,
-        raise_errors: bool = True,
-        timeout_s: float | None = None,
-    ) -> PublishResult:
+    def publish(self, items: Sequence[OutgoingMessage], timeout_s: float | None) -> PublishResult:
         """Hand `items` to the broker and wait for its confirms.
 
         Args:
             items: The messages.
-            raise_errors: Raise on the first message not confirmed, instead of returning
-                each one's error.
             timeout_s: How long to wait for the confirms (None: the transport's default).
 
         Raises:
-            PublishError: With `raise_errors`: a message was not confirmed, or a `send`
-                found no queue.
+            PublishError: A message was not confirmed, or a `send` found no queue (the
+                messages before it may be stored).
         """
+
+    @abstractmethod
+    def publish_each(self, items: Sequence[OutgoingMessage]) -> PublishResult:
+        """`publish`, each message on its own: one refused fails no other, and each one's
+        error is in the result (`PublishResult.errors`) instead of raised."""
 
     async def publish_async(
         self, items: Sequence[OutgoingMessage], *, timeout_s: float | None = None
@@ -295,7 +292,7 @@ class Transport(ABC):
         broker's, which in eager mode handles the message at once); RabbitMQ's awaits the
         publisher's confirms without a thread.
         """
-        return await asyncio.to_thread(self.publish, items, timeout_s=timeout_s)
+        return await asyncio.to_thread(self.publish, items, timeout_s)
 
     @abstractmethod
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
@@ -314,24 +311,9 @@ class Transport(ABC):
         teardown)."""
 
     @abstractmethod
-    def consumer(
-        self,
-        actors: Sequence[type[Actor]],
-        *,
-        prefetch: int,
-        capacity: int,
-        adaptive: bool = False,
-    ) -> Consumer:
-        """A consumer of the actors' queues for a worker runtime (not started).
-
-        Args:
-            actors: The actors.
-            prefetch: Deliveries held unacknowledged (the first value, with `adaptive`).
-            capacity: Handlers the runtime runs at once (its threads, plus its event
-                loop's concurrency when it has async handlers).
-            adaptive: Let the consumer raise and lower its prefetch with the handlers' speed
-                (where the transport can).
-        """
+    def consumer(self, actors: Sequence[type[Actor]], options: ConsumerOptions) -> Consumer:
+        """A consumer of the actors' queues for a worker runtime (not started), consuming
+        as `options` say (prefetch, handler capacity, adaptive prefetch)."""
 
     @abstractmethod
     def close(self) -> None:

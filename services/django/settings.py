@@ -38,6 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from leveret.actors.checks import is_count
 from leveret.schemas.errors import ConfigurationError
 from leveret.services import config
 from leveret.services.middleware import Middleware
@@ -203,7 +204,7 @@ def read(raw: object) -> LeveretSettings:
             problems.append(f"LEVERET[{key!r}] must be a positive number of seconds")
             values[key] = DEFAULTS[key]
     attempts = values["OUTBOX_MAX_ATTEMPTS"]
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    if not is_count(attempts):
         problems.append("LEVERET['OUTBOX_MAX_ATTEMPTS'] must be a whole number of at least 1")
         values["OUTBOX_MAX_ATTEMPTS"] = DEFAULTS["OUTBOX_MAX_ATTEMPTS"]
     management_url = values["MANAGEMENT_URL"]

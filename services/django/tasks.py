@@ -42,6 +42,7 @@ from django.utils.module_loading import import_string
 from pydantic import StringConstraints
 
 from leveret.actors.actor import Actor, handler
+from leveret.actors.checks import is_count
 from leveret.actors.context import Context
 from leveret.actors.control import Reject
 from leveret.actors.retry import RetryPolicy
@@ -277,11 +278,7 @@ def _new_task_actor(queue_name: str, options: dict[str, Any]) -> type[Actor]:
             f"unknown OPTIONS {unknown} of {BACKEND_PATH}; known: ATTEMPTS, TIME_LIMIT_S"
         )
     attempts = options.get("ATTEMPTS", 5)
-    if (
-        isinstance(attempts, bool)
-        or not isinstance(attempts, int)
-        or not 1 <= attempts <= MAX_ATTEMPTS
-    ):
+    if not is_count(attempts, at_most=MAX_ATTEMPTS):
         raise ConfigurationError(
             f"OPTIONS['ATTEMPTS'] of {BACKEND_PATH} must be a whole number from 1 to "
             f"{MAX_ATTEMPTS} (attempts in all, the first included), not {attempts!r}"

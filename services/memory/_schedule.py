@@ -53,7 +53,7 @@ class MemorySchedulerBackend(SchedulerBackend):
         self.transport.declare(actors)
 
     def publish(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
-        result = self.transport.publish(items, raise_errors=False)
+        result = self.transport.publish_each(items)
         return [result.errors.get(index) for index in range(len(items))]
 
     def wait(self, seconds: float) -> None:

@@ -26,6 +26,7 @@ from leveret.services.memory._dead_letters import MemoryDeadLetters
 from leveret.services.memory._schedule import MemoryScheduling
 from leveret.services.memory.clock import VirtualClock
 from leveret.services.observability.logs import get_logger
+from leveret.services.runtime.consumer import ConsumerOptions
 from leveret.services.topology import naming
 from leveret.services.topology.addresses import Address, Addresses
 from leveret.services.transport import (
@@ -144,13 +145,13 @@ class MemoryTransport(Transport):
     def unavailable_reason(self, timeout_s: float | None) -> str | None:
         return None  # in this process: always there
 
-    def publish(
-        self,
-        items: Sequence[OutgoingMessage],
-        *,
-        raise_errors: bool = True,
-        timeout_s: float | None = None,
-    ) -> PublishResult:
+    def publish(self, items: Sequence[OutgoingMessage], timeout_s: float | None) -> PublishResult:
+        return self._publish(items, raise_errors=True)
+
+    def publish_each(self, items: Sequence[OutgoingMessage]) -> PublishResult:
+        return self._publish(items, raise_errors=False)
+
+    def _publish(self, items: Sequence[OutgoingMessage], *, raise_errors: bool) -> PublishResult:
         unroutable: list[int] = []
         errors: dict[int, PublishError] = {}
         with self.changed:
@@ -284,17 +285,10 @@ class MemoryTransport(Transport):
                 waiting.appendleft(dataclasses.replace(delivery, redelivered=True))
             self.changed.notify_all()
 
-    def consumer(
-        self,
-        actors: Sequence[type[Actor]],
-        *,
-        prefetch: int,
-        capacity: int,
-        adaptive: bool = False,
-    ) -> MemoryConsumer:
+    def consumer(self, actors: Sequence[type[Actor]], options: ConsumerOptions) -> MemoryConsumer:
         self.declare(actors)
         names = [naming.queue_name(self.namespace, actor.queue) for actor in actors]
-        return MemoryConsumer(self, names, prefetch=prefetch)
+        return MemoryConsumer(self, names, prefetch=options.prefetch)
 
     def close(self) -> None:
         """Nothing to close."""

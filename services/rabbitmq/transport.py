@@ -18,6 +18,7 @@ from leveret.services.rabbitmq._outgoing import Batch, Outgoing, batch_error
 from leveret.services.rabbitmq._publisher import Publisher
 from leveret.services.rabbitmq._schedule import RabbitScheduling
 from leveret.services.rabbitmq._status import RabbitInspection
+from leveret.services.runtime.consumer import ConsumerOptions
 from leveret.services.topology import declarations as topology
 from leveret.services.topology import delays, naming
 from leveret.services.topology.addresses import Addresses
@@ -75,12 +76,14 @@ class RabbitTransport(Transport):
             publisher.confirm_timeout_s if timeout_s is None else timeout_s
         )
 
-    def publish(
-        self,
-        items: Sequence[OutgoingMessage],
-        *,
-        raise_errors: bool = True,
-        timeout_s: float | None = None,
+    def publish(self, items: Sequence[OutgoingMessage], timeout_s: float | None) -> PublishResult:
+        return self._publish(items, raise_errors=True, timeout_s=timeout_s)
+
+    def publish_each(self, items: Sequence[OutgoingMessage]) -> PublishResult:
+        return self._publish(items, raise_errors=False, timeout_s=None)
+
+    def _publish(
+        self, items: Sequence[OutgoingMessage], *, raise_errors: bool, timeout_s: float | None
     ) -> PublishResult:
         if not self._levels_declared and any(item.delay_s > 0 for item in items):
             self._declare_levels_before_publishing()
@@ -162,21 +165,14 @@ class RabbitTransport(Transport):
         """
         return message_count(self.url, queue)
 
-    def consumer(
-        self,
-        actors: Sequence[type[Actor]],
-        *,
-        prefetch: int,
-        capacity: int,
-        adaptive: bool = False,
-    ) -> RabbitConsumer:
+    def consumer(self, actors: Sequence[type[Actor]], options: ConsumerOptions) -> RabbitConsumer:
         return RabbitConsumer(
             self.url,
             self.namespace,
             actors,
-            prefetch=prefetch,
-            capacity=capacity,
-            adaptive=adaptive,
+            prefetch=options.prefetch,
+            capacity=options.capacity,
+            adaptive=options.adaptive,
             delay_queues=self.delay_queues,
             connect_timeout_s=self.options.connect_timeout_s,
         )

@@ -25,6 +25,23 @@ Fail = Callable[[str, int], None]
 """Called by the consumer when it cannot go on: (why, exit code for the process)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """How a worker wants its actors' queues consumed (`Transport.consumer`).
+
+    Attributes:
+        prefetch: Deliveries held unacknowledged (the first value, with `adaptive`).
+        capacity: Handlers the runtime runs at once (its threads, plus its event loop's
+            concurrency when it has async handlers).
+        adaptive: Let the consumer raise and lower its prefetch with the handlers' speed
+            (where the transport can).
+    """
+
+    prefetch: int
+    capacity: int = 1
+    adaptive: bool = False
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One delivery handed to the runtime.

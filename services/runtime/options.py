@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from leveret.actors.actor import Actor, ActorRef
+from leveret.actors.checks import is_count
 from leveret.actors.registry import unique_queues
 from leveret.schemas.errors import ConfigurationError
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY
@@ -133,7 +134,7 @@ def select_actors(actors: Iterable[ActorRef], queues: Iterable[str] | None) -> l
 
 def check_concurrency(concurrency: int) -> None:
     """Raise `ConfigurationError` unless `concurrency` is a whole number from 1."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+    if not is_count(concurrency):
         raise ConfigurationError(
             f"concurrency (async handlers at once) must be a whole number of at least 1, "
             f"not {concurrency!r}"
@@ -148,11 +149,7 @@ def max_body_bytes_or_default(max_body_bytes: int | None) -> int:
     """
     if max_body_bytes is None:
         return DEFAULT_MAX_BODY_BYTES
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or (max_body_bytes < 1)
-    ):
+    if not is_count(max_body_bytes):
         raise ConfigurationError(
             f"max_body_bytes must be a positive number of bytes, not {max_body_bytes!r}"
         )

@@ -25,6 +25,7 @@ import pytest
 from leveret.schemas.errors import BrokerUnavailable, LeveretError, PublishError, PublishTimeout
 from leveret.services import RabbitBroker
 from leveret.services.rabbitmq._publisher import Publisher
+from leveret.services.runtime.consumer import ConsumerOptions
 from leveret.services.testing import captured_logs
 from leveret.services.topology import naming
 from tests.proxy import TcpProxy
@@ -280,7 +281,7 @@ def test_a_workers_connections_take_the_connect_timeout(rabbit_url: str) -> None
     """`RabbitBroker(connect_timeout_s=…)` bounds the worker's connection attempts too."""
     broker = RabbitBroker(rabbit_url, connect_timeout_s=2.5)
     try:
-        consumer = broker.transport.consumer([Jobs], prefetch=1, capacity=1)
+        consumer = broker.transport.consumer([Jobs], ConsumerOptions(prefetch=1))
         assert consumer.connect_timeout_s == 2.5
         assert consumer._all_params[0].stack_timeout == 2.5
     finally:
