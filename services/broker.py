@@ -316,7 +316,7 @@ class Broker:
             PublishError: A message was not confirmed; the others may have been.
             InvalidArgument: An invalid timeout.
         """
-        self._outbound.publish_items(items, check_timeout(timeout))
+        self._outbound.publish_prepared(items, check_timeout(timeout))
         return message_ids(items)
 
     def publish_prepared_each(self, items: Sequence[OutgoingMessage]) -> list[PublishError | None]:
@@ -330,7 +330,7 @@ class Broker:
             `PublishError` it met (a `PublishTimeout` when no confirm came in time: that
             message may still be stored).
         """
-        result = self._outbound.publish_items(items, None, each=True)
+        result = self._outbound.publish_prepared(items, None, each=True)
         return [result.errors.get(index) for index in range(len(items))]
 
     def check_available(self, timeout: float | None = None) -> None:

@@ -18,8 +18,8 @@ Where each hook runs:
 - ``before_publish`` / ``after_publish``: in the thread or task that publishes, once per
   call (`publish`, `publish_many`, `send`, their async forms, Django's on-commit and outbox
   publishing), around building the messages and waiting for the broker's confirms;
-- ``publish_confirmed``: once per message, in the publisher's I/O thread, when the broker
-  confirms or refuses it (keep it short: it holds up every other confirm);
+- ``publish_confirmed``: per message, in the thread running the publisher's I/O loop, when
+  the broker confirms or refuses it (keep it short: it holds up every other confirm);
 - ``before_handle`` / ``after_handle``: in the thread that runs the handler, or on the
   worker's event loop for an ``async def`` handler (keep them short there: they hold up
   every async handler of the process);
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = get_logger("leveret.middleware")
 
-PublishOperation = Literal["publish", "send", "prepare"]
+PublishOperation = Literal["publish", "send", "prepare", "publish_prepared"]
 
 
 @dataclass(slots=True)
@@ -59,8 +59,10 @@ class Publishing:
     """One call that publishes, as middleware sees it.
 
     Attributes:
-        operation: ``publish`` (by topic), ``send`` (to one actor's queue) or ``prepare``
-            (built now and published later: Django's on-commit and outbox publishing).
+        operation: ``publish`` (by topic), ``send`` (to one actor's queue), ``prepare``
+            (built now, published later: Django's on-commit and outbox publishing; its
+            ``after_publish`` means built, not sent) or ``publish_prepared`` (what
+            ``prepare`` built, published now: its headers were fixed then).
         exchange: The exchange it goes to: ``{ns}.events``, or ``""`` for a `send`.
         routing_key: The topic, or the actor's queue for a `send`; ``""`` for a batch of
             several topics.
@@ -102,10 +104,18 @@ class Middleware:
         """Before a call's messages are built; may add headers to ``publishing.headers``."""
 
     def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
-        """After the call: its messages were confirmed (`error` None), or it raised `error`."""
+        """After the call: its messages were confirmed (`error` None), or it raised `error`.
+
+        For ``prepare`` the messages were only built; for the outbox relay's
+        ``publish_prepared`` each message's fate comes to `publish_confirmed` instead.
+        """
 
     def publish_confirmed(self, ok: bool, returned: bool, confirm_s: float | None) -> None:
-        """The broker confirmed (`ok`) or refused one message, in the publisher's I/O thread.
+        """The broker confirmed (`ok`) or refused one message.
+
+        On RabbitMQ it runs in the thread running the publisher's I/O loop (its own, or a
+        publishing thread the loop is lent to), before the publishing call returns; in memory,
+        in the publishing thread. A message refused and sent again is reported each time.
 
         Args:
             ok: Confirmed (stored, or routed nowhere for a fan-out).
@@ -117,9 +127,14 @@ class Middleware:
         """Before a delivery to `actor` (its queue name) is decoded and its handler runs."""
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
-        """Once the delivery's fate is known, before the broker acts on it."""
+        """Once the delivery's fate is known, before the broker acts on it.
+
+        `outcome` is None when handling was cut off before a fate was decided (an ``async
+        def`` handler cancelled by the worker's shutdown, an interrupt): the broker
+        redelivers the message. Whatever `before_handle` opened is closed here either way.
+        """
 
     def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
         """After `outcome` (ack, retry, dead letter) was handed to the broker to act on, or
@@ -213,7 +228,7 @@ class MiddlewareChain:
             _call(item, item.before_handle, actor, envelope)
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
         """Every middleware's `Middleware.after_handle`, in reverse order."""
         for item in reversed(self._overriding["after_handle"]):

@@ -145,7 +145,7 @@ class Outbound:
         """Build `messages` (to `actor`'s queue, or by topic), publish them, wait for the
         confirms; returns their ids."""
         with self._outgoing(messages, actor, options) as items:
-            self.publish_items(items, options.timeout_s)
+            self._publish_items(items, options.timeout_s)
         return message_ids(items)
 
     async def publish_async(
@@ -164,11 +164,34 @@ class Outbound:
         with self._outgoing([message], actor, options, "prepare") as (item,):
             return item
 
-    def publish_items(
+    def publish_prepared(
         self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
     ) -> PublishResult:
-        """Publish messages already built (`each`: every one on its own, errors returned);
-        a fan-out no queue took is logged."""
+        """Publish messages built earlier by `prepare` (`each`: every one on its own, errors
+        returned), between the middleware's publish hooks (operation ``publish_prepared``;
+        with `each`, `after_publish` sees no error: each message's is in the result)."""
+        routes = {(item.route.topic, item.route.queue) for item in items}
+        topic, queue = next(iter(routes)) if len(routes) == 1 else ("", None)
+        namespace = self.transport.namespace
+        publishing = Publishing(
+            "publish_prepared",
+            naming.events_exchange(namespace) if queue is None and topic else "",
+            naming.queue_name(namespace, queue) if queue is not None else topic,
+            len(items),
+            message_ids=message_ids(items),
+        )
+        self.middleware.before_publish(publishing)
+        try:
+            result = self._publish_items(items, timeout_s, each=each)
+        except BaseException as exc:
+            self.middleware.after_publish(publishing, exc)
+            raise
+        self.middleware.after_publish(publishing, None)
+        return result
+
+    def _publish_items(
+        self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
+    ) -> PublishResult:
         if each:
             result = self.transport.publish_each(items)
         else:

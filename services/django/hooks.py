@@ -24,7 +24,7 @@ class CloseOldConnections(Middleware):
         close_old_connections()
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
         """Close stale connections (and any left in a broken state) after the handler."""
         close_old_connections()

@@ -17,7 +17,6 @@ from leveret.django.settings import (
     broker_url,
     load,
     project_middleware,
-    under_test,
 )
 from leveret.services import config
 from leveret.services.broker import Broker
@@ -72,8 +71,8 @@ def new_broker(
 ) -> Broker:
     """A new `Broker` as the settings say (URL in force, namespace, timeouts, middleware).
 
-    Its middleware: `CloseOldConnections` (but while tests run), then the project's own
-    (``LEVERET["MIDDLEWARE"]``).
+    Its middleware: the project's own (``LEVERET["MIDDLEWARE"]``); the worker command's
+    broker runs `CloseOldConnections` before them (`worker_middleware`).
 
     Args:
         found: The settings (read now if None).
@@ -87,9 +86,10 @@ def new_broker(
     found = found or load()
     url = url or broker_url(found)
     namespace = namespace or found.namespace
-    # Not while tests run: a test holds its database connection in a transaction that
-    # closing it would end (Django's test client leaves request-end closing out too).
-    middleware = project_middleware(found) if under_test() else worker_middleware(found)
+    # Not `CloseOldConnections`: the worker command adds it to the broker it runs; here a
+    # `join` (tests, eager mode) runs handlers inside the caller's transaction, which
+    # closing the connection would end.
+    middleware = project_middleware(found)
     if config.scheme(url) == "memory":
         # A MemoryBroker, so that a test can `join` the project's broker; it relays the
         # outbox like the relay would.

@@ -250,11 +250,14 @@ class Metrics(Middleware):
         running[actor] = running.get(actor, 0) + 1
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
-        """A handler finished with `outcome` (where `before_handle` ran)."""
+        """A handler finished with `outcome` (where `before_handle` ran); a handler cut
+        off (no outcome) leaves the in-flight gauge and counts nothing."""
         mine = self._mine()
         mine.in_flight[actor] = mine.in_flight.get(actor, 0) - 1
+        if outcome is None:
+            return
         topics = self._topics.get(actor, frozenset())
         topic = outcome.envelope.topic
         if topic not in topics:

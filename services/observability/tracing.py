@@ -247,6 +247,7 @@ def _ignore(_fate: str, _error: BaseException | None) -> None:
 
 _OpenPublish = tuple[Publishing, AbstractContextManager[None]]
 _OpenHandle = tuple[
+    "Envelope",
     AbstractContextManager[Callable[[str, BaseException | None], None]],
     Callable[[str, BaseException | None], None],
 ]
@@ -273,6 +274,8 @@ class TracingMiddleware(Middleware):
         tracer = tracing()
         if tracer is None:
             return
+        if publishing.operation == "publish_prepared":
+            return  # its trace context was put in its headers when it was built
         if publishing.operation == "prepare":
             publishing.headers.update(tracer.creating(publishing.exchange, publishing.routing_key))
             return
@@ -309,18 +312,19 @@ class TracingMiddleware(Middleware):
             actor, envelope.headers, envelope.message_id, envelope.correlation_id
         )
         record = span.__enter__()
-        _handling.set((*_handling.get(), (span, record)))
+        _handling.set((*_handling.get(), (envelope, span, record)))
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
-        """Record the outcome on the span and close it."""
+        """Record the outcome on the span (none: handling was cut off) and close it."""
         opened = _handling.get()
-        if not opened:
+        if not opened or opened[-1][0] is not envelope:  # no span was opened for it
             return
         _handling.set(opened[:-1])
-        span, record = opened[-1]
+        _envelope, span, record = opened[-1]
         try:
-            record(outcome.fate, outcome.error)
+            if outcome is not None:
+                record(outcome.fate, outcome.error)
         finally:
             span.__exit__(None, None, None)

@@ -265,10 +265,12 @@ class PublishingChannel:
                 f"no queue {item.routing_key!r} to deliver message {item.message_id} to "
                 f"({returned}); declare the actor first (leveret declare, or a worker)"
             )
-        assert item.batch is not None
-        item.batch.settle(item.index, error, returned is not None)
+        # Before the batch is settled: its caller, woken by it, runs the after-publish
+        # hooks, which must come after this message's confirm.
         if self.middleware is not None:
             self._observe(item, ok=True, returned=returned is not None)
+        assert item.batch is not None
+        item.batch.settle(item.index, error, returned is not None)
 
     def _observe(self, item: Outgoing, *, ok: bool, returned: bool) -> None:
         middleware = self.middleware

@@ -158,7 +158,7 @@ class Executor:
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
             outcome = self._internal_error(delivery, begun, exc)
         except BaseException:
-            begun.undo()
+            self._cut_off(begun)
             raise
         return self._end(begun, outcome)
 
@@ -175,14 +175,14 @@ class Executor:
         except Exception as exc:  # noqa: BLE001  # a bug of ours: logged, dead-lettered
             outcome = self._internal_error(delivery, begun, exc)
         except BaseException:  # cancelled from outside (shutdown cut it off): no outcome
-            begun.undo()
+            self._cut_off(begun)
             raise
         return self._end(begun, outcome)
 
     def _begin(self, delivery: Delivery) -> _Handling:
-        """The middleware's ``before_handle``, then the message's fields bound for logs."""
+        """The message's fields bound (logs, `current_correlation_id`), then the
+        middleware's ``before_handle``, which so runs in the message's context."""
         envelope = delivery.envelope()
-        self.middleware.before_handle(self.name, envelope)
         log_context = {
             "actor": self.name,
             "topic": envelope.topic,
@@ -200,16 +200,33 @@ class Executor:
         )
         if self._structlog:
             structlog.contextvars.bind_contextvars(**log_context)
+        try:
+            self.middleware.before_handle(self.name, envelope)
+        except BaseException:  # an interrupt in a hook: nothing may stay bound
+            begun.undo()
+            raise
         return begun
 
     def _end(self, begun: _Handling, outcome: Outcome) -> Outcome:
-        """Unbind the message's fields, log its outcome, then the middleware's
-        ``after_handle`` (tracing's span closes there, so the log line carries its id)."""
-        begun.undo()
-        self._log_outcome(outcome, begun.log_context, begun.started)
-        duration_s = time.perf_counter() - begun.started
-        self.middleware.after_handle(self.name, begun.envelope, outcome, duration_s)
+        """Log the outcome, then the middleware's ``after_handle`` (tracing's span closes
+        there, so the log line carries its id), then unbind the message's fields."""
+        try:
+            self._log_outcome(outcome, begun.log_context, begun.started)
+            duration_s = time.perf_counter() - begun.started
+            self.middleware.after_handle(self.name, begun.envelope, outcome, duration_s)
+        finally:
+            begun.undo()
         return outcome
+
+    def _cut_off(self, begun: _Handling) -> None:
+        """Handling was cut off before a fate was decided (an async handler cancelled by
+        the worker's shutdown, an interrupt): the after-hooks still run, with no outcome,
+        so that what a before-hook opened (a span, a gauge) is closed."""
+        try:
+            duration_s = time.perf_counter() - begun.started
+            self.middleware.after_handle(self.name, begun.envelope, None, duration_s)
+        finally:
+            begun.undo()
 
     def _internal_error(self, delivery: Delivery, begun: _Handling, exc: Exception) -> Outcome:
         log.exception("message_handling_failed", **begun.log_context)

@@ -87,9 +87,9 @@ class _Recording(Middleware):
         self.seen.append(f"before {self.name}")
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
-        self.seen.append(f"after {self.name} {outcome.fate}")
+        self.seen.append(f"after {self.name} {outcome and outcome.fate}")
 
 
 def test_hooks_run_around_each_message_in_stack_order() -> None:
@@ -101,7 +101,7 @@ def test_hooks_run_around_each_message_in_stack_order() -> None:
             raise RuntimeError("hook bug")
 
         def after_handle(
-            self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+            self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
         ) -> None:
             seen.append("after broken")
 

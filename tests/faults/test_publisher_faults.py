@@ -123,7 +123,8 @@ def test_awaited_publishes_time_out_without_blocking_the_event_loop(
         broker.send(Pings, Ping(n=0))
         proxy.cut()
         results, ticks = asyncio.run(scenario())
-        assert all(isinstance(result, PublishTimeout) for result in results), results
+        others = [result for result in results if not isinstance(result, PublishTimeout)]
+        assert others == [], others
         assert ticks >= 50, f"the loop ticked only {ticks} times in about a second"
         assert broker.publisher.running
         proxy.restore()

@@ -22,7 +22,7 @@ class Exploding(Middleware):
         raise RuntimeError("observer broken")
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
         raise RuntimeError("observer broken")
 

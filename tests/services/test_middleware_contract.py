@@ -3,20 +3,23 @@ arguments, and a middleware whose every hook raises changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
 import pytest
 
 from leveret.actors import NO_RETRY, Actor, AsyncContext, Context, RetryPolicy, handler
+from leveret.actors.handling import current_correlation_id
 from leveret.actors.retry import fixed
 from leveret.schemas import Message, wire
 from leveret.schemas.envelope import Envelope
 from leveret.services.broker import Broker
 from leveret.services.delivery import Outcome
 from leveret.services.middleware import Middleware, Publishing
+from leveret.services.runtime.execution import Executor
 from leveret.services.runtime.worker import Worker
-from leveret.services.testing import captured_logs
+from leveret.services.testing import MemoryBroker, captured_logs
 from tests.support import running, wait_until, with_middleware
 
 
@@ -69,10 +72,10 @@ class Recording(Middleware):
         self._add("before_handle", actor, envelope.message_id)
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
         assert duration_s >= 0
-        self._add("after_handle", actor, envelope.message_id, outcome.fate)
+        self._add("after_handle", actor, envelope.message_id, outcome and outcome.fate)
 
     def after_settle(self, actor: str, outcome: Outcome, error: BaseException | None) -> None:
         self._add("after_settle", actor, outcome.envelope.message_id, outcome.fate, error)
@@ -189,7 +192,7 @@ class Raising(Middleware):
         raise RuntimeError("middleware bug")
 
     def after_handle(
-        self, actor: str, envelope: Envelope, outcome: Outcome, duration_s: float
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
     ) -> None:
         raise RuntimeError("middleware bug")
 
@@ -235,3 +238,80 @@ def test_a_middleware_whose_every_hook_raises_changes_nothing(broker: Broker) ->
     failed = {e["hook"] for e in logs if e["event"] == "middleware_hook_failed"}
     every_hook = {name for name in vars(Middleware) if not name.startswith("_")}
     assert failed == every_hook
+
+
+class Contextual(Middleware):
+    """Records what the handle hooks see of the message's context, and of a cut-off run."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    def before_handle(self, actor: str, envelope: Envelope) -> None:
+        self.seen.append(("before", current_correlation_id(), None))
+
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
+    ) -> None:
+        self.seen.append(("after", current_correlation_id(), outcome.fate if outcome else None))
+
+
+class Sleepy(Actor, queue="mw_sleepy"):
+    @handler
+    async def take(self, msg: Order, ctx: AsyncContext) -> None:
+        await asyncio.sleep(30)
+
+
+def test_handle_hooks_run_in_the_messages_context() -> None:
+    """Both handle hooks see the handled message's correlation id (what `ctx.publish`
+    carries on, and the log fields), as the handler does."""
+    recorder = Contextual()
+    observed = MemoryBroker(middleware=[recorder])
+    observed.send(Orders, Order(n=1), correlation_id="order-42")
+    observed.join()
+    assert recorder.seen == [("before", "order-42", None), ("after", "order-42", "ack")]
+
+
+def test_a_handler_cut_off_still_gets_its_after_handle() -> None:
+    """An async handler cancelled mid-way (a worker's shutdown) has no outcome: its
+    after-hooks run all the same, with None, so what the before-hooks opened is closed."""
+    recorder = Contextual()
+    observed = MemoryBroker(middleware=[recorder])
+    observed.send(Sleepy, Order(n=1), correlation_id="cut")
+    taken = observed.transport.take([f"{observed.namespace}.mw_sleepy"])
+    assert taken is not None
+    executor = Executor(Sleepy, namespace=observed.namespace, middleware=observed.middleware)
+
+    async def cancel_it() -> None:
+        task = asyncio.ensure_future(executor.run_async(taken[1]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
+    assert recorder.seen == [("before", "cut", None), ("after", "cut", None)]
+    assert current_correlation_id() is None  # nothing of the message stays bound
+
+
+def test_prepared_messages_are_published_between_their_own_hooks() -> None:
+    """`prepare` builds (its after-hook says ``prepare``: nothing is sent yet); publishing
+    what it built, together or each on its own, is a ``publish_prepared`` call."""
+    events: list[Event] = []
+    observed = MemoryBroker(middleware=[Recording("a", events)])
+    observed.declare(Orders)
+    first = observed.prepare(Order(n=1), actor=Orders)
+    second = observed.prepare(Order(n=2), actor=Orders)
+    observed.publish_prepared([first])
+    assert observed.publish_prepared_each([second]) == [None]
+    queue = f"{observed.namespace}.mw_orders"
+    ids = [first.envelope.message_id, second.envelope.message_id]
+    assert [e for e in events if e[1] in ("before_publish", "after_publish")] == [
+        ("a", "before_publish", "prepare", queue),
+        ("a", "after_publish", (ids[0],), None),
+        ("a", "before_publish", "prepare", queue),
+        ("a", "after_publish", (ids[1],), None),
+        ("a", "before_publish", "publish_prepared", queue),
+        ("a", "after_publish", (ids[0],), None),
+        ("a", "before_publish", "publish_prepared", queue),
+        ("a", "after_publish", (ids[1],), None),
+    ]
