@@ -11,6 +11,9 @@ from __future__ import annotations
 
 CONTENT_TYPE = "application/json"
 
+RESERVED_PREFIX = "x-leveret-"
+"""Every header Leveret sets starts so; no other code may set one (middleware included)."""
+
 ATTEMPT = "x-leveret-attempt"
 ERROR_REASON = "x-leveret-error-reason"
 ERROR_TYPE = "x-leveret-error-type"

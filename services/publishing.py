@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.function import as_actor_class
+from leveret.schemas import wire
 from leveret.schemas.codec import encode
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import InvalidArgument
@@ -230,7 +231,7 @@ class Outbound:
                 messages,
                 options,
                 queue=None if actor is None else actor.queue,
-                headers=publishing.headers or None,
+                headers=_middleware_headers(publishing.headers),
             )
             publishing.message_ids = message_ids(items)
             yield items
@@ -238,6 +239,21 @@ class Outbound:
             self.middleware.after_publish(publishing, exc)
             raise
         self.middleware.after_publish(publishing, None)
+
+
+def _middleware_headers(headers: dict[str, str]) -> dict[str, str] | None:
+    """What the middleware's ``before_publish`` added, but Leveret's own headers (those
+    are Leveret's to set: an attempt count or failure headers are never forged so)."""
+    if not headers:
+        return None
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith(wire.RESERVED_PREFIX)}
+    if len(kept) != len(headers):
+        log.warning(
+            "middleware_header_dropped",
+            headers=sorted(set(headers) - set(kept)),
+            hint="headers starting with x-leveret- are Leveret's own",
+        )
+    return kept or None
 
 
 def message_ids(items: Sequence[OutgoingMessage]) -> list[str]:

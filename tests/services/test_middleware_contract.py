@@ -315,3 +315,27 @@ def test_prepared_messages_are_published_between_their_own_hooks() -> None:
         ("a", "before_publish", "publish_prepared", queue),
         ("a", "after_publish", (ids[1],), None),
     ]
+
+
+class Stamping(Middleware):
+    """Adds a header of its own, and tries to forge one of Leveret's."""
+
+    def before_publish(self, publishing: Publishing) -> None:
+        publishing.headers["x-tenant"] = "acme"
+        publishing.headers["X-Leveret-Error-Reason"] = "forged"
+
+
+def test_before_publish_adds_headers_but_never_leveret_s_own() -> None:
+    """What `before_publish` puts in `publishing.headers` travels with every message of the
+    call, but for headers named like Leveret's (dropped, and logged)."""
+    observed = MemoryBroker(middleware=[Stamping()])
+    observed.declare(Orders)
+    with captured_logs() as logs:
+        observed.send(Orders, Order(n=1))
+    taken = observed.transport.take([f"{observed.namespace}.mw_orders"])
+    assert taken is not None
+    headers = taken[1].headers
+    assert headers["x-tenant"] == "acme"
+    assert not any(key.lower() == wire.ERROR_REASON for key in headers)
+    [dropped] = [e for e in logs if e["event"] == "middleware_header_dropped"]
+    assert dropped["headers"] == ["X-Leveret-Error-Reason"]
