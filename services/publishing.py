@@ -28,6 +28,7 @@ from leveret.services import config
 from leveret.services.middleware import MiddlewareChain, Publishing, PublishOperation
 from leveret.services.observability.logs import get_logger
 from leveret.services.topology import naming
+from leveret.services.topology.addresses import Address, Addresses
 from leveret.services.topology.delays import delay_seconds
 from leveret.services.transport import OutgoingMessage, PublishResult, Route, Transport
 
@@ -126,6 +127,7 @@ class Outbound:
     def __init__(self, transport: Transport, middleware: MiddlewareChain) -> None:
         self.transport = transport
         self.middleware = middleware
+        self.addresses = Addresses(transport.namespace)
 
     def recipient(self, actor: ActorRef, message: Message) -> type[Actor]:
         """The class of the actor `message` is sent to, checked: its queue's name fits and
@@ -145,25 +147,26 @@ class Outbound:
     ) -> list[str]:
         """Build `messages` (to `actor`'s queue, or by topic), publish them, wait for the
         confirms; returns their ids."""
-        with self._outgoing(messages, actor, options) as items:
-            self._publish_items(items, options.timeout_s)
-        return message_ids(items)
+        with self._outgoing(messages, actor, options) as publishing:
+            self._publish_items(publishing.items, options.timeout_s)
+        return publishing.message_ids
 
     async def publish_async(
         self, messages: list[Message], actor: type[Actor] | None, options: PublishOptions
     ) -> list[str]:
         """`publish`, awaiting the confirms."""
-        with self._outgoing(messages, actor, options) as items:
+        with self._outgoing(messages, actor, options) as publishing:
+            items = publishing.items
             result = await self.transport.publish_async(items, timeout_s=options.timeout_s)
             log_unroutable(items, result.unroutable)
-        return message_ids(items)
+        return publishing.message_ids
 
     def prepare(
         self, message: Message, actor: type[Actor] | None, options: PublishOptions
     ) -> OutgoingMessage:
         """Build `message` now, between the middleware's hooks (operation ``prepare``)."""
-        with self._outgoing([message], actor, options, "prepare") as (item,):
-            return item
+        with self._outgoing([message], actor, options, "prepare") as publishing:
+            return publishing.items[0]
 
     def publish_prepared(
         self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
@@ -172,12 +175,15 @@ class Outbound:
         returned), between the middleware's publish hooks (operation ``publish_prepared``;
         with `each`, `after_publish` sees no error: each message's is in the result)."""
         routes = {(item.route.topic, item.route.queue) for item in items}
-        topic, queue = next(iter(routes)) if len(routes) == 1 else ("", None)
-        namespace = self.transport.namespace
+        if len(routes) == 1:
+            topic, queue = next(iter(routes))
+            address = self._address(queue, topic)
+        else:  # sends and publishes may be mixed: no one address
+            address = Address("", "")
         publishing = Publishing(
             "publish_prepared",
-            naming.events_exchange(namespace) if queue is None and topic else "",
-            naming.queue_name(namespace, queue) if queue is not None else topic,
+            address.exchange,
+            address.routing_key,
             len(items),
             message_ids=message_ids(items),
         )
@@ -189,6 +195,11 @@ class Outbound:
             raise
         self.middleware.after_publish(publishing, None)
         return result
+
+    def _address(self, queue: str | None, topic: str) -> Address:
+        """Where the middleware is told a call goes: the actor's queue, else the events
+        exchange by `topic` (``""`` for a batch of several topics)."""
+        return self.addresses.queue(queue) if queue is not None else self.addresses.topic(topic)
 
     def _publish_items(
         self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
@@ -207,21 +218,19 @@ class Outbound:
         actor: type[Actor] | None,
         options: PublishOptions,
         operation: PublishOperation | None = None,
-    ) -> Iterator[list[OutgoingMessage]]:
+    ) -> Iterator[_Built]:
         """The messages built for the wire (to `actor`'s queue, or by topic), to be published
         inside the ``with``: all of it between the middleware's publish hooks, which see
         the ``with``'s error."""
-        namespace = self.transport.namespace
         if actor is None:
             topics = {message.topic() for message in messages}
-            exchange = naming.events_exchange(namespace)
-            routing_key = next(iter(topics)) if len(topics) == 1 else ""
+            address = self._address(None, next(iter(topics)) if len(topics) == 1 else "")
         else:
-            exchange, routing_key = "", naming.queue_name(namespace, actor.queue)
+            address = self._address(actor.queue, "")
         publishing = Publishing(
             operation or ("publish" if actor is None else "send"),
-            exchange,
-            routing_key,
+            address.exchange,
+            address.routing_key,
             len(messages),
             options.correlation_id,
         )
@@ -234,11 +243,19 @@ class Outbound:
                 headers=_middleware_headers(publishing.headers),
             )
             publishing.message_ids = message_ids(items)
-            yield items
+            yield _Built(items, publishing.message_ids)
         except BaseException as exc:
             self.middleware.after_publish(publishing, exc)
             raise
         self.middleware.after_publish(publishing, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """What `Outbound._outgoing` built: the messages, and their ids (taken once)."""
+
+    items: list[OutgoingMessage]
+    message_ids: list[str]
 
 
 def _middleware_headers(headers: dict[str, str]) -> dict[str, str] | None:
