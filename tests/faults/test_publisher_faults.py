@@ -93,9 +93,13 @@ def test_sixteen_threads_timing_out_while_the_broker_is_away(
 def test_awaited_publishes_time_out_without_blocking_the_event_loop(
     rabbit_broker: RabbitBroker, proxy: TcpProxy, rabbit_url: str
 ) -> None:
-    """50 tasks await `send_async` with 1 s timeouts while the connection is cut: each gets
-    PublishTimeout, the loop keeps ticking meanwhile (nothing blocks it), and once the
-    broker is back awaited publishes are confirmed and stored."""
+    """50 tasks await `send_async` with 1 s timeouts while the connection is cut: each fails
+    at its deadline, the loop keeps ticking meanwhile (nothing blocks it), and once the
+    broker is back awaited publishes are confirmed and stored.
+
+    Which error each gets depends on a race the test does not control: a publish written
+    before the I/O thread saw the connection close gets `PublishTimeout` (it may be stored),
+    one that found the connection gone gets `BrokerUnavailable` (nothing was sent)."""
     rabbit_broker.declare(Pings)
     broker = RabbitBroker(
         proxy.url(rabbit_url), namespace=rabbit_broker.namespace, confirm_timeout_s=1
@@ -123,7 +127,11 @@ def test_awaited_publishes_time_out_without_blocking_the_event_loop(
         broker.send(Pings, Ping(n=0))
         proxy.cut()
         results, ticks = asyncio.run(scenario())
-        others = [result for result in results if not isinstance(result, PublishTimeout)]
+        others = [
+            result
+            for result in results
+            if not isinstance(result, PublishTimeout | BrokerUnavailable)
+        ]
         assert others == [], others
         assert ticks >= 50, f"the loop ticked only {ticks} times in about a second"
         assert broker.publisher.running
