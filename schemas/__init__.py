@@ -7,6 +7,9 @@ Knows nothing of RabbitMQ.
 from leveret.schemas.codec import decode, encode
 from leveret.schemas.envelope import Envelope, new_message_id
 from leveret.schemas.errors import (
+    AskError,
+    AskInterrupted,
+    AskTimeout,
     BrokerConnectionError,
     BrokerError,
     BrokerUnavailable,
@@ -15,6 +18,7 @@ from leveret.schemas.errors import (
     DefinitionError,
     InvalidArgument,
     InvalidMessage,
+    InvalidReply,
     InvalidRetry,
     LeveretError,
     MalformedBody,
@@ -23,6 +27,7 @@ from leveret.schemas.errors import (
     OperationError,
     PublishError,
     PublishTimeout,
+    RemoteError,
     TimeLimitExceeded,
     TooLarge,
     TopologyError,
@@ -31,6 +36,9 @@ from leveret.schemas.errors import (
 from leveret.schemas.message import Message, message_class, registered_topics
 
 __all__ = [
+    "AskError",
+    "AskInterrupted",
+    "AskTimeout",
     "BrokerConnectionError",
     "BrokerError",
     "BrokerUnavailable",
@@ -40,6 +48,7 @@ __all__ = [
     "Envelope",
     "InvalidArgument",
     "InvalidMessage",
+    "InvalidReply",
     "InvalidRetry",
     "LeveretError",
     "MalformedBody",
@@ -49,6 +58,7 @@ __all__ = [
     "OperationError",
     "PublishError",
     "PublishTimeout",
+    "RemoteError",
     "TimeLimitExceeded",
     "TooLarge",
     "TopologyError",

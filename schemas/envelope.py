@@ -19,6 +19,7 @@ MAX_ATTEMPT = 2**31 - 1
 # send milliseconds (JavaScript's Date.now()), microseconds or nanoseconds. The unit is told
 # by the size: below 10^11 (the year 5138) seconds, below 10^14 milliseconds, and so on.
 _SECONDS_BOUND = 10**11
+_DEADLINE_MIN_MS = 10**12  # September 2001: a smaller deadline is another unit, or nonsense
 # A publish time more than this in the future is nonsense, whatever its unit.
 _FUTURE_SLACK_S = 24 * 3600
 
@@ -36,6 +37,28 @@ def attempt_of(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         return 1
     return min(max(value, 1), MAX_ATTEMPT)
+
+
+def deadline_of(value: object) -> float | None:
+    """The deadline an ``x-leveret-deadline`` header stands for, in seconds since the epoch.
+
+    The header is whole milliseconds since the epoch (an integer, or a string of digits);
+    anything else (missing, negative, a float, a bool, a table, a value before 2001 or past
+    the year 5138) reads as None: no deadline.
+    """
+    if isinstance(value, bytes | str):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not _DEADLINE_MIN_MS <= value < _SECONDS_BOUND * 1000:
+        return None
+    return value / 1000
+
+
+def deadline_header(deadline_s: float) -> int:
+    """The ``x-leveret-deadline`` header for a deadline in seconds since the epoch."""
+    return int(deadline_s * 1000)
 
 
 def seconds_since_epoch(value: object, *, now_s: float | None = None) -> int | None:

@@ -23,6 +23,11 @@ LeveretError
 │       ├── PublishTimeout             no confirm in time: the message may or may not be stored
 │       └── BrokerUnavailable          checked before publishing: the broker cannot take
 │                                      messages now (unreachable, blocked); nothing was sent
+├── AskError                           a request (`ask`) got no usable answer
+│   ├── AskTimeout (TimeoutError)      no answer by the deadline
+│   ├── AskInterrupted                 the connection the answer would come on was lost
+│   ├── RemoteError                    the actor failed for good (dead-lettered the request)
+│   └── InvalidReply                   an answer that is not the reply type (or not JSON)
 ├── TimeLimitExceeded                  a handler ran past its time limit and was interrupted
 ├── InvalidRetry (ValueError)          a retry delay that is not 0 … 2^28 - 1 s (or not a number)
 └── HandlerSignal                      raised by handlers to steer what happens to a message
@@ -148,6 +153,72 @@ class BrokerUnavailable(PublishError):
     namespace's declarations, so that the caller can still roll back, answer an error or
     write the message to the outbox instead.
     """
+
+
+class AskError(LeveretError):
+    """A request (`Actor.ask`, `Broker.ask`) got no usable answer.
+
+    Attributes:
+        actor: The actor asked (its queue name, without namespace).
+        message_id: The request's message id.
+    """
+
+    def __init__(self, reason: str, *, actor: str = "", message_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.actor = actor
+        self.message_id = message_id
+
+
+class AskTimeout(AskError, TimeoutError):
+    """No answer came by the request's deadline.
+
+    The request may still be handled later, or may have been handled with its answer lost:
+    an ask is at most once as far as its answer goes.
+    """
+
+
+class AskInterrupted(AskError):
+    """The connection the answer would come back on was lost while waiting.
+
+    The request may or may not be handled; asking again is safe where the handler is
+    idempotent.
+    """
+
+
+class RemoteError(AskError):
+    """The actor asked failed for good: the request went to its dead-letter queue.
+
+    Raised at once, not at the deadline. The traceback stays in the dead letter (``leveret
+    dlq show``); the caller gets the error's type and message.
+
+    Attributes:
+        error_type: The exception's class, ``module.QualName`` (empty when the request was
+            refused before its handler ran, e.g. it did not validate).
+        error_message: Its message (redacted, cut to 2,000 characters).
+        error_reason: Why it was dead-lettered: ``handler_error``, ``retries_exhausted``,
+            ``rejected``, ``invalid_message``, ``no_reply``, ``invalid_reply``, …
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        actor: str = "",
+        message_id: str | None = None,
+        error_type: str = "",
+        error_message: str = "",
+        error_reason: str = "",
+    ) -> None:
+        super().__init__(reason, actor=actor, message_id=message_id)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.error_reason = error_reason
+
+
+class InvalidReply(AskError):
+    """An answer arrived that is not the reply type the handler declares (nor JSON, or is
+    too large): a fault of the answering side, or of a client that is not Leveret's."""
 
 
 class TimeLimitExceeded(LeveretError):

@@ -33,6 +33,19 @@ DLQ_PUT_BACK_BY = "x-leveret-dlq-pass"
 """The dead-letter pass (``dlq list``, ``show``, ``replay``) that last put the letter back."""
 DLQ_END_MARKER = "x-leveret-dlq-pass-end"
 """On the empty marker a dead-letter pass puts behind the letters it visits: the pass."""
+DEADLINE = "x-leveret-deadline"
+"""On a request (an ask): when its caller stops waiting, in whole milliseconds since the
+epoch. A worker that takes the request later acks it unhandled; a handler's time limit is
+capped by the time left."""
+REPLY_STATUS = "x-leveret-reply"
+"""On a reply: ``ok`` (the body is the handler's answer) or ``error`` (the request was
+dead-lettered; the ``x-leveret-error-*`` headers say why, the body is empty)."""
+REPLYING_ACTOR = "x-leveret-replying-actor"
+"""On a reply: the actor (its queue name, without namespace) that answered."""
+REPLY_TO_PREFIX = "amq.rabbitmq.reply-to"
+"""A worker answers only requests whose ``reply_to`` starts so (RabbitMQ's direct reply-to,
+or the in-memory broker's equivalent): a reply is never written to a queue of the caller's
+choosing."""
 SCHEDULE = "x-leveret-schedule"
 """The schedule entry that sent the message (a tick)."""
 SCHEDULED_AT = "x-leveret-scheduled-at"

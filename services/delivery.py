@@ -36,6 +36,8 @@ class Delivery:
         redelivered: The broker's redelivered flag.
         exchange: The exchange it was published to.
         routing_key: Its routing key.
+        reply_to: The ``reply_to`` property: where a request (an ask) wants its answer.
+            Untrusted too: a worker answers only addresses of `wire.REPLY_TO_PREFIX`.
     """
 
     body: bytes
@@ -47,6 +49,7 @@ class Delivery:
     redelivered: bool = False
     exchange: str = ""
     routing_key: str = ""
+    reply_to: str | None = None
 
     def __post_init__(self) -> None:
         if not self.message_id:
@@ -71,6 +74,40 @@ class Delivery:
 Fate = Literal["ack", "retry", "dead_letter"]
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a request, for the consumer to publish when it settles the request.
+
+    Attributes:
+        to: The request's ``reply_to`` (a direct reply-to address).
+        correlation_id: The request's message id: the asker matches replies by it.
+        status: ``ok`` (`body` is the answer) or ``error`` (the request was dead-lettered).
+        actor: The actor answering (its queue name).
+        topic: The answer's topic (``ok`` only).
+        body: The answer's JSON (``ok`` only).
+        message_id: The answer's own id.
+        headers: Headers to send: the error's on ``error``, the middleware's (trace
+            context) on either.
+    """
+
+    to: str
+    correlation_id: str
+    status: Literal["ok", "error"]
+    actor: str
+    message_id: str
+    topic: str = ""
+    body: bytes = b""
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def wire_headers(self) -> dict[str, Any]:
+        """Every header the reply is published with."""
+        return {
+            **self.headers,
+            wire.REPLY_STATUS: self.status,
+            wire.REPLYING_ACTOR: self.actor,
+        }
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the broker must do with a delivery once its handler is done.
@@ -83,6 +120,9 @@ class Outcome:
             ``x-leveret-error-*``).
         error: The exception behind a retry or dead letter, if any.
         delay_s: For retries: whole seconds to wait (0: at once).
+        reply: The answer to publish to the request's caller, if it asked (on ``ack``
+            with the handler's answer, on ``dead_letter`` with the error).
+        expired: An ask taken after its deadline: acked without running its handler.
     """
 
     fate: Fate
@@ -90,3 +130,5 @@ class Outcome:
     headers: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
     delay_s: int = 0
+    reply: Reply | None = None
+    expired: bool = False

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = get_logger("leveret.middleware")
 
-PublishOperation = Literal["publish", "send", "prepare", "publish_prepared"]
+PublishOperation = Literal["publish", "send", "prepare", "publish_prepared", "ask", "ask_all"]
 
 
 @dataclass(slots=True)
@@ -62,7 +62,10 @@ class Publishing:
         operation: ``publish`` (by topic), ``send`` (to one actor's queue), ``prepare``
             (built now, published later: Django's on-commit and outbox publishing; its
             ``after_publish`` means built, not sent) or ``publish_prepared`` (what
-            ``prepare`` built, published now: its headers were fixed then).
+            ``prepare`` built, published now: its headers were fixed then), ``ask`` (a
+            request to one actor, whose answer is awaited: its ``after_publish`` comes once
+            the request is handed over, `after_ask` once answered) or ``ask_all`` (a
+            request by topic, answered by every actor bound to it).
         exchange: The exchange it goes to: ``{ns}.events``, or ``""`` for a `send`.
         routing_key: The topic, or the actor's queue for a `send`; ``""`` for a batch of
             several topics.
@@ -123,6 +126,25 @@ class Middleware:
             confirm_s: Seconds from writing it to the confirm, when known.
         """
 
+    def after_ask(
+        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+    ) -> None:
+        """An ask ended, in the asking thread: answered (`error` None) or with `error`
+        (`AskTimeout`, `RemoteError`, `InvalidReply`, `AskInterrupted`, `PublishError`).
+
+        Args:
+            actor: The actor asked (its queue name); for ``ask_all``, the topic.
+            envelope: The request's envelope.
+            error: Why it got no answer, if it did not.
+            duration_s: Seconds from the request's publish to its end.
+        """
+
+    def reply_dropped(self, reason: str) -> None:
+        """A reply arrived that no caller waits for, and was dropped: ``late`` (its caller
+        gave up, or had its answer already) or ``unmatched`` (no request of this process
+        has its correlation id: a stray or hostile message). In the thread that received
+        it (RabbitMQ: the asking connection's I/O thread)."""
+
     def before_handle(self, actor: str, envelope: Envelope) -> None:
         """Before a delivery to `actor` (its queue name) is decoded and its handler runs."""
 
@@ -155,6 +177,8 @@ _HOOKS = (
     "before_publish",
     "after_publish",
     "publish_confirmed",
+    "after_ask",
+    "reply_dropped",
     "before_handle",
     "after_handle",
     "after_settle",
@@ -221,6 +245,18 @@ class MiddlewareChain:
         """Every middleware's `Middleware.publish_confirmed`, in order."""
         for item in self._overriding["publish_confirmed"]:
             _call(item, item.publish_confirmed, ok, returned, confirm_s)
+
+    def after_ask(
+        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+    ) -> None:
+        """Every middleware's `Middleware.after_ask`, in reverse order."""
+        for item in reversed(self._overriding["after_ask"]):
+            _call(item, item.after_ask, actor, envelope, error, duration_s)
+
+    def reply_dropped(self, reason: str) -> None:
+        """Every middleware's `Middleware.reply_dropped`, in order."""
+        for item in self._overriding["reply_dropped"]:
+            _call(item, item.reply_dropped, reason)
 
     def before_handle(self, actor: str, envelope: Envelope) -> None:
         """Every middleware's `Middleware.before_handle`, in order."""

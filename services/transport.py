@@ -26,6 +26,7 @@ from leveret.services.topology.delays import DelayQueues
 
 if TYPE_CHECKING:
     from leveret.actors.actor import Actor
+    from leveret.services.asking import Asking
     from leveret.services.delivery import Delivery
     from leveret.services.memory.clock import VirtualClock
     from leveret.services.runtime.consumer import Consumer, ConsumerOptions
@@ -234,10 +235,12 @@ class Transport(ABC):
         dead_letters: The actors' dead-letter queues.
         inspection: Heartbeats and queue figures, for `leveret status` and the dashboard.
         scheduling: The schedulers' lock and state.
+        asking: Requests whose answers come back to this process (`Broker.ask`).
     """
 
     url: str
     namespace: str
+    asking: Asking
     dead_letters: DeadLetters
     inspection: Inspection
     scheduling: Scheduling
