@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar, Un
 from leveret.actors import dispatch
 from leveret.actors.checks import is_count
 from leveret.actors.context import AsyncContext, Context
-from leveret.actors.dispatch import PublishArgs
+from leveret.actors.dispatch import AskArgs, PublishArgs
 from leveret.actors.retry import RetryPolicy
 from leveret.schemas.casing import snake_case
 from leveret.schemas.errors import DefinitionError, NotHandled
@@ -56,6 +57,9 @@ class Handler:
         time_limit_s: Seconds this handler may run, overriding the actor's `time_limit_s`.
         is_async: An ``async def`` handler: calling it returns a coroutine, which the
             worker runs on its event loop.
+        reply_type: The `Message` class it answers asks with, from its return annotation
+            (``-> Quote``, or ``-> Quote | None`` for one that may answer with
+            ``ctx.reply``); None when it answers nothing.
     """
 
     name: str
@@ -65,6 +69,7 @@ class Handler:
     retry: RetryPolicy | None = None
     time_limit_s: float | None = None
     is_async: bool = False
+    reply_type: type[Message] | None = None
 
     @property
     def topic(self) -> str:
@@ -258,6 +263,64 @@ class Actor:
         return await dispatch.send_async(cls, message, **options)
 
     @classmethod
+    def ask(cls, message: Message, **options: Unpack[AskArgs]) -> Any:
+        """Ask this actor and wait for its answer, through the configured broker.
+
+        ```python
+        quote = Pricing.ask(QuoteAsked(sku="x"), timeout=2.0)
+        ```
+
+        The request goes to this actor's queue with its deadline; a worker's handler
+        answers by returning an instance of its reply type (its return annotation) or with
+        ``ctx.reply``. Replies come back on RabbitMQ's direct reply-to: no queue per call.
+
+        Args:
+            message: A message one of the actor's handlers takes, and answers.
+            **options: `AskArgs`: timeout (10 s by default), correlation id.
+
+        Returns:
+            The answer: an instance of the handler's reply type, validated.
+
+        Raises:
+            NotHandled: No handler of this actor takes the message, or it answers nothing
+                (it declares no reply type).
+            AskTimeout: No answer by the deadline (no worker, a slow or killed one).
+            RemoteError: The actor failed for good (the request was dead-lettered).
+            InvalidReply: The answer is not the reply type.
+            AskInterrupted: The connection the answer comes on was lost meanwhile.
+            BrokerUnavailable: The broker cannot be reached: nothing was sent.
+            PublishError: The request was not stored (the actor's queue does not exist).
+            InvalidArgument: An invalid option.
+        """
+        cls.reply_handler_for(message)
+        options = dispatch.ask_options(options)
+        return dispatch.asker().ask(cls, message, **options)
+
+    @classmethod
+    async def ask_async(cls, message: Message, **options: Unpack[AskArgs]) -> Any:
+        """`ask`, awaited: the event loop goes on while the answer is awaited (no thread
+        waits for it). Arguments, result and errors are `ask`'s."""
+        cls.reply_handler_for(message)
+        options = dispatch.ask_options(options)
+        return await dispatch.asker().ask_async(cls, message, **options)
+
+    @classmethod
+    def reply_handler_for(cls, message: Message) -> Handler:
+        """The handler that takes `message` and answers it.
+
+        Raises:
+            NotHandled: No handler takes the message, or the one that does declares no
+                reply type.
+        """
+        found = cls.handler_for(message)
+        if found.reply_type is None:
+            raise NotHandled(
+                f"actor {cls.__qualname__}: handler {found.name!r} answers no ask; annotate "
+                "its return with the Message class it answers with (-> Quote)"
+            )
+        return found
+
+    @classmethod
     def retry_policy(cls, handler: Handler) -> RetryPolicy:
         """The retry policy that applies to `handler`: its own, else the actor's."""
         return handler.retry if handler.retry is not None else cls.retry
@@ -426,4 +489,35 @@ def inspect_handler(
         retry=retry,
         time_limit_s=time_limit_s,
         is_async=is_async,
+        reply_type=_reply_type(where, hints.get("return", None)),
     )
+
+
+def _reply_type(where: str, annotation: object) -> type[Message] | None:
+    """The reply type a handler's return annotation declares (None: it answers nothing).
+
+    ``-> Quote`` and ``-> Quote | None`` (``Optional[Quote]``) declare `Quote`; ``-> None``,
+    no annotation, or one naming no `Message` declare none.
+
+    Raises:
+        DefinitionError: The base class `Message` itself, or several message classes.
+    """
+    members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    replies = [m for m in members if isinstance(m, type) and issubclass(m, Message)]
+    if not replies:
+        return None
+    if len(replies) > 1 or len(members) - len(replies) > (1 if type(None) in members else 0):
+        raise DefinitionError(
+            f"{where}: its return annotation {annotation!r} names more than one type; a "
+            "handler answers asks with one Message class (-> Quote, or -> Quote | None)"
+        )
+    if replies[0] is Message:
+        raise DefinitionError(
+            f"{where}: its return annotation is the base class Message; name the Message "
+            "subclass it answers with (-> Quote)"
+        )
+    return replies[0]
+
+
+def _is_union(annotation: object) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, TypeAlias, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
-from leveret.actors.handling import current_correlation_id
-from leveret.schemas.errors import ConfigurationError
+from leveret.actors.handling import current_correlation_id, current_deadline
+from leveret.schemas.errors import AskTimeout, ConfigurationError
 from leveret.schemas.message import Message
 
 if TYPE_CHECKING:
@@ -51,7 +52,30 @@ class PublishArgs(TypedDict, total=False):
     timeout: float | None
 
 
-Options = TypeVar("Options", bound=PublishArgs)
+DEFAULT_ASK_TIMEOUT_S = 10.0
+"""How long an ask waits for its answer when no timeout is given."""
+
+
+class AskArgs(TypedDict, total=False):
+    """The keyword arguments of every ask (`Actor.ask`, `Broker.ask`, ``ctx.ask``, their
+    async forms and `Broker.ask_all`), all optional.
+
+    Attributes:
+        timeout: Seconds to wait for the answer (10 by default); the request carries its
+            deadline, and a worker that takes it later drops it unhandled. Inside a
+            handler answering an ask, never past that ask's own deadline.
+        correlation_id: As for `PublishArgs`; inside a handler, the handled message's by
+            default.
+
+    The call raises `InvalidArgument` for a timeout that is not a positive number of
+    seconds or a correlation id over 255 bytes, and `TypeError` for another keyword.
+    """
+
+    timeout: float | None
+    correlation_id: str | None
+
+
+Options = TypeVar("Options", PublishArgs, AskArgs)
 
 
 class Dispatcher(Protocol):
@@ -131,6 +155,45 @@ def carried(options: Options, correlation_id: str | None = None) -> Options:
             correlation_id if correlation_id is not None else current_correlation_id()
         )
     return options
+
+
+def ask_options(options: AskArgs) -> AskArgs:
+    """`options` for an ask made now: the correlation id carried on (`carried`) and, inside
+    a handler answering an ask, the timeout cut to what is left of that ask's deadline.
+
+    Raises:
+        AskTimeout: That deadline has passed already.
+    """
+    options = carried(options)
+    deadline_s = current_deadline()
+    if deadline_s is None:
+        return options
+    left_s = deadline_s - time.time()
+    if left_s <= 0:
+        raise AskTimeout(
+            "the ask being answered is past its deadline: no time is left to ask another actor"
+        )
+    timeout = options.get("timeout")
+    if timeout is None:
+        options["timeout"] = min(DEFAULT_ASK_TIMEOUT_S, left_s)
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > left_s:
+        options["timeout"] = left_s  # an invalid one is the broker's to refuse
+    return options
+
+
+def asker() -> Any:
+    """The configured broker, for an ask (the Django app's dispatcher passes asks on).
+
+    Raises:
+        ConfigurationError: Nothing configured, or a dispatcher that cannot ask.
+    """
+    dispatcher = current()
+    if not callable(getattr(dispatcher, "ask", None)):
+        raise ConfigurationError(
+            f"the configured dispatcher {type(dispatcher).__name__} cannot ask: configure a "
+            "leveret Broker (leveret.configure(Broker(...)))"
+        )
+    return dispatcher
 
 
 def publish(message: Message, **options: Unpack[PublishArgs]) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar, Unpack, overload
 
 from leveret.actors import dispatch
 from leveret.actors.actor import Actor, Handler, QueueType, inspect_handler
-from leveret.actors.dispatch import PublishArgs
+from leveret.actors.dispatch import AskArgs, PublishArgs
 from leveret.actors.retry import RetryPolicy
 from leveret.schemas.errors import InvalidArgument
 from leveret.schemas.message import Message
@@ -67,6 +67,20 @@ class FunctionActor(Generic[R]):
         """`send`, awaited: waits for the confirm without blocking the event loop."""
         self.actor_class.handler_for(message)
         return await dispatch.send_async(self, message, **options)
+
+    def ask(self, message: Message, **options: Unpack[AskArgs]) -> R:
+        """Ask this actor and wait for its answer (`Actor.ask`): the function's return
+        annotation is its reply type."""
+        self.actor_class.reply_handler_for(message)
+        answer: R = dispatch.asker().ask(self, message, **dispatch.ask_options(options))
+        return answer
+
+    async def ask_async(self, message: Message, **options: Unpack[AskArgs]) -> R:
+        """`ask`, awaited (`Actor.ask_async`)."""
+        self.actor_class.reply_handler_for(message)
+        options = dispatch.ask_options(options)
+        answer: R = await dispatch.asker().ask_async(self, message, **options)
+        return answer
 
     def __repr__(self) -> str:
         return f"<function actor {self.__module__}.{self.__qualname__} queue={self.queue!r}>"
@@ -138,6 +152,7 @@ def actor(
                 message_type=spec.message_type,
                 takes_context=spec.takes_context,
                 is_async=spec.is_async,
+                reply_type=spec.reply_type,
             ),
         )
         namespace: dict[str, Any] = {

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextvars
 
-from leveret.schemas.envelope import Envelope
+from leveret.schemas import wire
+from leveret.schemas.envelope import Envelope, deadline_of
 
 _current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "leveret_current_envelope", default=None
@@ -19,6 +20,13 @@ def current_correlation_id() -> str | None:
     """The correlation id of the message being handled on this thread, if any."""
     envelope = _current_envelope.get()
     return envelope.correlation_id if envelope is not None else None
+
+
+def current_deadline() -> float | None:
+    """The deadline (seconds since the epoch) of the request being handled on this thread,
+    if it is an ask: an ask made while handling it waits no longer."""
+    envelope = _current_envelope.get()
+    return deadline_of(envelope.headers.get(wire.DEADLINE)) if envelope is not None else None
 
 
 def handling(envelope: Envelope) -> contextvars.Token[Envelope | None]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -38,7 +39,7 @@ from leveret.schemas.errors import (
     LeveretError,
     RemoteError,
 )
-from leveret.schemas.message import Message
+from leveret.schemas.message import Message, message_class
 from leveret.services.delivery import Delivery
 
 if TYPE_CHECKING:
@@ -53,8 +54,13 @@ class ReplySink(Protocol):
     """Where a transport hands what concerns one request; called on the transport's own
     thread: neither may block."""
 
-    def on_reply(self, delivery: Delivery) -> None:
-        """A reply whose correlation id is the request's message id arrived (untrusted)."""
+    def on_reply(self, delivery: Delivery) -> bool:
+        """A reply whose correlation id is the request's message id arrived (untrusted).
+
+        Returns:
+            False when the sink has what it waits for already (an answer came, or the
+            ask failed): the transport counts the reply as late (``reply_dropped``).
+        """
 
     def on_failure(self, error: LeveretError) -> None:
         """The request cannot be answered: not sent (`BrokerUnavailable`, a `PublishError`:
@@ -67,6 +73,11 @@ class Asking(ABC):
 
     Every method may be called from any thread; none blocks for the broker.
     """
+
+    def now(self) -> float:
+        """Seconds since the epoch on the clock deadlines are read against (the workers'
+        clock: real time, but the in-memory broker's virtual clock there)."""
+        return time.time()
 
     @abstractmethod
     def request(self, item: OutgoingMessage, sink: ReplySink) -> None:
@@ -119,7 +130,8 @@ class PendingAsk:
         actor: The actor asked (queue name): errors name it.
         message_id: The request's id.
         reply_type: The `Message` class the handler declares as its answer.
-        deadline_s: When the caller stops waiting (seconds since the epoch, `time.time`).
+        timeout_s: How long the caller waits from now (its deadline travels with the
+            request, on the transport's clock).
         max_reply_bytes: Larger replies fail the ask unread.
     """
 
@@ -128,38 +140,38 @@ class PendingAsk:
         actor: str,
         message_id: str,
         reply_type: type[Message],
-        deadline_s: float,
+        timeout_s: float,
         *,
         max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.actor = actor
         self.message_id = message_id
         self.reply_type = reply_type
-        self.deadline_s = deadline_s
+        self.ends = time.monotonic() + timeout_s
         self.max_reply_bytes = max_reply_bytes
         self.future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
 
     # ReplySink, the transport's thread ------------------------------------------------
 
-    def on_reply(self, delivery: Delivery) -> None:
-        if not self.future.done():
-            try:
-                self.future.set_result(delivery)
-            except concurrent.futures.InvalidStateError:  # a failure won the race
-                pass
+    def on_reply(self, delivery: Delivery) -> bool:
+        if self.future.done():
+            return False
+        try:
+            self.future.set_result(delivery)
+        except concurrent.futures.InvalidStateError:  # a failure won the race
+            return False
+        return True
 
     def on_failure(self, error: LeveretError) -> None:
         if not self.future.done():
-            try:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # lost a race
                 self.future.set_exception(error)
-            except concurrent.futures.InvalidStateError:
-                pass
 
     # The caller -----------------------------------------------------------------------
 
     def left_s(self) -> float:
-        """Seconds until the deadline (0 once passed)."""
-        return max(0.0, self.deadline_s - time.time())
+        """Seconds until the caller stops waiting (0 once passed)."""
+        return max(0.0, self.ends - time.monotonic())
 
     def wait(self) -> Message:
         """Block until the answer, a failure or the deadline.
@@ -211,6 +223,104 @@ class PendingAsk:
         )
 
 
+class Gathering:
+    """The `ReplySink` of an ``ask_all``: every actor's first answer, until the deadline
+    (or until `expect` actors answered).
+
+    Args:
+        topic: The request's topic (errors name it).
+        message_id: The request's id.
+        timeout_s: How long the caller waits from now.
+        expect: Stop waiting once this many actors answered (None: wait to the deadline).
+        reply_type: Validate every answer as this class; None: as the class registered for
+            the answer's topic in this process.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        message_id: str,
+        timeout_s: float,
+        *,
+        expect: int | None = None,
+        reply_type: type[Message] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.message_id = message_id
+        self.ends = time.monotonic() + timeout_s
+        self.expect = expect
+        self.reply_type = reply_type
+        self._replies: dict[str, Delivery] = {}
+        self._failure: LeveretError | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def on_reply(self, delivery: Delivery) -> bool:
+        actor = _text_header(delivery.headers.get(wire.REPLYING_ACTOR), 255) or "?"
+        with self._changed:
+            if actor in self._replies or self._closed:  # one per actor: another is late
+                return False
+            self._replies[actor] = delivery
+            self._changed.notify_all()
+            return True
+
+    def on_failure(self, error: LeveretError) -> None:
+        with self._changed:
+            if self._failure is None:
+                self._failure = error
+                self._changed.notify_all()
+
+    def _done(self) -> bool:
+        return self._failure is not None or (
+            self.expect is not None and len(self._replies) >= self.expect
+        )
+
+    def wait(self) -> dict[str, Message | AskError]:
+        """Block until the deadline (or `expect` answers); every answer so far, by actor.
+
+        Raises:
+            PublishError: The request was not sent (`BrokerUnavailable`), or refused.
+            AskInterrupted: The connection replies come on was lost before any answer.
+        """
+        with self._changed:
+            while not self._done():
+                left_s = self.ends - time.monotonic()
+                if left_s <= 0:
+                    break
+                self._changed.wait(left_s)
+            return self._results()
+
+    async def wait_async(self) -> dict[str, Message | AskError]:
+        """`wait`, awaited: polls without blocking the event loop."""
+        while True:
+            with self._changed:
+                if self._done() or time.monotonic() >= self.ends:
+                    return self._results()
+            await asyncio.sleep(min(0.005, max(0.0, self.ends - time.monotonic())))
+
+    def _results(self) -> dict[str, Message | AskError]:
+        """Lock held; no reply is taken afterwards. A failure is raised only when nothing
+        arrived at all."""
+        self._closed = True
+        if self._failure is not None and not self._replies:
+            raise self._failure
+        results: dict[str, Message | AskError] = {}
+        for actor, delivery in self._replies.items():
+            reply_type = self.reply_type or message_class(delivery.topic or "")
+            try:
+                if reply_type is None:
+                    raise InvalidReply(
+                        f"the reply of actor {actor!r} has topic {delivery.topic!r}, which "
+                        "no Message class of this process has; pass reply_type=",
+                        actor=actor,
+                        message_id=self.message_id,
+                    )
+                results[actor] = answer_of(delivery, reply_type, actor, self.message_id)
+            except AskError as exc:
+                results[actor] = exc
+        return results
+
+
 def answer_of(
     delivery: Delivery,
     reply_type: type[Message],
@@ -253,7 +363,7 @@ def answer_of(
             actor=actor,
             message_id=message_id,
         ) from exc
-    except Exception as exc:  # noqa: BLE001  # a model validator raised something odd
+    except Exception as exc:  # a model validator raised something odd
         raise InvalidReply(
             f"the reply to request {message_id} from actor {actor!r} is not a valid "
             f"{reply_type.__name__}: {type(exc).__name__}: {exc}",
@@ -271,8 +381,7 @@ def remote_error(delivery: Delivery, actor: str, message_id: str) -> RemoteError
     reason = _text_header(headers.get(wire.ERROR_REASON))
     what = f"{error_type}: {error_message}" if error_type else (error_message or reason)
     return RemoteError(
-        f"actor {replying!r} failed request {message_id} for good ({reason or 'error'}): "
-        f"{what}",
+        f"actor {replying!r} failed request {message_id} for good ({reason or 'error'}): {what}",
         actor=replying,
         message_id=message_id,
         error_type=error_type,
@@ -296,6 +405,7 @@ __all__ = [
     "MAX_REPLY_BYTES",
     "AskError",
     "Asking",
+    "Gathering",
     "PendingAsk",
     "RecentlyForgotten",
     "ReplySink",

@@ -36,6 +36,7 @@ from leveret.schemas.errors import (
 )
 from leveret.schemas.message import Message
 from leveret.services import config
+from leveret.services.broker_asks import BrokerAsks
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
 from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
@@ -70,7 +71,7 @@ log = get_logger("leveret.broker")
 __all__ = ["Broker", "OutgoingMessage", "PublishResult", "RabbitBroker", "Route", "transport_for"]
 
 
-class Broker:
+class Broker(BrokerAsks):
     """Connection to a message broker, with the topology of the actors it knows.
 
     The URL's scheme picks the transport under it (`transport_for`): RabbitMQ for

@@ -13,15 +13,16 @@ transport writes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from leveret.actors.actor import Actor, ActorRef
 from leveret.actors.function import as_actor_class
 from leveret.schemas import wire
 from leveret.schemas.codec import encode
-from leveret.schemas.envelope import Envelope
+from leveret.schemas.envelope import Envelope, deadline_header
 from leveret.schemas.errors import InvalidArgument
 from leveret.schemas.message import Message
 from leveret.services import config
@@ -31,6 +32,9 @@ from leveret.services.topology import naming
 from leveret.services.topology.addresses import Address, Addresses
 from leveret.services.topology.delays import delay_seconds
 from leveret.services.transport import OutgoingMessage, PublishResult, Route, Transport
+
+if TYPE_CHECKING:
+    from leveret.services.asking import ReplySink
 
 log = get_logger("leveret.broker")
 
@@ -80,7 +84,7 @@ def outgoing(
     options: PublishOptions,
     *,
     queue: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> list[OutgoingMessage]:
     """`messages` built for the wire, each with a new message id.
 
@@ -168,6 +172,25 @@ class Outbound:
         with self._outgoing([message], actor, options, "prepare") as publishing:
             return publishing.items[0]
 
+    def ask(
+        self,
+        message: Message,
+        actor: type[Actor] | None,
+        options: PublishOptions,
+        deadline_s: float,
+        sink: Callable[[str], ReplySink],
+    ) -> OutgoingMessage:
+        """Build `message` as a request carrying `deadline_s` (to `actor`'s queue, or by
+        topic for ``ask_all``) and hand it to the transport's asking role, with the sink
+        `sink` makes for its message id; between the publish hooks (operation ``ask`` or
+        ``ask_all``), whose ``after_publish`` means handed over, not answered."""
+        operation: PublishOperation = "ask" if actor is not None else "ask_all"
+        extra = {wire.DEADLINE: deadline_header(deadline_s)}
+        with self._outgoing([message], actor, options, operation, extra) as built:
+            item = built.items[0]
+            self.transport.asking.request(item, sink(item.envelope.message_id))
+        return item
+
     def publish_prepared(
         self, items: Sequence[OutgoingMessage], timeout_s: float | None, *, each: bool = False
     ) -> PublishResult:
@@ -218,10 +241,12 @@ class Outbound:
         actor: type[Actor] | None,
         options: PublishOptions,
         operation: PublishOperation | None = None,
+        leveret_headers: dict[str, Any] | None = None,
     ) -> Iterator[_Built]:
         """The messages built for the wire (to `actor`'s queue, or by topic), to be published
         inside the ``with``: all of it between the middleware's publish hooks, which see
-        the ``with``'s error."""
+        the ``with``'s error. `leveret_headers` are Leveret's own (an ask's deadline),
+        added after the middleware's."""
         if actor is None:
             topics = {message.topic() for message in messages}
             address = self._address(None, next(iter(topics)) if len(topics) == 1 else "")
@@ -236,11 +261,11 @@ class Outbound:
         )
         self.middleware.before_publish(publishing)
         try:
+            headers = _middleware_headers(publishing.headers)
+            if leveret_headers:
+                headers = {**(headers or {}), **leveret_headers}
             items = outgoing(
-                messages,
-                options,
-                queue=None if actor is None else actor.queue,
-                headers=_middleware_headers(publishing.headers),
+                messages, options, queue=None if actor is None else actor.queue, headers=headers
             )
             publishing.message_ids = message_ids(items)
             yield _Built(items, publishing.message_ids)

@@ -249,11 +249,15 @@ class Transport(ABC):
     """The broker's middleware, whose ``publish_confirmed`` sees the broker's answer to each
     message (None while none of them has that hook: nothing is timed then)."""
 
+    chain: MiddlewareChain = MiddlewareChain()
+    """The broker's whole chain (its asking role tells ``reply_dropped`` to it)."""
+
     def use_middleware(self, middleware: MiddlewareChain) -> None:
         """Have `middleware`'s ``publish_confirmed`` see the broker's answer to each message
         this transport publishes: on the thread running its I/O loop (RabbitMQ), or the
         publishing one (in memory). `Broker` passes its own chain."""
         self.middleware = middleware if middleware.handles("publish_confirmed") else None
+        self.chain = middleware
 
     @abstractmethod
     def declare(self, actors: Sequence[type[Actor]], *, timeout_s: float | None = None) -> None:

@@ -26,13 +26,13 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Unpack
+from typing import Any, Unpack
 
 from django.db import connections, transaction
 
 from leveret.actors import dispatch
 from leveret.actors.actor import ActorRef
-from leveret.actors.dispatch import PublishArgs
+from leveret.actors.dispatch import AskArgs, PublishArgs
 from leveret.django import outbox as outbox_table
 from leveret.django.project import project_broker
 from leveret.django.settings import load
@@ -233,6 +233,16 @@ class TransactionalDispatcher:
             BrokerUnavailable: With `fail_fast`, the broker cannot take messages now.
         """
         return self._dispatch(actor, message, options)
+
+    def ask(self, actor: ActorRef, message: Message, **options: Unpack[AskArgs]) -> Any:
+        """Ask an actor and wait for its answer (`Broker.ask`): at once, whatever the
+        transaction (an answer cannot wait for a commit). A view that asks holds its
+        request thread until the answer or the deadline: keep the timeout short."""
+        return self.broker.ask(actor, message, **options)
+
+    async def ask_async(self, actor: ActorRef, message: Message, **options: Unpack[AskArgs]) -> Any:
+        """`ask`, awaited (`Broker.ask_async`), for async views."""
+        return await self.broker.ask_async(actor, message, **options)
 
     def _dispatch(self, actor: ActorRef | None, message: Message, options: TransactionArgs) -> str:
         alias = options.pop("using", None) or self.using

@@ -44,6 +44,9 @@ class MemoryConsumer(Consumer):
         """In this process; heartbeats are kept by the transport (`leveret status`)."""
         return InProcess(self.transport.heartbeats.append)
 
+    def now(self) -> float:
+        return self.transport.clock.now()
+
     def start(self, receive: Receive, fail: Fail) -> None:
         self._feeder = threading.Thread(
             target=self._feed, args=(receive, fail), name="leveret-memory-feeder", daemon=True

@@ -21,6 +21,7 @@ from leveret.actors.actor import Actor
 from leveret.schemas import wire
 from leveret.schemas.errors import PublishError
 from leveret.services.delivery import Delivery, Outcome
+from leveret.services.memory._asking import MemoryAsking
 from leveret.services.memory._consumer import MemoryConsumer
 from leveret.services.memory._dead_letters import MemoryDeadLetters
 from leveret.services.memory._schedule import MemoryScheduling
@@ -113,6 +114,7 @@ class MemoryTransport(Transport):
         self.dead_letters = MemoryDeadLetters(self)
         self.inspection = MemoryInspection(self)
         self.scheduling = MemoryScheduling(self)
+        self.asking: MemoryAsking = MemoryAsking(self)
 
     # Topology ---------------------------------------------------------------------------
 
@@ -151,7 +153,17 @@ class MemoryTransport(Transport):
     def publish_each(self, items: Sequence[OutgoingMessage]) -> PublishResult:
         return self._publish(items, raise_errors=False)
 
-    def _publish(self, items: Sequence[OutgoingMessage], *, raise_errors: bool) -> PublishResult:
+    def publish_request(self, item: OutgoingMessage, reply_to: str) -> PublishResult:
+        """Publish an ask's request, answered to `reply_to` (`MemoryAsking`)."""
+        return self._publish([item], raise_errors=True, reply_to=reply_to)
+
+    def _publish(
+        self,
+        items: Sequence[OutgoingMessage],
+        *,
+        raise_errors: bool,
+        reply_to: str | None = None,
+    ) -> PublishResult:
         unroutable: list[int] = []
         errors: dict[int, PublishError] = {}
         with self.changed:
@@ -175,6 +187,7 @@ class MemoryTransport(Transport):
                     correlation_id=envelope.correlation_id,
                     timestamp=int(envelope.timestamp.timestamp()),
                     headers={**envelope.headers, wire.ATTEMPT: envelope.attempt},
+                    reply_to=reply_to,
                 )
                 if item.delay_s > 0:
                     self._schedule(item.delay_s, address, delivery)
@@ -215,6 +228,7 @@ class MemoryTransport(Transport):
     def release_due(self) -> None:
         """Move delayed messages whose time has come to their queues (lock held)."""
         now = self.clock.now()
+        self.asking.expire(now)
         while self._delayed and self._delayed[0].due_s <= now:
             due = heapq.heappop(self._delayed)
             if not self.route(due.address, due.delivery):
@@ -272,9 +286,12 @@ class MemoryTransport(Transport):
                         headers=outcome.headers,
                         exchange=address.exchange,
                         routing_key=address.routing_key,
+                        reply_to=None,  # a replay answers no caller
                     )
                 )
             self.changed.notify_all()
+        if outcome.reply is not None:
+            self.asking.deliver(outcome.reply)
 
     def give_back(self, name: str, delivery: Delivery) -> None:
         """Put a delivery back at the head of queue `name`, marked redelivered."""
@@ -291,4 +308,5 @@ class MemoryTransport(Transport):
         return MemoryConsumer(self, names, prefetch=options.prefetch)
 
     def close(self) -> None:
-        """Nothing to close."""
+        """Nothing to close but the asks still waiting, which fail (`AskInterrupted`)."""
+        self.asking.close()

@@ -11,6 +11,7 @@ consumer (`leveret.services.rabbitmq`) and the in-memory broker's
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,11 @@ class Consumer(ABC):
     def log_fields(self) -> dict[str, object]:
         """Extra facts for the runtime's log lines (e.g. whether it is connected)."""
         return {}
+
+    def now(self) -> float:
+        """Seconds since the epoch, against which an ask's deadline is read (real time; the
+        in-memory broker's virtual clock there)."""
+        return time.time()
 
 
 class Presence(Protocol):

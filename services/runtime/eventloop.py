@@ -22,6 +22,7 @@ through `on_fault`, which stops the worker with `EXIT_INTERNAL_ERROR`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import threading
 import time
@@ -30,10 +31,12 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Job
+
+T = TypeVar("T")
 
 log = get_logger("leveret.worker")
 
@@ -264,3 +267,32 @@ class EventLoop:
                 )
                 self._on_fault(f"an event loop task failed: {type(error).__name__}: {error}")
         self._pump()
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to its end from synchronous code, on an event loop of its own.
+
+    In a thread without a running loop that is `asyncio.run`; in one with a loop running
+    (an async test calling `MemoryBroker.join`) a helper thread runs it, since a loop
+    cannot be entered twice. The caller's context variables go along either way.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: list[T] = []
+    errors: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result.append(context.run(asyncio.run, coroutine))
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller below
+            errors.append(exc)
+
+    helper = threading.Thread(target=run, name="leveret-join-async", daemon=True)
+    helper.start()
+    helper.join()
+    if errors:
+        raise errors[0]
+    return result[0]

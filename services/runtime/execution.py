@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from leveret.actors.control import Reject
 from leveret.actors.handling import done_handling, handling
 from leveret.schemas import wire
 from leveret.schemas.codec import decode
-from leveret.schemas.envelope import Envelope, new_message_id
+from leveret.schemas.envelope import Envelope, deadline_of, new_message_id
 from leveret.schemas.errors import (
     DecodeError,
     InvalidMessage,
@@ -45,6 +45,8 @@ from leveret.services.observability.logs import (
     unbind_message_fields,
 )
 from leveret.services.observability.redaction import redact
+from leveret.services.runtime import answers
+from leveret.services.runtime.eventloop import run_coroutine
 from leveret.services.runtime.timelimits import LIMITS
 from leveret.services.topology import delays, naming
 from leveret.services.topology.delays import MAX_DELAY_S
@@ -107,6 +109,8 @@ class Executor:
             is known by where its routing key sends it (see `origin`).
         middleware: Its ``before_handle`` and ``after_handle`` run around each delivery
             (tracing among them).
+        clock: Seconds since the epoch, against which an ask's deadline is read (the
+            in-memory broker's virtual clock there).
     """
 
     def __init__(
@@ -117,8 +121,10 @@ class Executor:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         namespace: str | None = None,
         middleware: MiddlewareChain | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.actor = actor
+        self.clock = clock
         self.namespace = namespace
         self._delay_exchanges = frozenset(
             name
@@ -239,19 +245,32 @@ class Executor:
     ) -> Outcome | Coroutine[Any, Any, Outcome]:
         """The outcome of a delivery that does not decode or whose handler is sync (run
         here); for an async handler, the coroutine that handles it, for the caller to
-        await (`run_async`) or run on a loop of its own (`run`)."""
+        await (`run_async`) or run on a loop of its own (`run`). An ask taken past its
+        deadline is acked unhandled: its caller gave up."""
+        deadline_s = deadline_of(envelope.headers.get(wire.DEADLINE))
+        if deadline_s is not None and self.clock() >= deadline_s:
+            return Outcome("ack", envelope, expired=True)
         try:
             handler, message = self._decode(delivery, envelope)
         except DecodeError as exc:
             reason = _DECODE_REASONS.get(type(exc), "decode_error")
             return self._dead_letter(delivery, envelope, reason, exc, with_traceback=False)
         if handler.is_async:
-            return self._handle_async(delivery, envelope, handler, message)
-        return self._handle(delivery, envelope, handler, message)
+            return self._handle_async(delivery, envelope, handler, message, deadline_s)
+        return self._handle(delivery, envelope, handler, message, deadline_s)
 
     def _log_outcome(self, outcome: Outcome, log_context: dict[str, Any], started: float) -> None:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if outcome.fate == "ack":
+        if outcome.expired:
+            log.info(
+                "ask_expired",
+                outcome="expired",
+                duration_ms=duration_ms,
+                hint="taken (or still running) past the deadline its caller waits to: "
+                "acked without an answer",
+                **log_context,
+            )
+        elif outcome.fate == "ack":
             log.info("message_handled", outcome="handled", duration_ms=duration_ms, **log_context)
         elif outcome.fate == "retry":
             log.warning(
@@ -274,48 +293,108 @@ class Executor:
             )
 
     def _handle(
-        self, delivery: Delivery, envelope: Envelope, handler: Handler, message: Any
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        handler: Handler,
+        message: Any,
+        deadline_s: float | None,
     ) -> Outcome:
-        """Run a sync handler under its time limit, which interrupts it when it passes."""
-        ctx = Context(envelope, actor=self.name, log=self._handler_log)
-        limit_s = self.actor.time_limit_for(handler)
+        """Run a sync handler under its time limit, which interrupts it when it passes (an
+        ask's: at its deadline, if that comes first)."""
+        reply_to = answers.reply_address(delivery)
+        ctx = Context(
+            envelope,
+            actor=self.name,
+            log=self._handler_log,
+            reply_type=handler.reply_type,
+            asked=reply_to is not None,
+        )
+        limit_s, by_deadline = self._limit_s(handler, deadline_s)
         try:
-            LIMITS.run(
+            returned = LIMITS.run(
                 limit_s,
                 f"{self.name}.{handler.name}",
                 lambda: handler(self.instance, message, ctx),
             )
         except TimeLimitExceeded as exc:
+            if by_deadline:
+                return Outcome("ack", envelope, expired=True)
             exc.args = (f"handler {handler.name!r} ran past its time limit of {limit_s} s",)
             return self._failed(delivery, envelope, handler, exc)
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             return self._failed(delivery, envelope, handler, exc)
-        return Outcome("ack", envelope)
+        return self._answered(envelope, handler, ctx, returned, reply_to)
 
     async def _handle_async(
-        self, delivery: Delivery, envelope: Envelope, handler: Handler, message: Any
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        handler: Handler,
+        message: Any,
+        deadline_s: float | None,
     ) -> Outcome:
-        """Await an async handler under its time limit, which cancels it when it passes."""
-        ctx = AsyncContext(envelope, actor=self.name, log=self._handler_log)
-        limit_s = self.actor.time_limit_for(handler)
+        """Await an async handler under its time limit, which cancels it when it passes (an
+        ask's: at its deadline, if that comes first)."""
+        reply_to = answers.reply_address(delivery)
+        ctx = AsyncContext(
+            envelope,
+            actor=self.name,
+            log=self._handler_log,
+            reply_type=handler.reply_type,
+            asked=reply_to is not None,
+        )
+        limit_s, by_deadline = self._limit_s(handler, deadline_s)
         timeout = asyncio.timeout(limit_s)
         try:
             async with timeout:
-                await handler(self.instance, message, ctx)
+                returned = await handler(self.instance, message, ctx)
         except Reject as exc:
             return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             # Past the limit, whatever it raised (the timeout's TimeoutError, or another
             # error it turned its cancellation into) is the time limit; before it, a
             # TimeoutError is the handler's own (an HTTP client's), a failure like any.
+            if timeout.expired() and by_deadline:
+                return Outcome("ack", envelope, expired=True)
             failure = _past_limit(handler, limit_s, exc) if timeout.expired() else exc
             return self._failed(delivery, envelope, handler, failure)
         if timeout.expired():  # it swallowed the cancellation and returned: still too late
+            if by_deadline:
+                return Outcome("ack", envelope, expired=True)
             late = _past_limit(handler, limit_s, None, " (and went on after its cancellation)")
             return self._failed(delivery, envelope, handler, late)
-        return Outcome("ack", envelope)
+        return self._answered(envelope, handler, ctx, returned, reply_to)
+
+    def _limit_s(self, handler: Handler, deadline_s: float | None) -> tuple[float | None, bool]:
+        """The handler's time limit, capped by an ask's deadline; and whether the deadline
+        is what limits it."""
+        limit_s = self.actor.time_limit_for(handler)
+        if deadline_s is None:
+            return limit_s, False
+        left_s = max(deadline_s - self.clock(), 0.001)
+        if limit_s is None or left_s < limit_s:
+            return left_s, True
+        return limit_s, False
+
+    def _answered(
+        self,
+        envelope: Envelope,
+        handler: Handler,
+        ctx: Context | AsyncContext,
+        returned: object,
+        reply_to: str | None,
+    ) -> Outcome:
+        """Ack a handler that returned, with its answer when it was asked (`answers`)."""
+        if reply_to is None:
+            return Outcome("ack", envelope)
+        return Outcome(
+            "ack",
+            envelope,
+            reply=answers.reply(self.name, envelope, handler, ctx, returned, reply_to),
+        )
 
     def _decode(self, delivery: Delivery, envelope: Envelope) -> tuple[Handler, Any]:
         """The handler of the delivery's topic, and its message validated for it.
@@ -457,7 +536,11 @@ class Executor:
         headers.pop(wire.ERROR_TRACEBACK, None)
         if with_traceback:
             headers[wire.ERROR_TRACEBACK] = redact(_traceback(exc))[-TRACEBACK_LIMIT:]
-        return Outcome("dead_letter", envelope, headers, exc)
+        reply_to = answers.reply_address(delivery)
+        reply = None
+        if reply_to is not None:  # its caller hears of it now, not at its deadline
+            reply = answers.failure(self.name, reply_to, envelope, headers)
+        return Outcome("dead_letter", envelope, headers, exc, reply=reply)
 
 
 def retry_delay_s(delay: object) -> int | None:
@@ -528,32 +611,3 @@ class _Handling:
         unbind_message_fields(self.fields_token)
         if self.structlog:
             structlog.contextvars.unbind_contextvars(*self.log_context)
-
-
-def run_coroutine(coroutine: Coroutine[Any, Any, Outcome]) -> Outcome:
-    """Run `coroutine` to its end from synchronous code, on an event loop of its own.
-
-    In a thread without a running loop that is `asyncio.run`; in one with a loop running
-    (an async test calling `MemoryBroker.join`) a helper thread runs it, since a loop
-    cannot be entered twice. The caller's context variables go along either way.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    result: list[Outcome] = []
-    errors: list[BaseException] = []
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            result.append(context.run(asyncio.run, coroutine))
-        except BaseException as exc:  # noqa: BLE001  # handed to the caller below
-            errors.append(exc)
-
-    helper = threading.Thread(target=run, name="leveret-join-async", daemon=True)
-    helper.start()
-    helper.join()
-    if errors:
-        raise errors[0]
-    return result[0]

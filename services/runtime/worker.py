@@ -107,6 +107,7 @@ class Worker:
                 max_body_bytes=max_body_bytes,
                 namespace=namespace,
                 middleware=self.middleware,
+                clock=consumer.now,
             )
             for actor in actors
         }

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
+import pika
 import pytest
 
 from leveret.actors import NO_RETRY, Actor, AsyncContext, Context, RetryPolicy, handler
 from leveret.actors.handling import current_correlation_id
 from leveret.actors.retry import fixed
 from leveret.schemas import Message, wire
-from leveret.schemas.envelope import Envelope
+from leveret.schemas.codec import encode
+from leveret.schemas.envelope import Envelope, new_message_id
 from leveret.services.broker import Broker
-from leveret.services.delivery import Outcome
+from leveret.services.delivery import Outcome, Reply
+from leveret.services.memory.transport import MemoryTransport
 from leveret.services.middleware import Middleware, Publishing
 from leveret.services.runtime.execution import Executor
 from leveret.services.runtime.worker import Worker
@@ -44,6 +48,14 @@ class AsyncOrders(Actor, queue="mw_async_orders"):
     async def take(self, msg: Order, ctx: AsyncContext) -> None:
         if msg.fail:
             raise ValueError("async order refused")
+
+
+class Hand(Actor, queue="mw_hand"):
+    """Answers asks: by a worker, or by hand (`_answer_twice_by_hand`)."""
+
+    @handler
+    def take(self, msg: Order) -> Order:
+        return Order(n=msg.n + 1)
 
 
 Event = tuple[Any, ...]
@@ -208,6 +220,80 @@ class Raising(Middleware):
     def worker_stopped(self, worker: Worker) -> None:
         raise RuntimeError("middleware bug")
 
+    def after_ask(
+        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+    ) -> None:
+        raise RuntimeError("middleware bug")
+
+    def reply_dropped(self, reason: str) -> None:
+        raise RuntimeError("middleware bug")
+
+
+def _answer_twice_by_hand(broker: Broker) -> Order:
+    """Ask `Hand` with no worker running it, and answer the request twice by hand: the
+    first answer is the ask's, the second one comes late (``reply_dropped``)."""
+    broker.declare(Hand)
+    if isinstance(broker.transport, MemoryTransport):
+        answering = threading.Thread(
+            target=_answer_in_memory, args=(broker.transport,), daemon=True
+        )
+    else:
+        answering = threading.Thread(target=_answer_on_rabbitmq, args=(broker,), daemon=True)
+    answering.start()
+    answer: Order = broker.ask(Hand, Order(n=1), timeout=10)
+    answering.join(10)
+    return answer
+
+
+def _answer_in_memory(transport: MemoryTransport) -> None:
+    queue = transport.queues[f"{transport.namespace}.mw_hand"]
+    wait_until(lambda: len(queue) == 1, 5, "the request queued")
+    with transport.changed:
+        delivery = queue.popleft()
+    for _ in range(2):
+        transport.asking.deliver(_reply_to(delivery.reply_to or "", delivery.message_id))
+
+
+def _answer_on_rabbitmq(broker: Broker) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        channel = connection.channel()
+        deadline = time.monotonic() + 5
+        props: pika.BasicProperties | None = None
+        while props is None and time.monotonic() < deadline:
+            _method, props, _body = channel.basic_get(f"{broker.namespace}.mw_hand", auto_ack=True)
+            time.sleep(0.02)
+        assert props is not None
+        assert props.reply_to
+        assert props.message_id
+        reply = _reply_to(props.reply_to, props.message_id)
+        for _ in range(2):
+            channel.basic_publish(
+                "",
+                props.reply_to,
+                reply.body,
+                pika.BasicProperties(
+                    type=reply.topic,
+                    correlation_id=reply.correlation_id,
+                    headers=reply.wire_headers(),
+                ),
+            )
+            time.sleep(0.2)
+    finally:
+        connection.close()
+
+
+def _reply_to(to: str, message_id: str) -> Reply:
+    return Reply(
+        to=to,
+        correlation_id=message_id,
+        status="ok",
+        actor="mw_hand",
+        message_id=new_message_id(),
+        topic=Order.topic(),
+        body=encode(Order(n=2)),
+    )
+
 
 @pytest.mark.rabbitmq
 def test_a_middleware_whose_every_hook_raises_changes_nothing(broker: Broker) -> None:
@@ -231,6 +317,10 @@ def test_a_middleware_whose_every_hook_raises_changes_nothing(broker: Broker) ->
             )
             assert worker.threads_alive()
         assert worker.shutdown(10) == 0
+        assert _answer_twice_by_hand(observed) == Order(n=2)
+        wait_until(
+            lambda: any(e.get("hook") == "reply_dropped" for e in logs), 10, "the late answer"
+        )
     [sync_letter] = broker.dead_letters(Orders)
     [async_letter] = broker.dead_letters(AsyncOrders)
     assert sync_letter.headers[wire.ERROR_REASON] == "handler_error"
