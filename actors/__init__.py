@@ -8,7 +8,14 @@ What the runtime uses besides (`dispatch.current`, `registry.unique_queues`,
 from leveret.actors.actor import Actor, ActorRef, QueueType, handler
 from leveret.actors.context import AsyncContext, Context
 from leveret.actors.control import Reject, Retry
-from leveret.actors.dispatch import PublishArgs, configure, publish, publish_async, send_async
+from leveret.actors.dispatch import (
+    AskArgs,
+    PublishArgs,
+    configure,
+    publish,
+    publish_async,
+    send_async,
+)
 from leveret.actors.function import FunctionActor, actor
 from leveret.actors.registry import actors_in
 from leveret.actors.retry import NO_RETRY, Backoff, RetryPolicy, exponential, fixed
@@ -29,6 +36,7 @@ __all__ = [
     "NO_RETRY",
     "Actor",
     "ActorRef",
+    "AskArgs",
     "AsyncContext",
     "Backoff",
     "CatchUp",
