@@ -35,3 +35,17 @@ class Grumpy(Actor, queue="plugin.grumpy"):
     @handler
     def on(self, msg: Complaint) -> None:
         raise RuntimeError(f"no: {msg.text}")
+
+
+class Doubled(Message, topic="tests.plugin.doubled"):
+    n: int
+
+
+class Doubler(Actor, queue="plugin.doubler"):
+    """Answers asks: the note's number, doubled."""
+
+    time_limit_s = 10
+
+    @handler
+    def on(self, msg: Note) -> Doubled:
+        return Doubled(n=msg.n * 2)

@@ -25,7 +25,7 @@ from leveret.django.models import OutboxMessage
 from leveret.django.project import forget_project_broker, project_broker
 from leveret.django.testing import project_memory_broker
 from leveret.services.testing import MemoryBroker, memory_broker
-from tests.django.plugin_actors import Complaint, Grumpy, Note, Tally
+from tests.django.plugin_actors import Complaint, Doubled, Doubler, Grumpy, Note, Tally
 
 pytestmark = [pytest.mark.django_db(transaction=True)]  # on-commit needs real commits
 
@@ -54,7 +54,7 @@ def app_installed() -> Iterator[None]:
 @pytest.fixture
 def leveret_actors() -> list[type[Actor]]:
     """The plugin's fixtures declare these (the project's ACTORS are empty here)."""
-    return [Tally, Grumpy]
+    return [Tally, Grumpy, Doubler]
 
 
 def _publish_every_way(first: int) -> None:
@@ -142,6 +142,16 @@ def test_eager_with_the_outbox_handles_the_rows_at_commit(
         assert Tally.seen == []
     assert Tally.seen == [9]
     assert OutboxMessage.objects.get(message_id=message_id).sent_at is not None
+
+
+def test_an_ask_inside_a_transaction_is_answered_at_once(leveret_eager: MemoryBroker) -> None:
+    """An ask cannot wait for the commit: it goes out (and is answered) at the call, while
+    a send beside it still waits for the commit."""
+    with transaction.atomic():
+        Tally.send(Note(n=1))
+        assert Doubler.ask(Note(n=21), timeout=5) == Doubled(n=42)
+        assert Tally.seen == []
+    assert Tally.seen == [1]
 
 
 def test_eager_raises_what_dead_letters_a_message(leveret_eager: MemoryBroker) -> None:

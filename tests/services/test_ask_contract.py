@@ -8,13 +8,14 @@ import threading
 import time
 from typing import Any
 
+import pika
 import pytest
 
 from leveret.actors import Actor, AsyncContext, Context, RetryPolicy, handler
 from leveret.actors.control import Reject
 from leveret.actors.dispatch import configure
 from leveret.actors.retry import fixed
-from leveret.schemas import Message
+from leveret.schemas import Message, wire
 from leveret.schemas.envelope import Envelope
 from leveret.schemas.errors import (
     AskTimeout,
@@ -22,9 +23,11 @@ from leveret.schemas.errors import (
     NotHandled,
     RemoteError,
 )
-from leveret.services.broker import Broker
+from leveret.services.broker import Broker, RabbitBroker
 from leveret.services.delivery import Outcome
+from leveret.services.memory.transport import MemoryTransport
 from leveret.services.middleware import Middleware
+from leveret.services.publishing import PublishOptions, outgoing
 from leveret.services.testing import MemoryBroker, captured_logs
 from tests.support import running, wait_until, with_middleware
 
@@ -347,3 +350,48 @@ def test_eager_mode_answers_in_the_asking_thread() -> None:
     assert broker.ask(Pricing, QuoteAsked(sku="e")).by == "pricing"
     with pytest.raises(RemoteError, match="no such sku"):
         broker.ask(Pricing, QuoteAsked(sku="e", fail="reject"))
+
+
+def _raw_request(broker: Broker, reply_to: str, deadline: object = None) -> None:
+    """A request as any client of the vhost may send it: to Pricing's queue, with this
+    ``reply_to`` and deadline header."""
+    headers: dict[str, Any] = {} if deadline is None else {wire.DEADLINE: deadline}
+    item = outgoing(
+        [QuoteAsked(sku="raw")], PublishOptions(), queue=Pricing.queue, headers=headers
+    )[0]
+    if isinstance(broker.transport, MemoryTransport):
+        broker.transport.publish_request(item, reply_to)
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        connection.channel().basic_publish(
+            "",
+            f"{broker.namespace}.{Pricing.queue}",
+            item.body,
+            pika.BasicProperties(
+                type=item.envelope.topic,
+                message_id=item.envelope.message_id,
+                reply_to=reply_to,
+                headers=headers,
+            ),
+        )
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("deadline", ["soon", -5, 2**70, {"a": 1}, True])
+def test_a_reply_to_naming_a_queue_is_never_written_to(broker: Broker, deadline: object) -> None:
+    """A request whose ``reply_to`` names an actor's queue (not direct reply-to) is handled
+    but not answered there; a deadline header that is not a deadline is no deadline."""
+    broker.declare(Pricing, Silent)
+    silent = f"{broker.namespace}.{Silent.queue}"
+    with running(broker, Pricing, threads=1) as worker:
+        _raw_request(broker, silent, deadline)
+        wait_until(lambda: worker.stats.handled == 1, 10, "the request handled")
+    assert Pricing.attempts == {"raw": 1}
+    time.sleep(0.2)
+    if isinstance(broker, RabbitBroker):
+        assert broker.message_count(silent) == 0
+    else:
+        assert isinstance(broker.transport, MemoryTransport)
+        assert len(broker.transport.queues[silent]) == 0
