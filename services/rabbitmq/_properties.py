@@ -90,7 +90,8 @@ def delivery(
     Short strings that are not UTF-8 are decoded with replacement characters; a missing or
     empty ``message_id`` gets a fresh id (kept by the message's retries and dead letter);
     a ``timestamp`` in milliseconds, microseconds or nanoseconds is converted to seconds,
-    and a nonsensical one dropped; header names become text.
+    and a nonsensical one dropped; header names become text. ``reply_to`` is kept as text
+    (a worker answers only direct reply-to addresses).
     """
     return Delivery(
         body=bytes(body),
@@ -102,12 +103,23 @@ def delivery(
         redelivered=bool(method.redelivered),
         exchange=text(method.exchange) or "",
         routing_key=text(method.routing_key) or "",
+        reply_to=text(props.reply_to),
     )
 
 
-def republish_properties(item: Delivery, headers: dict[str, Any]) -> pika.BasicProperties:
+def republish_properties(
+    item: Delivery, headers: dict[str, Any], *, reply_to: str | None = None
+) -> pika.BasicProperties:
     """Properties of a message published again (retry, dead letter, replay): the original
-    message's, with new headers."""
+    message's, with new headers.
+
+    Args:
+        item: The message published again.
+        headers: Its new headers.
+        reply_to: Where its answer goes: a retry of a request keeps the request's; a dead
+            letter and a replay have none (a replayed request must not answer a caller
+            long gone).
+    """
     return pika.BasicProperties(
         content_type=wire.CONTENT_TYPE,
         type=item.topic,
@@ -116,6 +128,7 @@ def republish_properties(item: Delivery, headers: dict[str, Any]) -> pika.BasicP
         timestamp=item.timestamp,
         delivery_mode=PERSISTENT,
         headers=headers,
+        reply_to=reply_to,
     )
 
 

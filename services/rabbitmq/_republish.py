@@ -47,12 +47,14 @@ log = get_logger("leveret.worker")
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """A retry or dead letter of `job`, to publish to `exchange` with `routing_key`."""
+    """A retry or dead letter of `job`, to publish to `exchange` with `routing_key`;
+    `reply_to` is the request's for a retry of an ask (None for a dead letter)."""
 
     job: Job
     exchange: str
     routing_key: str
     headers: dict[str, Any]
+    reply_to: str | None = None
 
     @property
     def message_id(self) -> str:
@@ -124,7 +126,9 @@ class Republisher:
             self._queued.append(copy)
             self._open()
             return
-        props = wire_properties.republish_properties(copy.job.delivery, copy.headers)
+        props = wire_properties.republish_properties(
+            copy.job.delivery, copy.headers, reply_to=copy.reply_to
+        )
         try:
             self._write(current, copy, props)
             return
@@ -141,9 +145,10 @@ class Republisher:
             )
         try:
             headers = wire_properties.encodable_headers(copy.headers)
-            self._write(
-                current, copy, wire_properties.republish_properties(copy.job.delivery, headers)
+            props = wire_properties.republish_properties(
+                copy.job.delivery, headers, reply_to=copy.reply_to
             )
+            self._write(current, copy, props)
         except Exception:  # still not publishable: let the broker dead-letter the original
             log.exception("republish_failed", message_id=copy.job.delivery.message_id)
             self._unencodable(copy.job)
