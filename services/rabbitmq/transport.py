@@ -12,6 +12,7 @@ from leveret.schemas.errors import BrokerConnectionError, BrokerUnavailable, Con
 from leveret.services import config
 from leveret.services.middleware import MiddlewareChain
 from leveret.services.rabbitmq._admin import AdminChannel, message_count
+from leveret.services.rabbitmq._asking import RabbitAsking
 from leveret.services.rabbitmq._consumer import RabbitConsumer
 from leveret.services.rabbitmq._dead_letters import RabbitDeadLetters
 from leveret.services.rabbitmq._outgoing import Batch, Outgoing, batch_error
@@ -33,7 +34,8 @@ from leveret.services.transport import (
 
 class RabbitTransport(Transport):
     """The `Transport` of a RabbitMQ broker: one publishing connection per process; its
-    dead letters, inspection and scheduling each open connections of their own.
+    asking (opened at the first ask), dead letters, inspection and scheduling each open
+    connections of their own.
 
     Args:
         url: AMQP URL.
@@ -51,6 +53,9 @@ class RabbitTransport(Transport):
         self.inspection = RabbitInspection(url, namespace)
         self.scheduling = RabbitScheduling(self)
         self._levels_declared = False
+        self.asking: RabbitAsking = RabbitAsking(
+            url, namespace, connect_timeout_s=self.options.connect_timeout_s
+        )
         self.publisher = Publisher(
             url,
             declare_on_connect=topology.namespace_steps(namespace),
@@ -180,8 +185,11 @@ class RabbitTransport(Transport):
     def use_middleware(self, middleware: MiddlewareChain) -> None:
         super().use_middleware(middleware)
         self.publisher.middleware = self.middleware
+        # The asking's replies dropped (``reply_dropped``): the whole chain, when it looks.
+        self.asking.middleware = middleware if middleware.handles("reply_dropped") else None
 
     def close(self) -> None:
+        self.asking.close()
         self.publisher.close()
 
 
