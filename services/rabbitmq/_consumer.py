@@ -4,11 +4,12 @@ The I/O thread owns the connection and never runs user code. It declares the act
 topology, consumes their queues within the prefetch, and hands each delivery to the
 runtime. Outcomes come back from the handler threads (`settle`, `give_back`) and are posted
 to the I/O thread, which acks, or first publishes the retry or dead letter with a confirm
-and then acks. Everything delivered on a channel belongs to that channel's generation: an
-outcome for a delivery whose channel has since died is dropped with a log line (the broker
-redelivers it). Retries and dead letters go out on a channel of their own
-(`leveret.services.rabbitmq._republish`), so that a copy the broker refuses never disturbs
-the deliveries in flight.
+and then acks; the answer to a request (an ask) is published before either, on a connection
+of its own (`leveret.services.rabbitmq._reply_publishing`). Everything delivered on a
+channel belongs to that channel's generation: an outcome for a delivery whose channel has
+since died is dropped with a log line (the broker redelivers it). Retries and dead letters
+go out on a channel of their own (`leveret.services.rabbitmq._republish`), so that a copy
+the broker refuses never disturbs the deliveries in flight.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from leveret.services.rabbitmq._connection import (
 from leveret.services.rabbitmq._declare import declare_async
 from leveret.services.rabbitmq._heartbeat_publishing import HeartbeatPublisher
 from leveret.services.rabbitmq._prefetch import ADAPT_EVERY_S, PrefetchController
+from leveret.services.rabbitmq._reply_publishing import ReplyPublisher
 from leveret.services.rabbitmq._republish import Copy, Republisher
 from leveret.services.runtime.consumer import Consumer, Fail, Job, Receive
 from leveret.services.runtime.worker import EXIT_FATAL, EXIT_INTERNAL_ERROR
@@ -117,6 +119,7 @@ class RabbitConsumer(IOThread, Consumer):
             current=self.current,
         )
         self._heartbeats = HeartbeatPublisher(self, naming.heartbeats_exchange(namespace))
+        self._replies = ReplyPublisher(url, connect_timeout_s=connect_timeout_s)
         self._local_address: str | None = None
 
     # Consumer, any thread ---------------------------------------------------------------
@@ -148,6 +151,7 @@ class RabbitConsumer(IOThread, Consumer):
     def close(self) -> None:
         self.consuming.clear()
         self.stop()
+        self._replies.close()
 
     def alive(self) -> bool:
         return self.running
@@ -425,6 +429,10 @@ class RabbitConsumer(IOThread, Consumer):
             job, result = done.popleft()
             if controller is not None and isinstance(result, Outcome):
                 controller.observe(job.handled_s)
+            if isinstance(result, Outcome) and result.fate == "ack" and result.reply is not None:
+                # Even if the request's channel died: the caller has its answer now, rather
+                # than a timeout (the redelivered request is answered again: dropped late).
+                self._replies.publish(result.reply)
             channel = self._open_channel_of(job)
             if channel is None:
                 continue
@@ -438,6 +446,8 @@ class RabbitConsumer(IOThread, Consumer):
                 channel.basic_ack(job.tag)
                 self._outstanding -= 1
             elif isinstance(result, Outcome):
+                if result.reply is not None:  # the error, for the caller of a request
+                    self._replies.publish(result.reply)
                 self._publish_then_ack(job, result)
         self._check_settled()
 
@@ -449,7 +459,12 @@ class RabbitConsumer(IOThread, Consumer):
             address = addresses.dead_letter(actor_queue)
         else:
             address = addresses.retry(actor_queue, outcome.delay_s)
-        self._republisher.publish(Copy(job, address.exchange, address.routing_key, outcome.headers))
+        # A retry of a request keeps its reply_to; a dead letter has none (a replay must not
+        # answer a caller long gone).
+        reply_to = job.delivery.reply_to if outcome.fate == "retry" else None
+        self._republisher.publish(
+            Copy(job, address.exchange, address.routing_key, outcome.headers, reply_to)
+        )
 
     def _ack_original(self, job: Job) -> None:
         """Its retry or dead letter is stored: ack the original (if its channel lives)."""
