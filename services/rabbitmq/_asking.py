@@ -12,7 +12,8 @@ caller's thread: request(item, sink)   registers the sink by the request's messa
 I/O thread:      publish: mandatory, reply_to amq.rabbitmq.reply-to, confirmed
                  basic.return / nack   → sink.on_failure(PublishError)
                  reply                 → the sink of its correlation id: on_reply(delivery)
-                 no sink               → dropped, counted late (forgotten) or unmatched
+                 no sink               → dropped, counted late (forgotten, or the sink had
+                                         its answer) or unmatched
                  connection lost       → every request sent: AskInterrupted, at once
 ```
 
@@ -386,8 +387,8 @@ class RabbitAsking(IOThread, Asking):
         if request is None:
             late = correlation_id is not None and correlation_id in self._forgotten
             self._dropped("late" if late else "unmatched", correlation_id)
-            return
-        _tell(request.sink.on_reply, delivery)
+        elif _tell(request.sink.on_reply, delivery) is False:
+            self._dropped("late", correlation_id)  # its sink has what it waited for
 
     def _dropped(self, reason: str, correlation_id: str | None) -> None:
         """A reply nobody waits for: counted, a debug line (a hostile client could send
@@ -446,14 +447,16 @@ class RabbitAsking(IOThread, Asking):
                 self._fail(request, error(request))
 
 
-def _tell(callback: Callable[[Any], None], argument: Any) -> None:
-    """Call a sink: one that raises must not end the I/O thread every ask relies on."""
+def _tell(callback: Callable[[Any], object], argument: Any) -> object:
+    """Call a sink, and return what it returns (None if it raised): one that raises must
+    not end the I/O thread every ask relies on."""
     try:
-        callback(argument)
+        return callback(argument)
     except Exception:  # logged; the others go on
         with contextlib.suppress(Exception):
             owner = getattr(callback, "__self__", None)
             log.exception("reply_sink_failed", sink=type(owner).__qualname__)
+        return None
 
 
 _inherited: list[Any] = []

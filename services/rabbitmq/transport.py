@@ -185,8 +185,8 @@ class RabbitTransport(Transport):
     def use_middleware(self, middleware: MiddlewareChain) -> None:
         super().use_middleware(middleware)
         self.publisher.middleware = self.middleware
-        # The asking's replies dropped (``reply_dropped``): the whole chain, when it looks.
-        self.asking.middleware = middleware if middleware.handles("reply_dropped") else None
+        # The replies the asking drops (``reply_dropped``): the whole chain, when it looks.
+        self.asking.middleware = self.chain if self.chain.handles("reply_dropped") else None
 
     def close(self) -> None:
         self.asking.close()

@@ -187,9 +187,7 @@ def ask(
     **kw: Any,
 ) -> PendingAsk:
     item = request(n, queue)
-    pending = PendingAsk(
-        queue or "", item.envelope.message_id, Quote, time.time() + timeout_s, **kw
-    )
+    pending = PendingAsk(queue or "", item.envelope.message_id, Quote, timeout_s, **kw)
     asker.request(item, pending)
     return pending
 
@@ -405,7 +403,7 @@ def test_reply_publisher_refuses_an_address_that_is_not_direct_reply_to(
         assert [e["event"] for e in events] == ["reply_refused"]
         # A reply to a real address after it: once it arrives, the refused one would have.
         item = request(5)
-        real = PendingAsk("pricing", item.envelope.message_id, Quote, time.time() + 10)
+        real = PendingAsk("pricing", item.envelope.message_id, Quote, 10)
         holder = Server(rabbit_url, pricing, lambda props, _body: [])
         try:
             asking.request(item, real)
@@ -455,7 +453,7 @@ def test_a_hostile_reply_to_does_not_disturb_the_worker(
     hostile = request(1)
     fine = request(2)
     asking.request(hostile, PendingAsk("pricing", hostile.envelope.message_id, Quote, 0))
-    pending = PendingAsk("pricing", fine.envelope.message_id, Quote, time.time() + 10)
+    pending = PendingAsk("pricing", fine.envelope.message_id, Quote, 10)
     asking.request(fine, pending)
     wait_until(lambda: len(taken.jobs) == 2, 10, "both requests delivered")
     jobs = {job.delivery.message_id: job for job in taken.jobs}
@@ -491,7 +489,7 @@ def test_a_retry_keeps_reply_to_and_a_dead_letter_drops_it(
     caller); a dead letter carries none, so that a replay never answers anyone."""
     worker, taken = consumer
     item = request(3)
-    pending = PendingAsk("pricing", item.envelope.message_id, Quote, time.time() + 10)
+    pending = PendingAsk("pricing", item.envelope.message_id, Quote, 10)
     asking.request(item, pending)
     wait_until(lambda: len(taken.jobs) == 1, 10, "the request delivered")
     job = taken.jobs[0]
