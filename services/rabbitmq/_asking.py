@@ -76,6 +76,11 @@ REOPEN_CHANNEL_AFTER_S = 1.0
 another."""
 
 _live: weakref.WeakSet[RabbitAsking] = weakref.WeakSet()
+_NO_MIDDLEWARE = MiddlewareChain()
+
+
+def _no_middleware() -> MiddlewareChain:
+    return _NO_MIDDLEWARE
 
 
 @dataclass(eq=False, slots=True)
@@ -101,8 +106,8 @@ class RabbitAsking(IOThread, Asking):
         url: AMQP URL (or several, commas between them: a cluster's nodes).
         namespace: The namespace requests are published in.
         connect_timeout_s: How long one connection attempt may take.
-        middleware: The broker's chain, whose ``reply_dropped`` sees each reply dropped
-            (None: nobody looks).
+        chain: Gives the broker's middleware chain (the transport's `Transport.chain`, read
+            at each reply dropped), whose ``reply_dropped`` sees each reply dropped.
 
     Attributes:
         late_replies: Replies dropped because their caller had stopped waiting.
@@ -116,11 +121,11 @@ class RabbitAsking(IOThread, Asking):
         namespace: str,
         *,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        middleware: MiddlewareChain | None = None,
+        chain: Callable[[], MiddlewareChain] | None = None,
     ) -> None:
         IOThread.__init__(self, url, role="asker", connect_timeout_s=connect_timeout_s)
         self.namespace = namespace
-        self.middleware = middleware
+        self._chain = chain or _no_middleware
         self.late_replies = 0
         self.unmatched_replies = 0
         self._addresses = Addresses(namespace)
@@ -398,9 +403,7 @@ class RabbitAsking(IOThread, Asking):
         else:
             self.unmatched_replies += 1
         log.debug("reply_dropped", reason=reason, correlation_id=(correlation_id or "")[:64])
-        middleware = self.middleware
-        if middleware is not None:
-            middleware.reply_dropped(reason)
+        self._chain().reply_dropped(reason)
 
     # I/O thread: failing requests -------------------------------------------------------
 

@@ -54,7 +54,10 @@ class RabbitTransport(Transport):
         self.scheduling = RabbitScheduling(self)
         self._levels_declared = False
         self.asking: RabbitAsking = RabbitAsking(
-            url, namespace, connect_timeout_s=self.options.connect_timeout_s
+            url,
+            namespace,
+            connect_timeout_s=self.options.connect_timeout_s,
+            chain=lambda: self.chain,
         )
         self.publisher = Publisher(
             url,
@@ -185,8 +188,6 @@ class RabbitTransport(Transport):
     def use_middleware(self, middleware: MiddlewareChain) -> None:
         super().use_middleware(middleware)
         self.publisher.middleware = self.middleware
-        # The replies the asking drops (``reply_dropped``): the whole chain, when it looks.
-        self.asking.middleware = self.chain if self.chain.handles("reply_dropped") else None
 
     def close(self) -> None:
         self.asking.close()

@@ -169,7 +169,8 @@ def dropped() -> Dropped:
 
 @pytest.fixture
 def asking(rabbit_url: str, namespace: str, dropped: Dropped) -> Iterator[RabbitAsking]:
-    asker = RabbitAsking(rabbit_url, namespace, middleware=MiddlewareChain([dropped]))
+    chain = MiddlewareChain([dropped])
+    asker = RabbitAsking(rabbit_url, namespace, chain=lambda: chain)
     yield asker
     asker.close()
 
