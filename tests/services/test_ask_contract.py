@@ -379,7 +379,7 @@ def _raw_request(broker: Broker, reply_to: str, deadline: object = None) -> None
         connection.close()
 
 
-@pytest.mark.parametrize("deadline", ["soon", -5, 2**70, {"a": 1}, True])
+@pytest.mark.parametrize("deadline", ["soon", -5, 2**62, {"a": 1}, True])
 def test_a_reply_to_naming_a_queue_is_never_written_to(broker: Broker, deadline: object) -> None:
     """A request whose ``reply_to`` names an actor's queue (not direct reply-to) is handled
     but not answered there; a deadline header that is not a deadline is no deadline."""
