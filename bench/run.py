@@ -3,6 +3,7 @@
 Every scenario runs on Leveret and on raw pika in the same run, alternately, on fresh
 queues in the namespace ``bench-<pid>``; everything declared is deleted at the end, also
 after Ctrl-C or an error. Results go to stdout (a table) and to bench/results/latest.json.
+The ask scenario (request/reply, `bench.asking`) adds FastStream beside them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import pika
 
+from bench.asking.run import AskSettings, print_ask, run_ask
+from bench.asking.run import summary as ask_summary
 from bench.common import Settings, argument_parser, rabbitmqctl_names
 from bench.iobound import print_io_bound, run_io_bound
 from bench.leveret_side import LeveretBench
@@ -53,6 +56,10 @@ CPU = (
     "drain_tracing_cpu",
     "drain_info_logs_cpu",
 )
+QUEUE_SCENARIOS = {"single", "many", "drain", "observability", "latency"}
+"""The scenarios `run_queue_type` runs (for each queue type); "ask" runs on its own."""
+APART = ("peers", "io_bound", "ask")
+"""Results that are not a queue type's."""
 OBSERVED = ("drain_metrics", "drain_tracing")
 """Leveret's drain with metrics on, and with OpenTelemetry enabled and unused; compared
 with its plain drain of the same run (and with raw pika's drain of the same run)."""
@@ -77,7 +84,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios: single, many, drain, observability, latency",
+        help="comma-separated scenarios: single, many, drain, observability, latency, ask",
+    )
+    parser.add_argument(
+        "--ask-requests", type=int, default=600, help="asks of the ask round trip, at --rate"
+    )
+    parser.add_argument(
+        "--ask-seconds", type=float, default=2.0, help="seconds of each ask throughput window"
+    )
+    parser.add_argument("--ask-threads", type=int, default=100, help="threads asking at once")
+    parser.add_argument("--ask-tasks", type=int, default=1000, help="asyncio tasks asking at once")
+    parser.add_argument(
+        "--ask-sides",
+        default="leveret,raw,faststream",
+        help="comma-separated sides of the ask scenario (default: all three)",
     )
     parser.add_argument(
         "--log-level",
@@ -152,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {}
     try:
-        run_all(args, settings, only, results)
+        if not only or only & QUEUE_SCENARIOS:
+            run_all(args, settings, only, results)
+        if not only or "ask" in only:
+            results["ask"] = run_ask(settings, args.repeat, ask_settings(args))
+            check_clean(settings.url, settings.namespace)
     except KeyboardInterrupt:
         print("interrupted: the queues and exchanges declared were deleted", file=sys.stderr)
         return 130
@@ -166,8 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     print_observability(results)
     print_peers(results)
     print_io_bound(results)
+    print_ask(results)
     write_json(args, settings, results)
     return 0
+
+
+def ask_settings(args: argparse.Namespace) -> AskSettings:
+    """The ask scenario's settings from the command line."""
+    return AskSettings(
+        requests=args.ask_requests,
+        rate=args.rate,
+        seconds=args.ask_seconds,
+        threads=args.ask_threads,
+        tasks=args.ask_tasks,
+        log_level=args.log_level,
+        sides=tuple(side for side in args.ask_sides.split(",") if side),
+    )
 
 
 def run_all(
@@ -355,7 +393,7 @@ def _figure(value: float | None, digits: int) -> str:
 def print_observability(results: dict[str, Any]) -> None:
     """Each observed drain against Leveret's plain drain of the same runs (median)."""
     for queue_type, runs in results.items():
-        if queue_type in ("peers", "io_bound"):
+        if queue_type in APART:
             continue
         plain = runs.get("drain", {}).get("leveret", [])
         for method in OBSERVED:
@@ -451,11 +489,13 @@ def summarise(samples: list[float], higher_is_better: bool) -> dict[str, float]:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    if not set(results) - set(APART):
+        return  # only scenarios of their own (ask, with --only)
     header = f"{'scenario':<44} {'Leveret':>18} {'raw pika':>18} {'Leveret/raw':>12}"
     print(header)
     print("-" * len(header))
     for queue_type, runs in results.items():
-        if queue_type in ("peers", "io_bound"):
+        if queue_type in APART:
             continue
         for name in THROUGHPUT + LATENCY + CPU:
             throughput = name in THROUGHPUT
@@ -498,6 +538,9 @@ def write_json(args: argparse.Namespace, settings: Settings, results: dict[str, 
                 }
                 for measure, by_peer in runs.items()
             }
+            continue
+        if queue_type == "ask":
+            summary["ask"] = ask_summary(runs)
             continue
         if queue_type == "io_bound":
             summary["io_bound"] = {
