@@ -1,4 +1,4 @@
-"""Leveret's benchmark: publish, drain and latency, against a raw-pika baseline.
+"""Leveret's benchmark: publish, drain, latency and ask, against a raw-pika baseline.
 
 Run with ``python -m bench`` (see ``python -m bench --help`` and docs/performance.md).
 """

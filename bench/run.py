@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ask-requests", type=int, default=600, help="asks of the ask round trip, at --rate"
     )
     parser.add_argument(
-        "--ask-seconds", type=float, default=2.0, help="seconds of each ask throughput window"
+        "--ask-seconds", type=float, default=1.5, help="seconds of each ask throughput window"
     )
     parser.add_argument("--ask-threads", type=int, default=100, help="threads asking at once")
     parser.add_argument("--ask-tasks", type=int, default=1000, help="asyncio tasks asking at once")

@@ -6,11 +6,10 @@ The worker is started as a user starts it: ``leveret worker bench.asking.leveret
 
 from __future__ import annotations
 
+from bench.common import PAYLOAD
 from leveret.actors import Actor, handler
 from leveret.schemas import Message
 from leveret.services import RabbitBroker
-
-from bench.common import PAYLOAD
 
 ASK_TIMEOUT_S = 10.0
 

@@ -28,11 +28,15 @@ class SyncCaller(Protocol):
 
     def ask(self, seq: int) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class AsyncCaller(Protocol):
     """An event loop's way to ask, from any number of its tasks at once."""
 
     async def ask(self, seq: int) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def latency_sync(caller: SyncCaller, count: int, rate: float) -> list[float]:

@@ -79,7 +79,7 @@ class Side(ABC):
 
     def close_sync(self, callers: Sequence[SyncCaller]) -> None:
         for caller in {id(caller): caller for caller in callers}.values():
-            caller.close()  # type: ignore[attr-defined]
+            caller.close()
 
     @abstractmethod
     async def async_caller(self) -> AsyncCaller | None:
@@ -307,7 +307,7 @@ async def _with_async(side: Side, run: Any, *args: Any) -> Any:
     try:
         return await run(caller, *args)
     finally:
-        await caller.close()  # type: ignore[attr-defined]
+        await caller.close()
 
 
 def run_ask(settings: Settings, repeat: int, ask: AskSettings) -> dict[str, Any]:
@@ -340,8 +340,10 @@ def run_ask(settings: Settings, repeat: int, ask: AskSettings) -> dict[str, Any]
                     figures = measure(side, name, ask)
                     for key, value in (figures or {}).items():
                         runs[key].setdefault(side.key, []).append(value)
-                    print(f"  ask run {attempt} {_what(name, ask):<28} {side.key:<11} "
-                          + _said(figures))
+                    print(
+                        f"  ask run {attempt} {_what(name, ask):<28} {side.key:<11} "
+                        + _said(figures)
+                    )
     finally:
         for side in sides:
             _best_effort(side.stop)
@@ -473,4 +475,3 @@ def _cell(found: dict[str, float] | None, digits: int) -> str:
     if not found:
         return "-"
     return f"{found['best']:.{digits}f} [{found['min']:.{digits}f}-{found['max']:.{digits}f}]"
-
