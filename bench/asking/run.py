@@ -168,7 +168,7 @@ class LeveretSide(Side):
         return [
             *("-m", "leveret.services.cli", "worker", "bench.asking.leveret_side"),
             *("--broker-url", self.url, "--namespace", self.namespace),
-            *("--log-level", self.log_level, "--heartbeat-interval", "0"),
+            *("--log-level", self.log_level),
         ], {}
 
     def sync_callers(self, count: int) -> list[SyncCaller]:
