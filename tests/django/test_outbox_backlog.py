@@ -137,6 +137,7 @@ def test_check_is_quick_and_quiet_when_the_database_is_unreachable(how: str) -> 
     port = silent.getsockname()[1]
     if how == "refused":
         silent.close()
+    _done, startup_s = _check_in_a_process(5432)  # the database there: how long it takes now
     try:
         done, elapsed = _check_in_a_process(port)
     finally:
@@ -144,4 +145,6 @@ def test_check_is_quick_and_quiet_when_the_database_is_unreachable(how: str) -> 
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "System check identified no issues" in done.stdout
-    assert elapsed < 15
+    # The check's own bound, past what the check takes with the database there (several
+    # seconds on a loaded machine).
+    assert elapsed < startup_s + 10, (elapsed, startup_s)
