@@ -1,9 +1,11 @@
 """Prometheus metrics of a worker process, served at ``/metrics`` on its health port.
 
 One `Metrics` per worker process, a `Middleware` of the worker's broker: it sees every
-message the worker handles (``before_handle``, ``after_handle``) and every confirm of a
-message the process publishes (``publish_confirmed``), and samples the worker's
-connection once a second while the worker runs (``worker_started`` to ``worker_stopped``).
+message the worker handles (``before_handle``, ``after_handle``), every confirm of a
+message the process publishes (``publish_confirmed``), every ask the process makes and
+every answer it drops (``after_ask``, ``reply_dropped``: `ask_metrics`), and samples the
+worker's connection once a second while the worker runs (``worker_started`` to
+``worker_stopped``).
 Names follow Prometheus conventions (base units, ``_total`` for counters);
 docs/observability.md lists them with the PromQL that reads them.
 
@@ -39,6 +41,7 @@ from leveret.schemas.envelope import Envelope
 from leveret.services import config
 from leveret.services.delivery import Outcome
 from leveret.services.middleware import Middleware
+from leveret.services.observability.ask_metrics import AskMetrics
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
 
@@ -102,7 +105,8 @@ class Metrics(Middleware):
     """The metrics of one worker process, in their own registry.
 
     Give it to the worker's broker (``Broker(..., middleware=[metrics])``): it counts what
-    the broker's workers handle and publish, and samples a worker while it runs.
+    the broker's workers handle and publish, the asks it makes and the requests its workers
+    answer (`asking`), and samples a worker while it runs.
 
     Args:
         actors: Queue name (the ``actor`` label, without namespace) → topics its handlers
@@ -213,6 +217,8 @@ class Metrics(Middleware):
             ("slot",),
             registry=r,
         )
+        self.asking = AskMetrics(r, self.slot)
+        """Request/reply: asks made, answers dropped, requests answered and expired."""
         # Label children cached per (actor, topic): looking one up costs a lock and a dict.
         self._children: dict[tuple[str, str], _ActorSeries] = {}
         self._children_lock = threading.Lock()
@@ -258,6 +264,8 @@ class Metrics(Middleware):
         mine.in_flight[actor] = mine.in_flight.get(actor, 0) - 1
         if outcome is None:
             return
+        if outcome.reply is not None or outcome.expired:  # a request: answered, or too late
+            self.asking.handled(actor, outcome)
         topics = self._topics.get(actor, frozenset())
         topic = outcome.envelope.topic
         if topic not in topics:
@@ -345,6 +353,18 @@ class Metrics(Middleware):
         published.inc()
         if returned:
             returns.inc()
+
+    # Middleware: asking --------------------------------------------------------------
+
+    def after_ask(
+        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+    ) -> None:
+        """An ask of this process ended (the asking thread): counted by result, timed."""
+        self.asking.asked(actor, error, duration_s)
+
+    def reply_dropped(self, reason: str) -> None:
+        """An answer nobody waits for was dropped (``late`` or ``unmatched``)."""
+        self.asking.dropped(reason)
 
     # Middleware: the worker's life, and its connection sampled ------------------------
 
