@@ -9,7 +9,9 @@ listens, so when nobody looks RabbitMQ drops each heartbeat at once: no queue, n
 A worker that stops cleanly sends a last heartbeat with ``state: "stopped"``; one that is
 killed simply stops sending, and ``leveret status`` marks it stale after
 `STALE_AFTER_INTERVALS` intervals. `Heartbeats` is a middleware of the worker's broker: it
-starts beating when the worker starts and sends the last one as it stops.
+starts beating when the worker starts and sends the last one as it stops. The worker's
+`Stats` give the messages handled, retried and dead-lettered; the requests (asks) it
+answered and those it found past their deadline are counted here, in ``after_handle``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import threading
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.worker import Worker
+
+if TYPE_CHECKING:
+    from leveret.schemas.envelope import Envelope
+    from leveret.services.delivery import Outcome
 
 log = get_logger("leveret.heartbeats")
 
@@ -55,6 +61,8 @@ HEARTBEAT_FIELDS = (
     "handled",
     "retried",
     "dead_lettered",
+    "answered",
+    "expired",
     "last_error",
     "memory_bytes",
     "started_at",
@@ -119,6 +127,12 @@ class Heartbeats(Middleware):
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.answered = 0
+        """Requests its worker answered (with the answer, or the error that dead-lettered
+        them)."""
+        self.expired = 0
+        """Requests its worker took, or was still handling, past their deadline."""
+        self._asks_lock = threading.Lock()
 
     def worker_started(self, worker: Worker) -> None:
         """Start beating for `worker` (`start`), unless already beating for one."""
@@ -130,6 +144,18 @@ class Heartbeats(Middleware):
         if worker is self.worker:
             self.stop()
 
+    def after_handle(
+        self, actor: str, envelope: Envelope, outcome: Outcome | None, duration_s: float
+    ) -> None:
+        """Count a request answered (the outcome carries a reply) or expired."""
+        if outcome is None or (outcome.reply is None and not outcome.expired):
+            return  # not a request: the worker's Stats count it
+        with self._asks_lock:
+            if outcome.expired:
+                self.expired += 1
+            else:
+                self.answered += 1
+
     def payload(self, worker: Worker, state: str = "running") -> dict[str, Any]:
         """`worker`'s heartbeat now."""
         stats = worker.stats
@@ -140,6 +166,8 @@ class Heartbeats(Middleware):
                 "dead_lettered": stats.dead_lettered,
                 "last_error": stats.last_error,
             }
+        with self._asks_lock:
+            counts["answered"], counts["expired"] = self.answered, self.expired
         connected, _opened = worker.consumer.presence.connection_state()
         return {
             **self._static,

@@ -82,6 +82,8 @@ class _Heartbeat(BaseModel):
     handled: _Count = 0
     retried: _Count = 0
     dead_lettered: _Count = 0
+    answered: _Count = 0  # not in heartbeats of Leveret before asks
+    expired: _Count = 0
     last_error: str | None = Field(default=None, max_length=2000)
     memory_bytes: _Count = 0
     uptime_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -114,6 +116,8 @@ class WorkerRow:
     handled: int
     retried: int
     dead_lettered: int
+    answered: int
+    expired: int
     last_error: str | None
     memory_bytes: int
     uptime_s: float
@@ -290,7 +294,6 @@ class StatusReader:
             }
             figures.update(again)
         rows = self._rows(queue_names, figures)
-        left_out = looked.left_out
         snapshot = Snapshot(
             namespace=namespace,
             taken_at=now,
@@ -300,11 +303,7 @@ class StatusReader:
             source=source,
             source_note=note,
             ignored_heartbeats=ignored,
-            queues_left_out={
-                "not_actor_queues": left_out.not_actor_queues,
-                "past_limits": left_out.past_limits,
-                "not_on_broker": left_out.not_on_broker,
-            },
+            queues_left_out=asdict(looked.left_out),
         )
         snapshot.warnings = warnings_of(snapshot, growing_dlqs=growing, dlq_of=self._dlq)
         if self.extra_warnings is not None:
@@ -478,6 +477,8 @@ def _parse(bodies: Iterable[bytes], now: float) -> tuple[list[WorkerRow], int]:
                 handled=beat.handled,
                 retried=beat.retried,
                 dead_lettered=beat.dead_lettered,
+                answered=beat.answered,
+                expired=beat.expired,
                 # Redacted again: a worker of another version, or anyone, may have sent it so.
                 last_error=(
                     printable(redact(beat.last_error), keep_newlines=True)

@@ -69,10 +69,11 @@ function render(section, data) {
     cell(row, w.host); cell(row, w.pid); cell(row, w.state); cell(row, w.actors.join(", "));
     cell(row, w.in_flight); cell(row, w.threads); cell(row, w.handled);
     cell(row, w.handled_per_s); cell(row, w.retried);
-    cell(row, w.dead_lettered); cell(row, (w.memory_bytes / 1048576).toFixed(1));
+    cell(row, w.dead_lettered); cell(row, w.answered); cell(row, w.expired);
+    cell(row, (w.memory_bytes / 1048576).toFixed(1));
     cell(row, w.age_s.toFixed(1) + " s ago");
   }
-  if (!data.workers.length) emptyRow(workers, 12, "no worker has sent a heartbeat");
+  if (!data.workers.length) emptyRow(workers, 14, "no worker has sent a heartbeat");
 
   const schedules = section.querySelector("#schedules tbody");
   if (schedules) {
