@@ -9,9 +9,14 @@ none: then spans are not recorded but the context still flows through):
   and put its context in the message's ``traceparent`` (and ``tracestate``) headers;
   `Broker.prepare` (on-commit and outbox publishing) does the same with a short ``create``
   span when the message is built, since it is sent later;
+- an ask (`Broker.ask`, ``ask_async``, ``ask_all``) runs in a CLIENT span ``ask <actor>``
+  (``ask <topic>`` for ``ask_all``) from before its request is published to the ask's end
+  (``after_ask``: the answer, or the error recorded); the request's PRODUCER span is its
+  child;
 - a worker handles each delivery in a CONSUMER span ``process <queue>`` whose parent is
   the context in the message's headers, current while the handler runs: a ``ctx.publish``
-  inside it is its child, and the chain publish → handle → publish → handle is one trace;
+  inside it is its child, and the chain publish → handle → publish → handle is one trace
+  (ask → send → process, for a request);
 - while a handler runs, log lines carry ``trace_id`` and ``span_id``.
 
 Attributes follow OpenTelemetry's messaging semantic conventions (``messaging.system`` =
@@ -91,6 +96,7 @@ class Tracing:
         self._propagate = propagate
         self._producer = SpanKind.PRODUCER
         self._consumer = SpanKind.CONSUMER
+        self._client = SpanKind.CLIENT
         self._error = Status(StatusCode.ERROR)
         self._status = Status
         self._proxy = ProxyTracerProvider
@@ -130,6 +136,25 @@ class Tracing:
             f"send {exchange or routing_key}", kind=self._producer, attributes=attributes
         ):
             yield
+
+    @contextmanager
+    def asking(self, operation: str, exchange: str, routing_key: str) -> Iterator[Any]:
+        """A CLIENT span ``ask <routing_key>`` around an ask, current inside, so that its
+        request's PRODUCER span is its child; yields the span (None when not recording)."""
+        if not self.recording():
+            yield None
+            return
+        with self._tracer().start_as_current_span(
+            f"ask {routing_key}",
+            kind=self._client,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.name": operation,
+                "messaging.destination.name": exchange,
+                "messaging.rabbitmq.destination.routing_key": routing_key,
+            },
+        ) as span:
+            yield span
 
     def creating(self, exchange: str, routing_key: str) -> dict[str, str]:
         """Trace headers of a message built now and sent later, from a short ``create`` span."""
@@ -245,7 +270,30 @@ def _ignore(_fate: str, _error: BaseException | None) -> None:
     """The outcome of a message handled without a span."""
 
 
+def _exit(manager: AbstractContextManager[Any], error: BaseException | None) -> None:
+    """Leave a span's context manager, ended by `error` (recorded on the span) if any."""
+    if error is None:
+        manager.__exit__(None, None, None)
+    else:
+        manager.__exit__(type(error), error, error.__traceback__)
+
+
 _OpenPublish = tuple[Publishing, AbstractContextManager[None]]
+
+
+class _OpenAsk:
+    """An ask's span, open from its request's ``before_publish`` to its ``after_ask``
+    (matched by the request's message id, known once the request is built)."""
+
+    __slots__ = ("manager", "message_id", "publishing", "span")
+
+    def __init__(self, publishing: Publishing, manager: AbstractContextManager[Any]) -> None:
+        self.publishing = publishing
+        self.manager = manager
+        self.span: Any = manager.__enter__()
+        self.message_id: str | None = None
+
+
 _OpenHandle = tuple[
     "Envelope",
     AbstractContextManager[Callable[[str, BaseException | None], None]],
@@ -253,6 +301,9 @@ _OpenHandle = tuple[
 ]
 _publishing: contextvars.ContextVar[tuple[_OpenPublish, ...]] = contextvars.ContextVar(
     "leveret_tracing_publishing", default=()
+)
+_asking: contextvars.ContextVar[tuple[_OpenAsk, ...]] = contextvars.ContextVar(
+    "leveret_tracing_asking", default=()
 )
 _handling: contextvars.ContextVar[tuple[_OpenHandle, ...]] = contextvars.ContextVar(
     "leveret_tracing_handling", default=()
@@ -265,7 +316,9 @@ class TracingMiddleware(Middleware):
     Each hook asks `tracing()` for the process's `Tracing` (None: it does nothing), so that
     OpenTelemetry set up, or `TRACING_ENV` changed, after the broker was made still counts.
     The spans it opens in a before-hook are kept in context variables (per thread, per
-    asyncio task) until the matching after-hook closes them.
+    asyncio task) until the matching after-hook closes them; an ask's span, opened with its
+    request's ``before_publish``, until its ``after_ask`` (or its request's failed
+    ``after_publish``: then no ``after_ask`` comes).
     """
 
     def before_publish(self, publishing: Publishing) -> None:
@@ -279,6 +332,11 @@ class TracingMiddleware(Middleware):
         if publishing.operation == "prepare":
             publishing.headers.update(tracer.creating(publishing.exchange, publishing.routing_key))
             return
+        if publishing.operation in ("ask", "ask_all"):  # the ask's span: the request's parent
+            manager = tracer.asking(
+                publishing.operation, publishing.exchange, publishing.routing_key
+            )
+            _asking.set((*_asking.get(), _OpenAsk(publishing, manager)))
         span = tracer.publishing(
             publishing.operation, publishing.exchange, publishing.routing_key, publishing.count
         )
@@ -287,7 +345,15 @@ class TracingMiddleware(Middleware):
         publishing.headers.update(tracer.headers())
 
     def after_publish(self, publishing: Publishing, error: BaseException | None) -> None:
-        """Record a single message's ids on its span, and close the span."""
+        """Record a single message's ids on its span, and close the span; a request's
+        ask span stays open for `after_ask`, unless the request failed."""
+        try:
+            self._published(publishing, error)
+        finally:
+            if publishing.operation in ("ask", "ask_all"):
+                self._request_published(publishing, error)
+
+    def _published(self, publishing: Publishing, error: BaseException | None) -> None:
         opened = _publishing.get()
         if not opened or opened[-1][0] is not publishing:
             return
@@ -298,10 +364,43 @@ class TracingMiddleware(Middleware):
             if tracer is not None and error is None and len(publishing.message_ids) == 1:
                 tracer.message_attributes(publishing.message_ids[0], publishing.correlation_id)
         finally:
-            if error is None:
-                span.__exit__(None, None, None)
-            else:
-                span.__exit__(type(error), error, error.__traceback__)
+            _exit(span, error)
+
+    def _request_published(self, publishing: Publishing, error: BaseException | None) -> None:
+        """The ask's request was handed over (its span waits for `after_ask`), or not: the
+        ask ends here, with `error`."""
+        opened = _asking.get()
+        if not opened or opened[-1].publishing is not publishing:
+            return
+        ask = opened[-1]
+        if error is not None or len(publishing.message_ids) != 1:
+            _asking.set(opened[:-1])
+            _exit(ask.manager, error)
+            return
+        ask.message_id = publishing.message_ids[0]
+        if ask.span is not None and ask.span.is_recording():
+            ask.span.set_attribute("messaging.message.id", ask.message_id)
+            if publishing.correlation_id:
+                ask.span.set_attribute(
+                    "messaging.message.conversation_id", publishing.correlation_id
+                )
+
+    def after_ask(
+        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+    ) -> None:
+        """Close the ask's span, named for `actor`, with `error` recorded (if any)."""
+        opened = _asking.get()
+        found = [i for i, ask in enumerate(opened) if ask.message_id == envelope.message_id]
+        if not found:
+            return
+        index = found[-1]
+        ask = opened[index]
+        _asking.set((*opened[:index], *opened[index + 1 :]))
+        try:
+            if ask.span is not None and ask.span.is_recording():
+                ask.span.update_name(f"ask {actor}")
+        finally:
+            _exit(ask.manager, error)
 
     def before_handle(self, actor: str, envelope: Envelope) -> None:
         """Open the CONSUMER span ``process <queue>``, child of the message's context."""
