@@ -26,6 +26,7 @@ from leveret.schemas.errors import (
     PublishTimeout,
     RemoteError,
 )
+from leveret.services.broker import Broker
 from leveret.services.delivery import Reply
 from leveret.services.memory._asking import REPLY_TO, MemoryAsking
 from leveret.services.observability.ask_metrics import ASK_RESULTS, ask_result
@@ -200,11 +201,13 @@ def _one(finished: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
     return span
 
 
-def test_an_ask_is_one_trace_ask_send_process(namespace: str, spans: InMemorySpanExporter) -> None:
+def test_an_ask_is_one_trace_ask_send_process(
+    broker: Broker, namespace: str, spans: InMemorySpanExporter
+) -> None:
     """The ask's CLIENT span is the parent of its request's PRODUCER span, itself the
-    parent of the worker's CONSUMER span; the ask span ends when the answer is taken, and
-    records the error of an ask that failed."""
-    broker = MemoryBroker(namespace=namespace)
+    parent of the worker's CONSUMER span (through the request's ``traceparent``, on
+    RabbitMQ as in memory); the ask span ends when the answer is taken, and records the
+    error of an ask that failed."""
     with running(broker, Prices, threads=2):
         broker.ask(Prices, PriceAsked(sku="a"), timeout=10)
         finished = spans.get_finished_spans()
