@@ -18,6 +18,7 @@ what only that transport offers (typed options, admin helpers, test helpers).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Unpack
@@ -31,14 +32,13 @@ from leveret.schemas.errors import (
     BrokerConnectionError,
     BrokerUnavailable,
     ConfigurationError,
-    InvalidArgument,
     PublishError,
 )
 from leveret.schemas.message import Message
 from leveret.services import config
 from leveret.services.broker_asks import BrokerAsks
+from leveret.services.broker_dead_letters import BrokerDeadLetters
 from leveret.services.config import DEFAULT_CONNECT_TIMEOUT_S
-from leveret.services.delivery import Delivery
 from leveret.services.memory.transport import MemoryTransport
 from leveret.services.middleware import Middleware
 from leveret.services.observability.defaults import standard_chain
@@ -62,16 +62,17 @@ from leveret.services.transport import (
     Route,
     Transport,
     TransportOptions,
-    reporting_ids,
-    with_ids,
 )
 
 log = get_logger("leveret.broker")
 
+DEFAULT_DECLARE_TIMEOUT_S = 30.0
+"""How long a declaration waits for the broker when the caller gives no timeout."""
+
 __all__ = ["Broker", "OutgoingMessage", "PublishResult", "RabbitBroker", "Route", "transport_for"]
 
 
-class Broker(BrokerAsks):
+class Broker(BrokerAsks, BrokerDeadLetters):
     """Connection to a message broker, with the topology of the actors it knows.
 
     The URL's scheme picks the transport under it (`transport_for`): RabbitMQ for
@@ -117,6 +118,8 @@ class Broker(BrokerAsks):
         self.transport = transport
         self.auto_declare = auto_declare
         self._declared: set[type[Actor]] = set()
+        self._declare_locks: dict[type[Actor], threading.Lock] = {}
+        self._declare_locks_lock = threading.Lock()
         self._outbound = Outbound(transport, self.middleware)
 
     @property
@@ -172,11 +175,26 @@ class Broker(BrokerAsks):
             TopologyError: The broker refused a declaration.
             BrokerUnavailable: The broker cannot be reached (for the `send` that declares).
         """
-        if self.auto_declare and as_actor_class(actor) not in self._declared:
-            try:
+        cls = as_actor_class(actor)
+        if not self.auto_declare or cls in self._declared:
+            return
+        # Many callers' first sends (a hundred threads asking at once) declare it once:
+        # the others wait for that declaration rather than each making its own.
+        with self._declare_locks_lock:
+            lock = self._declare_locks.setdefault(cls, threading.Lock())
+        wait_s = timeout if timeout is not None else DEFAULT_DECLARE_TIMEOUT_S
+        if not lock.acquire(timeout=wait_s):
+            raise BrokerUnavailable(
+                f"declaring the queue of actor {cls.__qualname__} (another caller's first "
+                f"send) did not finish within {wait_s}s; nothing was sent"
+            )
+        try:
+            if cls not in self._declared:
                 self.declare(actor, timeout=timeout)
-            except BrokerConnectionError as exc:
-                raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
+        except BrokerConnectionError as exc:
+            raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
+        finally:
+            lock.release()
 
     def delete(self, *actors: ActorRef) -> None:
         """Delete the actors' queues and dead-letter queues, with the messages in them."""
@@ -353,98 +371,6 @@ class Broker(BrokerAsks):
         if reason is not None:
             raise BrokerUnavailable(reason)
 
-    # Dead letters -----------------------------------------------------------------------
-
-    def dead_letters(
-        self,
-        actor: ActorRef | str,
-        *,
-        limit: int = 1000,
-        offset: int = 0,
-        where: Callable[[Delivery], bool] | None = None,
-    ) -> list[Delivery]:
-        """The messages in an actor's dead-letter queue, oldest first: a page of them.
-
-        Nothing is removed or changed: the dead letters stay, in the same order, until
-        replayed or purged (on RabbitMQ, reading them takes one pass over the whole queue,
-        which never counts as a failed delivery; see `leveret.services.rabbitmq._dlq_pass`).
-
-        Args:
-            actor: The actor, or its queue name (without namespace).
-            limit: At most this many.
-            offset: Skip this many first (of those `where` picks).
-            where: Only the letters for which it returns True (a filter, applied while
-                reading: only the page is kept in memory).
-
-        Raises:
-            ConfigurationError: The actor has no dead-letter queue (not declared).
-            TopologyError: Another dead-letter operation on that queue is running.
-            InvalidArgument: A negative limit or offset.
-        """
-        if limit < 0 or offset < 0:
-            raise InvalidArgument(f"limit and offset must be 0 or more, not {limit}, {offset}")
-        return self.transport.dead_letters.page(
-            _queue_of(self.namespace, actor), limit=limit, offset=offset, where=where
-        )
-
-    def dead_letter_count(self, actor: ActorRef | str) -> int:
-        """How many dead letters the actor has (nothing is read or changed).
-
-        Raises:
-            ConfigurationError: The actor has no dead-letter queue (not declared).
-        """
-        return self.transport.dead_letters.count(_queue_of(self.namespace, actor))
-
-    def find_dead_letter(self, actor: ActorRef | str, message_id: str) -> Delivery | None:
-        """The dead letter with this message id, if there is one (nothing is changed).
-
-        Raises:
-            ConfigurationError: The actor has no dead-letter queue (not declared).
-            TopologyError: Another dead-letter operation on that queue is running.
-        """
-        return self.transport.dead_letters.find(_queue_of(self.namespace, actor), message_id)
-
-    def replay_dead_letters(
-        self,
-        actor: ActorRef | str,
-        *,
-        message_ids: set[str] | None = None,
-        on_replayed: Callable[[str], None] | None = None,
-    ) -> int:
-        """Put dead letters back on the actor's queue, attempt count reset to 1.
-
-        Each replayed message keeps its id, topic, correlation id and body; failure headers
-        are dropped. Only the letters present when the replay starts are replayed, each
-        once, so a replay ends even while a failing handler dead-letters them again. On
-        RabbitMQ the publish and the removal of each dead letter are in one transaction: a
-        replay interrupted and run again replays each message exactly once.
-
-        Args:
-            actor: The actor, or its queue name (without namespace).
-            message_ids: Only these; every dead letter when None.
-            on_replayed: Called with each message id once it is back on the queue.
-
-        Returns:
-            How many were replayed.
-
-        Raises:
-            ConfigurationError: The actor's queue or dead-letter queue does not exist.
-        """
-
-        return self.transport.dead_letters.replay(
-            _queue_of(self.namespace, actor), with_ids(message_ids), reporting_ids(on_replayed)
-        )
-
-    def purge_dead_letters(self, actor: ActorRef | str) -> int:
-        """Delete every dead letter of the actor; returns how many the broker removed.
-
-        Raises:
-            ConfigurationError: The actor has no dead-letter queue.
-            TopologyError: Another dead-letter operation on that queue is running (they
-                take turns: a purge would miss the letters a pass holds).
-        """
-        return self.transport.dead_letters.purge(_queue_of(self.namespace, actor))
-
     # Running ----------------------------------------------------------------------------
 
     def worker(self, actors: Iterable[ActorRef], **options: Unpack[WorkerArgs]) -> Worker:
@@ -584,12 +510,6 @@ class RabbitBroker(Broker):
             NotFound: No such queue.
         """
         return self.transport.message_count(queue)
-
-
-def _queue_of(namespace: str, actor: ActorRef | str) -> str:
-    """The queue name (without namespace) of an actor, or the name itself, checked."""
-    queue = actor if isinstance(actor, str) else unique_queues([actor])[0].queue
-    return naming.check_queue(namespace, queue)
 
 
 def _named(namespace: str, classes: list[type[Actor]]) -> list[type[Actor]]:

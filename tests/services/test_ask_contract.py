@@ -395,3 +395,35 @@ def test_a_reply_to_naming_a_queue_is_never_written_to(broker: Broker, deadline:
     else:
         assert isinstance(broker.transport, MemoryTransport)
         assert len(broker.transport.queues[silent]) == 0
+
+
+def test_many_first_asks_at_once_declare_the_actor_once(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 threads make their first ask to an actor at the same moment: its topology is
+    declared once (the others wait for that declaration), and every ask is answered."""
+    declared: list[object] = []
+    declare = broker.transport.declare
+
+    def counting(actors: Any, **options: Any) -> None:
+        declared.append(actors)
+        declare(actors, **options)
+
+    monkeypatch.setattr(broker.transport, "declare", counting)
+    with running(broker, Pricing, threads=4):
+        declared.clear()  # the worker's own
+        broker._declared.discard(Pricing)  # as in a new process that never sent to it
+        start = threading.Barrier(50)
+        answers: list[Any] = []
+
+        def ask(n: int) -> None:
+            start.wait(10)
+            answers.append(broker.ask(Pricing, QuoteAsked(sku=f"first{n}"), timeout=20))
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert len(answers) == 50
+    assert len(declared) == 1
