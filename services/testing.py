@@ -44,7 +44,7 @@ from leveret.services.memory.clock import VirtualClock
 from leveret.services.memory.transport import MemoryTransport
 from leveret.services.middleware import Middleware
 from leveret.services.observability.logs import ROOT_LOGGER, event_of
-from leveret.services.runtime.execution import Stats
+from leveret.services.runtime.stats import Stats
 from leveret.services.runtime.worker import Worker
 from leveret.services.scheduling import DEFAULT_GRACE_S, Scheduler, SentTick
 from leveret.services.topology import naming

@@ -28,26 +28,6 @@ from leveret.schemas.errors import (
 )
 from leveret.services.delivery import Outcome
 
-# Asks from a few milliseconds (in one data centre) to the longest deadline worth waiting.
-ASK_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
-
 # The first class an error is an instance of names its result: subclasses before their base.
 _RESULTS: tuple[tuple[type[BaseException], str], ...] = (
     (AskTimeout, "timeout"),
@@ -87,9 +67,10 @@ class AskMetrics:
     Args:
         registry: The registry of the process's `Metrics`.
         slot: The ``slot`` label.
+        buckets: The latency histogram's buckets (the handlers' own: 1 ms to 5 min).
     """
 
-    def __init__(self, registry: CollectorRegistry, slot: str) -> None:
+    def __init__(self, registry: CollectorRegistry, slot: str, buckets: tuple[float, ...]) -> None:
         self.slot = slot
         self.asks = Counter(
             "leveret_asks",
@@ -101,7 +82,7 @@ class AskMetrics:
             "leveret_ask_duration_seconds",
             "Time from publishing a request to its end (the answer, an error, the deadline).",
             ("actor", "slot"),
-            buckets=ASK_BUCKETS,
+            buckets=buckets,
             registry=registry,
         )
         self.dropped_replies = Counter(

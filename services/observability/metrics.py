@@ -217,7 +217,7 @@ class Metrics(Middleware):
             ("slot",),
             registry=r,
         )
-        self.asking = AskMetrics(r, self.slot)
+        self.asking = AskMetrics(r, self.slot, DURATION_BUCKETS)
         """Request/reply: asks made, answers dropped, requests answered and expired."""
         # Label children cached per (actor, topic): looking one up costs a lock and a dict.
         self._children: dict[tuple[str, str], _ActorSeries] = {}

@@ -6,7 +6,8 @@ decides what happens to one delivery; `timelimits` interrupts handlers past thei
 
 from leveret.services.delivery import Delivery, Outcome
 from leveret.services.runtime.consumer import Consumer, Job
-from leveret.services.runtime.execution import Executor, Stats
+from leveret.services.runtime.execution import Executor
+from leveret.services.runtime.stats import Stats
 from leveret.services.runtime.worker import (
     EXIT_FATAL,
     EXIT_INTERNAL_ERROR,

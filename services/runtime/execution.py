@@ -10,11 +10,10 @@ import asyncio
 import contextvars
 import math
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +54,6 @@ log = get_logger("leveret.worker")
 
 TRACEBACK_LIMIT = 8000
 ERROR_MESSAGE_LIMIT = 2000
-LAST_ERROR_LIMIT = 300
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 """Bodies above this (16 MiB, RabbitMQ 4's own default maximum) are dead-lettered unread."""
 
@@ -66,35 +64,6 @@ _DECODE_REASONS: dict[type[DecodeError], str] = {
     TooLarge: "too_large",
 }
 HOSTNAME = socket.gethostname()
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one worker, updated from handler threads."""
-
-    handled: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    last_error: str | None = None
-    """The last error that made a message retry or go to the dead-letter queue."""
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count(self, outcome: Outcome) -> None:
-        """Count one finished delivery."""
-        with self.lock:
-            if outcome.fate == "ack":
-                self.handled += 1
-                return
-            if outcome.fate == "retry":
-                self.retried += 1
-            else:
-                self.dead_lettered += 1
-            message = outcome.headers.get(wire.ERROR_MESSAGE)
-            kind = outcome.headers.get(wire.ERROR_TYPE) or outcome.headers.get(wire.ERROR_REASON)
-            if message or kind:
-                # Published in heartbeats, which any client of the vhost may read.
-                error = redact(f"{kind}: {message}" if message else str(kind))
-                self.last_error = error[:LAST_ERROR_LIMIT]
 
 
 class Executor:
@@ -303,13 +272,7 @@ class Executor:
         """Run a sync handler under its time limit, which interrupts it when it passes (an
         ask's: at its deadline, if that comes first)."""
         reply_to = answers.reply_address(delivery)
-        ctx = Context(
-            envelope,
-            actor=self.name,
-            log=self._handler_log,
-            reply_type=handler.reply_type,
-            asked=reply_to is not None,
-        )
+        ctx = Context(envelope, **self._context_args(handler, reply_to))
         limit_s, by_deadline = self._limit_s(handler, deadline_s)
         try:
             returned = LIMITS.run(
@@ -339,13 +302,7 @@ class Executor:
         """Await an async handler under its time limit, which cancels it when it passes (an
         ask's: at its deadline, if that comes first)."""
         reply_to = answers.reply_address(delivery)
-        ctx = AsyncContext(
-            envelope,
-            actor=self.name,
-            log=self._handler_log,
-            reply_type=handler.reply_type,
-            asked=reply_to is not None,
-        )
+        ctx = AsyncContext(envelope, **self._context_args(handler, reply_to))
         limit_s, by_deadline = self._limit_s(handler, deadline_s)
         timeout = asyncio.timeout(limit_s)
         try:
@@ -367,6 +324,15 @@ class Executor:
             late = _past_limit(handler, limit_s, None, " (and went on after its cancellation)")
             return self._failed(delivery, envelope, handler, late)
         return self._answered(envelope, handler, ctx, returned, reply_to)
+
+    def _context_args(self, handler: Handler, reply_to: str | None) -> dict[str, Any]:
+        """What a handler's context is made with, but the envelope."""
+        return {
+            "actor": self.name,
+            "log": self._handler_log,
+            "reply_type": handler.reply_type,
+            "asked": reply_to is not None,
+        }
 
     def _limit_s(self, handler: Handler, deadline_s: float | None) -> tuple[float | None, bool]:
         """The handler's time limit, capped by an ask's deadline; and whether the deadline

@@ -32,11 +32,8 @@ from leveret.services.middleware import MiddlewareChain
 from leveret.services.observability.logs import get_logger
 from leveret.services.runtime.consumer import Consumer, Job
 from leveret.services.runtime.eventloop import DEFAULT_CONCURRENCY, EventLoop
-from leveret.services.runtime.execution import (
-    DEFAULT_MAX_BODY_BYTES,
-    Executor,
-    Stats,
-)
+from leveret.services.runtime.execution import DEFAULT_MAX_BODY_BYTES, Executor
+from leveret.services.runtime.stats import Stats
 from leveret.services.topology import naming
 
 log = get_logger("leveret.worker")
