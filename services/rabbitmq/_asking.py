@@ -152,12 +152,7 @@ class RabbitAsking(IOThread, Asking):
         """In a forked child: drop the parent's connection, thread and requests (its
         callers are not in this process). Never touch the socket (a close frame would end
         the parent's connection); keep the objects alive so that nothing closes them."""
-        _inherited.append((self._connection, self._opening_connection, self._ioloop))
-        self._connection = self._opening_connection = None
-        self._ioloop = None
-        self._thread = None
-        self.connected = threading.Event()
-        self.state_changed = threading.Condition()
+        self.drop_inherited()
         self._reset_state()
 
     # Asking, any thread -----------------------------------------------------------------
@@ -460,9 +455,6 @@ def _tell(callback: Callable[[Any], object], argument: Any) -> object:
             owner = getattr(callback, "__self__", None)
             log.exception("reply_sink_failed", sink=type(owner).__qualname__)
         return None
-
-
-_inherited: list[Any] = []
 
 
 def _reset_all_after_fork() -> None:

@@ -112,6 +112,11 @@ class IO(Protocol):
         ...
 
 
+_INHERITED: list[object] = []
+"""What forked children dropped of their parents' I/O threads (`IOThread.drop_inherited`),
+kept so that no finalizer closes a socket the parent still uses."""
+
+
 class IOThread:
     """Runs one `SelectConnection` on a dedicated daemon thread and keeps it connected.
 
@@ -186,6 +191,17 @@ class IOThread:
         self._stopped = threading.Event()
 
     # Lifecycle, called from any thread -------------------------------------------------
+
+    def drop_inherited(self) -> None:
+        """In a forked child: drop the parent's connection, I/O loop and thread, which are
+        not ours. Never touch the socket (a close frame would end the parent's connection);
+        the objects are kept alive so that nothing closes them."""
+        _INHERITED.append((self._connection, self._opening_connection, self._ioloop))
+        self._connection = self._opening_connection = None
+        self._ioloop = None
+        self._thread = None
+        self.connected = threading.Event()
+        self.state_changed = threading.Condition()
 
     def start(self) -> None:
         """Start the I/O thread, which connects (and reconnects) on its own."""

@@ -40,7 +40,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pika.adapters.select_connection import SelectConnection
 
@@ -120,12 +120,7 @@ class Publisher(IOThread):
         Never touch the socket (a close frame would end the parent's connection); keep the
         objects alive so that nothing closes them.
         """
-        _inherited.append((self._connection, self._opening_connection, self._ioloop))
-        self._connection = self._opening_connection = None
-        self._ioloop = None
-        self._thread = None
-        self.connected = threading.Event()
-        self.state_changed = threading.Condition()
+        self.drop_inherited()
         self._reset_state(middleware=self.middleware)
 
     def _reset_state(self, middleware: MiddlewareChain | None = None) -> None:
@@ -503,9 +498,6 @@ class Publisher(IOThread):
 def _resolve(settled: asyncio.Future[None]) -> None:
     if not settled.done():
         settled.set_result(None)
-
-
-_inherited: list[Any] = []
 
 
 def _reset_all_after_fork() -> None:

@@ -4,9 +4,11 @@ and a cluster node lost (tests/cluster has the three-node set-up)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,28 @@ def test_a_worker_killed_while_answering_is_replaced_and_answered_once(
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_a_forked_child_asks_through_the_parents_broker(rabbit_broker: RabbitBroker) -> None:
+    """After fork() the child asks with the parent's broker object (on an asking connection
+    of its own), and the parent goes on asking on its own."""
+    rabbit_broker.declare(Oracle)
+    worker = WorkerProcess(["tests.ask_actors"], rabbit_broker.namespace)
+    try:
+        worker.wait_consuming()
+        assert rabbit_broker.ask(Oracle, Question(n=1), timeout=20).n == 1  # connected
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            status = 1
+            try:
+                status = 0 if rabbit_broker.ask(Oracle, Question(n=2), timeout=20).n == 2 else 1
+                rabbit_broker.close()
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wait_status) == 0, "the child could not ask"
+        assert rabbit_broker.ask(Oracle, Question(n=3), timeout=20).n == 3
+    finally:
+        worker.stop_gracefully()
