@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
-from leveret.actors.handling import current_correlation_id, current_deadline
+from leveret.actors.handling import current_correlation_id, time_left
 from leveret.schemas.errors import AskTimeout, ConfigurationError
 from leveret.schemas.message import Message
 
@@ -54,6 +53,8 @@ class PublishArgs(TypedDict, total=False):
 
 DEFAULT_ASK_TIMEOUT_S = 10.0
 """How long an ask waits for its answer when no timeout is given."""
+MAX_ASK_TIMEOUT_S = 86_400.0
+"""The longest an ask may wait (a day); a worker reads a deadline further ahead as none."""
 
 
 class AskArgs(TypedDict, total=False):
@@ -165,10 +166,9 @@ def ask_options(options: AskArgs) -> AskArgs:
         AskTimeout: That deadline has passed already.
     """
     options = carried(options)
-    deadline_s = current_deadline()
-    if deadline_s is None:
+    left_s = time_left()
+    if left_s is None or left_s > MAX_ASK_TIMEOUT_S:  # none, or one no ask may have
         return options
-    left_s = deadline_s - time.time()
     if left_s <= 0:
         raise AskTimeout(
             "the ask being answered is past its deadline: no time is left to ask another actor"

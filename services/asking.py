@@ -252,6 +252,7 @@ class Gathering:
         self.reply_type = reply_type
         self._replies: dict[str, Delivery] = {}
         self._failure: LeveretError | None = None
+        self._expired = False
         self._closed = False
         self._changed = threading.Condition()
 
@@ -267,12 +268,17 @@ class Gathering:
     def on_failure(self, error: LeveretError) -> None:
         with self._changed:
             if self._failure is None:
-                self._failure = error
+                # Its deadline passed (the in-memory broker's virtual clock): the answers
+                # so far are the result, as when the wait ends in real time.
+                self._failure = None if isinstance(error, AskTimeout) else error
+                self._expired = self._expired or isinstance(error, AskTimeout)
                 self._changed.notify_all()
 
     def _done(self) -> bool:
-        return self._failure is not None or (
-            self.expect is not None and len(self._replies) >= self.expect
+        return (
+            self._failure is not None
+            or self._expired
+            or (self.expect is not None and len(self._replies) >= self.expect)
         )
 
     def wait(self) -> dict[str, Message | AskError]:
@@ -288,37 +294,50 @@ class Gathering:
                 if left_s <= 0:
                     break
                 self._changed.wait(left_s)
-            return self._results()
+            replies = self._close()
+        return self._results(replies)
 
     async def wait_async(self) -> dict[str, Message | AskError]:
         """`wait`, awaited: polls without blocking the event loop."""
         while True:
             with self._changed:
                 if self._done() or time.monotonic() >= self.ends:
-                    return self._results()
+                    replies = self._close()
+                    break
             await asyncio.sleep(min(0.005, max(0.0, self.ends - time.monotonic())))
+        return self._results(replies)
 
-    def _results(self) -> dict[str, Message | AskError]:
-        """Lock held; no reply is taken afterwards. A failure is raised only when nothing
-        arrived at all."""
+    def _close(self) -> dict[str, Delivery]:
+        """Lock held: no reply is taken from now on; the replies taken. A failure is
+        raised only when nothing arrived at all."""
         self._closed = True
         if self._failure is not None and not self._replies:
             raise self._failure
+        return dict(self._replies)
+
+    def _results(self, replies: dict[str, Delivery]) -> dict[str, Message | AskError]:
+        """Each reply read (outside the lock: the transport's thread never waits for a
+        decode): an error reply as its `RemoteError`, an answer validated."""
         results: dict[str, Message | AskError] = {}
-        for actor, delivery in self._replies.items():
-            reply_type = self.reply_type or message_class(delivery.topic or "")
+        for actor, delivery in replies.items():
             try:
-                if reply_type is None:
-                    raise InvalidReply(
-                        f"the reply of actor {actor!r} has topic {delivery.topic!r}, which "
-                        "no Message class of this process has; pass reply_type=",
-                        actor=actor,
-                        message_id=self.message_id,
-                    )
-                results[actor] = answer_of(delivery, reply_type, actor, self.message_id)
+                results[actor] = self._answer(actor, delivery)
             except AskError as exc:
                 results[actor] = exc
         return results
+
+    def _answer(self, actor: str, delivery: Delivery) -> Message:
+        if _text_header(delivery.headers.get(wire.REPLY_STATUS), 10) == "error":
+            raise remote_error(delivery, actor, self.message_id)
+        reply_type = self.reply_type or message_class(delivery.topic or "")
+        if reply_type is None:
+            raise InvalidReply(
+                f"the reply of actor {actor!r} has topic {delivery.topic!r}, which no "
+                "Message class of this process has; pass reply_type=",
+                actor=actor,
+                message_id=self.message_id,
+            )
+        return answer_of(delivery, reply_type, actor, self.message_id)
 
 
 def answer_of(

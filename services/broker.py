@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Unpack
@@ -183,14 +184,16 @@ class Broker(BrokerAsks, BrokerDeadLetters):
         with self._declare_locks_lock:
             lock = self._declare_locks.setdefault(cls, threading.Lock())
         wait_s = timeout if timeout is not None else DEFAULT_DECLARE_TIMEOUT_S
+        begun = time.monotonic()
         if not lock.acquire(timeout=wait_s):
             raise BrokerUnavailable(
                 f"declaring the queue of actor {cls.__qualname__} (another caller's first "
                 f"send) did not finish within {wait_s}s; nothing was sent"
             )
         try:
-            if cls not in self._declared:
-                self.declare(actor, timeout=timeout)
+            if cls not in self._declared:  # in what is left of the caller's timeout
+                left_s = max(wait_s - (time.monotonic() - begun), 0.001)
+                self.declare(actor, timeout=left_s)
         except BrokerConnectionError as exc:
             raise BrokerUnavailable(f"{exc}; nothing was sent") from exc
         finally:

@@ -10,9 +10,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Unpack
 
+from leveret.actors import dispatch
 from leveret.actors.actor import Actor, ActorRef
-from leveret.actors.dispatch import DEFAULT_ASK_TIMEOUT_S, AskArgs
-from leveret.schemas.errors import AskError, InvalidArgument
+from leveret.actors.dispatch import DEFAULT_ASK_TIMEOUT_S, MAX_ASK_TIMEOUT_S, AskArgs
+from leveret.schemas.errors import AskError, AskTimeout, InvalidArgument
 from leveret.schemas.message import Message
 from leveret.services.asking import Gathering, PendingAsk
 from leveret.services.publishing import PublishOptions, publish_options
@@ -57,14 +58,16 @@ class BrokerAsks:
             PublishError: The request was not stored (its queue does not exist).
             InvalidArgument: An invalid option.
         """
-        cls, pending, item = self._request(actor, message, options)
-        started = time.perf_counter()
+        cls, checked, timeout_s = self._checked(actor, message, options)
+        begun, item = time.monotonic(), None
         try:
+            self.declare_on_first_use(cls, timeout=timeout_s)
+            pending, item = self._send_request(cls, message, checked, _left(timeout_s, begun))
             answer = pending.wait()
         except BaseException as exc:
-            self._asked(cls.queue, item, exc, started)
+            self._asked(cls.queue, item, exc, begun)
             raise
-        self._asked(cls.queue, item, None, started)
+        self._asked(cls.queue, item, None, begun)
         return answer
 
     async def ask_async(self, actor: ActorRef, message: Message, **options: Unpack[AskArgs]) -> Any:
@@ -72,16 +75,16 @@ class BrokerAsks:
         (no thread waits for it). Arguments, result and errors are `ask`'s; the first ask
         to an actor declares its queue (with `auto_declare`) first, in a thread."""
         cls, checked, timeout_s = self._checked(actor, message, options)
-        if self.auto_declare and cls not in self._declared:
-            await asyncio.to_thread(self.declare_on_first_use, cls, timeout=timeout_s)
-        pending, item = self._send_request(cls, message, checked, timeout_s)
-        started = time.perf_counter()
+        begun, item = time.monotonic(), None
         try:
+            if self.auto_declare and cls not in self._declared:
+                await asyncio.to_thread(self.declare_on_first_use, cls, timeout=timeout_s)
+            pending, item = self._send_request(cls, message, checked, _left(timeout_s, begun))
             answer = await pending.wait_async()
         except BaseException as exc:
-            self._asked(cls.queue, item, exc, started)
+            self._asked(cls.queue, item, exc, begun)
             raise
-        self._asked(cls.queue, item, None, started)
+        self._asked(cls.queue, item, None, begun)
         return answer
 
     def ask_all(
@@ -112,8 +115,10 @@ class BrokerAsks:
 
         Raises:
             BrokerUnavailable: The broker cannot be reached: nothing was sent.
+            PublishError: No actor's queue is bound to the topic.
             AskInterrupted: The connection was lost before any answer came.
-            InvalidArgument: An invalid timeout, `expect` or correlation id.
+            InvalidArgument: An invalid timeout (or over a day), `expect` or correlation
+                id, or a request over 16 MiB.
         """
         if expect is not None and (
             isinstance(expect, bool) or not isinstance(expect, int) or expect < 1
@@ -125,8 +130,9 @@ class BrokerAsks:
             raise InvalidArgument(f"reply_type must be a Message class, not {reply_type!r}")
         if not isinstance(message, Message):
             raise InvalidArgument(f"ask_all takes a Message, not {type(message).__name__}")
-        checked = publish_options(timeout=timeout, correlation_id=correlation_id)
-        timeout_s = checked.timeout_s or DEFAULT_ASK_TIMEOUT_S
+        options = dispatch.ask_options({"timeout": timeout, "correlation_id": correlation_id})
+        checked = publish_options(**options)
+        timeout_s = _bounded(checked.timeout_s)
         deadline_s = self.transport.asking.now() + timeout_s
         gathering: list[Gathering] = []
 
@@ -138,14 +144,14 @@ class BrokerAsks:
             )
             return gathering[0]
 
-        item = self._outbound.ask(message, None, checked, deadline_s, sink)
-        started = time.perf_counter()
+        begun, item = time.monotonic(), None
         try:
+            item = self._outbound.ask(message, None, checked, deadline_s, sink)
             results = gathering[0].wait()
         except BaseException as exc:
-            self._asked(message.topic(), item, exc, started)
+            self._asked(message.topic(), item, exc, begun)
             raise
-        self._asked(message.topic(), item, None, started)
+        self._asked(message.topic(), item, None, begun)
         return results
 
     # The steps -------------------------------------------------------------------------
@@ -153,22 +159,16 @@ class BrokerAsks:
     def _checked(
         self, actor: ActorRef, message: Message, options: AskArgs
     ) -> tuple[type[Actor], PublishOptions, float]:
-        """The actor asked and the options, checked before anything is sent."""
+        """The actor asked and the options, checked before anything is sent; inside a
+        handler answering an ask, the correlation id carried and the timeout cut to what
+        that ask has left (`dispatch.ask_options`)."""
         unknown = set(options) - {"timeout", "correlation_id"}
         if unknown:  # a delay, say: an ask is answered now or never
             raise TypeError(f"ask got unexpected keyword argument(s) {sorted(unknown)}")
         cls = self._outbound.recipient(actor, message)
         cls.reply_handler_for(message)
-        checked = publish_options(**options)
-        return cls, checked, checked.timeout_s or DEFAULT_ASK_TIMEOUT_S
-
-    def _request(
-        self, actor: ActorRef, message: Message, options: AskArgs
-    ) -> tuple[type[Actor], PendingAsk, OutgoingMessage]:
-        cls, checked, timeout_s = self._checked(actor, message, options)
-        self.declare_on_first_use(cls, timeout=timeout_s)
-        pending, item = self._send_request(cls, message, checked, timeout_s)
-        return cls, pending, item
+        checked = publish_options(**dispatch.ask_options(options))
+        return cls, checked, _bounded(checked.timeout_s)
 
     def _send_request(
         self, cls: type[Actor], message: Message, checked: PublishOptions, timeout_s: float
@@ -186,9 +186,41 @@ class BrokerAsks:
         return made[0], item
 
     def _asked(
-        self, target: str, item: OutgoingMessage, error: BaseException | None, started: float
+        self, target: str, item: OutgoingMessage | None, error: BaseException | None, begun: float
     ) -> None:
-        """The ask of `item` ended: no answer to it is awaited any more (one that comes is
-        counted late), and the middleware's ``after_ask`` hears of it."""
-        self.transport.asking.forget(item.envelope.message_id)
-        self.middleware.after_ask(target, item.envelope, error, time.perf_counter() - started)
+        """The ask of `item` ended (None: before its request was built): no answer to it is
+        awaited any more (one that comes is counted late), and the middleware's
+        ``after_ask`` hears of it."""
+        envelope = None
+        if item is not None:
+            envelope = item.envelope
+            self.transport.asking.forget(envelope.message_id)
+        self.middleware.after_ask(target, envelope, error, time.monotonic() - begun)
+
+
+def _bounded(timeout_s: float | None) -> float:
+    """An ask's timeout: the default when none, and no longer than an ask may wait.
+
+    Raises:
+        InvalidArgument: Over `MAX_ASK_TIMEOUT_S` (a day).
+    """
+    if timeout_s is None:
+        return DEFAULT_ASK_TIMEOUT_S
+    if timeout_s > MAX_ASK_TIMEOUT_S:
+        raise InvalidArgument(
+            f"an ask waits at most {MAX_ASK_TIMEOUT_S:.0f} s (a day), not {timeout_s} s: "
+            "for work that long, send a message and have the actor publish its result"
+        )
+    return timeout_s
+
+
+def _left(timeout_s: float, begun: float) -> float:
+    """What is left of `timeout_s` since `begun` (declaring the actor took some of it).
+
+    Raises:
+        AskTimeout: Nothing is left.
+    """
+    left_s = timeout_s - (time.monotonic() - begun)
+    if left_s <= 0:
+        raise AskTimeout(f"no time left of the ask's {timeout_s} s after declaring the actor")
+    return left_s

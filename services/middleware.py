@@ -127,14 +127,15 @@ class Middleware:
         """
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self, actor: str, envelope: Envelope | None, error: BaseException | None, duration_s: float
     ) -> None:
         """An ask ended, in the asking thread: answered (`error` None) or with `error`
         (`AskTimeout`, `RemoteError`, `InvalidReply`, `AskInterrupted`, `PublishError`).
 
         Args:
             actor: The actor asked (its queue name); for ``ask_all``, the topic.
-            envelope: The request's envelope.
+            envelope: The request's envelope; None when the ask failed before its request
+                was built (the broker unreachable while the actor was declared).
             error: Why it got no answer, if it did not.
             duration_s: Seconds from the request's publish to its end.
         """
@@ -247,7 +248,7 @@ class MiddlewareChain:
             _call(item, item.publish_confirmed, ok, returned, confirm_s)
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self, actor: str, envelope: Envelope | None, error: BaseException | None, duration_s: float
     ) -> None:
         """Every middleware's `Middleware.after_ask`, in reverse order."""
         for item in reversed(self._overriding["after_ask"]):

@@ -36,6 +36,11 @@ from leveret.services.transport import OutgoingMessage, PublishResult, Route, Tr
 if TYPE_CHECKING:
     from leveret.services.asking import ReplySink
 
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+"""A request larger than this is refused at the call: a worker would dead-letter it unread
+(its default largest body), and RabbitMQ 4 refuses a message over 16 MiB by closing the
+channel every ask of the process shares."""
+
 log = get_logger("leveret.broker")
 
 MAX_CORRELATION_ID_BYTES = 255
@@ -188,6 +193,12 @@ class Outbound:
         extra = {wire.DEADLINE: deadline_header(deadline_s)}
         with self._outgoing([message], actor, options, operation, extra) as built:
             item = built.items[0]
+            if len(item.body) > MAX_REQUEST_BYTES:
+                raise InvalidArgument(
+                    f"the request is {len(item.body)} bytes of JSON, over the "
+                    f"{MAX_REQUEST_BYTES} bytes an ask may send (a worker would not read "
+                    "it); send a reference to the data instead"
+                )
             self.transport.asking.request(item, sink(item.envelope.message_id))
         return item
 

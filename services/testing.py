@@ -99,17 +99,21 @@ class MemoryBroker(Broker):
         self._joining = threading.local()
         if eager:
             self.transport.eager_join = self.join_eagerly
+        self.transport.answer_in_thread = self.answer_in_thread
 
     def join_eagerly(self) -> None:
         """`join`, unless this thread is joining already (a handler that publishes comes
         back here: the join running takes its message); what eager mode calls."""
-        if getattr(self._joining, "active", False):
+        if getattr(self._joining, "depth", 0) > 0:
             return
-        self._joining.active = True
-        try:
-            self.join()
-        finally:
-            self._joining.active = False
+        self.join()
+
+    def answer_in_thread(self) -> None:
+        """A handler this thread runs (in `join`, or eager mode) asked another actor: no
+        other thread will answer it, so what waits is handled here, nested, before the
+        handler waits for its answer (a handler's errors reach it as `RemoteError`)."""
+        if getattr(self._joining, "depth", 0) > 0:
+            self.join(raise_errors=False)
 
     @property
     def clock(self) -> VirtualClock:
@@ -219,6 +223,13 @@ class MemoryBroker(Broker):
         Raises:
             Exception: With `raise_errors`, the first exception that dead-lettered a message.
         """
+        self._joining.depth = getattr(self._joining, "depth", 0) + 1
+        try:
+            return self._join(raise_errors, advance_clock, max_messages)
+        finally:
+            self._joining.depth -= 1
+
+    def _join(self, raise_errors: bool, advance_clock: bool, max_messages: int) -> Stats:
         actors = sorted(self._declared, key=lambda cls: cls.queue)
         names = [naming.queue_name(self.namespace, cls.queue) for cls in actors]
         consumer = MemoryConsumer(self.transport, names, prefetch=max_messages)

@@ -50,6 +50,9 @@ class MemoryAsking(Asking):
             self._sinks[message_id] = (sink, deadline_s)
         try:
             result = self.transport.publish_request(item, REPLY_TO)
+            answer_here = self.transport.answer_in_thread
+            if answer_here is not None:
+                answer_here()
         except PublishError as exc:
             sink.on_failure(exc)
             return
@@ -58,9 +61,16 @@ class MemoryAsking(Asking):
             # an ask hears of it as on RabbitMQ, from the answer (a `RemoteError`).
             if message_id in self._answered:
                 return
+            self.forget(message_id)
             raise
-        if result.unroutable and item.route.queue is not None:
-            sink.on_failure(PublishError(f"no queue took request {message_id}"))
+        if result.unroutable:  # a fan-out (ask_all) no queue took, as RabbitMQ returns it
+            sink.on_failure(
+                PublishError(
+                    f"no queue took request {message_id}: no actor's queue is bound to topic "
+                    f"{item.envelope.topic!r} (declare the actors)",
+                    message_id=message_id,
+                )
+            )
 
     def forget(self, message_id: str) -> None:
         with self._lock:

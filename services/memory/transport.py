@@ -104,6 +104,9 @@ class MemoryTransport(Transport):
         self.unacked: dict[str, int] = {}
         self._delayed: list[_Delayed] = []
         self._sequence = itertools.count()
+        self.answer_in_thread: Callable[[], None] | None = None
+        """Internal: `MemoryBroker.answer_in_thread`, called after a request is published:
+        a handler's ask is answered in the thread that runs it (join, eager mode)."""
         self.eager_join: Callable[[], None] | None = None
         """Internal: `MemoryBroker`'s eager mode, called after each `publish` outside the
         lock. Not an extension point (use middleware): it runs the handlers, and their

@@ -357,7 +357,11 @@ class Metrics(Middleware):
     # Middleware: asking --------------------------------------------------------------
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self,
+        actor: str,
+        envelope: Envelope | None,
+        error: BaseException | None,
+        duration_s: float,
     ) -> None:
         """An ask of this process ended (the asking thread): counted by result, timed."""
         self.asking.asked(actor, error, duration_s)

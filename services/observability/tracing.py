@@ -386,10 +386,16 @@ class TracingMiddleware(Middleware):
                 )
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self,
+        actor: str,
+        envelope: Envelope | None,
+        error: BaseException | None,
+        duration_s: float,
     ) -> None:
         """Close the ask's span, named for `actor`, with `error` recorded (if any)."""
         opened = _asking.get()
+        if envelope is None:  # failed before its request was built: no span was opened
+            return
         found = [i for i, ask in enumerate(opened) if ask.message_id == envelope.message_id]
         if not found:
             return

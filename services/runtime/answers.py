@@ -20,6 +20,8 @@ from leveret.schemas.envelope import Envelope, new_message_id
 from leveret.schemas.message import Message
 from leveret.services.delivery import Delivery, Reply
 from leveret.services.observability.logs import get_logger
+from leveret.services.observability.redaction import redact
+from leveret.services.runtime import error_text
 
 log = get_logger("leveret.worker")
 
@@ -36,9 +38,12 @@ class NoAnswer(Exception):
         self.reason = reason
 
 
-def reply_address(delivery: Delivery) -> str | None:
+def reply_address(delivery: Delivery, handler: Handler | None = None) -> str | None:
     """Where to answer `delivery`, if it is an ask: only a direct reply-to address
-    (`wire.REPLY_TO_PREFIX`), never a queue a client names."""
+    (`wire.REPLY_TO_PREFIX`), never a queue a client names; and nowhere when `handler`
+    answers nothing (an actor without a reply type stays silent, also to ``ask_all``)."""
+    if handler is not None and handler.reply_type is None:
+        return None
     reply_to = delivery.reply_to
     if reply_to and reply_to.startswith(wire.REPLY_TO_PREFIX):
         return reply_to
@@ -67,7 +72,7 @@ def reply(
         problem = (
             exc
             if isinstance(exc, NoAnswer)
-            else NoAnswer("invalid_reply", f"encoding failed: {exc}")
+            else NoAnswer("invalid_reply", f"encoding failed: {error_text.text(exc)}")
         )
         log.error(
             "reply_invalid",
@@ -79,7 +84,8 @@ def reply(
         headers = {
             wire.ERROR_REASON: problem.reason,
             wire.ERROR_TYPE: "",
-            wire.ERROR_MESSAGE: str(problem)[:2000],
+            # Redacted before it is cut (as a dead letter's): a user's error may hold a URL.
+            wire.ERROR_MESSAGE: redact(str(problem))[:2000],
         }
         return failure(actor, reply_to, envelope, headers)
     return Reply(

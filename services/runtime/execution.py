@@ -11,7 +11,6 @@ import contextvars
 import math
 import socket
 import time
-import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,11 +21,13 @@ import structlog
 from leveret.actors.actor import Actor, Handler
 from leveret.actors.context import AsyncContext, Context
 from leveret.actors.control import Reject
-from leveret.actors.handling import done_handling, handling
+from leveret.actors.dispatch import MAX_ASK_TIMEOUT_S
+from leveret.actors.handling import Handled, done_handling, handling
 from leveret.schemas import wire
 from leveret.schemas.codec import decode
 from leveret.schemas.envelope import Envelope, deadline_of, new_message_id
 from leveret.schemas.errors import (
+    AskTimeout,
     DecodeError,
     InvalidMessage,
     InvalidRetry,
@@ -44,7 +45,7 @@ from leveret.services.observability.logs import (
     unbind_message_fields,
 )
 from leveret.services.observability.redaction import redact
-from leveret.services.runtime import answers
+from leveret.services.runtime import answers, error_text
 from leveret.services.runtime.eventloop import run_coroutine
 from leveret.services.runtime.timelimits import LIMITS
 from leveret.services.topology import delays, naming
@@ -64,6 +65,9 @@ _DECODE_REASONS: dict[type[DecodeError], str] = {
     TooLarge: "too_large",
 }
 HOSTNAME = socket.gethostname()
+NESTED_TIMEOUT_MARGIN_S = 0.25
+"""An ask's handler failing with `AskTimeout` this close to the ask's own deadline failed
+because of it (a nested ask given the rest of that deadline): acked as expired."""
 
 
 class Executor:
@@ -169,7 +173,7 @@ class Executor:
             envelope,
             log_context,
             time.perf_counter(),
-            handling(envelope),
+            handling(envelope, self.clock),
             bind_message_fields(log_context),
             self._structlog,
         )
@@ -216,7 +220,7 @@ class Executor:
         here); for an async handler, the coroutine that handles it, for the caller to
         await (`run_async`) or run on a loop of its own (`run`). An ask taken past its
         deadline is acked unhandled: its caller gave up."""
-        deadline_s = deadline_of(envelope.headers.get(wire.DEADLINE))
+        deadline_s = self._deadline(envelope)
         if deadline_s is not None and self.clock() >= deadline_s:
             return Outcome("ack", envelope, expired=True)
         try:
@@ -271,7 +275,7 @@ class Executor:
     ) -> Outcome:
         """Run a sync handler under its time limit, which interrupts it when it passes (an
         ask's: at its deadline, if that comes first)."""
-        reply_to = answers.reply_address(delivery)
+        reply_to = answers.reply_address(delivery, handler)
         ctx = Context(envelope, **self._context_args(handler, reply_to))
         limit_s, by_deadline = self._limit_s(handler, deadline_s)
         try:
@@ -286,7 +290,9 @@ class Executor:
             exc.args = (f"handler {handler.name!r} ran past its time limit of {limit_s} s",)
             return self._failed(delivery, envelope, handler, exc)
         except Reject as exc:
-            return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
+            return self._dead_letter(
+                delivery, envelope, "rejected", exc, with_traceback=False, handler=handler
+            )
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             return self._failed(delivery, envelope, handler, exc)
         return self._answered(envelope, handler, ctx, returned, reply_to)
@@ -301,7 +307,7 @@ class Executor:
     ) -> Outcome:
         """Await an async handler under its time limit, which cancels it when it passes (an
         ask's: at its deadline, if that comes first)."""
-        reply_to = answers.reply_address(delivery)
+        reply_to = answers.reply_address(delivery, handler)
         ctx = AsyncContext(envelope, **self._context_args(handler, reply_to))
         limit_s, by_deadline = self._limit_s(handler, deadline_s)
         timeout = asyncio.timeout(limit_s)
@@ -309,7 +315,9 @@ class Executor:
             async with timeout:
                 returned = await handler(self.instance, message, ctx)
         except Reject as exc:
-            return self._dead_letter(delivery, envelope, "rejected", exc, with_traceback=False)
+            return self._dead_letter(
+                delivery, envelope, "rejected", exc, with_traceback=False, handler=handler
+            )
         except (Exception, SystemExit) as exc:  # noqa: BLE001  # a handler never kills the worker
             # Past the limit, whatever it raised (the timeout's TimeoutError, or another
             # error it turned its cancellation into) is the time limit; before it, a
@@ -333,6 +341,14 @@ class Executor:
             "reply_type": handler.reply_type,
             "asked": reply_to is not None,
         }
+
+    def _deadline(self, envelope: Envelope) -> float | None:
+        """The deadline of an ask (None for another message). One further ahead than any
+        ask may wait (`MAX_ASK_TIMEOUT_S`) is no deadline: any client may send one."""
+        deadline_s = deadline_of(envelope.headers.get(wire.DEADLINE))
+        if deadline_s is None or deadline_s - self.clock() > MAX_ASK_TIMEOUT_S + 60:
+            return None
+        return deadline_s
 
     def _limit_s(self, handler: Handler, deadline_s: float | None) -> tuple[float | None, bool]:
         """The handler's time limit, capped by an ask's deadline; and whether the deadline
@@ -391,7 +407,7 @@ class Executor:
         except Exception as exc:  # a model validator raised something odd
             raise InvalidMessage(
                 f"body does not validate as {handler.message_type.__name__}: "
-                f"{type(exc).__name__}: {_text(exc)}",
+                f"{type(exc).__name__}: {error_text.text(exc)}",
                 body=body,
                 topic=envelope.topic,
             ) from exc
@@ -399,28 +415,39 @@ class Executor:
     def _failed(
         self, delivery: Delivery, envelope: Envelope, handler: Handler, exc: BaseException
     ) -> Outcome:
-        """Retry or dead-letter a delivery whose handler raised `exc`, as its policy says."""
+        """Retry or dead-letter a delivery whose handler raised `exc`, as its policy says;
+        an ask past its deadline is acked as expired instead (its caller gave up: a nested
+        ask's `AskTimeout` can beat the time limit's interruption to it)."""
+        deadline_s = self._deadline(envelope)
+        if deadline_s is not None:
+            # A nested ask given the rest of this one's deadline times out a hair before it.
+            margin_s = NESTED_TIMEOUT_MARGIN_S if isinstance(exc, AskTimeout) else 0.0
+            if self.clock() >= deadline_s - margin_s:
+                return Outcome("ack", envelope, expired=True)
         policy = self.actor.retry_policy(handler)
         try:
             delay_s = retry_delay_s(policy.next_delay_s(envelope.attempt, exc))
         except InvalidRetry as invalid:
             invalid.__cause__ = exc
             return self._dead_letter(
-                delivery, envelope, "invalid_retry", invalid, with_traceback=True
+                delivery, envelope, "invalid_retry", invalid, with_traceback=True, handler=handler
             )
         except Exception as failed:  # noqa: BLE001  # the policy's backoff raised
             raised = InvalidRetry(
-                f"the retry policy's backoff raised {type(failed).__name__}: {_text(failed)}"
+                "the retry policy's backoff raised "
+                f"{type(failed).__name__}: {error_text.text(failed)}"
             )
             raised.__cause__ = failed
             return self._dead_letter(
-                delivery, envelope, "invalid_retry", raised, with_traceback=True
+                delivery, envelope, "invalid_retry", raised, with_traceback=True, handler=handler
             )
         if delay_s is not None:
             return self._retry(delivery, envelope, exc, delay_s)
         exhausted = envelope.attempt >= policy.attempts > 1
         reason = "retries_exhausted" if exhausted else "handler_error"
-        return self._dead_letter(delivery, envelope, reason, exc, with_traceback=True)
+        return self._dead_letter(
+            delivery, envelope, reason, exc, with_traceback=True, handler=handler
+        )
 
     def _failure_headers(
         self, delivery: Delivery, envelope: Envelope, exc: BaseException
@@ -438,7 +465,7 @@ class Executor:
                 wire.ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
                 # Redacted before it is cut: a cut through a URL would hide its password
                 # from `redact` and leave a piece of it in headers any reader of the .dlq sees.
-                wire.ERROR_MESSAGE: redact(_text(exc))[:ERROR_MESSAGE_LIMIT],
+                wire.ERROR_MESSAGE: redact(error_text.text(exc))[:ERROR_MESSAGE_LIMIT],
                 wire.FAILED_AT: now,
                 wire.FAILED_ACTOR: self.name,
                 wire.FAILED_HOST: HOSTNAME,
@@ -485,7 +512,10 @@ class Executor:
         exc: BaseException,
         *,
         with_traceback: bool,
+        handler: Handler | None = None,
     ) -> Outcome:
+        """Dead-letter the delivery; if it is an ask its caller hears of it now, not at its
+        deadline (unless `handler`, the one that failed, answers nothing)."""
         headers = self._failure_headers(delivery, envelope, exc)
         exchange, routing_key = self.origin(delivery)
         headers.update(
@@ -501,10 +531,10 @@ class Executor:
         headers.pop(wire.DLQ_PUT_BACK_BY, None)
         headers.pop(wire.ERROR_TRACEBACK, None)
         if with_traceback:
-            headers[wire.ERROR_TRACEBACK] = redact(_traceback(exc))[-TRACEBACK_LIMIT:]
-        reply_to = answers.reply_address(delivery)
+            headers[wire.ERROR_TRACEBACK] = redact(error_text.traceback_of(exc))[-TRACEBACK_LIMIT:]
+        reply_to = answers.reply_address(delivery, handler)
         reply = None
-        if reply_to is not None:  # its caller hears of it now, not at its deadline
+        if reply_to is not None:
             reply = answers.failure(self.name, reply_to, envelope, headers)
         return Outcome("dead_letter", envelope, headers, exc, reply=reply)
 
@@ -536,21 +566,6 @@ def retry_delay_s(delay: object) -> int | None:
     return math.ceil(delay)
 
 
-def _text(exc: BaseException) -> str:
-    """``str(exc)``, even for an exception whose ``__str__`` raises."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001  # user code: fall back on what cannot fail
-        return f"<{type(exc).__name__} whose str() failed>"
-
-
-def _traceback(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception(exc))
-    except Exception:  # noqa: BLE001  # user code in __str__ / __repr__: fall back
-        return f"{type(exc).__module__}.{type(exc).__qualname__} (traceback not available)"
-
-
 def _past_limit(
     handler: Handler, limit_s: float | None, cause: BaseException | None, more: str = ""
 ) -> TimeLimitExceeded:
@@ -568,7 +583,7 @@ class _Handling:
     envelope: Envelope
     log_context: dict[str, Any]
     started: float
-    envelope_token: contextvars.Token[Envelope | None]
+    envelope_token: contextvars.Token[Handled]
     fields_token: contextvars.Token[dict[str, Any] | None]
     structlog: bool
 

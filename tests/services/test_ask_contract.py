@@ -300,7 +300,7 @@ class Asks(Middleware):
         self.ended: list[tuple[str, str | None]] = []
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self, actor: str, envelope: Envelope | None, error: BaseException | None, duration_s: float
     ) -> None:
         assert duration_s >= 0
         self.ended.append((actor, type(error).__name__ if error else None))

@@ -221,7 +221,7 @@ class Raising(Middleware):
         raise RuntimeError("middleware bug")
 
     def after_ask(
-        self, actor: str, envelope: Envelope, error: BaseException | None, duration_s: float
+        self, actor: str, envelope: Envelope | None, error: BaseException | None, duration_s: float
     ) -> None:
         raise RuntimeError("middleware bug")
 
