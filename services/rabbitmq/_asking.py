@@ -217,9 +217,10 @@ class RabbitAsking(IOThread, Asking):
             callback=lambda _frame: declare_async(channel, self._steps, consume),
         )
 
-    def _reopen_channel(self) -> None:
-        connection = self.connection
-        if self._channel is None and connection is not None and connection.is_open:
+    def _reopen_channel(self, connection: SelectConnection) -> None:
+        """A channel again on `connection`, the one whose channel the broker closed (a
+        connection made since opened its own in `on_connected`: never a second one)."""
+        if self._channel is None and connection is self.connection and connection.is_open:
             connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
@@ -240,7 +241,7 @@ class RabbitAsking(IOThread, Asking):
                     message_id=request.message_id,
                 )
             )
-        self.call_later(REOPEN_CHANNEL_AFTER_S, self._reopen_channel)
+        self.call_later(REOPEN_CHANNEL_AFTER_S, functools.partial(self._reopen_channel, connection))
 
     def on_disconnected(self, reason: BaseException) -> None:
         self._channel = None
