@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from leveret.actors import Actor, RetryPolicy, handler
 from leveret.schemas import Message, wire
-from leveret.schemas.errors import BrokerConnectionError
+from leveret.schemas.errors import BrokerConnectionError, ConfigurationError
 from leveret.services import RabbitBroker, config
 from leveret.services.observability.logs import StructuredFormatter, get_logger
 from leveret.services.observability.redaction import redact, redact_value
@@ -119,7 +119,11 @@ def test_no_password_survives_in_a_list_of_broker_urls(
     (logged as a list, or formatted into a message as one)."""
     written = [one for one, _ in nodes]
     joined = comma.join(written)
-    assume(config.broker_urls(joined) == written)  # a password with ",amqp://" would split
+    try:
+        split = config.broker_urls(joined)
+    except ConfigurationError:  # a user name with commas reads as URLs of no known scheme
+        split = []
+    assume(split == written)  # a password with ",amqp://" would split
     assert redact(joined) == comma.join(redacted for _, redacted in nodes)
     assert redact_value(written) == [redacted for _, redacted in nodes]
     # Formatted as a Python list, the URLs are no longer told apart (quotes may be part of
