@@ -260,8 +260,13 @@ class HealthServer:
         async with server:
             await self._stop.wait()
             server.close()
+            # Connections accepted as it closed get their transports (and so the abort
+            # below); then each aborted one's connection_lost runs, closing its socket
+            # before the loop ends (else it leaks, with a ResourceWarning at collection).
+            await asyncio.sleep(0.05)
             for writer in list(self._open):
                 writer.transport.abort()
+            await asyncio.sleep(0)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open[writer] = None

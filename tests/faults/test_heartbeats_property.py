@@ -61,6 +61,8 @@ def real_heartbeat(namespace: str) -> dict[str, Any]:
         "handled": 10,
         "retried": 0,
         "dead_lettered": 0,
+        "answered": 0,
+        "expired": 0,
         "last_error": None,
         "memory_bytes": 60_000_000,
         "started_at": now - 100,
