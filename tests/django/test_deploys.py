@@ -16,7 +16,7 @@ from leveret.django.project import forget_project_broker
 from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker
 from leveret.services.topology import naming
-from tests.django.plugin_actors import Grumpy, Note, Tally
+from tests.django.plugin_actors import Doubler, Grumpy, Note, Tally
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -44,10 +44,10 @@ def test_a_message_published_right_after_migrate_reaches_a_new_actor(
         out = io.StringIO()
         call_command("migrate", verbosity=1, stdout=out)
         # the settings' TASKS queues too; declared here so that the fixture deletes them
-        rabbit_broker.declare(Tally, Grumpy, *task_actors())
+        rabbit_broker.declare(Tally, Grumpy, Doubler, *task_actors())
         assert (
-            "Leveret: declared 4 actor queue(s): plugin.tally, plugin.grumpy, tasks.default, "
-            "tasks.emails" in out.getvalue()
+            "Leveret: declared 5 actor queue(s): plugin.tally, plugin.grumpy, "
+            "plugin.doubler, tasks.default, tasks.emails" in out.getvalue()
         )
         publisher.publish(Note(n=1))  # by topic: only a declared, bound queue takes it
         assert rabbit_broker.message_count(queue) == 1
