@@ -20,7 +20,7 @@ from pytest_django.fixtures import Settings
 from leveret.django.registry import task_actors
 from leveret.services import RabbitBroker
 from leveret.services.topology import naming
-from tests.django.plugin_actors import Complaint, Grumpy, Tally
+from tests.django.plugin_actors import Complaint, Doubler, Grumpy, Tally
 from tests.support import ROOT, LoggedProcess, run_python, running, wait_until
 
 ACTORS_MODULE = "tests.django.plugin_actors"
@@ -117,7 +117,8 @@ def test_leveret_declare_declares_the_project_actors(
     }
     out = io.StringIO()
     call_command("leveret_declare", stdout=out)
-    rabbit_broker.declare(Tally, Grumpy, *task_actors())  # so that the fixture deletes them
+    # declared here too so that the fixture deletes them
+    rabbit_broker.declare(Tally, Grumpy, Doubler, *task_actors())
     assert f"declared {namespace}.{Tally.queue} <- tests.plugin.note" in out.getvalue()
     assert rabbit_broker.message_count(naming.queue_name(namespace, Grumpy.queue)) == 0
 
